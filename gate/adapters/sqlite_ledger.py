@@ -1,0 +1,233 @@
+"""The SQLite ledger: one file, safe for several ``gate`` processes at once.
+
+Claims run in ``BEGIN IMMEDIATE`` transactions, which take SQLite's write lock before reading, so
+two processes cannot both see "no record" for the same (rule, digest) and both start gating it.
+WAL mode lets readers (``gate history``) run beside a writer.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from gate.errors import LedgerError, NotFound
+from gate.model import Claim, GateRecord, State, utcnow
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id TEXT PRIMARY KEY,
+    action TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    digest TEXT,
+    target TEXT NOT NULL,
+    state TEXT NOT NULL,
+    run_id TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    data TEXT NOT NULL,
+    log TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS records_rule_digest ON records (rule, digest);
+CREATE INDEX IF NOT EXISTS records_target ON records (target, created_at);
+CREATE INDEX IF NOT EXISTS records_created ON records (created_at);
+"""
+
+
+def _dump(record: GateRecord) -> str:
+    return json.dumps(record.to_dict(), sort_keys=True)
+
+
+def _load(data: str, log: str) -> GateRecord:
+    raw: dict[str, Any] = json.loads(data)
+    return GateRecord(
+        id=raw["id"],
+        action=raw["action"],
+        rule=raw["rule"],
+        source=raw["source"],
+        digest=raw["digest"],
+        target=raw["target"],
+        trigger=raw["trigger"],
+        state=State(raw["state"]),
+        run_id=raw["run_id"],
+        reason=raw["reason"],
+        log=log,
+        log_location=raw["log_location"],
+        target_tags=tuple(raw["target_tags"]),
+        forced=raw["forced"],
+        actor=raw["actor"],
+        created_at=datetime.fromisoformat(raw["created_at"]),
+        updated_at=datetime.fromisoformat(raw["updated_at"]),
+        timings=dict(raw.get("timings", {})),
+    )
+
+
+class SqliteLedger:
+    """Gate records in a SQLite file (created with its folder on first use)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(
+                f"cannot open the ledger {path}: {exc}; check the data_dir setting and its permissions"
+            ) from None
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # autocommit mode: transactions are explicit (BEGIN IMMEDIATE) where they matter
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with self._connect() as db:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger {self.path} failed: {exc}; retry, or check the disk") from None
+
+    def _insert(self, db: sqlite3.Connection, record: GateRecord) -> None:
+        db.execute(
+            "INSERT INTO records (id, action, rule, digest, target, state, run_id, created_at,"
+            " updated_at, data, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.id,
+                record.action,
+                record.rule,
+                record.digest,
+                record.target,
+                record.state.value,
+                record.run_id,
+                record.created_at.isoformat(),
+                record.updated_at.isoformat(),
+                _dump(record),
+                record.log,
+            ),
+        )
+
+    def claim(self, record: GateRecord, *, force: bool, stale_after_seconds: float) -> Claim:
+        """Insert ``record`` unless (rule, digest) is settled or being gated; see the port."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT data, log FROM records WHERE rule = ? AND digest = ? AND action = 'gate'"
+                " AND state != ? ORDER BY created_at DESC",
+                (record.rule, record.digest, State.FAILED.value),
+            ).fetchall()
+            now = utcnow()
+            for data, log in rows:
+                existing = _load(data, log)
+                if existing.state.decisive:
+                    if not force:
+                        return Claim(existing, acquired=False)
+                    continue
+                if existing.state.final:
+                    continue
+                idle = (now - existing.updated_at).total_seconds()
+                if idle < stale_after_seconds:
+                    # someone is gating it right now; even --force waits for them
+                    return Claim(existing, acquired=False)
+                abandoned = existing.advance(
+                    State.FAILED,
+                    reason=f"abandoned: no progress for {idle:.0f} s (the process gating it died?)",
+                )
+                self._update(db, abandoned)
+            self._insert(db, record)
+            return Claim(record, acquired=True)
+
+    def _update(self, db: sqlite3.Connection, record: GateRecord) -> None:
+        cursor = db.execute(
+            "UPDATE records SET state = ?, run_id = ?, digest = ?, updated_at = ?, data = ?, log = ?"
+            " WHERE id = ?",
+            (
+                record.state.value,
+                record.run_id,
+                record.digest,
+                record.updated_at.isoformat(),
+                _dump(record),
+                record.log,
+                record.id,
+            ),
+        )
+        if cursor.rowcount != 1:
+            raise NotFound(f"record {record.id} is not in the ledger {self.path}")
+
+    def save(self, record: GateRecord) -> None:
+        """Persist the newer version of a claimed record."""
+        with self._transaction() as db:
+            self._update(db, record)
+
+    def add(self, record: GateRecord) -> None:
+        """Insert a record that takes no claim (a rollback)."""
+        with self._transaction() as db:
+            self._insert(db, record)
+
+    def get(self, record_id: str) -> GateRecord:
+        """Return one record by id (a unique prefix of at least 6 characters also works)."""
+        with self._connect() as db:
+            row = db.execute("SELECT data, log FROM records WHERE id = ?", (record_id,)).fetchone()
+            if row is None and len(record_id) >= 6:
+                rows = db.execute(
+                    "SELECT data, log FROM records WHERE id LIKE ? LIMIT 2",
+                    (record_id.replace("%", "").replace("_", r"\_") + "%",),
+                ).fetchall()
+                row = rows[0] if len(rows) == 1 else None
+        if row is None:
+            raise NotFound(f"no record '{record_id}' in {self.path}; list them with 'gate history'")
+        return _load(row[0], row[1])
+
+    def history(
+        self,
+        *,
+        rule: str | None = None,
+        target: str | None = None,
+        state: State | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+    ) -> list[GateRecord]:
+        """Records newest first, filtered by rule, target repository, state and time."""
+        clauses, params = [], []
+        for column, value in (("rule", rule), ("target", target)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(state.value)
+        if since is not None:
+            clauses.append("created_at >= ?")
+            params.append(since.isoformat())
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._connect() as db:
+            rows = db.execute(
+                f"SELECT data, log FROM records {where} ORDER BY created_at DESC, id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        return [_load(data, log) for data, log in rows]
+
+    def decided(self, rule: str, digest: str) -> GateRecord | None:
+        """The promoted or rejected record of (rule, digest), if any."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT data, log FROM records WHERE rule = ? AND digest = ? AND action = 'gate'"
+                " AND state IN (?, ?) ORDER BY created_at DESC LIMIT 1",
+                (rule, digest, State.PROMOTED.value, State.REJECTED.value),
+            ).fetchone()
+        return _load(row[0], row[1]) if row else None

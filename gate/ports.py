@@ -1,0 +1,133 @@
+"""The ports: what the gate service needs from the outside world, as structural types.
+
+Adapters in :mod:`gate.adapters` implement them (OCI registry over HTTP, podman validator,
+SQLite ledger); Azure adapters implement the same protocols. Tests use fakes of these ports,
+never mocks of SDK internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from gate.model import Claim, GateRecord, State, ValidationResult
+from gate.ref import ImageRef
+
+ProgressCallback = Callable[[str, int, int], None]
+"""``progress(what, done_bytes, total_bytes)``: called while blobs are copied."""
+
+
+@dataclass(frozen=True)
+class CopyReport:
+    """What a copy did: how much moved, how much was already there or mounted."""
+
+    digest: str
+    manifests: int = 0
+    blobs_copied: int = 0
+    blobs_skipped: int = 0
+    blobs_mounted: int = 0
+    bytes_copied: int = 0
+    tags: tuple[str, ...] = ()
+
+
+class Registry(Protocol):
+    """Resolves, lists and copies images between registries, by digest."""
+
+    def resolve(self, ref: ImageRef) -> str:
+        """Return the digest ``ref`` points at now (one HEAD request; digest refs are checked)."""
+        ...
+
+    def list_tags(self, repository: ImageRef) -> list[str]:
+        """Return every tag of ``repository`` (registry and repository of the ref; tag ignored)."""
+        ...
+
+    def copy(
+        self,
+        source: ImageRef,
+        target: ImageRef,
+        *,
+        immutable_tags: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        progress: ProgressCallback | None = None,
+    ) -> CopyReport:
+        """Copy ``source`` (which must carry a digest) into ``target``'s repository, whole.
+
+        Content first (blobs, child manifests, then the manifest with its bytes unchanged), then
+        ``immutable_tags`` (refused with :class:`~gate.errors.Conflict` if one already points at
+        another digest), then ``tags`` in order (moved if they exist).
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class ValidationRequest:
+    """One validation run: the task file of a rule's folder against a digest-pinned image."""
+
+    image: ImageRef
+    folder: Path
+    task_file: str
+    values: dict[str, str] = field(default_factory=dict)
+    secret_values: frozenset[str] = frozenset()
+    timeout_seconds: float = 600.0
+    run_registry: str = ""
+
+
+class Validator(Protocol):
+    """Runs a validation and reports pass, reject (the image is bad) or fail (we could not tell)."""
+
+    def validate(
+        self, request: ValidationRequest, on_started: Callable[[str], None]
+    ) -> ValidationResult:
+        """Run the validation; call ``on_started(run_id)`` as soon as the run has an ID."""
+        ...
+
+
+class Ledger(Protocol):
+    """Durable gate records: the audit trail and the (rule, digest) dedupe."""
+
+    def claim(self, record: GateRecord, *, force: bool, stale_after_seconds: float) -> Claim:
+        """Atomically decide whether ``record`` may gate its (rule, digest), and insert it if so.
+
+        Returns the existing decisive record instead when one exists (promoted, rejected, or in
+        progress and fresher than ``stale_after_seconds``), unless ``force``.
+        """
+        ...
+
+    def save(self, record: GateRecord) -> None:
+        """Persist a newer version of a record already claimed or added."""
+        ...
+
+    def add(self, record: GateRecord) -> None:
+        """Insert a record that takes no claim (a rollback)."""
+        ...
+
+    def get(self, record_id: str) -> GateRecord:
+        """Return one record; :class:`~gate.errors.NotFound` if there is none."""
+        ...
+
+    def history(
+        self,
+        *,
+        rule: str | None = None,
+        target: str | None = None,
+        state: State | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+    ) -> list[GateRecord]:
+        """Return records, newest first, filtered."""
+        ...
+
+    def decided(self, rule: str, digest: str) -> GateRecord | None:
+        """Return the promoted or rejected record of (rule, digest), if any."""
+        ...
+
+
+class Secrets(Protocol):
+    """Reads secret values by name (registry passwords, task secrets). Values are never logged."""
+
+    def get(self, name: str) -> str:
+        """Return the secret ``name``; :class:`~gate.errors.ConfigError` if it does not exist."""
+        ...

@@ -1,0 +1,378 @@
+"""The service layer: gate an image, poll upstreams, roll back. Ports come in as arguments.
+
+The invariants live here:
+
+* the digest is resolved once; the digest validated is the digest promoted;
+* one validation and one promotion per (rule, digest), however often it is asked for, unless
+  forced (the ledger's claim decides, atomically);
+* the run-ID tag is written (never overwritten) before the stable tag moves, and the stable tag
+  only ever moves to a digest that passed validation;
+* every decision, including failures, ends in a record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from gate.config import GateConfig, Rule
+from gate.errors import Conflict, GateError, NotFound, UsageError
+from gate.model import GateRecord, Outcome, State, new_record_id
+from gate.ports import Ledger, ProgressCallback, Registry, Secrets, ValidationRequest, Validator
+from gate.ref import ImageRef, parse_digest
+
+Notify = Callable[[str, GateRecord, str], None]
+"""``notify(event, record, message)``: progress for whoever watches (CLI output, logs)."""
+
+# How long an in-progress record may stay silent, beyond its validation timeout, before another
+# process may take the (rule, digest) over: covers the promotion copy after the validation.
+PROMOTION_ALLOWANCE_SECONDS = 900.0
+WAIT_POLL_SECONDS = 0.5
+
+
+def quiet(event: str, record: GateRecord, message: str) -> None:
+    """The default observer: says nothing."""
+
+
+@dataclass(frozen=True)
+class Gatekeeper:
+    """The gate's ports and configuration, bundled for the service functions."""
+
+    config: GateConfig
+    registry: Registry
+    validator: Validator
+    ledger: Ledger
+    secrets: Secrets
+    notify: Notify = field(default=quiet)
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """What a gate request ended in: the deciding record, and whether it was decided before."""
+
+    record: GateRecord
+    duplicate: bool = False
+
+    @property
+    def verdict(self) -> str:
+        """``promoted``, ``rejected`` or ``failed`` (or an in-progress state when not waiting)."""
+        return self.record.state.value
+
+    @property
+    def exit_code(self) -> int:
+        """0 promoted, 1 rejected, 3 failed or still in progress (worth asking again)."""
+        return {State.PROMOTED: 0, State.REJECTED: 1}.get(self.record.state, 3)
+
+    def to_dict(self) -> dict[str, object]:
+        """The ``gate run --json`` object."""
+        r = self.record
+        return {
+            "verdict": self.verdict,
+            "duplicate": self.duplicate,
+            "rule": r.rule,
+            "source": r.source,
+            "digest": r.digest,
+            "target": r.target,
+            "target_tags": list(r.target_tags),
+            "run_id": r.run_id,
+            "record_id": r.id,
+            "reason": r.reason,
+        }
+
+
+def _as_ref(image: str | ImageRef) -> ImageRef:
+    return image if isinstance(image, ImageRef) else ImageRef.parse(image)
+
+
+def gate_image(
+    keeper: Gatekeeper,
+    image: str | ImageRef,
+    *,
+    trigger: str = "manual",
+    force: bool = False,
+    wait: bool = True,
+    progress: ProgressCallback | None = None,
+) -> GateOutcome:
+    """Gate one upstream image: resolve once, dedupe, validate, promote, record.
+
+    A request for a (rule, digest) already decided returns that decision (``duplicate``) without
+    validating or copying anything, unless ``force``. When another process is gating the same
+    (rule, digest), waits for its decision (or returns at once with ``wait=False``).
+    """
+    ref = _as_ref(image)
+    rule = keeper.config.match(ref)
+    tag = rule.gated_tag(ref)
+    started = time.monotonic()
+    digest = ref.digest or keeper.registry.resolve(ref)
+    if ref.digest:
+        # a digest request must exist upstream before we claim anything for it
+        keeper.registry.resolve(ref.pinned())
+    resolved_in = time.monotonic() - started
+    record = GateRecord(
+        id=new_record_id(),
+        rule=rule.name,
+        source=str(ref),
+        digest=digest,
+        target=rule.target.name,
+        trigger=trigger,
+        forced=force,
+        timings={"resolve": round(resolved_in, 3)},
+    )
+    stale_after = rule.validation.timeout_seconds + PROMOTION_ALLOWANCE_SECONDS
+    announced = False
+    while True:
+        claim = keeper.ledger.claim(record, force=force, stale_after_seconds=stale_after)
+        if claim.acquired:
+            break
+        existing = claim.record
+        if existing.state.final:
+            keeper.notify("duplicate", existing, f"{digest} already {existing.state} by record {existing.id}")
+            return GateOutcome(existing, duplicate=True)
+        if not wait:
+            return GateOutcome(existing, duplicate=True)
+        if not announced:
+            keeper.notify("waiting", existing, f"record {existing.id} is gating {digest}; waiting for it")
+            announced = True
+        time.sleep(WAIT_POLL_SECONDS)
+    keeper.notify("resolved", record, f"{ref} -> {digest} (rule {rule.name})")
+    return GateOutcome(_run(keeper, rule, ref.with_tag(tag).with_digest(digest), record, progress))
+
+
+def _run(
+    keeper: Gatekeeper,
+    rule: Rule,
+    source: ImageRef,
+    record: GateRecord,
+    progress: ProgressCallback | None,
+) -> GateRecord:
+    """Validate and promote a claimed record; every exit path leaves a final record."""
+    ledger = keeper.ledger
+    try:
+        record = record.advance(State.VALIDATING)
+        ledger.save(record)
+        keeper.notify("validating", record, f"validating {source.pinned()}")
+
+        def started(run_id: str) -> None:
+            nonlocal record
+            record = record.advance(State.VALIDATING, run_id=run_id)
+            ledger.save(record)
+            keeper.notify("run-started", record, f"validation run {run_id} started")
+
+        began = time.monotonic()
+        result = keeper.validator.validate(_validation_request(keeper, rule, source), started)
+        record = record.advance(
+            record.state,
+            run_id=result.run_id,
+            log=result.log,
+            log_location=result.log_location,
+            timings={**record.timings, "validate": round(time.monotonic() - began, 3)},
+        )
+        if result.outcome is Outcome.REJECTED:
+            record = record.advance(State.REJECTED, reason=result.reason)
+            ledger.save(record)
+            keeper.notify("rejected", record, f"rejected: {result.reason}")
+            return record
+        if result.outcome is Outcome.FAILED:
+            record = record.advance(State.FAILED, reason=f"validation failed to run: {result.reason}")
+            ledger.save(record)
+            keeper.notify("failed", record, record.reason)
+            return record
+
+        when = datetime.now(UTC).strftime("%Y%m%d")
+        upstream_tag = source.tag or ""
+        unique = rule.render(rule.unique_tag, tag=upstream_tag, run_id=result.run_id, date=when)
+        stable = rule.render(rule.stable_tag, tag=upstream_tag, run_id=result.run_id, date=when)
+        record = record.advance(State.PROMOTING, target_tags=(unique, stable))
+        ledger.save(record)
+        keeper.notify("promoting", record, f"promoting {source.digest} to {rule.target.name}:{unique}, :{stable}")
+        began = time.monotonic()
+        # by digest, never by tag: upstream may have moved since we resolved it
+        keeper.registry.copy(
+            source.pinned(), rule.target, immutable_tags=(unique,), tags=(stable,), progress=progress
+        )
+        record = record.advance(
+            State.PROMOTED,
+            reason=f"validation {result.run_id} passed; {rule.target.name}:{stable} -> {source.digest}",
+            timings={**record.timings, "promote": round(time.monotonic() - began, 3)},
+        )
+        ledger.save(record)
+        keeper.notify("promoted", record, record.reason)
+        return record
+    except BaseException as exc:
+        reason = exc.message if isinstance(exc, GateError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, KeyboardInterrupt):
+            reason = "interrupted"
+        record = record.advance(State.FAILED, reason=reason)
+        ledger.save(record)
+        keeper.notify("failed", record, f"failed: {reason}")
+        if isinstance(exc, GateError):
+            return record
+        raise
+
+
+def _validation_request(keeper: Gatekeeper, rule: Rule, source: ImageRef) -> ValidationRequest:
+    pinned = source.pinned()
+    values = {
+        **rule.validation.values,
+        "IMAGE": str(pinned),
+        "REGISTRY_FROM_URL": f"{pinned.registry}/",
+        "SOURCE_TAG": source.tag or "",
+        "SOURCE_DIGEST": source.digest or "",
+    }
+    secret_names = frozenset(rule.validation.secret_values)
+    for name, secret in rule.validation.secret_values.items():
+        values[name] = keeper.secrets.get(secret)
+    return ValidationRequest(
+        image=pinned,
+        folder=rule.validation.folder,
+        task_file=rule.validation.task,
+        values=values,
+        secret_values=secret_names,
+        timeout_seconds=rule.validation.timeout_seconds,
+        run_registry=rule.target.registry,
+    )
+
+
+@dataclass(frozen=True)
+class WatchItem:
+    """One watched upstream tag in one poll: its digest and what the poll did about it."""
+
+    rule: str
+    source: str
+    digest: str | None = None
+    outcome: GateOutcome | None = None
+    skipped: str = ""
+    error: str = ""
+
+
+def watch_once(
+    keeper: Gatekeeper, *, progress: ProgressCallback | None = None
+) -> list[WatchItem]:
+    """Poll every watched upstream tag (HEAD only) and gate digests not decided yet.
+
+    Glob selectors list the repository's tags first. One tag's error does not stop the others.
+    """
+    items: list[WatchItem] = []
+    for rule in keeper.config.rules:
+        try:
+            tags = list(rule.exact_tags)
+            if len(tags) != len(rule.tags):
+                listed = keeper.registry.list_tags(rule.source)
+                tags += sorted(t for t in listed if rule.selects(t) and t not in tags)
+        except GateError as exc:
+            items.append(WatchItem(rule.name, rule.source.name, error=exc.message))
+            continue
+        for tag in tags:
+            ref = rule.source.with_tag(tag)
+            try:
+                digest = keeper.registry.resolve(ref)
+                decided = keeper.ledger.decided(rule.name, digest)
+                if decided is not None:
+                    items.append(WatchItem(rule.name, str(ref), digest, skipped=f"already {decided.state}"))
+                    continue
+                outcome = gate_image(
+                    keeper, ref.with_digest(digest), trigger="poll", wait=False, progress=progress
+                )
+                items.append(WatchItem(rule.name, str(ref), digest, outcome=outcome))
+            except GateError as exc:
+                items.append(WatchItem(rule.name, str(ref), error=exc.message))
+    return items
+
+
+def rollback(
+    keeper: Gatekeeper,
+    target: str | ImageRef,
+    *,
+    reason: str,
+    to: str | None = None,
+    actor: str | None = None,
+) -> GateRecord:
+    """Move a target's stable tag back to an earlier promoted digest, and record who and why.
+
+    ``target`` is the target repository, with the stable tag when its rule has several.
+    ``to`` is a run ID or digest of an earlier promotion; without it, the promotion before the
+    one the stable tag points at now. Only digests the gate promoted (so validated) qualify.
+    """
+    if not reason.strip():
+        raise UsageError("a rollback needs a reason (--reason 'why'); it goes into the record")
+    ref = _as_ref(target)
+    repo = ImageRef(ref.registry, ref.repository)
+    rules = keeper.config.rules_for_target(repo)
+    if not rules:
+        raise NotFound(f"no rule promotes into '{repo}'; check the repository name")
+    promotions = [
+        r
+        for r in keeper.ledger.history(target=repo.name, state=State.PROMOTED, limit=1000)
+        if r.action == "gate" and r.digest
+    ]
+    stable = _stable_tag(ref, rules, promotions)
+    promotions = [r for r in promotions if stable in r.target_tags[1:]]
+    if not promotions:
+        raise NotFound(f"the gate never promoted anything to {repo.name}:{stable}; nothing to roll back to")
+    current = keeper.registry.resolve(repo.with_tag(stable))
+    chosen = _rollback_target(promotions, current, to)
+    if chosen.digest == current:
+        raise Conflict(f"{repo.name}:{stable} already points at {current}; nothing to do")
+    assert chosen.digest is not None
+    record = GateRecord(
+        id=new_record_id(),
+        action="rollback",
+        rule=chosen.rule,
+        source=f"{repo.name}@{current}",
+        digest=chosen.digest,
+        target=repo.name,
+        trigger="rollback",
+        state=State.RECEIVED,
+        run_id=chosen.run_id,
+        target_tags=(stable,),
+        actor=actor,
+    )
+    keeper.registry.copy(repo.with_digest(chosen.digest).pinned(), repo, tags=(stable,))
+    record = record.advance(
+        State.ROLLED_BACK,
+        reason=f"{reason.strip()} ({repo.name}:{stable} {current} -> {chosen.digest}, "
+        f"promoted by record {chosen.id}, run {chosen.run_id})",
+    )
+    keeper.ledger.add(record)
+    keeper.notify("rolled-back", record, record.reason)
+    return record
+
+
+def _stable_tag(ref: ImageRef, rules: list[Rule], promotions: list[GateRecord]) -> str:
+    if ref.tag:
+        return ref.tag
+    stable_tags = {r.target_tags[1] for r in promotions if len(r.target_tags) > 1}
+    if len(stable_tags) == 1:
+        return stable_tags.pop()
+    if not stable_tags:
+        raise NotFound(f"the gate never promoted anything to {ref.name}; nothing to roll back to")
+    raise UsageError(
+        f"{ref.name} has several stable tags ({', '.join(sorted(stable_tags))}); "
+        f"name one, e.g. {ref.name}:{sorted(stable_tags)[0]}"
+    )
+
+
+def _rollback_target(promotions: list[GateRecord], current: str, to: str | None) -> GateRecord:
+    """Pick the promotion to roll back to (``promotions`` newest first)."""
+    if to:
+        if ":" in to:
+            digest = parse_digest(to)
+            found = [r for r in promotions if r.digest == digest]
+        else:
+            found = [r for r in promotions if r.run_id == to]
+        if not found:
+            raise Conflict(
+                f"'{to}' was never promoted here by the gate, so it was never validated; "
+                "roll back to a run ID or digest from 'gate history --state promoted'"
+            )
+        return found[0]
+    # step back from where the stable tag is now, so repeated rollbacks keep going back
+    digests = [r.digest for r in promotions]
+    start = digests.index(current) + 1 if current in digests else 0
+    for candidate in promotions[start:]:
+        if candidate.digest != current:
+            return candidate
+    raise NotFound(f"no promotion older than {current} to roll back to; name one with --to")
+

@@ -1,0 +1,116 @@
+"""Fakes of the gate's own ports (never of SDK internals), recording what was asked of them."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from gate.errors import Conflict, ManifestUnknown, RegistryUnavailable
+from gate.model import Outcome, ValidationResult
+from gate.ports import CopyReport, ProgressCallback, ValidationRequest
+from gate.ref import ImageRef
+
+
+def digest_of(text: str) -> str:
+    """A well-formed sha256 digest for a made-up image."""
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class FakeRegistry:
+    """In-memory registries: ``{(registry, repository): {tag: digest}}`` plus stored digests."""
+
+    tags: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    content: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    writes: list[tuple[str, str, str]] = field(default_factory=list)
+    copies: list[tuple[str, str]] = field(default_factory=list)
+    resolves: int = 0
+    down: bool = False
+
+    def push(self, ref: str, name: str) -> str:
+        """Put a made-up image at ``ref`` (a tagged reference); return its digest."""
+        parsed = ImageRef.parse(ref)
+        digest = digest_of(name)
+        key = (parsed.registry, parsed.repository)
+        self.content.setdefault(key, set()).add(digest)
+        self.tags.setdefault(key, {})[parsed.tag or "latest"] = digest
+        return digest
+
+    def _check(self) -> None:
+        if self.down:
+            raise RegistryUnavailable("fake registry is down; check that it runs")
+
+    def resolve(self, ref: ImageRef) -> str:
+        self._check()
+        self.resolves += 1
+        key = (ref.registry, ref.repository)
+        if ref.digest:
+            if ref.digest in self.content.get(key, set()):
+                return ref.digest
+        elif ref.tag in self.tags.get(key, {}):
+            return self.tags[key][ref.tag or "latest"]
+        raise ManifestUnknown(f"{ref} is not in the registry; check the name")
+
+    def list_tags(self, repository: ImageRef) -> list[str]:
+        self._check()
+        return sorted(self.tags.get((repository.registry, repository.repository), {}))
+
+    def copy(
+        self,
+        source: ImageRef,
+        target: ImageRef,
+        *,
+        immutable_tags: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        progress: ProgressCallback | None = None,
+    ) -> CopyReport:
+        self._check()
+        assert source.digest, "copies go by digest"
+        if source.digest not in self.content.get((source.registry, source.repository), set()):
+            raise ManifestUnknown(f"{source} is not in the registry")
+        key = (target.registry, target.repository)
+        existing = self.tags.setdefault(key, {})
+        for tag in immutable_tags:
+            if existing.get(tag, source.digest) != source.digest:
+                raise Conflict(f"{target.name}:{tag} already points at another digest")
+        self.copies.append((str(source), target.name))
+        self.content.setdefault(key, set()).add(source.digest)
+        for tag in (*immutable_tags, *tags):
+            existing[tag] = source.digest
+            self.writes.append((target.name, tag, source.digest))
+        return CopyReport(digest=source.digest, tags=(*immutable_tags, *tags))
+
+    def tag_of(self, ref: str) -> str | None:
+        parsed = ImageRef.parse(ref)
+        return self.tags.get((parsed.registry, parsed.repository), {}).get(parsed.tag or "latest")
+
+
+@dataclass
+class FakeValidator:
+    """Decides by a callback on the request; counts runs; can act while 'running'."""
+
+    decide: Callable[[ValidationRequest], Outcome] = lambda request: Outcome.PASSED
+    during: Callable[[ValidationRequest], None] | None = None
+    requests: list[ValidationRequest] = field(default_factory=list)
+
+    def validate(
+        self, request: ValidationRequest, on_started: Callable[[str], None]
+    ) -> ValidationResult:
+        self.requests.append(request)
+        run_id = f"run{len(self.requests)}"
+        on_started(run_id)
+        if self.during:
+            self.during(request)
+        outcome = self.decide(request)
+        return ValidationResult(outcome=outcome, run_id=run_id, reason=f"fake says {outcome}", log="fake log")
+
+
+@dataclass
+class FakeSecrets:
+    """Secrets from a dict."""
+
+    values: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> str:
+        return self.values[name]

@@ -1,0 +1,299 @@
+"""The gate's service layer over fakes of its ports and the real SQLite ledger."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gate.adapters.sqlite_ledger import SqliteLedger
+from gate.config import load_config
+from gate.errors import Conflict, NoMatchingRule, NotFound, UsageError
+from gate.model import Outcome, State
+from gate.ports import ValidationRequest
+from gate.service import Gatekeeper, gate_image, rollback, watch_once
+from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
+
+UP = "upstream.example.com"
+ART = "artifacts.example.com"
+
+
+def write_config(tmp_path: Path, tags: str = '["15-alpine"]', extra_rule: str = "") -> Path:
+    (tmp_path / "validation").mkdir(exist_ok=True)
+    (tmp_path / "validation" / "acr-task.yaml").write_text("version: v1.1.0\nsteps: []\n")
+    path = tmp_path / "gate.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            data_dir: data
+            rules:
+              - name: node
+                source: {UP}/node
+                tags: {tags}
+                target: {ART}/node
+                validation:
+                  folder: validation
+                  values: {{EXTRA: "yes"}}
+                  secret_values: {{TOKEN: test-token}}
+            """
+        )
+        + extra_rule
+    )
+    return path
+
+
+@pytest.fixture
+def keeper(tmp_path: Path) -> Gatekeeper:
+    config = load_config(write_config(tmp_path))
+    return Gatekeeper(
+        config=config,
+        registry=FakeRegistry(),
+        validator=FakeValidator(),
+        ledger=SqliteLedger(config.data_dir / "gate.db"),
+        secrets=FakeSecrets({"test-token": "s3cret-value"}),
+    )
+
+
+def fakes(keeper: Gatekeeper) -> tuple[FakeRegistry, FakeValidator]:
+    assert isinstance(keeper.registry, FakeRegistry)
+    assert isinstance(keeper.validator, FakeValidator)
+    return keeper.registry, keeper.validator
+
+
+def test_passing_image_is_promoted_under_unique_then_stable_tag(keeper: Gatekeeper) -> None:
+    registry, validator = fakes(keeper)
+    digest = registry.push(f"{UP}/node:15-alpine", "green")
+
+    outcome = gate_image(keeper, f"{UP}/node:15-alpine")
+
+    assert outcome.verdict == "promoted" and outcome.exit_code == 0
+    record = outcome.record
+    assert record.digest == digest and record.run_id == "run1"
+    assert record.target_tags == ("15-alpine-run1", "15-alpine")
+    assert registry.writes == [
+        (f"{ART}/node", "15-alpine-run1", digest),
+        (f"{ART}/node", "15-alpine", digest),
+    ]
+    assert keeper.ledger.get(record.id).state is State.PROMOTED
+
+
+def test_validation_gets_the_pinned_image_and_rule_values(keeper: Gatekeeper) -> None:
+    registry, validator = fakes(keeper)
+    digest = registry.push(f"{UP}/node:15-alpine", "green")
+
+    gate_image(keeper, f"{UP}/node:15-alpine")
+
+    (request,) = validator.requests
+    assert str(request.image) == f"{UP}/node@{digest}"
+    assert request.values["IMAGE"] == f"{UP}/node@{digest}"
+    assert request.values["REGISTRY_FROM_URL"] == f"{UP}/"
+    assert request.values["EXTRA"] == "yes"
+    assert request.values["TOKEN"] == "s3cret-value"
+    assert request.secret_values == frozenset({"TOKEN"})
+    assert request.run_registry == ART
+
+
+def test_tag_moving_during_validation_promotes_the_validated_digest(keeper: Gatekeeper) -> None:
+    registry, validator = fakes(keeper)
+    green = registry.push(f"{UP}/node:15-alpine", "green")
+    validator.during = lambda request: registry.push(f"{UP}/node:15-alpine", "red")
+
+    outcome = gate_image(keeper, f"{UP}/node:15-alpine")
+
+    assert registry.tag_of(f"{UP}/node:15-alpine") != green  # upstream did move
+    assert outcome.record.digest == green
+    assert registry.tag_of(f"{ART}/node:15-alpine") == green
+    assert registry.resolves == 1  # resolved once, copied by digest
+
+
+def test_duplicate_request_neither_validates_nor_copies_again(keeper: Gatekeeper) -> None:
+    registry, validator = fakes(keeper)
+    digest = registry.push(f"{UP}/node:15-alpine", "green")
+    first = gate_image(keeper, f"{UP}/node:15-alpine")
+
+    again = gate_image(keeper, f"{UP}/node@{digest}")
+
+    assert again.duplicate and again.record.id == first.record.id
+    assert len(validator.requests) == 1 and len(registry.copies) == 1
+
+
+def test_force_regates_a_decided_digest(keeper: Gatekeeper) -> None:
+    registry, validator = fakes(keeper)
+    registry.push(f"{UP}/node:15-alpine", "green")
+    first = gate_image(keeper, f"{UP}/node:15-alpine")
+
+    forced = gate_image(keeper, f"{UP}/node:15-alpine", force=True)
+
+    assert not forced.duplicate and forced.record.id != first.record.id
+    assert forced.record.forced and len(validator.requests) == 2
+
+
+@pytest.mark.parametrize("outcome", [Outcome.REJECTED, Outcome.FAILED])
+def test_rejected_or_failed_validation_leaves_stable_tag_untouched(
+    keeper: Gatekeeper, outcome: Outcome
+) -> None:
+    registry, validator = fakes(keeper)
+    green = registry.push(f"{UP}/node:15-alpine", "green")
+    gate_image(keeper, f"{UP}/node:15-alpine")
+    registry.push(f"{UP}/node:15-alpine", "red")
+    validator.decide = lambda request: outcome
+
+    result = gate_image(keeper, f"{UP}/node:15-alpine")
+
+    assert result.verdict == outcome.value
+    assert result.exit_code == (1 if outcome is Outcome.REJECTED else 3)
+    assert registry.tag_of(f"{ART}/node:15-alpine") == green
+    assert len(registry.copies) == 1
+
+
+def test_failed_validation_may_be_retried_without_force(keeper: Gatekeeper) -> None:
+    registry, validator = fakes(keeper)
+    registry.push(f"{UP}/node:15-alpine", "green")
+    validator.decide = lambda request: Outcome.FAILED
+    assert gate_image(keeper, f"{UP}/node:15-alpine").verdict == "failed"
+
+    validator.decide = lambda request: Outcome.PASSED
+    retried = gate_image(keeper, f"{UP}/node:15-alpine")
+
+    assert retried.verdict == "promoted" and not retried.duplicate
+
+
+def test_unknown_repository_is_refused_and_nothing_recorded(keeper: Gatekeeper) -> None:
+    registry, validator = fakes(keeper)
+    registry.push(f"{UP}/python:3.12", "py")
+
+    with pytest.raises(NoMatchingRule, match="no rule .* watches"):
+        gate_image(keeper, f"{UP}/python:3.12")
+    with pytest.raises(NoMatchingRule):
+        gate_image(keeper, f"{UP}/node:16-alpine")
+
+    assert keeper.ledger.history() == [] and registry.resolves == 0
+
+
+def test_promotion_error_records_failure_and_keeps_stable_tag(keeper: Gatekeeper) -> None:
+    registry, validator = fakes(keeper)
+    registry.push(f"{UP}/node:15-alpine", "green")
+
+    def go_down(request: ValidationRequest) -> None:
+        registry.down = True
+
+    validator.during = go_down
+    outcome = gate_image(keeper, f"{UP}/node:15-alpine")
+
+    assert outcome.verdict == "failed" and "down" in outcome.record.reason
+    assert registry.tag_of(f"{ART}/node:15-alpine") is None
+
+
+def test_stale_in_progress_claim_is_taken_over(keeper: Gatekeeper) -> None:
+    registry, validator = fakes(keeper)
+    digest = registry.push(f"{UP}/node:15-alpine", "green")
+    from gate.model import GateRecord
+
+    ghost = GateRecord(id="ghost1", rule="node", source="x", target=f"{ART}/node", digest=digest)
+    keeper.ledger.claim(ghost, force=False, stale_after_seconds=1)
+    keeper.ledger.save(ghost.advance(State.VALIDATING))
+
+    claim = keeper.ledger.claim(
+        ghost.__class__(id="new1", rule="node", source="x", target=f"{ART}/node", digest=digest),
+        force=False,
+        stale_after_seconds=0,
+    )
+
+    assert claim.acquired
+    assert keeper.ledger.get("ghost1").state is State.FAILED
+    assert "abandoned" in keeper.ledger.get("ghost1").reason
+
+
+def test_watch_gates_only_new_digests(keeper: Gatekeeper) -> None:
+    registry, validator = fakes(keeper)
+    registry.push(f"{UP}/node:15-alpine", "green")
+
+    first = watch_once(keeper)
+    second = watch_once(keeper)
+    registry.push(f"{UP}/node:15-alpine", "orange")
+    third = watch_once(keeper)
+
+    assert [i.outcome.verdict for i in first if i.outcome] == ["promoted"]
+    assert [i.skipped for i in second] == ["already promoted"]
+    assert [i.outcome.record.trigger for i in third if i.outcome] == ["poll"]
+    assert len(validator.requests) == 2
+
+
+def test_watch_expands_glob_selectors_from_the_tag_list(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, tags='["15-*", "lts"]'))
+    registry = FakeRegistry()
+    for tag in ("15-alpine", "15-slim", "16-alpine", "lts"):
+        registry.push(f"{UP}/node:{tag}", tag)
+    keeper = Gatekeeper(config, registry, FakeValidator(), SqliteLedger(tmp_path / "l.db"),
+                        FakeSecrets({"test-token": "t"}))
+
+    items = watch_once(keeper)
+
+    assert sorted(i.source for i in items) == sorted(
+        f"{UP}/node:{t}" for t in ("15-alpine", "15-slim", "lts")
+    )
+    assert {(w[1], w[2]) for w in registry.writes if not w[1].count("-run")} >= {
+        ("15-alpine", registry.tags[(UP, "node")]["15-alpine"]),
+        ("15-slim", registry.tags[(UP, "node")]["15-slim"]),
+    }
+
+
+def test_watch_reports_an_unreachable_registry_per_rule(keeper: Gatekeeper) -> None:
+    registry, _ = fakes(keeper)
+    registry.down = True
+
+    (item,) = watch_once(keeper)
+
+    assert "down" in item.error and item.outcome is None
+
+
+def promote(keeper: Gatekeeper, name: str) -> str:
+    registry, _ = fakes(keeper)
+    registry.push(f"{UP}/node:15-alpine", name)
+    outcome = gate_image(keeper, f"{UP}/node:15-alpine")
+    assert outcome.verdict == "promoted"
+    return outcome.record.digest or ""
+
+
+def test_rollback_moves_stable_tag_to_previous_promotion_and_records_why(keeper: Gatekeeper) -> None:
+    registry, _ = fakes(keeper)
+    orange, green = promote(keeper, "orange"), promote(keeper, "green")
+
+    record = rollback(keeper, f"{ART}/node", reason="green breaks app X", actor="alice")
+
+    assert registry.tag_of(f"{ART}/node:15-alpine") == orange
+    assert record.state is State.ROLLED_BACK and record.actor == "alice"
+    assert "green breaks app X" in record.reason and green in record.reason
+    assert keeper.ledger.history(limit=1)[0].id == record.id
+
+
+def test_rollback_to_named_run_or_digest(keeper: Gatekeeper) -> None:
+    registry, _ = fakes(keeper)
+    orange, green, blue = (promote(keeper, c) for c in ("orange", "green", "blue"))
+
+    rollback(keeper, f"{ART}/node:15-alpine", to="run1", reason="back to orange")
+    assert registry.tag_of(f"{ART}/node:15-alpine") == orange
+    rollback(keeper, f"{ART}/node", to=green, reason="forward to green")
+    assert registry.tag_of(f"{ART}/node:15-alpine") == green
+
+
+def test_rollback_refuses_a_digest_the_gate_never_validated(keeper: Gatekeeper) -> None:
+    registry, _ = fakes(keeper)
+    promote(keeper, "orange")
+    current = promote(keeper, "green")
+    unvalidated = registry.push(f"{ART}/node:sneaky", "sneaky")
+
+    with pytest.raises(Conflict, match="never promoted"):
+        rollback(keeper, f"{ART}/node", to=unvalidated, reason="try")
+
+    assert registry.tag_of(f"{ART}/node:15-alpine") == current
+
+
+def test_rollback_needs_a_reason_and_a_history(keeper: Gatekeeper) -> None:
+    with pytest.raises(UsageError, match="reason"):
+        rollback(keeper, f"{ART}/node", reason="  ")
+    with pytest.raises(NotFound):
+        rollback(keeper, f"{ART}/node", reason="why")
+    with pytest.raises(NotFound, match="no rule"):
+        rollback(keeper, f"{ART}/python", reason="why")
