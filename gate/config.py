@@ -276,9 +276,17 @@ class _Loader:
             entry = self.mapping(item, where, {"host", "insecure", "username", "password_secret"})
             host = self.text(entry.get("host"), f"{where}.host")
             try:
-                host = ImageRef.parse(f"{host}/probe").registry
+                probe = ImageRef.parse(f"{host}/probe")
             except InvalidReference:
-                raise self.fail(f"{where}.host", f"'{host}' is not a registry host[:port]") from None
+                probe = None
+            # a name without '.' or ':port' (and not localhost) would read as a Docker Hub path
+            if probe is None or probe.repository != "probe":
+                raise self.fail(
+                    f"{where}.host",
+                    f"'{host}' is not a registry host[:port]; write e.g. registry.example.com "
+                    "or 127.0.0.1:5000",
+                )
+            host = probe.registry
             insecure = entry.get("insecure", False)
             if not isinstance(insecure, bool):
                 raise self.fail(f"{where}.insecure", "expected true or false")

@@ -1,0 +1,142 @@
+"""Loading the gate configuration: env substitution, relative paths, errors that say where."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gate.config import load_config
+from gate.errors import ConfigError, NoMatchingRule, UsageError
+from gate.ref import ImageRef
+
+
+def make(tmp_path: Path, body: str, *, folder: bool = True) -> Path:
+    if folder:
+        (tmp_path / "checks").mkdir(exist_ok=True)
+        (tmp_path / "checks" / "acr-task.yaml").write_text("version: v1.1.0\nsteps: []\n")
+    path = tmp_path / "gate.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+GOOD = """\
+    registries:
+      - host: ${UP}
+        insecure: true
+    rules:
+      - name: node
+        source: ${UP}/node
+        tags: ["15-alpine", "16-*"]
+        target: ${ART:-127.0.0.1:6000}/base/node
+        validation:
+          folder: checks
+          timeout: 120
+    """
+
+
+def test_environment_values_and_defaults_are_substituted(tmp_path: Path) -> None:
+    config = load_config(make(tmp_path, GOOD), env={"UP": "127.0.0.1:5001"})
+
+    (rule,) = config.rules
+    assert rule.source == ImageRef("127.0.0.1:5001", "node")
+    assert rule.target == ImageRef("127.0.0.1:6000", "base/node")
+    assert config.registry("127.0.0.1:5001").insecure
+    assert rule.validation.timeout_seconds == 120
+
+
+def test_paths_resolve_relative_to_the_file_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = make(tmp_path, GOOD)
+    monkeypatch.chdir("/")
+
+    config = load_config(path, env={"UP": "127.0.0.1:5001"})
+
+    assert config.rules[0].validation.folder == tmp_path / "checks"
+    assert config.data_dir == tmp_path / ".gate"
+
+
+def test_missing_environment_variable_names_file_rule_and_field(tmp_path: Path) -> None:
+    path = make(tmp_path, GOOD.replace("${UP}/node", "${NOPE}/node"))
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={"UP": "127.0.0.1:5001"})
+
+    message = caught.value.message
+    assert str(path) in message and "rule 'node'.source" in message and "NOPE" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("tags: [\"15-alpine\", \"16-*\"]", "tags: []"), "rule 'node'.tags"),
+        (("target: ${ART:-127.0.0.1:6000}/base/node", "target: base/Node"), "rule 'node'.target"),
+        (("target: ${ART:-127.0.0.1:6000}/base/node", "target: a/b:tag"), "repository only"),
+        (("folder: checks", "folder: nowhere"), "rule 'node'.validation.folder"),
+        (("timeout: 120", "timeout: -1"), "validation.timeout"),
+        (("name: node", "name: node\n        colour: red"), "unknown field(s) colour"),
+        (("insecure: true", "insecure: yes-please"), "registries[0].insecure"),
+        (("name: node", "name: node\n        unique_tag: '{tag}-fixed'"), "{run_id}"),
+        (("name: node", "name: node\n        stable_tag: '{branch}'"), "unknown placeholder(s) {branch}"),
+    ],
+)
+def test_invalid_fields_are_named(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
+    path = make(tmp_path, GOOD.replace(*change))
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={"UP": "127.0.0.1:5001"})
+
+    assert expected in caught.value.message and str(path) in caught.value.message
+
+
+def test_plain_http_is_refused_for_a_remote_registry(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="loopback registries only"):
+        load_config(make(tmp_path, GOOD), env={"UP": "registry.example.com"})
+
+
+def test_broken_yaml_reports_the_line(tmp_path: Path) -> None:
+    path = make(tmp_path, "rules:\n  - name: [unclosed\n")
+
+    with pytest.raises(ConfigError, match=r"line \d+"):
+        load_config(path)
+
+
+def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="GATE_CONFIG"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_rule_matching_by_exact_tag_glob_and_digest(tmp_path: Path) -> None:
+    config = load_config(make(tmp_path, GOOD), env={"UP": "127.0.0.1:5001"})
+    digest = "sha256:" + "a" * 64
+
+    assert config.match(ImageRef.parse("127.0.0.1:5001/node:16-slim")).name == "node"
+    assert config.match(ImageRef.parse(f"127.0.0.1:5001/node:15-alpine@{digest}")).name == "node"
+    with pytest.raises(NoMatchingRule):
+        config.match(ImageRef.parse("127.0.0.1:5001/node:17"))
+    with pytest.raises(NoMatchingRule):
+        config.match(ImageRef.parse("node:15-alpine"))  # docker.io is not this rule's upstream
+
+
+def test_digest_request_without_tag_needs_one_when_rule_watches_several(tmp_path: Path) -> None:
+    config = load_config(make(tmp_path, GOOD), env={"UP": "127.0.0.1:5001"})
+    ref = ImageRef.parse("127.0.0.1:5001/node@sha256:" + "b" * 64)
+
+    with pytest.raises(UsageError, match="say which"):
+        config.rules[0].gated_tag(ref)
+
+
+def test_docker_hub_short_names_normalize_in_rules(tmp_path: Path) -> None:
+    body = GOOD.replace("source: ${UP}/node", "source: node").replace(
+        "registries:\n  - host: ${UP}\n    insecure: true\n", "registries: []\n"
+    )
+    config = load_config(make(tmp_path, body), env={"UP": "127.0.0.1:5001"})
+
+    assert config.match(ImageRef.parse("docker.io/library/node:15-alpine")).name == "node"
+
+
+def test_registry_host_without_dot_or_port_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="registries\\[0\\].host.*not a registry host"):
+        load_config(make(tmp_path, GOOD), env={"UP": "myregistry"})
