@@ -20,7 +20,7 @@ from rich.table import Table
 from gate.config import GateConfig, config_path, load_config
 from gate.errors import GateError
 from gate.model import GateRecord, State
-from gate.service import GateOutcome, Gatekeeper, gate_image, rollback, watch_once
+from gate.service import Gatekeeper, GateOutcome, gate_image, rollback, watch_once
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -51,8 +51,13 @@ class _Bar:
 
     def __init__(self, enabled: bool) -> None:
         self.progress = Progress(
-            "{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            console=err, transient=True, disable=not enabled,
+            "{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err,
+            transient=True,
+            disable=not enabled,
         )
         self.tasks: dict[str, Any] = {}
 
@@ -70,7 +75,10 @@ class _Bar:
 
 
 config_option = click.option(
-    "--config", "-c", envvar="GATE_CONFIG", metavar="FILE",
+    "--config",
+    "-c",
+    envvar="GATE_CONFIG",
+    metavar="FILE",
     help="Gate configuration (default: $GATE_CONFIG, else ./gate.yaml).",
 )
 
@@ -94,7 +102,9 @@ def run_cmd(image: str, config: str | None, force: bool, as_json: bool) -> None:
             outcome = gate_image(keeper, image, force=force, progress=bar)
     except GateError as exc:
         if as_json:
-            print(json.dumps({"verdict": "error", "error": type(exc).__name__, "reason": exc.message}))
+            print(
+                json.dumps({"verdict": "error", "error": type(exc).__name__, "reason": exc.message})
+            )
         _fail(exc)
     if as_json:
         print(json.dumps(outcome.to_dict()))
@@ -118,8 +128,13 @@ def _print_outcome(outcome: GateOutcome) -> None:
 @main.command("watch")
 @config_option
 @click.option("--once", is_flag=True, help="Poll once and exit (for cron or a timer).")
-@click.option("--interval", default=300.0, show_default=True, type=click.FloatRange(min=1),
-              help="Seconds between polls.")
+@click.option(
+    "--interval",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="Seconds between polls.",
+)
 def watch_cmd(config: str | None, once: bool, interval: float) -> None:
     """Poll every watched upstream tag (HEAD only) and gate digests not decided yet."""
     try:
@@ -163,14 +178,24 @@ def _since(value: str | None) -> datetime | None:
 @click.option("--since", help="Only records since a date or span (7d, 12h).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines on stdout.")
-def history_cmd(config: str | None, rule: str | None, target: str | None, state: str | None,
-                since: str | None, limit: int, as_json: bool) -> None:
+def history_cmd(
+    config: str | None,
+    rule: str | None,
+    target: str | None,
+    state: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
     """List gate decisions, newest first."""
     try:
         keeper = _keeper(config)
         records = keeper.ledger.history(
-            rule=rule, target=target, state=State(state) if state else None,
-            since=_since(since), limit=limit,
+            rule=rule,
+            target=target,
+            state=State(state) if state else None,
+            since=_since(since),
+            limit=limit,
         )
     except GateError as exc:
         _fail(exc)
@@ -184,14 +209,30 @@ def history_cmd(config: str | None, rule: str | None, target: str | None, state:
 def history_table(records: list[GateRecord]) -> Table:
     """The decisions as a table (also the walkthrough's summary)."""
     table = Table(show_lines=False)
-    for column in ("record", "when", "action", "source", "digest", "verdict", "run", "tags", "reason"):
+    for column in (
+        "record",
+        "when",
+        "action",
+        "source",
+        "digest",
+        "verdict",
+        "run",
+        "tags",
+        "reason",
+    ):
         table.add_column(column, overflow="fold")
     for r in records:
         style = _STYLE.get(r.state.value, "")
         table.add_row(
-            r.id, r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.action, r.source,
-            (r.digest or "-")[:19], f"[{style}]{r.state.value}[/]" if style else r.state.value,
-            r.run_id or "-", ", ".join(r.target_tags) or "-", r.reason,
+            r.id,
+            r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.action,
+            r.source,
+            (r.digest or "-")[:19],
+            f"[{style}]{r.state.value}[/]" if style else r.state.value,
+            r.run_id or "-",
+            ", ".join(r.target_tags) or "-",
+            r.reason,
         )
     return table
 
@@ -219,15 +260,20 @@ def show_cmd(record_id: str, config: str | None, as_json: bool) -> None:
 @main.command("rollback")
 @click.argument("target")
 @config_option
-@click.option("--to", "to", metavar="RUN_ID|DIGEST", help="An earlier promotion (default: the one before).")
+@click.option(
+    "--to", "to", metavar="RUN_ID|DIGEST", help="An earlier promotion (default: the one before)."
+)
 @click.option("--reason", required=True, help="Why; recorded with the rollback.")
 @click.option("--actor", envvar="USER", help="Who (default: $USER).")
-def rollback_cmd(target: str, config: str | None, to: str | None, reason: str, actor: str | None) -> None:
+def rollback_cmd(
+    target: str, config: str | None, to: str | None, reason: str, actor: str | None
+) -> None:
     """Move TARGET's stable tag back to an earlier validated digest (TARGET: registry/repo[:tag])."""
     try:
         record = rollback(_keeper(config), target, to=to, reason=reason, actor=actor)
     except GateError as exc:
         _fail(exc)
-    out.print(f"[bold cyan]ROLLED BACK[/] {record.target}:{record.target_tags[0]} -> {record.digest}")
+    out.print(
+        f"[bold cyan]ROLLED BACK[/] {record.target}:{record.target_tags[0]} -> {record.digest}"
+    )
     out.print(f"  record  {record.id}\n  reason  {record.reason}", soft_wrap=True)
-

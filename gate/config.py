@@ -162,7 +162,9 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{file}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise ConfigError(
+            f"{file}{where}: not valid YAML ({getattr(exc, 'problem', exc)})"
+        ) from None
     return _Loader(file, os.environ if env is None else env).load(raw)
 
 
@@ -189,8 +191,7 @@ class _Loader:
                     return default
                 raise self.fail(
                     where,
-                    f"environment variable {name} is not set; set it or write "
-                    f"${{{name}:-default}}",
+                    f"environment variable {name} is not set; set it or write ${{{name}:-default}}",
                 )
 
             return _ENV_PATTERN.sub(sub, value)
@@ -206,7 +207,8 @@ class _Loader:
         unknown = sorted(set(map(str, value)) - allowed)
         if unknown:
             raise self.fail(
-                where, f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+                where,
+                f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}",
             )
         return {str(k): v for k, v in value.items()}
 
@@ -240,7 +242,9 @@ class _Loader:
         if raw is None:
             raise self.fail("top level", "the file is empty; it needs at least 'rules:'")
         top = self.mapping(
-            raw, "top level", {"version", "data_dir", "secrets_dir", "registries", "validator", "rules"}
+            raw,
+            "top level",
+            {"version", "data_dir", "secrets_dir", "registries", "validator", "rules"},
         )
         if top.get("version", 1) != 1:
             raise self.fail("version", f"unsupported version {top['version']!r}; this gate reads 1")
@@ -257,7 +261,9 @@ class _Loader:
         names = [r.name for r in rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise self.fail("rules", f"rule names must be unique; repeated: {', '.join(duplicates)}")
+            raise self.fail(
+                "rules", f"rule names must be unique; repeated: {', '.join(duplicates)}"
+            )
         return GateConfig(
             path=self.file,
             data_dir=data_dir,
@@ -269,7 +275,9 @@ class _Loader:
 
     def registries(self, raw: Any) -> dict[str, RegistrySettings]:
         if not isinstance(raw, list):
-            raise self.fail("registries", "expected a list of {host, insecure, username, password_secret}")
+            raise self.fail(
+                "registries", "expected a list of {host, insecure, username, password_secret}"
+            )
         result: dict[str, RegistrySettings] = {}
         for i, item in enumerate(raw):
             where = f"registries[{i}]"
@@ -315,14 +323,18 @@ class _Loader:
         engine = entry.get("engine", "auto")
         engine_text = self.text(engine, "validator.engine")
         network = self.text(entry.get("network", "none"), "validator.network")
-        return ValidatorSettings(engine=None if engine_text == "auto" else engine_text, network=network)
+        return ValidatorSettings(
+            engine=None if engine_text == "auto" else engine_text, network=network
+        )
 
     def rule(self, raw: Any, index: int) -> Rule:
         label = f"rules[{index}]"
         if isinstance(raw, dict) and isinstance(raw.get("name"), str):
             label = f"rule '{raw['name']}'"
         entry = self.mapping(
-            raw, label, {"name", "source", "tags", "target", "stable_tag", "unique_tag", "validation"}
+            raw,
+            label,
+            {"name", "source", "tags", "target", "stable_tag", "unique_tag", "validation"},
         )
         name = self.text(entry.get("name"), f"{label}.name")
         source = self.ref(entry.get("source"), f"{label}.source", repository_only=True)
@@ -330,13 +342,19 @@ class _Loader:
         if isinstance(tags_raw, str):
             tags_raw = [tags_raw]
         if not isinstance(tags_raw, list) or not tags_raw:
-            raise self.fail(f"{label}.tags", "expected a list of tags or glob patterns, e.g. ['15-alpine', '16-*']")
+            raise self.fail(
+                f"{label}.tags",
+                "expected a list of tags or glob patterns, e.g. ['15-alpine', '16-*']",
+            )
         tags = tuple(self.text(t, f"{label}.tags[{i}]") for i, t in enumerate(tags_raw))
         target = self.ref(entry.get("target"), f"{label}.target", repository_only=True)
         stable = self.template(entry.get("stable_tag", DEFAULT_STABLE_TAG), f"{label}.stable_tag")
         unique = self.template(entry.get("unique_tag", DEFAULT_UNIQUE_TAG), f"{label}.unique_tag")
         if "{run_id}" not in unique:
-            raise self.fail(f"{label}.unique_tag", f"'{unique}' must contain {{run_id}} so every promotion gets its own tag")
+            raise self.fail(
+                f"{label}.unique_tag",
+                f"'{unique}' must contain {{run_id}} so every promotion gets its own tag",
+            )
         if stable == unique:
             raise self.fail(f"{label}.stable_tag", "must differ from unique_tag")
         validation = self.validation(entry.get("validation"), f"{label}.validation")

@@ -128,12 +128,16 @@ def gate_image(
             break
         existing = claim.record
         if existing.state.final:
-            keeper.notify("duplicate", existing, f"{digest} already {existing.state} by record {existing.id}")
+            keeper.notify(
+                "duplicate", existing, f"{digest} already {existing.state} by record {existing.id}"
+            )
             return GateOutcome(existing, duplicate=True)
         if not wait:
             return GateOutcome(existing, duplicate=True)
         if not announced:
-            keeper.notify("waiting", existing, f"record {existing.id} is gating {digest}; waiting for it")
+            keeper.notify(
+                "waiting", existing, f"record {existing.id} is gating {digest}; waiting for it"
+            )
             announced = True
         time.sleep(WAIT_POLL_SECONDS)
     keeper.notify("resolved", record, f"{ref} -> {digest} (rule {rule.name})")
@@ -175,7 +179,9 @@ def _run(
             keeper.notify("rejected", record, f"rejected: {result.reason}")
             return record
         if result.outcome is Outcome.FAILED:
-            record = record.advance(State.FAILED, reason=f"validation failed to run: {result.reason}")
+            record = record.advance(
+                State.FAILED, reason=f"validation failed to run: {result.reason}"
+            )
             ledger.save(record)
             keeper.notify("failed", record, record.reason)
             return record
@@ -186,11 +192,19 @@ def _run(
         stable = rule.render(rule.stable_tag, tag=upstream_tag, run_id=result.run_id, date=when)
         record = record.advance(State.PROMOTING, target_tags=(unique, stable))
         ledger.save(record)
-        keeper.notify("promoting", record, f"promoting {source.digest} to {rule.target.name}:{unique}, :{stable}")
+        keeper.notify(
+            "promoting",
+            record,
+            f"promoting {source.digest} to {rule.target.name}:{unique}, :{stable}",
+        )
         began = time.monotonic()
         # by digest, never by tag: upstream may have moved since we resolved it
         keeper.registry.copy(
-            source.pinned(), rule.target, immutable_tags=(unique,), tags=(stable,), progress=progress
+            source.pinned(),
+            rule.target,
+            immutable_tags=(unique,),
+            tags=(stable,),
+            progress=progress,
         )
         record = record.advance(
             State.PROMOTED,
@@ -247,9 +261,7 @@ class WatchItem:
     error: str = ""
 
 
-def watch_once(
-    keeper: Gatekeeper, *, progress: ProgressCallback | None = None
-) -> list[WatchItem]:
+def watch_once(keeper: Gatekeeper, *, progress: ProgressCallback | None = None) -> list[WatchItem]:
     """Poll every watched upstream tag (HEAD only) and gate digests not decided yet.
 
     Glob selectors list the repository's tags first. One tag's error does not stop the others.
@@ -270,7 +282,9 @@ def watch_once(
                 digest = keeper.registry.resolve(ref)
                 decided = keeper.ledger.decided(rule.name, digest)
                 if decided is not None:
-                    items.append(WatchItem(rule.name, str(ref), digest, skipped=f"already {decided.state}"))
+                    items.append(
+                        WatchItem(rule.name, str(ref), digest, skipped=f"already {decided.state}")
+                    )
                     continue
                 outcome = gate_image(
                     keeper, ref.with_digest(digest), trigger="poll", wait=False, progress=progress
@@ -310,7 +324,9 @@ def rollback(
     stable = _stable_tag(ref, rules, promotions)
     promotions = [r for r in promotions if stable in r.target_tags[1:]]
     if not promotions:
-        raise NotFound(f"the gate never promoted anything to {repo.name}:{stable}; nothing to roll back to")
+        raise NotFound(
+            f"the gate never promoted anything to {repo.name}:{stable}; nothing to roll back to"
+        )
     current = keeper.registry.resolve(repo.with_tag(stable))
     chosen = _rollback_target(promotions, current, to)
     if chosen.digest == current:
@@ -375,4 +391,3 @@ def _rollback_target(promotions: list[GateRecord], current: str, to: str | None)
         if candidate.digest != current:
             return candidate
     raise NotFound(f"no promotion older than {current} to roll back to; name one with --to")
-

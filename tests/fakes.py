@@ -103,7 +103,9 @@ class FakeValidator:
         if self.during:
             self.during(request)
         outcome = self.decide(request)
-        return ValidationResult(outcome=outcome, run_id=run_id, reason=f"fake says {outcome}", log="fake log")
+        return ValidationResult(
+            outcome=outcome, run_id=run_id, reason=f"fake says {outcome}", log="fake log"
+        )
 
 
 @dataclass

@@ -71,7 +71,7 @@ def test_missing_environment_variable_names_file_rule_and_field(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (("tags: [\"15-alpine\", \"16-*\"]", "tags: []"), "rule 'node'.tags"),
+        (('tags: ["15-alpine", "16-*"]', "tags: []"), "rule 'node'.tags"),
         (("target: ${ART:-127.0.0.1:6000}/base/node", "target: base/Node"), "rule 'node'.target"),
         (("target: ${ART:-127.0.0.1:6000}/base/node", "target: a/b:tag"), "repository only"),
         (("folder: checks", "folder: nowhere"), "rule 'node'.validation.folder"),
@@ -79,7 +79,10 @@ def test_missing_environment_variable_names_file_rule_and_field(tmp_path: Path) 
         (("name: node", "name: node\n        colour: red"), "unknown field(s) colour"),
         (("insecure: true", "insecure: yes-please"), "registries[0].insecure"),
         (("name: node", "name: node\n        unique_tag: '{tag}-fixed'"), "{run_id}"),
-        (("name: node", "name: node\n        stable_tag: '{branch}'"), "unknown placeholder(s) {branch}"),
+        (
+            ("name: node", "name: node\n        stable_tag: '{branch}'"),
+            "unknown placeholder(s) {branch}",
+        ),
     ],
 )
 def test_invalid_fields_are_named(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
@@ -138,5 +141,5 @@ def test_docker_hub_short_names_normalize_in_rules(tmp_path: Path) -> None:
 
 
 def test_registry_host_without_dot_or_port_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="registries\\[0\\].host.*not a registry host"):
+    with pytest.raises(ConfigError, match=r"registries\[0\].host.*not a registry host"):
         load_config(make(tmp_path, GOOD), env={"UP": "myregistry"})

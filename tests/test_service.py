@@ -62,7 +62,7 @@ def fakes(keeper: Gatekeeper) -> tuple[FakeRegistry, FakeValidator]:
 
 
 def test_passing_image_is_promoted_under_unique_then_stable_tag(keeper: Gatekeeper) -> None:
-    registry, validator = fakes(keeper)
+    registry, _validator = fakes(keeper)
     digest = registry.push(f"{UP}/node:15-alpine", "green")
 
     outcome = gate_image(keeper, f"{UP}/node:15-alpine")
@@ -160,10 +160,10 @@ def test_failed_validation_may_be_retried_without_force(keeper: Gatekeeper) -> N
 
 
 def test_unknown_repository_is_refused_and_nothing_recorded(keeper: Gatekeeper) -> None:
-    registry, validator = fakes(keeper)
+    registry, _validator = fakes(keeper)
     registry.push(f"{UP}/python:3.12", "py")
 
-    with pytest.raises(NoMatchingRule, match="no rule .* watches"):
+    with pytest.raises(NoMatchingRule, match=r"no rule .* watches"):
         gate_image(keeper, f"{UP}/python:3.12")
     with pytest.raises(NoMatchingRule):
         gate_image(keeper, f"{UP}/node:16-alpine")
@@ -186,7 +186,7 @@ def test_promotion_error_records_failure_and_keeps_stable_tag(keeper: Gatekeeper
 
 
 def test_stale_in_progress_claim_is_taken_over(keeper: Gatekeeper) -> None:
-    registry, validator = fakes(keeper)
+    registry, _validator = fakes(keeper)
     digest = registry.push(f"{UP}/node:15-alpine", "green")
     from gate.model import GateRecord
 
@@ -225,8 +225,13 @@ def test_watch_expands_glob_selectors_from_the_tag_list(tmp_path: Path) -> None:
     registry = FakeRegistry()
     for tag in ("15-alpine", "15-slim", "16-alpine", "lts"):
         registry.push(f"{UP}/node:{tag}", tag)
-    keeper = Gatekeeper(config, registry, FakeValidator(), SqliteLedger(tmp_path / "l.db"),
-                        FakeSecrets({"test-token": "t"}))
+    keeper = Gatekeeper(
+        config,
+        registry,
+        FakeValidator(),
+        SqliteLedger(tmp_path / "l.db"),
+        FakeSecrets({"test-token": "t"}),
+    )
 
     items = watch_once(keeper)
 
@@ -256,7 +261,9 @@ def promote(keeper: Gatekeeper, name: str) -> str:
     return outcome.record.digest or ""
 
 
-def test_rollback_moves_stable_tag_to_previous_promotion_and_records_why(keeper: Gatekeeper) -> None:
+def test_rollback_moves_stable_tag_to_previous_promotion_and_records_why(
+    keeper: Gatekeeper,
+) -> None:
     registry, _ = fakes(keeper)
     orange, green = promote(keeper, "orange"), promote(keeper, "green")
 
@@ -270,7 +277,7 @@ def test_rollback_moves_stable_tag_to_previous_promotion_and_records_why(keeper:
 
 def test_rollback_to_named_run_or_digest(keeper: Gatekeeper) -> None:
     registry, _ = fakes(keeper)
-    orange, green, blue = (promote(keeper, c) for c in ("orange", "green", "blue"))
+    orange, green, _blue = (promote(keeper, c) for c in ("orange", "green", "blue"))
 
     rollback(keeper, f"{ART}/node:15-alpine", to="run1", reason="back to orange")
     assert registry.tag_of(f"{ART}/node:15-alpine") == orange

@@ -42,7 +42,7 @@ def say(text: str) -> None:
 def gate(*args: str, env: dict[str, str]) -> int:
     """Run the real ``gate`` CLI (the console script next to this interpreter)."""
     exe = Path(sys.executable).with_name("gate")
-    command = [str(exe) if exe.exists() else "gate", *args]
+    command = [str(exe), *args] if exe.exists() else [sys.executable, "-m", "gate", *args]
     print(f"$ gate {' '.join(args)}", flush=True)
     return subprocess.run(command, env=env, check=False).returncode
 
@@ -51,15 +51,18 @@ def tags_of(host: str, repo: str) -> dict[str, str]:
     """tag -> digest in a plain-HTTP registry."""
     listed = httpx.get(f"http://{host}/v2/{repo}/tags/list").json().get("tags") or []
     return {
-        tag: httpx.head(f"http://{host}/v2/{repo}/manifests/{tag}", headers={"Accept": ACCEPT})
-        .headers["Docker-Content-Digest"]
+        tag: httpx.head(
+            f"http://{host}/v2/{repo}/manifests/{tag}", headers={"Accept": ACCEPT}
+        ).headers["Docker-Content-Digest"]
         for tag in sorted(listed)
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, help="keep registries, ledger and podman state here")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep registries, ledger and podman state here"
+    )
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="gate-walkthrough-"))
     if args.workdir and work.exists():
@@ -105,7 +108,10 @@ def main() -> int:
             ("Green passed the gate (exit 0)", codes["Green"] == 0),
             ("Red was rejected (exit 1)", codes["Red"] == 1),
             ("the redelivered Green was a no-op (exit 0)", codes["Green again"] == 0),
-            ("base-artifacts node:15-alpine is the Green digest", final.get("15-alpine") == digests["Green"]),
+            (
+                "base-artifacts node:15-alpine is the Green digest",
+                final.get("15-alpine") == digests["Green"],
+            ),
             ("a node:15-alpine-<run-id> tag holds Orange", digests["Orange"] in unique.values()),
             ("a node:15-alpine-<run-id> tag holds Green", digests["Green"] in unique.values()),
             ("nothing in base-artifacts holds Red", digests["Red"] not in final.values()),

@@ -102,7 +102,9 @@ class SqliteLedger:
                     raise
                 db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise LedgerError(f"ledger {self.path} failed: {exc}; retry, or check the disk") from None
+            raise LedgerError(
+                f"ledger {self.path} failed: {exc}; retry, or check the disk"
+            ) from None
 
     def _insert(self, db: sqlite3.Connection, record: GateRecord) -> None:
         db.execute(

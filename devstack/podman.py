@@ -1,0 +1,44 @@
+"""Podman configuration for this kind of host: runc, cgroupfs, vfs storage, file events.
+
+crun fails on kernels with hybrid cgroups, overlay needs privileges a nested sandbox may lack,
+and journald is usually absent; these settings avoid all three. Storage lives under a state
+directory of our own so tests never touch the machine's image store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def podman_env(state_dir: Path) -> dict[str, str]:
+    """Write containers.conf and storage.conf under ``state_dir``; return the env vars to set.
+
+    Add the result to ``os.environ`` (or a subprocess ``env``) before running ``podman``.
+    """
+    state_dir = Path(state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    graphroot = state_dir / "storage"
+    runroot = state_dir / "run"
+    tmpdir = state_dir / "tmp"
+    for path in (graphroot, runroot, tmpdir):
+        path.mkdir(parents=True, exist_ok=True)
+    containers_conf = state_dir / "containers.conf"
+    containers_conf.write_text(
+        "[engine]\n"
+        'runtime = "runc"\n'
+        'cgroup_manager = "cgroupfs"\n'
+        'events_logger = "file"\n'
+        f'events_logfile_path = "{state_dir / "events.log"}"\n'
+        f'tmp_dir = "{tmpdir}"\n'
+        "\n"
+        "[containers]\n"
+        'default_ulimits = ["nofile=20000:20000", "nproc=20000:20000"]\n'
+    )
+    storage_conf = state_dir / "storage.conf"
+    storage_conf.write_text(
+        f'[storage]\ndriver = "vfs"\ngraphroot = "{graphroot}"\nrunroot = "{runroot}"\n'
+    )
+    return {
+        "CONTAINERS_CONF": str(containers_conf),
+        "CONTAINERS_STORAGE_CONF": str(storage_conf),
+    }

@@ -1,0 +1,204 @@
+"""A real CNCF distribution registry (Debian's ``docker-registry``) on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+_START_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago (bind to 0, release)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _config(
+    root: Path,
+    port: int,
+    notify_url: str | None,
+    htpasswd: Path | None,
+) -> str:
+    # JSON is valid YAML: no dependency on a YAML writer, and no quoting surprises.
+    import json
+
+    config: dict[str, object] = {
+        "version": 0.1,
+        "log": {"level": "info", "accesslog": {"disabled": True}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(root / "data")},
+            "delete": {"enabled": True},
+            # No blob-descriptor cache: tests delete and re-push, a cache would hide that.
+            "maintenance": {"uploadpurging": {"enabled": False}},
+        },
+        "http": {
+            "addr": f"127.0.0.1:{port}",
+            "relativeurls": True,
+            "headers": {"X-Content-Type-Options": ["nosniff"]},
+        },
+    }
+    if htpasswd is not None:
+        config["auth"] = {"htpasswd": {"realm": "devstack", "path": str(htpasswd)}}
+    if notify_url is not None:
+        config["notifications"] = {
+            "endpoints": [
+                {
+                    "name": "devstack",
+                    "url": notify_url,
+                    "timeout": "2s",
+                    "threshold": 3,
+                    "backoff": "1s",
+                    "ignoredmediatypes": ["application/octet-stream"],
+                }
+            ]
+        }
+    return json.dumps(config, indent=2)
+
+
+def _write_htpasswd(path: Path, username: str, password: str) -> None:
+    # The registry only accepts bcrypt entries; Python has no bcrypt in the standard library,
+    # so use apache2-utils' htpasswd (password passed on stdin, never on the command line).
+    tool = shutil.which("htpasswd")
+    if tool is None:
+        raise RuntimeError(
+            "basic auth for the dev registry needs the 'htpasswd' tool: "
+            "install apache2-utils (apt-get install apache2-utils)"
+        )
+    result = subprocess.run(
+        [tool, "-niB", username],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"htpasswd failed: {result.stderr.strip()}")
+    path.write_text(result.stdout)
+
+
+class RegistryProcess:
+    """A ``docker-registry serve`` process storing under ``root``, listening on 127.0.0.1.
+
+    Use as a context manager (or call :meth:`start` / :meth:`stop`). ``notify_url`` adds a
+    notifications endpoint; ``username``/``password`` turn on htpasswd basic auth.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        port: int | None = None,
+        notify_url: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self._fixed_port = port
+        self.port = port or 0
+        self.notify_url = notify_url
+        self.username = username
+        self.password = password
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_path = self.root / "registry.log"
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``: the registry part of image references."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://{self.host}"
+
+    @property
+    def log(self) -> str:
+        """The registry's log so far."""
+        try:
+            return self._log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self) -> RegistryProcess:
+        """Start the registry and wait until ``GET /v2/`` answers; retry on a port collision."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        htpasswd: Path | None = None
+        if self.username is not None:
+            htpasswd = self.root / "htpasswd"
+            _write_htpasswd(htpasswd, self.username, self.password or "")
+        attempts = 1 if self._fixed_port else 5
+        last_error = ""
+        for _ in range(attempts):
+            self.port = self._fixed_port or free_port()
+            config_path = self.root / "config.yml"
+            config_path.write_text(_config(self.root, self.port, self.notify_url, htpasswd))
+            with self._log_path.open("wb") as log:
+                self._proc = subprocess.Popen(
+                    ["docker-registry", "serve", str(config_path)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, "OTEL_TRACES_EXPORTER": "none"},
+                )
+            if self._wait_ready():
+                return self
+            last_error = self.log
+            self._terminate()
+            if "address already in use" not in last_error:
+                break
+        raise RuntimeError(
+            f"docker-registry did not answer GET /v2/ on {self.url} within {_START_TIMEOUT:.0f}s; "
+            f"its log:\n{last_error}"
+        )
+
+    def _wait_ready(self) -> bool:
+        assert self._proc is not None
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                return False
+            try:
+                # 401 counts as up: with auth on, /v2/ asks for credentials.
+                response = httpx.get(f"{self.url}/v2/", timeout=1.0)
+                if response.status_code in (200, 401):
+                    return True
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        return False
+
+    def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop(self) -> None:
+        """Terminate the registry and wait for it to exit."""
+        self._terminate()
+
+    def __enter__(self) -> RegistryProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,355 @@
+"""The gate end to end: real docker-registry processes, real podman, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devstack.images import MANIFEST_ACCEPT, ImageBuilder
+from devstack.registry import RegistryProcess, free_port
+from gate.compose import local_gatekeeper
+from gate.config import load_config
+from gate.model import ValidationResult
+from gate.ports import ValidationRequest
+from gate.service import Gatekeeper, gate_image
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_VALIDATION = ROOT / "examples" / "seed" / "validation"
+
+# A validation that counts its runs in the mounted folder, so a test can see how many happened.
+COUNTING_TASK = """\
+version: v1.1.0
+steps:
+  - id: count
+    cmd: "{{.Values.IMAGE}} -c 'echo run >> runs.log'"
+    entryPoint: sh
+  - id: validate
+    cmd: "{{.Values.IMAGE}} ./test.sh"
+    entryPoint: sh
+"""
+
+
+def write_config(
+    tmp_path: Path, upstream: str, target: str, folder: Path = SEED_VALIDATION
+) -> Path:
+    path = tmp_path / "gate.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            data_dir: {tmp_path / "data"}
+            registries:
+              - {{host: "{upstream}", insecure: true}}
+              - {{host: "{target}", insecure: true}}
+            rules:
+              - name: node
+                source: {upstream}/node
+                tags: ["15-alpine"]
+                target: {target}/node
+                validation: {{folder: "{folder}", timeout: 120}}
+            """
+        )
+    )
+    return path
+
+
+def counting_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "validation"
+    folder.mkdir()
+    (folder / "acr-task.yaml").write_text(COUNTING_TASK)
+    (folder / "test.sh").write_bytes((SEED_VALIDATION / "test.sh").read_bytes())
+    (folder / "runs.log").write_text("")
+    return folder
+
+
+def gate_cli(
+    *args: str, config: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gate", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        check=False,
+        timeout=300,
+    )
+
+
+def tags_of(registry: RegistryProcess, repo: str = "node") -> dict[str, str]:
+    listed = httpx.get(f"{registry.url}/v2/{repo}/tags/list").json().get("tags") or []
+    return {
+        tag: httpx.head(
+            f"{registry.url}/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT}
+        ).headers["Docker-Content-Digest"]
+        for tag in listed
+    }
+
+
+def has_manifest(registry: RegistryProcess, digest: str, repo: str = "node") -> bool:
+    response = httpx.head(
+        f"{registry.url}/v2/{repo}/manifests/{digest}", headers={"Accept": MANIFEST_ACCEPT}
+    )
+    return response.status_code == 200
+
+
+pytestmark = pytest.mark.usefixtures("podman_env")
+
+
+def test_seed_walkthrough_replays_orange_green_red(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "seed" / "walkthrough.py"),
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=600,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAIL" not in result.stdout
+    assert result.stdout.count("[ok]") == 9
+    assert (
+        "Invalid Color" in result.stdout + result.stderr
+        or "rejected" in result.stdout + result.stderr
+    )
+
+
+def test_cli_gates_green_then_rejects_red_keeping_green(
+    tmp_path: Path,
+    registries: tuple[RegistryProcess, RegistryProcess],
+    image_builder: ImageBuilder,
+) -> None:
+    upstream, target = registries
+    config = write_config(tmp_path, upstream.host, target.host)
+    green = image_builder.image(
+        f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Green"}
+    )
+
+    passed = gate_cli("run", f"{upstream.host}/node:15-alpine", "--json", config=config)
+    red = image_builder.image(f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Red"})
+    rejected = gate_cli("run", f"{upstream.host}/node:15-alpine", "--json", config=config)
+
+    assert passed.returncode == 0, passed.stderr
+    verdict = json.loads(passed.stdout)
+    assert verdict["verdict"] == "promoted" and verdict["digest"] == green
+    unique = f"15-alpine-{verdict['run_id']}"
+    assert verdict["target_tags"] == [unique, "15-alpine"]
+    assert rejected.returncode == 1, rejected.stderr
+    refusal = json.loads(rejected.stdout)
+    assert refusal["verdict"] == "rejected" and refusal["digest"] == red
+    assert "validate-base-image" in refusal["reason"]
+    assert tags_of(target) == {"15-alpine": green, unique: green}
+    assert not has_manifest(target, red)
+
+    shown = gate_cli("show", refusal["record_id"], "--json", config=config)
+    assert "Invalid Color" in json.loads(shown.stdout)["log"]
+    history = [
+        json.loads(line)
+        for line in gate_cli("history", "--json", config=config).stdout.splitlines()
+    ]
+    assert [h["state"] for h in history] == ["rejected", "promoted"]
+
+
+class MovesUpstreamWhileValidating:
+    """A Validator (our port) that delegates, after pushing a new image to the upstream tag."""
+
+    def __init__(self, inner: object, push: Callable[[], str]) -> None:
+        self.inner = inner
+        self.push = push
+        self.pushed: str | None = None
+
+    def validate(
+        self, request: ValidationRequest, on_started: Callable[[str], None]
+    ) -> ValidationResult:
+        self.pushed = self.push()
+        return self.inner.validate(request, on_started)  # type: ignore[attr-defined,no-any-return]
+
+
+def test_upstream_tag_moving_mid_gate_promotes_the_validated_digest(
+    tmp_path: Path,
+    registries: tuple[RegistryProcess, RegistryProcess],
+    image_builder: ImageBuilder,
+) -> None:
+    upstream, target = registries
+    keeper = local_gatekeeper(load_config(write_config(tmp_path, upstream.host, target.host)))
+    green = image_builder.image(
+        f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Green"}
+    )
+    mover = MovesUpstreamWhileValidating(
+        keeper.validator,
+        lambda: image_builder.image(
+            f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Red"}
+        ),
+    )
+    keeper = Gatekeeper(keeper.config, keeper.registry, mover, keeper.ledger, keeper.secrets)
+
+    outcome = gate_image(keeper, f"{upstream.host}/node:15-alpine")
+
+    assert mover.pushed and mover.pushed != green
+    assert tags_of(upstream)["15-alpine"] == mover.pushed  # upstream really moved
+    assert outcome.verdict == "promoted" and outcome.record.digest == green
+    assert tags_of(target)["15-alpine"] == green
+    assert not has_manifest(target, mover.pushed)
+
+
+def test_multi_arch_index_is_promoted_whole(
+    tmp_path: Path,
+    registries: tuple[RegistryProcess, RegistryProcess],
+    image_builder: ImageBuilder,
+) -> None:
+    upstream, target = registries
+    config = write_config(tmp_path, upstream.host, target.host)
+    index = image_builder.index(
+        f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Green"}
+    )
+    children = [
+        m["digest"]
+        for m in httpx.get(
+            f"{upstream.url}/v2/node/manifests/{index}", headers={"Accept": MANIFEST_ACCEPT}
+        ).json()["manifests"]
+    ]
+
+    result = gate_cli("run", f"{upstream.host}/node:15-alpine", "--json", config=config)
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["digest"] == index
+    assert tags_of(target)["15-alpine"] == index
+    assert len(children) >= 2 and all(has_manifest(target, child) for child in children)
+
+
+def test_ten_concurrent_requests_validate_and_promote_once(
+    tmp_path: Path,
+    registries: tuple[RegistryProcess, RegistryProcess],
+    image_builder: ImageBuilder,
+) -> None:
+    upstream, target = registries
+    folder = counting_folder(tmp_path)
+    config = write_config(tmp_path, upstream.host, target.host, folder)
+    digest = image_builder.image(
+        f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Green"}
+    )
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(
+            pool.map(
+                lambda _: gate_cli(
+                    "run", f"{upstream.host}/node@{digest}", "--json", config=config
+                ),
+                range(10),
+            )
+        )
+
+    assert [r.returncode for r in results] == [0] * 10, [r.stderr for r in results]
+    verdicts = [json.loads(r.stdout) for r in results]
+    assert {v["record_id"] for v in verdicts} == {verdicts[0]["record_id"]}
+    assert sum(not v["duplicate"] for v in verdicts) == 1
+    assert (folder / "runs.log").read_text().count("run") == 1
+    run_tags = [t for t in tags_of(target) if t.startswith("15-alpine-")]
+    assert len(run_tags) == 1
+
+
+def test_validation_that_cannot_run_fails_retryably_and_keeps_stable_tag(
+    tmp_path: Path,
+    registries: tuple[RegistryProcess, RegistryProcess],
+    image_builder: ImageBuilder,
+) -> None:
+    upstream, target = registries
+    config = write_config(tmp_path, upstream.host, target.host)
+    green = image_builder.image(
+        f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Green"}
+    )
+    assert gate_cli("run", f"{upstream.host}/node:15-alpine", config=config).returncode == 0
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "acr-task.yaml").write_text(
+        "version: v1.1.0\nsteps:\n  - id: scan\n    cmd: 127.0.0.1:9/no/such-scanner:1 --check\n"
+    )
+    broken = write_config(tmp_path, upstream.host, target.host, folder)
+    image_builder.image(f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Blue"})
+
+    result = gate_cli("run", f"{upstream.host}/node:15-alpine", "--json", config=broken)
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert json.loads(result.stdout)["verdict"] == "failed"
+    assert tags_of(target)["15-alpine"] == green
+
+
+def test_rollback_returns_stable_tag_to_the_previous_promotion(
+    tmp_path: Path,
+    registries: tuple[RegistryProcess, RegistryProcess],
+    image_builder: ImageBuilder,
+) -> None:
+    upstream, target = registries
+    config = write_config(tmp_path, upstream.host, target.host)
+    orange = image_builder.image(
+        f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Orange"}
+    )
+    assert gate_cli("run", f"{upstream.host}/node:15-alpine", config=config).returncode == 0
+    image_builder.image(f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Green"})
+    assert gate_cli("run", f"{upstream.host}/node:15-alpine", config=config).returncode == 0
+
+    result = gate_cli(
+        "rollback", f"{target.host}/node", "--reason", "green breaks the app", config=config
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert tags_of(target)["15-alpine"] == orange
+    history = [
+        json.loads(line)
+        for line in gate_cli("history", "--json", config=config).stdout.splitlines()
+    ]
+    assert history[0]["state"] == "rolled_back" and "green breaks the app" in history[0]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("image", "code", "message"),
+    [
+        ("Node:15-alpine", 2, "invalid"),
+        ("127.0.0.1:5001/node:bad tag", 2, "invalid tag"),
+        ("docker.io/library/python:3.12", 2, "no rule"),
+    ],
+)
+def test_bad_requests_exit_2_with_a_message(
+    tmp_path: Path, image: str, code: int, message: str
+) -> None:
+    config = write_config(tmp_path, "127.0.0.1:5001", "127.0.0.1:5002")
+
+    result = gate_cli("run", image, config=config)
+
+    assert result.returncode == code
+    assert message in result.stderr.lower()
+    assert gate_cli("history", "--json", config=config).stdout == ""  # nothing recorded
+
+
+def test_broken_config_exits_2_naming_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "gate.yaml"
+    config.write_text("rules:\n  - name: x\n    source: node\n")
+
+    result = gate_cli("run", "node:15-alpine", config=config)
+
+    assert result.returncode == 2
+    assert str(config) in result.stderr and "rule 'x'" in result.stderr
+
+
+def test_unreachable_registry_exits_3(tmp_path: Path) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    config = write_config(tmp_path, dead, "127.0.0.1:5002")
+
+    result = gate_cli("run", f"{dead}/node:15-alpine", config=config)
+
+    assert result.returncode == 3
+    assert dead in result.stderr
