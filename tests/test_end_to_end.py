@@ -9,6 +9,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -24,18 +25,6 @@ from gate.service import Gatekeeper, gate_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_VALIDATION = ROOT / "examples" / "seed" / "validation"
-
-# A validation that counts its runs in the mounted folder, so a test can see how many happened.
-COUNTING_TASK = """\
-version: v1.1.0
-steps:
-  - id: count
-    cmd: "{{.Values.IMAGE}} -c 'echo run >> runs.log'"
-    entryPoint: sh
-  - id: validate
-    cmd: "{{.Values.IMAGE}} ./test.sh"
-    entryPoint: sh
-"""
 
 
 def write_config(
@@ -61,13 +50,25 @@ def write_config(
     return path
 
 
-def counting_folder(tmp_path: Path) -> Path:
-    folder = tmp_path / "validation"
-    folder.mkdir()
-    (folder / "acr-task.yaml").write_text(COUNTING_TASK)
-    (folder / "test.sh").write_bytes((SEED_VALIDATION / "test.sh").read_bytes())
-    (folder / "runs.log").write_text("")
-    return folder
+def validation_starts(since: str) -> list[str]:
+    """Names of the validation containers podman started since ``since`` (its event log)."""
+    listed = subprocess.run(
+        [
+            "podman",
+            "events",
+            "--stream=false",
+            "--since",
+            since,
+            "--filter",
+            "event=start",
+            "--format",
+            "{{.Name}}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [name for name in listed.split() if name.endswith("-validate-base-image")]
 
 
 def gate_cli(
@@ -237,11 +238,11 @@ def test_ten_concurrent_requests_validate_and_promote_once(
     image_builder: ImageBuilder,
 ) -> None:
     upstream, target = registries
-    folder = counting_folder(tmp_path)
-    config = write_config(tmp_path, upstream.host, target.host, folder)
+    config = write_config(tmp_path, upstream.host, target.host)
     digest = image_builder.image(
         f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Green"}
     )
+    since = datetime.now(UTC).isoformat()
 
     with ThreadPoolExecutor(max_workers=10) as pool:
         results = list(
@@ -257,7 +258,7 @@ def test_ten_concurrent_requests_validate_and_promote_once(
     verdicts = [json.loads(r.stdout) for r in results]
     assert {v["record_id"] for v in verdicts} == {verdicts[0]["record_id"]}
     assert sum(not v["duplicate"] for v in verdicts) == 1
-    assert (folder / "runs.log").read_text().count("run") == 1
+    assert validation_starts(since) == [f"{verdicts[0]['run_id']}-validate-base-image"]
     run_tags = [t for t in tags_of(target) if t.startswith("15-alpine-")]
     assert len(run_tags) == 1
 
