@@ -22,8 +22,9 @@ from gate.errors import GateError
 from gate.model import GateRecord, State
 from gate.service import Gatekeeper, GateOutcome, gate_image, rollback, watch_once
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# when output goes to a file or a pipe, do not squeeze it to rich's default 80 columns
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 _STYLE = {"promoted": "green", "rejected": "red", "failed": "yellow", "rolled_back": "cyan"}
 
@@ -40,8 +41,8 @@ def _keeper(config: str | None, quiet: bool = False) -> Gatekeeper:
 
     def notify(event: str, record: GateRecord, message: str) -> None:
         if not quiet:
-            style = _STYLE.get(event, "dim" if event in ("resolved", "run-started") else "")
-            err.print(f"[{style}]{event:>11}[/] {message}" if style else f"{event:>11} {message}")
+            style = _STYLE.get(event, "dim")
+            err.print(f"[{style}]{event:>11}[/] {message}", soft_wrap=True)
 
     return local_gatekeeper(cfg, notify=notify)
 
@@ -207,31 +208,19 @@ def history_cmd(
 
 
 def history_table(records: list[GateRecord]) -> Table:
-    """The decisions as a table (also the walkthrough's summary)."""
-    table = Table(show_lines=False)
-    for column in (
-        "record",
-        "when",
-        "action",
-        "source",
-        "digest",
-        "verdict",
-        "run",
-        "tags",
-        "reason",
-    ):
+    """The decisions as a table (also the walkthrough's summary); ``gate show`` has the rest."""
+    table = Table()
+    for column in ("record", "time (UTC)", "source", "digest", "verdict", "run", "reason"):
         table.add_column(column, overflow="fold")
     for r in records:
         style = _STYLE.get(r.state.value, "")
         table.add_row(
             r.id,
-            r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            r.action,
-            r.source,
+            r.created_at.strftime("%m-%d %H:%M:%S"),
+            r.source if r.action == "gate" else f"{r.action} {r.target}",
             (r.digest or "-")[:19],
             f"[{style}]{r.state.value}[/]" if style else r.state.value,
             r.run_id or "-",
-            ", ".join(r.target_tags) or "-",
             r.reason,
         )
     return table

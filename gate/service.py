@@ -140,7 +140,7 @@ def gate_image(
             )
             announced = True
         time.sleep(WAIT_POLL_SECONDS)
-    keeper.notify("resolved", record, f"{ref} -> {digest} (rule {rule.name})")
+    keeper.notify("resolved", record, f"{ref} is {digest} (rule {rule.name})")
     return GateOutcome(_run(keeper, rule, ref.with_tag(tag).with_digest(digest), record, progress))
 
 
@@ -156,13 +156,13 @@ def _run(
     try:
         record = record.advance(State.VALIDATING)
         ledger.save(record)
-        keeper.notify("validating", record, f"validating {source.pinned()}")
+        keeper.notify("validating", record, str(source.pinned()))
 
         def started(run_id: str) -> None:
             nonlocal record
             record = record.advance(State.VALIDATING, run_id=run_id)
             ledger.save(record)
-            keeper.notify("run-started", record, f"validation run {run_id} started")
+            keeper.notify("run-started", record, f"run {run_id}")
 
         began = time.monotonic()
         result = keeper.validator.validate(_validation_request(keeper, rule, source), started)
@@ -176,7 +176,7 @@ def _run(
         if result.outcome is Outcome.REJECTED:
             record = record.advance(State.REJECTED, reason=result.reason)
             ledger.save(record)
-            keeper.notify("rejected", record, f"rejected: {result.reason}")
+            keeper.notify("rejected", record, result.reason)
             return record
         if result.outcome is Outcome.FAILED:
             record = record.advance(
@@ -195,7 +195,7 @@ def _run(
         keeper.notify(
             "promoting",
             record,
-            f"promoting {source.digest} to {rule.target.name}:{unique}, :{stable}",
+            f"to {rule.target.name}:{unique}, then :{stable}",
         )
         began = time.monotonic()
         # by digest, never by tag: upstream may have moved since we resolved it
@@ -208,11 +208,11 @@ def _run(
         )
         record = record.advance(
             State.PROMOTED,
-            reason=f"validation {result.run_id} passed; {rule.target.name}:{stable} -> {source.digest}",
+            reason=f"passed validation run {result.run_id}",
             timings={**record.timings, "promote": round(time.monotonic() - began, 3)},
         )
         ledger.save(record)
-        keeper.notify("promoted", record, record.reason)
+        keeper.notify("promoted", record, f"{rule.target.name}:{stable} is now {source.digest}")
         return record
     except BaseException as exc:
         reason = exc.message if isinstance(exc, GateError) else f"{type(exc).__name__}: {exc}"
@@ -220,7 +220,7 @@ def _run(
             reason = "interrupted"
         record = record.advance(State.FAILED, reason=reason)
         ledger.save(record)
-        keeper.notify("failed", record, f"failed: {reason}")
+        keeper.notify("failed", record, reason)
         if isinstance(exc, GateError):
             return record
         raise

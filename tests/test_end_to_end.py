@@ -354,3 +354,28 @@ def test_unreachable_registry_exits_3(tmp_path: Path) -> None:
 
     assert result.returncode == 3
     assert dead in result.stderr
+
+
+def test_watch_once_gates_a_new_upstream_digest_then_leaves_it_alone(
+    tmp_path: Path,
+    registries: tuple[RegistryProcess, RegistryProcess],
+    image_builder: ImageBuilder,
+) -> None:
+    upstream, target = registries
+    config = write_config(tmp_path, upstream.host, target.host)
+    green = image_builder.image(
+        f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Green"}
+    )
+
+    first = gate_cli("watch", "--once", config=config)
+    second = gate_cli("watch", "--once", config=config)
+
+    assert first.returncode == 0, first.stderr
+    assert "PROMOTED" in first.stdout and tags_of(target)["15-alpine"] == green
+    assert (
+        second.returncode == 0
+        and "unchanged" in second.stdout
+        and "already promoted" in second.stdout
+    )
+    history = gate_cli("history", "--json", config=config).stdout.splitlines()
+    assert [json.loads(line)["trigger"] for line in history] == ["poll"]

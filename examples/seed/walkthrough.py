@@ -103,6 +103,7 @@ def main() -> int:
         say("checks")
         final = tags_of(target.host, "node")
         unique = {tag: d for tag, d in final.items() if tag.startswith("15-alpine-")}
+        print("  (the table is `gate history`; `gate show RECORD` has a record's validation log)")
         checks = [
             ("Orange passed the gate (exit 0)", codes["Orange"] == 0),
             ("Green passed the gate (exit 0)", codes["Green"] == 0),
