@@ -122,7 +122,12 @@ class GateRecord:
 @dataclass(frozen=True)
 class Claim:
     """The ledger's answer to a claim: ``record`` is ours when ``acquired``, else the existing
-    record that settles or is already gating the same (rule, digest)."""
+    record that settles or is already gating the same (rule, digest).
+
+    ``resumed`` means we adopted an in-progress record whose worker went silent (crashed or
+    timed out): carry on from its state (e.g. poll its validation run) instead of starting over.
+    """
 
     record: GateRecord
     acquired: bool
+    resumed: bool = False

@@ -75,13 +75,34 @@ class ValidationRequest:
     run_registry: str = ""
 
 
+@dataclass(frozen=True)
+class Resume:
+    """A validation an earlier worker started and did not finish.
+
+    ``run_id`` is the run it recorded, if it got that far; ``since`` is when it was about to
+    start one, so a validator whose runs live elsewhere (ACR) can find a run that was started
+    but never recorded.
+    """
+
+    run_id: str | None
+    since: datetime
+
+
 class Validator(Protocol):
     """Runs a validation and reports pass, reject (the image is bad) or fail (we could not tell)."""
 
     def validate(
-        self, request: ValidationRequest, on_started: Callable[[str], None]
+        self,
+        request: ValidationRequest,
+        on_started: Callable[[str], None],
+        resume: Resume | None = None,
     ) -> ValidationResult:
-        """Run the validation; call ``on_started(run_id)`` as soon as the run has an ID."""
+        """Run the validation; call ``on_started(run_id)`` as soon as the run has an ID.
+
+        With ``resume``, follow that earlier run to its end instead of starting another when the
+        validator can (ACR runs outlive our process); a validator whose runs died with the
+        process that started them (local containers) starts a new run.
+        """
         ...
 
 
@@ -91,8 +112,12 @@ class Ledger(Protocol):
     def claim(self, record: GateRecord, *, force: bool, stale_after_seconds: float) -> Claim:
         """Atomically decide whether ``record`` may gate its (rule, digest), and insert it if so.
 
-        Returns the existing decisive record instead when one exists (promoted, rejected, or in
-        progress and fresher than ``stale_after_seconds``), unless ``force``.
+        * a promoted or rejected record exists: return it, not acquired (unless ``force``);
+        * an in-progress record updated within ``stale_after_seconds`` exists: return it, not
+          acquired (even with ``force``: someone is working on it);
+        * an in-progress record silent for longer exists: adopt it (stamp it now) and return
+          it acquired and ``resumed``;
+        * otherwise insert ``record`` and return it acquired. Failed records never block.
         """
         ...
 

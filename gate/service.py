@@ -20,7 +20,15 @@ from datetime import UTC, datetime
 from gate.config import GateConfig, Rule
 from gate.errors import Conflict, GateError, NotFound, UsageError
 from gate.model import GateRecord, Outcome, State, new_record_id
-from gate.ports import Ledger, ProgressCallback, Registry, Secrets, ValidationRequest, Validator
+from gate.ports import (
+    Ledger,
+    ProgressCallback,
+    Registry,
+    Resume,
+    Secrets,
+    ValidationRequest,
+    Validator,
+)
 from gate.ref import ImageRef, parse_digest
 
 Notify = Callable[[str, GateRecord, str], None]
@@ -125,6 +133,7 @@ def gate_image(
     while True:
         claim = keeper.ledger.claim(record, force=force, stale_after_seconds=stale_after)
         if claim.acquired:
+            record = claim.record
             break
         existing = claim.record
         if existing.state.final:
@@ -140,7 +149,10 @@ def gate_image(
             )
             announced = True
         time.sleep(WAIT_POLL_SECONDS)
-    keeper.notify("resolved", record, f"{ref} is {digest} (rule {rule.name})")
+    if claim.resumed:
+        keeper.notify("resuming", record, f"record {record.id} went silent in state {record.state}")
+    else:
+        keeper.notify("resolved", record, f"{ref} is {digest} (rule {rule.name})")
     return GateOutcome(_run(keeper, rule, ref.with_tag(tag).with_digest(digest), record, progress))
 
 
@@ -151,9 +163,18 @@ def _run(
     record: GateRecord,
     progress: ProgressCallback | None,
 ) -> GateRecord:
-    """Validate and promote a claimed record; every exit path leaves a final record."""
+    """Validate and promote a claimed record; every exit path leaves a final record.
+
+    An adopted record carries on from its state: a validation already passed is not run again,
+    and a validation run already started is followed rather than started anew.
+    """
     ledger = keeper.ledger
     try:
+        if record.state is State.PROMOTING and record.run_id and len(record.target_tags) == 2:
+            return _promote(keeper, rule, source, record, progress)
+        resume = None
+        if record.state is State.VALIDATING:
+            resume = Resume(run_id=record.run_id, since=record.created_at)
         record = record.advance(State.VALIDATING)
         ledger.save(record)
         keeper.notify("validating", record, str(source.pinned()))
@@ -165,7 +186,9 @@ def _run(
             keeper.notify("run-started", record, f"run {run_id}")
 
         began = time.monotonic()
-        result = keeper.validator.validate(_validation_request(keeper, rule, source), started)
+        result = keeper.validator.validate(
+            _validation_request(keeper, rule, source), started, resume
+        )
         record = record.advance(
             record.state,
             run_id=result.run_id,
@@ -192,28 +215,7 @@ def _run(
         stable = rule.render(rule.stable_tag, tag=upstream_tag, run_id=result.run_id, date=when)
         record = record.advance(State.PROMOTING, target_tags=(unique, stable))
         ledger.save(record)
-        keeper.notify(
-            "promoting",
-            record,
-            f"to {rule.target.name}:{unique}, then :{stable}",
-        )
-        began = time.monotonic()
-        # by digest, never by tag: upstream may have moved since we resolved it
-        keeper.registry.copy(
-            source.pinned(),
-            rule.target,
-            immutable_tags=(unique,),
-            tags=(stable,),
-            progress=progress,
-        )
-        record = record.advance(
-            State.PROMOTED,
-            reason=f"passed validation run {result.run_id}",
-            timings={**record.timings, "promote": round(time.monotonic() - began, 3)},
-        )
-        ledger.save(record)
-        keeper.notify("promoted", record, f"{rule.target.name}:{stable} is now {source.digest}")
-        return record
+        return _promote(keeper, rule, source, record, progress)
     except BaseException as exc:
         reason = exc.message if isinstance(exc, GateError) else f"{type(exc).__name__}: {exc}"
         if isinstance(exc, KeyboardInterrupt):
@@ -224,6 +226,38 @@ def _run(
         if isinstance(exc, GateError):
             return record
         raise
+
+
+def _promote(
+    keeper: Gatekeeper,
+    rule: Rule,
+    source: ImageRef,
+    record: GateRecord,
+    progress: ProgressCallback | None,
+) -> GateRecord:
+    """Copy the validated digest: the run-ID tag first (never overwritten), then the stable tag.
+
+    Raises on error; the caller records the failure.
+    """
+    unique, stable = record.target_tags
+    keeper.notify("promoting", record, f"to {rule.target.name}:{unique}, then :{stable}")
+    began = time.monotonic()
+    # by digest, never by tag: upstream may have moved since we resolved it
+    keeper.registry.copy(
+        source.pinned(),
+        rule.target,
+        immutable_tags=(unique,),
+        tags=(stable,),
+        progress=progress,
+    )
+    record = record.advance(
+        State.PROMOTED,
+        reason=f"passed validation run {record.run_id}",
+        timings={**record.timings, "promote": round(time.monotonic() - began, 3)},
+    )
+    keeper.ledger.save(record)
+    keeper.notify("promoted", record, f"{rule.target.name}:{stable} is now {source.digest}")
+    return record
 
 
 def _validation_request(keeper: Gatekeeper, rule: Rule, source: ImageRef) -> ValidationRequest:

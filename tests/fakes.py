@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from gate.errors import Conflict, ManifestUnknown, RegistryUnavailable
 from gate.model import Outcome, ValidationResult
-from gate.ports import CopyReport, ProgressCallback, ValidationRequest
+from gate.ports import CopyReport, ProgressCallback, Resume, ValidationRequest
 from gate.ref import ImageRef
 
 
@@ -94,12 +94,20 @@ class FakeValidator:
     during: Callable[[ValidationRequest], None] | None = None
     requests: list[ValidationRequest] = field(default_factory=list)
 
+    resumed: list[Resume] = field(default_factory=list)
+
     def validate(
-        self, request: ValidationRequest, on_started: Callable[[str], None]
+        self,
+        request: ValidationRequest,
+        on_started: Callable[[str], None],
+        resume: Resume | None = None,
     ) -> ValidationResult:
         self.requests.append(request)
-        run_id = f"run{len(self.requests)}"
-        on_started(run_id)
+        if resume is not None:
+            self.resumed.append(resume)
+        run_id = resume.run_id if resume and resume.run_id else f"run{len(self.requests)}"
+        if not (resume and resume.run_id):
+            on_started(run_id)
         if self.during:
             self.during(request)
         outcome = self.decide(request)

@@ -20,7 +20,7 @@ from devstack.registry import RegistryProcess, free_port
 from gate.compose import local_gatekeeper
 from gate.config import load_config
 from gate.model import ValidationResult
-from gate.ports import ValidationRequest
+from gate.ports import Resume, ValidationRequest
 from gate.service import Gatekeeper, gate_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,10 +174,13 @@ class MovesUpstreamWhileValidating:
         self.pushed: str | None = None
 
     def validate(
-        self, request: ValidationRequest, on_started: Callable[[str], None]
+        self,
+        request: ValidationRequest,
+        on_started: Callable[[str], None],
+        resume: Resume | None = None,
     ) -> ValidationResult:
         self.pushed = self.push()
-        return self.inner.validate(request, on_started)  # type: ignore[attr-defined,no-any-return]
+        return self.inner.validate(request, on_started, resume)  # type: ignore[attr-defined,no-any-return]
 
 
 def test_upstream_tag_moving_mid_gate_promotes_the_validated_digest(

@@ -10,7 +10,7 @@ import pytest
 from gate.adapters.sqlite_ledger import SqliteLedger
 from gate.config import load_config
 from gate.errors import Conflict, NoMatchingRule, NotFound, UsageError
-from gate.model import Outcome, State
+from gate.model import GateRecord, Outcome, State
 from gate.ports import ValidationRequest
 from gate.service import Gatekeeper, gate_image, rollback, watch_once
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
@@ -185,24 +185,61 @@ def test_promotion_error_records_failure_and_keeps_stable_tag(keeper: Gatekeeper
     assert registry.tag_of(f"{ART}/node:15-alpine") is None
 
 
-def test_stale_in_progress_claim_is_taken_over(keeper: Gatekeeper) -> None:
+def silent_record(keeper: Gatekeeper, digest: str, state: State, **changes: object) -> GateRecord:
+    """An in-progress record left behind by a worker that died."""
+    ghost = GateRecord(
+        id="ghost1", rule="node", source=f"{UP}/node:15-alpine", target=f"{ART}/node", digest=digest
+    )
+    keeper.ledger.claim(ghost, force=False, stale_after_seconds=1)
+    keeper.ledger.save(ghost.advance(state, **changes))  # type: ignore[arg-type]
+    return ghost
+
+
+def test_silent_in_progress_record_is_adopted_not_duplicated(keeper: Gatekeeper) -> None:
     registry, _validator = fakes(keeper)
     digest = registry.push(f"{UP}/node:15-alpine", "green")
-    from gate.model import GateRecord
-
-    ghost = GateRecord(id="ghost1", rule="node", source="x", target=f"{ART}/node", digest=digest)
-    keeper.ledger.claim(ghost, force=False, stale_after_seconds=1)
-    keeper.ledger.save(ghost.advance(State.VALIDATING))
+    silent_record(keeper, digest, State.VALIDATING, run_id="run-of-the-dead")
 
     claim = keeper.ledger.claim(
-        ghost.__class__(id="new1", rule="node", source="x", target=f"{ART}/node", digest=digest),
+        GateRecord(id="new1", rule="node", source="x", target=f"{ART}/node", digest=digest),
         force=False,
         stale_after_seconds=0,
     )
 
-    assert claim.acquired
-    assert keeper.ledger.get("ghost1").state is State.FAILED
-    assert "abandoned" in keeper.ledger.get("ghost1").reason
+    assert claim.acquired and claim.resumed and claim.record.id == "ghost1"
+    assert [r.id for r in keeper.ledger.history()] == ["ghost1"]
+
+
+def test_adopted_validation_follows_the_recorded_run(
+    keeper: Gatekeeper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, validator = fakes(keeper)
+    digest = registry.push(f"{UP}/node:15-alpine", "green")
+    silent_record(keeper, digest, State.VALIDATING, run_id="run-of-the-dead")
+    monkeypatch.setattr("gate.service.PROMOTION_ALLOWANCE_SECONDS", -10_000.0)
+
+    outcome = gate_image(keeper, f"{UP}/node:15-alpine")
+
+    assert outcome.record.id == "ghost1" and outcome.verdict == "promoted"
+    assert [r.run_id for r in validator.resumed] == ["run-of-the-dead"]
+    assert outcome.record.target_tags == ("15-alpine-run-of-the-dead", "15-alpine")
+
+
+def test_adopted_promotion_is_finished_without_validating_again(
+    keeper: Gatekeeper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, validator = fakes(keeper)
+    digest = registry.push(f"{UP}/node:15-alpine", "green")
+    silent_record(
+        keeper, digest, State.PROMOTING, run_id="run7", target_tags=("15-alpine-run7", "15-alpine")
+    )
+    monkeypatch.setattr("gate.service.PROMOTION_ALLOWANCE_SECONDS", -10_000.0)
+
+    outcome = gate_image(keeper, f"{UP}/node:15-alpine")
+
+    assert outcome.verdict == "promoted" and validator.requests == []
+    assert registry.tag_of(f"{ART}/node:15-alpine-run7") == digest
+    assert registry.tag_of(f"{ART}/node:15-alpine") == digest
 
 
 def test_watch_gates_only_new_digests(keeper: Gatekeeper) -> None:

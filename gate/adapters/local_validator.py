@@ -47,7 +47,7 @@ from typing import IO
 from gate.acr_task import WORKSPACE, AcrTask, CmdStep, RunContext, load_task
 from gate.errors import ConfigError
 from gate.model import Outcome, ValidationResult
-from gate.ports import ValidationRequest
+from gate.ports import Resume, ValidationRequest
 from gate.ref import ImageRef
 from gate.runid import DEFAULT_PREFIX, new_run_id
 
@@ -192,9 +192,15 @@ class LocalValidator:
         return self._extra_env.get("PATH", os.environ.get("PATH"))
 
     def validate(
-        self, request: ValidationRequest, on_started: Callable[[str], None]
+        self,
+        request: ValidationRequest,
+        on_started: Callable[[str], None],
+        resume: Resume | None = None,
     ) -> ValidationResult:
         """Check the task file, call ``on_started(run_id)``, pull, run the steps, report.
+
+        ``resume`` is ignored: local containers die with the process that started them, so an
+        interrupted validation is simply run again, under a new run ID.
 
         Raises UnsupportedTask or ConfigError (nothing ran, ``on_started`` not called) for a
         task file the local runner cannot run, InvalidReference for an image without digest.

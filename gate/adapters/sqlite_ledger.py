@@ -146,11 +146,10 @@ class SqliteLedger:
                 if idle < stale_after_seconds:
                     # someone is gating it right now; even --force waits for them
                     return Claim(existing, acquired=False)
-                abandoned = existing.advance(
-                    State.FAILED,
-                    reason=f"abandoned: no progress for {idle:.0f} s (the process gating it died?)",
-                )
-                self._update(db, abandoned)
+                # its worker went silent: adopt the record and carry on where it stopped
+                adopted = existing.advance(existing.state)
+                self._update(db, adopted)
+                return Claim(adopted, acquired=True, resumed=True)
             self._insert(db, record)
             return Claim(record, acquired=True)
 
