@@ -37,7 +37,9 @@ class RegistrySettings:
     host: str
     insecure: bool = False
     username: str | None = None
+    username_secret: str | None = None
     password_secret: str | None = None
+    resource_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,38 @@ class ValidatorSettings:
 
 
 @dataclass(frozen=True)
+class AzureRegistry:
+    """An Azure Container Registry by ARM coordinates."""
+
+    name: str
+    resource_group: str
+    login_server: str
+
+
+@dataclass(frozen=True)
+class AzureLedger:
+    """Where records live in Azure: Table Storage (and a blob container for validation logs)."""
+
+    table_endpoint: str | None = None
+    connection_string: str | None = field(default=None, repr=False)
+    table: str = "gaterecords"
+    log_container: str = "gatelogs"
+
+
+@dataclass(frozen=True)
+class AzureSettings:
+    """The Azure side: where promotions are imported, where quick runs run, secrets, records."""
+
+    subscription_id: str
+    registry: AzureRegistry
+    runner: AzureRegistry
+    arm_endpoint: str = "https://management.azure.com"
+    key_vault_url: str | None = None
+    ledger: AzureLedger | None = None
+    identity: str = "[system]"
+
+
+@dataclass(frozen=True)
 class GateConfig:
     """A loaded, checked gate configuration."""
 
@@ -118,6 +152,7 @@ class GateConfig:
     rules: tuple[Rule, ...]
     validator: ValidatorSettings = ValidatorSettings()
     secrets_dir: Path | None = None
+    azure: AzureSettings | None = None
 
     def match(self, ref: ImageRef) -> Rule:
         """The first rule that watches ``ref``; :class:`NoMatchingRule` (nothing happens) if none."""
@@ -244,7 +279,7 @@ class _Loader:
         top = self.mapping(
             raw,
             "top level",
-            {"version", "data_dir", "secrets_dir", "registries", "validator", "rules"},
+            {"version", "data_dir", "secrets_dir", "registries", "validator", "rules", "azure"},
         )
         if top.get("version", 1) != 1:
             raise self.fail("version", f"unsupported version {top['version']!r}; this gate reads 1")
@@ -264,6 +299,15 @@ class _Loader:
             raise self.fail(
                 "rules", f"rule names must be unique; repeated: {', '.join(duplicates)}"
             )
+        azure = self.azure(top["azure"]) if "azure" in top else None
+        if azure is not None:
+            for rule in rules:
+                if rule.target.registry != azure.registry.login_server:
+                    raise self.fail(
+                        f"rule '{rule.name}'.target",
+                        f"'{rule.target.registry}' is not the Azure registry "
+                        f"{azure.registry.login_server} (azure.registry) the gate imports into",
+                    )
         return GateConfig(
             path=self.file,
             data_dir=data_dir,
@@ -271,17 +315,108 @@ class _Loader:
             rules=rules,
             validator=validator,
             secrets_dir=secrets_dir,
+            azure=azure,
         )
+
+    def azure(self, raw: Any) -> AzureSettings:
+        entry = self.mapping(
+            raw,
+            "azure",
+            {
+                "subscription_id",
+                "arm_endpoint",
+                "registry",
+                "runner",
+                "key_vault_url",
+                "ledger",
+                "identity",
+            },
+        )
+        registry = self.acr(entry.get("registry"), "azure.registry")
+        runner = self.acr(entry["runner"], "azure.runner") if "runner" in entry else registry
+        ledger = None
+        if "ledger" in entry:
+            led = self.mapping(
+                entry["ledger"],
+                "azure.ledger",
+                {"table_endpoint", "connection_string", "table", "log_container"},
+            )
+            endpoint = led.get("table_endpoint")
+            connection = led.get("connection_string")
+            if (endpoint is None) == (connection is None):
+                raise self.fail(
+                    "azure.ledger",
+                    "give exactly one of table_endpoint (identity-based, for Azure) or "
+                    "connection_string (for Azurite)",
+                )
+            ledger = AzureLedger(
+                table_endpoint=self.url(endpoint, "azure.ledger.table_endpoint")
+                if endpoint
+                else None,
+                connection_string=(
+                    self.text(connection, "azure.ledger.connection_string") if connection else None
+                ),
+                table=self.text(led.get("table", "gaterecords"), "azure.ledger.table"),
+                log_container=self.text(
+                    led.get("log_container", "gatelogs"), "azure.ledger.log_container"
+                ),
+            )
+        vault = entry.get("key_vault_url")
+        return AzureSettings(
+            subscription_id=self.text(entry.get("subscription_id"), "azure.subscription_id"),
+            registry=registry,
+            runner=runner,
+            arm_endpoint=self.url(
+                entry.get("arm_endpoint", "https://management.azure.com"), "azure.arm_endpoint"
+            ),
+            key_vault_url=self.url(vault, "azure.key_vault_url") if vault is not None else None,
+            ledger=ledger,
+            identity=self.text(entry.get("identity", "[system]"), "azure.identity"),
+        )
+
+    def acr(self, raw: Any, where: str) -> AzureRegistry:
+        entry = self.mapping(raw, where, {"name", "resource_group", "login_server"})
+        name = self.text(entry.get("name"), f"{where}.name")
+        if not re.fullmatch(r"[A-Za-z0-9]{5,50}", name):
+            raise self.fail(
+                f"{where}.name", f"'{name}' is not a registry name (5-50 letters and digits)"
+            )
+        login = self.text(
+            entry.get("login_server", f"{name.lower()}.azurecr.io"), f"{where}.login_server"
+        )
+        return AzureRegistry(
+            name=name,
+            resource_group=self.text(entry.get("resource_group"), f"{where}.resource_group"),
+            login_server=login,
+        )
+
+    def url(self, raw: Any, where: str) -> str:
+        text = self.text(raw, where).rstrip("/")
+        if not text.startswith("https://"):
+            raise self.fail(where, f"'{text}' must be an https:// URL")
+        return text
 
     def registries(self, raw: Any) -> dict[str, RegistrySettings]:
         if not isinstance(raw, list):
             raise self.fail(
-                "registries", "expected a list of {host, insecure, username, password_secret}"
+                "registries",
+                "expected a list of {host, insecure, username, password_secret, resource_id}",
             )
         result: dict[str, RegistrySettings] = {}
         for i, item in enumerate(raw):
             where = f"registries[{i}]"
-            entry = self.mapping(item, where, {"host", "insecure", "username", "password_secret"})
+            entry = self.mapping(
+                item,
+                where,
+                {
+                    "host",
+                    "insecure",
+                    "username",
+                    "username_secret",
+                    "password_secret",
+                    "resource_id",
+                },
+            )
             host = self.text(entry.get("host"), f"{where}.host")
             try:
                 probe = ImageRef.parse(f"{host}/probe")
@@ -304,18 +439,29 @@ class _Loader:
                     f"plain HTTP is allowed for loopback registries only, not '{host}'; "
                     "serve it over TLS",
                 )
-            username = entry.get("username")
-            password_secret = entry.get("password_secret")
-            result[host] = RegistrySettings(
-                host=host,
-                insecure=insecure,
-                username=self.text(username, f"{where}.username") if username is not None else None,
-                password_secret=(
-                    self.text(password_secret, f"{where}.password_secret")
-                    if password_secret is not None
-                    else None
-                ),
-            )
+            optional = {
+                key: self.text(entry[key], f"{where}.{key}") if entry.get(key) is not None else None
+                for key in ("username", "username_secret", "password_secret", "resource_id")
+            }
+            if optional["username"] and optional["username_secret"]:
+                raise self.fail(where, "give username or username_secret, not both")
+            if (optional["username"] or optional["username_secret"]) and not optional[
+                "password_secret"
+            ]:
+                raise self.fail(f"{where}.password_secret", "a username needs a password_secret")
+            resource_id = optional["resource_id"]
+            if resource_id and not re.fullmatch(
+                r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+                r"Microsoft\.ContainerRegistry/registries/[A-Za-z0-9]+",
+                resource_id,
+                flags=re.IGNORECASE,
+            ):
+                raise self.fail(
+                    f"{where}.resource_id",
+                    "expected /subscriptions/…/resourceGroups/…/providers/"
+                    "Microsoft.ContainerRegistry/registries/NAME",
+                )
+            result[host] = RegistrySettings(host=host, insecure=insecure, **optional)
         return result
 
     def validator(self, raw: Any) -> ValidatorSettings:
