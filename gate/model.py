@@ -70,7 +70,8 @@ class GateRecord:
     """One gate attempt (or rollback): the durable, auditable decision.
 
     ``source`` is the reference as requested; ``digest`` the one it resolved to, which is the
-    only thing validated and promoted. ``timings`` holds seconds per phase.
+    only thing validated and promoted. ``timings`` holds seconds per phase. ``attempts`` counts
+    the workers that took the record on (0: admitted, not started; above 1: resumed).
     """
 
     id: str
@@ -88,6 +89,7 @@ class GateRecord:
     target_tags: tuple[str, ...] = ()
     forced: bool = False
     actor: str | None = None
+    attempts: int = 0
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
     timings: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
@@ -113,6 +115,7 @@ class GateRecord:
             "target_tags": list(self.target_tags),
             "forced": self.forced,
             "actor": self.actor,
+            "attempts": self.attempts,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
             "timings": dict(self.timings),

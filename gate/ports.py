@@ -109,15 +109,22 @@ class Validator(Protocol):
 class Ledger(Protocol):
     """Durable gate records: the audit trail and the (rule, digest) dedupe."""
 
-    def claim(self, record: GateRecord, *, force: bool, stale_after_seconds: float) -> Claim:
+    def claim(
+        self, record: GateRecord, *, force: bool, stale_after_seconds: float, start: bool = True
+    ) -> Claim:
         """Atomically decide whether ``record`` may gate its (rule, digest), and insert it if so.
 
-        * a promoted or rejected record exists: return it, not acquired (unless ``force``);
-        * an in-progress record updated within ``stale_after_seconds`` exists: return it, not
-          acquired (even with ``force``: someone is working on it);
-        * an in-progress record silent for longer exists: adopt it (stamp it now) and return
-          it acquired and ``resumed``;
-        * otherwise insert ``record`` and return it acquired. Failed records never block.
+        Looking at the (rule, digest)'s records, newest first (failed ones never block):
+
+        * ``record`` itself, admitted and not started (``attempts == 0``): with ``start``, take
+          it (``attempts = 1``) and return it acquired;
+        * a promoted or rejected record: return it, not acquired (``force`` skips these);
+        * an in-progress record updated within ``stale_after_seconds``: return it, not acquired
+          (even with ``force``: someone is working on it);
+        * an in-progress record silent for longer: adopt it (stamp it now, ``attempts + 1``)
+          and return it acquired and ``resumed``;
+        * none of these: insert ``record`` (``attempts = 1``, or 0 when not ``start``: admitted
+          for a worker to take later) and return it acquired.
         """
         ...
 

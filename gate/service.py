@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from gate.config import GateConfig, Rule
 from gate.errors import Conflict, GateError, NotFound, UsageError
-from gate.model import GateRecord, Outcome, State, new_record_id
+from gate.model import Claim, GateRecord, Outcome, State, new_record_id
 from gate.ports import (
     Ledger,
     ProgressCallback,
@@ -94,6 +94,35 @@ def _as_ref(image: str | ImageRef) -> ImageRef:
     return image if isinstance(image, ImageRef) else ImageRef.parse(image)
 
 
+def _prepare(
+    keeper: Gatekeeper, image: str | ImageRef, *, trigger: str, force: bool
+) -> tuple[Rule, ImageRef, GateRecord]:
+    """Match the rule and resolve the digest, once: the record every later step works on."""
+    ref = _as_ref(image)
+    rule = keeper.config.match(ref)
+    tag = rule.gated_tag(ref)
+    started = time.monotonic()
+    digest = ref.digest or keeper.registry.resolve(ref)
+    if ref.digest:
+        # a digest request must exist upstream before we claim anything for it
+        keeper.registry.resolve(ref.pinned())
+    record = GateRecord(
+        id=new_record_id(),
+        rule=rule.name,
+        source=str(ref),
+        digest=digest,
+        target=rule.target.name,
+        trigger=trigger,
+        forced=force,
+        timings={"resolve": round(time.monotonic() - started, 3)},
+    )
+    return rule, ref.with_tag(tag).with_digest(digest), record
+
+
+def _stale_after(rule: Rule) -> float:
+    return rule.validation.timeout_seconds + PROMOTION_ALLOWANCE_SECONDS
+
+
 def gate_image(
     keeper: Gatekeeper,
     image: str | ImageRef,
@@ -109,51 +138,92 @@ def gate_image(
     validating or copying anything, unless ``force``. When another process is gating the same
     (rule, digest), waits for its decision (or returns at once with ``wait=False``).
     """
-    ref = _as_ref(image)
-    rule = keeper.config.match(ref)
-    tag = rule.gated_tag(ref)
-    started = time.monotonic()
-    digest = ref.digest or keeper.registry.resolve(ref)
-    if ref.digest:
-        # a digest request must exist upstream before we claim anything for it
-        keeper.registry.resolve(ref.pinned())
-    resolved_in = time.monotonic() - started
-    record = GateRecord(
-        id=new_record_id(),
-        rule=rule.name,
-        source=str(ref),
-        digest=digest,
-        target=rule.target.name,
-        trigger=trigger,
-        forced=force,
-        timings={"resolve": round(resolved_in, 3)},
-    )
-    stale_after = rule.validation.timeout_seconds + PROMOTION_ALLOWANCE_SECONDS
+    rule, source, record = _prepare(keeper, image, trigger=trigger, force=force)
     announced = False
     while True:
-        claim = keeper.ledger.claim(record, force=force, stale_after_seconds=stale_after)
+        claim = keeper.ledger.claim(record, force=force, stale_after_seconds=_stale_after(rule))
         if claim.acquired:
-            record = claim.record
             break
         existing = claim.record
         if existing.state.final:
             keeper.notify(
-                "duplicate", existing, f"{digest} already {existing.state} by record {existing.id}"
+                "duplicate",
+                existing,
+                f"{source.digest} already {existing.state} by record {existing.id}",
             )
             return GateOutcome(existing, duplicate=True)
         if not wait:
             return GateOutcome(existing, duplicate=True)
         if not announced:
             keeper.notify(
-                "waiting", existing, f"record {existing.id} is gating {digest}; waiting for it"
+                "waiting",
+                existing,
+                f"record {existing.id} is gating {source.digest}; waiting for it",
             )
             announced = True
         time.sleep(WAIT_POLL_SECONDS)
+    keeper.notify("resolved", record, f"{record.source} is {source.digest} (rule {rule.name})")
+    return GateOutcome(_continue(keeper, rule, source, claim, progress))
+
+
+def admit(
+    keeper: Gatekeeper, image: str | ImageRef, *, trigger: str = "manual", force: bool = False
+) -> GateOutcome:
+    """Resolve and dedupe now, gate later: record the request as ``received`` and return it.
+
+    For callers that answer at once and leave the slow part to a worker (the HTTP API): the
+    returned record id is what the worker's :func:`gate_record` takes. A (rule, digest) decided
+    or being gated already returns that record instead (``duplicate``), and nothing is added.
+    """
+    rule, _source, record = _prepare(keeper, image, trigger=trigger, force=force)
+    claim = keeper.ledger.claim(
+        record, force=force, stale_after_seconds=_stale_after(rule), start=False
+    )
+    if claim.acquired:
+        keeper.notify("received", claim.record, f"{record.source} is {record.digest}")
+    return GateOutcome(claim.record, duplicate=not claim.acquired)
+
+
+def gate_record(
+    keeper: Gatekeeper, record_id: str, *, progress: ProgressCallback | None = None
+) -> GateOutcome:
+    """Carry out an admitted record (see :func:`admit`), or resume one whose worker died.
+
+    Returns the record as it stands, ``duplicate`` when this call did no work: it was final
+    already, or another worker holds it (then try again later).
+    """
+    record = keeper.ledger.get(record_id)
+    if record.state.final or record.action != "gate" or record.digest is None:
+        return GateOutcome(record, duplicate=True)
+    rule = next((r for r in keeper.config.rules if r.name == record.rule), None)
+    if rule is None:
+        failed = record.advance(
+            State.FAILED, reason=f"rule '{record.rule}' is no longer in the configuration"
+        )
+        keeper.ledger.save(failed)
+        return GateOutcome(failed)
+    claim = keeper.ledger.claim(record, force=record.forced, stale_after_seconds=_stale_after(rule))
+    if not claim.acquired:
+        return GateOutcome(claim.record, duplicate=True)
+    source = ImageRef.parse(record.source)
+    source = source.with_tag(rule.gated_tag(source)).with_digest(record.digest)
+    return GateOutcome(_continue(keeper, rule, source, claim, progress))
+
+
+def _continue(
+    keeper: Gatekeeper,
+    rule: Rule,
+    source: ImageRef,
+    claim: Claim,
+    progress: ProgressCallback | None,
+) -> GateRecord:
     if claim.resumed:
-        keeper.notify("resuming", record, f"record {record.id} went silent in state {record.state}")
-    else:
-        keeper.notify("resolved", record, f"{ref} is {digest} (rule {rule.name})")
-    return GateOutcome(_run(keeper, rule, ref.with_tag(tag).with_digest(digest), record, progress))
+        keeper.notify(
+            "resuming",
+            claim.record,
+            f"record {claim.record.id} went silent in state {claim.record.state}",
+        )
+    return _run(keeper, rule, source, claim.record, progress)
 
 
 def _run(

@@ -12,7 +12,7 @@ from gate.config import load_config
 from gate.errors import Conflict, NoMatchingRule, NotFound, UsageError
 from gate.model import GateRecord, Outcome, State
 from gate.ports import ValidationRequest
-from gate.service import Gatekeeper, gate_image, rollback, watch_once
+from gate.service import Gatekeeper, admit, gate_image, gate_record, rollback, watch_once
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 
 UP = "upstream.example.com"
@@ -341,3 +341,62 @@ def test_rollback_needs_a_reason_and_a_history(keeper: Gatekeeper) -> None:
         rollback(keeper, f"{ART}/node", reason="why")
     with pytest.raises(NotFound, match="no rule"):
         rollback(keeper, f"{ART}/python", reason="why")
+
+
+def test_admitted_request_is_recorded_received_and_gated_by_the_worker(keeper: Gatekeeper) -> None:
+    registry, validator = fakes(keeper)
+    digest = registry.push(f"{UP}/node:15-alpine", "green")
+
+    admitted = admit(keeper, f"{UP}/node:15-alpine", trigger="http")
+
+    assert not admitted.duplicate and admitted.record.state is State.RECEIVED
+    assert admitted.record.attempts == 0 and admitted.record.digest == digest
+    assert validator.requests == [] and registry.copies == []
+
+    done = gate_record(keeper, admitted.record.id)
+
+    assert done.verdict == "promoted" and done.record.id == admitted.record.id
+    assert done.record.attempts == 1 and done.record.trigger == "http"
+    assert registry.tag_of(f"{ART}/node:15-alpine") == digest
+
+
+def test_redelivered_worker_message_does_no_work_twice(keeper: Gatekeeper) -> None:
+    registry, validator = fakes(keeper)
+    registry.push(f"{UP}/node:15-alpine", "green")
+    admitted = admit(keeper, f"{UP}/node:15-alpine")
+    first = gate_record(keeper, admitted.record.id)
+
+    again = gate_record(keeper, admitted.record.id)
+
+    assert first.verdict == "promoted" and again.duplicate
+    assert len(validator.requests) == 1 and len(registry.copies) == 1
+
+
+def test_worker_leaves_a_record_another_worker_holds(keeper: Gatekeeper) -> None:
+    registry, validator = fakes(keeper)
+    registry.push(f"{UP}/node:15-alpine", "green")
+    admitted = admit(keeper, f"{UP}/node:15-alpine")
+    held = keeper.ledger.claim(admitted.record, force=False, stale_after_seconds=600)
+    assert held.acquired  # the first worker took it and is busy
+
+    second = gate_record(keeper, admitted.record.id)
+
+    assert second.duplicate and second.record.state is State.RECEIVED
+    assert validator.requests == []
+
+
+def test_second_admission_of_a_digest_returns_the_first(keeper: Gatekeeper) -> None:
+    registry, _ = fakes(keeper)
+    registry.push(f"{UP}/node:15-alpine", "green")
+
+    first = admit(keeper, f"{UP}/node:15-alpine")
+    second = admit(keeper, f"{UP}/node:15-alpine")
+
+    assert second.duplicate and second.record.id == first.record.id
+    assert len(keeper.ledger.history()) == 1
+
+
+def test_admission_refuses_an_unwatched_image_and_records_nothing(keeper: Gatekeeper) -> None:
+    with pytest.raises(NoMatchingRule):
+        admit(keeper, f"{UP}/python:3.12")
+    assert keeper.ledger.history() == []

@@ -11,6 +11,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ def _load(data: str, log: str) -> GateRecord:
         target_tags=tuple(raw["target_tags"]),
         forced=raw["forced"],
         actor=raw["actor"],
+        attempts=raw.get("attempts", 1),
         created_at=datetime.fromisoformat(raw["created_at"]),
         updated_at=datetime.fromisoformat(raw["updated_at"]),
         timings=dict(raw.get("timings", {})),
@@ -125,8 +127,10 @@ class SqliteLedger:
             ),
         )
 
-    def claim(self, record: GateRecord, *, force: bool, stale_after_seconds: float) -> Claim:
-        """Insert ``record`` unless (rule, digest) is settled or being gated; see the port."""
+    def claim(
+        self, record: GateRecord, *, force: bool, stale_after_seconds: float, start: bool = True
+    ) -> Claim:
+        """Insert or take ``record`` unless (rule, digest) is settled or being gated; see the port."""
         with self._transaction() as db:
             rows = db.execute(
                 "SELECT data, log FROM records WHERE rule = ? AND digest = ? AND action = 'gate'"
@@ -136,6 +140,12 @@ class SqliteLedger:
             now = utcnow()
             for data, log in rows:
                 existing = _load(data, log)
+                if existing.id == record.id and existing.attempts == 0:
+                    if not start:
+                        return Claim(existing, acquired=False)
+                    taken = replace(existing, attempts=1, updated_at=now)
+                    self._update(db, taken)
+                    return Claim(taken, acquired=True)
                 if existing.state.decisive:
                     if not force:
                         return Claim(existing, acquired=False)
@@ -147,11 +157,12 @@ class SqliteLedger:
                     # someone is gating it right now; even --force waits for them
                     return Claim(existing, acquired=False)
                 # its worker went silent: adopt the record and carry on where it stopped
-                adopted = existing.advance(existing.state)
+                adopted = replace(existing, attempts=existing.attempts + 1, updated_at=now)
                 self._update(db, adopted)
                 return Claim(adopted, acquired=True, resumed=True)
-            self._insert(db, record)
-            return Claim(record, acquired=True)
+            inserted = replace(record, attempts=1 if start else 0)
+            self._insert(db, inserted)
+            return Claim(inserted, acquired=True)
 
     def _update(self, db: sqlite3.Connection, record: GateRecord) -> None:
         cursor = db.execute(
