@@ -98,6 +98,31 @@ class GateRecord:
         """Return this record moved to ``state`` with ``changes``, stamped now."""
         return replace(self, state=state, updated_at=utcnow(), **changes)
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, log: str = "") -> GateRecord:
+        """The inverse of :meth:`to_dict` (how ledgers store records); the log comes apart."""
+        return cls(
+            id=raw["id"],
+            action=raw["action"],
+            rule=raw["rule"],
+            source=raw["source"],
+            digest=raw["digest"],
+            target=raw["target"],
+            trigger=raw["trigger"],
+            state=State(raw["state"]),
+            run_id=raw["run_id"],
+            reason=raw["reason"],
+            log=log,
+            log_location=raw["log_location"],
+            target_tags=tuple(raw["target_tags"]),
+            forced=raw["forced"],
+            actor=raw["actor"],
+            attempts=raw.get("attempts", 1),
+            created_at=datetime.fromisoformat(raw["created_at"]),
+            updated_at=datetime.fromisoformat(raw["updated_at"]),
+            timings=dict(raw.get("timings", {})),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (datetimes as ISO 8601)."""
         return {

@@ -147,9 +147,10 @@ class Ledger(Protocol):
         target: str | None = None,
         state: State | None = None,
         since: datetime | None = None,
+        before: datetime | None = None,
         limit: int = 50,
     ) -> list[GateRecord]:
-        """Return records, newest first, filtered."""
+        """Return records, newest first, filtered; ``before`` pages (created strictly earlier)."""
         ...
 
     def decided(self, rule: str, digest: str) -> GateRecord | None:

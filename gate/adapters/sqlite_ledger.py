@@ -12,9 +12,8 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from gate.errors import LedgerError, NotFound
 from gate.model import Claim, GateRecord, State, utcnow
@@ -44,28 +43,7 @@ def _dump(record: GateRecord) -> str:
 
 
 def _load(data: str, log: str) -> GateRecord:
-    raw: dict[str, Any] = json.loads(data)
-    return GateRecord(
-        id=raw["id"],
-        action=raw["action"],
-        rule=raw["rule"],
-        source=raw["source"],
-        digest=raw["digest"],
-        target=raw["target"],
-        trigger=raw["trigger"],
-        state=State(raw["state"]),
-        run_id=raw["run_id"],
-        reason=raw["reason"],
-        log=log,
-        log_location=raw["log_location"],
-        target_tags=tuple(raw["target_tags"]),
-        forced=raw["forced"],
-        actor=raw["actor"],
-        attempts=raw.get("attempts", 1),
-        created_at=datetime.fromisoformat(raw["created_at"]),
-        updated_at=datetime.fromisoformat(raw["updated_at"]),
-        timings=dict(raw.get("timings", {})),
-    )
+    return GateRecord.from_dict(json.loads(data), log=log)
 
 
 class SqliteLedger:
@@ -212,6 +190,7 @@ class SqliteLedger:
         target: str | None = None,
         state: State | None = None,
         since: datetime | None = None,
+        before: datetime | None = None,
         limit: int = 50,
     ) -> list[GateRecord]:
         """Records newest first, filtered by rule, target repository, state and time."""
@@ -223,9 +202,13 @@ class SqliteLedger:
         if state is not None:
             clauses.append("state = ?")
             params.append(state.value)
+        # stored times are UTC ISO strings: compare like with like
         if since is not None:
             clauses.append("created_at >= ?")
-            params.append(since.isoformat())
+            params.append(since.astimezone(UTC).isoformat())
+        if before is not None:
+            clauses.append("created_at < ?")
+            params.append(before.astimezone(UTC).isoformat())
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._connect() as db:
             rows = db.execute(

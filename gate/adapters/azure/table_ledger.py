@@ -1,0 +1,603 @@
+"""The ledger on Azure Table Storage: records as entities, validation logs as blobs.
+
+Everything lives in one partition of one table, so that the writes of a claim (the claim entity
+of a (rule, digest) and the record it admits) go in one entity-group transaction: all or nothing,
+conditional on the ETag the decision was based on. Two workers that read the same state and
+decide to write race on that ETag; the loser re-reads and decides again. One partition serves
+about 2,000 entities a second, far more than a gate writes.
+
+Row keys (``PartitionKey`` is always ``ledger``)::
+
+    c|{rule}|{digest}   claim entity: the row keys of the gate records of (rule, digest)
+    i|{id}              index entity: the row key of record ``id`` (lookup by id and id prefix)
+    r|{time}|{id}       record: ``time`` counts down from the end of the calendar and ``id`` is
+                        byte-inverted, so ascending row keys are newest first (created_at, then id)
+
+A string property holds at most 32K UTF-16 characters and an entity at most 1 MiB, so the
+validation log goes to the blob ``{record id}.log`` of the log container and the record keeps its
+name; the record's JSON is split over ``data_0``, ``data_1`` … when it is long.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from itertools import islice
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+from azure.core import MatchConditions
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.data.tables import TableClient, TableEntity, TableTransactionError, UpdateMode
+from azure.storage.blob import ContainerClient, ContentSettings
+
+from gate.errors import ConfigError, LedgerError, NotFound
+from gate.model import Claim, GateRecord, State, utcnow
+
+_PARTITION = "ledger"
+_CLAIM_PREFIX = "c|"
+_INDEX_PREFIX = "i|"
+_RECORD_PREFIX = "r|"
+# a lost race costs one more read and decision; this many in a row means something is wrong
+_CLAIM_ATTEMPTS = 20
+# 16,000 code points are at most 32,000 UTF-16 units: below the 32K limit of a string property
+_CHUNK = 16_000
+_KEY_SAFE = frozenset(string.ascii_letters + string.digits + "-_.:@+=")
+_TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
+_CONTAINER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+_EPOCH = datetime(1, 1, 1, tzinfo=UTC)
+_MAX_MICROSECONDS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+
+Operation = tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict[str, Any]]
+
+
+def _key_part(text: str) -> str:
+    """``text`` escaped for a row key (which refuses ``/ \\ # ?`` and control characters).
+
+    Character by character, so the escape of a prefix is a prefix of the escape.
+    """
+    return "".join(
+        char if char in _KEY_SAFE else "".join(f"~{byte:02x}" for byte in char.encode())
+        for char in text
+    )
+
+
+def _microseconds(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _time_key(moment: datetime) -> str:
+    """A fixed-width key that sorts later moments first."""
+    return f"{_MAX_MICROSECONDS - _microseconds(moment):018d}"
+
+
+def _descending(text: str) -> str:
+    """A key that sorts in the reverse order of ``text`` (bytes inverted, then a terminator
+    above every hex digit, so that a prefix sorts after the longer texts it starts)."""
+    return "".join(f"{255 - byte:02x}" for byte in text.encode()) + "z"
+
+
+def _record_key(record: GateRecord) -> str:
+    return f"{_RECORD_PREFIX}{_time_key(record.created_at)}|{_descending(record.id)}"
+
+
+def _index_key(record_id: str) -> str:
+    return f"{_INDEX_PREFIX}{_key_part(record_id)}"
+
+
+def _claim_key(rule: str, digest: str) -> str:
+    return f"{_CLAIM_PREFIX}{_key_part(rule)}|{_key_part(digest)}"
+
+
+def _record_entity(record: GateRecord, log_blob: str) -> dict[str, Any]:
+    data = json.dumps(record.to_dict(), sort_keys=True)
+    chunks = [data[i : i + _CHUNK] for i in range(0, len(data), _CHUNK)] or [""]
+    entity: dict[str, Any] = {
+        "PartitionKey": _PARTITION,
+        "RowKey": _record_key(record),
+        # plain properties for $filter; the JSON in data_* is what is read back
+        "id": record.id,
+        "action": record.action,
+        "rule": record.rule,
+        "digest": record.digest or "",
+        "target": record.target,
+        "state": record.state.value,
+        "created_at": record.created_at.isoformat(),
+        "updated_at": record.updated_at.isoformat(),
+        "log": log_blob,
+        "data_parts": len(chunks),
+    }
+    entity.update({f"data_{i}": chunk for i, chunk in enumerate(chunks)})
+    return entity
+
+
+def _record_from(entity: TableEntity, log: str = "") -> GateRecord:
+    data = "".join(str(entity[f"data_{i}"]) for i in range(int(entity["data_parts"])))
+    return GateRecord.from_dict(json.loads(data), log=log)
+
+
+def _etag(entity: TableEntity) -> str:
+    return str(entity.metadata["etag"])
+
+
+def _if_unchanged(etag: str) -> dict[str, Any]:
+    return {
+        "mode": UpdateMode.REPLACE,
+        "etag": etag,
+        "match_condition": MatchConditions.IfNotModified,
+    }
+
+
+def _blob_endpoint_for(table_endpoint: str) -> str | None:
+    """``https://ACCOUNT.blob.SUFFIX`` for ``https://ACCOUNT.table.SUFFIX``, else None."""
+    parts = urlsplit(table_endpoint)
+    labels = (parts.hostname or "").split(".")
+    if len(labels) < 3 or labels[1] != "table":
+        return None
+    host = ".".join([labels[0], "blob", *labels[2:]])
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}"
+
+
+def _public_url(url: str) -> str:
+    # a client URL can carry a SAS token in its query: never show that
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
+
+
+class TableLedger:
+    """Gate records in an Azure Storage table, with validation logs in a blob container.
+
+    Give ``endpoint`` (the account's table URL, ``https://ACCOUNT.table.core.windows.net``) and a
+    ``credential`` (an identity with the Storage Table Data Contributor and Storage Blob Data
+    Contributor roles), or a ``connection_string`` (Azurite, or an account key). The blob URL is
+    derived from the table URL unless ``blob_endpoint`` says otherwise. The table and the
+    container are created when missing.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint: str | None = None,
+        credential: TokenCredential | None = None,
+        connection_string: str | None = None,
+        table: str = "gaterecords",
+        log_container: str = "gatelogs",
+        blob_endpoint: str | None = None,
+    ) -> None:
+        if (endpoint is None) == (connection_string is None):
+            raise ConfigError(
+                "the Table ledger needs exactly one of a table endpoint (with a credential) or a "
+                "connection string; set one of azure.ledger.table_endpoint or "
+                "azure.ledger.connection_string"
+            )
+        if not _TABLE_NAME.fullmatch(table):
+            raise ConfigError(
+                f"'{table}' cannot name a storage table: use 3 to 63 letters and digits, "
+                "starting with a letter (e.g. gaterecords)"
+            )
+        if not _CONTAINER_NAME.fullmatch(log_container) or "--" in log_container:
+            raise ConfigError(
+                f"'{log_container}' cannot name a blob container: use 3 to 63 lowercase letters, "
+                "digits and single hyphens, starting and ending with a letter or digit "
+                "(e.g. gatelogs)"
+            )
+        self._log_hashes: dict[str, str] = {}
+        try:
+            if connection_string is not None:
+                self._table = TableClient.from_connection_string(connection_string, table)
+                self._logs = ContainerClient.from_connection_string(
+                    connection_string, log_container
+                )
+            else:
+                assert endpoint is not None
+                if credential is None:
+                    raise ConfigError(
+                        f"the Table ledger at {_public_url(endpoint)} needs a credential; pass "
+                        "one (DefaultAzureCredential in Azure) or use a connection string"
+                    )
+                blobs = blob_endpoint or _blob_endpoint_for(endpoint)
+                if blobs is None:
+                    raise ConfigError(
+                        f"cannot tell the blob endpoint of {_public_url(endpoint)} (validation "
+                        "logs go to blobs); pass blob_endpoint, or use a connection string"
+                    )
+                self._table = TableClient(endpoint, table, credential=credential)
+                self._logs = ContainerClient(blobs, log_container, credential=credential)
+        except ValueError:
+            # the SDK's message may quote the connection string: keep it out of ours
+            raise ConfigError(
+                "the Table ledger's connection string or endpoint is malformed; check the "
+                "connection string's format (AccountName=…;AccountKey=…;TableEndpoint=…) or "
+                "the endpoint URL (https://ACCOUNT.table.core.windows.net)"
+            ) from None
+        self._where = f"table '{table}' at {_public_url(self._table.url)}"
+        # either may exist already, or another worker may have just created it
+        with self._errors(f"creating {self._where}"), suppress(ResourceExistsError):
+            self._table.create_table()
+        container = f"the log container at {_public_url(self._logs.url)}"
+        with self._errors(f"creating {container}"), suppress(ResourceExistsError):
+            self._logs.create_container()
+
+    def close(self) -> None:
+        """Close the HTTP sessions of the table and blob clients."""
+        self._table.close()
+        self._logs.close()
+
+    # -- errors -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Turn SDK errors into LedgerError: the cause (status, error code) and a fix.
+
+        Only the status, the service's error code and the (key-free) URL go into the message:
+        a service message or a connection string could carry a signature or a key.
+        """
+        try:
+            yield
+        except (ConfigError, NotFound, LedgerError):
+            raise
+        except AzureError as exc:
+            self._fail(what, exc)
+
+    def _fail(self, what: str, exc: AzureError) -> NoReturn:
+        if isinstance(exc, HttpResponseError) and exc.status_code is not None:
+            code = getattr(exc, "error_code", None) or (exc.reason or "")
+            code = getattr(code, "value", code)
+            if exc.status_code in (401, 403):
+                raise LedgerError(
+                    f"{what} failed: the storage account refused the credential "
+                    f"({exc.status_code} {code}); check the account key of the connection string, "
+                    "or give the identity the Storage Table Data Contributor and Storage Blob "
+                    "Data Contributor roles on the account"
+                ) from None
+            if 400 <= exc.status_code < 500 and exc.status_code not in (408, 429):
+                raise LedgerError(
+                    f"{what} failed: the storage service refused the request "
+                    f"({exc.status_code} {code}); check the ledger settings against the account"
+                ) from None
+            raise LedgerError(
+                f"{what} failed: the storage service answered {exc.status_code} {code}; "
+                "retry later, and check the storage account if it persists"
+            ) from None
+        if isinstance(exc, ClientAuthenticationError):
+            # no HTTP answer: the credential could not sign the request or get a token
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise LedgerError(
+                f"{what} failed: the credential could not authenticate the request ({first}); "
+                "check the account key of the connection string, or the managed identity and "
+                "the credential configuration"
+            ) from None
+        if isinstance(exc, ServiceRequestError | ServiceResponseError):
+            raise LedgerError(
+                f"{what} failed: the storage service could not be reached "
+                f"({type(exc).__name__}); check the endpoint and the network, then retry"
+            ) from None
+        raise LedgerError(f"{what} failed ({type(exc).__name__}); retry later") from None
+
+    # -- storage primitives -------------------------------------------------------------------
+
+    def _read(self, row_key: str) -> TableEntity | None:
+        try:
+            return self._table.get_entity(_PARTITION, row_key)
+        except ResourceNotFoundError as exc:
+            if getattr(getattr(exc, "error_code", None), "value", None) == "TableNotFound":
+                raise LedgerError(
+                    f"{self._where} does not exist any more; create it (or restart the gate, "
+                    "which creates it) and restore the records from a backup"
+                ) from None
+            return None
+
+    def _commit(self, operations: list[Operation], claim_key: str | None) -> bool:
+        """Run ``operations`` as one transaction; False if it lost a race worth re-deciding.
+
+        Races: the claim entity (``claim_key``, always the first operation) was created or
+        changed since we read it, or a record we update was changed (412).
+        """
+        try:
+            self._table.submit_transaction(operations)
+            return True
+        except TableTransactionError as exc:
+            if exc.status_code == 412 or (
+                claim_key is not None and exc.index == 0 and exc.status_code in (404, 409)
+            ):
+                return False
+            if exc.status_code == 409:
+                raise LedgerError(
+                    f"a record with this id is already in {self._where}; record ids must be "
+                    "unique: create the record with a new id"
+                ) from None
+            raise
+
+    def _store_log(self, record: GateRecord) -> str:
+        """Upload the record's log (unless this ledger uploaded the same text); its blob name."""
+        if not record.log:
+            return ""
+        name = f"{record.id}.log"
+        digest = hashlib.sha256(record.log.encode()).hexdigest()
+        if self._log_hashes.get(record.id) != digest:
+            self._logs.upload_blob(
+                name,
+                record.log.encode(),
+                overwrite=True,
+                content_settings=ContentSettings(content_type="text/plain; charset=utf-8"),
+            )
+            self._log_hashes[record.id] = digest
+        return name
+
+    def _with_log(self, entity: TableEntity) -> GateRecord:
+        name = str(entity.get("log") or "")
+        if not name:
+            return _record_from(entity)
+        try:
+            log = self._logs.download_blob(name).readall().decode()
+        except ResourceNotFoundError:
+            log = ""  # deleted by a retention policy: the record stands without it
+        record = _record_from(entity, log)
+        self._log_hashes[record.id] = hashlib.sha256(log.encode()).hexdigest()
+        return record
+
+    def _creates(self, record: GateRecord, log_blob: str) -> list[Operation]:
+        entity = _record_entity(record, log_blob)
+        index = {
+            "PartitionKey": _PARTITION,
+            "RowKey": _index_key(record.id),
+            "row": entity["RowKey"],
+        }
+        return [("create", entity), ("create", index)]
+
+    def _claim_write(self, claim_key: str, claim: TableEntity | None, keys: list[str]) -> Operation:
+        entity = {
+            "PartitionKey": _PARTITION,
+            "RowKey": claim_key,
+            "records": json.dumps(sorted(keys)),
+        }
+        if claim is None:
+            return ("create", entity)
+        return ("update", entity, _if_unchanged(_etag(claim)))
+
+    # -- the port -----------------------------------------------------------------------------
+
+    def claim(
+        self, record: GateRecord, *, force: bool, stale_after_seconds: float, start: bool = True
+    ) -> Claim:
+        """Insert or take ``record`` unless (rule, digest) is settled or being gated; see the port.
+
+        Reads the claim entity, then the (rule, digest)'s records newest first until one decides;
+        writes, if at all, in one transaction conditional on what it read. Round trips: 2 for a
+        new (rule, digest), 2 for a duplicate (+1 to fetch a log), 3 to take or adopt a record.
+        """
+        with self._errors(f"claiming {record.rule} {record.digest} in {self._where}"):
+            if record.digest is None:
+                # nothing to deduplicate on (the SQLite ledger matches no rows either)
+                inserted = replace(record, attempts=1 if start else 0)
+                self._commit(self._creates(inserted, self._store_log(inserted)), None)
+                return Claim(inserted, acquired=True)
+            claim_key = _claim_key(record.rule, record.digest)
+            for _ in range(_CLAIM_ATTEMPTS):
+                outcome = self._claim_once(record, claim_key, force, stale_after_seconds, start)
+                if outcome is not None:
+                    return outcome
+        raise LedgerError(
+            f"claiming {record.rule} {record.digest} lost {_CLAIM_ATTEMPTS} races in a row in "
+            f"{self._where}; too many workers are claiming the same image at once: retry later"
+        )
+
+    def _claim_once(
+        self,
+        record: GateRecord,
+        claim_key: str,
+        force: bool,
+        stale_after_seconds: float,
+        start: bool,
+    ) -> Claim | None:
+        """One read-decide-write round; None when the write lost a race."""
+        claim = self._read(claim_key)
+        keys: list[str] = json.loads(str(claim["records"])) if claim is not None else []
+        gone: set[str] = set()  # failed or missing records: they never block, forget them
+        now = utcnow()
+        for key in sorted(keys):
+            entity = self._read(key)
+            if entity is None:
+                gone.add(key)
+                continue
+            existing = _record_from(entity)
+            if existing.state is State.FAILED:
+                gone.add(key)
+                continue
+            if existing.action != "gate":
+                continue
+            if existing.id == record.id and existing.attempts == 0:
+                if not start:
+                    return Claim(self._with_log(entity), acquired=False)
+                taken = replace(self._with_log(entity), attempts=1, updated_at=now)
+                return self._take(claim_key, claim, keys, gone, entity, taken, resumed=False)
+            if existing.state.decisive:
+                if not force:
+                    return Claim(self._with_log(entity), acquired=False)
+                continue
+            if existing.state.final:
+                continue
+            idle = (now - existing.updated_at).total_seconds()
+            if idle < stale_after_seconds:
+                # someone is gating it right now; even --force waits for them
+                return Claim(self._with_log(entity), acquired=False)
+            # its worker went silent: adopt the record and carry on where it stopped
+            loaded = self._with_log(entity)
+            adopted = replace(loaded, attempts=loaded.attempts + 1, updated_at=now)
+            return self._take(claim_key, claim, keys, gone, entity, adopted, resumed=True)
+        inserted = replace(record, attempts=1 if start else 0)
+        log_blob = self._store_log(inserted)
+        creates = self._creates(inserted, log_blob)
+        kept = [key for key in keys if key not in gone] + [str(creates[0][1]["RowKey"])]
+        if not self._commit([self._claim_write(claim_key, claim, kept), *creates], claim_key):
+            return None
+        return Claim(inserted, acquired=True)
+
+    def _take(
+        self,
+        claim_key: str,
+        claim: TableEntity | None,
+        keys: list[str],
+        gone: set[str],
+        entity: TableEntity,
+        record: GateRecord,
+        *,
+        resumed: bool,
+    ) -> Claim | None:
+        # rewriting the claim entity too (not only the record) makes every claim decision of
+        # this (rule, digest) conflict with every other one: claims are serialised per image
+        kept = [key for key in keys if key not in gone]
+        update = _record_entity(record, str(entity.get("log") or ""))
+        operations: list[Operation] = [
+            self._claim_write(claim_key, claim, kept),
+            ("update", update, _if_unchanged(_etag(entity))),
+        ]
+        if not self._commit(operations, claim_key):
+            return None
+        return Claim(record, acquired=True, resumed=resumed)
+
+    def save(self, record: GateRecord) -> None:
+        """Persist the newer version of a claimed record (its log to a blob, when it has one)."""
+        with self._errors(f"saving record {record.id} in {self._where}"):
+            entity = _record_entity(record, self._store_log(record))
+            try:
+                self._table.update_entity(entity, mode=UpdateMode.REPLACE)
+                return
+            except ResourceNotFoundError:
+                pass
+            # the row key follows created_at: if that changed, find the row by the record's id
+            index = self._read(_index_key(record.id))
+            if index is None or index["row"] == entity["RowKey"]:
+                raise NotFound(
+                    f"record {record.id} is not in {self._where}; claim or add it before saving"
+                ) from None
+            entity["RowKey"] = index["row"]
+            try:
+                self._table.update_entity(entity, mode=UpdateMode.REPLACE)
+            except ResourceNotFoundError:
+                raise NotFound(
+                    f"record {record.id} is not in {self._where}; claim or add it before saving"
+                ) from None
+
+    def add(self, record: GateRecord) -> None:
+        """Insert a record that takes no claim (a rollback).
+
+        A gate record with a digest is still listed under its (rule, digest), so that later
+        claims see it, as they would in the SQLite ledger.
+        """
+        with self._errors(f"adding record {record.id} to {self._where}"):
+            creates = self._creates(record, self._store_log(record))
+            if record.action != "gate" or record.digest is None:
+                self._commit(creates, None)
+                return
+            claim_key = _claim_key(record.rule, record.digest)
+            for _ in range(_CLAIM_ATTEMPTS):
+                claim = self._read(claim_key)
+                keys: list[str] = json.loads(str(claim["records"])) if claim is not None else []
+                keys.append(str(creates[0][1]["RowKey"]))
+                if self._commit([self._claim_write(claim_key, claim, keys), *creates], claim_key):
+                    return
+        raise LedgerError(
+            f"adding record {record.id} lost {_CLAIM_ATTEMPTS} races in a row in {self._where}; "
+            "retry later"
+        )
+
+    def get(self, record_id: str) -> GateRecord:
+        """Return one record by id, with its log (a unique prefix of 6+ characters also works)."""
+        with self._errors(f"reading record {record_id} from {self._where}"):
+            index = self._read(_index_key(record_id))
+            if index is None and len(record_id) >= 6:
+                low = _index_key(record_id)
+                high = low[:-1] + chr(ord(low[-1]) + 1)
+                found = list(
+                    islice(
+                        self._table.query_entities(
+                            "PartitionKey eq @p and RowKey ge @low and RowKey lt @high",
+                            parameters={"p": _PARTITION, "low": low, "high": high},
+                            select=["RowKey", "row"],
+                            results_per_page=2,
+                        ),
+                        2,
+                    )
+                )
+                index = found[0] if len(found) == 1 else None
+            entity = self._read(str(index["row"])) if index is not None else None
+            if entity is None:
+                raise NotFound(
+                    f"no record '{record_id}' in {self._where}; list them with 'gate history'"
+                )
+            return self._with_log(entity)
+
+    def history(
+        self,
+        *,
+        rule: str | None = None,
+        target: str | None = None,
+        state: State | None = None,
+        since: datetime | None = None,
+        before: datetime | None = None,
+        limit: int = 50,
+    ) -> list[GateRecord]:
+        """Records newest first, filtered by rule, target repository, state and time.
+
+        One range query on the row keys (``since`` and ``before`` bound the range), the other
+        filters evaluated by the service; logs are not fetched (``get`` returns a record with
+        its log). A negative ``limit`` means no limit, as in SQLite.
+        """
+        if limit == 0:
+            return []
+        # row keys are "r|{time key}|…" and time keys fall as created_at rises; "}" sorts just
+        # after "|", so "r|{key}}" lies past every row of that exact time key
+        low, high = _RECORD_PREFIX, _RECORD_PREFIX[:-1] + "}"
+        if before is not None:
+            low = f"{_RECORD_PREFIX}{_time_key(before)}}}"  # created_at < before
+        if since is not None:
+            high = f"{_RECORD_PREFIX}{_time_key(since)}}}"  # created_at >= since
+        clauses = ["PartitionKey eq @p", "RowKey gt @low", "RowKey lt @high"]
+        parameters: dict[str, Any] = {"p": _PARTITION, "low": low, "high": high}
+        for name, value in (
+            ("rule", rule),
+            ("target", target),
+            ("state", state.value if state is not None else None),
+        ):
+            if value is not None:
+                clauses.append(f"{name} eq @{name}")
+                parameters[name] = value
+        pages = min(limit, 1000) if limit > 0 else 1000
+        with self._errors(f"listing records of {self._where}"):
+            entities = self._table.query_entities(
+                " and ".join(clauses), parameters=parameters, results_per_page=pages
+            )
+            chosen = islice(entities, limit) if limit > 0 else entities
+            return [_record_from(entity) for entity in chosen]
+
+    def decided(self, rule: str, digest: str) -> GateRecord | None:
+        """The promoted or rejected record of (rule, digest), if any (the newest)."""
+        with self._errors(f"reading the decision on {rule} {digest} from {self._where}"):
+            claim = self._read(_claim_key(rule, digest))
+            keys: list[str] = json.loads(str(claim["records"])) if claim is not None else []
+            for key in sorted(keys):
+                entity = self._read(key)
+                if entity is None:
+                    continue
+                if entity["action"] == "gate" and State(entity["state"]).decisive:
+                    return self._with_log(entity)
+            return None

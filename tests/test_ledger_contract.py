@@ -1,0 +1,719 @@
+"""The Ledger port's behaviour, checked on both ledgers: SQLite and Azure Table Storage (Azurite).
+
+The shared tests take ``open_ledger``, which opens (another handle on) the same store each time it
+is called. The Table-specific tests below them race real workers against one Azurite.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import trustme
+from azure.core.credentials import AccessToken
+from azure.data.tables import TableServiceClient
+from azure.storage.blob import ContainerClient
+
+from devstack.azurite import AzuriteProcess
+from devstack.registry import free_port
+from gate.adapters.azure.table_ledger import TableLedger, _blob_endpoint_for
+from gate.adapters.sqlite_ledger import SqliteLedger
+from gate.errors import ConfigError, LedgerError, NotFound
+from gate.model import Claim, GateRecord, State, new_record_id, utcnow
+from gate.ports import Ledger
+
+OpenLedger = Callable[[], Ledger]
+STALE = 600.0
+T0 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def digest_of(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+DIGEST = digest_of("node:15-alpine")
+
+
+def gate_record(
+    record_id: str | None = None, *, rule: str = "node", digest: str = DIGEST, **changes: object
+) -> GateRecord:
+    record = GateRecord(
+        id=record_id or new_record_id(),
+        rule=rule,
+        source="upstream.example.com/node:15-alpine",
+        target="artifacts.example.com/node",
+        digest=digest,
+    )
+    return replace(record, **changes)  # type: ignore[arg-type]
+
+
+def claim(ledger: Ledger, record: GateRecord, *, force: bool = False, **kw: object) -> Claim:
+    return ledger.claim(record, force=force, stale_after_seconds=STALE, **kw)  # type: ignore[arg-type]
+
+
+class TableStore:
+    """A fresh table and log container in the session's Azurite."""
+
+    def __init__(self, azurite: AzuriteProcess) -> None:
+        suffix = uuid.uuid4().hex[:12]
+        self.connection_string = azurite.connection_string
+        self.table = f"records{suffix}"
+        self.container = f"logs-{suffix}"
+
+    def open(self) -> TableLedger:
+        return TableLedger(
+            connection_string=self.connection_string, table=self.table, log_container=self.container
+        )
+
+
+@pytest.fixture(params=["sqlite", "table"])
+def open_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenLedger]:
+    """Opens a handle on one ledger store per test: a SQLite file, or a table in Azurite."""
+    if request.param == "sqlite":
+        yield lambda: SqliteLedger(tmp_path / "gate.db")
+        return
+    store = TableStore(request.getfixturevalue("azurite"))
+    opened: list[TableLedger] = []
+
+    def open_table() -> Ledger:
+        opened.append(store.open())
+        return opened[-1]
+
+    yield open_table
+    for ledger in opened:
+        ledger.close()
+
+
+@pytest.fixture
+def ledger(open_ledger: OpenLedger) -> Ledger:
+    return open_ledger()
+
+
+# -- claims --------------------------------------------------------------------------------------
+
+
+def test_claim_of_a_new_digest_inserts_the_record_and_acquires(ledger: Ledger) -> None:
+    record = gate_record()
+
+    result = claim(ledger, record)
+
+    assert result.acquired and not result.resumed
+    assert result.record == replace(record, attempts=1)
+    assert ledger.get(record.id) == replace(record, attempts=1)
+
+
+def test_claim_of_a_decided_digest_returns_the_decision_and_inserts_nothing(
+    ledger: Ledger,
+) -> None:
+    first = claim(ledger, gate_record()).record
+    ledger.save(first.advance(State.PROMOTED, log="all green"))
+    second = gate_record()
+
+    result = claim(ledger, second)
+
+    assert not result.acquired
+    assert result.record.id == first.id and result.record.state is State.PROMOTED
+    assert result.record.log == "all green"
+    with pytest.raises(NotFound):
+        ledger.get(second.id)
+
+
+def test_claim_of_the_same_digest_under_another_rule_is_independent(ledger: Ledger) -> None:
+    first = claim(ledger, gate_record()).record
+    ledger.save(first.advance(State.PROMOTED))
+
+    result = claim(ledger, gate_record(rule="node-lts"))
+
+    assert result.acquired and result.record.id != first.id
+
+
+def test_force_skips_a_decision_and_inserts_a_new_record(ledger: Ledger) -> None:
+    first = claim(ledger, gate_record()).record
+    ledger.save(first.advance(State.REJECTED))
+    again = gate_record(forced=True)
+
+    result = claim(ledger, again, force=True)
+
+    assert result.acquired and result.record.id == again.id
+    assert {r.id for r in ledger.history()} == {first.id, again.id}
+
+
+def test_fresh_in_progress_record_blocks_a_claim_even_with_force(ledger: Ledger) -> None:
+    first = claim(ledger, gate_record()).record
+    ledger.save(first.advance(State.VALIDATING, run_id="run-1"))
+
+    plain = claim(ledger, gate_record())
+    forced = claim(ledger, gate_record(), force=True)
+
+    for result in (plain, forced):
+        assert not result.acquired
+        assert result.record.id == first.id and result.record.run_id == "run-1"
+    assert [r.id for r in ledger.history()] == [first.id]
+
+
+def test_stale_in_progress_record_is_adopted_resumed_and_stamped(ledger: Ledger) -> None:
+    first = claim(ledger, gate_record()).record
+    silent_since = utcnow() - timedelta(hours=2)
+    ledger.save(replace(first, state=State.VALIDATING, run_id="run-1", updated_at=silent_since))
+    before = utcnow()
+
+    result = claim(ledger, gate_record())
+
+    assert result.acquired and result.resumed
+    assert result.record.id == first.id and result.record.run_id == "run-1"
+    assert result.record.attempts == 2 and result.record.updated_at >= before
+    assert ledger.get(first.id).attempts == 2
+    assert [r.id for r in ledger.history()] == [first.id]
+
+
+def test_adopted_record_is_not_adopted_again_while_fresh(ledger: Ledger) -> None:
+    first = claim(ledger, gate_record()).record
+    ledger.save(replace(first, state=State.VALIDATING, updated_at=utcnow() - timedelta(hours=2)))
+    claim(ledger, gate_record())
+
+    result = claim(ledger, gate_record())
+
+    assert not result.acquired and result.record.id == first.id
+
+
+def test_failed_record_never_blocks_a_new_claim(ledger: Ledger) -> None:
+    first = claim(ledger, gate_record()).record
+    ledger.save(first.advance(State.FAILED, reason="registry down"))
+    retry = gate_record()
+
+    result = claim(ledger, retry)
+
+    assert result.acquired and result.record.id == retry.id
+
+
+def test_failed_forced_retry_leaves_the_earlier_decision_in_force(ledger: Ledger) -> None:
+    first = claim(ledger, gate_record()).record
+    ledger.save(first.advance(State.PROMOTED))
+    forced = claim(ledger, gate_record(created_at=utcnow() + timedelta(seconds=1)), force=True)
+    ledger.save(forced.record.advance(State.FAILED))
+
+    result = claim(ledger, gate_record())
+
+    assert forced.acquired
+    assert not result.acquired and result.record.id == first.id
+    assert result.record.state is State.PROMOTED
+
+
+def test_admitted_record_waits_for_its_worker_and_is_taken_once(ledger: Ledger) -> None:
+    admitted = gate_record()
+
+    received = claim(ledger, admitted, start=False)
+    admitted_again = claim(ledger, admitted, start=False)
+    other = claim(ledger, gate_record())
+    taken = claim(ledger, admitted)
+    taken_again = claim(ledger, admitted)
+
+    assert received.acquired and received.record.attempts == 0
+    assert not admitted_again.acquired
+    assert not other.acquired and other.record.id == admitted.id
+    assert taken.acquired and not taken.resumed and taken.record.attempts == 1
+    assert not taken_again.acquired
+    assert [r.id for r in ledger.history()] == [admitted.id]
+
+
+def test_record_without_a_digest_is_inserted_without_a_claim(ledger: Ledger) -> None:
+    first = claim(ledger, gate_record(digest=None))  # type: ignore[arg-type]
+    second = claim(ledger, gate_record(digest=None))  # type: ignore[arg-type]
+
+    assert first.acquired and second.acquired
+    assert first.record.id != second.record.id
+
+
+def test_rollback_record_takes_no_claim(ledger: Ledger) -> None:
+    rollback = gate_record(action="rollback", state=State.ROLLED_BACK, attempts=1)
+
+    ledger.add(rollback)
+    result = claim(ledger, gate_record())
+
+    assert result.acquired and result.record.id != rollback.id
+    assert ledger.get(rollback.id) == rollback
+
+
+def test_added_gate_record_counts_for_later_claims(ledger: Ledger) -> None:
+    decided = gate_record(state=State.PROMOTED, attempts=1)
+
+    ledger.add(decided)
+    result = claim(ledger, gate_record())
+
+    assert not result.acquired and result.record.id == decided.id
+
+
+# -- save, get, decided ----------------------------------------------------------------------------
+
+
+def test_record_round_trips_every_field(open_ledger: OpenLedger) -> None:
+    record = gate_record(
+        state=State.PROMOTING,
+        trigger="event",
+        run_id="cb12",
+        reason="passed: 3 steps, ünïcode ✓",
+        log="step 1\nstep 2 ✓\n",
+        log_location="https://logs.example.com/cb12",
+        target_tags=("15-alpine", "15-alpine-cb12"),
+        forced=True,
+        actor="alice@example.com",
+        attempts=1,
+        created_at=T0,
+        updated_at=T0 + timedelta(minutes=3),
+        timings={"resolve": 0.25, "validate": 61.5},
+    )
+    claim(open_ledger(), gate_record(record.id, created_at=T0))
+    open_ledger().save(record)
+
+    loaded = open_ledger().get(record.id)
+
+    assert loaded.to_dict() == record.to_dict()
+    assert loaded.log == record.log
+
+
+def test_save_of_an_unknown_record_raises_not_found(ledger: Ledger) -> None:
+    with pytest.raises(NotFound):
+        ledger.save(gate_record())
+
+
+def test_get_of_an_unknown_id_raises_not_found(ledger: Ledger) -> None:
+    claim(ledger, gate_record("0123456789abcdef"))
+
+    with pytest.raises(NotFound, match="gate history"):
+        ledger.get("fedcba9876543210")
+
+
+def test_get_accepts_a_unique_prefix_of_six_characters_or_more(ledger: Ledger) -> None:
+    for record_id, digest in (("abcdef01", "a"), ("abcdef02", "b"), ("abc99901", "c")):
+        claim(ledger, gate_record(record_id, digest=digest_of(digest)))
+
+    assert ledger.get("abc999").id == "abc99901"
+    with pytest.raises(NotFound):
+        ledger.get("abcdef")  # two records start with it
+    with pytest.raises(NotFound):
+        ledger.get("abc99")  # unique, but shorter than six characters
+
+
+def test_decided_returns_the_newest_promoted_or_rejected_record(ledger: Ledger) -> None:
+    assert ledger.decided("node", DIGEST) is None
+    first = claim(ledger, gate_record(created_at=T0)).record
+    assert ledger.decided("node", DIGEST) is None  # in progress is not decided
+    ledger.save(first.advance(State.PROMOTED))
+    second = claim(ledger, gate_record(created_at=T0 + timedelta(hours=1)), force=True).record
+    ledger.save(second.advance(State.REJECTED, reason="CVE"))
+
+    decided = ledger.decided("node", DIGEST)
+
+    assert decided is not None and decided.id == second.id and decided.reason == "CVE"
+    assert ledger.decided("node-lts", DIGEST) is None
+    assert ledger.decided("node", digest_of("other")) is None
+
+
+def test_records_outlive_the_ledger_handle_that_wrote_them(open_ledger: OpenLedger) -> None:
+    record = claim(open_ledger(), gate_record()).record
+
+    assert open_ledger().get(record.id) == record
+
+
+# -- history -------------------------------------------------------------------------------------
+
+
+def history_fixture(ledger: Ledger) -> list[GateRecord]:
+    """Five records a minute apart, oldest first, over two rules and two targets."""
+    records = []
+    for minute, (rule, target, state) in enumerate(
+        [
+            ("node", "artifacts.example.com/node", State.PROMOTED),
+            ("node", "artifacts.example.com/node", State.REJECTED),
+            ("python", "artifacts.example.com/python", State.PROMOTED),
+            ("node", "artifacts.example.com/node", State.FAILED),
+            ("python", "artifacts.example.com/python", State.VALIDATING),
+        ]
+    ):
+        record = gate_record(
+            rule=rule,
+            target=target,
+            digest=digest_of(f"image-{minute}"),
+            created_at=T0 + timedelta(minutes=minute),
+        )
+        claim(ledger, record)
+        ledger.save(record.advance(state))
+        records.append(record)
+    return records
+
+
+def test_history_lists_records_newest_first(ledger: Ledger) -> None:
+    records = history_fixture(ledger)
+
+    assert [r.id for r in ledger.history()] == [r.id for r in reversed(records)]
+    assert [r.id for r in ledger.history(limit=2)] == [records[4].id, records[3].id]
+
+
+def test_history_filters_by_rule_target_state_and_since(ledger: Ledger) -> None:
+    records = history_fixture(ledger)
+    ids = [r.id for r in records]
+
+    assert [r.id for r in ledger.history(rule="node")] == [ids[3], ids[1], ids[0]]
+    assert [r.id for r in ledger.history(target="artifacts.example.com/python")] == [
+        ids[4],
+        ids[2],
+    ]
+    assert [r.id for r in ledger.history(state=State.PROMOTED)] == [ids[2], ids[0]]
+    assert [r.id for r in ledger.history(since=T0 + timedelta(minutes=2))] == ids[:1:-1]
+    assert [r.id for r in ledger.history(rule="node", state=State.PROMOTED, since=T0, limit=5)] == [
+        ids[0]
+    ]
+    assert ledger.history(rule="go") == []
+
+
+def test_history_pages_with_before(ledger: Ledger) -> None:
+    records = history_fixture(ledger)
+    ids = [r.id for r in records]
+
+    first_page = ledger.history(limit=2)
+    second_page = ledger.history(before=first_page[-1].created_at, limit=2)
+    third_page = ledger.history(before=second_page[-1].created_at, limit=2)
+
+    assert [r.id for r in first_page + second_page + third_page] == ids[::-1]
+    assert [
+        r.id
+        for r in ledger.history(
+            since=T0 + timedelta(minutes=1), before=T0 + timedelta(minutes=3), rule="node"
+        )
+    ] == [ids[1]]
+
+
+def test_history_orders_records_created_together_by_id_descending(ledger: Ledger) -> None:
+    for index, record_id in enumerate(["rec-ab", "rec-b", "rec-abc"]):
+        claim(ledger, gate_record(record_id, digest=digest_of(str(index)), created_at=T0))
+
+    assert [r.id for r in ledger.history()] == ["rec-b", "rec-abc", "rec-ab"]
+
+
+# -- Table Storage only -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def table_store(azurite: AzuriteProcess) -> TableStore:
+    return TableStore(azurite)
+
+
+def race(workers: int, action: Callable[[int], Claim]) -> list[Claim]:
+    """Run ``action(i)`` in ``workers`` threads released together; their claims."""
+    barrier = threading.Barrier(workers)
+    results: list[Claim | BaseException | None] = [None] * workers
+
+    def run(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = action(index)
+        except BaseException as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    claims = [r for r in results if isinstance(r, Claim)]
+    assert len(claims) == workers, results
+    return claims
+
+
+def test_ten_threads_claiming_one_digest_acquire_it_exactly_once(table_store: TableStore) -> None:
+    ledgers = [table_store.open() for _ in range(10)]
+
+    claims = race(10, lambda i: claim(ledgers[i], gate_record()))
+
+    winners = [c for c in claims if c.acquired]
+    assert len(winners) == 1
+    assert {c.record.id for c in claims} == {winners[0].record.id}
+    assert [r.id for r in ledgers[0].history()] == [winners[0].record.id]
+
+
+def test_ten_threads_adopting_one_silent_record_resume_it_exactly_once(
+    table_store: TableStore,
+) -> None:
+    ledgers = [table_store.open() for _ in range(10)]
+    ghost = claim(ledgers[0], gate_record()).record
+    ledgers[0].save(
+        replace(ghost, state=State.VALIDATING, updated_at=utcnow() - timedelta(hours=2))
+    )
+
+    claims = race(10, lambda i: claim(ledgers[i], gate_record()))
+
+    winners = [c for c in claims if c.acquired]
+    assert len(winners) == 1 and winners[0].resumed
+    assert {c.record.id for c in claims} == {ghost.id}
+    assert ledgers[0].get(ghost.id).attempts == 2
+
+
+def test_ten_workers_taking_one_admitted_record_take_it_exactly_once(
+    table_store: TableStore,
+) -> None:
+    ledgers = [table_store.open() for _ in range(10)]
+    admitted = claim(ledgers[0], gate_record(), start=False).record
+
+    claims = race(10, lambda i: claim(ledgers[i], admitted))
+
+    assert len([c for c in claims if c.acquired]) == 1
+    assert ledgers[0].get(admitted.id).attempts == 1
+
+
+CLAIMANT = textwrap.dedent(
+    """\
+    import json, pathlib, sys, time
+    from gate.adapters.azure.table_ledger import TableLedger, _blob_endpoint_for
+    from gate.model import GateRecord, new_record_id
+    connection_string, table, container, digest, go = sys.argv[1:]
+    ledger = TableLedger(connection_string=connection_string, table=table, log_container=container)
+    record = GateRecord(id=new_record_id(), rule="node", source="upstream.example.com/node:15-alpine",
+                        target="artifacts.example.com/node", digest=digest)
+    print("ready", flush=True)
+    while not pathlib.Path(go).exists():
+        time.sleep(0.005)
+    result = ledger.claim(record, force=False, stale_after_seconds=600)
+    print(json.dumps({"acquired": result.acquired, "id": result.record.id}), flush=True)
+    """
+)
+
+
+def test_two_processes_claiming_one_digest_acquire_it_exactly_once(
+    table_store: TableStore, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    args = [table_store.connection_string, table_store.table, table_store.container, DIGEST]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMANT, *args, str(go)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        for _ in range(2)
+    ]
+    for process in processes:
+        assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    go.touch()
+    outputs = [json.loads(p.communicate(timeout=120)[0]) for p in processes]
+
+    assert sorted(o["acquired"] for o in outputs) == [False, True]
+    assert outputs[0]["id"] == outputs[1]["id"]
+
+
+def test_a_log_larger_than_a_table_property_round_trips_through_a_blob(
+    table_store: TableStore,
+) -> None:
+    ledger = table_store.open()
+    record = claim(ledger, gate_record()).record
+    log = "".join(f"line {i}: ✓ layer sha256:{i:064x}\n" for i in range(3000))  # ~260 KiB
+    ledger.save(record.advance(State.REJECTED, log=log))
+
+    assert table_store.open().get(record.id).log == log
+    blobs = ContainerClient.from_connection_string(
+        table_store.connection_string, table_store.container
+    )
+    assert blobs.download_blob(f"{record.id}.log").readall().decode() == log
+    assert ledger.history()[0].log == ""  # history leaves logs in their blobs
+
+
+def test_a_reason_longer_than_a_table_property_round_trips(table_store: TableStore) -> None:
+    ledger = table_store.open()
+    record = claim(ledger, gate_record()).record
+    reason = "x\U0001f433" * 40_000  # 120,000 UTF-16 units: several properties
+    ledger.save(record.advance(State.FAILED, reason=reason))
+
+    assert ledger.get(record.id).reason == reason
+
+
+def test_rules_and_digests_with_characters_keys_refuse_still_deduplicate(
+    table_store: TableStore,
+) -> None:
+    ledger = table_store.open()
+    odd = gate_record(rule="team/app #1?", digest="sha256:\\weird|digest%")
+    ledger.save(claim(ledger, odd).record.advance(State.PROMOTED))
+
+    result = claim(ledger, gate_record(rule="team/app #1?", digest="sha256:\\weird|digest%"))
+
+    assert not result.acquired and result.record.id == odd.id
+    assert ledger.decided("team/app #1?", "sha256:\\weird|digest%") is not None
+    assert [r.id for r in ledger.history(rule="team/app #1?")] == [odd.id]
+
+
+def test_a_wrong_account_key_is_a_ledger_error_that_does_not_show_the_key(
+    table_store: TableStore, azurite: AzuriteProcess
+) -> None:
+    wrong_key = base64.b64encode(b"not the key of this account, 64 bytes long....................")
+    connection_string = table_store.connection_string.replace(
+        azurite.account_key, wrong_key.decode()
+    )
+
+    with pytest.raises(LedgerError) as caught:
+        TableLedger(connection_string=connection_string, table=table_store.table)
+
+    message = caught.value.message
+    assert "403" in message and "account key" in message
+    assert wrong_key.decode() not in message and "AccountKey" not in message
+
+
+def test_an_undecodable_account_key_is_a_ledger_error_that_does_not_show_it(
+    table_store: TableStore, azurite: AzuriteProcess
+) -> None:
+    connection_string = table_store.connection_string.replace(azurite.account_key, "s3cr%t")
+
+    with pytest.raises(LedgerError, match="account key") as caught:
+        TableLedger(connection_string=connection_string, table=table_store.table)
+
+    assert "s3cr%t" not in caught.value.message
+
+
+def test_an_unreachable_table_service_is_a_ledger_error(
+    table_store: TableStore, azurite: AzuriteProcess
+) -> None:
+    closed = free_port()
+    connection_string = table_store.connection_string.replace(
+        f":{azurite.table_port}/", f":{closed}/"
+    )
+
+    with pytest.raises(LedgerError, match="could not be reached"):
+        TableLedger(connection_string=connection_string, table=table_store.table)
+
+
+def test_a_malformed_connection_string_is_a_config_error_that_does_not_echo_it() -> None:
+    with pytest.raises(ConfigError) as caught:
+        TableLedger(connection_string="not a connection string; c2VjcmV0")
+
+    assert "c2VjcmV0" not in caught.value.message
+
+
+def test_names_storage_refuses_are_config_errors_before_any_request() -> None:
+    with pytest.raises(ConfigError, match="storage table"):
+        TableLedger(connection_string="x", table="gate-records")
+    with pytest.raises(ConfigError, match="blob container"):
+        TableLedger(connection_string="x", log_container="Gate_Logs")
+
+
+def test_a_deleted_table_is_a_ledger_error_not_a_missing_record(table_store: TableStore) -> None:
+    ledger = table_store.open()
+    record = claim(ledger, gate_record()).record
+    TableServiceClient.from_connection_string(table_store.connection_string).delete_table(
+        table_store.table
+    )
+
+    with pytest.raises(LedgerError, match="does not exist any more"):
+        ledger.get(record.id)
+
+
+def test_the_ledger_needs_exactly_one_of_an_endpoint_or_a_connection_string() -> None:
+    with pytest.raises(ConfigError, match="exactly one"):
+        TableLedger()
+    with pytest.raises(ConfigError, match="exactly one"):
+        TableLedger(endpoint="https://acct.table.core.windows.net", connection_string="x")
+    with pytest.raises(ConfigError, match="credential"):
+        TableLedger(endpoint="https://acct.table.core.windows.net")
+
+
+# -- identity-based access (bearer tokens over TLS, as in Azure) ---------------------------------
+
+
+class StorageTestIdentity:
+    """A credential minting unsigned JWTs, which Azurite's basic OAuth mode accepts when their
+    issuer, audience and lifetime are right (it does not check signatures)."""
+
+    def __init__(self, audience: str = "https://storage.azure.com") -> None:
+        self.audience = audience
+        self.scopes: list[str] = []
+
+    def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+        self.scopes.extend(scopes)
+        now = int(time.time())
+        claims = {
+            "aud": self.audience,
+            "iss": "https://sts.windows.net/00000000-0000-0000-0000-000000000001/",
+            "iat": now - 60,
+            "nbf": now - 60,
+            "exp": now + 3600,
+            "oid": "00000000-0000-0000-0000-00000000cafe",
+        }
+        parts = [{"alg": "RS256", "typ": "JWT"}, claims]
+        token = ".".join(
+            base64.urlsafe_b64encode(json.dumps(p).encode()).decode().rstrip("=") for p in parts
+        )
+        return AccessToken(token + ".c2lnbmF0dXJl", now + 3600)
+
+
+@pytest.fixture(scope="module")
+def azurite_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AzuriteProcess, Path]]:
+    """An Azurite serving HTTPS (a test CA's certificate) and accepting bearer tokens; its CA."""
+    folder = tmp_path_factory.mktemp("azurite-tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(folder / "cert.pem")
+    cert.private_key_pem.write_to_path(folder / "key.pem")
+    ca.cert_pem.write_to_path(folder / "ca.pem")
+    process = AzuriteProcess(
+        folder / "run", cert=folder / "cert.pem", key=folder / "key.pem", oauth=True
+    )
+    with process:
+        yield process, folder / "ca.pem"
+
+
+def test_identity_based_ledger_gets_storage_tokens_and_keeps_records_and_logs(
+    azurite_tls: tuple[AzuriteProcess, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    azurite, ca = azurite_tls
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca))
+    identity = StorageTestIdentity()
+    ledger = TableLedger(
+        endpoint=azurite.table_endpoint,
+        credential=identity,
+        blob_endpoint=azurite.blob_endpoint,
+        table="identityrecords",
+        log_container="identity-logs",
+    )
+    record = claim(ledger, gate_record()).record
+    ledger.save(record.advance(State.PROMOTED, log="validated\n"))
+
+    assert ledger.get(record.id).log == "validated\n"
+    assert ledger.decided("node", DIGEST) is not None
+    assert identity.scopes and set(identity.scopes) == {"https://storage.azure.com/.default"}
+
+
+def test_identity_without_access_to_storage_is_a_ledger_error_naming_the_roles(
+    azurite_tls: tuple[AzuriteProcess, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    azurite, ca = azurite_tls
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca))
+
+    with pytest.raises(LedgerError, match="Storage Table Data Contributor") as caught:
+        TableLedger(
+            endpoint=azurite.table_endpoint,
+            credential=StorageTestIdentity(audience="https://vault.azure.net"),
+            blob_endpoint=azurite.blob_endpoint,
+        )
+
+    assert "403" in caught.value.message
+
+
+def test_blob_endpoint_is_derived_from_an_azure_table_endpoint() -> None:
+    assert (
+        _blob_endpoint_for("https://acct.table.core.windows.net")
+        == "https://acct.blob.core.windows.net"
+    )
+    assert (
+        _blob_endpoint_for("https://acct.table.core.chinacloudapi.cn/")
+        == "https://acct.blob.core.chinacloudapi.cn"
+    )
+    assert _blob_endpoint_for("https://127.0.0.1:10002/devstoreaccount1") is None
