@@ -35,7 +35,7 @@ def _fail(exc: GateError) -> NoReturn:
 
 
 def _keeper(config: str | None, quiet: bool = False) -> Gatekeeper:
-    from gate.compose import local_gatekeeper
+    from gate.compose import build_gatekeeper
 
     cfg: GateConfig = load_config(config_path(config))
 
@@ -44,7 +44,7 @@ def _keeper(config: str | None, quiet: bool = False) -> Gatekeeper:
             style = _STYLE.get(event, "dim")
             err.print(f"[{style}]{event:>11}[/] {message}", soft_wrap=True)
 
-    return local_gatekeeper(cfg, notify=notify)
+    return build_gatekeeper(cfg, notify=notify)
 
 
 class _Bar:

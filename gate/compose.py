@@ -1,36 +1,157 @@
-"""The composition root: builds the gate's adapters from the configuration, in one place."""
+"""The composition root: builds the gate's adapters from the configuration, in one place.
+
+Without an ``azure:`` section the gate runs on its embedded local default (OCI registries over
+HTTP, podman/docker, a SQLite ledger, secrets from the environment). With one, promotion is an
+ACR import, validation an ACR quick run, secrets come from Key Vault and, when
+``azure.ledger`` is set, records live in Table Storage. Adapters are imported here, only when
+chosen, so a process that never touches Azure never loads an Azure SDK.
+"""
 
 from __future__ import annotations
 
-from gate.config import GateConfig
+from typing import TYPE_CHECKING, Any
+
+from gate.config import AzureSettings, GateConfig
 from gate.service import Gatekeeper, Notify, quiet
+
+if TYPE_CHECKING:
+    from gate.adapters.oci import OciRegistry
+    from gate.ports import Ledger, Secrets
+
+
+def build_gatekeeper(
+    config: GateConfig, *, notify: Notify = quiet, credential: Any = None
+) -> Gatekeeper:
+    """The gatekeeper the configuration asks for (local, or Azure when it has ``azure:``).
+
+    ``credential`` is for Azure (anything with ``get_token``); the default is
+    ``DefaultAzureCredential`` (managed identity in Azure, ``az login`` on a laptop).
+    """
+    if config.azure is None:
+        return local_gatekeeper(config, notify=notify)
+    return azure_gatekeeper(config, config.azure, notify=notify, credential=credential)
+
+
+def _oci(config: GateConfig, secrets: Secrets) -> OciRegistry:
+    from gate.adapters.oci import HostSettings, OciRegistry
+
+    hosts = {}
+    for host, settings in config.registries.items():
+        username = settings.username
+        if settings.username_secret:
+            username = secrets.get(settings.username_secret)
+        hosts[host] = HostSettings(
+            insecure=settings.insecure,
+            username=username,
+            password=secrets.get(settings.password_secret) if settings.password_secret else None,
+        )
+    return OciRegistry(hosts)
+
+
+def _sqlite(config: GateConfig) -> Ledger:
+    from gate.adapters.sqlite_ledger import SqliteLedger
+
+    return SqliteLedger(config.data_dir / "gate.db")
 
 
 def local_gatekeeper(config: GateConfig, *, notify: Notify = quiet) -> Gatekeeper:
     """The embedded local default: OCI registries over HTTP, podman/docker, a SQLite ledger."""
-    # imported here so that a caller that only parses configuration stays light
     from gate.adapters.local_validator import LocalValidator
-    from gate.adapters.oci import HostSettings, OciRegistry
     from gate.adapters.secrets import LocalSecrets
-    from gate.adapters.sqlite_ledger import SqliteLedger
 
     secrets = LocalSecrets(config.secrets_dir)
-    hosts = {
-        host: HostSettings(
-            insecure=settings.insecure,
-            username=settings.username,
-            password=secrets.get(settings.password_secret) if settings.password_secret else None,
-        )
-        for host, settings in config.registries.items()
-    }
     insecure = frozenset(host for host, settings in config.registries.items() if settings.insecure)
     return Gatekeeper(
         config=config,
-        registry=OciRegistry(hosts),
+        registry=_oci(config, secrets),
         validator=LocalValidator(
             config.validator.engine, insecure_registries=insecure, network=config.validator.network
         ),
-        ledger=SqliteLedger(config.data_dir / "gate.db"),
+        ledger=_sqlite(config),
+        secrets=secrets,
+        notify=notify,
+    )
+
+
+def azure_gatekeeper(
+    config: GateConfig, azure: AzureSettings, *, notify: Notify = quiet, credential: Any = None
+) -> Gatekeeper:
+    """ACR import, ACR quick runs, Key Vault and (optionally) Table Storage."""
+    from gate.adapters.azure.acr_import import AcrImportRegistry
+    from gate.adapters.azure.quick_run import AcrQuickRunValidator
+
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    secrets: Secrets
+    vault = None
+    if azure.key_vault_url:
+        from gate.adapters.azure.keyvault import KeyVaultSecrets
+
+        vault = KeyVaultSecrets(azure.key_vault_url, credential)
+        secrets = vault
+    else:
+        from gate.adapters.secrets import LocalSecrets
+
+        secrets = LocalSecrets(config.secrets_dir)
+
+    acr_sources = {h: s.resource_id for h, s in config.registries.items() if s.resource_id}
+    upstream_credentials: dict[str, tuple[str, str]] = {}
+    custom_registries: dict[str, tuple[str, str]] = {}
+    for host, settings in config.registries.items():
+        if settings.resource_id or not settings.password_secret:
+            continue  # ACRs in our tenant are read with the registry's identity, not a password
+        user_secret = settings.username_secret
+        if user_secret is None:
+            continue  # a literal username cannot be given to ACR by secret reference; see README
+        upstream_credentials[host] = (user_secret, settings.password_secret)
+        if vault is not None:
+            # the runner registry's identity reads these itself: no secret passes through us
+            custom_registries[host] = (
+                vault.secret_uri(user_secret),
+                vault.secret_uri(settings.password_secret),
+            )
+
+    registry = AcrImportRegistry(
+        credential=credential,
+        subscription_id=azure.subscription_id,
+        target_resource_group=azure.registry.resource_group,
+        target_registry=azure.registry.name,
+        target_login_server=azure.registry.login_server,
+        arm_endpoint=azure.arm_endpoint,
+        acr_sources=acr_sources,
+        upstream_credentials=upstream_credentials,
+        secrets=secrets,
+        oci=_oci(config, secrets),
+    )
+    validator = AcrQuickRunValidator(
+        credential=credential,
+        subscription_id=azure.subscription_id,
+        resource_group=azure.runner.resource_group,
+        registry=azure.runner.name,
+        arm_endpoint=azure.arm_endpoint,
+        custom_registries=custom_registries,
+        identity=azure.identity,
+    )
+    ledger: Ledger
+    if azure.ledger is not None:
+        from gate.adapters.azure.table_ledger import TableLedger
+
+        ledger = TableLedger(
+            endpoint=azure.ledger.table_endpoint,
+            credential=credential if azure.ledger.table_endpoint else None,
+            connection_string=azure.ledger.connection_string,
+            table=azure.ledger.table,
+            log_container=azure.ledger.log_container,
+        )
+    else:
+        ledger = _sqlite(config)
+    return Gatekeeper(
+        config=config,
+        registry=registry,
+        validator=validator,
+        ledger=ledger,
         secrets=secrets,
         notify=notify,
     )

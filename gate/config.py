@@ -64,6 +64,7 @@ class Rule:
     validation: ValidationSettings
     stable_tag: str = DEFAULT_STABLE_TAG
     unique_tag: str = DEFAULT_UNIQUE_TAG
+    untagged: bool = False
 
     @property
     def exact_tags(self) -> tuple[str, ...]:
@@ -480,7 +481,16 @@ class _Loader:
         entry = self.mapping(
             raw,
             label,
-            {"name", "source", "tags", "target", "stable_tag", "unique_tag", "validation"},
+            {
+                "name",
+                "source",
+                "tags",
+                "target",
+                "stable_tag",
+                "unique_tag",
+                "validation",
+                "untagged",
+            },
         )
         name = self.text(entry.get("name"), f"{label}.name")
         source = self.ref(entry.get("source"), f"{label}.source", repository_only=True)
@@ -504,6 +514,14 @@ class _Loader:
         if stable == unique:
             raise self.fail(f"{label}.stable_tag", "must differ from unique_tag")
         validation = self.validation(entry.get("validation"), f"{label}.validation")
+        untagged = entry.get("untagged", False)
+        if not isinstance(untagged, bool):
+            raise self.fail(f"{label}.untagged", "expected true or false")
+        if untagged and (len(tags) != 1 or set(tags[0]) & _GLOB_CHARS):
+            raise self.fail(
+                f"{label}.untagged",
+                "gating untagged pushes needs exactly one exact tag in 'tags' (it names the stable tag)",
+            )
         return Rule(
             name=name,
             source=source,
@@ -512,6 +530,7 @@ class _Loader:
             validation=validation,
             stable_tag=stable,
             unique_tag=unique,
+            untagged=untagged,
         )
 
     def template(self, raw: Any, where: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from gate.config import GateConfig, Rule
@@ -365,10 +365,11 @@ class WatchItem:
     error: str = ""
 
 
-def watch_once(keeper: Gatekeeper, *, progress: ProgressCallback | None = None) -> list[WatchItem]:
-    """Poll every watched upstream tag (HEAD only) and gate digests not decided yet.
+def poll_upstreams(keeper: Gatekeeper) -> list[WatchItem]:
+    """HEAD every watched upstream tag; items without ``skipped``/``error`` are new digests.
 
     Glob selectors list the repository's tags first. One tag's error does not stop the others.
+    Nothing is gated here: :func:`watch_once` gates inline, the timer function enqueues.
     """
     items: list[WatchItem] = []
     for rule in keeper.config.rules:
@@ -385,17 +386,27 @@ def watch_once(keeper: Gatekeeper, *, progress: ProgressCallback | None = None) 
             try:
                 digest = keeper.registry.resolve(ref)
                 decided = keeper.ledger.decided(rule.name, digest)
-                if decided is not None:
-                    items.append(
-                        WatchItem(rule.name, str(ref), digest, skipped=f"already {decided.state}")
-                    )
-                    continue
-                outcome = gate_image(
-                    keeper, ref.with_digest(digest), trigger="poll", wait=False, progress=progress
-                )
-                items.append(WatchItem(rule.name, str(ref), digest, outcome=outcome))
             except GateError as exc:
                 items.append(WatchItem(rule.name, str(ref), error=exc.message))
+                continue
+            skipped = f"already {decided.state}" if decided is not None else ""
+            items.append(WatchItem(rule.name, str(ref), digest, skipped=skipped))
+    return items
+
+
+def watch_once(keeper: Gatekeeper, *, progress: ProgressCallback | None = None) -> list[WatchItem]:
+    """Poll every watched upstream tag (HEAD only) and gate the digests not decided yet."""
+    items = []
+    for item in poll_upstreams(keeper):
+        if item.skipped or item.error or item.digest is None:
+            items.append(item)
+            continue
+        try:
+            ref = ImageRef.parse(item.source).with_digest(item.digest)
+            outcome = gate_image(keeper, ref, trigger="poll", wait=False, progress=progress)
+            items.append(replace(item, outcome=outcome))
+        except GateError as exc:
+            items.append(replace(item, error=exc.message))
     return items
 
 

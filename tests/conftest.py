@@ -11,6 +11,7 @@ import pytest
 from devstack.images import ImageBuilder
 from devstack.podman import podman_env as _podman_env
 from devstack.registry import RegistryProcess
+from tests.acr_emulator import AcrEmulator, TestCredential
 
 # ---------------------------------------------------------------------------------------------
 # devstack fixtures: real registries, daemonless image builds, podman configuration.
@@ -62,4 +63,58 @@ def image_builder(tmp_path: Path) -> ImageBuilder:
 
 # ---------------------------------------------------------------------------------------------
 # end of devstack fixtures
+# ---------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# azurite: Azure Storage (blob, queue, table) emulator for the Table ledger and the queue
+# ---------------------------------------------------------------------------------------------
+
+
+from devstack.azurite import AzuriteProcess  # noqa: E402  (this block is appended)
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteProcess]:
+    """One Azurite for the session (in memory): ``.connection_string``, ``.table_endpoint``, ….
+
+    Tests share it: give each test its own table/container/queue names.
+    """
+    with AzuriteProcess(tmp_path_factory.mktemp("azurite")) as process:
+        yield process
+
+
+# ---------------------------------------------------------------------------------------------
+# end of azurite
+# ---------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# Azure fixtures: the emulator of ARM (ACR import, quick runs), ACR data planes and Key Vault.
+# Shared by every Azure adapter test; function scope (each test gets fresh state).
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def acr_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AcrEmulator]:
+    """A started :class:`~tests.acr_emulator.AcrEmulator`, its CA trusted through the env.
+
+    ``REQUESTS_CA_BUNDLE`` (azure-core's requests transport) and ``SSL_CERT_FILE`` (httpx) point
+    at the emulator's test CA for the duration of the test. Add registries with
+    ``acr_emulator.add_registry(name)``.
+    """
+    with AcrEmulator(tmp_path / "acr-emulator") as emulator:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(emulator.ca_path))
+        monkeypatch.setenv("SSL_CERT_FILE", str(emulator.ca_path))
+        yield emulator
+
+
+@pytest.fixture
+def azure_credential(acr_emulator: AcrEmulator) -> TestCredential:
+    """The credential whose tokens the emulator accepts (records the scopes asked for)."""
+    return acr_emulator.credential()
+
+
+# ---------------------------------------------------------------------------------------------
+# end of Azure fixtures
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,251 @@
+"""The gate as Azure Functions (Python v2 programming model): a thin shell over ``gate``.
+
+Triggers parse, check, enqueue and answer fast; the queue worker does the slow part. Heavy SDKs
+are imported by the composition root only when the worker or the HTTP API first needs them, so
+a cold start costs little more than importing ``azure.functions``.
+
+    Event Grid ImagePushed ─► on_push ──┐
+    timer (GATE_WATCH_SCHEDULE) ─► watch ┼─► queue gate-requests ─► gate_worker ─► ledger + audit
+    POST /api/gate ─► 202 + Location ───┘                         └► gate-requests-poison ─► gate_poison
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import azure.functions as func
+
+from gate.settings import POISON_QUEUE, QUEUE, STORAGE_CONNECTION, Settings
+
+if TYPE_CHECKING:
+    from gate.config import GateConfig
+    from gate.http_api import ApiResponse
+    from gate.service import Gatekeeper
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+log = logging.getLogger("gate.functions")
+HERE = Path(__file__).resolve().parent
+
+
+@cache
+def settings() -> Settings:
+    """App settings, read once per process."""
+    return Settings.from_env(base=HERE)
+
+
+@cache
+def config() -> GateConfig:
+    """The gate configuration (``GATE_CONFIG``), loaded once per process."""
+    from gate.config import load_config
+
+    return load_config(settings().config_path)
+
+
+@cache
+def keeper() -> Gatekeeper:
+    """The gate's adapters, built once per process (this is where Azure SDKs get imported)."""
+    from gate.compose import build_gatekeeper
+
+    return build_gatekeeper(config())
+
+
+def _event_dict(event: func.EventGridEvent | func.CloudEvent) -> dict[str, Any]:
+    """The trigger's event object back in its wire schema, for :func:`gate.events.parse_event`."""
+    if isinstance(event, func.CloudEvent):
+        return {
+            "specversion": "1.0",
+            "id": event.id,
+            "source": event.source,
+            "type": event.type,
+            "subject": event.subject,
+            "data": event.get_json(),
+        }
+    return {
+        "id": event.id,
+        "topic": event.topic,
+        "subject": event.subject,
+        "eventType": event.event_type,
+        "data": event.get_json(),
+    }
+
+
+@app.function_name("on_push")
+@app.event_grid_trigger(arg_name="event")
+@app.queue_output(arg_name="requests", queue_name=QUEUE, connection=STORAGE_CONNECTION)
+def on_push(event: func.EventGridEvent, requests: func.Out[str]) -> None:
+    """An upstream push: queue a gate request if a rule watches it; else say why not."""
+    from gate.events import Ignored, MalformedEvent, parse_event, triage
+
+    try:
+        decision = triage(config(), parse_event(_event_dict(event)))
+    except MalformedEvent as exc:
+        # a payload that cannot be read will not improve with retries: log it and drop it
+        log.warning("dropped malformed event %s: %s", str(event.id)[:100], exc.message)
+        return
+    if isinstance(decision, Ignored):
+        log.info("ignored event %s: %s", event.id, decision.reason)
+        return
+    requests.set(decision.to_json())
+    log.info("queued event %s: %s", event.id, decision.image)
+
+
+def _respond(response: ApiResponse) -> func.HttpResponse:
+    return func.HttpResponse(
+        response.text(),
+        status_code=response.status,
+        headers=dict(response.headers),
+        mimetype="application/json",
+    )
+
+
+def _too_large(req: func.HttpRequest) -> func.HttpResponse | None:
+    from gate.http_api import error
+
+    declared = req.headers.get("content-length", "0")
+    limit = settings().max_body_bytes
+    if declared.isdigit() and int(declared) > limit:
+        return _respond(error(413, "too_large", f"the body is over the {limit}-byte limit"))
+    return None
+
+
+@app.function_name("post_gate")
+@app.route(route="gate", methods=["POST"])
+@app.queue_output(arg_name="requests", queue_name=QUEUE, connection=STORAGE_CONNECTION)
+def post_gate(req: func.HttpRequest, requests: func.Out[str]) -> func.HttpResponse:
+    """Re-gate an image by hand: 202 + Location of its record (or the decided record)."""
+    from gate import http_api
+
+    refused = _too_large(req)
+    if refused:
+        return refused
+    response, request = http_api.post_gate(
+        keeper(), req.get_body(), max_body_bytes=settings().max_body_bytes
+    )
+    if request is not None:
+        requests.set(request.to_json())
+    return _respond(response)
+
+
+@app.function_name("get_gate")
+@app.route(route="gate/{record_id}", methods=["GET"])
+def get_gate(req: func.HttpRequest) -> func.HttpResponse:
+    """One record: state, digest, run ID, log, reason, tags."""
+    from gate import http_api
+
+    return _respond(http_api.get_gate(keeper(), req.route_params.get("record_id", "")))
+
+
+@app.function_name("list_gates")
+@app.route(route="gates", methods=["GET"])
+def list_gates(req: func.HttpRequest) -> func.HttpResponse:
+    """History, newest first, paged."""
+    from gate import http_api
+
+    return _respond(http_api.list_gates(keeper(), dict(req.params), page_size=settings().page_size))
+
+
+@app.function_name("post_rollback")
+@app.route(route="rollback", methods=["POST"])
+def post_rollback(req: func.HttpRequest) -> func.HttpResponse:
+    """Move a stable tag back to an earlier validated digest, recorded with who and why."""
+    from gate import http_api
+
+    refused = _too_large(req)
+    if refused:
+        return refused
+    # App Service authentication names the caller; with function keys alone there is no name
+    actor = req.headers.get("x-ms-client-principal-name") or "function-key"
+    return _respond(
+        http_api.post_rollback(
+            keeper(), req.get_body(), max_body_bytes=settings().max_body_bytes, actor=actor
+        )
+    )
+
+
+@app.function_name("watch")
+@app.timer_trigger(arg_name="timer", schedule="%GATE_WATCH_SCHEDULE%")
+@app.queue_output(arg_name="requests", queue_name=QUEUE, connection=STORAGE_CONNECTION)
+def watch(timer: func.TimerRequest, requests: func.Out[list[str]]) -> None:
+    """Poll upstreams without events (HEAD only) and queue digests not decided yet."""
+    from gate.worker import poll
+
+    found, errors = poll(keeper())
+    for problem in errors:
+        log.warning("poll: %s", problem)
+    if found:
+        requests.set([request.to_json() for request in found])
+    log.info("poll: %d new digest(s) queued, %d error(s)", len(found), len(errors))
+
+
+def _audit(outcome: Any, began: float) -> None:
+    from gate import audit
+
+    audit.log_decision(
+        outcome.record, duplicate=outcome.duplicate, duration=time.monotonic() - began
+    )
+    endpoint = settings().outcome_topic_endpoint
+    if endpoint and not outcome.duplicate:
+        publisher(endpoint).publish(outcome.record)
+
+
+@cache
+def publisher(endpoint: str) -> Any:
+    """The outcome-event publisher (Event Grid custom topic), built on first use."""
+    from azure.identity import DefaultAzureCredential
+
+    from gate.audit import OutcomePublisher
+
+    return OutcomePublisher(endpoint, DefaultAzureCredential())
+
+
+@app.function_name("gate_worker")
+@app.queue_trigger(arg_name="msg", queue_name=QUEUE, connection=STORAGE_CONNECTION)
+def gate_worker(msg: func.QueueMessage) -> None:
+    """Gate one queued request, idempotently; raising hands the message back to the queue."""
+    from gate.errors import GateError
+    from gate.messages import GateRequest, MalformedRequest
+    from gate.worker import handle, poisoned
+
+    began = time.monotonic()
+    try:
+        request = GateRequest.from_json(msg.get_body())
+    except MalformedRequest as exc:
+        log.error("dropped malformed gate request %s: %s", msg.id, exc.message)
+        return
+    try:
+        outcome = handle(keeper(), request, wait_seconds=settings().worker_wait_seconds)
+    except GateError as exc:
+        if exc.retryable:
+            log.warning("gate request %s will be retried: %s", msg.id, exc.message)
+            raise
+        # retrying cannot help (e.g. the rule is gone): record the refusal and drop the message
+        try:
+            record = poisoned(keeper(), request, exc.message)
+        except GateError as unrecordable:  # e.g. a record id that does not exist
+            log.error("dropped gate request %s: %s (%s)", msg.id, exc.message, unrecordable.message)
+            return
+        log.error("gate request %s refused: %s (record %s)", msg.id, exc.message, record.id)
+        return
+    _audit(outcome, began)
+
+
+@app.function_name("gate_poison")
+@app.queue_trigger(arg_name="msg", queue_name=POISON_QUEUE, connection=STORAGE_CONNECTION)
+def gate_poison(msg: func.QueueMessage) -> None:
+    """A request the queue gave up on: record it as failed, with why."""
+    from gate.messages import GateRequest, MalformedRequest
+    from gate.worker import poisoned
+
+    try:
+        request = GateRequest.from_json(msg.get_body())
+    except MalformedRequest as exc:
+        log.error("dropped malformed poisoned message %s: %s", msg.id, exc.message)
+        return
+    record = poisoned(keeper(), request, "the worker failed on every delivery (see its log lines)")
+    from gate import audit
+
+    audit.log_decision(record)

@@ -1,0 +1,88 @@
+"""What the serverless triggers do with the gate, free of any Functions types.
+
+``function_app.py`` turns trigger payloads into calls of these functions and their results
+into bindings and status codes. The functions here are the same the CLI's service calls.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gate.errors import GateError, InfrastructureError
+from gate.messages import GateRequest
+from gate.model import GateRecord, State, new_record_id
+from gate.ref import ImageRef
+from gate.service import Gatekeeper, GateOutcome, gate_image, gate_record, poll_upstreams
+
+
+class RetryLater(InfrastructureError):
+    """Another worker holds this (rule, digest); let the queue deliver the request again later."""
+
+
+def handle(keeper: Gatekeeper, request: GateRequest, *, wait_seconds: float = 20.0) -> GateOutcome:
+    """Carry out one queued gate request, idempotently.
+
+    A request already decided costs one ledger read; one whose (rule, digest) another worker is
+    gating is waited for up to ``wait_seconds``, then :class:`RetryLater` hands it back to the
+    queue (its visibility timeout spaces the redeliveries; a worker that died is resumed once
+    its record goes stale).
+    """
+    if request.record_id:
+        outcome = gate_record(keeper, request.record_id)
+    else:
+        outcome = gate_image(
+            keeper, request.image or "", trigger=request.trigger, force=request.force, wait=False
+        )
+    deadline = time.monotonic() + wait_seconds
+    while not outcome.record.state.final:
+        if time.monotonic() >= deadline:
+            raise RetryLater(
+                f"record {outcome.record.id} is being gated by another worker "
+                f"({outcome.record.state}); the request will be delivered again"
+            )
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        outcome = GateOutcome(keeper.ledger.get(outcome.record.id), duplicate=True)
+    return outcome
+
+
+def poisoned(keeper: Gatekeeper, request: GateRequest, reason: str) -> GateRecord:
+    """Record a request the queue gave up on as failed, with why; returns that record."""
+    if request.record_id:
+        record = keeper.ledger.get(request.record_id)
+        if record.state.final:
+            return record
+        failed = record.advance(State.FAILED, reason=f"poisoned: {reason}")
+        keeper.ledger.save(failed)
+        return failed
+    source = request.image or "?"
+    rule, target, digest = "-", "-", None
+    try:
+        ref = ImageRef.parse(source)
+        matched = keeper.config.match(ref)
+        rule, target, digest = matched.name, matched.target.name, ref.digest
+    except GateError:
+        pass  # a poisoned request may name anything; it is recorded all the same
+    failed = GateRecord(
+        id=new_record_id(),
+        rule=rule,
+        source=source,
+        target=target,
+        digest=digest,
+        trigger=request.trigger,
+        state=State.FAILED,
+        reason=f"poisoned: {reason}",
+    )
+    keeper.ledger.add(failed)
+    return failed
+
+
+def poll(keeper: Gatekeeper) -> tuple[list[GateRequest], list[str]]:
+    """The timer's work: gate requests for upstream digests not decided yet, and errors seen."""
+    requests, errors = [], []
+    for item in poll_upstreams(keeper):
+        if item.error:
+            errors.append(f"{item.source}: {item.error}")
+        elif not item.skipped and item.digest:
+            image = str(ImageRef.parse(item.source).with_digest(item.digest))
+            requests.append(GateRequest(image=image, trigger="poll"))
+    return requests, errors

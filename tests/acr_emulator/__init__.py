@@ -1,0 +1,31 @@
+"""An in-process emulator of the Azure services the gate uses, for tests (never shipped).
+
+ARM (ACR import, quick runs), the ACR data plane and Key Vault, served over HTTPS on loopback
+with a test CA, backed by real ``docker-registry`` processes; see :mod:`tests.acr_emulator.core`.
+"""
+
+from tests.acr_emulator.core import (
+    AcrEmulator,
+    BlobStore,
+    Call,
+    EmulatedRegistry,
+    Faults,
+    Request,
+    Response,
+    Router,
+    TestCredential,
+    arm_error,
+)
+
+__all__ = [
+    "AcrEmulator",
+    "BlobStore",
+    "Call",
+    "EmulatedRegistry",
+    "Faults",
+    "Request",
+    "Response",
+    "Router",
+    "TestCredential",
+    "arm_error",
+]

@@ -1,0 +1,447 @@
+"""An emulated ACR's data plane, as azure-containerregistry 1.2.0 calls it, over a real registry.
+
+Authentication is ACR's (azure-containerregistry ``ContainerRegistryChallengePolicy`` and
+``ACRExchangeClient``; the REST spec's ``Azure.ContainerRegistry`` routes):
+
+1. a request without a valid ACR access token gets ``401`` with
+   ``WWW-Authenticate: Bearer realm="https://{login}/oauth2/token",service="{login}",
+   scope="repository:{repo}:{action}"`` (commas without spaces: the SDK's challenge parser
+   drops bare commas only);
+2. ``POST /oauth2/exchange`` (form: ``grant_type=access_token``, ``service``, ``access_token`` =
+   an AAD token for ``https://containerregistry.azure.net`` or ARM) → ``{"refresh_token"}`` (a
+   JWT: the SDK reads its ``exp``);
+3. ``POST /oauth2/token`` (form: ``grant_type=refresh_token``, ``service``, ``scope``,
+   ``refresh_token``) → ``{"access_token"}`` for that scope; ``GET /oauth2/token`` with basic
+   auth (user ``00000000-0000-0000-0000-000000000000``, password = a refresh token), as
+   ``docker login`` with an AAD identity does, for OCI clients.
+
+Routes (actions: ``metadata_read`` / ``metadata_write`` for ``/acr/v1``, ``pull`` for ``/v2``):
+``GET /acr/v1/{repo}/_tags`` (``n``, ``last``, ``orderby`` = ``timedesc``/``timeasc``,
+``digest``; ``Link: <…>; rel="next"``), ``GET|PATCH /acr/v1/{repo}/_tags/{tag}``,
+``GET /acr/v1/{repo}/_manifests/{digest}``, ``HEAD|GET /v2/{repo}/manifests/{ref}``,
+``GET /v2/{repo}/tags/list``, ``GET /v2/{repo}/blobs/{digest}`` (passed to the backing
+registry). Tags and manifests come from the backing registry; the changeable attributes (lock
+flags) are kept by the emulator. Errors use ACR's ``{"errors": [{"code", "message"}]}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from tests.acr_emulator.core import (
+    ACR_EXCHANGE_AUDIENCES,
+    AcrEmulator,
+    EmulatedRegistry,
+    Request,
+    Response,
+    Route,
+    Router,
+    bearer,
+)
+
+ACR_API_VERSIONS = frozenset({"2021-07-01", "2019-08-15-preview", "2019-08-15"})
+"""api-versions the ACR data plane accepts (the SDK sends 2021-07-01, or none on list paging)."""
+
+_MANIFEST_ACCEPT = ", ".join(
+    (
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )
+)
+_INDEX_TYPES = {
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+}
+_TAG_WRITABLE = {"deleteEnabled", "writeEnabled", "listEnabled", "readEnabled"}
+_REPO = r"(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+|__[a-z0-9]+)*)"
+
+
+def acr_error(status: int, code: str, message: str, **headers: str) -> Response:
+    """ACR's data-plane error body."""
+    return Response(
+        status, {"errors": [{"code": code, "message": message, "detail": None}]}, dict(headers)
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class _Backing:
+    """Plain-HTTP reads from the backing registry."""
+
+    def __init__(self, registry: EmulatedRegistry) -> None:
+        self.base = registry.backing.url
+
+    def get(self, path: str, method: str = "GET", accept: str | None = None) -> httpx.Response:
+        headers = {"Accept": accept or _MANIFEST_ACCEPT}
+        with httpx.Client(timeout=30.0) as client:
+            return client.request(method, f"{self.base}{path}", headers=headers)
+
+    def digest(self, repo: str, reference: str) -> str | None:
+        response = self.get(f"/v2/{repo}/manifests/{quote(reference)}", method="HEAD")
+        if response.status_code != 200:
+            return None
+        return response.headers.get("Docker-Content-Digest")
+
+    def tags(self, repo: str) -> list[str] | None:
+        response = self.get(f"/v2/{repo}/tags/list")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return list(response.json().get("tags") or [])
+
+
+def router(emulator: AcrEmulator, registry: EmulatedRegistry) -> Router:
+    """The data-plane router of ``registry``."""
+    routes = Router(f"acr-{registry.name}", emulator.faults)
+    backing = _Backing(registry)
+    book = emulator.tokens
+
+    def service() -> str:
+        return registry.login_server
+
+    def challenge(scope: str | None) -> dict[str, str]:
+        value = f'Bearer realm="https://{service()}/oauth2/token",service="{service()}"'
+        if scope:
+            value += f',scope="{scope}"'
+        return {"WWW-Authenticate": value}
+
+    def gate(req: Request, route: Route) -> Response | None:
+        action = "metadata_write" if req.method in ("PATCH", "PUT", "DELETE") else "metadata_read"
+        if req.path.startswith("/v2/"):
+            action = "pull"
+        match = re.match(
+            r"/(?:acr/v1|v2)/" + _REPO + r"/(?:_tags|_manifests|manifests|tags|blobs)", req.path
+        )
+        scope = f"repository:{match['repo']}:{action}" if match else None
+        token = bearer(req)
+        issued = book.lookup(token) if token else None
+        if issued is None or issued.kind != "acr_access" or issued.service != service():
+            return acr_error(
+                401,
+                "UNAUTHORIZED",
+                "authentication required, visit https://aka.ms/acr/authorization for more information.",
+                **challenge(scope),
+            )
+        if scope is not None and not _grants(issued.scope, scope):
+            return acr_error(
+                401,
+                "UNAUTHORIZED",
+                "authentication required, visit https://aka.ms/acr/authorization for more information.",
+                **challenge(scope),
+            )
+        if (
+            route.api_versions is not None
+            and req.api_version
+            and req.api_version not in route.api_versions
+        ):
+            return acr_error(400, "UNSUPPORTED", f"api-version {req.api_version} is not supported")
+        return None
+
+    routes.gate = gate
+
+    # -- token endpoints (public: they are how one authenticates) ---------------------------
+
+    @routes.route("GET", r"/v2/?", name="v2", api_versions=None)
+    def v2(req: Request, m: re.Match[str]) -> Response:
+        return Response(200, {})
+
+    @routes.route(
+        "POST", r"/oauth2/exchange", name="oauth2Exchange", api_versions=None, public=True
+    )
+    def exchange(req: Request, m: re.Match[str]) -> Response:
+        form = req.form()
+        if form.get("service") != service():
+            return acr_error(
+                400,
+                "BAD_REQUEST",
+                f"service '{form.get('service')}' is not this registry ({service()})",
+            )
+        grant = form.get("grant_type")
+        if grant not in ("access_token", "access_token_refresh_token"):
+            return acr_error(
+                400, "UNSUPPORTED_GRANT", f"grant_type '{grant}' is not supported here"
+            )
+        aad = book.lookup(form.get("access_token", ""))
+        if aad is None or aad.kind != "aad":
+            return acr_error(401, "UNAUTHORIZED", "the AAD access token is invalid or expired")
+        if aad.audience.rstrip("/") not in ACR_EXCHANGE_AUDIENCES:
+            return acr_error(
+                401, "UNAUTHORIZED", f"the AAD access token has the wrong audience '{aad.audience}'"
+            )
+        refresh = book.issue("acr_refresh", service(), lifetime=3 * 3600, service=service())
+        return Response(200, {"refresh_token": refresh})
+
+    @routes.route("POST", r"/oauth2/token", name="oauth2Token", api_versions=None, public=True)
+    def token_post(req: Request, m: re.Match[str]) -> Response:
+        form = req.form()
+        if form.get("grant_type") != "refresh_token":
+            return acr_error(
+                400,
+                "UNSUPPORTED_GRANT",
+                f"grant_type '{form.get('grant_type')}' is not supported here",
+            )
+        return _access(
+            form.get("refresh_token", ""), form.get("service", ""), form.get("scope", "")
+        )
+
+    @routes.route("GET", r"/oauth2/token", name="oauth2TokenGet", api_versions=None, public=True)
+    def token_get(req: Request, m: re.Match[str]) -> Response:
+        scheme, _, encoded = req.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return acr_error(
+                401,
+                "UNAUTHORIZED",
+                "anonymous pull is not enabled on this registry",
+                **{"WWW-Authenticate": f'Basic realm="https://{service()}/oauth2/token"'},
+            )
+        _, _, password = base64.b64decode(encoded).decode().partition(":")
+        return _access(password, req.query.get("service", ""), req.query.get("scope", ""))
+
+    def _access(refresh_token: str, svc: str, scope: str) -> Response:
+        if svc != service():
+            return acr_error(
+                400, "BAD_REQUEST", f"service '{svc}' is not this registry ({service()})"
+            )
+        refresh = book.lookup(refresh_token)
+        if refresh is None or refresh.kind != "acr_refresh" or refresh.service != service():
+            return acr_error(401, "UNAUTHORIZED", "the refresh token is invalid or expired")
+        access = book.issue("acr_access", service(), lifetime=1200, service=service(), scope=scope)
+        return Response(200, {"access_token": access, "token": access})
+
+    # -- /acr/v1 -------------------------------------------------------------------------
+
+    def tag_body(repo: str, tag: str, digest: str) -> dict[str, Any]:
+        state = registry.tag(repo, tag)
+        return {
+            "name": tag,
+            "digest": digest,
+            "createdTime": state.created,
+            "lastUpdateTime": state.updated,
+            "signed": False,
+            "changeableAttributes": {
+                "deleteEnabled": state.delete_enabled,
+                "writeEnabled": state.write_enabled,
+                "readEnabled": state.read_enabled,
+                "listEnabled": state.list_enabled,
+            },
+        }
+
+    def tag_unknown(repo: str, tag: str) -> Response:
+        return acr_error(404, "TAG_UNKNOWN", f"the specified tag does not exist: {repo}:{tag}")
+
+    @routes.route(
+        "GET",
+        r"/acr/v1/" + _REPO + r"/_tags/(?P<tag>[^/]+)",
+        name="getTagProperties",
+        api_versions=ACR_API_VERSIONS,
+    )
+    def get_tag(req: Request, m: re.Match[str]) -> Response:
+        digest = backing.digest(m["repo"], m["tag"])
+        if digest is None:
+            return tag_unknown(m["repo"], m["tag"])
+        return Response(
+            200,
+            {
+                "registry": service(),
+                "imageName": m["repo"],
+                "tag": tag_body(m["repo"], m["tag"], digest),
+            },
+        )
+
+    @routes.route(
+        "PATCH",
+        r"/acr/v1/" + _REPO + r"/_tags/(?P<tag>[^/]+)",
+        name="updateTagAttributes",
+        api_versions=ACR_API_VERSIONS,
+    )
+    def patch_tag(req: Request, m: re.Match[str]) -> Response:
+        try:
+            body = req.json() if req.body else {}
+        except ValueError:
+            return acr_error(400, "BAD_REQUEST", "the request body is not JSON")
+        if not isinstance(body, dict):
+            return acr_error(400, "BAD_REQUEST", "the request body must be a JSON object")
+        unknown = set(body) - _TAG_WRITABLE
+        if unknown:
+            return acr_error(
+                400, "BAD_REQUEST", f"unknown changeable attributes: {sorted(unknown)}"
+            )
+        if any(v is not None and not isinstance(v, bool) for v in body.values()):
+            return acr_error(400, "BAD_REQUEST", "changeable attributes must be booleans")
+        digest = backing.digest(m["repo"], m["tag"])
+        if digest is None:
+            return tag_unknown(m["repo"], m["tag"])
+        state = registry.tag(m["repo"], m["tag"])
+        with registry.lock:
+            for key, attr in (
+                ("deleteEnabled", "delete_enabled"),
+                ("writeEnabled", "write_enabled"),
+                ("listEnabled", "list_enabled"),
+                ("readEnabled", "read_enabled"),
+            ):
+                if body.get(key) is not None:
+                    setattr(state, attr, body[key])
+            state.updated = _now()
+        return Response(
+            200,
+            {
+                "registry": service(),
+                "imageName": m["repo"],
+                "tag": tag_body(m["repo"], m["tag"], digest),
+            },
+        )
+
+    @routes.route(
+        "GET", r"/acr/v1/" + _REPO + r"/_tags", name="listTags", api_versions=ACR_API_VERSIONS
+    )
+    def list_tags(req: Request, m: re.Match[str]) -> Response:
+        repo = m["repo"]
+        names = backing.tags(repo)
+        if names is None:
+            return acr_error(404, "NAME_UNKNOWN", f"repository name not known to registry: {repo}")
+        entries = []
+        for name in names:
+            digest = backing.digest(repo, name)
+            if digest is None:
+                continue
+            if req.query.get("digest") and req.query["digest"] != digest:
+                continue
+            entries.append(tag_body(repo, name, digest))
+        order = req.query.get("orderby", "")
+        if order == "timedesc":
+            entries.sort(key=lambda e: (e["lastUpdateTime"], e["name"]), reverse=True)
+        elif order == "timeasc":
+            entries.sort(key=lambda e: (e["lastUpdateTime"], e["name"]))
+        else:
+            entries.sort(key=lambda e: e["name"])
+        last = req.query.get("last")
+        if last:
+            names_in_order = [e["name"] for e in entries]
+            entries = (
+                entries[names_in_order.index(last) + 1 :]
+                if last in names_in_order
+                else [e for e in entries if e["name"] > last]
+            )
+        headers: dict[str, str] = {}
+        size = int(req.query.get("n") or 100)
+        if len(entries) > size:
+            entries = entries[:size]
+            headers["Link"] = (
+                f"</acr/v1/{repo}/_tags?last={quote(entries[-1]['name'])}&n={size}&orderby={order}>; "
+                'rel="next"'
+            )
+        return Response(200, {"registry": service(), "imageName": repo, "tags": entries}, headers)
+
+    @routes.route(
+        "GET",
+        r"/acr/v1/" + _REPO + r"/_manifests/(?P<digest>sha256:[a-f0-9]{64})",
+        name="getManifestProperties",
+        api_versions=ACR_API_VERSIONS,
+    )
+    def get_manifest(req: Request, m: re.Match[str]) -> Response:
+        repo, digest = m["repo"], m["digest"]
+        response = backing.get(f"/v2/{repo}/manifests/{digest}")
+        if response.status_code != 200:
+            return acr_error(404, "MANIFEST_UNKNOWN", f"manifest unknown: {repo}@{digest}")
+        data = response.content
+        manifest = json.loads(data)
+        media_type = manifest.get("mediaType") or response.headers.get("Content-Type", "")
+        tags = [t for t in backing.tags(repo) or [] if backing.digest(repo, t) == digest]
+        attrs: dict[str, Any] = {
+            "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+            "imageSize": len(data)
+            + sum(int(layer.get("size", 0)) for layer in manifest.get("layers", [])),
+            "createdTime": _now(),
+            "lastUpdateTime": _now(),
+            "mediaType": media_type,
+            "tags": sorted(tags),
+            "changeableAttributes": {
+                "deleteEnabled": True,
+                "writeEnabled": True,
+                "readEnabled": True,
+                "listEnabled": True,
+            },
+        }
+        if media_type in _INDEX_TYPES:
+            attrs["references"] = [
+                {
+                    "digest": child["digest"],
+                    "architecture": (child.get("platform") or {}).get("architecture"),
+                    "os": (child.get("platform") or {}).get("os"),
+                }
+                for child in manifest.get("manifests", [])
+            ]
+        else:
+            config = manifest.get("config") or {}
+            blob = backing.get(f"/v2/{repo}/blobs/{config.get('digest')}", accept="*/*")
+            if blob.status_code == 200:
+                try:
+                    image_config = json.loads(blob.content)
+                    attrs["architecture"] = image_config.get("architecture")
+                    attrs["os"] = image_config.get("os")
+                except ValueError:
+                    pass
+        return Response(200, {"registry": service(), "imageName": repo, "manifest": attrs})
+
+    # -- /v2 passed through -----------------------------------------------------------------
+
+    def passthrough(req: Request, path: str) -> Response:
+        response = backing.get(path, method=req.method, accept=req.headers.get("accept"))
+        headers = {
+            key: value
+            for key, value in response.headers.items()
+            if key.lower() in ("content-type", "docker-content-digest", "link", "etag")
+        }
+        if req.method == "HEAD":
+            headers["Content-Length"] = response.headers.get("Content-Length", "0")
+        return Response(response.status_code, response.content, headers)
+
+    @routes.route(
+        "GET", r"/v2/" + _REPO + r"/manifests/(?P<ref>[^/]+)", name="v2Manifest", api_versions=None
+    )
+    def v2_manifest(req: Request, m: re.Match[str]) -> Response:
+        return passthrough(req, f"/v2/{m['repo']}/manifests/{quote(m['ref'])}")
+
+    @routes.route("GET", r"/v2/" + _REPO + r"/tags/list", name="v2Tags", api_versions=None)
+    def v2_tags(req: Request, m: re.Match[str]) -> Response:
+        query = "&".join(f"{k}={quote(v)}" for k, v in req.query.items())
+        return passthrough(req, f"/v2/{m['repo']}/tags/list" + (f"?{query}" if query else ""))
+
+    @routes.route(
+        "GET",
+        r"/v2/" + _REPO + r"/blobs/(?P<digest>sha256:[a-f0-9]{64})",
+        name="v2Blob",
+        api_versions=None,
+    )
+    def v2_blob(req: Request, m: re.Match[str]) -> Response:
+        return passthrough(req, f"/v2/{m['repo']}/blobs/{m['digest']}")
+
+    return routes
+
+
+def _grants(granted: str, wanted: str) -> bool:
+    """Whether a token's scope(s) cover ``wanted`` (``repository:REPO:ACTION``)."""
+    _, repo, action = wanted.split(":", 2)
+    for item in granted.split():
+        parts = item.split(":")
+        if len(parts) != 3 or parts[0] != "repository":
+            continue
+        actions = set(parts[2].split(","))
+        if parts[1] == repo and (action in actions or "*" in actions):
+            return True
+        # ACR's pull/push imply metadata_read, as its documentation of repository scopes says.
+        if parts[1] == repo and action == "metadata_read" and actions & {"pull", "push"}:
+            return True
+    return False

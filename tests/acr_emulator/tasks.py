@@ -1,0 +1,812 @@
+"""ARM routes of the emulator for ACR quick runs (``azure-mgmt-containerregistrytasks``).
+
+Routes (api-version ``2025-03-01-preview``, what the 1.0.0b1 SDK sends; the runs routes also
+take ``2019-06-01-preview``), all under ``…/registries/{name}``:
+
+* ``POST listBuildSourceUploadUrl`` → ``{"uploadUrl": <write SAS>, "relativePath":
+  "source/{yyyyMMddHHmm}/{uuid}.tar.gz"}`` (the shape of the specification's example); the
+  client PUTs the ``tar.gz`` to the SAS URL (the core's blob store).
+* ``POST scheduleRun`` with an ``EncodedTaskRunRequest`` → ``200`` and the ``Run`` (Queued,
+  ``runType`` QuickRun). The body is checked against the specification's shapes (TypeSpec
+  ``RegistryTasks/models.tsp``: ``encodedTaskContent`` and ``platform.os`` required,
+  ``timeout`` 300…28800, enums for OS/architecture/variant/secret type), plus what the service
+  must check for the run to make sense: base64 that decodes, a ``Vaultsecret`` whose value is a
+  Key Vault secret URI and whose credential names an ``identity``. Anything else is the 400
+  ``InvalidRequestContent`` of :mod:`tests.acr_emulator.schema`; only ``EncodedTaskRunRequest``
+  is implemented (other run request types get a 400 saying so).
+* ``GET runs/{runId}``, ``GET runs`` (``$filter`` with clauses joined by ``and``: ``RunType``,
+  ``Status``, ``TaskName``, ``RunId`` ``eq '…'`` and ``CreateTime``/``FinishTime``
+  ``ge|gt|le|lt <ISO 8601>``; anything else is a 400; ``$top``; newest first),
+  ``POST runs/{runId}/listLogSasUrl`` → ``{"logLink": <read SAS>}``, ``POST
+  runs/{runId}/cancel`` → ``200`` with no body (the specification's ``ArmResourceActionSync``
+  with ``OkResponse``: not an LRO, the SDK accepts only 200).
+
+A scheduled run really runs, in a background thread: the uploaded source is downloaded and
+unpacked, custom-registry credentials are resolved (``Vaultsecret`` through
+:meth:`AcrEmulator.secret_by_uri`, as the registry's identity would; a secret that does not
+resolve fails the run at login, as ACR does), the task file runs with
+:attr:`AcrEmulator.validator` (podman) with the request's values, and the log is written to the
+blob store in ACR's format (runner lines ``YYYY/MM/DD HH:MM:SS …``, ``Executing step ID: …``,
+``Container failed during run: …``, ``failed to run step ID: …: exit status N``, ``Run ID: …
+was successful after …`` / ``failed after … Error: …``). The backing registries are loopback
+and need no login, so resolved credentials are only checked, never used to pull. What steps
+print of secret values is *not* masked in the stored log (ACR's documentation does not say it
+masks step output), so clients must mask it themselves.
+
+Status: Queued → Running → Succeeded / Failed / Canceled / Error / Timeout. Faults (flags of
+:class:`Faults`, taken once per scheduled run): ``run_outcome="Failed"`` (the first step fails
+with exit status 1), ``"Error"`` (an internal error, ``runErrorMessage``), ``"Timeout"``;
+``run_delay=seconds`` keeps the run Running that long before its steps (a slow run; a cancel
+ends it at once).
+
+Not confirmed against the service: the 400 codes and messages for range and semantic errors
+(``InvalidParameter`` here), the exact ``$filter`` grammar (the OData v4 datetime literal,
+ordering of the list), whether ``customRegistries`` of a queued run is already filled (here:
+only once logged in, as the specification's wording "were logged in during this run" says),
+and what cancelling a finished run answers (here: 200, nothing changes).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import tarfile
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from gate.acr_task import RunContext, load_task
+from gate.errors import GateError
+from gate.model import Outcome
+from gate.ports import ValidationRequest
+from gate.ref import ImageRef
+from tests.acr_emulator.arm import REGISTRY_PATH
+from tests.acr_emulator.core import (
+    AcrEmulator,
+    EmulatedRegistry,
+    Request,
+    Response,
+    arm_error,
+)
+from tests.acr_emulator.schema import Field, check_body, string
+
+TASKS_API_VERSIONS = frozenset({"2025-03-01-preview"})
+RUNS_API_VERSIONS = frozenset({"2025-03-01-preview", "2019-06-01-preview"})
+TERMINAL = frozenset({"Succeeded", "Failed", "Canceled", "Error", "Timeout"})
+_PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
+
+# -- EncodedTaskRunRequest, from the REST specification (2025-03-01-preview) -------------------
+
+_SECRET_OBJECT = Field(
+    "object", properties={"value": string(), "type": string(enum=("Opaque", "Vaultsecret"))}
+)
+ENCODED_TASK_RUN_REQUEST = Field(
+    "object",
+    properties={
+        "type": string(required=True),
+        "isArchiveEnabled": Field("boolean"),
+        "agentPoolName": string(),
+        "logTemplate": string(),
+        "encodedTaskContent": string(required=True),
+        "encodedValuesContent": string(),
+        "values": Field(
+            "array",
+            items=Field(
+                "object",
+                properties={
+                    "name": string(required=True),
+                    "value": string(required=True),
+                    "isSecret": Field("boolean"),
+                },
+            ),
+        ),
+        "timeout": Field("integer"),
+        "platform": Field(
+            "object",
+            required=True,
+            properties={
+                "os": string(required=True, enum=("Windows", "Linux")),
+                "architecture": string(enum=("amd64", "x86", "386", "arm", "arm64")),
+                "variant": string(enum=("v6", "v7", "v8")),
+            },
+        ),
+        "agentConfiguration": Field("object", properties={"cpu": Field("integer")}),
+        "sourceLocation": string(),
+        "credentials": Field(
+            "object",
+            properties={
+                "sourceRegistry": Field(
+                    "object",
+                    properties={
+                        "identity": string(),
+                        "loginMode": string(enum=("None", "Default")),
+                    },
+                ),
+                "customRegistries": Field(
+                    "object",
+                    additional=Field(
+                        "object",
+                        properties={
+                            "userName": _SECRET_OBJECT,
+                            "password": _SECRET_OBJECT,
+                            "identity": string(),
+                        },
+                    ),
+                ),
+            },
+        ),
+    },
+)
+_OTHER_RUN_REQUESTS = ("DockerBuildRequest", "FileTaskRunRequest", "TaskRunRequest")
+_MIN_TIMEOUT, _MAX_TIMEOUT, _DEFAULT_TIMEOUT = 300, 28800, 3600
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _rfc3339(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def _stamp() -> str:
+    """The runner's log-line prefix (Go's ``log`` package: ``2006/01/02 15:04:05``)."""
+    return _now().strftime("%Y/%m/%d %H:%M:%S")
+
+
+@dataclass
+class EmulatedRun:
+    """One quick run and what ACR knows of it."""
+
+    run_id: str
+    registry: EmulatedRegistry
+    body: dict[str, Any]
+    log_container: str
+    log_name: str
+    outcome_fault: str | None = None
+    delay: float = 0.0
+    status: str = "Queued"
+    create_time: datetime = field(default_factory=_now)
+    start_time: datetime | None = None
+    finish_time: datetime | None = None
+    last_updated: datetime = field(default_factory=_now)
+    error_message: str | None = None
+    logged_in: list[str] = field(default_factory=list)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``Run`` resource as ARM answers it."""
+        props: dict[str, Any] = {
+            "runId": self.run_id,
+            "status": self.status,
+            "lastUpdatedTime": _rfc3339(self.last_updated),
+            "runType": "QuickRun",
+            "createTime": _rfc3339(self.create_time),
+            "platform": self.body.get("platform"),
+            "agentConfiguration": self.body.get("agentConfiguration") or {"cpu": 2},
+            "sourceRegistryAuth": "Default",
+            "customRegistries": list(self.logged_in),
+            "provisioningState": "Succeeded",
+            "isArchiveEnabled": bool(self.body.get("isArchiveEnabled", False)),
+        }
+        if self.start_time is not None:
+            props["startTime"] = _rfc3339(self.start_time)
+        if self.finish_time is not None:
+            props["finishTime"] = _rfc3339(self.finish_time)
+        if self.error_message:
+            props["runErrorMessage"] = self.error_message
+        return {
+            "id": f"{self.registry.resource_id}/runs/{self.run_id}",
+            "name": self.run_id,
+            "type": "Microsoft.ContainerRegistry/registries/runs",
+            "properties": props,
+        }
+
+
+class RunBook:
+    """Every run and source upload of the emulator, per registry. Thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.runs: dict[tuple[str, str], EmulatedRun] = {}  # (registry, run id) -> run
+        self.counters: dict[str, int] = {}
+        self.uploads: set[tuple[str, str]] = set()  # (registry, relative path)
+
+    def next_id(self, registry: str) -> str:
+        """ACR-like run IDs: ``ca1``, ``ca2``… per registry."""
+        with self.lock:
+            self.counters[registry] = self.counters.get(registry, 0) + 1
+            return f"ca{self.counters[registry]}"
+
+    def of(self, registry: str) -> list[EmulatedRun]:
+        """The runs of ``registry``."""
+        with self.lock:
+            return [run for (name, _), run in self.runs.items() if name == registry]
+
+
+def runs_of(emulator: AcrEmulator, registry: str) -> list[EmulatedRun]:
+    """Every run scheduled on ``registry`` (tests count and inspect them)."""
+    book: RunBook = emulator.state["quick_runs"]
+    return book.of(registry)
+
+
+def wait_for_runs(emulator: AcrEmulator, registry: str, timeout: float = 300.0) -> None:
+    """Block until every run of ``registry`` has finished (its thread included)."""
+    for run in runs_of(emulator, registry):
+        run.done.wait(timeout)
+
+
+def _container(registry: EmulatedRegistry) -> str:
+    return f"acr-{registry.name.lower()}"
+
+
+def install(emulator: AcrEmulator) -> None:
+    """Register the quick-run routes on ``emulator.arm``."""
+    book: RunBook = emulator.state.setdefault("quick_runs", RunBook())
+    router = emulator.arm
+
+    def registry_of(m: re.Match[str]) -> EmulatedRegistry | Response:
+        found = emulator.find_registry(m["sub"], m["rg"], m["name"])
+        if found is None:
+            return arm_error(
+                404,
+                "ResourceNotFound",
+                f"The Resource 'Microsoft.ContainerRegistry/registries/{m['name']}' under "
+                f"resource group '{m['rg']}' was not found. For more details please go to "
+                "https://aka.ms/ARMResourceNotFoundFix",
+            )
+        return found
+
+    def run_of(m: re.Match[str]) -> EmulatedRun | Response:
+        registry = registry_of(m)
+        if isinstance(registry, Response):
+            return registry
+        with book.lock:
+            run = book.runs.get((registry.name, m["run"]))
+        if run is None:
+            return arm_error(
+                404,
+                "ResourceNotFound",
+                f"The Resource 'Microsoft.ContainerRegistry/registries/{registry.name}/runs/"
+                f"{m['run']}' under resource group '{m['rg']}' was not found.",
+            )
+        return run
+
+    @router.route(
+        "POST",
+        REGISTRY_PATH + r"/listBuildSourceUploadUrl",
+        name="listBuildSourceUploadUrl",
+        api_versions=TASKS_API_VERSIONS,
+    )
+    def upload_url(req: Request, m: re.Match[str]) -> Response:
+        registry = registry_of(m)
+        if isinstance(registry, Response):
+            return registry
+        relative = f"source/{_now():%Y%m%d%H%M}/{uuid.uuid4()}.tar.gz"
+        with book.lock:
+            book.uploads.add((registry.name, relative))
+        url = emulator.blobs.sas_url(_container(registry), relative, write=True)
+        return Response(200, {"uploadUrl": url, "relativePath": relative})
+
+    @router.route(
+        "POST",
+        REGISTRY_PATH + r"/scheduleRun",
+        name="scheduleRun",
+        api_versions=TASKS_API_VERSIONS,
+    )
+    def schedule_run(req: Request, m: re.Match[str]) -> Response:
+        registry = registry_of(m)
+        if isinstance(registry, Response):
+            return registry
+        refused = _check_type(req)
+        if refused is not None:
+            return refused
+        body, refused = check_body(req, ENCODED_TASK_RUN_REQUEST)
+        if refused is not None:
+            return refused
+        refused = _check_semantics(body)
+        if refused is not None:
+            return refused
+        run_id = book.next_id(registry.name)
+        outcome = emulator.faults.take("run_outcome")
+        run = EmulatedRun(
+            run_id=run_id,
+            registry=registry,
+            body=body,
+            log_container=_container(registry),
+            log_name=f"logs/{run_id}/rawtext.log",
+            outcome_fault=str(outcome) if outcome else None,
+            delay=float(emulator.faults.take("run_delay", 0.0) or 0.0),
+        )
+        with book.lock:
+            book.runs[(registry.name, run_id)] = run
+            answer = run.to_json()  # Queued, whatever the thread does next
+        threading.Thread(
+            target=_execute, args=(emulator, book, run), name=f"run-{run_id}", daemon=True
+        ).start()
+        return Response(200, answer)
+
+    runs_path = REGISTRY_PATH + r"/runs"
+    run_path = runs_path + r"/(?P<run>[^/]+)"
+
+    @router.route("GET", run_path, name="getRun", api_versions=RUNS_API_VERSIONS)
+    def get_run(req: Request, m: re.Match[str]) -> Response:
+        run = run_of(m)
+        if isinstance(run, Response):
+            return run
+        with book.lock:
+            return Response(200, run.to_json())
+
+    @router.route("GET", runs_path, name="listRuns", api_versions=RUNS_API_VERSIONS)
+    def list_runs(req: Request, m: re.Match[str]) -> Response:
+        registry = registry_of(m)
+        if isinstance(registry, Response):
+            return registry
+        predicate = _parse_filter(req.query.get("$filter", ""))
+        if isinstance(predicate, Response):
+            return predicate
+        top_text = req.query.get("$top")
+        top: int | None = None
+        if top_text is not None:
+            if not top_text.isdigit() or int(top_text) <= 0:
+                return arm_error(
+                    400, "InvalidParameter", f"The value '{top_text}' of $top is invalid."
+                )
+            top = int(top_text)
+        with book.lock:
+            runs = sorted(book.of(registry.name), key=lambda r: r.create_time, reverse=True)
+            value = [r.to_json() for r in runs if predicate(r)]
+        return Response(200, {"value": value[:top] if top else value})
+
+    @router.route(
+        "POST", run_path + r"/listLogSasUrl", name="listLogSasUrl", api_versions=RUNS_API_VERSIONS
+    )
+    def log_link(req: Request, m: re.Match[str]) -> Response:
+        run = run_of(m)
+        if isinstance(run, Response):
+            return run
+        url = emulator.blobs.sas_url(run.log_container, run.log_name, write=False)
+        return Response(200, {"logLink": url})
+
+    @router.route("POST", run_path + r"/cancel", name="cancelRun", api_versions=RUNS_API_VERSIONS)
+    def cancel_run(req: Request, m: re.Match[str]) -> Response:
+        run = run_of(m)
+        if isinstance(run, Response):
+            return run
+        with book.lock:
+            if run.status not in TERMINAL:
+                run.status = "Canceled"
+                run.finish_time = run.last_updated = _now()
+                run.cancel.set()
+                emulator.blobs.append(
+                    run.log_container,
+                    run.log_name,
+                    f"{_stamp()} Run ID: {run.run_id} was canceled\n".encode(),
+                )
+        return Response(200, None)
+
+
+# -- request checks -----------------------------------------------------------------------------
+
+
+def _check_type(req: Request) -> Response | None:
+    try:
+        body = req.json()
+    except (ValueError, UnicodeDecodeError):
+        return None  # check_body gives the deserialiser's error
+    if not isinstance(body, dict) or "type" not in body:
+        return None
+    kind = body["type"]
+    if kind in _OTHER_RUN_REQUESTS:
+        return arm_error(
+            400,
+            "InvalidParameter",
+            f"The run request type '{kind}' is valid but the emulator implements only "
+            "'EncodedTaskRunRequest'.",
+        )
+    if kind != "EncodedTaskRunRequest":
+        return arm_error(
+            400,
+            "InvalidRequestContent",
+            "The request content was invalid and could not be deserialized: 'Could not create "
+            f"an instance of type RunRequest: unknown type discriminator {kind!r}. Path 'type'.'.",
+        )
+    return None
+
+
+def _decodes(text: str) -> bool:
+    try:
+        base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _invalid(message: str) -> Response:
+    return arm_error(400, "InvalidParameter", message)
+
+
+def _check_semantics(body: dict[str, Any]) -> Response | None:
+    if not body["encodedTaskContent"] or not _decodes(body["encodedTaskContent"]):
+        return _invalid("The encodedTaskContent is not valid base64-encoded content.")
+    if body.get("encodedValuesContent") and not _decodes(body["encodedValuesContent"]):
+        return _invalid("The encodedValuesContent is not valid base64-encoded content.")
+    timeout = body.get("timeout")
+    if timeout is not None and not _MIN_TIMEOUT <= timeout <= _MAX_TIMEOUT:
+        return _invalid(
+            f"The timeout {timeout} is out of range: it must be between {_MIN_TIMEOUT} and "
+            f"{_MAX_TIMEOUT} seconds."
+        )
+    custom = (body.get("credentials") or {}).get("customRegistries") or {}
+    for host, creds in custom.items():
+        if creds is None:
+            return _invalid(f"The credentials of custom registry '{host}' are null.")
+        secrets = [creds.get("userName"), creds.get("password")]
+        for secret in secrets:
+            if secret is None:
+                continue
+            if (secret.get("type") or "Opaque").lower() == "vaultsecret":
+                if not creds.get("identity"):
+                    return _invalid(
+                        f"The custom registry '{host}' uses a Key Vault secret but names no "
+                        "identity to read it with."
+                    )
+                split = urlsplit(secret.get("value") or "")
+                parts = [p for p in split.path.split("/") if p]
+                if split.scheme != "https" or len(parts) not in (2, 3) or parts[0] != "secrets":
+                    return _invalid(
+                        f"The Key Vault secret of custom registry '{host}' is not a secret URI "
+                        "(https://<vault>/secrets/<name>[/<version>])."
+                    )
+        if creds.get("password") is not None and creds.get("userName") is None:
+            return _invalid(f"The custom registry '{host}' has a password but no userName.")
+    return None
+
+
+_CLAUSE_EQ = re.compile(r"^(?P<name>RunType|Status|TaskName|RunId) eq '(?P<value>[^']*)'$")
+_CLAUSE_TIME = re.compile(
+    r"^(?P<name>CreateTime|FinishTime) (?P<op>ge|gt|le|lt) (?P<value>\d{4}-\d{2}-\d{2}T[0-9:.]+Z)$"
+)
+
+
+def _parse_filter(text: str) -> Any:
+    """A predicate over runs for ``$filter``, or the 400 for a form the emulator does not know."""
+    text = text.strip()
+    if not text:
+        return lambda run: True
+    checks = []
+    for clause in re.split(r"\s+and\s+", text):
+        eq = _CLAUSE_EQ.match(clause.strip())
+        when = _CLAUSE_TIME.match(clause.strip())
+        if eq is not None:
+            checks.append(_eq_check(eq["name"], eq["value"]))
+        elif when is not None:
+            moment = datetime.fromisoformat(when["value"].replace("Z", "+00:00"))
+            checks.append(_time_check(when["name"], when["op"], moment))
+        else:
+            return arm_error(
+                400,
+                "InvalidFilter",
+                f"The $filter clause '{clause}' is not supported by the emulator (it knows "
+                "RunType/Status/TaskName/RunId eq '...' and CreateTime/FinishTime ge|gt|le|lt "
+                "<ISO 8601 UTC>, joined by 'and').",
+            )
+    return lambda run: all(check(run) for check in checks)
+
+
+def _eq_check(name: str, value: str) -> Any:
+    def check(run: EmulatedRun) -> bool:
+        actual = {"RunType": "QuickRun", "Status": run.status, "TaskName": "", "RunId": run.run_id}
+        return actual[name].lower() == value.lower()
+
+    return check
+
+
+def _time_check(name: str, op: str, moment: datetime) -> Any:
+    def check(run: EmulatedRun) -> bool:
+        actual = run.create_time if name == "CreateTime" else run.finish_time
+        if actual is None:
+            return False
+        return {
+            "ge": actual >= moment,
+            "gt": actual > moment,
+            "le": actual <= moment,
+            "lt": actual < moment,
+        }[op]
+
+    return check
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+class _RunFailed(Exception):
+    """The run ends with ``status``; ``message`` is the runner's last words (and the Error)."""
+
+    def __init__(self, status: str, message: str, error: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.error = status, message, error
+
+
+def _execute(emulator: AcrEmulator, book: RunBook, run: EmulatedRun) -> None:
+    began = time.monotonic()
+
+    def write(text: str) -> None:
+        emulator.blobs.append(run.log_container, run.log_name, text.encode("utf-8"))
+
+    def runner(text: str) -> None:
+        write(f"{_stamp()} {text}\n")
+
+    def finish(status: str, closing: str, error: str | None = None) -> None:
+        with book.lock:
+            if run.status in TERMINAL:  # cancelled meanwhile: that stands
+                return
+            run.status = status
+            run.error_message = error
+            run.finish_time = run.last_updated = _now()
+        seconds = max(1, round(time.monotonic() - began))
+        if status == "Succeeded":
+            write(f"Run ID: {run.run_id} was successful after {seconds}s\n")
+        else:
+            write(f"\nRun ID: {run.run_id} failed after {seconds}s. Error: {closing}\n")
+
+    try:
+        with book.lock:
+            if run.status in TERMINAL:
+                return
+            run.status = "Running"
+            run.start_time = run.last_updated = _now()
+        emulator.blobs.put(run.log_container, run.log_name, b"")
+        workspace = emulator.workdir / "quick-runs" / run.registry.name / run.run_id
+        source = workspace / "source"
+        source.mkdir(parents=True)
+        runner("Downloading source code...")
+        _download_source(emulator, book, run, source)
+        runner("Finished downloading source code")
+        runner(f"Using acb_vol_{uuid.uuid4()} as the home volume")
+        runner("Setting up Docker configuration...")
+        runner("Successfully set up Docker configuration")
+        _login(emulator, book, run, runner, write)
+        if run.delay and run.cancel.wait(run.delay):
+            return
+        if run.cancel.is_set():
+            return
+        task_path = workspace / "task.yaml"
+        task_path.write_bytes(base64.b64decode(run.body["encodedTaskContent"]))
+        if run.outcome_fault:
+            _fake_outcome(run, task_path, runner, write, finish)
+            return
+        _run_steps(emulator, run, source, task_path, runner, write, finish)
+    except _RunFailed as failed:
+        write(failed.message + "\n")
+        finish(failed.status, "failed during run, err: exit status 1", failed.error)
+    except Exception as exc:  # an emulator bug ends the run as ACR's internal errors do
+        traceback.print_exc()
+        finish("Error", f"emulator error: {exc!r}", f"emulator error: {exc!r}")
+    finally:
+        run.done.set()
+
+
+def _download_source(emulator: AcrEmulator, book: RunBook, run: EmulatedRun, source: Path) -> None:
+    location = run.body.get("sourceLocation")
+    if not location:
+        return
+    with book.lock:
+        issued = (run.registry.name, location) in book.uploads
+    data = emulator.blobs.get(_container(run.registry), location) if issued else None
+    if data is None:
+        raise _RunFailed(
+            "Error",
+            f"failed to download the source context {location}: it was not uploaded",
+            "The source location is not accessible.",
+        )
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            tar.extractall(source, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise _RunFailed(
+            "Error", f"failed to extract the source context: {exc}", "Invalid source context."
+        ) from None
+
+
+def _login(emulator: AcrEmulator, book: RunBook, run: EmulatedRun, runner: Any, write: Any) -> None:
+    custom = (run.body.get("credentials") or {}).get("customRegistries") or {}
+    for host, creds in custom.items():
+        runner(f"Logging in to registry: {host}")
+        try:
+            for secret in (creds.get("userName"), creds.get("password")):
+                if secret is None:
+                    continue
+                if (secret.get("type") or "Opaque").lower() == "vaultsecret":
+                    emulator.secret_by_uri(secret["value"])
+        except (KeyError, ConnectionError) as exc:
+            raise _RunFailed(
+                "Failed",
+                f"failed to login, ran out of retries: failed to get the credentials of "
+                f"{host} from Key Vault: {exc}\n: exit status 1",
+            ) from None
+        runner(f"Successfully logged into {host}")
+        with book.lock:
+            run.logged_in.append(host)
+
+
+def _values(run: EmulatedRun) -> tuple[dict[str, str], frozenset[str]]:
+    values: dict[str, str] = {}
+    encoded = run.body.get("encodedValuesContent")
+    if encoded:
+        loaded = yaml.safe_load(base64.b64decode(encoded)) or {}
+        if isinstance(loaded, dict):
+            values.update({str(k): str(v) for k, v in loaded.items()})
+    secret: set[str] = set()
+    for item in run.body.get("values") or []:
+        values[item["name"]] = item["value"]
+        if item.get("isSecret"):
+            secret.add(item["name"])
+    return values, frozenset(secret)
+
+
+def _image(values: dict[str, str]) -> ImageRef:
+    # The local validator wants the candidate pinned; a task that does not use IMAGE gets a
+    # placeholder it never pulls.
+    try:
+        ref = ImageRef.parse(values.get("IMAGE", ""))
+    except GateError:
+        ref = None
+    if ref is None or ref.digest is None:
+        return ImageRef("localhost", "emulator/no-image", digest=_PLACEHOLDER_DIGEST)
+    return ref
+
+
+def _fake_outcome(run: EmulatedRun, task_path: Path, runner: Any, write: Any, finish: Any) -> None:
+    outcome = run.outcome_fault
+    if outcome == "Failed":
+        step = "acb_step_0"
+        try:
+            values, _ = _values(run)
+            task = load_task(task_path, RunContext(run_id=run.run_id, date=_now(), values=values))
+            step = task.steps[0].id
+        except (GateError, IndexError):
+            pass
+        runner(
+            f"Executing step ID: {step}. Timeout(sec): 600, Working directory: '', "
+            "Network: 'acb_default_network'"
+        )
+        runner(f"Launching container with name: {step}")
+        write("injected failure: the step exited non-zero\n")
+        runner(f"Container failed during run: {step}. No retries remaining.")
+        write(f"failed to run step ID: {step}: exit status 1\n")
+        finish("Failed", "failed during run, err: exit status 1")
+    elif outcome == "Timeout":
+        finish("Timeout", "context deadline exceeded")
+    else:
+        message = "The run encountered an internal error (injected fault). Please retry."
+        finish("Error", message, message)
+
+
+_LOCAL_STEP = re.compile(r"^----- step: (?P<id>.+?) \(image (?P<image>.+)\) -----$")
+_LOCAL_STEP_END = re.compile(
+    r"^----- step: (?P<id>.+?): (?P<ending>.+) after (?P<secs>[\d.]+) s -----$"
+)
+_LOCAL_EXIT = re.compile(r"^exit code (?P<code>-?\d+)$")
+_LOCAL_REASON = re.compile(
+    r"^step '(?P<id>[^']+)' (?:exited with code (?P<code>-?\d+)|timed out after)"
+)
+_LOCAL_IGNORED = re.compile(r"^step '(?P<id>[^']+)' (?P<what>.+); ignored \(ignoreErrors\)$")
+
+
+def _run_steps(
+    emulator: AcrEmulator,
+    run: EmulatedRun,
+    source: Path,
+    task_path: Path,
+    runner: Any,
+    write: Any,
+    finish: Any,
+) -> None:
+    values, _secret = _values(run)
+    image = _image(values)
+    timeout = float(run.body.get("timeout") or _DEFAULT_TIMEOUT)
+    context = RunContext(
+        run_id=run.run_id,
+        date=_now(),
+        values={"IMAGE": str(image), **values},
+        registry=run.registry.login_server,
+    )
+    try:
+        task = load_task(task_path, context)
+    except GateError as exc:
+        write(f"failed to parse the task file: {exc.message}\n")
+        finish("Failed", "failed to initialize the task")
+        return
+    steps = {step.id: step for step in task.steps}
+    # What docker run prints when the agent has not got an image yet (always, on a fresh agent).
+    for name in task.images:
+        write(f"Unable to find image '{name}' locally\n")
+    request = ValidationRequest(
+        image=image,
+        folder=source,
+        task_file=str(task_path),
+        values=values,
+        # Nothing masked here: whether ACR masks what steps print of secret values is not
+        # documented, so the emulator assumes it does not and the client must.
+        secret_values=frozenset(),
+        timeout_seconds=timeout,
+        run_registry=run.registry.login_server,
+    )
+    validator = emulator.validator
+    # The validator makes each run's scratch folder under its work_dir, which must exist.
+    (emulator.workdir / "runs").mkdir(parents=True, exist_ok=True)
+    try:
+        result = validator.validate(request, lambda _run_id: None)
+    except GateError as exc:
+        write(f"failed to initialize the task: {exc.message}\n")
+        finish("Failed", "failed to initialize the task")
+        return
+    elapsed: dict[str, float] = {}
+    for line in result.log.splitlines():
+        start = _LOCAL_STEP.match(line)
+        end = _LOCAL_STEP_END.match(line)
+        ignored = _LOCAL_IGNORED.match(line)
+        if start is not None:
+            step = steps.get(start["id"])
+            timeout_s = step.timeout if step else 600
+            workdir = step.working_directory if step and step.working_directory else ""
+            runner(
+                f"Executing step ID: {start['id']}. Timeout(sec): {timeout_s}, Working "
+                f"directory: '{workdir}', Network: 'acb_default_network'"
+            )
+            runner(f"Launching container with name: {start['id']}")
+        elif end is not None:
+            elapsed[end["id"]] = float(end["secs"])
+            code = _LOCAL_EXIT.match(end["ending"])
+            if code is not None and code["code"] == "0":
+                runner(f"Successfully executed container: {end['id']}")
+            else:
+                runner(f"Container failed during run: {end['id']}. No retries remaining.")
+        elif ignored is not None:
+            runner(
+                f"Step ID: {ignored['id']} encountered an error: {ignored['what']}, but is set "
+                "to ignore errors. Continuing..."
+            )
+        elif (
+            line.startswith("----- pull: ")
+            or line.startswith("Run ID: ")
+            or re.match(r"^step .+: skipped, the run stopped at step ", line)
+            or re.match(r"^(entrypoint|args): ", line)
+            or re.match(r"^sha256:[0-9a-f]{64}$|^[0-9a-f]{64}$", line)
+        ):
+            continue  # the local runner's own bookkeeping: ACR prints none of it
+        else:
+            write(line + "\n")
+    if result.outcome is Outcome.PASSED:
+        for step_id, seconds in elapsed.items():
+            runner(
+                f"Step ID: {step_id} marked as successful (elapsed time in seconds: {seconds:f})"
+            )
+        finish("Succeeded", "")
+    elif result.outcome is Outcome.REJECTED:
+        reason = _LOCAL_REASON.match(result.reason)
+        if reason is not None:
+            error = (
+                f"exit status {reason['code']}"
+                if reason["code"] is not None
+                else "context deadline exceeded"
+            )
+            write(f"failed to run step ID: {reason['id']}: {error}\n")
+        finish("Failed", "failed during run, err: exit status 1")
+    elif "total timeout" in result.reason:
+        finish("Timeout", "context deadline exceeded")
+    else:
+        write(result.reason + "\n")
+        finish("Error", result.reason, result.reason)
