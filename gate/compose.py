@@ -20,16 +20,23 @@ if TYPE_CHECKING:
 
 
 def build_gatekeeper(
-    config: GateConfig, *, notify: Notify = quiet, credential: Any = None
+    config: GateConfig,
+    *,
+    notify: Notify = quiet,
+    credential: Any = None,
+    secrets: Secrets | None = None,
 ) -> Gatekeeper:
     """The gatekeeper the configuration asks for (local, or Azure when it has ``azure:``).
 
     ``credential`` is for Azure (anything with ``get_token``); the default is
     ``DefaultAzureCredential`` (managed identity in Azure, ``az login`` on a laptop).
+    ``secrets`` replaces the secret store the configuration implies (Key Vault or local).
     """
     if config.azure is None:
         return local_gatekeeper(config, notify=notify)
-    return azure_gatekeeper(config, config.azure, notify=notify, credential=credential)
+    return azure_gatekeeper(
+        config, config.azure, notify=notify, credential=credential, secrets=secrets
+    )
 
 
 def _oci(config: GateConfig, secrets: Secrets) -> OciRegistry:
@@ -74,7 +81,12 @@ def local_gatekeeper(config: GateConfig, *, notify: Notify = quiet) -> Gatekeepe
 
 
 def azure_gatekeeper(
-    config: GateConfig, azure: AzureSettings, *, notify: Notify = quiet, credential: Any = None
+    config: GateConfig,
+    azure: AzureSettings,
+    *,
+    notify: Notify = quiet,
+    credential: Any = None,
+    secrets: Secrets | None = None,
 ) -> Gatekeeper:
     """ACR import, ACR quick runs, Key Vault and (optionally) Table Storage."""
     from gate.adapters.azure.acr_import import AcrImportRegistry
@@ -84,33 +96,37 @@ def azure_gatekeeper(
         from azure.identity import DefaultAzureCredential
 
         credential = DefaultAzureCredential()
-    secrets: Secrets
     vault = None
-    if azure.key_vault_url:
+    if secrets is None and azure.key_vault_url:
         from gate.adapters.azure.keyvault import KeyVaultSecrets
 
         vault = KeyVaultSecrets(azure.key_vault_url, credential)
         secrets = vault
-    else:
+    elif secrets is None:
         from gate.adapters.secrets import LocalSecrets
 
         secrets = LocalSecrets(config.secrets_dir)
+    secret_uri = getattr(secrets, "secret_uri", None)
 
     acr_sources = {h: s.resource_id for h, s in config.registries.items() if s.resource_id}
     upstream_credentials: dict[str, tuple[str, str]] = {}
-    custom_registries: dict[str, tuple[str, str]] = {}
+    custom_registries: dict[str, tuple[str, str] | None] = {}
     for host, settings in config.registries.items():
-        if settings.resource_id or not settings.password_secret:
-            continue  # ACRs in our tenant are read with the registry's identity, not a password
+        if settings.resource_id:
+            # an ACR in our tenant: the runner registry's identity pulls from it (AcrPull)
+            custom_registries[host] = None
+            continue
+        if not settings.password_secret:
+            continue
         user_secret = settings.username_secret
         if user_secret is None:
             continue  # a literal username cannot be given to ACR by secret reference; see README
         upstream_credentials[host] = (user_secret, settings.password_secret)
-        if vault is not None:
+        if secret_uri is not None:
             # the runner registry's identity reads these itself: no secret passes through us
             custom_registries[host] = (
-                vault.secret_uri(user_secret),
-                vault.secret_uri(settings.password_secret),
+                secret_uri(user_secret),
+                secret_uri(settings.password_secret),
             )
 
     registry = AcrImportRegistry(

@@ -715,6 +715,18 @@ def _run_steps(
     finish: Any,
 ) -> None:
     values, _secret = _values(run)
+    # The agent pulls from its own registry, and from registries it logged in to, with
+    # credentials; the emulated ones serve their content from their backing registries, so
+    # references to them are pointed there. Any other registry is pulled anonymously.
+    agent_hosts = {
+        r.login_server: r.backing.host
+        for r in emulator.registries.values()
+        if r is run.registry or r.login_server in run.logged_in
+    }
+    for name, value in list(values.items()):
+        for login, backing in agent_hosts.items():
+            value = value.replace(f"{login}/", f"{backing}/")
+        values[name] = value
     image = _image(values)
     timeout = float(run.body.get("timeout") or _DEFAULT_TIMEOUT)
     context = RunContext(

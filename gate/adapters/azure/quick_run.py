@@ -290,7 +290,8 @@ class AcrQuickRunValidator:
     ``registry`` (in ``resource_group`` of ``subscription_id``) is the ACR that runs the task;
     ``custom_registries`` maps registry login servers the task pulls from to Key Vault secret
     URIs of their (username, password), read by the registry's ``identity`` (``[system]`` for
-    its system-assigned identity, else a user-assigned identity's client ID). ``client_kwargs``
+    its system-assigned identity, else a user-assigned identity's client ID), or to None for an
+    ACR that identity may pull from itself. ``client_kwargs``
     go to the SDK client (``connection_verify``, ``retry_total``, ``credential_scopes``…);
     the transport and retry settings among them apply to the blob upload and download too.
     ``sleep`` and ``clock`` are injectable for tests.
@@ -304,7 +305,7 @@ class AcrQuickRunValidator:
         resource_group: str,
         registry: str,
         arm_endpoint: str = "https://management.azure.com",
-        custom_registries: Mapping[str, tuple[str, str]] | None = None,
+        custom_registries: Mapping[str, tuple[str, str] | None] | None = None,
         identity: str = "[system]",
         os: str = "Linux",
         architecture: str = "amd64",
@@ -477,16 +478,19 @@ class AcrQuickRunValidator:
     def _credentials(self) -> Credentials | None:
         if not self.custom_registries:
             return None
-        return Credentials(
-            custom_registries={
-                host: CustomRegistryCredentials(
-                    user_name=SecretObject(type="Vaultsecret", value=username_uri),
-                    password=SecretObject(type="Vaultsecret", value=password_uri),
-                    identity=self.identity,
-                )
-                for host, (username_uri, password_uri) in sorted(self.custom_registries.items())
-            }
-        )
+        registries: dict[str, CustomRegistryCredentials] = {}
+        for host, secret_uris in sorted(self.custom_registries.items()):
+            if secret_uris is None:
+                # an ACR: the registry's identity logs in itself (needs AcrPull there)
+                registries[host] = CustomRegistryCredentials(identity=self.identity)
+                continue
+            username_uri, password_uri = secret_uris
+            registries[host] = CustomRegistryCredentials(
+                user_name=SecretObject(type="Vaultsecret", value=username_uri),
+                password=SecretObject(type="Vaultsecret", value=password_uri),
+                identity=self.identity,
+            )
+        return Credentials(custom_registries=registries)
 
     def _upload(self, archive: bytes) -> str:
         source = self._client.registries.get_build_source_upload_url(
