@@ -96,16 +96,15 @@ def azure_gatekeeper(
         from azure.identity import DefaultAzureCredential
 
         credential = DefaultAzureCredential()
-    vault = None
     if secrets is None and azure.key_vault_url:
         from gate.adapters.azure.keyvault import KeyVaultSecrets
 
-        vault = KeyVaultSecrets(azure.key_vault_url, credential)
-        secrets = vault
+        secrets = KeyVaultSecrets(azure.key_vault_url, credential)
     elif secrets is None:
         from gate.adapters.secrets import LocalSecrets
 
         secrets = LocalSecrets(config.secrets_dir)
+    # quick runs get Key Vault secret *URIs* (read by the runner's identity), never values
     secret_uri = getattr(secrets, "secret_uri", None)
 
     acr_sources = {h: s.resource_id for h, s in config.registries.items() if s.resource_id}
@@ -116,11 +115,9 @@ def azure_gatekeeper(
             # an ACR in our tenant: the runner registry's identity pulls from it (AcrPull)
             custom_registries[host] = None
             continue
-        if not settings.password_secret:
-            continue
         user_secret = settings.username_secret
-        if user_secret is None:
-            continue  # a literal username cannot be given to ACR by secret reference; see README
+        if user_secret is None or settings.password_secret is None:
+            continue  # anonymous (the configuration refuses a literal username with azure:)
         upstream_credentials[host] = (user_secret, settings.password_secret)
         if secret_uri is not None:
             # the runner registry's identity reads these itself: no secret passes through us

@@ -302,6 +302,13 @@ class _Loader:
             )
         azure = self.azure(top["azure"]) if "azure" in top else None
         if azure is not None:
+            for i, settings in enumerate(registries.values()):
+                if settings.username is not None:
+                    raise self.fail(
+                        f"registries[{i}].username",
+                        "with azure:, name the username by secret (username_secret): ACR "
+                        "import and quick runs take credentials from Key Vault only",
+                    )
             for rule in rules:
                 if rule.target.registry != azure.registry.login_server:
                     raise self.fail(
@@ -424,7 +431,7 @@ class _Loader:
             except InvalidReference:
                 probe = None
             # a name without '.' or ':port' (and not localhost) would read as a Docker Hub path
-            if probe is None or probe.repository != "probe":
+            if probe is None or probe.repository not in ("probe", "library/probe"):
                 raise self.fail(
                     f"{where}.host",
                     f"'{host}' is not a registry host[:port]; write e.g. registry.example.com "

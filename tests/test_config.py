@@ -143,3 +143,37 @@ def test_docker_hub_short_names_normalize_in_rules(tmp_path: Path) -> None:
 def test_registry_host_without_dot_or_port_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"registries\[0\].host.*not a registry host"):
         load_config(make(tmp_path, GOOD), env={"UP": "myregistry"})
+
+
+AZURE = """\
+    registries:
+      - host: registry-1.docker.io
+        username: bot
+        password_secret: hub-token
+    azure:
+      subscription_id: sub
+      registry: {name: contosobase, resource_group: rg}
+    rules:
+      - name: node
+        source: node
+        tags: ["15-alpine"]
+        target: contosobase.azurecr.io/node
+        validation: {folder: checks}
+    """
+
+
+def test_azure_section_names_credentials_by_secret_only(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"registries\[0\].username.*username_secret"):
+        load_config(make(tmp_path, AZURE))
+
+    config = load_config(make(tmp_path, AZURE.replace("username: bot", "username_secret: hub-user")))
+    assert config.azure is not None and config.azure.registry.login_server == "contosobase.azurecr.io"
+    assert config.azure.runner == config.azure.registry
+
+
+def test_azure_target_must_be_the_configured_registry(tmp_path: Path) -> None:
+    body = AZURE.replace("username: bot", "username_secret: u").replace(
+        "target: contosobase.azurecr.io/node", "target: elsewhere.azurecr.io/node"
+    )
+    with pytest.raises(ConfigError, match=r"rule 'node'.target.*not the Azure registry"):
+        load_config(make(tmp_path, body))
