@@ -119,7 +119,8 @@ def _prepare(
     return rule, ref.with_tag(tag).with_digest(digest), record
 
 
-def _stale_after(rule: Rule) -> float:
+def stale_after(rule: Rule) -> float:
+    """Seconds an in-progress record of ``rule`` may go without progress before it is adopted."""
     return rule.validation.timeout_seconds + PROMOTION_ALLOWANCE_SECONDS
 
 
@@ -141,7 +142,7 @@ def gate_image(
     rule, source, record = _prepare(keeper, image, trigger=trigger, force=force)
     announced = False
     while True:
-        claim = keeper.ledger.claim(record, force=force, stale_after_seconds=_stale_after(rule))
+        claim = keeper.ledger.claim(record, force=force, stale_after_seconds=stale_after(rule))
         if claim.acquired:
             break
         existing = claim.record
@@ -177,7 +178,7 @@ def admit(
     """
     rule, _source, record = _prepare(keeper, image, trigger=trigger, force=force)
     claim = keeper.ledger.claim(
-        record, force=force, stale_after_seconds=_stale_after(rule), start=False
+        record, force=force, stale_after_seconds=stale_after(rule), start=False
     )
     if claim.acquired:
         keeper.notify("received", claim.record, f"{record.source} is {record.digest}")
@@ -202,7 +203,7 @@ def gate_record(
         )
         keeper.ledger.save(failed)
         return GateOutcome(failed)
-    claim = keeper.ledger.claim(record, force=record.forced, stale_after_seconds=_stale_after(rule))
+    claim = keeper.ledger.claim(record, force=record.forced, stale_after_seconds=stale_after(rule))
     if not claim.acquired:
         return GateOutcome(claim.record, duplicate=True)
     source = ImageRef.parse(record.source)

@@ -10,9 +10,16 @@ import time
 
 from gate.errors import GateError, InfrastructureError
 from gate.messages import GateRequest
-from gate.model import GateRecord, State, new_record_id
+from gate.model import GateRecord, State, new_record_id, utcnow
 from gate.ref import ImageRef
-from gate.service import Gatekeeper, GateOutcome, gate_image, gate_record, poll_upstreams
+from gate.service import (
+    Gatekeeper,
+    GateOutcome,
+    gate_image,
+    gate_record,
+    poll_upstreams,
+    stale_after,
+)
 
 
 class RetryLater(InfrastructureError):
@@ -49,7 +56,8 @@ def poisoned(keeper: Gatekeeper, request: GateRequest, reason: str) -> GateRecor
     """Record a request the queue gave up on as failed, with why; returns that record."""
     if request.record_id:
         record = keeper.ledger.get(request.record_id)
-        if record.state.final:
+        if record.state.final or (record.attempts and not _silent(keeper, record)):
+            # decided, or a live worker is still on it: its own outcome will be the record
             return record
         failed = record.advance(State.FAILED, reason=f"poisoned: {reason}")
         keeper.ledger.save(failed)
@@ -74,6 +82,14 @@ def poisoned(keeper: Gatekeeper, request: GateRequest, reason: str) -> GateRecor
     )
     keeper.ledger.add(failed)
     return failed
+
+
+def _silent(keeper: Gatekeeper, record: GateRecord) -> bool:
+    """True when ``record`` has had no progress for longer than its rule's stale window."""
+    rule = next((r for r in keeper.config.rules if r.name == record.rule), None)
+    if rule is None:
+        return True
+    return (utcnow() - record.updated_at).total_seconds() >= stale_after(rule)
 
 
 def poll(keeper: Gatekeeper) -> tuple[list[GateRequest], list[str]]:

@@ -400,3 +400,23 @@ def test_admission_refuses_an_unwatched_image_and_records_nothing(keeper: Gateke
     with pytest.raises(NoMatchingRule):
         admit(keeper, f"{UP}/python:3.12")
     assert keeper.ledger.history() == []
+
+
+def test_poison_fails_an_untouched_request_but_leaves_a_live_workers_record(
+    keeper: Gatekeeper,
+) -> None:
+    from gate.messages import GateRequest
+    from gate.worker import poisoned
+
+    registry, _ = fakes(keeper)
+    registry.push(f"{UP}/node:15-alpine", "green")
+    untouched = admit(keeper, f"{UP}/node:15-alpine").record
+    assert poisoned(keeper, GateRequest(record_id=untouched.id), "gave up").state is State.FAILED
+
+    registry.push(f"{UP}/node:15-alpine", "blue")
+    held = admit(keeper, f"{UP}/node:15-alpine").record
+    keeper.ledger.claim(held, force=False, stale_after_seconds=600)  # a worker took it
+
+    left = poisoned(keeper, GateRequest(record_id=held.id), "gave up")
+
+    assert left.state is State.RECEIVED and keeper.ledger.get(held.id).state is State.RECEIVED
