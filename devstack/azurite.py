@@ -11,8 +11,8 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
+from devstack.process import Service, terminate
 from devstack.registry import free_port
 
 _START_TIMEOUT = 30.0
@@ -39,7 +39,7 @@ def azurite_binary() -> str:
     return found
 
 
-class AzuriteProcess:
+class AzuriteProcess(Service):
     """An ``azurite`` process serving blob, queue and table endpoints on 127.0.0.1.
 
     Use as a context manager (or call :meth:`start` / :meth:`stop`). ``workdir`` holds its log
@@ -174,29 +174,11 @@ class AzuriteProcess:
 
     def _terminate(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
     def stop(self) -> None:
         """Terminate azurite and wait for it to exit (its in-memory data goes with it)."""
         self._terminate()
-
-    def __enter__(self) -> AzuriteProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _three_free_ports() -> tuple[int, int, int]:

@@ -301,3 +301,15 @@ class ImageBuilder:
     def index(self, dest: str, **options: object) -> str:
         """:func:`build_index` into ``dest``; returns the pushed index digest."""
         return build_index(self.workdir, dest, **options)  # type: ignore[arg-type]
+
+
+def tag_digests(registry_host: str, repository: str) -> dict[str, str]:
+    """Every tag of ``repository`` on a plain-http registry, with the digest it points at."""
+    base = f"http://{registry_host}/v2/{repository}"
+    listed = httpx.get(f"{base}/tags/list").json().get("tags") or []
+    return {
+        tag: httpx.head(f"{base}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT}).headers[
+            "Docker-Content-Digest"
+        ]
+        for tag in sorted(listed)
+    }

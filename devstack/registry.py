@@ -8,9 +8,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
 import httpx
+
+from devstack.process import Service, terminate
 
 _START_TIMEOUT = 10.0
 
@@ -86,7 +87,7 @@ def _write_htpasswd(path: Path, username: str, password: str) -> None:
     path.write_text(result.stdout)
 
 
-class RegistryProcess:
+class RegistryProcess(Service):
     """A ``docker-registry serve`` process storing under ``root``, listening on 127.0.0.1.
 
     Use as a context manager (or call :meth:`start` / :meth:`stop`). ``notify_url`` adds a
@@ -179,26 +180,8 @@ class RegistryProcess:
 
     def _terminate(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
     def stop(self) -> None:
         """Terminate the registry and wait for it to exit."""
         self._terminate()
-
-    def __enter__(self) -> RegistryProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from devstack.azurite import AzuriteProcess
-from devstack.images import ImageBuilder
+from devstack.images import ImageBuilder, tag_digests
 from gate.adapters.azure.quick_run import AcrQuickRunValidator
 from gate.compose import build_gatekeeper
 from gate.config import load_config
@@ -52,18 +52,7 @@ class Cloud:
         ).record
 
     def target_tags(self) -> dict[str, str]:
-        import httpx
-
-        from devstack.images import MANIFEST_ACCEPT
-
-        url = f"http://{self.base.backing.host}/v2/node"
-        listed = httpx.get(f"{url}/tags/list").json().get("tags") or []
-        return {
-            t: httpx.head(f"{url}/manifests/{t}", headers={"Accept": MANIFEST_ACCEPT}).headers[
-                "Docker-Content-Digest"
-            ]
-            for t in listed
-        }
+        return tag_digests(self.base.backing.host, "node")
 
     def arm(self) -> list[str]:
         return [c.name for c in self.emulator.calls]

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack.images import MANIFEST_ACCEPT, ImageBuilder
+from devstack.images import MANIFEST_ACCEPT, ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess, free_port
 from gate.compose import local_gatekeeper
 from gate.config import load_config
@@ -86,13 +86,7 @@ def gate_cli(
 
 
 def tags_of(registry: RegistryProcess, repo: str = "node") -> dict[str, str]:
-    listed = httpx.get(f"{registry.url}/v2/{repo}/tags/list").json().get("tags") or []
-    return {
-        tag: httpx.head(
-            f"{registry.url}/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT}
-        ).headers["Docker-Content-Digest"]
-        for tag in listed
-    }
+    return tag_digests(registry.host, repo)
 
 
 def has_manifest(registry: RegistryProcess, digest: str, repo: str = "node") -> bool:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import azure.functions as func
-import httpx
 import pytest
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
@@ -22,7 +21,7 @@ from hypothesis import strategies as st
 
 import function_app
 from devstack.azurite import AzuriteProcess
-from devstack.images import MANIFEST_ACCEPT, ImageBuilder
+from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
 from gate.settings import QUEUE
 from tests.test_function_events import Collect, as_trigger_event
@@ -89,13 +88,7 @@ class Serverless:
                 done += 1
 
     def target_tags(self) -> dict[str, str]:
-        listed = httpx.get(f"{self.target.url}/v2/node/tags/list").json().get("tags") or []
-        return {
-            tag: httpx.head(
-                f"{self.target.url}/v2/node/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT}
-            ).headers["Docker-Content-Digest"]
-            for tag in listed
-        }
+        return tag_digests(self.target.host, "node")
 
 
 @pytest.fixture(scope="module")

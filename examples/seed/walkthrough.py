@@ -18,21 +18,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import httpx
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # devstack/ lives at the project root
 
-from devstack.images import ImageBuilder  # noqa: E402
+from devstack.images import ImageBuilder, tag_digests  # noqa: E402
 from devstack.podman import podman_env  # noqa: E402
 from devstack.registry import RegistryProcess  # noqa: E402
 
 COLORS = ("Orange", "Green", "Red")
-ACCEPT = (
-    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
-    "application/vnd.docker.distribution.manifest.list.v2+json, "
-    "application/vnd.docker.distribution.manifest.v2+json"
-)
 
 
 def say(text: str) -> None:
@@ -45,17 +38,6 @@ def gate(*args: str, env: dict[str, str]) -> int:
     command = [str(exe), *args] if exe.exists() else [sys.executable, "-m", "gate", *args]
     print(f"$ gate {' '.join(args)}", flush=True)
     return subprocess.run(command, env=env, check=False).returncode
-
-
-def tags_of(host: str, repo: str) -> dict[str, str]:
-    """tag -> digest in a plain-HTTP registry."""
-    listed = httpx.get(f"http://{host}/v2/{repo}/tags/list").json().get("tags") or []
-    return {
-        tag: httpx.head(
-            f"http://{host}/v2/{repo}/manifests/{tag}", headers={"Accept": ACCEPT}
-        ).headers["Docker-Content-Digest"]
-        for tag in sorted(listed)
-    }
 
 
 def main() -> int:
@@ -101,7 +83,7 @@ def main() -> int:
         gate("history", env=env)
 
         say("checks")
-        final = tags_of(target.host, "node")
+        final = tag_digests(target.host, "node")
         unique = {tag: d for tag, d in final.items() if tag.startswith("15-alpine-")}
         print("  (the table is `gate history`; `gate show RECORD` has a record's validation log)")
         checks = [

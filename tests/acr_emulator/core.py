@@ -48,13 +48,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import trustme
 from azure.core.credentials import AccessToken
 
+from devstack.process import Service
 from devstack.registry import RegistryProcess
 
 ARM_AUDIENCE = "https://management.azure.com"
@@ -837,7 +837,7 @@ class EmulatedRegistry:
             return self.tag_state[key]
 
 
-class AcrEmulator:
+class AcrEmulator(Service):
     """ARM (ACR import, quick runs), ACR data planes and Key Vault, over HTTPS on loopback.
 
     Use as a context manager, or :meth:`start` / :meth:`stop`. See the package docstring.
@@ -904,17 +904,6 @@ class AcrEmulator:
         for registry in self.registries.values():
             registry.backing.stop()
         self._started = False
-
-    def __enter__(self) -> AcrEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _serve(self, router: Router, label: str) -> TlsService:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
