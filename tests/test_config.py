@@ -166,8 +166,12 @@ def test_azure_section_names_credentials_by_secret_only(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"registries\[0\].username.*username_secret"):
         load_config(make(tmp_path, AZURE))
 
-    config = load_config(make(tmp_path, AZURE.replace("username: bot", "username_secret: hub-user")))
-    assert config.azure is not None and config.azure.registry.login_server == "contosobase.azurecr.io"
+    config = load_config(
+        make(tmp_path, AZURE.replace("username: bot", "username_secret: hub-user"))
+    )
+    assert (
+        config.azure is not None and config.azure.registry.login_server == "contosobase.azurecr.io"
+    )
     assert config.azure.runner == config.azure.registry
 
 

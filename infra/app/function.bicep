@@ -1,0 +1,123 @@
+// The Function app (function_app.py) on the Flex Consumption plan, Linux, Python.
+//
+// Flex Consumption takes the runtime from functionAppConfig (not FUNCTIONS_WORKER_RUNTIME) and
+// pulls the code package from a blob container with the app's identity. Every connection is
+// identity-based: the app settings carry names, endpoints and a client id, never a key.
+
+param name string
+param planName string
+param location string
+param tags object = {}
+
+@description('Resource id of the user-assigned identity the app runs as.')
+param identityId string
+
+@description('Client id of that identity (AZURE_CLIENT_ID and the identity-based connections).')
+param identityClientId string
+
+param storageAccountName string
+
+@description('Blob container of the Flex deployment package (in storageAccountName).')
+param deploymentContainerName string
+
+param applicationInsightsName string
+
+@description('The gate\'s own app settings (GATE_*), merged over the platform settings below.')
+param appSettings object
+
+@allowed([
+  '3.11'
+  '3.12'
+])
+param pythonVersion string = '3.11'
+
+@description('Upper bound of instances the plan may scale out to (a cap, not a reservation).')
+param maximumInstanceCount int = 100
+
+@allowed([
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource insights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+// The settings of the platform rather than of the gate. AzureWebJobsStorage is the connection the
+// queue bindings name (gate.settings.STORAGE_CONNECTION); its __ form is the identity-based one.
+var platformSettings = {
+  AzureWebJobsStorage__accountName: storage.name
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: identityClientId
+  APPLICATIONINSIGHTS_CONNECTION_STRING: insights.properties.ConnectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  AZURE_CLIENT_ID: identityClientId
+}
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    name: 'FC1'
+    tier: 'FlexConsumption'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+resource site 'Microsoft.Web/sites@2024-04-01' = {
+  name: name
+  location: location
+  tags: tags
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    siteConfig: {
+      minTlsVersion: '1.2'
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+      }
+      runtime: {
+        name: 'python'
+        version: pythonVersion
+      }
+    }
+  }
+
+  resource settings 'config' = {
+    name: 'appsettings'
+    properties: union(platformSettings, appSettings)
+  }
+}
+
+output id string = site.id
+output name string = site.name
+output uri string = 'https://${site.properties.defaultHostName}'

@@ -1,0 +1,389 @@
+// Everything the gate needs in one subscription deployment (`azd up`, or
+// `az deployment sub create -f infra/main.bicep`), and with deployWalkthrough the walkthrough's
+// registries and its hello-world task to try it on.
+//
+//   rg-<env>                     the gate: identity, Function app (Flex Consumption), storage
+//                                (queues, ledger table, logs, dead letters), Application Insights,
+//                                Key Vault, the runner registry quick runs execute on
+//   rg-<env>-walkthrough         (deployWalkthrough) public, base-artifacts and team registries,
+//                                hello-world task with a base-image trigger
+//   upstream / base-artifacts    their resource groups get the gate's custom roles and grants;
+//                                the upstream one also the Event Grid system topic
+//
+// No secret is written here or into app settings: every connection is identity-based and every
+// grant is a role assignment named guid(scope, principal, role) on one resource, never on the
+// subscription or a resource group. tests/test_infra.py checks these promises.
+
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the azd environment; with the subscription and location it seeds unique names.')
+param environmentName string
+
+@minLength(1)
+@description('Region of every resource (one that offers Flex Consumption).')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Name of the gate\'s resource group; empty: rg-<environmentName>.')
+param resourceGroupName string = ''
+
+@description('Also deploy the walkthrough: public, base-artifacts and team registries and the hello-world task.')
+param deployWalkthrough bool = false
+
+@description('Resource id of the upstream ACR whose pushes reach the gate (ignored with deployWalkthrough). Empty: no ACR upstream, the watch timer polls (Docker Hub, GHCR).')
+param upstreamRegistryId string = ''
+
+@description('Resource id of the base-artifacts ACR the gate imports into (ignored with deployWalkthrough, required without).')
+param baseArtifactsRegistryId string = ''
+
+@description('Repositories of the upstream registry whose pushes are delivered (Event Grid filter).')
+param watchedRepositories array = [
+  'node'
+]
+
+@description('Create the Event Grid subscription to on_push. It needs the function deployed first: the postdeploy hook of azure.yaml turns it on.')
+param subscribeToEvents bool = false
+
+@description('Name of the upstream registry\'s existing Event Grid system topic, if it has one; empty: create one.')
+param upstreamSystemTopicName string = ''
+
+@description('NCRONTAB schedule of the upstream poll (GATE_WATCH_SCHEDULE).')
+param watchSchedule string = '0 */15 * * * *'
+
+@description('Seconds a worker waits on another worker\'s decision (GATE_WORKER_WAIT_SECONDS).')
+param workerWaitSeconds int = 20
+
+@description('HTTP body limit in bytes (GATE_MAX_BODY_BYTES).')
+param maxBodyBytes int = 65536
+
+@description('Default page size of GET /api/gates (GATE_PAGE_SIZE).')
+param pageSize int = 50
+
+@description('Endpoint of an Event Grid custom topic for outcome events (GATE_OUTCOME_TOPIC_ENDPOINT); empty: none.')
+param outcomeTopicEndpoint string = ''
+
+@description('The gate configuration file, relative to the app folder (GATE_CONFIG).')
+param gateConfigPath string = 'gate.yaml'
+
+@allowed([
+  '3.11'
+  '3.12'
+])
+param pythonVersion string = '3.11'
+
+@description('SKU of the registries this deployment creates (the runner and the walkthrough\'s).')
+@allowed([
+  'Basic'
+  'Standard'
+  'Premium'
+])
+param registrySku string = 'Basic'
+
+@description('Build context of the walkthrough\'s hello-world task: a public Git repository (URL#branch) with its Dockerfile.')
+param helloWorldContextUrl string = 'https://github.com/importing-public-content/hello-world.git#main'
+
+var token = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+}
+var gateResourceGroupName = empty(resourceGroupName) ? 'rg-${environmentName}' : resourceGroupName
+var walkthroughResourceGroupName = '${gateResourceGroupName}-walkthrough'
+
+// Names the app binds to or reads by default: the queue bindings of function_app.py
+// (gate.settings.QUEUE and POISON_QUEUE), the Table ledger's table and log container
+// (azure.ledger in gate.yaml), the Event Grid triggered function. tests/test_infra.py holds
+// them against the code.
+var queueNames = [
+  'gate-requests'
+  'gate-requests-poison'
+]
+var ledgerTable = 'gaterecords'
+var logContainer = 'gatelogs'
+var deploymentContainer = 'app-package'
+var deadLetterContainer = 'eventgrid-deadletter'
+var eventFunctionName = 'on_push'
+
+// The gate's own app settings (gate/settings.py); the platform ones are in app/function.bicep.
+var appSettings = {
+  GATE_CONFIG: gateConfigPath
+  GATE_WATCH_SCHEDULE: watchSchedule
+  GATE_WORKER_WAIT_SECONDS: string(workerWaitSeconds)
+  GATE_MAX_BODY_BYTES: string(maxBodyBytes)
+  GATE_PAGE_SIZE: string(pageSize)
+  GATE_OUTCOME_TOPIC_ENDPOINT: outcomeTopicEndpoint
+}
+
+// Where the upstream and base-artifacts registries are: the walkthrough's, or the ids given.
+// Module scopes must be known before deployment starts, so they come from parameters only.
+var publicRegistryName = 'public${token}'
+var baseArtifactsRegistryName = 'baseartifacts${token}'
+var teamRegistryName = 'contoso${token}'
+var hasUpstream = deployWalkthrough || !empty(upstreamRegistryId)
+var upstreamParts = split(empty(upstreamRegistryId) ? '/subscriptions/${subscription().subscriptionId}/resourceGroups/${gateResourceGroupName}/providers/Microsoft.ContainerRegistry/registries/none' : upstreamRegistryId, '/')
+var walkthroughUpstream = {
+  subscriptionId: subscription().subscriptionId
+  resourceGroup: walkthroughResourceGroupName
+  name: publicRegistryName
+}
+var givenUpstream = {
+  subscriptionId: upstreamParts[2]
+  resourceGroup: upstreamParts[4]
+  name: upstreamParts[8]
+}
+var upstream = deployWalkthrough ? walkthroughUpstream : givenUpstream
+// without the walkthrough and without an id, the deployment stops on a registry whose name says why
+var baseParts = split(empty(baseArtifactsRegistryId) ? '/subscriptions/${subscription().subscriptionId}/resourceGroups/${gateResourceGroupName}/providers/Microsoft.ContainerRegistry/registries/SetBaseArtifactsRegistryIdOrDeployWalkthrough' : baseArtifactsRegistryId, '/')
+var walkthroughBase = {
+  subscriptionId: subscription().subscriptionId
+  resourceGroup: walkthroughResourceGroupName
+  name: baseArtifactsRegistryName
+}
+var givenBase = {
+  subscriptionId: baseParts[2]
+  resourceGroup: baseParts[4]
+  name: baseParts[8]
+}
+var base = deployWalkthrough ? walkthroughBase : givenBase
+
+resource rg 'Microsoft.Resources/resourceGroups@2021-04-01' = {
+  name: gateResourceGroupName
+  location: location
+  tags: tags
+}
+
+resource walkthroughRg 'Microsoft.Resources/resourceGroups@2021-04-01' = if (deployWalkthrough) {
+  name: walkthroughResourceGroupName
+  location: location
+  tags: tags
+}
+
+module identity 'core/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-gate-${token}'
+    location: location
+    tags: tags
+  }
+}
+
+module monitoring 'core/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    workspaceName: 'log-${token}'
+    applicationInsightsName: 'appi-${token}'
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'core/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: 'st${token}'
+    location: location
+    tags: tags
+    containerNames: [
+      deploymentContainer
+      logContainer
+      deadLetterContainer
+    ]
+    queueNames: queueNames
+    tableNames: [
+      ledgerTable
+    ]
+  }
+}
+
+module keyVault 'core/keyvault.bicep' = {
+  name: 'key-vault'
+  scope: rg
+  params: {
+    name: 'kv-${token}'
+    location: location
+    tags: tags
+  }
+}
+
+// The registry validation quick runs execute on. It is the gate's own, not base-artifacts: a run
+// can push to the registry it runs on, and the candidate under test must not be able to reach
+// the registry applications build from.
+module runner 'core/registry.bicep' = {
+  name: 'runner-registry'
+  scope: rg
+  params: {
+    name: 'gaterunner${token}'
+    location: location
+    tags: tags
+    sku: registrySku
+    systemIdentity: true
+  }
+}
+
+module functionApp 'app/function.bicep' = {
+  name: 'function'
+  scope: rg
+  params: {
+    name: 'func-gate-${token}'
+    planName: 'plan-gate-${token}'
+    location: location
+    tags: union(tags, {
+      'azd-service-name': 'gate'
+    })
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: deploymentContainer
+    applicationInsightsName: monitoring.outputs.name
+    appSettings: appSettings
+    pythonVersion: pythonVersion
+  }
+}
+
+module walkthrough 'walkthrough/walkthrough.bicep' = if (deployWalkthrough) {
+  name: 'walkthrough'
+  scope: walkthroughRg
+  params: {
+    location: location
+    tags: tags
+    publicRegistryName: publicRegistryName
+    baseArtifactsRegistryName: baseArtifactsRegistryName
+    teamRegistryName: teamRegistryName
+    registrySku: registrySku
+    helloWorldContextUrl: helloWorldContextUrl
+  }
+}
+
+module upstreamTopic 'app/upstream-topic.bicep' = if (hasUpstream) {
+  name: 'upstream-topic'
+  scope: resourceGroup(upstream.subscriptionId, upstream.resourceGroup)
+  params: {
+    registryName: upstream.name
+    topicName: empty(upstreamSystemTopicName) ? 'evgt-${upstream.name}' : upstreamSystemTopicName
+    tags: tags
+  }
+  dependsOn: [
+    walkthrough
+  ]
+}
+
+module gateAccess 'rbac/gate-access.bicep' = {
+  name: 'gate-access'
+  scope: rg
+  params: {
+    storageAccountName: storage.outputs.name
+    applicationInsightsName: monitoring.outputs.name
+    keyVaultName: keyVault.outputs.name
+    deadLetterContainerName: deadLetterContainer
+    appPrincipalId: identity.outputs.principalId
+    runnerPrincipalId: runner.outputs.principalId
+    topicPrincipalId: hasUpstream ? upstreamTopic!.outputs.principalId : ''
+  }
+}
+
+// upstream: the gate resolves and imports from it, the runner's quick runs pull the candidate
+module upstreamAccess 'rbac/registry-access.bicep' = if (hasUpstream) {
+  name: 'upstream-access'
+  scope: resourceGroup(upstream.subscriptionId, upstream.resourceGroup)
+  params: {
+    registryName: upstream.name
+    grants: [
+      {
+        principalId: identity.outputs.principalId
+        role: 'reader'
+      }
+      {
+        principalId: runner.outputs.principalId
+        role: 'reader'
+      }
+    ]
+  }
+  dependsOn: [
+    walkthrough
+  ]
+}
+
+var helloWorldGrants = deployWalkthrough ? [ { principalId: walkthrough!.outputs.helloWorldPrincipalId, role: 'reader' } ] : []
+
+// base-artifacts: the gate imports into it and locks run-ID tags; in the walkthrough the
+// hello-world task also pulls its base image from it
+module baseAccess 'rbac/registry-access.bicep' = {
+  name: 'base-artifacts-access'
+  scope: resourceGroup(base.subscriptionId, base.resourceGroup)
+  params: {
+    registryName: base.name
+    grants: concat(
+      [
+        {
+          principalId: identity.outputs.principalId
+          role: 'importer'
+        }
+      ],
+      helloWorldGrants
+    )
+  }
+  dependsOn: [
+    walkthrough
+  ]
+}
+
+// the runner: the gate schedules and follows quick runs on it
+module runnerAccess 'rbac/registry-access.bicep' = {
+  name: 'runner-access'
+  scope: rg
+  params: {
+    registryName: runner.outputs.name
+    grants: [
+      {
+        principalId: identity.outputs.principalId
+        role: 'runner'
+      }
+    ]
+  }
+}
+
+module pushSubscription 'app/push-subscription.bicep' = if (hasUpstream && subscribeToEvents) {
+  name: 'push-subscription'
+  scope: resourceGroup(upstream.subscriptionId, upstream.resourceGroup)
+  params: {
+    topicName: upstreamTopic!.outputs.name
+    functionAppId: functionApp.outputs.id
+    functionName: eventFunctionName
+    repositories: watchedRepositories
+    deadLetterStorageId: storage.outputs.id
+    deadLetterContainerName: deadLetterContainer
+  }
+  dependsOn: [
+    gateAccess
+  ]
+}
+
+// What gate.yaml's azure: section and registries need (README, "Deploying to Azure").
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_SUBSCRIPTION_ID string = subscription().subscriptionId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
+output AZURE_FUNCTION_URL string = functionApp.outputs.uri
+output AZURE_GATE_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output AZURE_KEY_VAULT_URL string = keyVault.outputs.uri
+output AZURE_TABLE_ENDPOINT string = storage.outputs.tableEndpoint
+output AZURE_LEDGER_TABLE string = ledgerTable
+output AZURE_LOG_CONTAINER string = logContainer
+output AZURE_RUNNER_REGISTRY_NAME string = runner.outputs.name
+output AZURE_RUNNER_REGISTRY_RESOURCE_GROUP string = rg.name
+output AZURE_BASE_REGISTRY_NAME string = base.name
+output AZURE_BASE_REGISTRY_RESOURCE_GROUP string = base.resourceGroup
+output AZURE_BASE_REGISTRY_LOGIN_SERVER string = baseAccess.outputs.loginServer
+output AZURE_UPSTREAM_REGISTRY_ID string = hasUpstream ? upstreamAccess!.outputs.id : ''
+output AZURE_UPSTREAM_LOGIN_SERVER string = hasUpstream ? upstreamAccess!.outputs.loginServer : ''
+output AZURE_TEAM_REGISTRY_NAME string = deployWalkthrough ? walkthrough!.outputs.teamRegistryName : ''
+output AZURE_SUBSCRIBED_TO_EVENTS bool = hasUpstream && subscribeToEvents

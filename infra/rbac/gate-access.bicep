@@ -1,0 +1,120 @@
+// Role assignments inside the gate's own resource group: storage, Application Insights, Key Vault.
+// Each is named guid(scope, principal, role) so a redeployment finds it again instead of failing on
+// a duplicate, and each is scoped to the one resource it is about.
+
+param storageAccountName string
+param applicationInsightsName string
+param keyVaultName string
+
+@description('Blob container Event Grid dead-letters undeliverable push events into.')
+param deadLetterContainerName string
+
+@description('Principal id of the gate\'s user-assigned identity (the Function app).')
+param appPrincipalId string
+
+@description('Principal id of the runner registry\'s system identity (quick runs).')
+param runnerPrincipalId string
+
+@description('Principal id of the upstream registry\'s Event Grid system topic; empty: no topic.')
+param topicPrincipalId string = ''
+
+var roles = {
+  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Storage Blob Data Owner
+  storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe' // Storage Blob Data Contributor
+  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88' // Storage Queue Data Contributor
+  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Storage Table Data Contributor
+  monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher
+  keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6' // Key Vault Secrets User
+}
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+
+  resource blobService 'blobServices' existing = {
+    name: 'default'
+
+    resource deadLetters 'containers' existing = {
+      name: deadLetterContainerName
+    }
+  }
+}
+
+resource insights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+  name: keyVaultName
+}
+
+// The app, on its storage account:
+// - blob data owner: the Functions host keeps its leases and state in blobs (it needs Owner, not
+//   Contributor, for identity-based AzureWebJobsStorage), Flex pulls the code package from a blob
+//   container, and the Table ledger writes validation logs as blobs;
+// - queue data contributor: the triggers enqueue gate requests, the worker dequeues them and the
+//   host moves poisoned ones to gate-requests-poison;
+// - table data contributor: the Table ledger reads and writes gate records.
+var appStorageRoles = [
+  roles.storageBlobDataOwner
+  roles.storageQueueDataContributor
+  roles.storageTableDataContributor
+]
+
+resource appStorage 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for role in appStorageRoles: {
+    name: guid(storage.id, appPrincipalId, role)
+    scope: storage
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role)
+      principalId: appPrincipalId
+      principalType: 'ServicePrincipal'
+    }
+  }
+]
+
+// The app, on Application Insights: local authentication is off, so telemetry needs this role.
+resource appTelemetry 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(insights.id, appPrincipalId, roles.monitoringMetricsPublisher)
+  scope: insights
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The app, on the vault: upstream credentials for ACR imports from registries outside the tenant
+// (registries[].username_secret / password_secret in gate.yaml).
+resource appSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, appPrincipalId, roles.keyVaultSecretsUser)
+  scope: vault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The runner registry, on the vault: a quick run reads the upstream credentials itself (the gate
+// passes secret URIs, never values), as the walkthrough's tasks do with `--use-identity [system]`.
+resource runnerSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, runnerPrincipalId, roles.keyVaultSecretsUser)
+  scope: vault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: runnerPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The upstream registry's system topic, on the dead-letter container only: Event Grid writes the
+// push events it could not deliver there with its own identity (no SAS, no key).
+resource topicDeadLetters 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(topicPrincipalId)) {
+  name: guid(storage::blobService::deadLetters.id, topicPrincipalId, roles.storageBlobDataContributor)
+  scope: storage::blobService::deadLetters
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: topicPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
