@@ -42,3 +42,29 @@ def podman_env(state_dir: Path) -> dict[str, str]:
         "CONTAINERS_CONF": str(containers_conf),
         "CONTAINERS_STORAGE_CONF": str(storage_conf),
     }
+
+
+def started_containers(since: str, suffix: str = "") -> list[str]:
+    """Names of the containers podman started since ``since`` (ISO time) ending in ``suffix``.
+
+    Read from podman's own event log, so a test can count the validations that really ran.
+    """
+    import subprocess
+
+    listed = subprocess.run(
+        [
+            "podman",
+            "events",
+            "--stream=false",
+            "--since",
+            since,
+            "--filter",
+            "event=start",
+            "--format",
+            "{{.Name}}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return [name for name in listed if name.endswith(suffix)]

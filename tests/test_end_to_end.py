@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from devstack.images import MANIFEST_ACCEPT, ImageBuilder, tag_digests
+from devstack.podman import started_containers
 from devstack.registry import RegistryProcess, free_port
 from gate.compose import local_gatekeeper
 from gate.config import load_config
@@ -51,24 +52,8 @@ def write_config(
 
 
 def validation_starts(since: str) -> list[str]:
-    """Names of the validation containers podman started since ``since`` (its event log)."""
-    listed = subprocess.run(
-        [
-            "podman",
-            "events",
-            "--stream=false",
-            "--since",
-            since,
-            "--filter",
-            "event=start",
-            "--format",
-            "{{.Name}}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [name for name in listed.split() if name.endswith("-validate-base-image")]
+    """Names of the validation containers podman started since ``since``."""
+    return started_containers(since, "-validate-base-image")
 
 
 def gate_cli(
@@ -87,6 +72,11 @@ def gate_cli(
 
 def tags_of(registry: RegistryProcess, repo: str = "node") -> dict[str, str]:
     return tag_digests(registry.host, repo)
+
+
+def push(images: ImageBuilder, upstream: RegistryProcess, color: str) -> str:
+    """Upstream pushes node:15-alpine with ``BACKGROUND_COLOR=color``; returns its digest."""
+    return images.image(f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": color})
 
 
 def has_manifest(registry: RegistryProcess, digest: str, repo: str = "node") -> bool:
@@ -130,12 +120,10 @@ def test_cli_gates_green_then_rejects_red_keeping_green(
 ) -> None:
     upstream, target = registries
     config = write_config(tmp_path, upstream.host, target.host)
-    green = image_builder.image(
-        f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Green"}
-    )
+    green = push(image_builder, upstream, "Green")
 
     passed = gate_cli("run", f"{upstream.host}/node:15-alpine", "--json", config=config)
-    red = image_builder.image(f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Red"})
+    red = push(image_builder, upstream, "Red")
     rejected = gate_cli("run", f"{upstream.host}/node:15-alpine", "--json", config=config)
 
     assert passed.returncode == 0, passed.stderr
@@ -184,14 +172,10 @@ def test_upstream_tag_moving_mid_gate_promotes_the_validated_digest(
 ) -> None:
     upstream, target = registries
     keeper = local_gatekeeper(load_config(write_config(tmp_path, upstream.host, target.host)))
-    green = image_builder.image(
-        f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Green"}
-    )
+    green = push(image_builder, upstream, "Green")
     mover = MovesUpstreamWhileValidating(
         keeper.validator,
-        lambda: image_builder.image(
-            f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Red"}
-        ),
+        lambda: push(image_builder, upstream, "Red"),
     )
     keeper = Gatekeeper(keeper.config, keeper.registry, mover, keeper.ledger, keeper.secrets)
 
@@ -236,9 +220,7 @@ def test_ten_concurrent_requests_validate_and_promote_once(
 ) -> None:
     upstream, target = registries
     config = write_config(tmp_path, upstream.host, target.host)
-    digest = image_builder.image(
-        f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Green"}
-    )
+    digest = push(image_builder, upstream, "Green")
     since = datetime.now(UTC).isoformat()
 
     with ThreadPoolExecutor(max_workers=10) as pool:
@@ -267,9 +249,7 @@ def test_validation_that_cannot_run_fails_retryably_and_keeps_stable_tag(
 ) -> None:
     upstream, target = registries
     config = write_config(tmp_path, upstream.host, target.host)
-    green = image_builder.image(
-        f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Green"}
-    )
+    green = push(image_builder, upstream, "Green")
     assert gate_cli("run", f"{upstream.host}/node:15-alpine", config=config).returncode == 0
     folder = tmp_path / "broken"
     folder.mkdir()
@@ -277,7 +257,7 @@ def test_validation_that_cannot_run_fails_retryably_and_keeps_stable_tag(
         "version: v1.1.0\nsteps:\n  - id: scan\n    cmd: 127.0.0.1:9/no/such-scanner:1 --check\n"
     )
     broken = write_config(tmp_path, upstream.host, target.host, folder)
-    image_builder.image(f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Blue"})
+    push(image_builder, upstream, "Blue")
 
     result = gate_cli("run", f"{upstream.host}/node:15-alpine", "--json", config=broken)
 
@@ -293,11 +273,9 @@ def test_rollback_returns_stable_tag_to_the_previous_promotion(
 ) -> None:
     upstream, target = registries
     config = write_config(tmp_path, upstream.host, target.host)
-    orange = image_builder.image(
-        f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Orange"}
-    )
+    orange = push(image_builder, upstream, "Orange")
     assert gate_cli("run", f"{upstream.host}/node:15-alpine", config=config).returncode == 0
-    image_builder.image(f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Green"})
+    push(image_builder, upstream, "Green")
     assert gate_cli("run", f"{upstream.host}/node:15-alpine", config=config).returncode == 0
 
     result = gate_cli(
@@ -360,9 +338,7 @@ def test_watch_once_gates_a_new_upstream_digest_then_leaves_it_alone(
 ) -> None:
     upstream, target = registries
     config = write_config(tmp_path, upstream.host, target.host)
-    green = image_builder.image(
-        f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Green"}
-    )
+    green = push(image_builder, upstream, "Green")
 
     first = gate_cli("watch", "--once", config=config)
     second = gate_cli("watch", "--once", config=config)

@@ -4,7 +4,6 @@ triggers and the worker, real registries and podman behind the gate (local adapt
 from __future__ import annotations
 
 import json
-import subprocess
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 import function_app
 from devstack.azurite import AzuriteProcess
 from devstack.images import ImageBuilder, tag_digests
+from devstack.podman import started_containers
 from devstack.registry import RegistryProcess
 from gate.settings import QUEUE
 from tests.test_function_events import Collect, as_trigger_event
@@ -162,23 +162,7 @@ def http(
 
 
 def validation_starts(since: str) -> int:
-    listed = subprocess.run(
-        [
-            "podman",
-            "events",
-            "--stream=false",
-            "--since",
-            since,
-            "--filter",
-            "event=start",
-            "--format",
-            "{{.Name}}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return sum(name.endswith("-validate-base-image") for name in listed)
+    return len(started_containers(since, "-validate-base-image"))
 
 
 def test_redelivered_events_validate_and_promote_once(app: Serverless) -> None:
