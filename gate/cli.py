@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
@@ -156,6 +157,35 @@ def watch_cmd(config: str | None, once: bool, interval: float) -> None:
         if once:
             sys.exit(worst)
         time.sleep(interval)
+
+
+@main.command("listen")
+@config_option
+@click.option("--bind", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+def listen_cmd(config: str | None, bind: str, port: int) -> None:
+    """Gate pushes as a registry reports them (its notifications endpoint), until Ctrl-C."""
+    from gate.listener import PushListener
+
+    try:
+        keeper = _keeper(config)
+        listener = PushListener(keeper, host=bind, port=port, on_outcome=_print_outcome)
+    except GateError as exc:
+        _fail(exc)
+    except OSError as exc:
+        err.print(
+            f"[bold red]error:[/] cannot listen on {bind}:{port}: {exc.strerror}; pick another --port"
+        )
+        sys.exit(2)
+    with listener:
+        err.print(
+            f"listening on {listener.url}: add it to the registry's notifications.endpoints "
+            "(ignoredmediatypes: [application/octet-stream]); Ctrl-C to stop"
+        )
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            err.print("stopping; finishing what is queued")
 
 
 def _since(value: str | None) -> datetime | None:

@@ -98,6 +98,43 @@ def parse_event(event: Mapping[str, Any]) -> PushEvent:
     )
 
 
+def parse_notifications(envelope: Any) -> list[PushEvent]:
+    """Read a CNCF distribution registry's notification envelope (``{"events": [...]}``).
+
+    This is how a plain registry (``docker-registry``'s ``notifications.endpoints``) reports
+    pushes: the local counterpart of ACR's Event Grid events. Pushes map to ImagePushed; pulls
+    and blob events parse with their action, and :func:`triage` ignores them.
+    """
+    if not isinstance(envelope, Mapping) or not isinstance(envelope.get("events"), list):
+        raise MalformedEvent("a notification envelope is a JSON object with an 'events' list")
+    pushes = []
+    for event in envelope["events"]:
+        if not isinstance(event, Mapping):
+            raise MalformedEvent("every notification event must be a JSON object")
+        event_id = str(event.get("id") or "?")[:100]
+        target, request = event.get("target"), event.get("request")
+        if not isinstance(target, Mapping) or not isinstance(request, Mapping):
+            raise MalformedEvent(f"notification {event_id}: target or request is missing")
+        tag, digest, media_type = target.get("tag"), target.get("digest"), target.get("mediaType")
+        for name, value in (("tag", tag), ("digest", digest), ("mediaType", media_type)):
+            if value is not None and not isinstance(value, str):
+                raise MalformedEvent(f"notification {event_id}: target.{name} is not a string")
+        pushes.append(
+            PushEvent(
+                id=event_id,
+                event_type=IMAGE_PUSHED,
+                source="",
+                action=str(event.get("action") or ""),
+                host=_text(request.get("host"), "request.host", event_id),
+                repository=_text(target.get("repository"), "target.repository", event_id),
+                tag=tag or None,
+                digest=digest or None,
+                media_type=media_type or None,
+            )
+        )
+    return pushes
+
+
 def triage(config: GateConfig, push: PushEvent) -> GateRequest | Ignored:
     """Turn a push the configuration watches into a gate request; say why anything else is not."""
     if push.event_type != IMAGE_PUSHED:
