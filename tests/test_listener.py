@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 from pathlib import Path
 
@@ -17,30 +16,9 @@ from gate.events import parse_notifications
 from gate.listener import PushListener
 from gate.model import State
 from gate.service import GateOutcome
+from tests.test_end_to_end import write_config
 
 DATA = Path(__file__).parent / "data" / "events"
-SEED = Path(__file__).resolve().parents[1] / "examples" / "seed" / "validation"
-
-
-def config_for(tmp_path: Path, upstream: str, target: str) -> Path:
-    path = tmp_path / "gate.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            data_dir: {tmp_path / "data"}
-            registries:
-              - {{host: "{upstream}", insecure: true}}
-              - {{host: "{target}", insecure: true}}
-            rules:
-              - name: node
-                source: {upstream}/node
-                tags: ["15-alpine"]
-                target: {target}/node
-                validation: {{folder: "{SEED}", timeout: 120}}
-            """
-        )
-    )
-    return path
 
 
 def test_distribution_sample_parses_as_a_push() -> None:
@@ -58,7 +36,9 @@ def test_distribution_sample_parses_as_a_push() -> None:
 
 
 def test_listener_queues_watched_pushes_and_ignores_the_rest(tmp_path: Path) -> None:
-    keeper = local_gatekeeper(load_config(config_for(tmp_path, "127.0.0.1:5001", "127.0.0.1:5002")))
+    keeper = local_gatekeeper(
+        load_config(write_config(tmp_path, "127.0.0.1:5001", "127.0.0.1:5002"))
+    )
     listener = PushListener(keeper)  # not started: no worker drains the queue
     sample = json.loads((DATA / "distribution-notification-push.json").read_text())
     pull = {**sample["events"][0], "action": "pull"}
@@ -90,7 +70,7 @@ def test_registry_notifications_gate_each_push(tmp_path: Path, image_builder: Im
         # first, on a config naming the upstream's port chosen ahead
         port = free_port()
         keeper = local_gatekeeper(
-            load_config(config_for(tmp_path, f"127.0.0.1:{port}", target.host))
+            load_config(write_config(tmp_path, f"127.0.0.1:{port}", target.host))
         )
         outcomes: list[GateOutcome] = []
         with (
