@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from devstack.process import Service, terminate
+from devstack.process import ChildProcess
 from devstack.registry import free_port
 
 _START_TIMEOUT = 30.0
@@ -39,7 +39,7 @@ def azurite_binary() -> str:
     return found
 
 
-class AzuriteProcess(Service):
+class AzuriteProcess(ChildProcess):
     """An ``azurite`` process serving blob, queue and table endpoints on 127.0.0.1.
 
     Use as a context manager (or call :meth:`start` / :meth:`stop`). ``workdir`` holds its log
@@ -98,14 +98,6 @@ class AzuriteProcess(Service):
             f"BlobEndpoint={self.blob_endpoint};QueueEndpoint={self.queue_endpoint};"
             f"TableEndpoint={self.table_endpoint};"
         )
-
-    @property
-    def log(self) -> str:
-        """Azurite's console output so far."""
-        try:
-            return self._log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def start(self) -> AzuriteProcess:
         """Start azurite and wait until all three endpoints answer; retry on a port collision."""
@@ -171,14 +163,6 @@ class AzuriteProcess(Service):
                     pass
             time.sleep(0.05)
         return False
-
-    def _terminate(self) -> None:
-        proc, self._proc = self._proc, None
-        terminate(proc)
-
-    def stop(self) -> None:
-        """Terminate azurite and wait for it to exit (its in-memory data goes with it)."""
-        self._terminate()
 
 
 def _three_free_ports() -> tuple[int, int, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -40,3 +41,26 @@ def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> No
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+class ChildProcess(Service):
+    """A service that is one child process logging to ``_log_path``."""
+
+    _proc: subprocess.Popen[bytes] | None = None
+    _log_path: Path
+
+    @property
+    def log(self) -> str:
+        """What the process has written so far."""
+        try:
+            return self._log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        terminate(proc)
+
+    def stop(self) -> None:
+        """Terminate the process and wait for it to exit."""
+        self._terminate()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from devstack.process import Service, terminate
+from devstack.process import ChildProcess
 
 _START_TIMEOUT = 10.0
 
@@ -87,7 +87,7 @@ def _write_htpasswd(path: Path, username: str, password: str) -> None:
     path.write_text(result.stdout)
 
 
-class RegistryProcess(Service):
+class RegistryProcess(ChildProcess):
     """A ``docker-registry serve`` process storing under ``root``, listening on 127.0.0.1.
 
     Use as a context manager (or call :meth:`start` / :meth:`stop`). ``notify_url`` adds a
@@ -121,14 +121,6 @@ class RegistryProcess(Service):
     def url(self) -> str:
         """``http://127.0.0.1:PORT``."""
         return f"http://{self.host}"
-
-    @property
-    def log(self) -> str:
-        """The registry's log so far."""
-        try:
-            return self._log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def start(self) -> RegistryProcess:
         """Start the registry and wait until ``GET /v2/`` answers; retry on a port collision."""
@@ -177,11 +169,3 @@ class RegistryProcess(Service):
                 pass
             time.sleep(0.05)
         return False
-
-    def _terminate(self) -> None:
-        proc, self._proc = self._proc, None
-        terminate(proc)
-
-    def stop(self) -> None:
-        """Terminate the registry and wait for it to exit."""
-        self._terminate()
