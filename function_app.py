@@ -11,14 +11,15 @@ a cold start costs little more than importing ``azure.functions``.
 
 from __future__ import annotations
 
-import logging
 import time
+import typing
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
+from gate.logsafe import get_logger
 from gate.settings import POISON_QUEUE, QUEUE, STORAGE_CONNECTION, Settings
 
 if TYPE_CHECKING:
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
     from gate.service import Gatekeeper
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-log = logging.getLogger("gate.functions")
+# arguments from outside (event ids, names, messages) are escaped and capped: gate/logsafe.py
+log = get_logger("gate.functions")
 HERE = Path(__file__).resolve().parent
 
 
@@ -169,7 +171,11 @@ def post_rollback(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("watch")
 @app.timer_trigger(arg_name="timer", schedule="%GATE_WATCH_SCHEDULE%")
 @app.queue_output(arg_name="requests", queue_name=QUEUE, connection=STORAGE_CONNECTION)
-def watch(timer: func.TimerRequest, requests: func.Out[list[str]]) -> None:
+def watch(timer: func.TimerRequest, requests: func.Out[typing.List[str]]) -> None:  # noqa: UP006
+    # typing.List, not list: the worker (azure-functions-runtime 1.3, functions.py,
+    # Registry.validate_function_params) accepts an Out[...] argument only if it is a class or a
+    # typing generic; list[str] is neither, and it refuses to index the whole app
+    # ("binding requests has invalid non-type annotation"). tests/test_functions_worker.py.
     """Poll upstreams without events (HEAD only) and queue digests not decided yet."""
     from gate.worker import poll
 
