@@ -215,6 +215,44 @@ def test_a_failing_step_rejects_and_the_steps_after_it_do_not_run(
 
 
 @pytest.mark.podman
+@pytest.mark.parametrize(
+    ("command", "outcome", "says"),
+    [
+        # the OCI runtime could not start the step's process: no verdict on the image
+        ("nosuchcommand", Outcome.FAILED, "executable file not found"),
+        ("/etc/passwd", Outcome.FAILED, "permission denied"),
+        # the step's own process exited 126/127: a verdict
+        ("sh -c 'exit 127'", Outcome.REJECTED, "exited with code 127"),
+        ("sh -c 'exit 126'", Outcome.REJECTED, "exited with code 126"),
+    ],
+)
+def test_a_step_the_runtime_cannot_start_fails_the_run_but_its_own_exit_code_rejects(
+    validator: LocalValidator,
+    images: Images,
+    tmp_path: Path,
+    command: str,
+    outcome: Outcome,
+    says: str,
+) -> None:
+    folder = folder_with(
+        tmp_path,
+        f"""\
+        version: v1.1.0
+        steps:
+          - id: test
+            cmd: "{{{{.Values.IMAGE}}}} {command}"
+        """,
+    )
+
+    result = run(validator, images.green, folder)
+
+    assert result.outcome is outcome, result.reason
+    assert says in result.reason
+    if outcome is Outcome.FAILED:
+        assert "not judged" in result.reason
+
+
+@pytest.mark.podman
 def test_env_entry_point_and_working_directories_are_honoured(
     validator: LocalValidator, images: Images, tmp_path: Path
 ) -> None:

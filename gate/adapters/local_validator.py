@@ -17,8 +17,13 @@ The same ``acr-task.yaml`` an ACR quick run executes in Azure (``az acr run -f a
 Outcomes: every step passing (or failing with ``ignoreErrors``) is PASSED. A step that exits
 non-zero or outlives its timeout is REJECTED (the image failed its validation) and the run stops
 there, as in ACR Tasks. Anything that keeps us from telling is FAILED: no engine, a pull that
-fails, the engine itself failing (exit code 125, which podman and docker use for their own
-errors), the total timeout (the request's ``timeout_seconds``) passing.
+fails, the engine itself failing, the total timeout (the request's ``timeout_seconds``) passing.
+The engine failed when ``run`` exits 125 (podman-run(1) and docker run's reference, "Exit
+Status": the error is with the engine itself), or exits 126/127 ("the contained command cannot
+be invoked / found") with the OCI runtime's own error line (``Error: … OCI …``), which podman
+prints when the runtime could not start the step's process (a missing command, ``permission
+denied``, an rlimit the runtime may not set): the step never ran in the candidate, so there is no
+verdict. A step whose own process exits 126 or 127 prints no such line and is a rejection.
 
 The log interleaves stdout and stderr of every step under a header per step, keeps the last
 ``max_log_bytes`` (and says what was cut), and has every secret value replaced by ``***``.
@@ -56,6 +61,10 @@ MAX_LOG_BYTES = 1 << 20
 
 ENGINE_ERROR_EXIT = 125
 """The exit code podman and docker use when they, not the container, failed."""
+
+_RUNTIME_EXITS = frozenset({126, 127})
+# podman's own error line when the OCI runtime (runc, crun) could not start the step's process
+_RUNTIME_REFUSED = re.compile(r"^Error: .*\bOCI\b", re.MULTILINE)
 
 MASK = "***"
 
@@ -400,7 +409,7 @@ class _Run:
         if result.status == "engine":
             return (
                 f"the container engine could not run step '{step.id}' (exit code "
-                f"{result.code}){detail}"
+                f"{result.code}), so the image was not judged{detail}"
             )
         return f"step '{step.id}' exited with code {result.code}{detail}"
 
@@ -465,9 +474,12 @@ class _Run:
         finally:
             reader.join(timeout=_KILL_WAIT_SECONDS)
         seconds = time.monotonic() - began
-        if not status:
-            status = "ok" if code == 0 else "engine" if code == ENGINE_ERROR_EXIT else "exit"
         text, _ = tail.text(self.mask)
+        if not status:
+            engine_failed = code == ENGINE_ERROR_EXIT or (
+                code in _RUNTIME_EXITS and _RUNTIME_REFUSED.search(text) is not None
+            )
+            status = "ok" if code == 0 else "engine" if engine_failed else "exit"
         if code is not None:
             ending = f"exit code {code}"
         elif status == "timeout":
