@@ -2,13 +2,14 @@
 // `az deployment sub create -f infra/main.bicep`), and with deployWalkthrough the walkthrough's
 // registries and its hello-world task to try it on.
 //
-//   rg-<env>                     the gate: identity, Function app (Flex Consumption), storage
-//                                (queues, ledger table, logs, dead letters), Application Insights,
-//                                Key Vault, the runner registry quick runs execute on
+//   rg-<env>                     the gate: its identity and the runner identity, Function app
+//                                (Flex Consumption), storage (queues, ledger table, logs, dead
+//                                letters), Application Insights, Key Vault, the runner registry
+//                                validations execute on
 //   rg-<env>-walkthrough         (deployWalkthrough) public, base-artifacts and team registries,
 //                                hello-world task with a base-image trigger
-//   upstream / base-artifacts    their resource groups get the gate's custom roles and grants;
-//                                the upstream one also the Event Grid system topic
+//   upstream / base-artifacts /  their resource groups get the gate's custom roles and grants;
+//   downstream                   the upstream one also the Event Grid system topic
 //
 // No secret is written here or into app settings: every connection is identity-based and every
 // grant is a role assignment named guid(scope, principal, role) on one resource, never on the
@@ -42,6 +43,21 @@ param upstreamRegistryId string = ''
 @description('Resource id of the base-artifacts ACR the gate imports into (ignored with deployWalkthrough, required without).')
 param baseArtifactsRegistryId string = ''
 
+@description('Resource id of an ACR whose tasks the gate runs after a promotion (ignored with deployWalkthrough: the team registry). Empty: none.')
+param downstreamRegistryId string = ''
+
+@description('How the gate promotes a validated digest into base-artifacts (GATE_PROMOTE_MODE): ACR import, or a registry-to-registry push by the gate.')
+@allowed([
+  'import'
+  'push'
+])
+param promoteMode string = 'import'
+
+@description('Repositories of base-artifacts the gate promotes into; with promoteMode push, the only ones it may push to.')
+param promotedRepositories array = [
+  'node'
+]
+
 @description('Repositories of the upstream registry whose pushes are delivered (Event Grid filter).')
 param watchedRepositories array = [
   'node'
@@ -71,11 +87,16 @@ param outcomeTopicEndpoint string = ''
 @description('The gate configuration file, relative to the app folder (GATE_CONFIG).')
 param gateConfigPath string = 'gate.yaml'
 
+// Flex Consumption runs Python 3.13 (Azure/azure-functions-python-worker#1588, a maintainer);
+// from 3.13 the app brings its own worker, azure-functions-runtime in requirements.txt
+// (learn.microsoft.com/azure/azure-functions/python-313-changes).
+@description('Python version of the Function app (Flex Consumption).')
 @allowed([
   '3.11'
   '3.12'
+  '3.13'
 ])
-param pythonVersion string = '3.11'
+param pythonVersion string = '3.13'
 
 @description('SKU of the registries this deployment creates (the runner and the walkthrough\'s).')
 @allowed([
@@ -109,7 +130,10 @@ var deploymentContainer = 'app-package'
 var deadLetterContainer = 'eventgrid-deadletter'
 var eventFunctionName = 'on_push'
 
-// The gate's own app settings (gate/settings.py); the platform ones are in app/function.bicep.
+// The gate's own app settings: those gate/settings.py reads, then the deployed resources that
+// gate.yaml names as ${GATE_…} (infra/walkthrough/gate.yaml uses every one). The platform ones
+// are in app/function.bicep. Each resource value is also an output of the same name below, so
+// `azd env get-values` gives a laptop the same environment.
 var appSettings = {
   GATE_CONFIG: gateConfigPath
   GATE_WATCH_SCHEDULE: watchSchedule
@@ -117,6 +141,21 @@ var appSettings = {
   GATE_MAX_BODY_BYTES: string(maxBodyBytes)
   GATE_PAGE_SIZE: string(pageSize)
   GATE_OUTCOME_TOPIC_ENDPOINT: outcomeTopicEndpoint
+  GATE_SUBSCRIPTION_ID: subscription().subscriptionId
+  GATE_PROMOTE_MODE: promoteMode
+  GATE_REGISTRY_NAME: base.name
+  GATE_REGISTRY_RESOURCE_GROUP: base.resourceGroup
+  GATE_REGISTRY_LOGIN_SERVER: baseAccess.outputs.loginServer
+  GATE_RUNNER_REGISTRY_NAME: runner.outputs.name
+  GATE_RUNNER_RESOURCE_GROUP: rg.name
+  GATE_RUNNER_IDENTITY_RESOURCE_ID: runnerIdentity.outputs.id
+  GATE_RUNNER_IDENTITY_CLIENT_ID: runnerIdentity.outputs.clientId
+  GATE_KEY_VAULT_URL: keyVault.outputs.uri
+  GATE_TABLE_ENDPOINT: storage.outputs.tableEndpoint
+  GATE_UPSTREAM_LOGIN_SERVER: hasUpstream ? upstreamAccess!.outputs.loginServer : ''
+  GATE_UPSTREAM_REGISTRY_ID: hasUpstream ? upstreamAccess!.outputs.id : ''
+  GATE_DOWNSTREAM_REGISTRY: hasDownstream ? downstream.name : ''
+  GATE_DOWNSTREAM_RESOURCE_GROUP: hasDownstream ? downstream.resourceGroup : ''
 }
 
 // Where the upstream and base-artifacts registries are: the walkthrough's, or the ids given.
@@ -150,14 +189,28 @@ var givenBase = {
   name: baseParts[8]
 }
 var base = deployWalkthrough ? walkthroughBase : givenBase
+var hasDownstream = deployWalkthrough || !empty(downstreamRegistryId)
+var pushMode = promoteMode == 'push'
+var downstreamParts = split(empty(downstreamRegistryId) ? '/subscriptions/${subscription().subscriptionId}/resourceGroups/${gateResourceGroupName}/providers/Microsoft.ContainerRegistry/registries/none' : downstreamRegistryId, '/')
+var walkthroughDownstream = {
+  subscriptionId: subscription().subscriptionId
+  resourceGroup: walkthroughResourceGroupName
+  name: teamRegistryName
+}
+var givenDownstream = {
+  subscriptionId: downstreamParts[2]
+  resourceGroup: downstreamParts[4]
+  name: downstreamParts[8]
+}
+var downstream = deployWalkthrough ? walkthroughDownstream : givenDownstream
 
-resource rg 'Microsoft.Resources/resourceGroups@2021-04-01' = {
+resource rg 'Microsoft.Resources/resourceGroups@2025-04-01' = {
   name: gateResourceGroupName
   location: location
   tags: tags
 }
 
-resource walkthroughRg 'Microsoft.Resources/resourceGroups@2021-04-01' = if (deployWalkthrough) {
+resource walkthroughRg 'Microsoft.Resources/resourceGroups@2025-04-01' = if (deployWalkthrough) {
   name: walkthroughResourceGroupName
   location: location
   tags: tags
@@ -168,6 +221,20 @@ module identity 'core/identity.bicep' = {
   scope: rg
   params: {
     name: 'id-gate-${token}'
+    location: location
+    tags: tags
+  }
+}
+
+// The identity validation runs execute as: the gate attaches it to each validation taskRun (a
+// plain quick run has no identity, and a taskRun takes only a user-assigned one:
+// learn.microsoft.com/azure/container-registry/container-registry-task-run-template). It pulls
+// the candidate from upstream and reads upstream credentials from the vault, nothing else.
+module runnerIdentity 'core/identity.bicep' = {
+  name: 'runner-identity'
+  scope: rg
+  params: {
+    name: 'id-runner-${token}'
     location: location
     tags: tags
   }
@@ -213,9 +280,9 @@ module keyVault 'core/keyvault.bicep' = {
   }
 }
 
-// The registry validation quick runs execute on. It is the gate's own, not base-artifacts: a run
-// can push to the registry it runs on, and the candidate under test must not be able to reach
-// the registry applications build from.
+// The registry validations execute on. It is the gate's own, not base-artifacts: a run can push
+// to the registry it runs on, and the candidate under test must not be able to reach the
+// registry applications build from. It has no identity of its own: runs use the runner identity.
 module runner 'core/registry.bicep' = {
   name: 'runner-registry'
   scope: rg
@@ -224,7 +291,6 @@ module runner 'core/registry.bicep' = {
     location: location
     tags: tags
     sku: registrySku
-    systemIdentity: true
   }
 }
 
@@ -258,6 +324,8 @@ module walkthrough 'walkthrough/walkthrough.bicep' = if (deployWalkthrough) {
     baseArtifactsRegistryName: baseArtifactsRegistryName
     teamRegistryName: teamRegistryName
     registrySku: registrySku
+    // per-repository push grants are evaluated only in ABAC mode
+    baseArtifactsRoleAssignmentMode: pushMode ? 'AbacRepositoryPermissions' : 'LegacyRegistryPermissions'
     helloWorldContextUrl: helloWorldContextUrl
   }
 }
@@ -284,12 +352,14 @@ module gateAccess 'rbac/gate-access.bicep' = {
     keyVaultName: keyVault.outputs.name
     deadLetterContainerName: deadLetterContainer
     appPrincipalId: identity.outputs.principalId
-    runnerPrincipalId: runner.outputs.principalId
+    runnerIdentityName: runnerIdentity.outputs.name
+    runnerPrincipalId: runnerIdentity.outputs.principalId
     topicPrincipalId: hasUpstream ? upstreamTopic!.outputs.principalId : ''
   }
 }
 
-// upstream: the gate resolves and imports from it, the runner's quick runs pull the candidate
+// upstream: the gate resolves and imports from it, validation runs pull the candidate with the
+// runner identity
 module upstreamAccess 'rbac/registry-access.bicep' = if (hasUpstream) {
   name: 'upstream-access'
   scope: resourceGroup(upstream.subscriptionId, upstream.resourceGroup)
@@ -301,7 +371,7 @@ module upstreamAccess 'rbac/registry-access.bicep' = if (hasUpstream) {
         role: 'reader'
       }
       {
-        principalId: runner.outputs.principalId
+        principalId: runnerIdentity.outputs.principalId
         role: 'reader'
       }
     ]
@@ -313,8 +383,9 @@ module upstreamAccess 'rbac/registry-access.bicep' = if (hasUpstream) {
 
 var helloWorldGrants = deployWalkthrough ? [ { principalId: walkthrough!.outputs.helloWorldPrincipalId, role: 'reader' } ] : []
 
-// base-artifacts: the gate imports into it and locks run-ID tags; in the walkthrough the
-// hello-world task also pulls its base image from it
+// base-artifacts: the gate imports into it and locks run-ID tags (in push mode it pushes into
+// the promoted repositories only); in the walkthrough the hello-world task also pulls its base
+// image from it
 module baseAccess 'rbac/registry-access.bicep' = {
   name: 'base-artifacts-access'
   scope: resourceGroup(base.subscriptionId, base.resourceGroup)
@@ -329,13 +400,14 @@ module baseAccess 'rbac/registry-access.bicep' = {
       ],
       helloWorldGrants
     )
+    pushGrants: pushMode ? [ { principalId: identity.outputs.principalId, repositories: promotedRepositories } ] : []
   }
   dependsOn: [
     walkthrough
   ]
 }
 
-// the runner: the gate schedules and follows quick runs on it
+// the runner: the gate creates and follows validation task runs on it
 module runnerAccess 'rbac/registry-access.bicep' = {
   name: 'runner-access'
   scope: rg
@@ -348,6 +420,25 @@ module runnerAccess 'rbac/registry-access.bicep' = {
       }
     ]
   }
+}
+
+// downstream: after a promotion the gate runs the team registry's tasks (the walkthrough's
+// hello-world) itself
+module downstreamAccess 'rbac/registry-access.bicep' = if (hasDownstream) {
+  name: 'downstream-access'
+  scope: resourceGroup(downstream.subscriptionId, downstream.resourceGroup)
+  params: {
+    registryName: downstream.name
+    grants: [
+      {
+        principalId: identity.outputs.principalId
+        role: 'downstream'
+      }
+    ]
+  }
+  dependsOn: [
+    walkthrough
+  ]
 }
 
 module pushSubscription 'app/push-subscription.bicep' = if (hasUpstream && subscribeToEvents) {
@@ -387,3 +478,19 @@ output AZURE_UPSTREAM_REGISTRY_ID string = hasUpstream ? upstreamAccess!.outputs
 output AZURE_UPSTREAM_LOGIN_SERVER string = hasUpstream ? upstreamAccess!.outputs.loginServer : ''
 output AZURE_TEAM_REGISTRY_NAME string = deployWalkthrough ? walkthrough!.outputs.teamRegistryName : ''
 output AZURE_SUBSCRIBED_TO_EVENTS bool = hasUpstream && subscribeToEvents
+// The settings gate.yaml reads, under the same names as in the Function app.
+output GATE_SUBSCRIPTION_ID string = appSettings.GATE_SUBSCRIPTION_ID
+output GATE_PROMOTE_MODE string = appSettings.GATE_PROMOTE_MODE
+output GATE_REGISTRY_NAME string = appSettings.GATE_REGISTRY_NAME
+output GATE_REGISTRY_RESOURCE_GROUP string = appSettings.GATE_REGISTRY_RESOURCE_GROUP
+output GATE_REGISTRY_LOGIN_SERVER string = appSettings.GATE_REGISTRY_LOGIN_SERVER
+output GATE_RUNNER_REGISTRY_NAME string = appSettings.GATE_RUNNER_REGISTRY_NAME
+output GATE_RUNNER_RESOURCE_GROUP string = appSettings.GATE_RUNNER_RESOURCE_GROUP
+output GATE_RUNNER_IDENTITY_RESOURCE_ID string = appSettings.GATE_RUNNER_IDENTITY_RESOURCE_ID
+output GATE_RUNNER_IDENTITY_CLIENT_ID string = appSettings.GATE_RUNNER_IDENTITY_CLIENT_ID
+output GATE_KEY_VAULT_URL string = appSettings.GATE_KEY_VAULT_URL
+output GATE_TABLE_ENDPOINT string = appSettings.GATE_TABLE_ENDPOINT
+output GATE_UPSTREAM_LOGIN_SERVER string = appSettings.GATE_UPSTREAM_LOGIN_SERVER
+output GATE_UPSTREAM_REGISTRY_ID string = appSettings.GATE_UPSTREAM_REGISTRY_ID
+output GATE_DOWNSTREAM_REGISTRY string = appSettings.GATE_DOWNSTREAM_REGISTRY
+output GATE_DOWNSTREAM_RESOURCE_GROUP string = appSettings.GATE_DOWNSTREAM_RESOURCE_GROUP

@@ -1,29 +1,41 @@
-"""The deployment templates (infra/, azure.yaml) against the code they deploy.
+"""The deployment templates (infra/, azure.yaml) against the code they deploy and Azure's types.
 
 The Bicep CLI cannot be installed offline, so the templates are parsed with pycep (a Python Bicep
 parser) and checked statically: every file parses and every module path resolves; the function,
 queue, table and app-setting names the templates declare are exactly those ``function_app.py``,
-``gate/settings.py`` and the ledger use; every role assignment is named guid(scope, principal,
-role), scoped to one resource and its built-in role id commented with the role's name; and no
-template holds anything that looks like a secret.
+``gate/settings.py``, the ledger and the walkthrough's gate.yaml use; every role assignment is
+named guid(scope, principal, role), scoped to one resource and its built-in role id commented with
+the role's name; the runner identity has exactly its grants; no template holds anything that looks
+like a secret; and every property a template sets exists, writable, in the Azure SDK's model of
+the same api-version (the SDK packages are pinned in requirements-dev.txt: models we did not
+write, generated from the same REST specs as Bicep's types).
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import re
-from collections.abc import Iterator
+import shutil
+import sys
+import time
+import types
+import typing
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
+from azure.core.credentials import AccessToken
+from azure.core.pipeline.transport import HttpTransport
 from pycep import BicepParser
 
 import function_app
-from gate.config import AzureLedger
+from gate.config import AzureLedger, load_config
 from gate.events import IMAGE_PUSHED
 from gate.settings import STORAGE_CONNECTION
 
@@ -42,6 +54,8 @@ BUILTIN_ROLES = {
     "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
     "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
+    "f1a07417-d97a-45cb-824c-7a7467783830": "Managed Identity Operator",
+    "2a1e307c-b015-4ebd-883e-5b7698a07328": "Container Registry Repository Writer",
 }
 
 # Settings local.settings.sample.json has for Core Tools that do not exist in Azure, and why.
@@ -86,6 +100,12 @@ def render(expression: Any) -> str:
         return expression
     if isinstance(expression, dict) and "operator" in expression:
         operator = expression["operator"]
+        if operator["type"] == "conditional":
+            operands = operator["operands"]
+            return (
+                f"{render(operands['condition'])} ? {render(operands['true_value'])} : "
+                f"{render(operands['false_value'])}"
+            )
         left, right = (render(v) for v in operator["operands"].values())
         separator = {"property_accessor": ".", "nested_resource_accessor": "::"}
         if operator["type"] in separator:
@@ -341,6 +361,20 @@ def test_function_app_runs_python_on_flex_consumption() -> None:
     assert config["deployment"]["storage"]["authentication"]["type"] == "UserAssignedIdentity"
 
 
+def test_function_app_runs_python_3_13_with_the_worker_the_app_ships() -> None:
+    for template, where in ((bicep("app/function.bicep"), "app"), (bicep("main.bicep"), "main")):
+        parameter = template["parameters"]["pythonVersion"]
+        assert parameter["default"] == "3.13", where
+        allowed = next(d["argument"] for d in parameter["decorators"] if d["type"] == "allowed")
+        assert "3.13" in allowed, where
+    assert body(bicep("main.bicep")["modules"]["functionApp"])["params"]["pythonVersion"] == (
+        "pythonVersion"
+    )
+    # from 3.13 the platform no longer brings the worker: the app lists it
+    requirements = (ROOT / "requirements.txt").read_text(encoding="utf-8")
+    assert re.search(r"^azure-functions-runtime==", requirements, re.MULTILINE)
+
+
 # -- grants --------------------------------------------------------------------------------
 
 
@@ -389,26 +423,49 @@ def test_builtin_role_ids_are_commented_with_their_names() -> None:
     assert seen == set(BUILTIN_ROLES)
 
 
+ACR = "Microsoft.ContainerRegistry/registries/"
+
+
 def test_custom_registry_roles_name_each_operation_and_none_writes_content() -> None:
     permissions = variable(bicep("rbac/registry-access.bicep"), "permissions")
-    assert set(permissions) == {"reader", "importer", "runner"}
+    assert set(permissions) == {"reader", "importer", "runner", "downstream"}
     for kind, granted in permissions.items():
         operations = granted["actions"] + granted["dataActions"]
         assert operations, kind
+        assert len(set(operations)) == len(operations), kind
         for operation in operations:
-            assert operation.startswith("Microsoft.ContainerRegistry/registries/"), operation
+            assert operation.startswith(ACR), operation
             assert "*" not in operation, f"{kind}: ACR ignores wildcards in custom roles"
-            assert not re.search(r"push/write|content/write|/delete$", operation), (
+            assert not re.search(r"push/write|content/write|repositories/delete", operation), (
                 f"{kind} may write or delete registry content: {operation}"
             )
-    assert (
-        "Microsoft.ContainerRegistry/registries/importImage/action"
-        in (permissions["importer"]["actions"])
-    )
-    assert (
-        "Microsoft.ContainerRegistry/registries/scheduleRun/action"
-        in (permissions["runner"]["actions"])
-    )
+            # listDetails answers with the secrets of a task or task run: nobody needs them
+            assert not operation.endswith("/listDetails/action"), f"{kind}: {operation}"
+    assert f"{ACR}importImage/action" in permissions["importer"]["actions"]
+    assert f"{ACR}taskruns/write" in permissions["runner"]["actions"]
+
+
+def test_runner_role_creates_follows_and_deletes_task_runs() -> None:
+    runner = variable(bicep("rbac/registry-access.bicep"), "permissions")["runner"]
+    assert {
+        f"{ACR}taskruns/write",
+        f"{ACR}taskruns/read",
+        f"{ACR}taskruns/delete",
+        f"{ACR}runs/read",
+        f"{ACR}runs/listLogSasUrl/action",
+        f"{ACR}runs/cancel/action",
+    } <= set(runner["actions"])
+    # deleting a task run is the only delete the gate holds, and it deletes no content
+    assert [a for a in runner["actions"] if a.endswith("/delete")] == [f"{ACR}taskruns/delete"]
+    assert runner["dataActions"] == []
+    # validations run as task runs only: a plain quick run would carry no identity
+    assert f"{ACR}scheduleRun/action" not in runner["actions"]
+
+
+def test_downstream_role_queues_runs_of_existing_tasks_only() -> None:
+    downstream = variable(bicep("rbac/registry-access.bicep"), "permissions")["downstream"]
+    assert set(downstream["actions"]) == {f"{ACR}scheduleRun/action", f"{ACR}tasks/read"}
+    assert downstream["dataActions"] == []
 
 
 def test_readme_explains_every_role_the_templates_grant() -> None:
@@ -418,6 +475,631 @@ def test_readme_explains_every_role_the_templates_grant() -> None:
         assert name in section, name
     for kind in variable(bicep("rbac/registry-access.bicep"), "permissions"):
         assert f"Gated import {kind}" in section, kind
+
+
+# -- the runner identity -------------------------------------------------------------------
+
+
+def dicts_in(value: Any) -> Iterator[dict[str, Any]]:
+    """Every mapping inside a parsed value, also inside function arguments and conditionals."""
+    if isinstance(value, dict):
+        yield value
+        for item in value.values():
+            yield from dicts_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from dicts_in(item)
+
+
+def registry_grants() -> list[tuple[str, str, str]]:
+    """(module, principal, role) of every custom-role grant main.bicep asks a registry for."""
+    found = []
+    for name, module in bicep("main.bicep")["modules"].items():
+        if module["detail"]["path"] != "rbac/registry-access.bicep":
+            continue
+        for grant in dicts_in(body(module)["params"].get("grants")):
+            if {"principalId", "role"} <= set(grant):
+                found.append((name, render(grant["principalId"]), grant["role"]))
+    return found
+
+
+def test_validation_runs_have_a_user_assigned_identity_of_their_own() -> None:
+    main = bicep("main.bicep")
+    module = main["modules"]["runnerIdentity"]
+    assert module["detail"]["path"] == "core/identity.bicep"
+    assert body(module)["params"]["name"] == "id-runner-${token}"
+    assert body(main["modules"]["identity"])["params"]["name"] == "id-gate-${token}"
+    (identity,) = (r for _, r in resources(bicep("core/identity.bicep")))
+    assert identity["type"] == "Microsoft.ManagedIdentity/userAssignedIdentities"
+    # the runner registry has no identity any more: a quick run could not use it
+    assert "systemIdentity" not in body(main["modules"]["runner"])["params"]
+    (registry,) = (r for _, r in resources(bicep("core/registry.bicep")))
+    assert "identity" not in body(registry)
+
+
+def test_runner_identity_reads_upstream_and_the_vault_and_nothing_else() -> None:
+    main = bicep("main.bicep")
+    principal = "runnerIdentity.outputs.principalId"
+    # one registry grant and the gate-access parameter: no other place names its principal
+    assert (INFRA / "main.bicep").read_text(encoding="utf-8").count(principal) == 2
+    runner_grants = [(m, role) for m, who, role in registry_grants() if who == principal]
+    assert runner_grants == [("upstreamAccess", "reader")]
+    assert render(body(main["modules"]["gateAccess"])["params"]["runnerPrincipalId"]) == principal
+
+    granted = [
+        (name, render(a["scope"]), render(a["properties"]["roleDefinitionId"]))
+        for where, name, a in role_assignments()
+        if where == "rbac/gate-access.bicep"
+        and render(a["properties"]["principalId"]) == "runnerPrincipalId"
+    ]
+    assert granted == [
+        (
+            "runnerSecrets",
+            "vault",
+            "subscription_resource_id(Microsoft.Authorization/roleDefinitions, "
+            "roles.keyVaultSecretsUser)",
+        )
+    ]
+
+
+def test_gate_may_attach_the_runner_identity_and_no_other() -> None:
+    operator = "f1a07417-d97a-45cb-824c-7a7467783830"
+    access = bicep("rbac/gate-access.bicep")
+    assert variable(access, "roles")["managedIdentityOperator"] == operator
+    uses = [
+        (where, name, a)
+        for where, name, a in role_assignments()
+        if "managedIdentityOperator" in render(a["properties"]["roleDefinitionId"])
+        or operator in json.dumps(a)
+    ]
+    assert [(where, name) for where, name, _ in uses] == [
+        ("rbac/gate-access.bicep", "appAttachesRunner")
+    ]
+    (_, _, assignment) = uses[0]
+    assert render(assignment["properties"]["principalId"]) == "appPrincipalId"
+    assert assignment["scope"] == "runnerIdentity"
+    target = access["resources"]["runnerIdentity"]
+    assert target["type"] == "Microsoft.ManagedIdentity/userAssignedIdentities"
+    assert target["existing"] and body(target)["name"] == "runnerIdentityName"
+    params = body(bicep("main.bicep")["modules"]["gateAccess"])["params"]
+    assert render(params["runnerIdentityName"]) == "runnerIdentity.outputs.name"
+    assert render(params["appPrincipalId"]) == "identity.outputs.principalId"
+
+
+def test_app_settings_name_the_runner_identity_and_every_resource_setting_is_an_output() -> None:
+    main = bicep("main.bicep")
+    settings = variable(main, "appSettings")
+    assert render(settings["GATE_RUNNER_IDENTITY_RESOURCE_ID"]) == "runnerIdentity.outputs.id"
+    assert render(settings["GATE_RUNNER_IDENTITY_CLIENT_ID"]) == "runnerIdentity.outputs.clientId"
+    assert settings["GATE_PROMOTE_MODE"] == "promoteMode"
+    outputs = main["outputs"]
+    for name in set(settings) - settings_the_code_reads() - {"GATE_WATCH_SCHEDULE"}:
+        assert name in outputs, f"{name} is an app setting but no azd output"
+        assert render(outputs[name]["value"]) == f"appSettings.{name}", name
+
+
+# -- promotion by push, downstream tasks, the walkthrough's gate.yaml -----------------------
+
+
+def test_promote_mode_is_import_by_default_and_becomes_an_app_setting() -> None:
+    parameter = bicep("main.bicep")["parameters"]["promoteMode"]
+    assert parameter["default"] == "import"
+    allowed = next(d["argument"] for d in parameter["decorators"] if d["type"] == "allowed")
+    assert set(allowed) == {"import", "push"}
+
+
+def test_push_mode_grants_repository_writer_on_the_promoted_repositories_only() -> None:
+    main = bicep("main.bicep")
+    push_mode = variable(main, "pushMode")["operator"]
+    assert push_mode["type"] == "equals"
+    assert tuple(push_mode["operands"].values()) == ("promoteMode", "push")
+    push = body(main["modules"]["baseAccess"])["params"]["pushGrants"]["operator"]["operands"]
+    assert push["condition"] == "pushMode"
+    assert push["false_value"] == []
+    ((grant),) = push["true_value"]
+    assert render(grant["principalId"]) == "identity.outputs.principalId"
+    assert grant["repositories"] == "promotedRepositories"
+
+    access = bicep("rbac/registry-access.bicep")
+    writer = variable(access, "builtInRoles")["repositoryWriter"]
+    assert BUILTIN_ROLES[writer] == "Container Registry Repository Writer"
+    assignment = body(access["resources"]["pushAssignments"])
+    properties = assignment["properties"]
+    assert render(properties["roleDefinitionId"]).endswith("builtInRoles.repositoryWriter)")
+    assert properties["conditionVersion"] == "2.0"
+    # ((no Writer data action) OR (the repository is one of the promoted ones)), per repository
+    assert variable(access, "writerDataActions") == [
+        f"{ACR}repositories/content/read",
+        f"{ACR}repositories/content/write",
+        f"{ACR}repositories/metadata/read",
+        f"{ACR}repositories/metadata/write",
+    ]
+    guard = variable(access, "actionGuard")["function"]["parameters"]
+    assert guard["delimiter"] == " AND "
+    assert guard["input_array"]["function"]["parameters"]["arg_2"]["detail"]["expression"] == (
+        "!(ActionMatches{\\'${action}\\'})"
+    )
+    assert variable(access, "repositoryIs") == (
+        "@Request[Microsoft.ContainerRegistry/registries/repositories:name] "
+        "StringEqualsIgnoreCase \\'{0}\\'"
+    )
+    condition = properties["condition"]["function"]["parameters"]
+    assert (condition["format_string"], condition["arg_1"]) == ("(({0}) OR ({1}))", "actionGuard")
+    repositories = condition["arg_2"]["function"]["parameters"]
+    assert repositories["delimiter"] == " OR "
+    each = repositories["input_array"]["function"]["parameters"]
+    assert render(each["arg_1"]) == "grant.repositories"
+    assert render(each["arg_2"]["detail"]["expression"]) == "format(repositoryIs, repository)"
+
+
+def test_walkthrough_base_artifacts_evaluates_repository_conditions_in_push_mode() -> None:
+    mode = body(bicep("main.bicep")["modules"]["walkthrough"])["params"][
+        "baseArtifactsRoleAssignmentMode"
+    ]["operator"]["operands"]
+    assert mode["condition"] == "pushMode"
+    assert (mode["true_value"], mode["false_value"]) == (
+        "AbacRepositoryPermissions",
+        "LegacyRegistryPermissions",
+    )
+    walkthrough = bicep("walkthrough/walkthrough.bicep")
+    params = body(walkthrough["modules"]["baseArtifacts"])["params"]
+    assert params["roleAssignmentMode"] == "baseArtifactsRoleAssignmentMode"
+    (registry,) = (r for _, r in resources(bicep("core/registry.bicep")))
+    assert body(registry)["properties"]["roleAssignmentMode"] == "roleAssignmentMode"
+
+
+def test_gate_may_run_the_downstream_registrys_tasks() -> None:
+    assert ("downstreamAccess", "identity.outputs.principalId", "downstream") in registry_grants()
+    roles = [role for module, _, role in registry_grants() if module == "downstreamAccess"]
+    assert roles == ["downstream"]
+    settings = variable(bicep("main.bicep"), "appSettings")
+    assert render(settings["GATE_DOWNSTREAM_REGISTRY"]) == "hasDownstream ? downstream.name : "
+    assert render(settings["GATE_DOWNSTREAM_RESOURCE_GROUP"]) == (
+        "hasDownstream ? downstream.resourceGroup : "
+    )
+
+
+WALKTHROUGH_GATE = INFRA / "walkthrough" / "gate.yaml"
+
+
+def test_walkthrough_gate_yaml_reads_only_settings_the_deployment_sets() -> None:
+    referenced = set(re.findall(r"\$\{(\w+)", WALKTHROUGH_GATE.read_text(encoding="utf-8")))
+    assert {"GATE_RUNNER_IDENTITY_RESOURCE_ID", "GATE_RUNNER_IDENTITY_CLIENT_ID"} <= referenced
+    assert referenced <= set(variable(bicep("main.bicep"), "appSettings"))
+
+
+def test_walkthrough_gate_yaml_loads_with_the_deployed_settings(tmp_path: Path) -> None:
+    shutil.copy(WALKTHROUGH_GATE, tmp_path / "gate.yaml")
+    shutil.copytree(ROOT / "examples" / "seed" / "validation", tmp_path / "validation")
+    sub = "00000000-0000-0000-0000-000000000000"
+    group = f"/subscriptions/{sub}/resourceGroups"
+    env = {
+        "GATE_SUBSCRIPTION_ID": sub,
+        "GATE_PROMOTE_MODE": "push",
+        "GATE_REGISTRY_NAME": "baseartifactsabc",
+        "GATE_REGISTRY_RESOURCE_GROUP": "rg-dev-walkthrough",
+        "GATE_REGISTRY_LOGIN_SERVER": "baseartifactsabc.azurecr.io",
+        "GATE_RUNNER_REGISTRY_NAME": "gaterunnerabc",
+        "GATE_RUNNER_RESOURCE_GROUP": "rg-dev",
+        "GATE_RUNNER_IDENTITY_RESOURCE_ID": f"{group}/rg-dev/providers/"
+        "Microsoft.ManagedIdentity/userAssignedIdentities/id-runner-abc",
+        "GATE_RUNNER_IDENTITY_CLIENT_ID": "11111111-2222-3333-4444-555555555555",
+        "GATE_KEY_VAULT_URL": "https://kv-abc.vault.azure.net",
+        "GATE_TABLE_ENDPOINT": "https://stabc.table.core.windows.net",
+        "GATE_UPSTREAM_LOGIN_SERVER": "publicabc.azurecr.io",
+        "GATE_UPSTREAM_REGISTRY_ID": f"{group}/rg-dev-walkthrough/providers/"
+        "Microsoft.ContainerRegistry/registries/publicabc",
+        "GATE_DOWNSTREAM_REGISTRY": "contosoabc",
+        "GATE_DOWNSTREAM_RESOURCE_GROUP": "rg-dev-walkthrough",
+    }
+    config = load_config(tmp_path / "gate.yaml", env)
+    assert config.azure is not None and config.azure.runner_identity is not None
+    assert config.azure.runner_identity.resource_id == env["GATE_RUNNER_IDENTITY_RESOURCE_ID"]
+    assert config.azure.runner_identity.client_id == env["GATE_RUNNER_IDENTITY_CLIENT_ID"]
+    assert config.azure.registry.promote == "push"
+    assert config.azure.runner.name == "gaterunnerabc"
+    (rule,) = config.rules
+    (task,) = rule.downstream
+    hello_world = body(bicep("walkthrough/hello-world.bicep")["resources"]["helloWorld"])
+    assert (task.task, task.registry, task.resource_group) == (
+        hello_world["name"],
+        "contosoabc",
+        "rg-dev-walkthrough",
+    )
+    # without GATE_PROMOTE_MODE the walkthrough imports
+    del env["GATE_PROMOTE_MODE"]
+    imported = load_config(tmp_path / "gate.yaml", env).azure
+    assert imported is not None and imported.registry.promote == "import"
+
+
+# -- every property a template sets exists in the Azure SDK's model of its api-version ------
+#
+# For each resource type: the SDK client and a GET whose request carries the api-version the
+# package speaks (read off the request the real client builds, not off a constant we copied),
+# and the model of the PUT body. Bicep's types and the SDK models are generated from the same
+# REST specs, so a property the model lacks (or marks read-only) is one ARM ignores or refuses.
+
+SDK_MODELS: dict[str, tuple[str, Callable[[Any], Any], str]] = {
+    "Microsoft.Resources/resourceGroups": (
+        "azure.mgmt.resource.resources.ResourceManagementClient",
+        lambda c: c.resource_groups.get("rg"),
+        "azure.mgmt.resource.resources.models.ResourceGroup",
+    ),
+    "Microsoft.ManagedIdentity/userAssignedIdentities": (
+        "azure.mgmt.msi.v2024_11_30.ManagedServiceIdentityClient",
+        lambda c: c.user_assigned_identities.get("rg", "id"),
+        "azure.mgmt.msi.v2024_11_30.models.Identity",
+    ),
+    "Microsoft.OperationalInsights/workspaces": (
+        "azure.mgmt.loganalytics.LogAnalyticsManagementClient",
+        lambda c: c.workspaces.get("rg", "log"),
+        "azure.mgmt.loganalytics.models.Workspace",
+    ),
+    "Microsoft.Insights/components": (
+        "azure.mgmt.applicationinsights.v2020_02_02.ApplicationInsightsManagementClient",
+        lambda c: c.components.get("rg", "appi"),
+        "azure.mgmt.applicationinsights.v2020_02_02.models.ApplicationInsightsComponent",
+    ),
+    "Microsoft.Storage/storageAccounts": (
+        "azure.mgmt.storage.StorageManagementClient",
+        lambda c: c.storage_accounts.get_properties("rg", "st"),
+        "azure.mgmt.storage.models.StorageAccountCreateParameters",
+    ),
+    "Microsoft.Storage/storageAccounts/blobServices": (
+        "azure.mgmt.storage.StorageManagementClient",
+        lambda c: c.blob_services.get_service_properties("rg", "st"),
+        "azure.mgmt.storage.models.BlobServiceProperties",
+    ),
+    "Microsoft.Storage/storageAccounts/blobServices/containers": (
+        "azure.mgmt.storage.StorageManagementClient",
+        lambda c: c.blob_containers.get("rg", "st", "c"),
+        "azure.mgmt.storage.models.BlobContainer",
+    ),
+    "Microsoft.Storage/storageAccounts/queueServices": (
+        "azure.mgmt.storage.StorageManagementClient",
+        lambda c: c.queue_services.get_service_properties("rg", "st"),
+        "azure.mgmt.storage.models.QueueServiceProperties",
+    ),
+    "Microsoft.Storage/storageAccounts/queueServices/queues": (
+        "azure.mgmt.storage.StorageManagementClient",
+        lambda c: c.queue.get("rg", "st", "q"),
+        "azure.mgmt.storage.models.StorageQueue",
+    ),
+    "Microsoft.Storage/storageAccounts/tableServices": (
+        "azure.mgmt.storage.StorageManagementClient",
+        lambda c: c.table_services.get_service_properties("rg", "st"),
+        "azure.mgmt.storage.models.TableServiceProperties",
+    ),
+    "Microsoft.Storage/storageAccounts/tableServices/tables": (
+        "azure.mgmt.storage.StorageManagementClient",
+        lambda c: c.table.get("rg", "st", "t"),
+        "azure.mgmt.storage.models.Table",
+    ),
+    "Microsoft.KeyVault/vaults": (
+        "azure.mgmt.keyvault.KeyVaultManagementClient",
+        lambda c: c.vaults.get("rg", "kv"),
+        "azure.mgmt.keyvault.models.VaultCreateOrUpdateParameters",
+    ),
+    "Microsoft.ContainerRegistry/registries": (
+        "azure.mgmt.containerregistry.ContainerRegistryManagementClient",
+        lambda c: c.registries.get("rg", "registry"),
+        "azure.mgmt.containerregistry.models.Registry",
+    ),
+    "Microsoft.ContainerRegistry/registries/tasks": (
+        "azure.mgmt.containerregistrytasks.ContainerRegistryTasksMgmtClient",
+        lambda c: c.tasks.get("rg", "registry", "task"),
+        "azure.mgmt.containerregistrytasks.models.Task",
+    ),
+    "Microsoft.Web/serverfarms": (
+        "azure.mgmt.web.WebSiteManagementClient",
+        lambda c: c.app_service_plans.get("rg", "plan"),
+        "azure.mgmt.web.models.AppServicePlan",
+    ),
+    "Microsoft.Web/sites": (
+        "azure.mgmt.web.WebSiteManagementClient",
+        lambda c: c.web_apps.get("rg", "app"),
+        "azure.mgmt.web.models.Site",
+    ),
+    "Microsoft.Web/sites/config": (  # name 'appsettings'
+        "azure.mgmt.web.WebSiteManagementClient",
+        lambda c: c.web_apps.list_application_settings("rg", "app"),
+        "azure.mgmt.web.models.StringDictionary",
+    ),
+    "Microsoft.EventGrid/systemTopics": (
+        "azure.mgmt.eventgrid.EventGridManagementClient",
+        lambda c: c.system_topics.get("rg", "topic"),
+        "azure.mgmt.eventgrid.models.SystemTopic",
+    ),
+    "Microsoft.EventGrid/systemTopics/eventSubscriptions": (
+        "azure.mgmt.eventgrid.EventGridManagementClient",
+        lambda c: c.system_topic_event_subscriptions.get("rg", "topic", "subscription"),
+        "azure.mgmt.eventgrid.models.EventSubscription",
+    ),
+    "Microsoft.Authorization/roleAssignments": (
+        "azure.mgmt.authorization.v2022_04_01.AuthorizationManagementClient",
+        lambda c: c.role_assignments.get("/subscriptions/s", "a"),
+        "azure.mgmt.authorization.v2022_04_01.models.RoleAssignmentCreateParameters",
+    ),
+    "Microsoft.Authorization/roleDefinitions": (
+        "azure.mgmt.authorization.v2022_04_01.AuthorizationManagementClient",
+        lambda c: c.role_definitions.get("/subscriptions/s", "d"),
+        "azure.mgmt.authorization.v2022_04_01.models.RoleDefinition",
+    ),
+}
+
+# Bicep's own keywords of a resource body, and `name`, which is the URL, not the body
+BICEP_KEYWORDS = frozenset({"name", "parent", "scope", "dependsOn", "depends_on"})
+
+
+class _Sent(Exception):
+    """Not an error: how the recording transport stops a call once the request is built."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
+class _RecordingTransport(HttpTransport):
+    """Stops a request at the wire and hands back its URL: nothing leaves the machine."""
+
+    def __enter__(self) -> _RecordingTransport:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        pass
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        raise _Sent(request.url)
+
+
+class _Credential:
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken("test-token", int(time.time()) + 3600)
+
+
+def api_version_the_sdk_sends(resource_type: str) -> str:
+    client_path, call, _ = SDK_MODELS[resource_type]
+    module, name = client_path.rsplit(".", 1)
+    client = getattr(importlib.import_module(module), name)(
+        _Credential(), "00000000-0000-0000-0000-000000000000", transport=_RecordingTransport()
+    )
+    with pytest.raises(_Sent) as sent:
+        call(client)
+    return parse_qs(urlsplit(sent.value.url).query)["api-version"][0]
+
+
+LEAF = "leaf"
+_MSREST_PRIMITIVES = {
+    "str", "bool", "int", "long", "float", "decimal", "object", "iso-8601", "rfc-1123",
+    "duration", "date", "time", "unix-time", "bytearray", "base64",
+}  # fmt: skip
+
+
+def _models_package(cls: type) -> Any:
+    return importlib.import_module(cls.__module__.rsplit(".", 1)[0])
+
+
+def _is_model(value: Any) -> bool:
+    return isinstance(value, type) and (
+        hasattr(value, "_attribute_map")
+        or any(hasattr(f, "_rest_name_input") for k in value.__mro__ for f in vars(k).values())
+    )
+
+
+def _msrest_node(cls: type, spec: str) -> Any:
+    """An msrest ``_attribute_map`` type ('[X]', '{X}', 'str', a model name) as a node."""
+    if spec.startswith("[") and spec.endswith("]"):
+        return ("list", _msrest_node(cls, spec[1:-1]))
+    if spec.startswith("{") and spec.endswith("}"):
+        return ("map", _msrest_node(cls, spec[1:-1]))
+    if spec in _MSREST_PRIMITIVES:
+        return LEAF
+    found = getattr(sys.modules[cls.__module__], spec, None) or getattr(
+        _models_package(cls), spec, None
+    )
+    return found if _is_model(found) else LEAF
+
+
+def _annotation_node(cls: type, annotation: Any) -> Any:
+    """A ``rest_field``'s annotation (Optional["_models.X"], list[...], dict[str, ...]) as a node."""
+    if isinstance(annotation, str):
+        annotation = typing.ForwardRef(annotation)
+    if isinstance(annotation, typing.ForwardRef):
+        name = annotation.__forward_arg__.split(".")[-1]
+        annotation = getattr(_models_package(cls), name, LEAF)
+    if _is_model(annotation):
+        return annotation
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list:
+        return ("list", _annotation_node(cls, args[0]))
+    if origin is dict:
+        return ("map", _annotation_node(cls, args[1]))
+    if origin in (typing.Union, types.UnionType):
+        models = [n for a in args if (n := _annotation_node(cls, a)) != LEAF]
+        return models[0] if len(models) == 1 else LEAF
+    return LEAF
+
+
+def model_fields(node: Any) -> dict[str, tuple[Any, bool]]:
+    """The JSON properties of a model: name -> (node, read-only)."""
+    if isinstance(node, tuple) and node[0] == "object":
+        return dict(node[1])
+    fields: dict[str, tuple[Any, bool]] = {}
+    if hasattr(node, "_attribute_map"):  # msrest models; 'properties.x' keys are flattened
+        readonly = {
+            a for a, rule in getattr(node, "_validation", {}).items() if rule.get("readonly")
+        }
+        for attr, spec in node._attribute_map.items():
+            *outer, last = (p.replace("\\.", ".") for p in re.split(r"(?<!\\)\.", spec["key"]))
+            level = fields
+            for part in outer:
+                level = level.setdefault(part, (("object", {}), False))[0][1]
+            level[last] = (_msrest_node(node, spec["type"]), attr in readonly)
+        return fields
+    for klass in reversed(node.__mro__):  # rest_field models
+        notes = vars(klass).get("__annotations__", {})
+        for attr, field in vars(klass).items():
+            if not attr.startswith("_") and hasattr(field, "_rest_name_input"):
+                fields[field._rest_name_input or attr] = (
+                    _annotation_node(klass, notes.get(attr)),
+                    field._visibility == ["read"],
+                )
+    return fields
+
+
+def _subtype(node: Any, value: dict[str, Any]) -> Any:
+    """The model a discriminator value (a step's ``type``, a destination's ``endpointType``) picks."""
+    if not isinstance(node, type):
+        return node
+    for attr, choices in getattr(node, "_subtype_map", {}).items():
+        chosen = value.get(node._attribute_map[attr]["key"])
+        if isinstance(chosen, str) and chosen in choices:
+            return getattr(_models_package(node), choices[chosen])
+    mapping = getattr(node, "__mapping__", None) or {}
+    for klass in node.__mro__:
+        for field in vars(klass).values():
+            if getattr(field, "_is_discriminator", False):
+                chosen = value.get(field._rest_name_input)
+                if isinstance(chosen, str) and chosen in mapping:
+                    return mapping[chosen]
+    return node
+
+
+def properties_not_in_model(node: Any, value: Any, path: str = "") -> list[str]:
+    """Every property path of a parsed Bicep value that the model lacks or marks read-only.
+
+    Expressions are opaque (their value is known only at deployment); both branches of a
+    conditional are checked.
+    """
+    if isinstance(value, dict) and value.get("operator", {}).get("type") == "conditional":
+        operands = value["operator"]["operands"]
+        return properties_not_in_model(node, operands["true_value"], path) + (
+            properties_not_in_model(node, operands["false_value"], path)
+        )
+    expression = isinstance(value, dict) and ("function" in value or "operator" in value)
+    if node == LEAF or expression or not isinstance(value, dict | list):
+        return []
+    if isinstance(node, tuple) and node[0] == "list":
+        if not isinstance(value, list):
+            return [f"{path}: an object where the model has a list"]
+        return [
+            p
+            for i, v in enumerate(value)
+            for p in properties_not_in_model(node[1], v, f"{path}[{i}]")
+        ]
+    if not isinstance(value, dict):
+        return [f"{path}: a list where the model has an object"]
+    if isinstance(node, tuple) and node[0] == "map":
+        return [
+            p for k, v in value.items() for p in properties_not_in_model(node[1], v, f"{path}[{k}]")
+        ]
+    node = _subtype(node, value)
+    known = model_fields(node)
+    found = []
+    for key, item in value.items():
+        name = key.strip("'")
+        where = f"{path}.{name}" if path else name
+        if not path and name in BICEP_KEYWORDS:
+            continue
+        if name not in known:
+            found.append(f"{where}: not in the model")
+        elif known[name][1]:
+            found.append(f"{where}: read-only in the model")
+        else:
+            found.extend(properties_not_in_model(known[name][0], item, where))
+    return found
+
+
+def sdk_model(resource_type: str) -> type:
+    module, name = SDK_MODELS[resource_type][2].rsplit(".", 1)
+    model: type = getattr(importlib.import_module(module), name)
+    return model
+
+
+def deployed_resources() -> list[tuple[str, str, dict[str, Any]]]:
+    """(file, name, declaration) of every resource the templates deploy (not `existing` ones)."""
+    return [
+        (path.relative_to(INFRA).as_posix(), name, resource)
+        for path in BICEP_FILES
+        for name, resource in resources(bicep(path.relative_to(INFRA).as_posix()))
+        if not resource["existing"]
+    ]
+
+
+def test_every_deployed_resource_type_has_an_sdk_model() -> None:
+    deployed = {r["type"] for _, _, r in deployed_resources()}
+    assert deployed <= set(SDK_MODELS), deployed - set(SDK_MODELS)
+    referenced = {
+        r["type"] for p in BICEP_FILES for _, r in resources(bicep(p.relative_to(INFRA).as_posix()))
+    }
+    assert referenced <= set(SDK_MODELS), referenced - set(SDK_MODELS)
+
+
+@pytest.mark.parametrize(
+    ("where", "name", "resource"),
+    [
+        pytest.param(where, name, resource, id=f"{where}:{name}")
+        for where, name, resource in deployed_resources()
+    ],
+)
+def test_resource_sets_only_properties_its_api_version_has(
+    where: str, name: str, resource: dict[str, Any]
+) -> None:
+    assert api_version_the_sdk_sends(resource["type"]) == resource["api_version"], (
+        f"{where}: {name} uses {resource['type']}@{resource['api_version']}; pin the SDK of that "
+        "api-version in requirements-dev.txt or move the template to the SDK's"
+    )
+    assert properties_not_in_model(sdk_model(resource["type"]), body(resource)) == []
+
+
+def test_existing_resources_use_the_api_version_of_the_deployed_ones() -> None:
+    deployed = {(r["type"], r["api_version"]) for _, _, r in deployed_resources()}
+    for path in BICEP_FILES:
+        for name, resource in resources(bicep(path.relative_to(INFRA).as_posix())):
+            if resource["existing"]:
+                assert (resource["type"], resource["api_version"]) in deployed, (path.name, name)
+
+
+def test_property_check_finds_what_the_api_version_lacks_or_owns() -> None:
+    template = BicepParser().parse(
+        text="""
+resource registry 'Microsoft.ContainerRegistry/registries@2025-11-01' = {
+  name: 'r'
+  location: 'x'
+  sku: { name: 'Basic' }
+  properties: {
+    anonymousPullEnabled: false
+    loginServer: 'r.azurecr.io'
+    policies: { retentionPolicy: { days: 7, keepForever: true } }
+  }
+}
+resource task 'Microsoft.ContainerRegistry/registries/tasks@2025-03-01-preview' = {
+  name: 't'
+  location: 'x'
+  properties: {
+    platform: { os: 'Linux' }
+    step: { type: 'EncodedTask', encodedTaskContent: 'eA==', dockerFilePath: 'Dockerfile' }
+  }
+}
+"""
+    )
+    registry, task = (body(r) for _, r in resources(template))
+    assert properties_not_in_model(
+        sdk_model("Microsoft.ContainerRegistry/registries"), registry
+    ) == [
+        "properties.loginServer: read-only in the model",
+        "properties.policies.retentionPolicy.keepForever: not in the model",
+    ]
+    # the step's type picks the model: an encoded task has no Dockerfile
+    assert properties_not_in_model(
+        sdk_model("Microsoft.ContainerRegistry/registries/tasks"), task
+    ) == ["properties.step.dockerFilePath: not in the model"]
 
 
 # -- no secrets ----------------------------------------------------------------------------

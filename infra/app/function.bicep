@@ -25,11 +25,16 @@ param applicationInsightsName string
 @description('The gate\'s own app settings (GATE_*), merged over the platform settings below.')
 param appSettings object
 
+// functionAppConfig.runtime is {name, version} in Microsoft.Web/sites@2025-03-01; Flex runs
+// Python 3.13 (Azure/azure-functions-python-worker#1588), with the worker the app ships itself
+// (azure-functions-runtime in requirements.txt: learn.microsoft.com/azure/azure-functions/
+// python-313-changes).
 @allowed([
   '3.11'
   '3.12'
+  '3.13'
 ])
-param pythonVersion string = '3.11'
+param pythonVersion string = '3.13'
 
 @description('Upper bound of instances the plan may scale out to (a cap, not a reservation).')
 param maximumInstanceCount int = 100
@@ -40,7 +45,7 @@ param maximumInstanceCount int = 100
 ])
 param instanceMemoryMB int = 2048
 
-resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+resource storage 'Microsoft.Storage/storageAccounts@2025-08-01' existing = {
   name: storageAccountName
 }
 
@@ -59,7 +64,7 @@ var platformSettings = {
   AZURE_CLIENT_ID: identityClientId
 }
 
-resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+resource plan 'Microsoft.Web/serverfarms@2025-03-01' = {
   name: planName
   location: location
   tags: tags
@@ -73,7 +78,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   }
 }
 
-resource site 'Microsoft.Web/sites@2024-04-01' = {
+resource site 'Microsoft.Web/sites@2025-03-01' = {
   name: name
   location: location
   tags: tags

@@ -32,11 +32,11 @@ param maxDeliveryAttempts int = 30
 @maxValue(1440)
 param eventTimeToLiveInMinutes int = 1440
 
-resource topic 'Microsoft.EventGrid/systemTopics@2022-06-15' existing = {
+resource topic 'Microsoft.EventGrid/systemTopics@2025-02-15' existing = {
   name: topicName
 }
 
-resource pushes 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = {
+resource pushes 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15' = {
   parent: topic
   // event subscription names take letters, digits and dashes only
   name: 'gate-${replace(functionName, '_', '-')}'

@@ -10,11 +10,11 @@ param topicName string
 
 param tags object = {}
 
-resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' existing = {
+resource registry 'Microsoft.ContainerRegistry/registries@2025-11-01' existing = {
   name: registryName
 }
 
-resource topic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
+resource topic 'Microsoft.EventGrid/systemTopics@2025-02-15' = {
   name: topicName
   location: registry.location
   tags: tags

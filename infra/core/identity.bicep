@@ -1,6 +1,7 @@
-// The gate's identity. The Function app runs as this user-assigned identity and every grant the
-// app needs names it (not the app's own system identity), so the grants outlive a re-created app
-// and can be made before the app exists.
+// A user-assigned managed identity: the gate's (the Function app runs as it) or the validation
+// runner's (the gate attaches it to each validation taskRun). Every grant names the identity, not
+// a system identity of the app or the registry, so the grants outlive a re-created app or registry
+// and can be made before either exists.
 
 @description('Name of the user-assigned managed identity.')
 param name string
@@ -8,7 +9,7 @@ param name string
 param location string
 param tags object = {}
 
-resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2024-11-30' = {
   name: name
   location: location
   tags: tags

@@ -14,25 +14,34 @@ param tags object = {}
 ])
 param sku string = 'Basic'
 
-@description('Give the registry a system-assigned identity (quick runs use it to read Key Vault and pull).')
-param systemIdentity bool = false
+// "RBAC Registry Permissions" (LegacyRegistryPermissions) honours AcrPull/AcrPush and registry
+// actions; "RBAC Registry + ABAC Repository Permissions" (AbacRepositoryPermissions) honours data
+// actions and role assignments conditioned on the repository name, which is what lets a grant
+// cover only some repositories (learn.microsoft.com/azure/container-registry/
+// container-registry-rbac-abac-repository-permissions). The property exists in the stable
+// 2025-11-01 api-version used here (the api-version of the importImage the gate calls).
+@description('Role assignment permissions mode: AbacRepositoryPermissions allows grants conditioned on repositories.')
+@allowed([
+  'LegacyRegistryPermissions'
+  'AbacRepositoryPermissions'
+])
+param roleAssignmentMode string = 'LegacyRegistryPermissions'
 
-resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
+resource registry 'Microsoft.ContainerRegistry/registries@2025-11-01' = {
   name: name
   location: location
   tags: tags
   sku: {
     name: sku
   }
-  identity: systemIdentity ? { type: 'SystemAssigned' } : null
   properties: {
     adminUserEnabled: false
     anonymousPullEnabled: false
     publicNetworkAccess: 'Enabled'
+    roleAssignmentMode: roleAssignmentMode
   }
 }
 
 output id string = registry.id
 output name string = registry.name
 output loginServer string = registry.properties.loginServer
-output principalId string = systemIdentity ? registry.identity.principalId : ''

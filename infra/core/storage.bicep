@@ -17,7 +17,7 @@ param queueNames array
 @description('Tables to create (the Table ledger).')
 param tableNames array
 
-resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+resource storage 'Microsoft.Storage/storageAccounts@2025-08-01' = {
   name: name
   location: location
   tags: tags
@@ -40,12 +40,12 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   }
 }
 
-resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2025-08-01' = {
   parent: storage
   name: 'default'
 }
 
-resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [
+resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2025-08-01' = [
   for container in containerNames: {
     parent: blobService
     name: container
@@ -55,26 +55,26 @@ resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2
   }
 ]
 
-resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2025-08-01' = {
   parent: storage
   name: 'default'
 }
 
 // Created up front (the host would create them on first use) so that they exist before any
 // trigger fires and so that the templates name every queue the app binds to.
-resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [
+resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2025-08-01' = [
   for queue in queueNames: {
     parent: queueService
     name: queue
   }
 ]
 
-resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
+resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2025-08-01' = {
   parent: storage
   name: 'default'
 }
 
-resource tables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = [
+resource tables 'Microsoft.Storage/storageAccounts/tableServices/tables@2025-08-01' = [
   for table in tableNames: {
     parent: tableService
     name: table

@@ -1,4 +1,5 @@
-// Role assignments inside the gate's own resource group: storage, Application Insights, Key Vault.
+// Role assignments inside the gate's own resource group: storage, Application Insights, Key Vault
+// and the runner identity.
 // Each is named guid(scope, principal, role) so a redeployment finds it again instead of failing on
 // a duplicate, and each is scoped to the one resource it is about.
 
@@ -12,7 +13,10 @@ param deadLetterContainerName string
 @description('Principal id of the gate\'s user-assigned identity (the Function app).')
 param appPrincipalId string
 
-@description('Principal id of the runner registry\'s system identity (quick runs).')
+@description('Name of the runner\'s user-assigned identity (in this resource group), attached to each validation taskRun.')
+param runnerIdentityName string
+
+@description('Principal id of that identity.')
 param runnerPrincipalId string
 
 @description('Principal id of the upstream registry\'s Event Grid system topic; empty: no topic.')
@@ -25,9 +29,10 @@ var roles = {
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Storage Table Data Contributor
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6' // Key Vault Secrets User
+  managedIdentityOperator: 'f1a07417-d97a-45cb-824c-7a7467783830' // Managed Identity Operator
 }
 
-resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+resource storage 'Microsoft.Storage/storageAccounts@2025-08-01' existing = {
   name: storageAccountName
 
   resource blobService 'blobServices' existing = {
@@ -43,8 +48,12 @@ resource insights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: applicationInsightsName
 }
 
-resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+resource vault 'Microsoft.KeyVault/vaults@2026-02-01' existing = {
   name: keyVaultName
+}
+
+resource runnerIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2024-11-30' existing = {
+  name: runnerIdentityName
 }
 
 // The app, on its storage account:
@@ -95,8 +104,24 @@ resource appSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-// The runner registry, on the vault: a quick run reads the upstream credentials itself (the gate
-// passes secret URIs, never values), as the walkthrough's tasks do with `--use-identity [system]`.
+// The app, on the runner identity only: attaching a user-assigned identity to a resource (here
+// each validation taskRun) takes Microsoft.ManagedIdentity/userAssignedIdentities/*/assign/action
+// on that identity, which Managed Identity Operator grants (learn.microsoft.com/azure/
+// role-based-access-control/built-in-roles/identity#managed-identity-operator). Scoped to this one
+// identity, so the gate cannot lend its runs any other identity.
+resource appAttachesRunner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(runnerIdentity.id, appPrincipalId, roles.managedIdentityOperator)
+  scope: runnerIdentity
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.managedIdentityOperator)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The runner identity, on the vault: a validation run reads the upstream credentials itself (the
+// gate passes secret URIs, never values) with the identity attached to its taskRun; a plain quick
+// run has no identity to do it with.
 resource runnerSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(vault.id, runnerPrincipalId, roles.keyVaultSecretsUser)
   scope: vault

@@ -1,6 +1,8 @@
-// The walkthrough's downstream `hello-world` task on the team registry, with a base-image
-// trigger: when the gate moves the stable tag in base-artifacts (node:15-alpine), ACR rebuilds
-// hello-world on it. A rejected upstream image never moves that tag, so it never rebuilds.
+// The walkthrough's downstream `hello-world` task on the team registry. After each promotion the
+// gate runs it itself (gate.yaml's downstream entry; main.bicep grants the gate the custom
+// "downstream" role on this registry), because no document says whether an ACR import fires
+// base-image triggers. The task also keeps its base-image trigger, as in the walkthrough, for
+// pushes. A rejected upstream image never moves the stable tag, so nothing rebuilds on it.
 //
 // The task's step is the small task file hello-world.yaml (an encoded task); its build context is
 // a Git repository with the walkthrough's hello-world Dockerfile. The task pulls the base image
@@ -19,11 +21,11 @@ param baseImageRegistry string
 @description('Build context: a public Git repository (URL#branch) with the hello-world Dockerfile.')
 param contextUrl string
 
-resource team 'Microsoft.ContainerRegistry/registries@2023-07-01' existing = {
+resource team 'Microsoft.ContainerRegistry/registries@2025-11-01' existing = {
   name: registryName
 }
 
-resource helloWorld 'Microsoft.ContainerRegistry/registries/tasks@2019-06-01-preview' = {
+resource helloWorld 'Microsoft.ContainerRegistry/registries/tasks@2025-03-01-preview' = {
   parent: team
   name: 'hello-world'
   location: location

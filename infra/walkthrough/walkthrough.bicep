@@ -3,8 +3,9 @@
 //   public         the simulated public registry (the gate's upstream; Event Grid source),
 //   base-artifacts the company's registry of gated base images (the gate's import target),
 //   team           the application team's registry, with the downstream hello-world task,
-// and that task, which rebuilds hello-world when the gate moves the stable tag in base-artifacts.
-// The gate itself (Function app, runner registry, Key Vault, storage) is in main.bicep.
+// and that task, which rebuilds hello-world on the stable tag in base-artifacts (the gate runs it
+// after each promotion; see hello-world.bicep). The gate itself (Function app, runner registry
+// and identity, Key Vault, storage) is in main.bicep.
 
 param location string
 param tags object = {}
@@ -19,6 +20,13 @@ param teamRegistryName string
   'Premium'
 ])
 param registrySku string = 'Basic'
+
+@description('Role assignment permissions mode of base-artifacts (AbacRepositoryPermissions for per-repository push grants).')
+@allowed([
+  'LegacyRegistryPermissions'
+  'AbacRepositoryPermissions'
+])
+param baseArtifactsRoleAssignmentMode string = 'LegacyRegistryPermissions'
 
 @description('Build context of hello-world: a public Git repository (URL#branch) with its Dockerfile.')
 param helloWorldContextUrl string
@@ -40,6 +48,7 @@ module baseArtifacts '../core/registry.bicep' = {
     location: location
     tags: tags
     sku: registrySku
+    roleAssignmentMode: baseArtifactsRoleAssignmentMode
   }
 }
 
