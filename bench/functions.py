@@ -1,8 +1,10 @@
 """Benchmark: the Functions app's cold import and the Event Grid trigger on a 5000-event batch.
 
 Prints the cold-import time of ``function_app`` beside ``azure.functions`` alone (fresh
-interpreters, median of several), then the time for ``on_push`` to triage a 5000-event batch
-(as the host delivers it: one call per event) and how many requests it queued.
+interpreters, median of several) and their ratio, the cost of the configuration schema on the
+first configuration load (msgspec is imported there, not with the app), then the time for
+``on_push`` to triage a 5000-event batch (as the host delivers it: one call per event) and how
+many requests it queued.
 
 Run: ``python -m bench.functions [--rounds 7] [--events 5000]``
 """
@@ -28,14 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cold_import(module: str, rounds: int) -> float:
     """Median wall time of ``python -c 'import module'`` in fresh interpreters, minus startup."""
+    return cold_run(f"import {module}", rounds)
 
-    def run(code: str) -> float:
+
+def cold_run(code: str, rounds: int) -> float:
+    """Median wall time of ``python -c code`` in fresh interpreters, minus startup."""
+
+    def run(snippet: str) -> float:
         began = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+        subprocess.run([sys.executable, "-c", snippet], check=True, cwd=ROOT)
         return time.perf_counter() - began
 
     bare = statistics.median(run("pass") for _ in range(rounds))
-    return statistics.median(run(f"import {module}") for _ in range(rounds)) - bare
+    return statistics.median(run(code) for _ in range(rounds)) - bare
 
 
 def batch(count: int) -> list[dict[str, Any]]:
@@ -67,7 +74,20 @@ def main() -> None:
     app = cold_import("function_app", args.rounds)
     print(f"cold import (median of {args.rounds}, interpreter start subtracted)")
     print(f"  azure.functions   {functions * 1000:7.1f} ms")
-    print(f"  function_app      {app * 1000:7.1f} ms   (+{(app - functions) * 1000:.1f} ms)")
+    print(
+        f"  function_app      {app * 1000:7.1f} ms   (+{(app - functions) * 1000:.1f} ms, "
+        f"ratio {app / functions:.2f})"
+    )
+    # the configuration schema library is imported on the first load, not with the app
+    schema = cold_import("msgspec", args.rounds)
+    seed = ROOT / "examples" / "seed" / "gate.yaml"
+    first_load = cold_run(
+        "import os; os.environ.update(GATE_UPSTREAM='127.0.0.1:5001', GATE_TARGET='127.0.0.1:5002');"
+        f"from gate.config import load_config; load_config({str(seed)!r})",
+        args.rounds,
+    )
+    print(f"  msgspec (schema)  {schema * 1000:7.1f} ms   (not imported by function_app)")
+    print(f"  first load_config {first_load * 1000:7.1f} ms   (gate.config + schema + seed file)")
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "validation"

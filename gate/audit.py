@@ -11,7 +11,10 @@ import json
 import logging
 from typing import Any
 
+from gate.logsafe import clean
 from gate.model import GateRecord, State
+
+AUDIT_FIELD_LIMIT = 1024
 
 logger = logging.getLogger("gate.audit")
 
@@ -26,22 +29,41 @@ EVENT_TYPES = {
 def decision(
     record: GateRecord, *, duplicate: bool = False, duration: float | None = None
 ) -> dict[str, Any]:
-    """The audit fields of a decision (no log text, no secrets: records hold none)."""
-    return {
-        "record_id": record.id,
-        "rule": record.rule,
-        "source": record.source,
-        "digest": record.digest,
-        "verdict": record.state.value,
-        "duplicate": duplicate,
-        "run_id": record.run_id,
-        "target": record.target,
-        "target_tags": list(record.target_tags),
-        "trigger": record.trigger,
-        "actor": record.actor,
-        "reason": record.reason,
-        "duration_s": round(duration, 3) if duration is not None else None,
-    }
+    """The audit fields of a decision (no log text, no secrets: records hold none).
+
+    Text that came from outside (source, reason, actor, ...) is escaped and capped, so the
+    ``GATE_DECISION`` line stays one parseable JSON line of bounded size whatever the input.
+    """
+    fields: dict[str, Any] = _capped(
+        {
+            "record_id": record.id,
+            "rule": record.rule,
+            "source": record.source,
+            "digest": record.digest,
+            "verdict": record.state.value,
+            "duplicate": duplicate,
+            "run_id": record.run_id,
+            "target": record.target,
+            "target_tags": list(record.target_tags),
+            "trigger": record.trigger,
+            "actor": record.actor,
+            "reason": record.reason,
+            # downstream task runs the gate queued after the promotion (not waited for)
+            "downstream": [d.to_dict() for d in record.downstream],
+            "duration_s": round(duration, 3) if duration is not None else None,
+        }
+    )
+    return fields
+
+
+def _capped(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean(value, AUDIT_FIELD_LIMIT)
+    if isinstance(value, list):
+        return [_capped(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _capped(v) for k, v in value.items()}
+    return value
 
 
 def log_decision(

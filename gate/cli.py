@@ -7,6 +7,7 @@ configuration error, 3 infrastructure error worth retrying.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -19,9 +20,16 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from gate.config import GateConfig, config_path, load_config
-from gate.errors import GateError
-from gate.model import GateRecord, State
-from gate.service import Gatekeeper, GateOutcome, gate_image, rollback, watch_once
+from gate.errors import GateError, UsageError
+from gate.model import GateRecord, State, parse_instant
+from gate.service import (
+    Gatekeeper,
+    GateOutcome,
+    gate_image,
+    retry_downstream,
+    rollback,
+    watch_once,
+)
 
 # when output goes to a file or a pipe, do not squeeze it to rich's default 80 columns
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -123,8 +131,16 @@ def _print_outcome(outcome: GateOutcome) -> None:
     out.print(f"  digest  {r.digest}\n  record  {r.id}   run {r.run_id or '-'}")
     if r.target_tags and r.state is State.PROMOTED:
         out.print("  tags    " + ", ".join(f"{r.target}:{t}" for t in r.target_tags))
+    _print_downstream(r)
     if r.reason:
         out.print(f"  reason  {r.reason}", soft_wrap=True)
+
+
+def _print_downstream(record: GateRecord, indent: str = "  ") -> None:
+    """One line per downstream task run the gate queued (or could not queue)."""
+    for run in record.downstream:
+        what = f"run {run.run_id}" if run.scheduled else f"[red]not queued[/]: {run.error}"
+        out.print(f"{indent}then    {run.registry}/{run.task} {what}", soft_wrap=True)
 
 
 @main.command("watch")
@@ -192,13 +208,20 @@ def _since(value: str | None) -> datetime | None:
     if not value:
         return None
     units = {"m": 60, "h": 3600, "d": 86400}
-    if value[-1:] in units and value[:-1].isdigit():
-        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    span = re.fullmatch(r"([0-9]{1,7})([mhd])", value)
+    if span:
+        try:
+            return datetime.now(UTC) - timedelta(seconds=int(span[1]) * units[span[2]])
+        except OverflowError:
+            raise click.BadParameter(
+                f"{value} reaches back before year 1", param_hint="'--since'"
+            ) from None
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter("use an ISO date (2026-11-28) or a span (30m, 12h, 7d)") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return parse_instant(value)
+    except UsageError as exc:
+        raise click.BadParameter(
+            f"{exc.message}; or give a span (30m, 12h, 7d)", param_hint="'--since'"
+        ) from None
 
 
 @main.command("history")
@@ -270,10 +293,29 @@ def show_cmd(record_id: str, config: str | None, as_json: bool) -> None:
         print(json.dumps({**record.to_dict(), "log": record.log}))
         return
     for key, value in record.to_dict().items():
-        out.print(f"{key:>13}  {value}", soft_wrap=True)
+        if key != "downstream":
+            out.print(f"{key:>13}  {value}", soft_wrap=True)
+    for run in record.downstream:
+        queued = f"run {run.run_id}" if run.scheduled else f"not queued: {run.error}"
+        out.print(f"{'downstream':>13}  {run.registry}/{run.task} {queued}", soft_wrap=True)
     if record.log:
         out.print("\n[bold]validation log[/]")
         out.print(record.log, markup=False, highlight=False, soft_wrap=True)
+
+
+@main.command("downstream")
+@click.argument("record_id")
+@config_option
+def downstream_cmd(record_id: str, config: str | None) -> None:
+    """Queue the downstream tasks of promotion RECORD_ID that were not queued (e.g. ARM failed)."""
+    try:
+        record = retry_downstream(_keeper(config), record_id)
+    except GateError as exc:
+        _fail(exc)
+    out.print(f"[bold green]PROMOTED[/]  {record.target}@{record.digest}  record {record.id}")
+    _print_downstream(record)
+    if any(not run.scheduled for run in record.downstream):
+        sys.exit(3)
 
 
 @main.command("rollback")
@@ -296,3 +338,34 @@ def rollback_cmd(
         f"[bold cyan]ROLLED BACK[/] {record.target}:{record.target_tags[0]} -> {record.digest}"
     )
     out.print(f"  record  {record.id}\n  reason  {record.reason}", soft_wrap=True)
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check a configuration file, or print its JSON Schema for editors."""
+
+
+@config_group.command("check")
+@click.argument("file", required=False, metavar="[FILE]")
+@config_option
+def config_check_cmd(file: str | None, config: str | None) -> None:
+    """Load FILE (default: --config, $GATE_CONFIG, ./gate.yaml) and run every check; run nothing."""
+    try:
+        cfg = load_config(config_path(file or config))
+    except GateError as exc:
+        _fail(exc)
+    where = "Azure" if cfg.azure is not None else "local"
+    out.print(f"[green]ok[/] {cfg.path}: {len(cfg.rules)} rule(s), {where}", soft_wrap=True)
+    for rule in cfg.rules:
+        out.print(
+            f"  {rule.name}: {rule.source.name} [{', '.join(rule.tags)}] -> {rule.target.name}",
+            soft_wrap=True,
+        )
+
+
+@config_group.command("schema")
+def config_schema_cmd() -> None:
+    """Print the configuration's JSON Schema (point an editor's YAML support at it)."""
+    from gate.config_schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))

@@ -2,8 +2,9 @@
 
 Without an ``azure:`` section the gate runs on its embedded local default (OCI registries over
 HTTP, podman/docker, a SQLite ledger, secrets from the environment). With one, promotion is an
-ACR import, validation an ACR quick run, secrets come from Key Vault and, when
-``azure.ledger`` is set, records live in Table Storage. Adapters are imported here, only when
+ACR import (or, with ``azure.registry.promote: push``, a data-plane push), validation an ACR
+quick run, a rule's ``downstream`` tasks are queued as ACR task runs, secrets come from Key
+Vault and, when ``azure.ledger`` is set, records live in Table Storage. Adapters are imported here, only when
 chosen, so a process that never touches Azure never loads an Azure SDK.
 """
 
@@ -15,7 +16,7 @@ from gate.config import AzureSettings, GateConfig
 from gate.service import Gatekeeper, Notify, quiet
 
 if TYPE_CHECKING:
-    from gate.adapters.oci import OciRegistry
+    from gate.adapters.oci import HostSettings, OciRegistry
     from gate.ports import Ledger, Secrets
 
 
@@ -40,7 +41,13 @@ def build_gatekeeper(
 
 
 def _oci(config: GateConfig, secrets: Secrets) -> OciRegistry:
-    from gate.adapters.oci import HostSettings, OciRegistry
+    from gate.adapters.oci import OciRegistry
+
+    return OciRegistry(_oci_hosts(config, secrets))
+
+
+def _oci_hosts(config: GateConfig, secrets: Secrets) -> dict[str, HostSettings]:
+    from gate.adapters.oci import HostSettings
 
     hosts = {}
     for host, settings in config.registries.items():
@@ -52,7 +59,7 @@ def _oci(config: GateConfig, secrets: Secrets) -> OciRegistry:
             username=username,
             password=secrets.get(settings.password_secret) if settings.password_secret else None,
         )
-    return OciRegistry(hosts)
+    return hosts
 
 
 def _sqlite(config: GateConfig) -> Ledger:
@@ -112,7 +119,7 @@ def azure_gatekeeper(
     custom_registries: dict[str, tuple[str, str] | None] = {}
     for host, settings in config.registries.items():
         if settings.resource_id:
-            # an ACR in our tenant: the runner registry's identity pulls from it (AcrPull)
+            # an ACR in our tenant: the runner identity pulls from it (AcrPull)
             custom_registries[host] = None
             continue
         user_secret = settings.username_secret
@@ -120,13 +127,22 @@ def azure_gatekeeper(
             continue  # anonymous (the configuration refuses a literal username with azure:)
         upstream_credentials[host] = (user_secret, settings.password_secret)
         if secret_uri is not None:
-            # the runner registry's identity reads these itself: no secret passes through us
+            # the runner identity reads these itself: no secret passes through us
             custom_registries[host] = (
                 secret_uri(user_secret),
                 secret_uri(settings.password_secret),
             )
 
-    registry = AcrImportRegistry(
+    registry_class = AcrImportRegistry
+    push_options: dict[str, Any] = {}
+    if azure.registry.promote == "push":
+        # the gate pushes (docker push's calls): push triggers, webhooks and events follow
+        from gate.adapters.azure.acr_push import AcrPushRegistry
+
+        registry_class = AcrPushRegistry
+        push_options["upstream_hosts"] = _oci_hosts(config, secrets)
+    registry = registry_class(
+        **push_options,
         credential=credential,
         subscription_id=azure.subscription_id,
         target_resource_group=azure.registry.resource_group,
@@ -145,8 +161,20 @@ def azure_gatekeeper(
         registry=azure.runner.name,
         arm_endpoint=azure.arm_endpoint,
         custom_registries=custom_registries,
-        identity=azure.identity,
+        # the user-assigned identity every validation task run carries (config requires it
+        # when a run logs in anywhere)
+        identity_resource_id=azure.runner_identity.resource_id if azure.runner_identity else None,
+        identity_client_id=azure.runner_identity.client_id if azure.runner_identity else None,
     )
+    downstream = None
+    if any(rule.downstream for rule in config.rules):
+        from gate.adapters.azure.downstream import AcrTaskDownstream
+
+        downstream = AcrTaskDownstream(
+            credential=credential,
+            subscription_id=azure.subscription_id,
+            arm_endpoint=azure.arm_endpoint,
+        )
     ledger: Ledger
     if azure.ledger is not None:
         from gate.adapters.azure.table_ledger import TableLedger
@@ -167,4 +195,5 @@ def azure_gatekeeper(
         ledger=ledger,
         secrets=secrets,
         notify=notify,
+        downstream=downstream,
     )

@@ -4,6 +4,10 @@ A rule maps an upstream repository and tag selector to a target repository, tag 
 validation folder. Values may reference environment variables as ``${NAME}`` or
 ``${NAME:-default}``; relative paths resolve against the file's folder. Every error names the
 file, the rule and the field, and says what a valid value looks like.
+
+Checking runs in two passes: :mod:`gate.config_schema` checks the file's shape (fields, types,
+required keys, bounds) against typed records, and this module builds the domain's frozen
+settings from them, adding the checks that span fields or need the file system.
 """
 
 from __future__ import annotations
@@ -13,19 +17,21 @@ import os
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from gate.errors import ConfigError, InvalidReference, NoMatchingRule, UsageError
 from gate.ref import ImageRef, is_loopback_registry
 
+if TYPE_CHECKING:
+    from gate import config_schema as schema
+
 DEFAULT_STABLE_TAG = "{tag}"
 DEFAULT_UNIQUE_TAG = "{tag}-{run_id}"
 TEMPLATE_FIELDS = frozenset({"tag", "run_id", "date"})
-_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TAG_PATTERN = re.compile(r"^[\w][\w.-]{0,127}$")
 _GLOB_CHARS = frozenset("*?[")
 
@@ -53,6 +59,29 @@ class ValidationSettings:
     secret_values: Mapping[str, str] = field(default_factory=dict)
 
 
+PROMOTE_MODES = ("import", "push")
+
+
+@dataclass(frozen=True)
+class DownstreamTask:
+    """An ACR task the gate runs after each promotion of a rule (``downstream:``).
+
+    ``registry`` / ``resource_group`` locate the registry the task lives in (by default the
+    registry the gate promotes into); ``task`` is the task's name there.
+    """
+
+    task: str
+    registry: str = ""
+    resource_group: str = ""
+
+    def task_id(self, subscription_id: str) -> str:
+        """The task's ARM id (what a ``TaskRunRequest`` names)."""
+        return (
+            f"/subscriptions/{subscription_id}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.ContainerRegistry/registries/{self.registry}/tasks/{self.task}"
+        )
+
+
 @dataclass(frozen=True)
 class Rule:
     """One watched upstream repository: which tags, where they go, how they are validated."""
@@ -65,6 +94,7 @@ class Rule:
     stable_tag: str = DEFAULT_STABLE_TAG
     unique_tag: str = DEFAULT_UNIQUE_TAG
     untagged: bool = False
+    downstream: tuple[DownstreamTask, ...] = ()
 
     @property
     def exact_tags(self) -> tuple[str, ...]:
@@ -113,11 +143,16 @@ class ValidatorSettings:
 
 @dataclass(frozen=True)
 class AzureRegistry:
-    """An Azure Container Registry by ARM coordinates."""
+    """An Azure Container Registry by ARM coordinates.
+
+    ``promote`` (the target registry only) is how promotions get there: ``import`` (ACR's
+    import API) or ``push`` (the gate copies over the data plane, like ``docker push``).
+    """
 
     name: str
     resource_group: str
     login_server: str
+    promote: str = "import"
 
 
 @dataclass(frozen=True)
@@ -131,6 +166,18 @@ class AzureLedger:
 
 
 @dataclass(frozen=True)
+class RunnerIdentity:
+    """The user-assigned identity attached to every validation run (ACR task run).
+
+    ``resource_id`` (its ARM id) attaches it to the run; ``client_id`` is how the run's registry
+    credentials name it. It pulls upstream ACRs (AcrPull) and reads their Key Vault secrets.
+    """
+
+    resource_id: str
+    client_id: str
+
+
+@dataclass(frozen=True)
 class AzureSettings:
     """The Azure side: where promotions are imported, where quick runs run, secrets, records."""
 
@@ -140,7 +187,7 @@ class AzureSettings:
     arm_endpoint: str = "https://management.azure.com"
     key_vault_url: str | None = None
     ledger: AzureLedger | None = None
-    identity: str = "[system]"
+    runner_identity: RunnerIdentity | None = None
 
 
 @dataclass(frozen=True)
@@ -194,113 +241,85 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {file}: {exc.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(
             f"{file}{where}: not valid YAML ({getattr(exc, 'problem', exc)})"
         ) from None
-    return _Loader(file, os.environ if env is None else env).load(raw)
+    # the schema library is imported here, not with this module: the Functions app's cold
+    # start imports gate.config but loads a file only on its first invocation
+    from gate import config_schema
+
+    try:
+        checked = config_schema.check(
+            config_schema.substitute(raw, os.environ if env is None else env)
+        )
+    except config_schema.SchemaError as exc:
+        raise ConfigError(
+            f"{file}: {_label(exc.problem.path, raw)}: {exc.problem.message}"
+        ) from None
+    return _Builder(file).build(checked)
 
 
-class _Loader:
-    """Turns the parsed YAML into a GateConfig, naming file, rule and field in every error."""
+def _label(path: tuple[str | int, ...], raw: Any) -> str:
+    """``('rules', 0, 'tags')`` as the file's reader says it: ``rule 'node'.tags``."""
+    if not path:
+        return "top level"
+    text = ""
+    steps = list(path)
+    if len(steps) >= 2 and steps[0] == "rules" and isinstance(steps[1], int):
+        try:
+            name = raw["rules"][steps[1]]["name"]
+        except (KeyError, IndexError, TypeError):
+            name = None
+        if isinstance(name, str):
+            text, steps = f"rule '{name}'", steps[2:]
+    for step in steps:
+        text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else step)
+    return text
 
-    def __init__(self, file: Path, env: Mapping[str, str]) -> None:
+
+class _Builder:
+    """Turns a schema-checked file into a GateConfig: the checks that span fields or the disk."""
+
+    def __init__(self, file: Path) -> None:
         self.file = file
         self.base = file.parent
-        self.env = env
 
     def fail(self, where: str, message: str) -> ConfigError:
         return ConfigError(f"{self.file}: {where}: {message}")
 
-    def expand(self, value: Any, where: str) -> Any:
-        """Substitute ${NAME} / ${NAME:-default} in strings (recursively)."""
-        if isinstance(value, str):
+    def path(self, value: str) -> Path:
+        return (self.base / Path(value).expanduser()).resolve()
 
-            def sub(match: re.Match[str]) -> str:
-                name, default = match.group(1), match.group(2)
-                if name in self.env and self.env[name] != "":
-                    return self.env[name]
-                if default is not None:
-                    return default
-                raise self.fail(
-                    where,
-                    f"environment variable {name} is not set; set it or write ${{{name}:-default}}",
-                )
-
-            return _ENV_PATTERN.sub(sub, value)
-        if isinstance(value, list):
-            return [self.expand(v, f"{where}[{i}]") for i, v in enumerate(value)]
-        if isinstance(value, dict):
-            return {k: self.expand(v, f"{where}.{k}") for k, v in value.items()}
-        return value
-
-    def mapping(self, value: Any, where: str, allowed: set[str]) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(where, f"expected a mapping, got {type(value).__name__}")
-        unknown = sorted(set(map(str, value)) - allowed)
-        if unknown:
-            raise self.fail(
-                where,
-                f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}",
-            )
-        return {str(k): v for k, v in value.items()}
-
-    def text(self, value: Any, where: str) -> str:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise self.fail(where, "expected a string")
-        result = str(self.expand(str(value), where))
-        if not result:
-            raise self.fail(where, "must not be empty")
-        return result
-
-    def path(self, value: Any, where: str) -> Path:
-        return (self.base / Path(self.text(value, where)).expanduser()).resolve()
-
-    def ref(self, value: Any, where: str, *, repository_only: bool) -> ImageRef:
-        text = self.text(value, where)
+    def ref(self, text: str, where: str) -> ImageRef:
         try:
             ref = ImageRef.parse(text)
         except InvalidReference as exc:
             raise self.fail(where, exc.message) from None
-        if repository_only and (ref.tag or ref.digest):
+        if ref.tag or ref.digest:
             raise self.fail(where, f"'{text}' must name a repository only, without tag or digest")
         return ref
 
-    def number(self, value: Any, where: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise self.fail(where, f"expected a positive number of seconds, got {value!r}")
-        return float(value)
+    def url(self, text: str, where: str) -> str:
+        if not text.startswith("https://"):
+            raise self.fail(where, f"'{text}' must be an https:// URL")
+        return text.rstrip("/")
 
-    def load(self, raw: Any) -> GateConfig:
-        if raw is None:
-            raise self.fail("top level", "the file is empty; it needs at least 'rules:'")
-        top = self.mapping(
-            raw,
-            "top level",
-            {"version", "data_dir", "secrets_dir", "registries", "validator", "rules", "azure"},
-        )
-        if top.get("version", 1) != 1:
-            raise self.fail("version", f"unsupported version {top['version']!r}; this gate reads 1")
-        data_dir = self.path(
-            top.get("data_dir", os.environ.get("GATE_DATA_DIR", ".gate")), "data_dir"
-        )
-        secrets_dir = self.path(top["secrets_dir"], "secrets_dir") if "secrets_dir" in top else None
-        registries = self.registries(top.get("registries", []))
-        validator = self.validator(top.get("validator", {}))
-        rules_raw = top.get("rules")
-        if not isinstance(rules_raw, list) or not rules_raw:
-            raise self.fail("rules", "expected a non-empty list of rules")
-        rules = tuple(self.rule(r, i) for i, r in enumerate(rules_raw))
+    def build(self, top: schema.ConfigFile) -> GateConfig:
+        data_dir = self.path(top.data_dir or os.environ.get("GATE_DATA_DIR") or ".gate")
+        registries = self.registries(top.registries)
+        rules = tuple(self.rule(r) for r in top.rules)
         names = [r.name for r in rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise self.fail(
                 "rules", f"rule names must be unique; repeated: {', '.join(duplicates)}"
             )
-        azure = self.azure(top["azure"]) if "azure" in top else None
+        azure = self.azure(top.azure) if top.azure is not None else None
+        rules = tuple(self.downstream_defaults(rule, azure) for rule in rules)
         if azure is not None:
             for i, settings in enumerate(registries.values()):
                 if settings.username is not None:
@@ -316,203 +335,67 @@ class _Loader:
                         f"'{rule.target.registry}' is not the Azure registry "
                         f"{azure.registry.login_server} (azure.registry) the gate imports into",
                     )
+            self.need_runner_identity(registries, azure)
+        engine = top.validator.engine
         return GateConfig(
             path=self.file,
             data_dir=data_dir,
             registries=registries,
             rules=rules,
-            validator=validator,
-            secrets_dir=secrets_dir,
+            validator=ValidatorSettings(
+                engine=None if engine == "auto" else engine, network=top.validator.network
+            ),
+            secrets_dir=self.path(top.secrets_dir) if top.secrets_dir else None,
             azure=azure,
         )
 
-    def azure(self, raw: Any) -> AzureSettings:
-        entry = self.mapping(
-            raw,
-            "azure",
-            {
-                "subscription_id",
-                "arm_endpoint",
-                "registry",
-                "runner",
-                "key_vault_url",
-                "ledger",
-                "identity",
-            },
-        )
-        registry = self.acr(entry.get("registry"), "azure.registry")
-        runner = self.acr(entry["runner"], "azure.runner") if "runner" in entry else registry
-        ledger = None
-        if "ledger" in entry:
-            led = self.mapping(
-                entry["ledger"],
-                "azure.ledger",
-                {"table_endpoint", "connection_string", "table", "log_container"},
-            )
-            endpoint = led.get("table_endpoint")
-            connection = led.get("connection_string")
-            if (endpoint is None) == (connection is None):
-                raise self.fail(
-                    "azure.ledger",
-                    "give exactly one of table_endpoint (identity-based, for Azure) or "
-                    "connection_string (for Azurite)",
-                )
-            ledger = AzureLedger(
-                table_endpoint=self.url(endpoint, "azure.ledger.table_endpoint")
-                if endpoint
-                else None,
-                connection_string=(
-                    self.text(connection, "azure.ledger.connection_string") if connection else None
-                ),
-                table=self.text(led.get("table", "gaterecords"), "azure.ledger.table"),
-                log_container=self.text(
-                    led.get("log_container", "gatelogs"), "azure.ledger.log_container"
-                ),
-            )
-        vault = entry.get("key_vault_url")
-        return AzureSettings(
-            subscription_id=self.text(entry.get("subscription_id"), "azure.subscription_id"),
-            registry=registry,
-            runner=runner,
-            arm_endpoint=self.url(
-                entry.get("arm_endpoint", "https://management.azure.com"), "azure.arm_endpoint"
-            ),
-            key_vault_url=self.url(vault, "azure.key_vault_url") if vault is not None else None,
-            ledger=ledger,
-            identity=self.text(entry.get("identity", "[system]"), "azure.identity"),
-        )
-
-    def acr(self, raw: Any, where: str) -> AzureRegistry:
-        entry = self.mapping(raw, where, {"name", "resource_group", "login_server"})
-        name = self.text(entry.get("name"), f"{where}.name")
-        if not re.fullmatch(r"[A-Za-z0-9]{5,50}", name):
-            raise self.fail(
-                f"{where}.name", f"'{name}' is not a registry name (5-50 letters and digits)"
-            )
-        login = self.text(
-            entry.get("login_server", f"{name.lower()}.azurecr.io"), f"{where}.login_server"
-        )
-        return AzureRegistry(
-            name=name,
-            resource_group=self.text(entry.get("resource_group"), f"{where}.resource_group"),
-            login_server=login,
-        )
-
-    def url(self, raw: Any, where: str) -> str:
-        text = self.text(raw, where).rstrip("/")
-        if not text.startswith("https://"):
-            raise self.fail(where, f"'{text}' must be an https:// URL")
-        return text
-
-    def registries(self, raw: Any) -> dict[str, RegistrySettings]:
-        if not isinstance(raw, list):
-            raise self.fail(
-                "registries",
-                "expected a list of {host, insecure, username, password_secret, resource_id}",
-            )
+    def registries(self, entries: list[schema.RegistryEntry]) -> dict[str, RegistrySettings]:
         result: dict[str, RegistrySettings] = {}
-        for i, item in enumerate(raw):
+        for i, entry in enumerate(entries):
             where = f"registries[{i}]"
-            entry = self.mapping(
-                item,
-                where,
-                {
-                    "host",
-                    "insecure",
-                    "username",
-                    "username_secret",
-                    "password_secret",
-                    "resource_id",
-                },
-            )
-            host = self.text(entry.get("host"), f"{where}.host")
             try:
-                probe = ImageRef.parse(f"{host}/probe")
+                probe = ImageRef.parse(f"{entry.host}/probe")
             except InvalidReference:
                 probe = None
             # a name without '.' or ':port' (and not localhost) would read as a Docker Hub path
             if probe is None or probe.repository not in ("probe", "library/probe"):
                 raise self.fail(
                     f"{where}.host",
-                    f"'{host}' is not a registry host[:port]; write e.g. registry.example.com "
-                    "or 127.0.0.1:5000",
+                    f"'{entry.host}' is not a registry host[:port]; write e.g. "
+                    "registry.example.com or 127.0.0.1:5000",
                 )
             host = probe.registry
-            insecure = entry.get("insecure", False)
-            if not isinstance(insecure, bool):
-                raise self.fail(f"{where}.insecure", "expected true or false")
-            if insecure and not is_loopback_registry(host):
+            if entry.insecure and not is_loopback_registry(host):
                 raise self.fail(
                     f"{where}.insecure",
                     f"plain HTTP is allowed for loopback registries only, not '{host}'; "
                     "serve it over TLS",
                 )
-            optional = {
-                key: self.text(entry[key], f"{where}.{key}") if entry.get(key) is not None else None
-                for key in ("username", "username_secret", "password_secret", "resource_id")
-            }
-            if optional["username"] and optional["username_secret"]:
+            if entry.username and entry.username_secret:
                 raise self.fail(where, "give username or username_secret, not both")
-            if (optional["username"] or optional["username_secret"]) and not optional[
-                "password_secret"
-            ]:
+            if (entry.username or entry.username_secret) and not entry.password_secret:
                 raise self.fail(f"{where}.password_secret", "a username needs a password_secret")
-            resource_id = optional["resource_id"]
-            if resource_id and not re.fullmatch(
-                r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
-                r"Microsoft\.ContainerRegistry/registries/[A-Za-z0-9]+",
-                resource_id,
-                flags=re.IGNORECASE,
-            ):
+            if entry.resource_id and not _ACR_ID.fullmatch(entry.resource_id):
                 raise self.fail(
                     f"{where}.resource_id",
                     "expected /subscriptions/…/resourceGroups/…/providers/"
                     "Microsoft.ContainerRegistry/registries/NAME",
                 )
-            result[host] = RegistrySettings(host=host, insecure=insecure, **optional)
+            result[host] = RegistrySettings(
+                host=host,
+                insecure=entry.insecure,
+                username=entry.username or None,
+                username_secret=entry.username_secret or None,
+                password_secret=entry.password_secret or None,
+                resource_id=entry.resource_id or None,
+            )
         return result
 
-    def validator(self, raw: Any) -> ValidatorSettings:
-        entry = self.mapping(raw, "validator", {"engine", "network"})
-        engine = entry.get("engine", "auto")
-        engine_text = self.text(engine, "validator.engine")
-        network = self.text(entry.get("network", "none"), "validator.network")
-        return ValidatorSettings(
-            engine=None if engine_text == "auto" else engine_text, network=network
-        )
-
-    def rule(self, raw: Any, index: int) -> Rule:
-        label = f"rules[{index}]"
-        if isinstance(raw, dict) and isinstance(raw.get("name"), str):
-            label = f"rule '{raw['name']}'"
-        entry = self.mapping(
-            raw,
-            label,
-            {
-                "name",
-                "source",
-                "tags",
-                "target",
-                "stable_tag",
-                "unique_tag",
-                "validation",
-                "untagged",
-            },
-        )
-        name = self.text(entry.get("name"), f"{label}.name")
-        source = self.ref(entry.get("source"), f"{label}.source", repository_only=True)
-        tags_raw = entry.get("tags")
-        if isinstance(tags_raw, str):
-            tags_raw = [tags_raw]
-        if not isinstance(tags_raw, list) or not tags_raw:
-            raise self.fail(
-                f"{label}.tags",
-                "expected a list of tags or glob patterns, e.g. ['15-alpine', '16-*']",
-            )
-        tags = tuple(self.text(t, f"{label}.tags[{i}]") for i, t in enumerate(tags_raw))
-        target = self.ref(entry.get("target"), f"{label}.target", repository_only=True)
-        stable = self.template(entry.get("stable_tag", DEFAULT_STABLE_TAG), f"{label}.stable_tag")
-        unique = self.template(entry.get("unique_tag", DEFAULT_UNIQUE_TAG), f"{label}.unique_tag")
+    def rule(self, entry: schema.RuleEntry) -> Rule:
+        label = f"rule '{entry.name}'"
+        tags = (entry.tags,) if isinstance(entry.tags, str) else tuple(entry.tags)
+        stable = self.template(entry.stable_tag, f"{label}.stable_tag")
+        unique = self.template(entry.unique_tag, f"{label}.unique_tag")
         if "{run_id}" not in unique:
             raise self.fail(
                 f"{label}.unique_tag",
@@ -520,28 +403,69 @@ class _Loader:
             )
         if stable == unique:
             raise self.fail(f"{label}.stable_tag", "must differ from unique_tag")
-        validation = self.validation(entry.get("validation"), f"{label}.validation")
-        untagged = entry.get("untagged", False)
-        if not isinstance(untagged, bool):
-            raise self.fail(f"{label}.untagged", "expected true or false")
-        if untagged and (len(tags) != 1 or set(tags[0]) & _GLOB_CHARS):
+        if entry.untagged and (len(tags) != 1 or set(tags[0]) & _GLOB_CHARS):
             raise self.fail(
                 f"{label}.untagged",
-                "gating untagged pushes needs exactly one exact tag in 'tags' (it names the stable tag)",
+                "gating untagged pushes needs exactly one exact tag in 'tags' (it names the "
+                "stable tag)",
             )
         return Rule(
-            name=name,
-            source=source,
+            name=entry.name,
+            source=self.ref(entry.source, f"{label}.source"),
             tags=tags,
-            target=target,
-            validation=validation,
+            target=self.ref(entry.target, f"{label}.target"),
+            validation=self.validation(entry.validation, f"{label}.validation"),
             stable_tag=stable,
             unique_tag=unique,
-            untagged=untagged,
+            untagged=entry.untagged,
+            downstream=self.downstream(entry.downstream, f"{label}.downstream"),
         )
 
-    def template(self, raw: Any, where: str) -> str:
-        text = self.text(raw, where)
+    def downstream(
+        self, entries: list[str | schema.DownstreamEntry], where: str
+    ) -> tuple[DownstreamTask, ...]:
+        """``downstream:`` as written: task names, or {task, registry, resource_group}."""
+        tasks = tuple(
+            DownstreamTask(task=e)
+            if isinstance(e, str)
+            else DownstreamTask(
+                task=e.task, registry=e.registry or "", resource_group=e.resource_group or ""
+            )
+            for e in entries
+        )
+        keys = [(t.registry.lower(), t.task.lower()) for t in tasks]
+        if len(set(keys)) != len(keys):
+            raise self.fail(where, "lists the same task twice; each task runs once per promotion")
+        return tasks
+
+    def downstream_defaults(self, rule: Rule, azure: AzureSettings | None) -> Rule:
+        """Fill a rule's downstream tasks from ``azure.registry``; refuse them without azure."""
+        if not rule.downstream:
+            return rule
+        where = f"rule '{rule.name}'.downstream"
+        if azure is None:
+            raise self.fail(
+                where,
+                "downstream tasks are ACR tasks and need the azure: section; locally, nothing "
+                "runs downstream (remove downstream, or add azure:)",
+            )
+        home = azure.registry
+        filled = []
+        for i, task in enumerate(rule.downstream):
+            registry = task.registry or home.name
+            group = task.resource_group
+            if not group:
+                if registry.lower() != home.name.lower():
+                    raise self.fail(
+                        f"{where}[{i}].resource_group",
+                        f"task '{task.task}' lives in registry '{registry}', not in "
+                        f"azure.registry: say its resource_group",
+                    )
+                group = home.resource_group
+            filled.append(DownstreamTask(task=task.task, registry=registry, resource_group=group))
+        return replace(rule, downstream=tuple(filled))
+
+    def template(self, text: str, where: str) -> str:
         try:
             fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
         except ValueError as exc:
@@ -555,31 +479,115 @@ class _Loader:
             )
         return text
 
-    def validation(self, raw: Any, where: str) -> ValidationSettings:
-        if raw is None:
-            raise self.fail(where, "missing; every rule needs a validation folder")
-        entry = self.mapping(raw, where, {"folder", "task", "timeout", "values", "secret_values"})
-        folder = self.path(entry.get("folder"), f"{where}.folder")
+    def validation(self, entry: schema.ValidationEntry, where: str) -> ValidationSettings:
+        folder = self.path(entry.folder)
         if not folder.is_dir():
             raise self.fail(f"{where}.folder", f"{folder} is not a directory")
-        task = self.text(entry.get("task", "acr-task.yaml"), f"{where}.task")
-        if not (folder / task).is_file():
-            raise self.fail(f"{where}.task", f"{folder / task} does not exist")
-        timeout = self.number(entry.get("timeout", 600), f"{where}.timeout")
-        values = self.string_map(entry.get("values", {}), f"{where}.values")
-        secret_values = self.string_map(entry.get("secret_values", {}), f"{where}.secret_values")
-        clash = sorted(set(values) & set(secret_values))
+        if not (folder / entry.task).is_file():
+            raise self.fail(f"{where}.task", f"{folder / entry.task} does not exist")
+        clash = sorted(set(entry.values) & set(entry.secret_values))
         if clash:
             raise self.fail(where, f"{', '.join(clash)} given in both values and secret_values")
         return ValidationSettings(
             folder=folder,
-            task=task,
-            timeout_seconds=timeout,
-            values=values,
-            secret_values=secret_values,
+            task=entry.task,
+            timeout_seconds=entry.timeout,
+            values=dict(entry.values),
+            secret_values=dict(entry.secret_values),
         )
 
-    def string_map(self, raw: Any, where: str) -> dict[str, str]:
-        if not isinstance(raw, dict):
-            raise self.fail(where, "expected a mapping of NAME: value")
-        return {str(k): self.text(v, f"{where}.{k}") for k, v in raw.items()}
+    def azure(self, entry: schema.AzureSection) -> AzureSettings:
+        registry = replace(self.acr(entry.registry), promote=entry.registry.promote)
+        runner = self.acr(entry.runner) if entry.runner is not None else registry
+        ledger = None
+        if entry.ledger is not None:
+            led = entry.ledger
+            if bool(led.table_endpoint) == bool(led.connection_string):
+                raise self.fail(
+                    "azure.ledger",
+                    "give exactly one of table_endpoint (identity-based, for Azure) or "
+                    "connection_string (for Azurite)",
+                )
+            ledger = AzureLedger(
+                table_endpoint=self.url(led.table_endpoint, "azure.ledger.table_endpoint")
+                if led.table_endpoint
+                else None,
+                connection_string=led.connection_string or None,
+                table=led.table,
+                log_container=led.log_container,
+            )
+        return AzureSettings(
+            subscription_id=entry.subscription_id,
+            registry=registry,
+            runner=runner,
+            arm_endpoint=self.url(entry.arm_endpoint, "azure.arm_endpoint"),
+            key_vault_url=self.url(entry.key_vault_url, "azure.key_vault_url")
+            if entry.key_vault_url
+            else None,
+            ledger=ledger,
+            runner_identity=self.runner_identity(entry.runner),
+        )
+
+    def need_runner_identity(
+        self, registries: Mapping[str, RegistrySettings], azure: AzureSettings
+    ) -> None:
+        """Validation runs that log in to a registry do it as the runner identity: require it."""
+        if azure.runner_identity is not None:
+            return
+        logins = sorted(
+            host
+            for host, settings in registries.items()
+            if settings.resource_id
+            or (azure.key_vault_url and (settings.username_secret or settings.password_secret))
+        )
+        if logins:
+            raise self.fail(
+                "azure.runner.identity",
+                f"validation runs log in to {', '.join(logins)}, and ACR task runs do that only "
+                "as a user-assigned identity: add azure.runner.identity: {resource_id: <ARM id "
+                "of the identity>, client_id: <its client id>} (with azure.runner's name and "
+                "resource_group), and grant it AcrPull on those registries and read access to "
+                "their Key Vault secrets",
+            )
+
+    def runner_identity(self, runner: schema.RunnerEntry | None) -> RunnerIdentity | None:
+        """``azure.runner.identity``: a user-assigned identity's ARM id and client id."""
+        entry = runner.identity if runner is not None else None
+        if entry is None:
+            return None
+        where = "azure.runner.identity"
+        if not _IDENTITY_ID.fullmatch(entry.resource_id):
+            raise self.fail(
+                f"{where}.resource_id",
+                f"'{entry.resource_id}' is not the ARM id of a user-assigned identity "
+                "(/subscriptions/<sub>/resourceGroups/<rg>/providers/"
+                "Microsoft.ManagedIdentity/userAssignedIdentities/<name>); ACR task runs take "
+                "user-assigned identities only",
+            )
+        if not _GUID.fullmatch(entry.client_id):
+            raise self.fail(
+                f"{where}.client_id",
+                f"'{entry.client_id}' is not a client id (a GUID); copy it from "
+                "'az identity show --query clientId'",
+            )
+        return RunnerIdentity(resource_id=entry.resource_id, client_id=entry.client_id)
+
+    def acr(self, entry: schema.AcrEntry) -> AzureRegistry:
+        return AzureRegistry(
+            name=entry.name,
+            resource_group=entry.resource_group,
+            login_server=entry.login_server or f"{entry.name.lower()}.azurecr.io",
+        )
+
+
+_IDENTITY_ID = re.compile(
+    r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+    r"Microsoft\.ManagedIdentity/userAssignedIdentities/[^/]+",
+    flags=re.IGNORECASE,
+)
+_GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+_ACR_ID = re.compile(
+    r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+    r"Microsoft\.ContainerRegistry/registries/[A-Za-z0-9]+",
+    flags=re.IGNORECASE,
+)

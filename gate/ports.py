@@ -13,7 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from gate.model import Claim, GateRecord, State, ValidationResult
+from gate.config import DownstreamTask
+from gate.model import Claim, DownstreamRun, GateRecord, State, ValidationResult
 from gate.ref import ImageRef
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -64,7 +65,13 @@ class Registry(Protocol):
 
 @dataclass(frozen=True)
 class ValidationRequest:
-    """One validation run: the task file of a rule's folder against a digest-pinned image."""
+    """One validation run: the task file of a rule's folder against a digest-pinned image.
+
+    ``key`` names the validation durably (the gate record's id) and ``attempt`` counts the
+    workers that took it on (1, then 2 for a worker that resumed it, ...): a validator whose
+    runs outlive the worker (ACR) derives a deterministic run name from both, so a later
+    attempt finds the run of an earlier one by name. An empty ``key`` leaves nothing to find.
+    """
 
     image: ImageRef
     folder: Path
@@ -73,6 +80,8 @@ class ValidationRequest:
     secret_values: frozenset[str] = frozenset()
     timeout_seconds: float = 600.0
     run_registry: str = ""
+    key: str = ""
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -80,8 +89,8 @@ class Resume:
     """A validation an earlier worker started and did not finish.
 
     ``run_id`` is the run it recorded, if it got that far; ``since`` is when it was about to
-    start one, so a validator whose runs live elsewhere (ACR) can find a run that was started
-    but never recorded.
+    start one. Without a ``run_id``, a validator whose runs live elsewhere (ACR) looks for the
+    run an earlier attempt of the same request ``key`` started and never recorded.
     """
 
     run_id: str | None
@@ -155,6 +164,18 @@ class Ledger(Protocol):
 
     def decided(self, rule: str, digest: str) -> GateRecord | None:
         """Return the promoted or rejected record of (rule, digest), if any."""
+        ...
+
+
+class DownstreamRunner(Protocol):
+    """Starts a rule's downstream task after a promotion, and does not wait for it."""
+
+    def start(self, task: DownstreamTask, image: ImageRef) -> DownstreamRun:
+        """Queue one run of ``task`` for the promoted ``image`` (target repository @ digest).
+
+        Returns the run it got; raises a :class:`~gate.errors.GateError` when it could not be
+        queued (the caller records that; the promotion stands).
+        """
         ...
 
 

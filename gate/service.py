@@ -7,20 +7,23 @@ The invariants live here:
   forced (the ledger's claim decides, atomically);
 * the run-ID tag is written (never overwritten) before the stable tag moves, and the stable tag
   only ever moves to a digest that passed validation;
-* every decision, including failures, ends in a record.
+* every decision, including failures, ends in a record;
+* downstream tasks start only after a promotion, and what happens to them never undoes it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from gate.config import GateConfig, Rule
+from gate.config import DownstreamTask, GateConfig, Rule
 from gate.errors import Conflict, GateError, NotFound, UsageError
-from gate.model import Claim, GateRecord, Outcome, State, new_record_id
+from gate.model import Claim, DownstreamRun, GateRecord, Outcome, State, new_record_id
 from gate.ports import (
+    DownstreamRunner,
     Ledger,
     ProgressCallback,
     Registry,
@@ -30,6 +33,8 @@ from gate.ports import (
     Validator,
 )
 from gate.ref import ImageRef, parse_digest
+
+_log = logging.getLogger("gate.service")
 
 Notify = Callable[[str, GateRecord, str], None]
 """``notify(event, record, message)``: progress for whoever watches (CLI output, logs)."""
@@ -54,6 +59,7 @@ class Gatekeeper:
     ledger: Ledger
     secrets: Secrets
     notify: Notify = field(default=quiet)
+    downstream: DownstreamRunner | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class GateOutcome:
             "run_id": r.run_id,
             "record_id": r.id,
             "reason": r.reason,
+            "downstream": [d.to_dict() for d in r.downstream],
         }
 
 
@@ -234,6 +241,20 @@ def _run(
     record: GateRecord,
     progress: ProgressCallback | None,
 ) -> GateRecord:
+    """Decide a claimed record, then start the rule's downstream tasks if it was promoted."""
+    record = _decide(keeper, rule, source, record, progress)
+    if record.state is State.PROMOTED and rule.downstream:
+        record = _start_downstream(keeper, rule, record)
+    return record
+
+
+def _decide(
+    keeper: Gatekeeper,
+    rule: Rule,
+    source: ImageRef,
+    record: GateRecord,
+    progress: ProgressCallback | None,
+) -> GateRecord:
     """Validate and promote a claimed record; every exit path leaves a final record.
 
     An adopted record carries on from its state: a validation already passed is not run again,
@@ -258,7 +279,7 @@ def _run(
 
         began = time.monotonic()
         result = keeper.validator.validate(
-            _validation_request(keeper, rule, source), started, resume
+            _validation_request(keeper, rule, source, record), started, resume
         )
         record = record.advance(
             record.state,
@@ -331,7 +352,86 @@ def _promote(
     return record
 
 
-def _validation_request(keeper: Gatekeeper, rule: Rule, source: ImageRef) -> ValidationRequest:
+def _start_downstream(keeper: Gatekeeper, rule: Rule, record: GateRecord) -> GateRecord:
+    """Queue each downstream task of ``rule`` for the promoted digest; record the runs.
+
+    Nothing here waits for a run or can fail the promotion: a task that cannot be queued is
+    recorded with its error (retry with ``gate downstream RECORD_ID``) and the rest still run.
+    """
+    assert record.digest is not None
+    image = rule.target.with_tag(record.target_tags[-1]).with_digest(record.digest)
+    runs = [_start_one(keeper, task, image, record) for task in rule.downstream]
+    record = record.advance(State.PROMOTED, downstream=tuple(runs))
+    try:
+        keeper.ledger.save(record)
+    except GateError as exc:
+        # the promotion is recorded already; the runs still reach the audit line
+        keeper.notify("failed", record, f"recording the downstream runs failed: {exc.message}")
+    return record
+
+
+def _start_one(
+    keeper: Gatekeeper, task: DownstreamTask, image: ImageRef, record: GateRecord
+) -> DownstreamRun:
+    name = f"{task.registry}/{task.task}"
+    if keeper.downstream is None:
+        run = DownstreamRun(
+            task.registry, task.task, error="no downstream runner is configured (needs azure:)"
+        )
+    else:
+        try:
+            run = keeper.downstream.start(task, image)
+        except GateError as exc:
+            run = DownstreamRun(task.registry, task.task, error=exc.message)
+        except Exception as exc:  # the promotion stands whatever a scheduler raises
+            run = DownstreamRun(task.registry, task.task, error=f"{type(exc).__name__}: {exc}")
+    if run.scheduled:
+        keeper.notify("downstream", record, f"task {name} queued as run {run.run_id}")
+    else:
+        # logged as well as recorded: whoever watches the logs learns a rebuild did not start
+        _log.warning(
+            "record %s: downstream task %s was not queued (retry: gate downstream %s): %s",
+            record.id,
+            name,
+            record.id,
+            run.error,
+        )
+        keeper.notify("downstream", record, f"task {name} was not queued: {run.error}")
+    return run
+
+
+def retry_downstream(keeper: Gatekeeper, record_id: str) -> GateRecord:
+    """Queue the downstream tasks of a promotion that were not queued (failed or never tried).
+
+    Tasks already queued for the record are left alone (their runs are theirs); a record whose
+    tasks never got to start (its worker stopped right after promoting) gets all of its rule's.
+    """
+    record = keeper.ledger.get(record_id)
+    if record.action != "gate" or record.state is not State.PROMOTED or record.digest is None:
+        raise UsageError(
+            f"record {record.id} is {record.state.value}, not a promotion; only promoted "
+            "records start downstream tasks"
+        )
+    rule = next((r for r in keeper.config.rules if r.name == record.rule), None)
+    if rule is None or not rule.downstream:
+        raise UsageError(
+            f"rule '{record.rule}' has no downstream tasks in {keeper.config.path}; add "
+            "downstream: to the rule first"
+        )
+    done = {(d.registry.lower(), d.task.lower()): d for d in record.downstream if d.scheduled}
+    image = rule.target.with_tag(record.target_tags[-1]).with_digest(record.digest)
+    runs = []
+    for task in rule.downstream:
+        kept = done.get((task.registry.lower(), task.task.lower()))
+        runs.append(kept if kept is not None else _start_one(keeper, task, image, record))
+    record = record.advance(State.PROMOTED, downstream=tuple(runs))
+    keeper.ledger.save(record)
+    return record
+
+
+def _validation_request(
+    keeper: Gatekeeper, rule: Rule, source: ImageRef, record: GateRecord
+) -> ValidationRequest:
     pinned = source.pinned()
     values = {
         **rule.validation.values,
@@ -351,6 +451,10 @@ def _validation_request(keeper: Gatekeeper, rule: Rule, source: ImageRef) -> Val
         secret_values=secret_names,
         timeout_seconds=rule.validation.timeout_seconds,
         run_registry=rule.target.registry,
+        # the record's id and which worker this is: an ACR run started by an earlier worker
+        # that died before recording it is found again by this name
+        key=record.id,
+        attempt=max(record.attempts, 1),
     )
 
 

@@ -1,5 +1,5 @@
 """The whole gate on its Azure adapters, through the real SDK clients, against the ACR emulator
-(ARM import, quick runs, ACR data plane) and a real Azurite (Table ledger): the walkthrough, the
+(ARM import, task runs with a user-assigned identity, ACR data plane) and a real Azurite (Table ledger): the walkthrough, the
 duplicate that costs nothing, a crash between scheduling a run and recording it, and a fault
 matrix: for each fault, the verdict, the ledger state and the target's tags."""
 
@@ -21,7 +21,8 @@ from gate.compose import build_gatekeeper
 from gate.config import load_config
 from gate.model import GateRecord, State
 from gate.service import Gatekeeper, gate_image
-from tests.acr_emulator import AcrEmulator, EmulatedRegistry
+from tests.acr_emulator import AcrEmulator, EmulatedIdentity, EmulatedRegistry
+from tests.acr_emulator.task_runs import task_runs_of
 from tests.acr_emulator.tasks import runs_of, wait_for_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +75,7 @@ def azure_config(
     up: EmulatedRegistry,
     base: EmulatedRegistry,
     tables: AzuriteProcess,
+    runner: EmulatedIdentity,
 ) -> Path:
     path = tmp_path / "gate.yaml"
     path.write_text(
@@ -86,6 +88,11 @@ def azure_config(
               subscription_id: "{emulator.subscription_id}"
               arm_endpoint: "{emulator.arm_endpoint}"
               registry: {{name: {base.name}, resource_group: {base.resource_group}, login_server: "{base.login_server}"}}
+              runner:
+                name: {base.name}
+                resource_group: {base.resource_group}
+                login_server: "{base.login_server}"
+                identity: {{resource_id: "{runner.resource_id}", client_id: "{runner.client_id}"}}
               ledger:
                 connection_string: "{tables.connection_string}"
                 table: gate{next(_tables)}{tmp_path.name[-6:].replace("_", "")}
@@ -107,6 +114,8 @@ def quick(keeper: Gatekeeper, emulator: AcrEmulator, base: EmulatedRegistry) -> 
     assert isinstance(built, AcrQuickRunValidator)
     validator = AcrQuickRunValidator(
         custom_registries=built.custom_registries,
+        identity_resource_id=built.identity_resource_id,
+        identity_client_id=built.identity_client_id,
         credential=emulator.credential(),
         subscription_id=emulator.subscription_id,
         resource_group=base.resource_group,
@@ -114,6 +123,7 @@ def quick(keeper: Gatekeeper, emulator: AcrEmulator, base: EmulatedRegistry) -> 
         arm_endpoint=emulator.arm_endpoint,
         poll_initial=0.05,
         poll_max=0.5,
+        client_kwargs={"retry_backoff_factor": 0.01},
     )
     return replace(keeper, validator=validator)
 
@@ -126,9 +136,12 @@ def cloud(
     podman_env: dict[str, str],
     image_builder: ImageBuilder,
 ) -> Iterator[Cloud]:
-    up = acr_emulator.add_registry("publicregistry", "public-rg")
+    # the upstream ACR is private: the validation run pulls the candidate only as the runner's
+    # user-assigned identity, which has AcrPull there
+    up = acr_emulator.add_registry("publicregistry", "public-rg", private=True)
     base = acr_emulator.add_registry("baseartifacts", "base-rg")
-    path = azure_config(tmp_path, acr_emulator, up, base, tables)
+    runner = acr_emulator.add_identity("gate-runner", pull_from=(up,))
+    path = azure_config(tmp_path, acr_emulator, up, base, tables, runner)
     keeper = build_gatekeeper(load_config(path), credential=acr_emulator.credential())
     yield Cloud(acr_emulator, up, base, image_builder, quick(keeper, acr_emulator, base), path)
     wait_for_runs(acr_emulator, base.name)
@@ -210,9 +223,12 @@ def test_crash_between_scheduling_and_recording_resumes_the_same_run(
     record = cloud.gate()
 
     assert record.id == stuck.id and record.state is State.PROMOTED and record.attempts == 2
-    assert cloud.quick_runs() == 1  # the orphan run was found and followed, not run again
+    assert cloud.quick_runs() == 1  # the run was found by its task run's name and followed
     assert record.run_id == runs_of(cloud.emulator, cloud.base.name)[0].run_id
     assert cloud.target_tags()["15-alpine"] == green
+    names = cloud.arm()
+    assert names.count("createTaskRun") == 1 and "listRuns" not in names
+    assert task_runs_of(cloud.emulator, cloud.base.name) == {}  # deleted once followed
 
 
 @pytest.mark.parametrize(
@@ -228,11 +244,13 @@ def test_crash_between_scheduling_and_recording_resumes_the_same_run(
         ({"route": "importImage", "status": 500, "times": 1000}, State.FAILED, False, 1),
         ({"import_fails_midway": True}, State.FAILED, False, 1),
         (
-            {"route": "scheduleRun", "status": 429, "retry_after": 1, "times": 1},
+            {"route": "createTaskRun", "status": 429, "retry_after": 1, "times": 1},
             State.PROMOTED,
             True,
             1,
         ),
+        ({"route": "createTaskRun", "status": 500, "times": 1}, State.PROMOTED, True, 1),
+        ({"route": "createTaskRun", "status": 500, "times": 1000}, State.FAILED, False, 0),
         ({"route": "getRun", "status": 500, "times": 2}, State.PROMOTED, True, 1),
         ({"run_outcome": "Failed", "times": 1}, State.REJECTED, False, 1),
         ({"run_outcome": "Error", "times": 1}, State.FAILED, False, 1),
@@ -243,7 +261,9 @@ def test_crash_between_scheduling_and_recording_resumes_the_same_run(
         "import-500-once",
         "import-500-always",
         "import-midway",
-        "schedule-429",
+        "create-429",
+        "create-500-once",
+        "create-500-always",
         "getrun-500",
         "run-failed",
         "run-error",

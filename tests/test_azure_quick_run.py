@@ -1,9 +1,11 @@
-"""The ACR quick-run validator with the real SDK client against the ACR emulator.
+"""The ACR task-run validator with the real SDK client against the ACR emulator.
 
 The emulator serves ARM over HTTPS (its CA exported as ``REQUESTS_CA_BUNDLE``) and really runs
-each scheduled run's task file with podman, from the uploaded source archive; candidates are
-busybox images in an emulated registry's backing ``docker-registry``. Every test runs its quick
-runs on a registry of its own, so the emulator's run book and ARM call log count only its runs.
+each task run's task file with podman, from the uploaded source archive; candidates are busybox
+images in an emulated registry's backing ``docker-registry``, or in a *private* emulated ACR
+that only a run logged in with a user-assigned identity holding AcrPull may pull from. Every
+test runs its task runs on a registry of its own, so the emulator's run book and ARM call log
+count only its runs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import tarfile
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +29,19 @@ import pytest
 
 from devstack.images import build_image
 from gate.adapters.azure.quick_run import (
+    TASK_RUN_NAME,
     AcrQuickRunValidator,
     pack_folder,
     parse_step_failure,
     redact_urls,
+    task_run_name,
 )
 from gate.errors import ConfigError, ValidatorError
 from gate.model import Outcome
 from gate.ports import Resume, ValidationRequest
 from gate.ref import ImageRef
-from tests.acr_emulator import AcrEmulator, EmulatedRegistry
+from tests.acr_emulator import AcrEmulator, EmulatedIdentity, EmulatedRegistry
+from tests.acr_emulator.task_runs import task_runs_of
 from tests.acr_emulator.tasks import runs_of, wait_for_runs
 
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed" / "validation"
@@ -46,18 +51,25 @@ _names = itertools.count(1)
 
 @dataclass(frozen=True)
 class Env:
-    """The emulator and the walkthrough's two candidates in its upstream registry."""
+    """The emulator, the walkthrough's two candidates in its upstream registry, the green one
+    in a private ACR too, and user-assigned identities with and without the grants it needs."""
 
     emulator: AcrEmulator
     green: ImageRef
     red: ImageRef
+    private: EmulatedRegistry
+    private_green: ImageRef
+    runner_identity: EmulatedIdentity  # AcrPull on the private ACR, reads the vault
+    no_pull: EmulatedIdentity  # reads the vault only
+    no_vault: EmulatedIdentity  # AcrPull only
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, podman_env: dict[str, str]) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("quick-run")
     saved = {key: os.environ.get(key) for key in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
-    with AcrEmulator(root / "emulator") as emulator:
+    # No Retry-After on task run creation: the SDK then polls at the validator's own pace.
+    with AcrEmulator(root / "emulator", lro_retry_after=0) as emulator:
         os.environ["REQUESTS_CA_BUNDLE"] = os.environ["SSL_CERT_FILE"] = str(emulator.ca_path)
         try:
             upstream = emulator.add_registry("upstream")
@@ -70,10 +82,23 @@ def env(tmp_path_factory: pytest.TempPathFactory, podman_env: dict[str, str]) ->
                 )
                 for color in ("Green", "Red")
             }
+            private = emulator.add_registry("privateupstream", private=True)
+            private_digest = build_image(
+                root / "images",
+                f"{private.backing.host}/seed/app:green",
+                env={"BACKGROUND_COLOR": "Green"},
+            )
             yield Env(
                 emulator=emulator,
                 green=ImageRef.parse(f"{host}/seed/app@{pushed['Green']}"),
                 red=ImageRef.parse(f"{host}/seed/app@{pushed['Red']}"),
+                private=private,
+                private_green=ImageRef.parse(f"{private.login_server}/seed/app@{private_digest}"),
+                runner_identity=emulator.add_identity(
+                    "gate-runner", pull_from=(private,), reads_vault=True
+                ),
+                no_pull=emulator.add_identity("vault-only", reads_vault=True),
+                no_vault=emulator.add_identity("pull-only", pull_from=(private,)),
             )
         finally:
             for key, value in saved.items():
@@ -108,6 +133,11 @@ def make_validator(env: Env, registry: EmulatedRegistry, **options: Any) -> AcrQ
         arm_endpoint=env.emulator.arm_endpoint,
         **settings,
     )
+
+
+def with_identity(identity: EmulatedIdentity) -> dict[str, str]:
+    """The validator options that attach ``identity`` to its task runs."""
+    return {"identity_resource_id": identity.resource_id, "identity_client_id": identity.client_id}
 
 
 def request_for(image: ImageRef, folder: Path = SEED, **options: Any) -> ValidationRequest:
@@ -164,10 +194,16 @@ def test_seed_green_image_passes_with_the_minimum_arm_calls(
     assert "Validation Complete - No Known Errors" in result.log
     assert "Run ID: ca1 was successful after" in result.log
     assert calls(env, runner, "listBuildSourceUploadUrl") == [200]
-    assert calls(env, runner, "scheduleRun") == [200]
-    assert calls(env, runner, "listLogSasUrl") == [200]
+    # PUT the task run, follow its creation (one status poll, the SDK's final GET)...
+    assert calls(env, runner, "createTaskRun") == [201]
+    assert calls(env, runner, "taskRunOperationStatus") == [200]
+    assert calls(env, runner, "getTaskRun") == [200]
+    # ...follow the run, read its log, delete the task run
     assert calls(env, runner, "getRun") and set(calls(env, runner, "getRun")) == {200}
-    assert calls(env, runner, "listRuns") == calls(env, runner, "cancelRun") == []
+    assert calls(env, runner, "listLogSasUrl") == [200]
+    assert calls(env, runner, "deleteTaskRun") == [200]
+    assert task_runs_of(env.emulator, runner.name) == {}
+    assert calls(env, runner, "scheduleRun") == calls(env, runner, "cancelRun") == []
 
 
 @pytest.mark.podman
@@ -185,15 +221,21 @@ def test_seed_red_image_is_rejected_naming_the_failing_step_and_its_output(
 
 
 @pytest.mark.podman
-def test_schedule_run_body_carries_task_values_platform_timeout_and_source(
+def test_task_run_request_carries_task_values_platform_timeout_and_source(
     env: Env, runner: EmulatedRegistry
 ) -> None:
     with make_validator(env, runner, architecture="amd64") as validator:
         result = validator.validate(
-            request_for(env.green, values={"EXTRA": "x"}, timeout_seconds=42), lambda _: None
+            request_for(
+                env.green, values={"EXTRA": "x"}, timeout_seconds=42, key="0193ab", attempt=1
+            ),
+            lambda _: None,
         )
     assert result.outcome is Outcome.PASSED, result.log
+    (put,) = [c for c in env.emulator.arm_calls("createTaskRun") if runner.name in c.path]
+    assert put.path.endswith("/taskRuns/gate-0193ab-1")  # the record's id and attempt
     (run,) = runs_of(env.emulator, runner.name)
+    assert run.identities == ()  # no credentials configured, no identity needed
     body = run.body
     assert body["type"] == "EncodedTaskRunRequest"
     assert base64.b64decode(body["encodedTaskContent"]) == (SEED / "acr-task.yaml").read_bytes()
@@ -241,11 +283,14 @@ def test_error_and_timeout_runs_fail_the_validation(
 def test_failed_run_without_a_failing_step_fails_rather_than_rejects(
     env: Env, runner: EmulatedRegistry
 ) -> None:
-    # The registry's identity cannot read the credentials: ACR fails the run at login, before
+    # The identity cannot read a secret that does not exist: ACR fails the run at login, before
     # any step; that says nothing about the image.
     missing = f"{env.emulator.key_vault_url}/secrets/no-such-secret"
     with make_validator(
-        env, runner, custom_registries={"private.example.io": (missing, missing)}
+        env,
+        runner,
+        custom_registries={"private.example.io": (missing, missing)},
+        **with_identity(env.runner_identity),
     ) as validator:
         result = validator.validate(request_for(env.green), lambda _: None)
     assert result.outcome is Outcome.FAILED, result.log
@@ -253,31 +298,107 @@ def test_failed_run_without_a_failing_step_fails_rather_than_rejects(
     assert "Logging in to registry: private.example.io" in result.log
 
 
-@pytest.mark.podman
-def test_custom_registry_credentials_are_key_vault_references_read_by_the_identity(
-    env: Env, runner: EmulatedRegistry
-) -> None:
+def private_credentials(env: Env) -> dict[str, tuple[str, str] | None]:
+    """The private ACR by identity alone, and a non-ACR registry by Key Vault secrets."""
     user = env.emulator.set_secret("pull-user", "reader")
     password = env.emulator.set_secret("pull-password", "pa55-w0rd")
+    return {env.private.login_server: None, "registry.example.io": (user, password)}
+
+
+@pytest.mark.podman
+def test_private_upstream_and_vault_secrets_are_reached_through_the_task_runs_identity(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    custom = private_credentials(env)
+    identity = env.runner_identity
     with make_validator(
-        env,
-        runner,
-        custom_registries={"private.example.io": (user, password)},
-        identity="11111111-aaaa-bbbb-cccc-222222222222",
+        env, runner, custom_registries=custom, **with_identity(identity)
     ) as validator:
-        result = validator.validate(request_for(env.green), lambda _: None)
+        result = validator.validate(request_for(env.private_green), lambda _: None)
     assert result.outcome is Outcome.PASSED, result.log
     (run,) = runs_of(env.emulator, runner.name)
+    assert run.identities == (identity,)  # attached by its ARM id
+    user, password = custom["registry.example.io"] or ("", "")
     assert run.body["credentials"] == {
         "customRegistries": {
-            "private.example.io": {
+            env.private.login_server: {"identity": identity.client_id},
+            "registry.example.io": {
                 "userName": {"type": "Vaultsecret", "value": user},
                 "password": {"type": "Vaultsecret", "value": password},
-                "identity": "11111111-aaaa-bbbb-cccc-222222222222",
-            }
+                "identity": identity.client_id,
+            },
         }
     }
-    assert run.to_json()["properties"]["customRegistries"] == ["private.example.io"]
+    assert run.to_json()["properties"]["customRegistries"] == [
+        env.private.login_server,
+        "registry.example.io",
+    ]
+
+
+@pytest.mark.parametrize("claimed", ["[system]", "client id"])
+def test_the_same_request_as_a_plain_quick_run_fails_at_login(
+    env: Env, runner: EmulatedRegistry, claimed: str
+) -> None:
+    # The shape the gate used to send: scheduleRun has no identity, so no credential resolves.
+    identity = env.runner_identity.client_id if claimed == "client id" else claimed
+    task = f"version: v1.1.0\nsteps:\n  - cmd: {env.private_green} true\n"
+    body = {
+        **good_body(),
+        "encodedTaskContent": base64.b64encode(task.encode()).decode(),
+        "credentials": {"customRegistries": {env.private.login_server: {"identity": identity}}},
+    }
+    response = arm(env)("POST", f"{runner.resource_id}/scheduleRun?api-version={API}", json=body)
+    assert response.status_code == 200, response.text
+    wait_for_runs(env.emulator, runner.name)
+    (run,) = runs_of(env.emulator, runner.name)
+    assert run.status == "Failed" and run.logged_in == []
+    stored = (env.emulator.blobs.get(f"acr-{runner.name}", run.log_name) or b"").decode()
+    assert f"the identity '{identity}' is not an identity of this run" in stored
+    assert "Executing step ID" not in stored
+
+
+@pytest.mark.parametrize(
+    ("lacking", "says"),
+    [
+        ("no_pull", "the identity has no pull permission on registry privateupstream"),
+        ("no_vault", "the identity may not read secrets of the vault"),
+    ],
+)
+def test_task_run_whose_identity_lacks_a_grant_fails_at_login(
+    env: Env, runner: EmulatedRegistry, lacking: str, says: str
+) -> None:
+    identity: EmulatedIdentity = getattr(env, lacking)
+    with make_validator(
+        env, runner, custom_registries=private_credentials(env), **with_identity(identity)
+    ) as validator:
+        result = validator.validate(request_for(env.private_green), lambda _: None)
+    assert result.outcome is Outcome.FAILED, result.log
+    assert result.reason.startswith("run ca1 failed before any step failed"), result.reason
+    assert "AcrPull" in result.reason  # the fix: grant the runner identity
+    assert says in result.log
+    assert "Executing step ID" not in result.log
+
+
+def test_private_upstream_without_a_login_is_refused_to_the_engine_and_fails(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    with make_validator(env, runner) as validator:
+        result = validator.validate(request_for(env.private_green), lambda _: None)
+    assert result.outcome is Outcome.FAILED, result.log
+    assert result.reason.startswith(
+        "the container engine could not run step 'validate-base-image' (exit status 125)"
+    ), result.reason
+    assert "unauthorized: authentication required" in result.log
+
+
+def test_credentials_without_a_runner_identity_are_refused_before_anything_runs(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    with pytest.raises(ConfigError, match="need the runner's user-assigned identity"):
+        make_validator(env, runner, custom_registries=private_credentials(env))
+    with pytest.raises(ConfigError, match="both its ARM resource id and its client id"):
+        make_validator(env, runner, identity_resource_id=env.runner_identity.resource_id)
+    assert calls(env, runner, "listBuildSourceUploadUrl") == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,15 +428,39 @@ def test_run_that_outlives_our_deadline_is_cancelled_and_fails(
 
 
 @pytest.mark.podman
-def test_throttled_schedule_run_is_retried_by_the_sdk_and_schedules_once(
-    env: Env, runner: EmulatedRegistry
+@pytest.mark.parametrize(
+    ("status", "retry_after"), [(429, 1), (500, None)], ids=["throttled", "server-error"]
+)
+def test_task_run_creation_that_fails_once_is_retried_by_the_sdk_and_runs_once(
+    env: Env, runner: EmulatedRegistry, status: int, retry_after: int | None
 ) -> None:
-    env.emulator.faults.add(route="scheduleRun", status=429, retry_after=1, times=1)
+    env.emulator.faults.add(route="createTaskRun", status=status, retry_after=retry_after)
     with make_validator(env, runner) as validator:
         result = validator.validate(request_for(env.green), lambda _: None)
     assert result.outcome is Outcome.PASSED, result.log
-    assert calls(env, runner, "scheduleRun") == [429, 200]
+    assert calls(env, runner, "createTaskRun") == [status, 201]
     assert [r.run_id for r in runs_of(env.emulator, runner.name)] == ["ca1"]
+
+
+def test_task_run_creation_that_keeps_failing_is_a_validator_error_and_runs_nothing(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    env.emulator.faults.add(route="createTaskRun", status=500, times=1000)
+    started: list[str] = []
+    with (
+        make_validator(
+            env, runner, client_kwargs={"retry_total": 1, "retry_backoff_factor": 0.01}
+        ) as validator,
+        pytest.raises(ValidatorError) as caught,
+    ):
+        validator.validate(request_for(env.green), started.append)
+    assert caught.value.message.startswith(
+        f"ACR task run on registry {runner.name} failed: 500 InternalServerError"
+    )
+    assert "taskruns/write" in caught.value.message and "Managed Identity Operator" in (
+        caught.value.message
+    )
+    assert started == [] and runs_of(env.emulator, runner.name) == []
 
 
 @pytest.mark.podman
@@ -355,14 +500,16 @@ def test_polling_that_keeps_failing_ends_at_our_deadline(
 
 
 @pytest.mark.podman
-def test_resume_with_a_run_id_follows_that_run_without_scheduling(
+def test_resume_with_a_run_id_follows_that_run_without_starting_another(
     env: Env, runner: EmulatedRegistry
 ) -> None:
     with make_validator(env, runner) as validator:
-        first = validator.validate(request_for(env.red), lambda _: None)
+        first = validator.validate(request_for(env.red, key="rec1"), lambda _: None)
         started: list[str] = []
         resumed = validator.validate(
-            request_for(env.red), started.append, Resume(first.run_id, datetime.now(UTC))
+            request_for(env.red, key="rec1", attempt=2),
+            started.append,
+            Resume(first.run_id, datetime.now(UTC)),
         )
     assert (resumed.outcome, resumed.run_id, resumed.reason) == (
         first.outcome,
@@ -370,9 +517,11 @@ def test_resume_with_a_run_id_follows_that_run_without_scheduling(
         first.reason,
     )
     assert started == []
-    assert calls(env, runner, "scheduleRun") == [200]
+    assert calls(env, runner, "createTaskRun") == [201]
     assert calls(env, runner, "listBuildSourceUploadUrl") == [200]
     assert len(runs_of(env.emulator, runner.name)) == 1
+    # the first attempt's task run, deleted already, is deleted again to be sure: 204
+    assert calls(env, runner, "deleteTaskRun") == [200, 204]
 
 
 @pytest.mark.podman
@@ -382,14 +531,18 @@ def test_resume_with_a_run_id_acr_does_not_know_starts_a_new_run(
     started: list[str] = []
     with make_validator(env, runner) as validator:
         result = validator.validate(
-            request_for(env.green), started.append, Resume("lr0000000000000", datetime.now(UTC))
+            request_for(env.green, key="rec2", attempt=2),
+            started.append,
+            Resume("lr0000000000000", datetime.now(UTC)),
         )
     assert result.outcome is Outcome.PASSED, result.log
     assert started == ["ca1"]
+    (put,) = [c for c in env.emulator.arm_calls("createTaskRun") if runner.name in c.path]
+    assert put.path.endswith("/taskRuns/gate-rec2-2")
 
 
-class Crash(Exception):
-    """The worker dies right after ACR scheduled the run, before it recorded the ID."""
+class Crash(BaseException):
+    """The worker dies right after ACR started the run, before it recorded the ID."""
 
 
 def crash(run_id: str) -> None:
@@ -397,64 +550,60 @@ def crash(run_id: str) -> None:
 
 
 @pytest.mark.podman
-def test_worker_that_died_after_scheduling_adopts_its_orphan_run_on_resume(
+def test_worker_that_died_after_the_put_is_resumed_by_following_its_task_runs_run(
     env: Env, runner: EmulatedRegistry
 ) -> None:
-    since = datetime.now(UTC)
     with make_validator(env, runner) as validator:
         with pytest.raises(Crash):
-            validator.validate(request_for(env.red), crash)
+            validator.validate(request_for(env.red, key="rec3", attempt=1), crash)
+        assert set(task_runs_of(env.emulator, runner.name)) == {"gate-rec3-1"}
         started: list[str] = []
-        result = validator.validate(request_for(env.red), started.append, Resume(None, since))
+        result = validator.validate(
+            request_for(env.red, key="rec3", attempt=2),
+            started.append,
+            Resume(None, datetime.now(UTC)),
+        )
     assert result.outcome is Outcome.REJECTED, result.log
     assert started == [result.run_id] == ["ca1"]
-    assert calls(env, runner, "scheduleRun") == [200]
+    assert calls(env, runner, "createTaskRun") == [201]  # nothing created the second time
     assert len(runs_of(env.emulator, runner.name)) == 1
-    assert calls(env, runner, "listRuns")
+    # found by name (the SDK's final GET of the creation, then the lookup), then deleted
+    assert calls(env, runner, "getTaskRun") == [200, 200]
+    assert task_runs_of(env.emulator, runner.name) == {}
+    assert calls(env, runner, "listRuns") == []  # no search among the registry's runs
 
 
 @pytest.mark.podman
-def test_orphan_still_before_its_steps_is_adopted_once_its_log_shows_the_image(
+def test_worker_that_died_before_the_put_is_resumed_by_a_new_task_run(
     env: Env, runner: EmulatedRegistry
 ) -> None:
-    env.emulator.faults.add(run_delay=3.0, times=1)  # logged in, steps not started yet
-    since = datetime.now(UTC)
+    started: list[str] = []
     with make_validator(env, runner) as validator:
-        with pytest.raises(Crash):
-            validator.validate(request_for(env.green), crash)
-        result = validator.validate(request_for(env.green), lambda _: None, Resume(None, since))
+        result = validator.validate(
+            request_for(env.green, key="rec4", attempt=3),
+            started.append,
+            Resume(None, datetime.now(UTC)),
+        )
     assert result.outcome is Outcome.PASSED, result.log
-    assert result.run_id == "ca1" and calls(env, runner, "scheduleRun") == [200]
-    # Looked again while the orphan's log did not show the image yet; one log link for it.
-    assert len(calls(env, runner, "listRuns")) >= 2
-    assert calls(env, runner, "listLogSasUrl") == [200]
+    assert started == ["ca1"]
+    # attempts 2 and 1 looked up (404), then attempt 3's own task run created and read back
+    assert calls(env, runner, "getTaskRun") == [404, 404, 200]
+    (put,) = [c for c in env.emulator.arm_calls("createTaskRun") if runner.name in c.path]
+    assert put.path.endswith("/taskRuns/gate-rec4-3")
 
 
 @pytest.mark.podman
-def test_orphan_search_ignores_a_run_that_validated_another_image(
+def test_a_task_run_that_cannot_be_deleted_leaves_the_verdict_alone(
     env: Env, runner: EmulatedRegistry
 ) -> None:
-    since = datetime.now(UTC)
-    with make_validator(env, runner) as validator:
-        stranger = validator.validate(request_for(env.green), lambda _: None)
-        started: list[str] = []
-        result = validator.validate(request_for(env.red), started.append, Resume(None, since))
-    assert stranger.outcome is Outcome.PASSED
-    assert result.outcome is Outcome.REJECTED, result.log
-    assert started == [result.run_id] == ["ca2"]
-    assert calls(env, runner, "scheduleRun") == [200, 200]
-
-
-def test_orphan_search_ignores_runs_created_before_the_window(
-    env: Env, runner: EmulatedRegistry
-) -> None:
-    env.emulator.faults.add(run_outcome="Failed", times=2)
-    with make_validator(env, runner) as validator:
-        validator.validate(request_for(env.green), lambda _: None)
-        later = datetime.now(UTC) + timedelta(hours=1)
-        result = validator.validate(request_for(env.green), lambda _: None, Resume(None, later))
-    assert result.run_id == "ca2"
-    assert calls(env, runner, "scheduleRun") == [200, 200]
+    env.emulator.faults.add(route="deleteTaskRun", status=500, times=1000)
+    with make_validator(
+        env, runner, client_kwargs={"retry_total": 1, "retry_backoff_factor": 0.01}
+    ) as validator:
+        result = validator.validate(request_for(env.green, key="rec5"), lambda _: None)
+    assert result.outcome is Outcome.PASSED, result.log
+    assert calls(env, runner, "deleteTaskRun") == [500, 500]
+    assert set(task_runs_of(env.emulator, runner.name)) == {"gate-rec5-1"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -522,7 +671,7 @@ def test_unknown_registry_is_a_validator_error_naming_the_registry(env: Env) -> 
     with validator, pytest.raises(ValidatorError) as caught:
         validator.validate(request_for(env.green), lambda _: None)
     assert caught.value.message.startswith(
-        "ACR quick run on registry nosuchregistry failed: 404 ResourceNotFound: "
+        "ACR task run on registry nosuchregistry failed: 404 ResourceNotFound: "
     )
 
 
@@ -620,12 +769,96 @@ def test_well_formed_schedule_run_body_is_accepted(env: Env, runner: EmulatedReg
         ("RunType eq 'QuickRun' or Status eq 'Failed'", 400),
     ],
 )
-def test_runs_list_filter_knows_the_forms_the_validator_uses(
+def test_runs_list_filter_accepts_the_clauses_it_knows_and_refuses_others(
     env: Env, runner: EmulatedRegistry, query: str, status: int
 ) -> None:
     path = f"{runner.resource_id}/runs"
     response = arm(env)("GET", path, params={"api-version": API, "$filter": query, "$top": "5"})
     assert response.status_code == status, response.text
+
+
+def task_run_body(identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"properties": {"runRequest": good_body()}}
+    if identity is not None:
+        body["identity"] = identity
+    return body
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "code", "says"),
+    [
+        ("abc", None, "InvalidResourceName", "5 to 50 characters"),
+        ("bad_name", None, "InvalidResourceName", "letters, digits and hyphens"),
+        (
+            "gate-x-1",
+            {"type": "SystemAssigned"},
+            "InvalidParameter",
+            "a task run takes a user-assigned identity only",
+        ),
+        (
+            "gate-x-1",
+            {
+                "type": "UserAssigned",
+                "userAssignedIdentities": {
+                    "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/"
+                    "userAssignedIdentities/nobody": {}
+                },
+            },
+            "FailedIdentityOperation",
+            "was not found",
+        ),
+        ("gate-x-1", {"type": "UserAssigned"}, "InvalidParameter", "at least one entry"),
+    ],
+)
+def test_malformed_task_run_gets_arm_400_and_runs_nothing(
+    env: Env,
+    runner: EmulatedRegistry,
+    name: str,
+    body: dict[str, Any] | None,
+    code: str,
+    says: str,
+) -> None:
+    path = f"{runner.resource_id}/taskRuns/{name}?api-version={API}"
+    response = arm(env)("PUT", path, json=task_run_body(body))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == code
+    assert says in response.json()["error"]["message"]
+    assert runs_of(env.emulator, runner.name) == []
+    assert task_runs_of(env.emulator, runner.name) == {}
+
+
+def test_task_run_resource_lifecycle_follows_the_specification(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    send = arm(env)
+    path = f"{runner.resource_id}/taskRuns/gate-life-1?api-version={API}"
+    identity = {
+        "type": "UserAssigned",
+        "userAssignedIdentities": {env.no_vault.resource_id: {}},
+    }
+    created = send("PUT", path, json=task_run_body(identity))
+    assert created.status_code == 201, created.text
+    assert created.headers["Azure-AsyncOperation"].startswith(env.emulator.arm_endpoint)
+    props = created.json()["properties"]
+    assert props["provisioningState"] == "Creating"
+    assert (
+        props["runResult"]["properties"]["runId"],
+        props["runResult"]["properties"]["status"],
+    ) == (
+        "ca1",
+        "Queued",
+    )
+    # the same PUT again changes nothing and starts nothing
+    assert send("PUT", path, json=task_run_body(identity)).status_code == 200
+    got = send("GET", path).json()
+    assert got["properties"]["provisioningState"] == "Succeeded"
+    assert got["identity"]["userAssignedIdentities"][env.no_vault.resource_id] == {
+        "principalId": env.no_vault.principal_id,
+        "clientId": env.no_vault.client_id,
+    }
+    assert len(runs_of(env.emulator, runner.name)) == 1
+    assert [send("DELETE", path).status_code, send("DELETE", path).status_code] == [200, 204]
+    assert send("GET", path).status_code == 404
 
 
 # ---------------------------------------------------------------------------------------------
@@ -685,3 +918,16 @@ def test_sas_tokens_are_cut_from_urls_in_messages() -> None:
     assert (
         redact_urls(text) == "GET https://acct.blob.core.windows.net/c/logs/x.log?<redacted> failed"
     )
+
+
+def test_task_run_names_are_deterministic_and_fit_the_name_grammar() -> None:
+    assert task_run_name("0193f2a4c1d2e3f4a5", 1) == "gate-0193f2a4c1d2e3f4a5-1"
+    assert task_run_name("0193f2a4c1d2e3f4a5", 2) == "gate-0193f2a4c1d2e3f4a5-2"
+    odd = ["Rec_1", "a" * 60, "x--y", "-x"]
+    names = [task_run_name(key, 7) for key in odd]
+    assert names == [task_run_name(key, 7) for key in odd]  # the same key, the same name
+    assert len(set(names)) == len(odd)
+    assert all(TASK_RUN_NAME.match(name) and name.endswith("-7") for name in names)
+    assert task_run_name("", 1) != task_run_name("", 1)  # no key: nothing to find later
+    with pytest.raises(ValueError):
+        task_run_name("x", 0)

@@ -181,3 +181,189 @@ def test_azure_target_must_be_the_configured_registry(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"rule 'node'.target.*not the Azure registry"):
         load_config(make(tmp_path, body))
+
+
+RUNNER_ID = (
+    "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.ManagedIdentity/"
+    "userAssignedIdentities/gate-runner"
+)
+CLIENT_ID = "0f0e0d0c-1111-2222-3333-444455556666"
+ACR_UPSTREAM = """\
+    registries:
+      - host: upstream.azurecr.io
+        resource_id: /subscriptions/sub/resourceGroups/rg/providers/Microsoft.ContainerRegistry/registries/upstream
+    azure:
+      subscription_id: sub
+      registry: {name: contosobase, resource_group: rg}
+    rules:
+      - name: node
+        source: upstream.azurecr.io/node
+        tags: ["15-alpine"]
+        target: contosobase.azurecr.io/node
+        validation: {folder: checks}
+    """
+RUNNER = f"""\
+      runner:
+        name: contosobase
+        resource_group: rg
+        identity: {{resource_id: "{RUNNER_ID}", client_id: "{CLIENT_ID}"}}
+"""
+
+
+def test_old_azure_identity_key_says_what_to_write_instead(tmp_path: Path) -> None:
+    body = ACR_UPSTREAM.replace(
+        "      subscription_id: sub\n", '      subscription_id: sub\n      identity: "[system]"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(make(tmp_path, body))
+    message = caught.value.message
+    assert "azure.identity: no longer read" in message and "azure.runner.identity" in message
+    assert "resource_id" in message and "client_id" in message
+
+
+@pytest.mark.parametrize(
+    "registries",
+    [
+        "resource_id: /subscriptions/sub/resourceGroups/rg/providers/Microsoft.ContainerRegistry/registries/upstream",
+        "username_secret: hub-user\n        password_secret: hub-token",
+    ],
+    ids=["acr-upstream", "vault-credentials"],
+)
+def test_runner_identity_is_required_when_validation_runs_log_in(
+    tmp_path: Path, registries: str
+) -> None:
+    body = ACR_UPSTREAM.replace(
+        "resource_id: /subscriptions/sub/resourceGroups/rg/providers/Microsoft.ContainerRegistry/registries/upstream",
+        registries,
+    ).replace(
+        "      subscription_id: sub\n",
+        "      subscription_id: sub\n      key_vault_url: https://creds.vault.azure.net\n",
+    )
+    with pytest.raises(
+        ConfigError, match=r"azure.runner.identity: validation runs log in to upstream.azurecr.io"
+    ):
+        load_config(make(tmp_path, body))
+    config = load_config(make(tmp_path, body.replace("    rules:\n", RUNNER + "    rules:\n", 1)))
+    assert config.azure is not None and config.azure.runner_identity is not None
+    assert (config.azure.runner_identity.resource_id, config.azure.runner_identity.client_id) == (
+        RUNNER_ID,
+        CLIENT_ID,
+    )
+
+
+def test_runner_identity_is_optional_when_no_run_logs_in(tmp_path: Path) -> None:
+    body = AZURE.replace("username: bot", "username_secret: hub-user")  # no Key Vault
+    config = load_config(make(tmp_path, body))
+    assert config.azure is not None and config.azure.runner_identity is None
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "says"),
+    [
+        (
+            RUNNER_ID,
+            RUNNER_ID.replace(
+                "Microsoft.ManagedIdentity/userAssignedIdentities",
+                "Microsoft.ContainerRegistry/registries",
+            ),
+            "not the ARM id of a user-assigned identity",
+        ),
+        (CLIENT_ID, "[system]", "not a client id"),
+    ],
+)
+def test_runner_identity_must_be_a_user_assigned_identity(
+    tmp_path: Path, old: str, new: str, says: str
+) -> None:
+    body = ACR_UPSTREAM.replace("    rules:\n", RUNNER.replace(old, new) + "    rules:\n", 1)
+    with pytest.raises(ConfigError, match=rf"azure.runner.identity.*{says}"):
+        load_config(make(tmp_path, body))
+
+
+# -- promote modes and downstream tasks ----------------------------------------------------------
+
+PLAIN_AZURE = AZURE.replace("username: bot", "username_secret: hub-user")
+
+
+def test_promote_mode_defaults_to_import_and_push_is_accepted(tmp_path: Path) -> None:
+    config = load_config(make(tmp_path, PLAIN_AZURE))
+    assert config.azure is not None and config.azure.registry.promote == "import"
+
+    body = PLAIN_AZURE.replace(
+        "registry: {name: contosobase, resource_group: rg}",
+        "registry: {name: contosobase, resource_group: rg, promote: push}",
+    )
+    config = load_config(make(tmp_path, body))
+    assert config.azure is not None and config.azure.registry.promote == "push"
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (
+            "registry: {name: contosobase, resource_group: rg}",
+            "registry: {name: contosobase, resource_group: rg, promote: copy}",
+        ),
+        (
+            "registry: {name: contosobase, resource_group: rg}",
+            "registry: {name: contosobase, resource_group: rg}\n"
+            "      runner: {name: contosorun, resource_group: rg, promote: push}",
+        ),
+    ],
+    ids=["unknown-mode", "on-the-runner"],
+)
+def test_bad_promote_mode_is_refused(tmp_path: Path, old: str, new: str) -> None:
+    with pytest.raises(ConfigError, match="promote"):
+        load_config(make(tmp_path, PLAIN_AZURE.replace(old, new)))
+
+
+def with_downstream(body: str, downstream: str) -> str:
+    """``body`` (a one-rule file) with ``downstream: ...`` added to its rule."""
+    return body.rstrip() + f"\n        downstream: {downstream}\n"
+
+
+def test_downstream_tasks_default_to_the_target_registry(tmp_path: Path) -> None:
+    body = with_downstream(
+        PLAIN_AZURE,
+        "[hello-world, {task: other-app, registry: teamregistry, resource_group: team-rg}]",
+    )
+    config = load_config(make(tmp_path, body))
+
+    (rule,) = config.rules
+    hello, other = rule.downstream
+    assert (hello.registry, hello.resource_group, hello.task) == (
+        "contosobase",
+        "rg",
+        "hello-world",
+    )
+    assert (other.registry, other.resource_group, other.task) == (
+        "teamregistry",
+        "team-rg",
+        "other-app",
+    )
+    assert other.task_id("sub") == (
+        "/subscriptions/sub/resourceGroups/team-rg/providers/Microsoft.ContainerRegistry"
+        "/registries/teamregistry/tasks/other-app"
+    )
+
+
+@pytest.mark.parametrize(
+    ("downstream", "says"),
+    [
+        ("[hw]", "downstream"),
+        ("['hello world']", "downstream"),
+        ("[{task: other-app, registry: teamregistry}]", r"downstream\[0\].resource_group"),
+        ("[hello-world, {task: hello-world}]", "same task twice"),
+        ("hello-world", "downstream"),
+        ("[{task: hello-world, when: always}]", "when"),
+    ],
+    ids=["short-name", "space", "foreign-registry-without-group", "twice", "not-a-list", "unknown"],
+)
+def test_bad_downstream_entries_are_refused(tmp_path: Path, downstream: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        load_config(make(tmp_path, with_downstream(PLAIN_AZURE, downstream)))
+
+
+def test_downstream_without_azure_says_it_runs_only_there(tmp_path: Path) -> None:
+    body = with_downstream(GOOD, "[hello-world]")
+    with pytest.raises(ConfigError, match=r"rule 'node'.downstream.*need the azure: section"):
+        load_config(make(tmp_path, body), env={"UP": "127.0.0.1:5001"})

@@ -216,7 +216,9 @@ def test_http_gate_returns_a_record_the_worker_completes(app: Serverless) -> Non
     ("body", "status", "kind"),
     [
         ({"image": "docker.io/library/ruby:3"}, 422, "no_matching_rule"),
-        ({"image": "Not A Ref"}, 400, "invalid_reference"),
+        ({"image": "Not A Ref"}, 422, "invalid_reference"),
+        ({"image": "UPSTREAM/node:15-alpine@md5:" + "a" * 32}, 422, "invalid_reference"),
+        ({"image": "UPSTREAM/node:15-alpine@sha256x:" + "a" * 64}, 422, "invalid_reference"),
         ({"image": "UPSTREAM/node:15-alpine", "colour": "red"}, 400, "bad_request"),
         ({"image": "UPSTREAM/node:15-alpine", "force": "yes"}, 400, "bad_request"),
         ({"force": True}, 400, "bad_request"),

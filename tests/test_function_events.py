@@ -189,6 +189,11 @@ def test_untagged_push_is_gated_when_its_rule_asks_for_it() -> None:
         pushed(data=None),
         pushed(data={"target": "x", "request": {}}),
         pushed(digest="sha256:short"),
+        # only the OCI image spec's registered algorithms name content a registry serves
+        pushed(digest="md5:" + "a" * 32),
+        pushed(digest="sha1:" + "a" * 40),
+        pushed(digest="sha256x:" + "a" * 64),
+        pushed(digest="foo:" + "A" * 64),
         pushed(repository="Upper/Case"),
         pushed(tag="bad tag!"),
         pushed(host=None),

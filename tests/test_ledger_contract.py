@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -28,10 +29,10 @@ from azure.storage.blob import ContainerClient
 
 from devstack.azurite import AzuriteProcess
 from devstack.registry import free_port
-from gate.adapters.azure.table_ledger import TableLedger, _blob_endpoint_for
+from gate.adapters.azure.table_ledger import TableLedger, _blob_endpoint_for, _record_key
 from gate.adapters.sqlite_ledger import SqliteLedger
 from gate.errors import ConfigError, LedgerError, NotFound
-from gate.model import Claim, GateRecord, State, new_record_id, utcnow
+from gate.model import Claim, DownstreamRun, GateRecord, State, new_record_id, utcnow
 from gate.ports import Ledger
 
 OpenLedger = Callable[[], Ledger]
@@ -283,6 +284,51 @@ def test_record_round_trips_every_field(open_ledger: OpenLedger) -> None:
     assert loaded.log == record.log
 
 
+def test_downstream_runs_round_trip_with_the_promotion(open_ledger: OpenLedger) -> None:
+    record = gate_record(created_at=T0)
+    claim(open_ledger(), record)
+    promoted = record.advance(
+        State.PROMOTED,
+        target_tags=("15-alpine-cb12", "15-alpine"),
+        downstream=(
+            DownstreamRun("teamregistry", "hello-world", run_id="cb13"),
+            DownstreamRun("teamregistry", "other-app", error="task not found ✗"),
+        ),
+    )
+    open_ledger().save(promoted)
+
+    loaded = open_ledger().get(record.id)
+
+    assert loaded.downstream == promoted.downstream
+    assert open_ledger().decided(record.rule, DIGEST) == loaded
+
+
+def _drop_from_stored_json(ledger: Ledger, record: GateRecord, key: str) -> None:
+    """Rewrite ``record`` in the store as an older gate wrote it: without ``key``."""
+    data = record.to_dict()
+    del data[key]
+    text = json.dumps(data, sort_keys=True)
+    if isinstance(ledger, SqliteLedger):
+        with sqlite3.connect(ledger.path) as db:
+            db.execute("UPDATE records SET data = ? WHERE id = ?", (text, record.id))
+        return
+    assert isinstance(ledger, TableLedger)
+    table = ledger._table
+    entity = table.get_entity("ledger", _record_key(record))
+    assert entity["data_parts"] == 1  # a small record: one chunk
+    table.update_entity({**entity, "data_0": text})
+
+
+def test_records_written_before_downstream_runs_read_with_none(open_ledger: OpenLedger) -> None:
+    ledger = open_ledger()
+    record = claim(ledger, gate_record(created_at=T0)).record
+    _drop_from_stored_json(ledger, record, "downstream")
+
+    loaded = open_ledger().get(record.id)
+
+    assert loaded.downstream == () and loaded.id == record.id and loaded.digest == DIGEST
+
+
 def test_save_of_an_unknown_record_raises_not_found(ledger: Ledger) -> None:
     with pytest.raises(NotFound):
         ledger.save(gate_record())
@@ -304,6 +350,19 @@ def test_get_accepts_a_unique_prefix_of_six_characters_or_more(ledger: Ledger) -
         ledger.get("abcdef")  # two records start with it
     with pytest.raises(NotFound):
         ledger.get("abc99")  # unique, but shorter than six characters
+
+
+@pytest.mark.parametrize(
+    "query", ["%%%%%%", "______", "abc99%", "abc99_", "ABC999", "abc999*", "abc999" + "0" * 50_000]
+)
+def test_get_treats_ids_as_data_never_as_patterns(ledger: Ledger, query: str) -> None:
+    claim(ledger, gate_record("abc99901", digest=digest_of("a")))
+
+    with pytest.raises(NotFound) as caught:
+        ledger.get(query)
+
+    assert "6 to 17 lowercase hex" in caught.value.message
+    assert len(caught.value.message) < 300  # a 50 KB id is not echoed back
 
 
 def test_decided_returns_the_newest_promoted_or_rejected_record(ledger: Ledger) -> None:
@@ -475,7 +534,7 @@ def test_ten_workers_taking_one_admitted_record_take_it_exactly_once(
 CLAIMANT = textwrap.dedent(
     """\
     import json, pathlib, sys, time
-    from gate.adapters.azure.table_ledger import TableLedger, _blob_endpoint_for
+    from gate.adapters.azure.table_ledger import TableLedger, _blob_endpoint_for, _record_key
     from gate.model import GateRecord, new_record_id
     connection_string, table, container, digest, go = sys.argv[1:]
     ledger = TableLedger(connection_string=connection_string, table=table, log_container=container)

@@ -1,13 +1,16 @@
 """An in-process emulator of the Azure services the gate uses, for tests (never shipped).
 
-ARM (ACR import, quick runs), the ACR data plane and Key Vault, served over HTTPS on loopback
-with a test CA, backed by real ``docker-registry`` processes; see :mod:`tests.acr_emulator.core`.
+ARM (ACR import, quick runs, task runs with user-assigned identities), the ACR data plane and
+Key Vault, served over HTTPS on loopback with a test CA, backed by real ``docker-registry``
+processes; see :mod:`tests.acr_emulator.core`. Persistent tasks, their base-image triggers and
+the data-plane pushes that fire them: :mod:`tests.acr_emulator.downstream`.
 """
 
 from tests.acr_emulator.core import (
     AcrEmulator,
     BlobStore,
     Call,
+    EmulatedIdentity,
     EmulatedRegistry,
     Faults,
     Request,
@@ -21,6 +24,7 @@ __all__ = [
     "AcrEmulator",
     "BlobStore",
     "Call",
+    "EmulatedIdentity",
     "EmulatedRegistry",
     "Faults",
     "Request",

@@ -22,6 +22,11 @@ Import semantics (``ImportMode`` documentation in the specification):
   the data plane): the operation fails and nothing is written (code ``TagLocked``, not confirmed).
 * fault ``import_fails_midway``: the content is copied, then the operation fails; no tag written.
 
+Events: an import records no push and, by default, fires no base-image trigger: whether ACR
+does either for an import is not documented (Azure/acr issue #459 is an open request for
+triggers after ``az acr import``). ``AcrEmulator.import_fires_base_image_triggers = True``
+models the other possibility (:mod:`tests.acr_emulator.downstream`).
+
 Not confirmed against the service: the code and HTTP status of a failed operation's final GET
 (the emulator answers the operation's error with 409 for conflicts and 400 otherwise), and the
 synchronous errors for an unknown source registry (404 ``ResourceNotFound``) or a source naming
@@ -44,6 +49,7 @@ from typing import Any
 from gate.adapters.oci import HostSettings, OciRegistry
 from gate.errors import GateError, ManifestUnknown
 from gate.ref import ImageRef, is_loopback_registry
+from tests.acr_emulator import downstream
 from tests.acr_emulator.core import (
     AcrEmulator,
     EmulatedRegistry,
@@ -350,8 +356,10 @@ def _copy(emulator: AcrEmulator, plan: ImportPlan) -> None:
         # The target's tags are checked and written under the registry's lock: two imports
         # into one registry cannot both see a tag free and both write it.
         with target.lock:
+            previous: dict[tuple[str, str], str | None] = {}
             for repo, tag in plan.target_tags:
                 current = _head(oci, dest_host, repo, tag)
+                previous[(repo, tag)] = current
                 if current is None:
                     continue
                 if not plan.force:
@@ -389,6 +397,11 @@ def _copy(emulator: AcrEmulator, plan: ImportPlan) -> None:
                 for tag in tags:
                     state = target.tag(repo, tag)
                     state.updated = _now()
+                    # no push event; base-image triggers only if the emulator is told that
+                    # imports fire them (undocumented: see tests.acr_emulator.downstream)
+                    downstream.tag_written(
+                        emulator, target, repo, tag, digest, previous.get((repo, tag)), via="import"
+                    )
 
 
 def _head(oci: OciRegistry, host: str, repo: str, tag: str) -> str | None:

@@ -15,13 +15,24 @@ Authentication is ACR's (azure-containerregistry ``ContainerRegistryChallengePol
    auth (user ``00000000-0000-0000-0000-000000000000``, password = a refresh token), as
    ``docker login`` with an AAD identity does, for OCI clients.
 
-Routes (actions: ``metadata_read`` / ``metadata_write`` for ``/acr/v1``, ``pull`` for ``/v2``):
+Routes (actions: ``metadata_read`` / ``metadata_write`` for ``/acr/v1``, ``pull`` for ``/v2``
+reads, ``push`` for ``/v2`` writes):
 ``GET /acr/v1/{repo}/_tags`` (``n``, ``last``, ``orderby`` = ``timedesc``/``timeasc``,
 ``digest``; ``Link: <…>; rel="next"``), ``GET|PATCH /acr/v1/{repo}/_tags/{tag}``,
 ``GET /acr/v1/{repo}/_manifests/{digest}``, ``HEAD|GET /v2/{repo}/manifests/{ref}``,
 ``GET /v2/{repo}/tags/list``, ``GET /v2/{repo}/blobs/{digest}`` (passed to the backing
 registry). Tags and manifests come from the backing registry; the changeable attributes (lock
 flags) are kept by the emulator. Errors use ACR's ``{"errors": [{"code", "message"}]}``.
+
+Pushes (the OCI distribution API, as ``docker push`` makes them): ``POST
+/v2/{repo}/blobs/uploads/`` (with ``mount``/``from``: a cross-repository mount, tried only when
+the token may also pull ``from``, else a plain upload starts, as distribution does),
+``PATCH|PUT /v2/{repo}/blobs/uploads/{id}`` and ``PUT /v2/{repo}/manifests/{ref}``, passed to
+the backing registry. A manifest written under a tag is a push: it is recorded and fires the
+base-image triggers of tasks (:mod:`tests.acr_emulator.downstream`). A tag whose
+``writeEnabled`` is false refuses a manifest: ACR documents that a locked image cannot be
+overwritten (container-registry-image-lock.md); the status and code here (409
+``TAG_LOCKED``) are not confirmed.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ import json
 import re
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode
 
 import httpx
 
@@ -118,9 +129,10 @@ def router(emulator: AcrEmulator, registry: EmulatedRegistry) -> Router:
         return {"WWW-Authenticate": value}
 
     def gate(req: Request, route: Route) -> Response | None:
-        action = "metadata_write" if req.method in ("PATCH", "PUT", "DELETE") else "metadata_read"
+        writes = req.method in ("POST", "PATCH", "PUT", "DELETE")
+        action = "metadata_write" if writes else "metadata_read"
         if req.path.startswith("/v2/"):
-            action = "pull"
+            action = "push" if writes else "pull"
         match = re.match(
             r"/(?:acr/v1|v2)/" + _REPO + r"/(?:_tags|_manifests|manifests|tags|blobs)", req.path
         )
@@ -192,9 +204,8 @@ def router(emulator: AcrEmulator, registry: EmulatedRegistry) -> Router:
                 "UNSUPPORTED_GRANT",
                 f"grant_type '{form.get('grant_type')}' is not supported here",
             )
-        return _access(
-            form.get("refresh_token", ""), form.get("service", ""), form.get("scope", "")
-        )
+        scopes = " ".join(v for k, v in parse_qsl(req.body.decode()) if k == "scope")
+        return _access(form.get("refresh_token", ""), form.get("service", ""), scopes)
 
     @routes.route("GET", r"/oauth2/token", name="oauth2TokenGet", api_versions=None, public=True)
     def token_get(req: Request, m: re.Match[str]) -> Response:
@@ -207,7 +218,9 @@ def router(emulator: AcrEmulator, registry: EmulatedRegistry) -> Router:
                 **{"WWW-Authenticate": f'Basic realm="https://{service()}/oauth2/token"'},
             )
         _, _, password = base64.b64decode(encoded).decode().partition(":")
-        return _access(password, req.query.get("service", ""), req.query.get("scope", ""))
+        # a client may ask for several scopes at once (a mount needs push here, pull there)
+        scopes = " ".join(v for k, v in req.query_items if k == "scope")
+        return _access(password, req.query.get("service", ""), scopes)
 
     def _access(refresh_token: str, svc: str, scope: str) -> Response:
         if svc != service():
@@ -427,6 +440,98 @@ def router(emulator: AcrEmulator, registry: EmulatedRegistry) -> Router:
     )
     def v2_blob(req: Request, m: re.Match[str]) -> Response:
         return passthrough(req, f"/v2/{m['repo']}/blobs/{m['digest']}")
+
+    # -- pushes (OCI distribution API) -------------------------------------------------------
+
+    def forward(req: Request, path: str) -> Response:
+        """The request as it came, to the backing registry; its answer as the registry gave it."""
+        headers = {
+            k: v for k, v in req.headers.items() if k in ("content-type", "content-range", "accept")
+        }
+        query = urlencode(req.query_items)
+        with httpx.Client(timeout=60.0) as client:
+            response = client.request(
+                req.method,
+                f"{backing.base}{path}" + (f"?{query}" if query else ""),
+                headers=headers,
+                content=req.body,
+            )
+        wanted = (
+            "content-type",
+            "docker-content-digest",
+            "location",
+            "range",
+            "docker-upload-uuid",
+        )
+        kept = {
+            key.lower(): value for key, value in response.headers.items() if key.lower() in wanted
+        }
+        location = kept.get("location", "")
+        if location.startswith(backing.base):
+            # the backing registry answers relative URLs; an absolute one must name us
+            kept["location"] = location.removeprefix(backing.base)
+        return Response(response.status_code, response.content, kept)
+
+    @routes.route(
+        "POST", r"/v2/" + _REPO + r"/blobs/uploads/?", name="v2StartUpload", api_versions=None
+    )
+    def start_upload(req: Request, m: re.Match[str]) -> Response:
+        source = req.query.get("from")
+        if req.query.get("mount") and source:
+            issued = book.lookup(bearer(req) or "")
+            if issued is None or not _grants(issued.scope, f"repository:{source}:pull"):
+                # no right to read the other repository: upload instead (202), no mount
+                req.query_items = [(k, v) for k, v in req.query_items if k not in ("mount", "from")]
+        return forward(req, f"/v2/{m['repo']}/blobs/uploads/")
+
+    @routes.route(
+        "PATCH",
+        r"/v2/" + _REPO + r"/blobs/uploads/(?P<upload>[^/]+)",
+        name="v2PatchUpload",
+        api_versions=None,
+    )
+    def patch_upload(req: Request, m: re.Match[str]) -> Response:
+        return forward(req, f"/v2/{m['repo']}/blobs/uploads/{m['upload']}")
+
+    @routes.route(
+        "PUT",
+        r"/v2/" + _REPO + r"/blobs/uploads/(?P<upload>[^/]+)",
+        name="v2PutUpload",
+        api_versions=None,
+    )
+    def put_upload(req: Request, m: re.Match[str]) -> Response:
+        return forward(req, f"/v2/{m['repo']}/blobs/uploads/{m['upload']}")
+
+    @routes.route(
+        "PUT",
+        r"/v2/" + _REPO + r"/manifests/(?P<ref>[^/]+)",
+        name="v2PutManifest",
+        api_versions=None,
+    )
+    def put_manifest(req: Request, m: re.Match[str]) -> Response:
+        from tests.acr_emulator import downstream
+
+        repo, ref = m["repo"], m["ref"]
+        is_tag = not ref.startswith("sha256:")
+        with registry.lock:  # one writer per registry: the lock check and the write agree
+            previous = backing.digest(repo, ref) if is_tag else None
+            if is_tag and previous is not None and not registry.tag(repo, ref).write_enabled:
+                return acr_error(
+                    409,
+                    "TAG_LOCKED",
+                    f"The operation is disallowed on this registry, repository or image: "
+                    f"{repo}:{ref} is locked (writeEnabled: false).",
+                )
+            response = forward(req, f"/v2/{repo}/manifests/{quote(ref)}")
+            if response.status != 201 or not is_tag:
+                return response
+            digest = response.headers.get("docker-content-digest") or (
+                "sha256:" + hashlib.sha256(req.body).hexdigest()
+            )
+            state = registry.tag(repo, ref)
+            state.updated = _now()
+        downstream.tag_written(emulator, registry, repo, ref, digest, previous, via="push")
+        return response
 
     return routes
 

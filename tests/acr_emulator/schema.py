@@ -167,3 +167,14 @@ IMPORT_IMAGE_PARAMETERS = Field(
         "mode": string(enum=("NoForce", "Force")),
     },
 )
+
+
+SET_VALUE = Field(
+    "object",
+    properties={
+        "name": string(required=True),
+        "value": string(required=True),
+        "isSecret": Field("boolean"),
+    },
+)
+"""A SetValue of the specification (a task value or argument)."""

@@ -22,9 +22,13 @@ take ``2019-06-01-preview``), all under ``…/registries/{name}``:
   with ``OkResponse``: not an LRO, the SDK accepts only 200).
 
 A scheduled run really runs, in a background thread: the uploaded source is downloaded and
-unpacked, custom-registry credentials are resolved (``Vaultsecret`` through
-:meth:`AcrEmulator.secret_by_uri`, as the registry's identity would; a secret that does not
-resolve fails the run at login, as ACR does), the task file runs with
+unpacked, custom-registry credentials are resolved (a credential's ``identity`` only as a
+user-assigned identity attached to the run — a task run's, see :mod:`tests.acr_emulator.
+task_runs`; a quick run has none — ``Vaultsecret`` through :meth:`AcrEmulator.secret_by_uri`
+only if that identity may read the vault, an emulated ACR only if it has AcrPull there;
+anything else fails the run at login, before any step; the exact wording of ACR's login errors
+is not confirmed), a private emulated registry the run did not log in to refuses the pull of a
+step's image (exit status 125), the task file runs with
 :attr:`AcrEmulator.validator` (podman) with the request's values, and the log is written to the
 blob store in ACR's format (runner lines ``YYYY/MM/DD HH:MM:SS …``, ``Executing step ID: …``,
 ``Container failed during run: …``, ``failed to run step ID: …: exit status N``, ``Run ID: …
@@ -73,12 +77,13 @@ from gate.ref import ImageRef
 from tests.acr_emulator.arm import REGISTRY_PATH
 from tests.acr_emulator.core import (
     AcrEmulator,
+    EmulatedIdentity,
     EmulatedRegistry,
     Request,
     Response,
     arm_error,
 )
-from tests.acr_emulator.schema import Field, check_body, string
+from tests.acr_emulator.schema import SET_VALUE, Field, check_body, string
 
 TASKS_API_VERSIONS = frozenset({"2025-03-01-preview"})
 RUNS_API_VERSIONS = frozenset({"2025-03-01-preview", "2019-06-01-preview"})
@@ -99,17 +104,7 @@ ENCODED_TASK_RUN_REQUEST = Field(
         "logTemplate": string(),
         "encodedTaskContent": string(required=True),
         "encodedValuesContent": string(),
-        "values": Field(
-            "array",
-            items=Field(
-                "object",
-                properties={
-                    "name": string(required=True),
-                    "value": string(required=True),
-                    "isSecret": Field("boolean"),
-                },
-            ),
-        ),
+        "values": Field("array", items=SET_VALUE),
         "timeout": Field("integer"),
         "platform": Field(
             "object",
@@ -147,6 +142,7 @@ ENCODED_TASK_RUN_REQUEST = Field(
         ),
     },
 )
+# (a TaskRunRequest is answered by tests.acr_emulator.downstream)
 _OTHER_RUN_REQUESTS = ("DockerBuildRequest", "FileTaskRunRequest", "TaskRunRequest")
 _MIN_TIMEOUT, _MAX_TIMEOUT, _DEFAULT_TIMEOUT = 300, 28800, 3600
 
@@ -182,8 +178,14 @@ class EmulatedRun:
     last_updated: datetime = field(default_factory=_now)
     error_message: str | None = None
     logged_in: list[str] = field(default_factory=list)
+    identities: tuple[EmulatedIdentity, ...] = ()  # a task run's user-assigned identities
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
+    # a run of a persistent task (tests.acr_emulator.downstream): its name, and the
+    # imageUpdateTrigger of a run a base-image update started
+    run_type: str = "QuickRun"
+    task: str | None = None
+    image_update: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``Run`` resource as ARM answers it."""
@@ -191,7 +193,7 @@ class EmulatedRun:
             "runId": self.run_id,
             "status": self.status,
             "lastUpdatedTime": _rfc3339(self.last_updated),
-            "runType": "QuickRun",
+            "runType": self.run_type,
             "createTime": _rfc3339(self.create_time),
             "platform": self.body.get("platform"),
             "agentConfiguration": self.body.get("agentConfiguration") or {"cpu": 2},
@@ -206,6 +208,10 @@ class EmulatedRun:
             props["finishTime"] = _rfc3339(self.finish_time)
         if self.error_message:
             props["runErrorMessage"] = self.error_message
+        if self.task is not None:
+            props["task"] = self.task
+        if self.image_update is not None:
+            props["imageUpdateTrigger"] = self.image_update
         return {
             "id": f"{self.registry.resource_id}/runs/{self.run_id}",
             "name": self.run_id,
@@ -251,22 +257,61 @@ def _container(registry: EmulatedRegistry) -> str:
     return f"acr-{registry.name.lower()}"
 
 
+def start_run(
+    emulator: AcrEmulator,
+    registry: EmulatedRegistry,
+    body: dict[str, Any],
+    identities: tuple[EmulatedIdentity, ...] = (),
+) -> tuple[EmulatedRun, dict[str, Any]]:
+    """Queue a checked ``EncodedTaskRunRequest`` as a run of ``registry`` and start it.
+
+    ``identities`` are the user-assigned identities of the task run that asked for it (none for
+    a quick run); only they can resolve a custom registry credential's ``identity``. Returns
+    the run and its ``Run`` resource as it was when queued.
+    """
+    book: RunBook = emulator.state["quick_runs"]
+    run_id = book.next_id(registry.name)
+    outcome = emulator.faults.take("run_outcome")
+    run = EmulatedRun(
+        run_id=run_id,
+        registry=registry,
+        body=body,
+        log_container=_container(registry),
+        log_name=f"logs/{run_id}/rawtext.log",
+        outcome_fault=str(outcome) if outcome else None,
+        delay=float(emulator.faults.take("run_delay", 0.0) or 0.0),
+        identities=identities,
+    )
+    with book.lock:
+        book.runs[(registry.name, run_id)] = run
+        answer = run.to_json()  # Queued, whatever the thread does next
+    threading.Thread(
+        target=_execute, args=(emulator, book, run), name=f"run-{run_id}", daemon=True
+    ).start()
+    return run, answer
+
+
+def registry_or_404(emulator: AcrEmulator, m: re.Match[str]) -> EmulatedRegistry | Response:
+    """The registry a route's ``sub``/``rg``/``name`` groups name, or ARM's 404 for it."""
+    found = emulator.find_registry(m["sub"], m["rg"], m["name"])
+    if found is None:
+        return arm_error(
+            404,
+            "ResourceNotFound",
+            f"The Resource 'Microsoft.ContainerRegistry/registries/{m['name']}' under "
+            f"resource group '{m['rg']}' was not found. For more details please go to "
+            "https://aka.ms/ARMResourceNotFoundFix",
+        )
+    return found
+
+
 def install(emulator: AcrEmulator) -> None:
     """Register the quick-run routes on ``emulator.arm``."""
     book: RunBook = emulator.state.setdefault("quick_runs", RunBook())
     router = emulator.arm
 
     def registry_of(m: re.Match[str]) -> EmulatedRegistry | Response:
-        found = emulator.find_registry(m["sub"], m["rg"], m["name"])
-        if found is None:
-            return arm_error(
-                404,
-                "ResourceNotFound",
-                f"The Resource 'Microsoft.ContainerRegistry/registries/{m['name']}' under "
-                f"resource group '{m['rg']}' was not found. For more details please go to "
-                "https://aka.ms/ARMResourceNotFoundFix",
-            )
-        return found
+        return registry_or_404(emulator, m)
 
     def run_of(m: re.Match[str]) -> EmulatedRun | Response:
         registry = registry_of(m)
@@ -309,6 +354,10 @@ def install(emulator: AcrEmulator) -> None:
         registry = registry_of(m)
         if isinstance(registry, Response):
             return registry
+        if _request_type(req) == "TaskRunRequest":
+            from tests.acr_emulator import downstream
+
+            return downstream.schedule_task_run(emulator, registry, req)
         refused = _check_type(req)
         if refused is not None:
             return refused
@@ -318,23 +367,8 @@ def install(emulator: AcrEmulator) -> None:
         refused = _check_semantics(body)
         if refused is not None:
             return refused
-        run_id = book.next_id(registry.name)
-        outcome = emulator.faults.take("run_outcome")
-        run = EmulatedRun(
-            run_id=run_id,
-            registry=registry,
-            body=body,
-            log_container=_container(registry),
-            log_name=f"logs/{run_id}/rawtext.log",
-            outcome_fault=str(outcome) if outcome else None,
-            delay=float(emulator.faults.take("run_delay", 0.0) or 0.0),
-        )
-        with book.lock:
-            book.runs[(registry.name, run_id)] = run
-            answer = run.to_json()  # Queued, whatever the thread does next
-        threading.Thread(
-            target=_execute, args=(emulator, book, run), name=f"run-{run_id}", daemon=True
-        ).start()
+        # a quick run carries no identity: credentials naming one fail at login
+        _run, answer = start_run(emulator, registry, body)
         return Response(200, answer)
 
     runs_path = REGISTRY_PATH + r"/runs"
@@ -398,6 +432,14 @@ def install(emulator: AcrEmulator) -> None:
 
 
 # -- request checks -----------------------------------------------------------------------------
+
+
+def _request_type(req: Request) -> Any:
+    try:
+        body = req.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body.get("type") if isinstance(body, dict) else None
 
 
 def _check_type(req: Request) -> Response | None:
@@ -507,7 +549,12 @@ def _parse_filter(text: str) -> Any:
 
 def _eq_check(name: str, value: str) -> Any:
     def check(run: EmulatedRun) -> bool:
-        actual = {"RunType": "QuickRun", "Status": run.status, "TaskName": "", "RunId": run.run_id}
+        actual = {
+            "RunType": run.run_type,
+            "Status": run.status,
+            "TaskName": run.task or "",
+            "RunId": run.run_id,
+        }
         return actual[name].lower() == value.lower()
 
     return check
@@ -621,14 +668,47 @@ def _download_source(emulator: AcrEmulator, book: RunBook, run: EmulatedRun, sou
 
 
 def _login(emulator: AcrEmulator, book: RunBook, run: EmulatedRun, runner: Any, write: Any) -> None:
+    """Log in to each custom registry as its credentials say, or fail the run before any step.
+
+    An ``identity`` resolves only to a user-assigned identity attached to the run (a task run's;
+    a quick run has none, so ``[system]`` or any client ID fails here); a ``Vaultsecret`` only
+    if that identity may read the vault; identity alone logs in to an emulated ACR only if the
+    identity has AcrPull on it. ACR's own wording for these failures is not confirmed; the
+    lines follow the runner's ``failed to login, ran out of retries`` form.
+    """
     custom = (run.body.get("credentials") or {}).get("customRegistries") or {}
     for host, creds in custom.items():
         runner(f"Logging in to registry: {host}")
+
+        def refuse(why: str, host: str = host) -> _RunFailed:
+            return _RunFailed(
+                "Failed",
+                f"failed to login, ran out of retries: failed to login to {host}: {why}\n"
+                ": exit status 1",
+            )
+
+        wanted = creds.get("identity")
+        identity = None
+        if wanted:
+            identity = next(
+                (i for i in run.identities if i.client_id.lower() == str(wanted).lower()), None
+            )
+            if identity is None:
+                raise refuse(
+                    f"the identity '{wanted}' is not an identity of this run (a quick run has "
+                    "none; a task run has the user-assigned identities it was created with)"
+                )
+        secrets = [creds.get("userName"), creds.get("password")]
         try:
-            for secret in (creds.get("userName"), creds.get("password")):
+            for secret in secrets:
                 if secret is None:
                     continue
                 if (secret.get("type") or "Opaque").lower() == "vaultsecret":
+                    if identity is None or not identity.reads_vault:
+                        raise refuse(
+                            f"failed to get the credentials of {host} from Key Vault: the "
+                            "identity may not read secrets of the vault (403 Forbidden)"
+                        )
                     emulator.secret_by_uri(secret["value"])
         except (KeyError, ConnectionError) as exc:
             raise _RunFailed(
@@ -636,6 +716,17 @@ def _login(emulator: AcrEmulator, book: RunBook, run: EmulatedRun, runner: Any, 
                 f"failed to login, ran out of retries: failed to get the credentials of "
                 f"{host} from Key Vault: {exc}\n: exit status 1",
             ) from None
+        target = emulator.registry_by_login_server(host)
+        if (
+            target is not None
+            and identity is not None
+            and not any(secrets)
+            and not identity.may_pull(target)
+        ):
+            raise refuse(
+                f"the identity has no pull permission on registry {target.name} (AcrPull): "
+                "unauthorized"
+            )
         runner(f"Successfully logged into {host}")
         with book.lock:
             run.logged_in.append(host)
@@ -666,6 +757,13 @@ def _image(values: dict[str, str]) -> ImageRef:
     if ref is None or ref.digest is None:
         return ImageRef("localhost", "emulator/no-image", digest=_PLACEHOLDER_DIGEST)
     return ref
+
+
+def _registry_of(image: str) -> str:
+    try:
+        return ImageRef.parse(image).registry
+    except GateError:
+        return ""
 
 
 def _fake_outcome(run: EmulatedRun, task_path: Path, runner: Any, write: Any, finish: Any) -> None:
@@ -721,7 +819,13 @@ def _run_steps(
     agent_hosts = {
         r.login_server: r.backing.host
         for r in emulator.registries.values()
-        if r is run.registry or r.login_server in run.logged_in
+        if r is run.registry or r.login_server in run.logged_in or not r.private
+    }
+    # A private registry the run did not log in to refuses the agent's pull (docker exits 125).
+    refused = {
+        r.login_server
+        for r in emulator.registries.values()
+        if r.private and r is not run.registry and r.login_server not in run.logged_in
     }
     for name, value in list(values.items()):
         for login, backing in agent_hosts.items():
@@ -742,6 +846,23 @@ def _run_steps(
         finish("Failed", "failed to initialize the task")
         return
     steps = {step.id: step for step in task.steps}
+    for step in task.steps:
+        if _registry_of(step.image) in refused:
+            runner(
+                f"Executing step ID: {step.id}. Timeout(sec): {step.timeout}, Working "
+                "directory: '', Network: 'acb_default_network'"
+            )
+            runner(f"Launching container with name: {step.id}")
+            write(f"Unable to find image '{step.image}' locally\n")
+            write(
+                "docker: Error response from daemon: Head "
+                f'"https://{_registry_of(step.image)}/v2/": unauthorized: '
+                "authentication required.\n"
+            )
+            runner(f"Container failed during run: {step.id}. No retries remaining.")
+            write(f"failed to run step ID: {step.id}: exit status 125\n")
+            finish("Failed", "failed during run, err: exit status 1")
+            return
     # What docker run prints when the agent has not got an image yet (always, on a fresh agent).
     for name in task.images:
         write(f"Unable to find image '{name}' locally\n")

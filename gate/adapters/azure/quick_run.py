@@ -1,27 +1,57 @@
-"""The ACR quick-run validator: a rule's task file runs as an ACR quick run in Azure.
+"""The ACR validator: a rule's task file runs in ACR as a task run with a user-assigned identity.
 
-What ``az acr run --file acr-task.yaml --set IMAGE=... <folder>`` does, with the
-``azure-mgmt-containerregistrytasks`` client (api-version ``2025-03-01-preview``):
+What ``az acr run --file acr-task.yaml --set IMAGE=... <folder>`` does, as a ``taskRuns``
+resource, with the ``azure-mgmt-containerregistrytasks`` client (api-version
+``2025-03-01-preview``):
 
 1. the validation folder is packed into a deterministic ``tar.gz`` (sorted entries, fixed
    mtimes, no owner names, so the same folder always gives the same bytes);
 2. ``registries.get_build_source_upload_url`` gives a write SAS URL and a ``relativePath``; the
    archive is PUT there as a block blob (the SAS URL is a credential: it is never logged);
-3. ``registries.schedule_run`` with an ``EncodedTaskRunRequest``: the task file base64-encoded,
-   the values (``IMAGE`` = the digest-pinned candidate, then the request's values, secret ones
-   flagged ``isSecret``), the platform, the run timeout, the uploaded ``relativePath`` as the
-   source location, and Key Vault references (``Vaultsecret``) for the custom registries'
-   credentials, read by the registry's managed identity. It answers a ``Run`` (not an LRO);
+3. ``task_runs.begin_create`` (``PUT …/registries/{r}/taskRuns/{name}``, a long-running
+   operation followed through ``Azure-AsyncOperation``) with the runner's **user-assigned
+   identity** (``identity.type=UserAssigned``, ``userAssignedIdentities={<its ARM id>: {}}``) and
+   an ``EncodedTaskRunRequest``: the task file base64-encoded, the values (``IMAGE`` = the
+   digest-pinned candidate, then the request's values, secret ones flagged ``isSecret``), the
+   platform, the run timeout, the uploaded ``relativePath`` as the source location, and
+   ``credentials.customRegistries[host]`` naming that identity by its **client ID**, alone for an
+   ACR it may pull from, with ``Vaultsecret`` user name and password URIs it reads from Key Vault
+   for any other registry. The created task run's ``runResult.runId`` is the run;
 4. ``on_started(run_id)``, then ``runs.get`` with exponential backoff (``poll_initial``
    doubling up to ``poll_max``) until the run ends. Past our own deadline (the request's
    timeout plus ``deadline_margin``, which covers time queued for an agent) the run is
    cancelled and the validation FAILS; ACR's own run timeout normally ends it first;
 5. ``runs.get_log_sas_url`` and a GET of that blob: the log, secrets masked, is returned;
-   ``log_location`` is ``acr://{registry}/runs/{run_id}``, never the SAS URL.
+   ``log_location`` is ``acr://{registry}/runs/{run_id}``, never the SAS URL;
+6. ``task_runs.delete`` of the task run resource, best effort: a failed delete is logged and
+   never changes the verdict (the run and its log were read already; whether deleting a task run
+   also removes its run record is not documented, hence the order).
 
-ARM calls per validation: upload URL 1, schedule 1, one ``runs.get`` per poll, log URL 1 (the
-blob PUT and GET go to Storage, not ARM). A run of ``T`` seconds takes about ``log2(T)`` polls
-while the interval grows, then one per ``poll_max``.
+Why a task run and not ``scheduleRun`` (sources in the README, "Why taskRuns"): a run that must
+log in to a registry or read Key Vault with a managed identity needs that identity *on the run*.
+``scheduleRun`` takes a ``RunRequest``, which has no identity (REST specification
+``containerregistry_build.json``, 2019-06-01-preview and 2025-03-01-preview), and nothing
+documents that a quick run borrows the registry's own identity; ``az acr run`` has no identity
+option either. A ``taskRuns`` resource wraps the same ``EncodedTaskRunRequest`` and adds a
+top-level ``identity``; ACR documents that task runs with a managed identity take a
+**user-assigned** one only (``container-registry-task-run-template``), and the Azure/acr samples
+``quickdockerbuildwithidentity`` and ``quickdockerbuildusingidentitykeyvault`` pair exactly that
+identity with ``customRegistries[login].identity = <client ID>`` (plus ``Vaultsecret`` URIs).
+The same document says task runs need a *remote* source context; that concerns template
+deployments, which cannot upload. We upload through ``listBuildSourceUploadUrl`` and pass its
+``relativePath``, which the specification's ``sourceLocation`` accepts ("If it is relative URL,
+the relative path should be obtained from calling listBuildSourceUploadUrl API"). This pairing
+with a task run is **Spec-only**: not verified against the service. If ACR refused it, the PUT
+(or the run, at "Downloading source code") would fail and every validation would be FAILED with
+ACR's message; the record says so and nothing is promoted.
+
+A PUT is idempotent where ``scheduleRun`` (a POST) is not: the SDK's retry of a PUT whose answer
+was lost names the same resource again instead of scheduling a second run.
+
+ARM calls per validation: upload URL 1, PUT 1, one ``Azure-AsyncOperation`` poll per
+``Retry-After`` until the creation ends, the SDK's final GET of the task run 1, one ``runs.get``
+per poll, log URL 1, DELETE 1 (the blob PUT and GET go to Storage, not ARM). A run of ``T``
+seconds takes about ``log2(T)`` polls while the interval grows, then one per ``poll_max``.
 
 Outcomes: ``Succeeded`` is PASSED. ``Failed`` with a failing step in the log is REJECTED, the
 reason naming the step and its last output lines, parsed from ACR's log lines
@@ -31,33 +61,22 @@ validator treats it). ``Failed`` with no failing step (a registry login or sourc
 that failed before any step ran) is FAILED: it says nothing about the image, and a REJECTED
 record would block the digest for good. ``Canceled``, ``Error`` and ``Timeout`` are FAILED.
 
-Resuming (:class:`gate.ports.Resume`), because ACR runs outlive the worker that started them:
+Resuming (:class:`gate.ports.Resume`), because ACR runs outlive the worker that started them.
+The task run's name is a deterministic key of the validation attempt: ``gate-{key}-{attempt}``
+(:func:`task_run_name`; ``key`` is the gate record's id, ``attempt`` the number of the worker
+that took the record on), so:
 
-* with a ``run_id``: that run is followed (nothing is uploaded or scheduled); if ACR no longer
-  knows it (404), a new run is scheduled;
-* without one (the worker died between ``scheduleRun`` and recording the ID), the orphan has
-  to be found. ACR keeps no client metadata on a run: ``runs.get`` returns neither the values,
-  nor the source location, nor the timeout of the request; what it does return is the run
-  type, create time, platform and the custom registries logged into. So candidates are the
-  ``QuickRun`` runs of the registry created since ``resume.since`` (minus
-  ``CLOCK_SKEW_SECONDS``), on our platform, with no task, logged into no registry we did not
-  configure (``$filter=RunType eq 'QuickRun' and CreateTime ge …``, ``$top``). A candidate is
-  adopted only on positive evidence that it validates *our* image: its log contains the
-  candidate's digest (``sha256:…``), which the step that runs the candidate prints when the
-  engine pulls it (``Unable to find image '…@sha256:…' locally``). Candidates are examined
-  oldest first; one still queued or running without the digest in its log yet is looked at
-  again (statuses refreshed with one list call per round, log links fetched once per
-  candidate) until it shows the digest or ends, within the request's timeout. When no run can
-  be identified a new run is scheduled: a second run costs agent minutes, adopting a stranger's
-  run could promote an image that was never validated.
+* with a ``run_id``: that run is followed (nothing is uploaded or created); if ACR no longer
+  knows it (404), a new task run is created under this attempt's name;
+* without one (the worker died between the PUT and recording the ID): ``GET taskRuns/{name}``
+  for the earlier attempts' names, newest first (at most ``MAX_EARLIER_ATTEMPTS``); the first
+  that exists names its run in ``runResult.runId``, and that run is adopted and followed. No
+  heuristic is involved: a task run under that name was created for this record, by this gate.
+  When none exists (the worker died before its PUT), a new task run is created.
 
-  Where this is weak: a task file that never makes the engine print the candidate's digest
-  (it validates the image only through a script, say) makes orphans unrecognisable, so they
-  are left to run and a new run is scheduled; two validations of the *same digest* by
-  different rules (different task files) in the same window cannot be told apart, and the
-  older one is adopted; a candidate that is slow to reach its first step holds up the lookup;
-  the ``CreateTime`` literal (``2025-01-31T12:00:00Z``, OData v4 style) is not confirmed
-  against the service.
+Runs a worker started through ``scheduleRun`` before this design cannot be found that way; a
+record that predates it and resumes without a run ID starts a new run (its orphan, if any, runs
+to its end unobserved).
 
 Secrets: values named in ``request.secret_values`` are sent with ``isSecret`` (ACR keeps them
 out of its own displays), and replaced by ``***`` in the returned log, reason and every error
@@ -69,17 +88,17 @@ from __future__ import annotations
 import base64
 import enum
 import gzip
+import hashlib
 import io
-import itertools
 import logging
 import math
 import re
 import stat
 import tarfile
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +117,14 @@ from azure.mgmt.containerregistrytasks.models import (
     Credentials,
     CustomRegistryCredentials,
     EncodedTaskRunRequest,
+    IdentityProperties,
     PlatformProperties,
     Run,
     SecretObject,
     SetValue,
+    TaskRun,
+    TaskRunProperties,
+    UserIdentityProperties,
 )
 
 from gate.errors import ConfigError, ValidatorError
@@ -119,11 +142,13 @@ MIN_RUN_TIMEOUT = 300
 MAX_RUN_TIMEOUT = 28800
 """The run timeout bounds of ``EncodedTaskRunRequest.timeout`` in the REST specification."""
 
-CLOCK_SKEW_SECONDS = 300.0
-"""How much earlier than ``Resume.since`` an orphan's ``createTime`` (ACR's clock) may be."""
+MAX_EARLIER_ATTEMPTS = 5
+"""A resumed validation looks up the task runs of at most this many earlier attempts."""
 
-MAX_ORPHAN_CANDIDATES = 20
-"""At most this many runs are examined when looking for an orphan (``$top``)."""
+TASK_RUN_NAME = re.compile(r"^[a-zA-Z0-9-]{5,50}$")
+"""The ``taskRunName`` grammar of the REST specification (5-50 characters)."""
+
+_NAME_PREFIX = "gate-"
 
 ENGINE_ERROR_EXIT = 125
 """The exit status docker uses when it, not the container, failed (pull errors and the like)."""
@@ -283,16 +308,52 @@ def _status(run: Run) -> str:
     return _text(run.properties.status) if run.properties else ""
 
 
+def task_run_name(key: str, attempt: int) -> str:
+    """The task run name of attempt ``attempt`` of the validation ``key``: ``gate-{key}-{n}``.
+
+    Deterministic, so a later attempt finds an earlier one's task run by name. A key that is not
+    already lower-case letters, digits and single inner hyphens, or that would make the name
+    longer than 50 characters, is replaced by a SHA-256 prefix of itself (equal keys give equal
+    names, different keys different ones). An empty key gives a random name (nothing to find).
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt numbers start at 1, got {attempt}")
+    suffix = f"-{attempt}"
+    if not key:
+        return f"{_NAME_PREFIX}{uuid.uuid4().hex}{suffix}"
+    name = f"{_NAME_PREFIX}{key}{suffix}"
+    if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", key) or not TASK_RUN_NAME.match(name):
+        room = 50 - len(_NAME_PREFIX) - len(suffix)
+        name = f"{_NAME_PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:room]}{suffix}"
+    return name
+
+
+def _run_result(task_run: TaskRun) -> Run:
+    """The run a task run started, as the task run last saw it (``_follow`` polls it on)."""
+    result = task_run.properties.run_result if task_run.properties is not None else None
+    return result if result is not None else Run()
+
+
+def _run_id_of(task_run: TaskRun) -> str | None:
+    """``properties.runResult.runId`` of a task run, if it started one."""
+    props = task_run.properties
+    result = props.run_result if props is not None else None
+    run_props = result.properties if result is not None else None
+    return run_props.run_id if run_props is not None and run_props.run_id else None
+
+
 class AcrQuickRunValidator:
-    """Runs a rule's ACR task file as an ACR quick run; see the module documentation.
+    """Runs a rule's ACR task file as an ACR task run; see the module documentation.
 
     ``credential`` is any ``TokenCredential`` (``DefaultAzureCredential`` in production);
     ``registry`` (in ``resource_group`` of ``subscription_id``) is the ACR that runs the task;
-    ``custom_registries`` maps registry login servers the task pulls from to Key Vault secret
-    URIs of their (username, password), read by the registry's ``identity`` (``[system]`` for
-    its system-assigned identity, else a user-assigned identity's client ID), or to None for an
-    ACR that identity may pull from itself. ``client_kwargs``
-    go to the SDK client (``connection_verify``, ``retry_total``, ``credential_scopes``…);
+    ``identity_resource_id`` and ``identity_client_id`` name the runner's user-assigned identity
+    (its ARM id, attached to every task run, and its client ID, which the run's registry
+    credentials name); ``custom_registries`` maps registry login servers the task pulls from to
+    Key Vault secret URIs of their (username, password), read by that identity, or to None for
+    an ACR the identity may pull from itself (AcrPull). Custom registries need the identity;
+    without any, the identity is optional (a task run without one pulls anonymously).
+    ``client_kwargs`` go to the SDK client (``connection_verify``, ``retry_total``, ``credential_scopes``…);
     the transport and retry settings among them apply to the blob upload and download too.
     ``sleep`` and ``clock`` are injectable for tests.
     """
@@ -306,7 +367,8 @@ class AcrQuickRunValidator:
         registry: str,
         arm_endpoint: str = "https://management.azure.com",
         custom_registries: Mapping[str, tuple[str, str] | None] | None = None,
-        identity: str = "[system]",
+        identity_resource_id: str | None = None,
+        identity_client_id: str | None = None,
         os: str = "Linux",
         architecture: str = "amd64",
         poll_initial: float = 2.0,
@@ -325,7 +387,20 @@ class AcrQuickRunValidator:
         self.resource_group = resource_group
         self.registry = registry
         self.custom_registries = dict(custom_registries or {})
-        self.identity = identity
+        if bool(identity_resource_id) != bool(identity_client_id):
+            raise ConfigError(
+                "the runner identity needs both its ARM resource id and its client id; give "
+                "both, or neither"
+            )
+        if self.custom_registries and not identity_resource_id:
+            raise ConfigError(
+                "validation runs that log in to "
+                f"{', '.join(sorted(self.custom_registries))} need the runner's user-assigned "
+                "identity (resource id and client id); configure it, with AcrPull on those "
+                "registries and read access to their Key Vault secrets"
+            )
+        self.identity_resource_id = identity_resource_id or None
+        self.identity_client_id = identity_client_id or None
         self.os = os
         self.architecture = architecture
         self.poll_initial = poll_initial
@@ -401,10 +476,12 @@ class AcrQuickRunValidator:
         except AzureError as exc:
             raise ValidatorError(
                 mask(
-                    f"ACR quick run on registry {self.registry} failed: {_arm_detail(exc)}; "
-                    "check that the identity may run tasks on the registry (Contributor or a "
-                    "role with Microsoft.ContainerRegistry/registries/scheduleRun/action), "
-                    "then retry"
+                    f"ACR task run on registry {self.registry} failed: {_arm_detail(exc)}; "
+                    "check that the gate's identity may create, read and delete task runs on "
+                    "the registry (Microsoft.ContainerRegistry/registries/taskruns/write, "
+                    "…/read, …/delete, …/runs/read, …/runs/listLogSasUrl/action, "
+                    "…/listBuildSourceUploadUrl/action) and assign the runner identity "
+                    "(Managed Identity Operator on it), then retry"
                 )
             ) from None
 
@@ -417,6 +494,7 @@ class AcrQuickRunValidator:
         mask: _Masker,
         run_timeout: int,
     ) -> ValidationResult:
+        attempt = max(request.attempt, 1)
         if resume is not None and resume.run_id:
             try:
                 run = self._client.runs.get(self.resource_group, self.registry, resume.run_id)
@@ -428,41 +506,107 @@ class AcrQuickRunValidator:
                 )
             else:
                 log.info("following run %s started earlier", resume.run_id)
-                return self._follow(resume.run_id, run, request, mask)
+                result = self._follow(resume.run_id, run, request, mask)
+                # The attempt that started it may have left its task run behind.
+                for name in self._earlier_names(request.key, attempt):
+                    self._delete(name)
+                return result
         elif resume is not None:
-            found = self._find_orphan(request, resume.since)
+            found = self._earlier_run(request.key, attempt)
             if found is not None:
-                orphan, orphan_id, link = found
-                log.info("adopting run %s, started before the worker stopped", orphan_id)
-                on_started(orphan_id)
-                return self._follow(orphan_id, orphan, request, mask, log_link=link)
+                name, run_id, run = found
+                log.info(
+                    "adopting run %s of task run %s, started by an earlier worker", run_id, name
+                )
+                on_started(run_id)
+                result = self._follow(run_id, run, request, mask)
+                self._delete(name)
+                return result
 
+        name = task_run_name(request.key, attempt)
         relative_path = self._upload(pack_folder(Path(request.folder)))
         task = (Path(request.folder) / request.task_file).read_bytes()
-        run = self._client.registries.schedule_run(
+        identity = None
+        if self.identity_resource_id:
+            identity = IdentityProperties(
+                type="UserAssigned",
+                user_assigned_identities={self.identity_resource_id: UserIdentityProperties()},
+            )
+        poller = self._client.task_runs.begin_create(
             self.resource_group,
             self.registry,
-            EncodedTaskRunRequest(
-                encoded_task_content=base64.b64encode(task).decode("ascii"),
-                values_property=[
-                    SetValue(name=name, value=value, is_secret=name in request.secret_values)
-                    for name, value in values.items()
-                ],
-                platform=PlatformProperties(os=self.os, architecture=self.architecture),
-                timeout=run_timeout,
-                source_location=relative_path,
-                credentials=self._credentials(),
+            name,
+            TaskRun(
+                identity=identity,
+                properties=TaskRunProperties(
+                    run_request=EncodedTaskRunRequest(
+                        encoded_task_content=base64.b64encode(task).decode("ascii"),
+                        values_property=[
+                            SetValue(name=key, value=value, is_secret=key in request.secret_values)
+                            for key, value in values.items()
+                        ],
+                        platform=PlatformProperties(os=self.os, architecture=self.architecture),
+                        timeout=run_timeout,
+                        source_location=relative_path,
+                        credentials=self._credentials(),
+                    ),
+                ),
             ),
+            # without a Retry-After from ARM, poll the creation at our own pace
+            polling_interval=self.poll_initial,
         )
-        new_id = run.properties.run_id if run.properties else None
+        created = poller.result()
+        new_id = _run_id_of(created)
         if not new_id:
+            state = _text(created.properties.provisioning_state) if created.properties else ""
             raise ValidatorError(
-                f"ACR scheduled a quick run on registry {self.registry} but answered no run "
-                "ID; look for it with 'az acr task list-runs', then retry"
+                f"ACR created task run {name} on registry {self.registry} "
+                f"(provisioning state {state or 'unknown'}) but it names no run; look at it "
+                "with 'az acr taskrun show', then retry"
             )
-        log.info("scheduled quick run %s on registry %s", new_id, self.registry)
+        log.info("task run %s started run %s on registry %s", name, new_id, self.registry)
         on_started(new_id)
-        return self._follow(new_id, run, request, mask)
+        result = self._follow(new_id, _run_result(created), request, mask)
+        self._delete(name)
+        return result
+
+    # -- task runs ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _earlier_names(key: str, attempt: int) -> list[str]:
+        """The task run names of the attempts before ``attempt``, newest first."""
+        if not key:
+            return []
+        first = max(1, attempt - MAX_EARLIER_ATTEMPTS)
+        return [task_run_name(key, n) for n in range(attempt - 1, first - 1, -1)]
+
+    def _earlier_run(self, key: str, attempt: int) -> tuple[str, str, Run] | None:
+        """(task run name, run ID, run) of the newest earlier attempt that started a run."""
+        for name in self._earlier_names(key, attempt):
+            try:
+                task_run = self._client.task_runs.get(self.resource_group, self.registry, name)
+            except ResourceNotFoundError:
+                continue
+            run_id = _run_id_of(task_run)
+            if run_id:
+                return name, run_id, _run_result(task_run)
+            log.info("task run %s exists but names no run; not adopting it", name)
+        if key:
+            log.info("no earlier attempt of %s left a task run; starting a new run", key)
+        return None
+
+    def _delete(self, name: str) -> None:
+        """Delete task run ``name``, best effort: a failure is logged, nothing else."""
+        try:
+            self._client.task_runs.delete(self.resource_group, self.registry, name)
+        except AzureError as exc:
+            log.warning(
+                "could not delete task run %s on registry %s (%s); delete it with "
+                "'az acr taskrun delete' (it holds no secret values)",
+                name,
+                self.registry,
+                _arm_detail(exc),
+            )
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -481,14 +625,16 @@ class AcrQuickRunValidator:
         registries: dict[str, CustomRegistryCredentials] = {}
         for host, secret_uris in sorted(self.custom_registries.items()):
             if secret_uris is None:
-                # an ACR: the registry's identity logs in itself (needs AcrPull there)
-                registries[host] = CustomRegistryCredentials(identity=self.identity)
+                # an ACR: the runner identity logs in itself (needs AcrPull there)
+                registries[host] = CustomRegistryCredentials(identity=self.identity_client_id)
                 continue
             username_uri, password_uri = secret_uris
             registries[host] = CustomRegistryCredentials(
                 user_name=SecretObject(type="Vaultsecret", value=username_uri),
                 password=SecretObject(type="Vaultsecret", value=password_uri),
-                identity=self.identity,
+                # the identity that reads the secrets: the client ID of the user-assigned
+                # identity attached to the task run (Azure/acr quickdockerbuildusingidentitykeyvault)
+                identity=self.identity_client_id,
             )
         return Credentials(custom_registries=registries)
 
@@ -617,7 +763,7 @@ class AcrQuickRunValidator:
                     Outcome.FAILED,
                     f"the container engine could not run step '{failure.step}' "
                     f"({failure.error}): {failure.tail or 'no output'}; check that the step's "
-                    "images exist and the registry's identity may pull them, then retry",
+                    "images exist and the runner identity may pull them (AcrPull), then retry",
                 )
             why = (
                 _run_error(text)
@@ -626,8 +772,9 @@ class AcrQuickRunValidator:
             )
             return (
                 Outcome.FAILED,
-                f"run {run_id} failed before any step failed ({why}); check the registry "
-                "credentials and the run log (az acr task logs), then retry",
+                f"run {run_id} failed before any step failed ({why}); check that the runner "
+                "identity has AcrPull on the registries it logs in to and may read their Key "
+                "Vault secrets, and the run log (az acr task logs), then retry",
             )
         if status == "Canceled":
             return (
@@ -689,90 +836,6 @@ class AcrQuickRunValidator:
                 "that the storage account is reachable, then retry"
             ) from None
 
-    # -- finding an orphan -------------------------------------------------------------------
-
-    def _find_orphan(
-        self, request: ValidationRequest, since: datetime
-    ) -> tuple[Run, str, str] | None:
-        """(run, run ID, log link) of the run an earlier worker scheduled for ``request``
-        and never recorded, or None; see the module documentation."""
-        digest = request.image.digest
-        if not digest:
-            return None
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
-        window = since.astimezone(UTC) - timedelta(seconds=CLOCK_SKEW_SECONDS)
-        candidates = self._candidates(window)
-        if not candidates:
-            return None
-        links: dict[str, str] = {}
-        deadline = self._clock() + request.timeout_seconds
-        delay = self.poll_initial
-        while True:
-            undecided: set[str] = set()
-            for run, run_id in candidates:
-                status = _status(run)
-                try:
-                    if run_id not in links:
-                        links[run_id] = self._log_link(run_id)
-                    text = self._read_blob(links[run_id])
-                except (AzureError, ValidatorError) as exc:
-                    # Unreadable now is not evidence either way: look again next round.
-                    log.info(
-                        "cannot read the log of candidate run %s yet: %s",
-                        run_id,
-                        redact_urls(str(exc)),
-                    )
-                    text = ""
-                if digest in text:
-                    return run, run_id, links[run_id]
-                if status not in TERMINAL_STATUSES:
-                    undecided.add(run_id)
-            now = self._clock()
-            if not undecided or now >= deadline:
-                log.info(
-                    "no run since %s shows %s in its log; starting a new run",
-                    window.isoformat(),
-                    digest,
-                )
-                return None
-            self._sleep(min(delay, deadline - now))
-            delay = min(delay * 2, self.poll_max)
-            candidates = [c for c in self._candidates(window) if c[1] in undecided]
-
-    def _candidates(self, window: datetime) -> list[tuple[Run, str]]:
-        """(run, run ID) of the quick runs that could be ours, oldest first."""
-        query = f"RunType eq 'QuickRun' and CreateTime ge {window.strftime('%Y-%m-%dT%H:%M:%SZ')}"
-        pages = self._client.runs.list(
-            self.resource_group, self.registry, filter=query, top=MAX_ORPHAN_CANDIDATES
-        )
-        wanted_hosts = {h.lower() for h in self.custom_registries}
-        found: list[tuple[datetime, str, Run]] = []
-        for run in itertools.islice(pages, MAX_ORPHAN_CANDIDATES):
-            props = run.properties
-            if props is None or not props.run_id or props.create_time is None:
-                continue
-            created = props.create_time
-            if created.tzinfo is None:
-                created = created.replace(tzinfo=UTC)
-            platform = props.platform
-            if (
-                _text(props.run_type) != "QuickRun"
-                or created < window
-                or props.task
-                or (platform is not None and _text(platform.os).lower() != self.os.lower())
-                or (
-                    platform is not None
-                    and platform.architecture is not None
-                    and _text(platform.architecture).lower() != self.architecture.lower()
-                )
-                or not {h.lower() for h in props.custom_registries or []} <= wanted_hosts
-            ):
-                continue
-            found.append((created, props.run_id, run))
-        found.sort(key=lambda item: (item[0], item[1]))
-        return [(run, run_id) for _, run_id, run in found]
-
 
 __all__ = [
     "AcrQuickRunValidator",
@@ -780,4 +843,5 @@ __all__ = [
     "pack_folder",
     "parse_step_failure",
     "redact_urls",
+    "task_run_name",
 ]
