@@ -8,9 +8,10 @@ Errors are ``{"error": <kind>, "detail": <what to do>}`` with 400 (malformed), 4
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from gate.errors import (
@@ -21,10 +22,13 @@ from gate.errors import (
     ManifestUnknown,
     NoMatchingRule,
     NotFound,
+    UsageError,
 )
 from gate.messages import GateRequest
-from gate.model import GateRecord, State
+from gate.model import GateRecord, State, parse_instant
 from gate.service import Gatekeeper, admit, rollback
+
+_LIMIT = re.compile(r"[0-9]{1,4}")
 
 LOG_TAIL_BYTES = 8192
 
@@ -52,7 +56,8 @@ def from_gate_error(exc: GateError) -> ApiResponse:
     if isinstance(exc, NoMatchingRule):
         return error(422, "no_matching_rule", exc.message)
     if isinstance(exc, InvalidReference):
-        return error(400, "invalid_reference", exc.message)
+        # well-formed JSON whose image or digest does not parse: unprocessable, not malformed
+        return error(422, "invalid_reference", exc.message)
     if isinstance(exc, ManifestUnknown | NotFound):
         return error(404, "not_found", exc.message)
     if isinstance(exc, Conflict):
@@ -69,6 +74,8 @@ def _body(raw: bytes, max_bytes: int, allowed: set[str]) -> dict[str, Any] | Api
         body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         return error(400, "bad_json", "the body must be a JSON object")
+    except RecursionError:  # a small body can nest deeper than the parser's stack
+        return error(400, "bad_json", "the body nests too deeply; send a flat JSON object")
     if not isinstance(body, dict):
         return error(400, "bad_json", "the body must be a JSON object")
     unknown = sorted(set(body) - allowed)
@@ -125,12 +132,9 @@ def get_gate(keeper: Gatekeeper, record_id: str) -> ApiResponse:
 
 def _time(value: str, name: str) -> datetime | ApiResponse:
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return error(
-            400, "bad_request", f"'{name}' must be an ISO 8601 time, e.g. 2026-11-28T00:00:00Z"
-        )
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return parse_instant(value, f"'{name}'")
+    except UsageError as exc:
+        return error(400, "bad_request", exc.message)
 
 
 def list_gates(keeper: Gatekeeper, query: Mapping[str, str], *, page_size: int) -> ApiResponse:
@@ -144,7 +148,8 @@ def list_gates(keeper: Gatekeeper, query: Mapping[str, str], *, page_size: int) 
             400, "bad_request", f"'state' must be one of {', '.join(s.value for s in State)}"
         )
     limit_text = query.get("limit", str(page_size))
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 500:
+    # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
+    if not _LIMIT.fullmatch(limit_text) or not 1 <= int(limit_text) <= 500:
         return error(400, "bad_request", "'limit' must be a number from 1 to 500")
     times: dict[str, datetime | None] = {"since": None, "before": None}
     for name in times:

@@ -10,7 +10,6 @@ at a time, with the same service the CLI uses.
 from __future__ import annotations
 
 import json
-import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -19,10 +18,12 @@ from typing import Any
 
 from gate.errors import GateError
 from gate.events import Ignored, MalformedEvent, parse_notifications, triage
+from gate.logsafe import get_logger
 from gate.messages import GateRequest
 from gate.service import Gatekeeper, GateOutcome, gate_image
 
-log = logging.getLogger("gate.listener")
+# arguments from outside (event ids, names, messages) are escaped and capped: gate/logsafe.py
+log = get_logger("gate.listener")
 
 MAX_BODY_BYTES = 1024 * 1024
 

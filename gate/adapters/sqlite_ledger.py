@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gate.errors import LedgerError, NotFound
-from gate.model import Claim, GateRecord, State, utcnow
+from gate.model import Claim, GateRecord, State, record_id_query, record_id_range, utcnow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -171,12 +171,14 @@ class SqliteLedger:
 
     def get(self, record_id: str) -> GateRecord:
         """Return one record by id (a unique prefix of at least 6 characters also works)."""
+        record_id = record_id_query(record_id)
         with self._connect() as db:
             row = db.execute("SELECT data, log FROM records WHERE id = ?", (record_id,)).fetchone()
-            if row is None and len(record_id) >= 6:
+            if row is None:
+                # a key range on the primary key, not LIKE: the prefix is data, not a pattern
                 rows = db.execute(
-                    "SELECT data, log FROM records WHERE id LIKE ? LIMIT 2",
-                    (record_id.replace("%", "").replace("_", r"\_") + "%",),
+                    "SELECT data, log FROM records WHERE id >= ? AND id < ? LIMIT 2",
+                    record_id_range(record_id),
                 ).fetchall()
                 row = rows[0] if len(rows) == 1 else None
         if row is None:

@@ -47,7 +47,7 @@ from azure.data.tables import TableClient, TableEntity, TableTransactionError, U
 from azure.storage.blob import ContainerClient, ContentSettings
 
 from gate.errors import ConfigError, LedgerError, NotFound
-from gate.model import Claim, GateRecord, State, utcnow
+from gate.model import Claim, GateRecord, State, record_id_query, record_id_range, utcnow
 
 _PARTITION = "ledger"
 _CLAIM_PREFIX = "c|"
@@ -522,11 +522,11 @@ class TableLedger:
 
     def get(self, record_id: str) -> GateRecord:
         """Return one record by id, with its log (a unique prefix of 6+ characters also works)."""
+        record_id = record_id_query(record_id)
         with self._errors(f"reading record {record_id} from {self._where}"):
             index = self._read(_index_key(record_id))
-            if index is None and len(record_id) >= 6:
-                low = _index_key(record_id)
-                high = low[:-1] + chr(ord(low[-1]) + 1)
+            if index is None:
+                low, high = (_index_key(bound) for bound in record_id_range(record_id))
                 found = list(
                     islice(
                         self._table.query_entities(

@@ -1,0 +1,124 @@
+"""Log lines cannot be forged or flooded from outside: every field from an event, a request or a
+record is escaped and capped, and GATE_DECISION stays one parseable JSON line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gate.audit import log_decision
+from gate.logsafe import clean
+from gate.model import GateRecord, State, new_record_id
+from tests.test_function_events import (  # noqa: F401  (app_config is a fixture)
+    FIELDS,
+    app_config,
+    mutate,
+    push,
+    pushed,
+    sample,
+)
+
+FORGED = 'e1\nINFO gate.functions GATE_DECISION {"verdict": "promoted"}'
+
+
+def gate_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("gate")]
+
+
+def test_clean_escapes_what_breaks_a_line_or_a_terminal_and_says_what_it_cut() -> None:
+    assert clean("a\nb\r\tc\x1b[31m\u2028d\x00") == "a\\nb\\r\\tc\\x1b[31m\\u2028d\\x00"
+    assert clean("x" * 1000, 10) == "xxxxxxxxxx…(+990 chars)"
+    assert clean("Grün 15-alpine") == "Grün 15-alpine"  # printable text is left alone
+
+
+@pytest.mark.usefixtures("app_config")
+@pytest.mark.parametrize(
+    "event",
+    [
+        pushed(id=FORGED, digest="sha256:short"),  # dropped as malformed
+        pushed(id=FORGED, repository="unwatched"),  # ignored
+        pushed(id=FORGED),  # queued
+        pushed(id="e" * 100_000, tag="x" * 5000),
+        pushed(action="push\nINFO forged", digest="md5:" + "a" * 32),
+    ],
+)
+def test_event_fields_reach_the_log_escaped_and_capped(
+    event: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="gate"):
+        push(event)
+
+    lines = gate_lines(caplog)
+    assert lines
+    for line in lines:
+        assert "\n" not in line and "\r" not in line and len(line) < 2000, line
+    if event["id"] == FORGED:
+        assert any("e1\\nINFO gate.functions" in line for line in lines)
+
+
+def test_gate_decision_stays_one_json_line_whatever_the_record_holds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    record = GateRecord(
+        id=new_record_id(),
+        rule="node",
+        source="upstream.example.com/node:15-alpine",
+        target="artifacts.example.com/node",
+        digest="sha256:" + "a" * 64,
+        state=State.ROLLED_BACK,
+        reason='breaks checkout\nGATE_DECISION {"verdict": "promoted"}' + "!" * 100_000,
+        actor="mallory\r\n",
+    )
+
+    with caplog.at_level(logging.INFO, logger="gate.audit"):
+        log_decision(record)
+
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "gate.audit"]
+    assert line.count("\n") == 0 and line.startswith("GATE_DECISION ")
+    fields = json.loads(line.removeprefix("GATE_DECISION "))
+    assert fields["reason"].startswith("breaks checkout\\nGATE_DECISION")
+    assert fields["reason"].endswith("chars)") and len(fields["reason"]) < 1100
+    assert fields["actor"] == "mallory\\r\\n"
+
+
+hostile_text = st.text(
+    alphabet=st.characters(codec="utf-8", categories=["Cc", "Cf", "Zl", "Zp", "L", "N", "P"]),
+    max_size=400,
+)
+
+
+@pytest.mark.usefixtures("app_config")
+@settings(
+    max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None
+)
+@given(path=st.sampled_from(FIELDS), value=hostile_text)
+def test_no_event_field_writes_an_unprintable_character_to_the_log(
+    path: list[str], value: str
+) -> None:
+    handler = _Lines()
+    logger = logging.getLogger("gate")
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        push(mutate(sample("eventgrid-imagepushed.json")[0], path, value))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+    for line in handler.lines:
+        assert line.isprintable() and len(line) < 2000, line
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
