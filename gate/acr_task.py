@@ -27,9 +27,20 @@ What it relies on:
   ``/workspace``; ``disableWorkingDirectoryOverride`` drops ``--workdir``; a step without ``id``
   is ``acb_step_<index>``; ``timeout``/``stepTimeout`` of 0 or less mean the default.
 
+* For ``build`` steps, ``acr-builder``'s ``builder/builder.go`` and ``builder/parse.go``: the
+  value is what follows ``docker build`` (split at whitespace, quotes trimmed), run in the step's
+  working directory; the context is the one word that is neither a flag nor a flag's value
+  (``-f``/``--file``, ``--target``; default ``.``); tags are the words after ``-t``/``--tag``
+  and build arguments the words after ``--build-arg`` (``util/parse.go``). A ``push`` step is
+  a list of image names (``graph/step.go``).
+
 Deliberate differences, all stricter: a ``{{.Values.X}}`` that no value provides is an error
 (ACR renders it empty); a property that is not in the reference is an error (ACR ignores it);
-only plain ``{{.Values.X}}`` / ``{{.Run.X}}`` actions are rendered (no functions or pipelines).
+only plain ``{{.Values.X}}`` / ``{{.Run.X}}`` actions are rendered (no functions or pipelines);
+a ``build`` value may use only the flags ``-f``, ``-t``, ``--build-arg``, ``--target``,
+``--no-cache``, ``--platform`` and a context inside the source context; a ``push`` step may push
+only images a ``build`` step of the same file tags (the local runner pushes them to the run's
+scratch store, never to a registry).
 """
 
 from __future__ import annotations
@@ -124,6 +135,22 @@ _STEP_UNSUPPORTED: Mapping[str, object] = {
     "retryOnErrors": None,
 }
 _STEP_TYPES = ("cmd", "build", "push")
+# What a build or push step may carry besides its own property (cmd-only properties such as
+# entryPoint or env shape a container these steps do not have locally).
+_BUILD_SUPPORTED = frozenset({"id", "build", "workingDirectory", "when", "timeout", "ignoreErrors"})
+_PUSH_SUPPORTED = frozenset({"id", "push", "when", "timeout", "ignoreErrors"})
+# docker build flags the local runner reproduces: the ones that take a value, and switches.
+_BUILD_VALUE_FLAGS = {
+    "-f": "file",
+    "--file": "file",
+    "-t": "tag",
+    "--tag": "tag",
+    "--build-arg": "build-arg",
+    "--target": "target",
+    "--platform": "platform",
+}
+_BUILD_SWITCHES = frozenset({"--no-cache"})
+_REMOTE_CONTEXT = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|git@)|\.git(?:#.*)?$", re.IGNORECASE)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ACTION = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _EXPRESSION = re.compile(r"\.(Values|Run)\.([A-Za-z_][A-Za-z0-9_]*)")
@@ -179,17 +206,83 @@ class CmdStep:
 
 
 @dataclass(frozen=True)
+class BuildStep:
+    """One ``build`` step, resolved: ``docker build`` with the flags the local runner supports.
+
+    ``dockerfile`` and ``context`` are paths inside the source context (``/workspace``), already
+    joined with the step's working directory; ``tags`` are the normalized image names it tags
+    (``-t``), ``build_args`` the ``KEY=value`` pairs (``--build-arg``).
+    """
+
+    id: str
+    tags: tuple[str, ...]
+    dockerfile: str
+    context: str
+    build_args: tuple[str, ...]
+    target: str | None
+    no_cache: bool
+    platform: str | None
+    working_directory: str
+    after: tuple[str, ...]
+    timeout: int
+    ignore_errors: bool
+    index: int
+
+    @property
+    def image(self) -> str:
+        """The first name the step tags (what a log header shows), or '' when it tags none."""
+        return self.tags[0] if self.tags else ""
+
+
+@dataclass(frozen=True)
+class PushStep:
+    """One ``push`` step: the image names (built in this run) it pushes."""
+
+    id: str
+    images: tuple[str, ...]
+    after: tuple[str, ...]
+    timeout: int
+    ignore_errors: bool
+    index: int
+    working_directory: str | None = None
+
+    @property
+    def image(self) -> str:
+        """The first image it pushes."""
+        return self.images[0]
+
+
+Step = CmdStep | BuildStep | PushStep
+"""Any step of a task file."""
+
+
+@dataclass(frozen=True)
 class AcrTask:
-    """A checked task file: its version and its cmd steps in the order they are to run."""
+    """A checked task file: its version and its steps in the order they are to run."""
 
     version: str
-    steps: tuple[CmdStep, ...]
+    steps: tuple[Step, ...]
     source: str = "acr-task.yaml"
 
     @property
+    def built(self) -> tuple[str, ...]:
+        """Every image name a build step of the file tags, once each."""
+        return tuple(
+            dict.fromkeys(t for s in self.steps if isinstance(s, BuildStep) for t in s.tags)
+        )
+
+    @property
     def images(self) -> tuple[str, ...]:
-        """Every image the steps run, once each, in first-use order."""
-        return tuple(dict.fromkeys(step.image for step in self.steps))
+        """Every image the cmd steps run and no build step makes, once each, in first-use order.
+
+        These are pulled before the first step; images built in the run are not.
+        """
+        built = set(self.built)
+        return tuple(
+            dict.fromkeys(
+                s.image for s in self.steps if isinstance(s, CmdStep) and s.image not in built
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +461,35 @@ def parse_task(text: str, context: RunContext, *, source: str = "acr-task.yaml")
         _step(raw, index, source, step_timeout, workdir, task_env, aliases=aliases)
         for index, raw in enumerate(raw_steps)
     ]
-    return AcrTask(version=version, steps=_ordered(steps, source), source=source)
+    ordered = _ordered(steps, source)
+    _check_built_first(ordered, source)
+    return AcrTask(version=version, steps=ordered, source=source)
+
+
+def _check_built_first(steps: Sequence[Step], source: str) -> None:
+    """A push (and a cmd running a built image) must come after the build that tags it.
+
+    Locally a push can only push an image of the run (never something pulled), so an image
+    no build step tags is refused here, before anything runs.
+    """
+    built: dict[str, str] = {}
+    later = {t for s in steps if isinstance(s, BuildStep) for t in s.tags}
+    for step in steps:
+        if isinstance(step, BuildStep):
+            built.update(dict.fromkeys(step.tags, step.id))
+        elif isinstance(step, PushStep):
+            for image in step.images:
+                if image not in built:
+                    raise UnsupportedTask(
+                        f"{source}: step '{step.id}' pushes {image}, which no earlier build "
+                        "step of this file tags; locally a push step pushes only images "
+                        f"built in the run (to the run's scratch store); {_FIX}"
+                    )
+        elif step.image in later and step.image not in built:
+            raise ConfigError(
+                f"{source}: step '{step.id}' runs {step.image} before the build step that "
+                "tags it; make it wait for that step in 'when'"
+            )
 
 
 def load_task(path: Path, context: RunContext) -> AcrTask:
@@ -383,6 +504,90 @@ def load_task(path: Path, context: RunContext) -> AcrTask:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"validation task file {path} cannot be read: {exc}") from None
     return parse_task(text, context, source=path.name)
+
+
+def check_sources(task: AcrTask, folder: Path) -> None:
+    """Refuse, before anything runs, a build step whose context or Dockerfile is not in ``folder``.
+
+    ``folder`` is what is mounted at /workspace (the validation folder).
+    """
+    for step in task.steps:
+        if not isinstance(step, BuildStep):
+            continue
+        where = f"{task.source}: step '{step.id}'"
+        context = folder / posixpath.relpath(step.context, WORKSPACE)
+        dockerfile = folder / posixpath.relpath(step.dockerfile, WORKSPACE)
+        if not context.is_dir():
+            raise ConfigError(
+                f"{where}: the build context {step.context} is not a folder of {folder}; "
+                "create it, or fix the context at the end of 'build'"
+            )
+        if not dockerfile.is_file():
+            raise ConfigError(
+                f"{where}: the Dockerfile {step.dockerfile} does not exist in {folder}; "
+                "create it, or fix the -f of 'build'"
+            )
+
+
+_DOCKERFILE_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def base_images(dockerfile: str, build_args: Sequence[str]) -> tuple[tuple[str, ...], bool]:
+    """The images a Dockerfile's ``FROM`` lines name, with ARGs declared before them resolved.
+
+    Returns the normalized names (build stages and ``scratch`` left out) and whether every
+    ``FROM`` could be resolved (False when one uses an ARG without value or is not a valid
+    reference: the engine then resolves it itself). ACR scans the same lines for the run's
+    image dependencies before it builds.
+    """
+    given = dict(arg.partition("=")[::2] for arg in build_args)
+    defaults: dict[str, str] = {}
+    stages: set[str] = set()
+    images: list[str] = []
+    complete = True
+    logical = re.sub(r"\\\r?\n", " ", dockerfile)
+    seen_from = False
+    for line in logical.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        instruction = words[0].upper()
+        if instruction == "ARG" and not seen_from:
+            for word in words[1:]:
+                name, _, default = word.partition("=")
+                defaults[name] = default.strip("\"'")
+            continue
+        if instruction != "FROM":
+            continue
+        seen_from = True
+        rest = [w for w in words[1:] if not w.startswith("--")]
+        if not rest:
+            complete = False
+            continue
+        if len(rest) >= 3 and rest[1].upper() == "AS":
+            stages.add(rest[2].lower())
+        values = {**defaults, **given}
+        unresolved = False
+
+        def substitute(match: re.Match[str], values: dict[str, str] = values) -> str:
+            nonlocal unresolved
+            name = match.group(1) or match.group(2)
+            if name not in values:
+                unresolved = True
+                return ""
+            return values[name]
+
+        name = _DOCKERFILE_VARIABLE.sub(substitute, rest[0])
+        if unresolved:
+            complete = False
+            continue
+        if name.lower() in stages or name.lower() == "scratch":
+            continue
+        try:
+            images.append(str(ImageRef.parse(name)))
+        except InvalidReference:
+            complete = False
+    return tuple(dict.fromkeys(images)), complete
 
 
 def _kind(value: object) -> str:
@@ -476,7 +681,7 @@ def _step(
     task_env: Sequence[str],
     *,
     aliases: bool,
-) -> CmdStep:
+) -> Step:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: step {index + 1} must be a mapping, not {_kind(raw)}")
     step_id = raw.get("id", f"acb_step_{index}")
@@ -489,12 +694,10 @@ def _step(
     if len(types) != 1:
         found = " and ".join(types) if types else "none"
         raise ConfigError(f"{where} must have exactly one of cmd, build, push (found: {found})")
-    if types[0] != "cmd":
-        raise UnsupportedTask(
-            f"{where} is a '{types[0]}' step, which the local runner does not support; {_FIX}"
-        )
+    kind = types[0]
+    supported = {"cmd": _STEP_SUPPORTED, "build": _BUILD_SUPPORTED, "push": _PUSH_SUPPORTED}[kind]
     for key, value in raw.items():
-        if key in _STEP_SUPPORTED or key in ("build", "push"):
+        if key in supported or (kind == "cmd" and key in ("build", "push")):
             continue
         if key in _STEP_UNSUPPORTED:
             default = _STEP_UNSUPPORTED[key]
@@ -503,10 +706,32 @@ def _step(
             raise UnsupportedTask(
                 f"{where}: property '{key}' is not supported locally; {_FIX}, or remove it"
             )
+        if key in _STEP_SUPPORTED:
+            # a cmd property on a build or push step: ACR gives it to the builder's container
+            if value in (None, "", [], False):
+                continue
+            raise UnsupportedTask(
+                f"{where}: property '{key}' of a '{kind}' step is not supported locally (it "
+                f"shapes the container ACR runs the {kind} in); {_FIX}, or remove it"
+            )
         raise UnsupportedTask(
             f"{where}: '{key}' is not a step property of the ACR Tasks YAML reference; ACR "
             "would ignore it: fix its spelling or remove it"
         )
+    timeout = _int(raw, "timeout", source, step_id) or 0
+    common: dict[str, Any] = {
+        "id": step_id,
+        "after": _when(raw.get("when"), where),
+        "timeout": timeout if timeout > 0 else step_timeout,
+        "ignore_errors": _bool(raw, "ignoreErrors", source, step_id),
+        "index": index,
+    }
+    if kind == "build":
+        workdir = _str(raw, "workingDirectory", source, step_id) or task_workdir or ""
+        build_dir = posixpath.normpath(posixpath.join(WORKSPACE, workdir))
+        return _build(raw["build"], where, build_dir, common)
+    if kind == "push":
+        return _push(raw["push"], where, common)
 
     command = raw["cmd"]
     if not isinstance(command, str):
@@ -532,19 +757,130 @@ def _step(
     if _bool(raw, "disableWorkingDirectoryOverride", source, step_id):
         working_directory = None
     _bool(raw, "pull", source, step_id)  # always true here: every image is pulled first
-    timeout = _int(raw, "timeout", source, step_id) or 0
     return CmdStep(
-        id=step_id,
         image=image,
         args=tuple(words[1:]),
         env=_merge_env(env, task_env),
         entry_point=entry_point or None,
         working_directory=working_directory,
-        after=_when(raw.get("when"), where),
-        timeout=timeout if timeout > 0 else step_timeout,
-        ignore_errors=_bool(raw, "ignoreErrors", source, step_id),
-        index=index,
+        **common,
     )
+
+
+def _inside(path: str, where: str, what: str) -> str:
+    """``path`` (absolute, under /workspace) normalized; refused when it leaves /workspace."""
+    normal = posixpath.normpath(path)
+    if normal != WORKSPACE and not normal.startswith(WORKSPACE + "/"):
+        raise UnsupportedTask(
+            f"{where}: the {what} {normal} is outside the source context ({WORKSPACE}); the "
+            "local runner builds only from the validation folder: move the files into it"
+        )
+    return normal
+
+
+def _build(value: object, where: str, workdir: str, common: dict[str, Any]) -> BuildStep:
+    """Parse a ``build`` value the way ``docker build`` (and so ACR) reads it."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: 'build' must be a string of docker build arguments")
+    try:
+        words = shlex.split(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: 'build' cannot be split into words ({exc})") from None
+    options: dict[str, list[str]] = {name: [] for name in set(_BUILD_VALUE_FLAGS.values())}
+    no_cache = False
+    positional: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if not word.startswith("-") or word == "-":
+            positional.append(word)
+            continue
+        flag, equals, inline = word.partition("=")
+        if flag in _BUILD_SWITCHES:
+            if equals and inline.lower() not in ("true", "false"):
+                raise ConfigError(f"{where}: '{word}' must be {flag}, {flag}=true or =false")
+            no_cache = not equals or inline.lower() == "true"
+            continue
+        if flag not in _BUILD_VALUE_FLAGS:
+            raise UnsupportedTask(
+                f"{where}: the build flag '{flag}' is not supported locally (supported: -f, -t, "
+                f"--build-arg, --target, --no-cache, --platform); {_FIX}, or remove it"
+            )
+        if equals:
+            argument = inline
+        elif i < len(words):
+            argument = words[i]
+            i += 1
+        else:
+            raise ConfigError(f"{where}: the build flag '{flag}' needs a value")
+        options[_BUILD_VALUE_FLAGS[flag]].append(argument)
+    if len(positional) != 1:
+        found = ", ".join(repr(p) for p in positional) or "none"
+        raise ConfigError(
+            f"{where}: 'build' needs exactly one build context (e.g. '.') after its flags "
+            f"(found: {found})"
+        )
+    if _REMOTE_CONTEXT.search(positional[0]) or positional[0] == "-":
+        raise UnsupportedTask(
+            f"{where}: the build context {positional[0]!r} is not a local folder; the local "
+            f"runner builds from the validation folder only; {_FIX}"
+        )
+    context = _inside(posixpath.join(workdir, positional[0]), where, "build context")
+    files = options["file"]
+    if len(files) > 1:
+        raise ConfigError(f"{where}: 'build' names more than one Dockerfile (-f)")
+    # docker build reads a relative -f from its working directory, the default from the context
+    dockerfile = posixpath.join(workdir, files[0]) if files else f"{context}/Dockerfile"
+    dockerfile = _inside(dockerfile, where, "Dockerfile")
+    tags = []
+    for tag in options["tag"]:
+        try:
+            tags.append(str(ImageRef.parse(tag)))
+        except InvalidReference as exc:
+            raise ConfigError(
+                f"{where}: the build tag {tag!r} is not valid: {exc.message}"
+            ) from None
+    for arg in options["build-arg"]:
+        key, equals, rest = arg.partition("=")
+        if not equals or not _ENV_KEY.fullmatch(key):
+            raise ConfigError(
+                f"{where}: --build-arg {key!r} has no value; write --build-arg KEY=value (the "
+                "local runner does not read build arguments from its own environment)"
+            )
+        if "\n" in rest or "\r" in rest:
+            raise UnsupportedTask(f"{where}: the value of --build-arg {key} spans lines")
+    for name in ("target", "platform"):
+        if len(options[name]) > 1:
+            raise ConfigError(f"{where}: 'build' gives --{name} more than once")
+    return BuildStep(
+        tags=tuple(dict.fromkeys(tags)),
+        dockerfile=dockerfile,
+        context=context,
+        build_args=tuple(options["build-arg"]),
+        target=options["target"][0] if options["target"] else None,
+        no_cache=no_cache,
+        platform=options["platform"][0] if options["platform"] else None,
+        working_directory=workdir,
+        **common,
+    )
+
+
+def _push(value: object, where: str, common: dict[str, Any]) -> PushStep:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: 'push' must be a list of image names (registry/repo:tag)")
+    images = []
+    for name in value:
+        try:
+            ref = ImageRef.parse(name)
+        except InvalidReference as exc:
+            raise ConfigError(
+                f"{where}: the image {name!r} to push is not valid: {exc.message}"
+            ) from None
+        if ref.tag is None:
+            raise ConfigError(f"{where}: the image {name!r} to push needs a tag")
+        images.append(str(ref))
+    return PushStep(images=tuple(dict.fromkeys(images)), **common)
 
 
 _PREVIOUS = "\0previous"  # placeholder resolved in _ordered: "after the step above"
@@ -562,13 +898,13 @@ def _when(value: object, where: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
-def _ordered(steps: list[CmdStep], source: str) -> tuple[CmdStep, ...]:
+def _ordered(steps: list[Step], source: str) -> tuple[Step, ...]:
     """Resolve ``when`` and sort the steps topologically, file order breaking ties."""
     ids = [step.id for step in steps]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ConfigError(f"{source}: step ids must be unique; repeated: {', '.join(duplicates)}")
-    resolved: list[CmdStep] = []
+    resolved: list[Step] = []
     for index, step in enumerate(steps):
         after = step.after
         if after == (_PREVIOUS,):
@@ -582,7 +918,7 @@ def _ordered(steps: list[CmdStep], source: str) -> tuple[CmdStep, ...]:
                     f"step has that id (ids: {', '.join(ids)})"
                 )
         resolved.append(replace(step, after=after))
-    order: list[CmdStep] = []
+    order: list[Step] = []
     done: set[str] = set()
     pending = list(resolved)
     while pending:

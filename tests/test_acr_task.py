@@ -14,7 +14,12 @@ from gate.acr_task import (
     DEFAULT_STEP_TIMEOUT,
     IMAGE_ALIASES,
     AcrTask,
+    BuildStep,
+    CmdStep,
+    PushStep,
     RunContext,
+    base_images,
+    check_sources,
     load_task,
     parse_task,
     render,
@@ -42,16 +47,35 @@ def parse(text: str, **values: str) -> AcrTask:
     return parse_task(textwrap.dedent(text), context(**values), source="task.yaml")
 
 
-def test_seed_task_runs_test_script_with_sh_in_the_workspace() -> None:
-    task = load_task(SEED / "acr-task.yaml", context())
+def test_seed_task_builds_the_test_image_from_the_pinned_candidate_then_runs_it() -> None:
+    task = load_task(
+        SEED / "acr-task.yaml",
+        context(REGISTRY_FROM_URL="127.0.0.1:5000/", SOURCE_DIGEST=DIGEST),
+    )
+
     assert task.version == "v1.1.0"
-    [step] = task.steps
-    assert step.id == "validate-base-image"
-    assert step.image == IMAGE
-    assert step.entry_point == "sh"
-    assert step.args == ("./test.sh",)
-    assert step.working_directory == "/workspace"
-    assert step.timeout == DEFAULT_STEP_TIMEOUT
+    build, run = task.steps
+    assert isinstance(build, BuildStep) and isinstance(run, CmdStep)
+    assert build.id == "build-test-base-image"
+    assert build.tags == ("myregistry.azurecr.io/node-import:test",)
+    assert build.build_args == ("REGISTRY_FROM_URL=127.0.0.1:5000/", f"SOURCE_DIGEST={DIGEST}")
+    assert (build.dockerfile, build.context) == ("/workspace/Dockerfile", "/workspace")
+    assert run.id == "validate-base-image" and run.after == ("build-test-base-image",)
+    assert run.image == "myregistry.azurecr.io/node-import:test" and run.args == ()
+    assert run.timeout == DEFAULT_STEP_TIMEOUT
+    assert task.images == ()  # the test image is built in the run, never pulled
+    check_sources(task, SEED)  # its Dockerfile and context are in the folder
+
+
+def test_seed_dockerfile_builds_from_the_candidate_digest() -> None:
+    text = (SEED / "Dockerfile").read_text()
+
+    images, complete = base_images(
+        text, ["REGISTRY_FROM_URL=127.0.0.1:5000/", f"SOURCE_DIGEST={DIGEST}"]
+    )
+
+    assert complete and images == (f"127.0.0.1:5000/node:15-alpine@{DIGEST}",)
+    assert "COPY ./test.sh ." in text and "CMD ./test.sh" in text
 
 
 def test_seed_test_script_is_executable_and_sets_its_exit_code_in_both_branches() -> None:
@@ -196,12 +220,145 @@ def test_unknown_version_is_a_config_error(version: str) -> None:
         parse(f"version: {version}\nsteps:\n  - cmd: {{{{.Values.IMAGE}}}}\n")
 
 
-@pytest.mark.parametrize("kind", ["build: -t app .", 'push: ["app"]'])
-def test_build_and_push_steps_are_refused_naming_the_step(kind: str) -> None:
+def test_build_value_is_read_like_docker_build_flags_and_context() -> None:
+    task = parse(
+        """\
+        steps:
+          - id: make
+            workingDirectory: app
+            build: >-
+              --build-arg A=1 --build-arg=B=two -t one:1 --tag {{.Run.Registry}}/two:2
+              --target=test --no-cache --platform linux/amd64 -f docker/Dockerfile.test sub
+        """
+    )
+
+    [step] = task.steps
+    assert isinstance(step, BuildStep)
+    assert step.build_args == ("A=1", "B=two")
+    assert step.tags == ("docker.io/library/one:1", "myregistry.azurecr.io/two:2")
+    assert (step.target, step.no_cache, step.platform) == ("test", True, "linux/amd64")
+    # -f is read from the working directory, the context joined to it
+    assert step.dockerfile == "/workspace/app/docker/Dockerfile.test"
+    assert step.context == "/workspace/app/sub"
+    assert task.built == step.tags
+
+
+def test_default_dockerfile_is_in_the_context() -> None:
+    [step] = parse("steps:\n  - build: -t a/b:1 ctx\n").steps
+    assert isinstance(step, BuildStep) and step.dockerfile == "/workspace/ctx/Dockerfile"
+
+
+@pytest.mark.parametrize(
+    ("value", "flag"),
+    [
+        ("--label x=y -t a/b:1 .", "--label"),
+        ("--secret id=x -t a/b:1 .", "--secret"),
+        ("-t a/b:1 --network host .", "--network"),
+        ("--cache-from a/b:0 .", "--cache-from"),
+    ],
+)
+def test_unsupported_build_flag_is_refused_naming_step_and_flag(value: str, flag: str) -> None:
     with pytest.raises(UnsupportedTask) as caught:
-        parse(f"steps:\n  - id: make\n    {kind}\n")
+        parse(f"steps:\n  - id: make\n    build: {value}\n")
     assert "step 'make'" in caught.value.message
-    assert "quick run" in caught.value.message
+    assert f"'{flag}'" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "says"),
+    [
+        ("-t a/b:1", ConfigError, "exactly one build context"),
+        ("-t a/b:1 . other", ConfigError, "exactly one build context"),
+        ("-t a/b:1 -f", ConfigError, "needs a value"),
+        ("--build-arg ONLY -t a/b:1 .", ConfigError, "KEY=value"),
+        ("-t Bad:Tag .", ConfigError, "build tag"),
+        ("-t a/b:1 ..", UnsupportedTask, "outside the source context"),
+        ("-t a/b:1 -f ../Dockerfile .", UnsupportedTask, "outside the source context"),
+        ("-t a/b:1 https://github.com/x/y.git#main", UnsupportedTask, "not a local folder"),
+    ],
+)
+def test_bad_build_value_is_refused_before_anything_runs(
+    value: str, error: type[Exception], says: str
+) -> None:
+    with pytest.raises(error, match=says):
+        parse(f"steps:\n  - id: make\n    build: {value}\n")
+
+
+@pytest.mark.parametrize("prop", ["entryPoint: sh", "env: [A=1]", "privileged: true"])
+def test_container_properties_on_a_build_step_are_refused(prop: str) -> None:
+    with pytest.raises(UnsupportedTask, match="step 'make'"):
+        parse(f"steps:\n  - id: make\n    build: -t a/b:1 .\n    {prop}\n")
+
+
+def test_push_of_an_image_the_task_built_is_a_push_step() -> None:
+    task = parse(
+        """\
+        steps:
+          - {id: make, build: "-t {{.Run.Registry}}/app:{{.Run.ID}} ."}
+          - {id: test, cmd: "{{.Run.Registry}}/app:{{.Run.ID}} --selftest"}
+          - {id: ship, push: ["{{.Run.Registry}}/app:{{.Run.ID}}"]}
+        """
+    )
+
+    _, _, ship = task.steps
+    assert isinstance(ship, PushStep)
+    assert ship.images == ("myregistry.azurecr.io/app:lr01abcdefghjk",)
+    assert ship.after == ("test",)
+    assert task.images == ()  # nothing to pull: the cmd step runs the built image
+
+
+@pytest.mark.parametrize("push", ['["docker.io/library/node:15"]', '["{{.Run.Registry}}/other:1"]'])
+def test_push_of_an_image_no_build_step_made_is_refused(push: str) -> None:
+    with pytest.raises(UnsupportedTask, match=r"step 'ship' pushes .* no earlier build"):
+        parse(
+            'steps:\n  - {id: make, build: "-t {{.Run.Registry}}/app:1 ."}\n'
+            f"  - id: ship\n    push: {push}\n"
+        )
+
+
+def test_push_needs_a_list_of_tagged_names() -> None:
+    with pytest.raises(ConfigError, match="list of image names"):
+        parse("steps:\n  - {id: make, build: -t a/b:1 .}\n  - {id: ship, push: a/b:1}\n")
+    with pytest.raises(ConfigError, match="needs a tag"):
+        parse("steps:\n  - {id: make, build: -t a/b:1 .}\n  - {id: ship, push: [a/b]}\n")
+
+
+def test_cmd_running_a_built_image_before_its_build_is_refused() -> None:
+    with pytest.raises(ConfigError, match="before the build step"):
+        parse(
+            'steps:\n  - {id: test, cmd: a/b:1}\n  - {id: make, build: -t a/b:1 ., when: ["-"]}\n'
+        )
+
+
+def test_missing_dockerfile_or_context_is_refused_naming_the_step(tmp_path: Path) -> None:
+    task = parse("steps:\n  - {id: make, build: -t a/b:1 -f ./Dockerfile.test .}\n")
+    with pytest.raises(ConfigError, match=r"step 'make'.*Dockerfile.test does not exist"):
+        check_sources(task, tmp_path)
+    other = parse("steps:\n  - {id: make, build: -t a/b:1 ./app}\n")
+    with pytest.raises(ConfigError, match=r"step 'make'.*not a folder"):
+        check_sources(other, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "args", "images", "complete"),
+    [
+        ("FROM alpine:3.19\n", [], ("docker.io/library/alpine:3.19",), True),
+        (
+            "ARG BASE=a/b:1\nFROM --platform=linux/amd64 $BASE AS build\nFROM build\n"
+            "FROM scratch\n",
+            [],
+            ("docker.io/a/b:1",),
+            True,
+        ),
+        ("ARG R\nFROM ${R}x/y:2\n", ["R=127.0.0.1:5/"], ("127.0.0.1:5/x/y:2",), True),
+        ("FROM ${NOT_GIVEN}\n", [], (), False),
+        ("# FROM ignored:1\nFROM \\\n  c/d:3\n", [], ("docker.io/c/d:3",), True),
+    ],
+)
+def test_base_images_resolves_from_lines_with_their_args(
+    dockerfile: str, args: list[str], images: tuple[str, ...], complete: bool
+) -> None:
+    assert base_images(dockerfile, args) == (images, complete)
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ from tests.acr_emulator import AcrEmulator, EmulatedIdentity, EmulatedRegistry
 from tests.acr_emulator.task_runs import task_runs_of
 from tests.acr_emulator.tasks import runs_of, wait_for_runs
 
-SEED = Path(__file__).resolve().parent.parent / "examples" / "seed" / "validation"
+SEED = Path(__file__).resolve().parent / "data" / "cmd-validation"  # cmd steps only
 API = "2025-03-01-preview"
 _names = itertools.count(1)
 

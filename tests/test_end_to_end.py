@@ -26,10 +26,15 @@ from gate.service import Gatekeeper, gate_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_VALIDATION = ROOT / "examples" / "seed" / "validation"
+SEED_HELLO_WORLD = ROOT / "examples" / "seed" / "hello-world"
 
 
 def write_config(
-    tmp_path: Path, upstream: str, target: str, folder: Path = SEED_VALIDATION
+    tmp_path: Path,
+    upstream: str,
+    target: str,
+    folder: Path = SEED_VALIDATION,
+    downstream: str = "",
 ) -> Path:
     path = tmp_path / "gate.yaml"
     path.write_text(
@@ -47,6 +52,7 @@ def write_config(
                 validation: {{folder: "{folder}", timeout: 120}}
             """
         )
+        + (f"    downstream: {downstream}\n" if downstream else "")
     )
     return path
 
@@ -89,13 +95,13 @@ def has_manifest(registry: RegistryProcess, digest: str, repo: str = "node") -> 
 pytestmark = pytest.mark.usefixtures("podman_env")
 
 
-def test_seed_walkthrough_replays_orange_green_red(tmp_path: Path) -> None:
-    result = subprocess.run(
+def walkthrough(workdir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             sys.executable,
             str(ROOT / "examples" / "seed" / "walkthrough.py"),
             "--workdir",
-            str(tmp_path / "w"),
+            str(workdir),
         ],
         capture_output=True,
         text=True,
@@ -104,13 +110,88 @@ def test_seed_walkthrough_replays_orange_green_red(tmp_path: Path) -> None:
         timeout=600,
     )
 
+
+def test_seed_walkthrough_replays_its_three_acts(tmp_path: Path) -> None:
+    result = walkthrough(tmp_path / "w")
+
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout
-    assert result.stdout.count("[ok]") == 9
-    assert (
-        "Invalid Color" in result.stdout + result.stderr
-        or "rejected" in result.stdout + result.stderr
+    assert result.stdout.count("[ok]") == 12
+    assert "Invalid Color" in result.stdout + result.stderr
+    assert "hello-world after Green: hello-world serves background colour: Green" in result.stdout
+    # the kept state comes with the settings to use it, gate on PATH among them
+    env_file = (tmp_path / "w" / "env.sh").read_text()
+    assert f"export GATE_DATA_DIR={tmp_path / 'w' / 'data'}" in env_file
+    assert f"export PATH={Path(sys.executable).parent}:$PATH" in env_file
+    assert "docker-registry serve" in env_file
+
+
+def test_walkthrough_refuses_a_non_empty_workdir_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "mine.txt").write_text("keep me")
+
+    result = walkthrough(tmp_path)
+
+    assert result.returncode != 0
+    assert "not empty and was not made by the walkthrough" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+def test_downstream_task_file_rebuilds_the_app_on_each_promotion_only(
+    tmp_path: Path,
+    registries: tuple[RegistryProcess, RegistryProcess],
+    image_builder: ImageBuilder,
+) -> None:
+    upstream, target = registries
+    config = write_config(
+        tmp_path, upstream.host, target.host, downstream=f'[{{file: "{SEED_HELLO_WORLD}"}}]'
     )
+    push(image_builder, upstream, "Green")
+    promoted = gate_cli("run", f"{upstream.host}/node:15-alpine", "--json", config=config)
+    push(image_builder, upstream, "Red")
+    rejected = gate_cli("run", f"{upstream.host}/node:15-alpine", "--json", config=config)
+
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    assert rejected.returncode == 1, rejected.stdout + rejected.stderr
+    green, red = (
+        json.loads(
+            gate_cli("show", json.loads(r.stdout)["record_id"], "--json", config=config).stdout
+        )
+        for r in (promoted, rejected)
+    )
+    [run] = green["downstream"]
+    assert (run["registry"], run["task"], run["outcome"], run["error"]) == (
+        "local",
+        str(SEED_HELLO_WORLD),
+        "succeeded",
+        "",
+    )
+    assert run["output"] == "hello-world serves background colour: Green"
+    assert red["state"] == "rejected" and red["downstream"] == []
+
+
+def test_failing_downstream_task_file_is_recorded_and_the_promotion_stands(
+    tmp_path: Path,
+    registries: tuple[RegistryProcess, RegistryProcess],
+    image_builder: ImageBuilder,
+) -> None:
+    upstream, target = registries
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "acr-task.yaml").write_text(
+        "version: v1.1.0\nsteps:\n"
+        "  - {id: deploy, cmd: \"{{.Values.BASE_IMAGE_PINNED}} sh -c 'echo no room; exit 4'\"}\n"
+    )
+    config = write_config(tmp_path, upstream.host, target.host, downstream="[{file: app}]")
+    green = push(image_builder, upstream, "Green")
+
+    result = gate_cli("run", f"{upstream.host}/node:15-alpine", "--json", config=config)
+
+    verdict = json.loads(result.stdout)
+    record = json.loads(gate_cli("show", verdict["record_id"], "--json", config=config).stdout)
+    assert record["state"] == "promoted" and tags_of(target)["15-alpine"] == green
+    [run] = record["downstream"]
+    assert run["outcome"] == "failed" and run["output"] == "no room"
+    assert "step 'deploy' exited with code 4" in run["error"]
 
 
 def test_cli_gates_green_then_rejects_red_keeping_green(

@@ -28,7 +28,7 @@ from tests.functions_host.payloads import event_grid_event, http_request, queue_
 from tests.functions_host.queues import StorageQueues
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED = ROOT / "examples" / "seed" / "validation"
+SEED = ROOT / "tests" / "data" / "cmd-validation"  # a cmd-only task file: any repository
 SAMPLE_SETTINGS: dict[str, str] = json.loads((ROOT / "local.settings.sample.json").read_text())[
     "Values"
 ]
@@ -430,7 +430,9 @@ def test_a_request_another_worker_holds_is_retried_then_moved_to_poison(world: W
     world.push("node", "15-alpine", "Green")
     posted, record_id = post_without_working(world, f"{world.upstream.host}/node:15-alpine")
     # another worker has claimed the record and is still on it
-    claim = world.ledger.claim(world.ledger.get(record_id), force=False, stale_after_seconds=3600)
+    claim = world.ledger.claim(
+        world.ledger.get(record_id), force=False, lease_seconds=3600, holder="other-worker"
+    )
     assert claim.acquired
     world.queues.put(posted, "requests")
 

@@ -1,7 +1,8 @@
 """The local validator against a real registry and real podman containers.
 
 The candidate images are busybox images built and pushed to a docker-registry process; the task
-files are ACR task files, the seed's own among them.
+files are ACR task files, the seed's own among them (a build step FROM the candidate, then a cmd
+step running what it built).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from devstack.images import build_image
 from devstack.registry import RegistryProcess, free_port
 from gate.adapters.local_validator import LocalValidator
-from gate.errors import InvalidReference, UnsupportedTask
+from gate.errors import ConfigError, InvalidReference, UnsupportedTask
 from gate.model import Outcome, ValidationResult
 from gate.ports import ValidationRequest
 from gate.ref import ImageRef
@@ -25,13 +27,33 @@ from gate.ref import ImageRef
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed" / "validation"
 
 
+RUN_REGISTRY = "127.0.0.1:9"
+"""{{.Run.Registry}} of the runs here: a registry nothing listens on, so nothing can reach it."""
+
+
 @dataclass(frozen=True)
 class Images:
-    """Pushed candidates: ``green`` and ``red`` (BACKGROUND_COLOR), one registry."""
+    """Pushed candidates: ``green`` and ``red`` (BACKGROUND_COLOR), one registry, repo node."""
 
     registry: str
     green: ImageRef
     red: ImageRef
+
+
+def seed_values(image: ImageRef) -> dict[str, str]:
+    """The values the gate gives every validation run that the seed's task file uses."""
+    return {"REGISTRY_FROM_URL": f"{image.registry}/", "SOURCE_DIGEST": str(image.digest)}
+
+
+def store() -> set[str]:
+    """Every image (id and names) in podman's store (the test session's own)."""
+    listing = subprocess.run(
+        ["podman", "images", "-a", "--format", "{{.ID}} {{.Repository}}:{{.Tag}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(listing.stdout.split())
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +61,17 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
     """One registry with the walkthrough's two candidates, shared by the tests of this module."""
     root = tmp_path_factory.mktemp("validator-images")
     with RegistryProcess(root / "registry") as registry:
+        # the seed's Dockerfile builds FROM <registry>/node:15-alpine@<digest>
         pushed = {
             color: build_image(
-                root, f"{registry.host}/seed/app:{color.lower()}", env={"BACKGROUND_COLOR": color}
+                root, f"{registry.host}/node:{color.lower()}", env={"BACKGROUND_COLOR": color}
             )
             for color in ("Green", "Red")
         }
         yield Images(
             registry=registry.host,
-            green=ImageRef.parse(f"{registry.host}/seed/app@{pushed['Green']}"),
-            red=ImageRef.parse(f"{registry.host}/seed/app@{pushed['Red']}"),
+            green=ImageRef.parse(f"{registry.host}/node@{pushed['Green']}"),
+            red=ImageRef.parse(f"{registry.host}/node@{pushed['Red']}"),
         )
 
 
@@ -96,21 +119,37 @@ def containers_named(run_id: str) -> str:
 
 
 @pytest.mark.podman
-def test_seed_validation_passes_the_green_image(validator: LocalValidator, images: Images) -> None:
+def test_seed_validation_builds_from_the_green_candidate_runs_it_and_passes(
+    validator: LocalValidator, images: Images
+) -> None:
+    before = store()
     started: list[str] = []
-    result = run(validator, images.green, SEED, started)
+
+    result = run(
+        validator,
+        images.green,
+        SEED,
+        started,
+        values=seed_values(images.green),
+        run_registry=RUN_REGISTRY,
+    )
+
     assert result.outcome is Outcome.PASSED, result.log
+    assert result.reason == "all 2 steps passed"
     assert started == [result.run_id]
+    assert f"STEP 1/4: FROM {images.registry}/node:15-alpine@{images.green.digest}" in result.log
+    assert f"----- step: validate-base-image (image {RUN_REGISTRY}/node-import:test" in result.log
     assert "Validation Complete - No Known Errors" in result.log
-    assert "----- step: validate-base-image (image " + str(images.green) in result.log
-    assert "exit code 0" in result.log
+    assert store() == before  # the candidate and the test image are gone again
 
 
 @pytest.mark.podman
 def test_seed_validation_rejects_the_red_image_naming_step_code_and_message(
     validator: LocalValidator, images: Images
 ) -> None:
-    result = run(validator, images.red, SEED)
+    result = run(
+        validator, images.red, SEED, values=seed_values(images.red), run_registry=RUN_REGISTRY
+    )
     assert result.outcome is Outcome.REJECTED, result.log
     assert result.reason == (
         "step 'validate-base-image' exited with code 1: ERROR: Invalid Color: Red"
@@ -352,11 +391,13 @@ def test_total_timeout_fails_the_run_instead_of_rejecting_the_image(
 def test_unreachable_registry_fails_the_run_never_rejects(
     validator: LocalValidator, images: Images
 ) -> None:
-    nowhere = ImageRef.parse(f"127.0.0.1:{free_port()}/seed/app@{images.green.digest}")
+    nowhere = ImageRef.parse(f"127.0.0.1:{free_port()}/node@{images.green.digest}")
     insecure = LocalValidator("podman", insecure_registries=frozenset({nowhere.registry}))
-    result = run(insecure, nowhere, SEED)
+    result = run(insecure, nowhere, SEED, values=seed_values(nowhere), run_registry=RUN_REGISTRY)
     assert result.outcome is Outcome.FAILED
-    assert result.reason.startswith(f"could not pull the candidate image {nowhere}")
+    assert result.reason.startswith(
+        f"could not pull the candidate image {nowhere.registry}/node:15-alpine@"
+    )
     assert "step: validate-base-image" not in result.log
 
 
@@ -365,7 +406,7 @@ def test_missing_digest_fails_the_run_never_rejects(
     validator: LocalValidator, images: Images
 ) -> None:
     missing = images.green.with_digest("sha256:" + "0" * 64)
-    result = run(validator, missing, SEED)
+    result = run(validator, missing, SEED, values=seed_values(missing), run_registry=RUN_REGISTRY)
     assert result.outcome is Outcome.FAILED
     assert "could not pull the candidate image" in result.reason
 
@@ -450,21 +491,34 @@ def test_engine_is_found_on_path_podman_first(tmp_path: Path) -> None:
     assert validator.engine_path() == str(bin_dir / "docker")
 
 
-def test_unsupported_task_is_refused_before_anything_runs(tmp_path: Path) -> None:
-    folder = folder_with(
-        tmp_path,
-        """\
-        version: v1.1.0
-        steps:
-          - id: validate
-            cmd: "{{.Values.IMAGE}} true"
-          - id: publish
-            push: ["{{.Values.IMAGE}}"]
-        """,
-    )
+@pytest.mark.parametrize(
+    ("task", "error", "says"),
+    [
+        (
+            'steps:\n  - {id: make, build: "--secret id=x -t a/b:1 ."}\n',
+            UnsupportedTask,
+            r"step 'make'.*build flag '--secret'",
+        ),
+        (
+            'steps:\n  - {id: make, build: "-t a/b:1 -f Dockerfile.test ."}\n',
+            ConfigError,
+            r"step 'make'.*Dockerfile.test does not exist",
+        ),
+        (
+            'steps:\n  - {id: publish, push: ["docker.io/library/node:15"]}\n',
+            UnsupportedTask,
+            r"step 'publish' pushes .* no earlier build step",
+        ),
+    ],
+)
+def test_task_the_local_runner_cannot_run_is_refused_before_anything_runs(
+    tmp_path: Path, task: str, error: type[Exception], says: str
+) -> None:
+    folder = folder_with(tmp_path, "version: v1.1.0\n" + task)
     image = ImageRef.parse("127.0.0.1:5000/seed/app@sha256:" + "1" * 64)
     started: list[str] = []
-    with pytest.raises(UnsupportedTask, match=r"step 'publish'.*'push' step"):
+    # an engine that does not exist: reaching it would fail differently
+    with pytest.raises(error, match=says):
         run(LocalValidator(str(tmp_path / "no-such-engine")), image, folder, started)
     assert started == []
 
@@ -472,3 +526,145 @@ def test_unsupported_task_is_refused_before_anything_runs(tmp_path: Path) -> Non
 def test_image_without_digest_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidReference, match="no digest"):
         run(LocalValidator(), ImageRef.parse("127.0.0.1:5000/seed/app:1"), SEED)
+
+
+BUILD_CMD_PUSH = """\
+    version: v1.1.0
+    steps:
+      - id: make
+        build: >
+          --build-arg BASE={{.Values.IMAGE}} -t {{.Run.Registry}}/app:{{.Run.ID}}
+          -t {{.Run.Registry}}/app:latest -f docker/Dockerfile .
+      - id: test
+        cmd: "{{.Run.Registry}}/app:{{.Run.ID}}"
+      - id: ship
+        push: ["{{.Run.Registry}}/app:{{.Run.ID}}", "{{.Run.Registry}}/app:latest"]
+    """
+APP_DOCKERFILE = """\
+ARG BASE
+FROM ${BASE}
+COPY hello.txt /hello.txt
+CMD ["sh", "-c", "cat /hello.txt; echo colour=$BACKGROUND_COLOR"]
+"""
+
+
+def repositories(registry: RegistryProcess) -> list[str]:
+    answer = httpx.get(f"{registry.url}/v2/_catalog")
+    answer.raise_for_status()
+    return list(answer.json()["repositories"] or [])
+
+
+@pytest.mark.podman
+def test_build_cmd_push_runs_the_built_image_and_pushes_only_to_the_scratch_store(
+    validator: LocalValidator, images: Images, tmp_path: Path, registry: RegistryProcess
+) -> None:
+    folder = folder_with(
+        tmp_path,
+        BUILD_CMD_PUSH,
+        **{"docker/Dockerfile": APP_DOCKERFILE, "hello.txt": "built in this run\n"},
+    )
+    before = store()
+
+    # {{.Run.Registry}} is a real, running registry: the push must still not reach it
+    result = run(validator, images.green, folder, run_registry=registry.host)
+
+    assert result.outcome is Outcome.PASSED, result.log
+    assert "built in this run\ncolour=Green" in result.log  # the next step ran the build
+    built = f"{registry.host}/app:{result.run_id}"
+    assert f"pushed {built} to the scratch store" in result.log
+    assert f"pushed {registry.host}/app:latest to the scratch store" in result.log
+    assert repositories(registry) == []
+    assert store() == before
+    assert f"removed from the engine's store: {images.green}" in result.log
+
+
+@pytest.mark.podman
+def test_keep_images_leaves_the_pulled_candidate_and_the_built_image(
+    podman_env: dict[str, str], images: Images, tmp_path: Path
+) -> None:
+    folder = folder_with(
+        tmp_path,
+        BUILD_CMD_PUSH,
+        **{"docker/Dockerfile": APP_DOCKERFILE, "hello.txt": "kept\n"},
+    )
+    keeper = LocalValidator(
+        "podman", insecure_registries=frozenset({images.registry}), keep_images=True
+    )
+    before = store()
+
+    result = run(keeper, images.red, folder, run_registry=RUN_REGISTRY)
+
+    try:
+        assert result.outcome is Outcome.PASSED, result.log
+        added = store() - before
+        assert f"{RUN_REGISTRY}/app:{result.run_id}" in added
+        assert f"{RUN_REGISTRY}/app:latest" in added
+        assert f"{images.registry}/node:<none>" in added  # the candidate, pulled by digest
+    finally:
+        subprocess.run(
+            ["podman", "rmi", "-f", f"{RUN_REGISTRY}/app:latest", str(images.red)],
+            capture_output=True,
+            check=False,
+        )
+
+
+@pytest.mark.podman
+def test_an_image_in_the_store_before_the_run_is_left_there(
+    validator: LocalValidator, images: Images
+) -> None:
+    subprocess.run(
+        ["podman", "pull", "-q", "--tls-verify=false", str(images.green)],
+        capture_output=True,
+        check=True,
+    )
+    try:
+        result = run(
+            validator,
+            images.green,
+            SEED,
+            values=seed_values(images.green),
+            run_registry=RUN_REGISTRY,
+        )
+
+        assert result.outcome is Outcome.PASSED, result.log
+        assert subprocess.run(["podman", "image", "exists", str(images.green)]).returncode == 0
+        assert f"removed from the engine's store: {RUN_REGISTRY}/node-import:test" in result.log
+    finally:
+        subprocess.run(["podman", "rmi", str(images.green)], capture_output=True, check=False)
+
+
+@pytest.mark.podman
+@pytest.mark.parametrize(
+    ("instruction", "outcome", "says"),
+    [
+        ("RUN exit 3", Outcome.REJECTED, "step 'make' exited with code 3"),
+        ("COPY nothere /x", Outcome.FAILED, "could not run step 'make' (exit code 125)"),
+    ],
+)
+def test_a_failing_run_instruction_rejects_but_a_build_the_engine_cannot_do_fails(
+    validator: LocalValidator,
+    images: Images,
+    tmp_path: Path,
+    instruction: str,
+    outcome: Outcome,
+    says: str,
+) -> None:
+    folder = folder_with(
+        tmp_path,
+        """\
+        steps:
+          - id: make
+            build: --build-arg BASE={{.Values.IMAGE}} -t 127.0.0.1:9/app:1 .
+          - id: never
+            cmd: 127.0.0.1:9/app:1
+        """,
+        Dockerfile=f"ARG BASE\nFROM ${{BASE}}\n{instruction}\n",
+    )
+    before = store()
+
+    result = run(validator, images.green, folder)
+
+    assert result.outcome is outcome, result.log
+    assert says in result.reason
+    assert "step never: skipped" in result.log
+    assert store() == before

@@ -1,22 +1,32 @@
-"""Replay the gated-import walkthrough on this machine, offline.
+"""Replay the gated-import walkthrough on this machine, offline, in its three acts.
 
 Starts two real registries (a simulated public "upstream" and "base-artifacts"), pushes
 upstream ``node:15-alpine`` as Orange, then Green, then Red (``BACKGROUND_COLOR`` in the image
-config), and gates each push with the ``gate`` CLI: Orange and Green pass, Red is stopped. Then
-checks the end state, prints the history, and exits non-zero if anything is not as it should be.
+config), and gates each push with the ``gate`` CLI. The validation is the walkthrough's own
+(validation/acr-task.yaml: build a test image FROM the candidate, pinned by digest, and run
+./test.sh in it): Orange and Green pass and are promoted, Red is stopped. After each promotion
+the rule's downstream task file (hello-world/acr-task.yaml) rebuilds the application FROM the
+promoted base and runs it: it serves Orange, then Green, and still Green after Red. Then checks
+the end state through the registry and the records, prints the history, and exits non-zero if
+anything is not as it should be.
 
-Run it with ``scripts/walkthrough`` (which installs what it needs first).
+Run it with ``scripts/walkthrough`` (which installs what it needs first). With ``--workdir DIR``
+the registries' storage, the ledger and the podman state are kept in DIR, with ``DIR/env.sh``
+to try every README command on that state afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # devstack/ lives at the project root
@@ -26,6 +36,58 @@ from devstack.podman import podman_env  # noqa: E402
 from devstack.registry import RegistryProcess  # noqa: E402
 
 COLORS = ("Orange", "Green", "Red")
+MARKER = ".gate-walkthrough"
+"""Written in a --workdir the walkthrough made: only such a folder is emptied on a rerun."""
+
+
+def prepare_workdir(work: Path) -> None:
+    """Make ``work`` ready: create it, or empty one an earlier walkthrough made.
+
+    A folder that is not empty and holds no marker is someone else's: refused, untouched.
+    """
+    if work.exists():
+        if not work.is_dir():
+            raise SystemExit(f"--workdir {work} is a file; name a folder")
+        if any(work.iterdir()):
+            if not (work / MARKER).is_file():
+                raise SystemExit(
+                    f"--workdir {work} is not empty and was not made by the walkthrough (no "
+                    f"{MARKER} in it); name an empty or new folder"
+                )
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / MARKER).write_text("made by examples/seed/walkthrough.py; emptied on each run\n")
+
+
+def records(env: dict[str, str]) -> list[dict[str, Any]]:
+    """Every gate record, newest first (``gate history --json``)."""
+    exe = Path(sys.executable).with_name("gate")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "gate"]
+    listed = subprocess.run(
+        [*command, "history", "--json"], env=env, capture_output=True, text=True, check=False
+    )
+    return [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
+
+
+def write_env(work: Path, env: dict[str, str], upstream: Path, target: Path) -> Path:
+    """``DIR/env.sh``: the settings every README command needs on the kept state."""
+    names = (
+        "GATE_UPSTREAM",
+        "GATE_TARGET",
+        "GATE_DATA_DIR",
+        "GATE_CONFIG",
+        "CONTAINERS_CONF",
+        "CONTAINERS_STORAGE_CONF",
+    )
+    lines = ["# source this file to use the walkthrough's state: . DIR/env.sh"]
+    lines += [f"export {name}={shlex.quote(env[name])}" for name in names]
+    lines.append(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH")
+    lines.append("# the registries are stopped: start them again (same ports, same content) with")
+    for root in (upstream, target):
+        lines.append(f"#   docker-registry serve {shlex.quote(str(root / 'config.yml'))} &")
+    path = work / "env.sh"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def say(text: str) -> None:
@@ -47,9 +109,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="gate-walkthrough-"))
-    if args.workdir and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    if args.workdir:
+        prepare_workdir(work.resolve())
 
     env = {**os.environ, **podman_env(work / "podman")}
     os.environ.update(env)
@@ -85,6 +146,17 @@ def main() -> int:
         say("checks")
         final = tag_digests(target.host, "node")
         unique = {tag: d for tag, d in final.items() if tag.startswith("15-alpine-")}
+        gated = {
+            color: [r for r in records(env) if r.get("digest") == digests[color]]
+            for color in COLORS
+        }
+
+        def served(color: str) -> str:
+            """What hello-world printed after the promotion of ``color`` ('' if it did not run)."""
+            runs = [d for r in gated[color] for d in r.get("downstream") or []]
+            done = [d for d in runs if d.get("outcome") == "succeeded"]
+            return str(done[0].get("output", "")) if done else ""
+
         print("  (the table is `gate history`; `gate show RECORD` has a record's validation log)")
         checks = [
             ("Orange passed the gate (exit 0)", codes["Orange"] == 0),
@@ -99,16 +171,30 @@ def main() -> int:
             ("a node:15-alpine-<run-id> tag holds Green", digests["Green"] in unique.values()),
             ("nothing in base-artifacts holds Red", digests["Red"] not in final.values()),
             ("exactly two run-ID tags", len(unique) == 2),
+            ("hello-world was rebuilt on Orange and served Orange", "Orange" in served("Orange")),
+            ("hello-world was rebuilt on Green and serves Green", "Green" in served("Green")),
+            (
+                "Red's rejection ran nothing downstream: hello-world still serves Green",
+                all(not r.get("downstream") for r in gated["Red"]) and bool(gated["Red"]),
+            ),
         ]
         for tag, digest in final.items():
             color = next((c for c, d in digests.items() if d == digest), "?")
             print(f"  base-artifacts {target.host}/node:{tag:<28} {digest[:19]}  {color}")
+        for color in ("Orange", "Green"):
+            print(f"  hello-world after {color}: {served(color) or '(did not run)'}")
         failed = 0
         for label, ok in checks:
             print(f"  [{'ok' if ok else 'FAIL'}] {label}")
             failed += not ok
-        print(f"\nstate kept in {work}" if args.workdir else "")
-        if not args.workdir:
+        if args.workdir:
+            env_file = write_env(work.resolve(), env, upstream.root, target.root)
+            print(f"\nstate kept in {work}; to try the README's commands on it:")
+            print(f"  . {env_file}   # GATE_* settings, podman's configuration, gate on PATH")
+            print(f"  docker-registry serve {upstream.root / 'config.yml'} &")
+            print(f"  docker-registry serve {target.root / 'config.yml'} &")
+            print("  gate history")
+        else:
             shutil.rmtree(work, ignore_errors=True)
         return 1 if failed else 0
 

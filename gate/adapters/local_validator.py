@@ -1,22 +1,32 @@
 """The local validator: runs a rule's ACR task file with podman (or docker) on this machine.
 
-The same ``acr-task.yaml`` an ACR quick run executes in Azure (``az acr run -f acr-task.yaml
+The same ``acr-task.yaml`` an ACR task run executes in Azure (``az acr run -f acr-task.yaml
 --set IMAGE=... <folder>``) runs here, step by step, against the digest-pinned candidate image:
 
 1. a run ID is made (:mod:`gate.runid`), the file is rendered and checked whole
-   (:mod:`gate.acr_task`); anything the local runner cannot do is refused before anything runs;
+   (:mod:`gate.acr_task`), and the Dockerfiles and contexts of its build steps must exist;
+   anything the local runner cannot do is refused before anything runs;
 2. ``on_started(run_id)`` is called;
-3. every step image is pulled (``--tls-verify=false`` for the configured insecure registries);
-4. the steps run one at a time in dependency order, each as
+3. every image a cmd step runs (unless a build step of the file makes it) and every ``FROM``
+   image of a build step is pulled (``--tls-verify=false`` for the configured insecure
+   registries);
+4. the steps run one at a time in dependency order. A cmd step runs as
    ``<engine> run --rm --pull=never --name <run-id>-<step> --network <network>
    -v <copy of the folder>:/workspace:Z -w <workdir> --env-file <env> [--entrypoint E] IMAGE
    ARGS...``. The folder is copied first, as ACR uploads it: steps may write to /workspace
    (later steps see it) without touching the rule's folder, and two runs of one rule (two
-   digests at once) never see each other's files.
+   digests at once) never see each other's files. A build step runs ``<engine> build`` on that
+   copy and tags the image in the engine's own store, where later cmd steps run it by name. A
+   push step pushes into the run's scratch store (an OCI layout in the run's temporary folder),
+   never to a registry: promotion is the gate's job;
+5. what the run pulled or built is removed from the engine's store (unless ``keep_images``);
+   an image that was there before the run stays.
 
 Outcomes: every step passing (or failing with ``ignoreErrors``) is PASSED. A step that exits
 non-zero or outlives its timeout is REJECTED (the image failed its validation) and the run stops
-there, as in ACR Tasks. Anything that keeps us from telling is FAILED: no engine, a pull that
+there, as in ACR Tasks; for a build step that means a failing ``RUN`` instruction, while a build
+the engine itself cannot do (podman's exit 125: a missing ``COPY`` source, say) is FAILED, as is
+a push the engine cannot write. Anything that keeps us from telling is FAILED: no engine, a pull that
 fails, the engine itself failing, the total timeout (the request's ``timeout_seconds``) passing.
 The engine failed when ``run`` exits 125 (podman-run(1) and docker run's reference, "Exit
 Status": the error is with the engine itself), or exits 126/127 ("the contained command cannot
@@ -36,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import posixpath
 import re
 import shlex
 import shutil
@@ -49,7 +60,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from gate.acr_task import WORKSPACE, AcrTask, CmdStep, RunContext, load_task
+from gate.acr_task import (
+    WORKSPACE,
+    AcrTask,
+    BuildStep,
+    CmdStep,
+    PushStep,
+    RunContext,
+    Step,
+    base_images,
+    check_sources,
+    load_task,
+)
 from gate.errors import ConfigError
 from gate.model import Outcome, ValidationResult
 from gate.ports import Resume, ValidationRequest
@@ -75,6 +97,8 @@ _KILL_WAIT_SECONDS = 10.0
 _ENGINE_CALL_SECONDS = 60.0
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
+_STEP_START = re.compile(r"^----- step: .+ \(image .*\) -----$")
+_STEP_END = re.compile(r"^----- step: .+: .+ after [\d.]+ s -----$")
 _GOARCH = {
     "x86_64": "amd64",
     "amd64": "amd64",
@@ -165,7 +189,8 @@ class LocalValidator:
     reads its daemon configuration). ``network`` is what every step container is attached to.
     ``extra_env`` is added to the engine's own environment (e.g. ``CONTAINERS_CONF``), never to
     the containers'. ``work_dir`` is where each run's copy of the folder is made (default: the
-    system temporary folder).
+    system temporary folder). ``keep_images`` leaves the images a run pulled or built in the
+    engine's store (for debugging); by default they are removed when the run ends.
     """
 
     def __init__(
@@ -178,8 +203,10 @@ class LocalValidator:
         max_log_bytes: int = MAX_LOG_BYTES,
         work_dir: Path | None = None,
         run_id_prefix: str = DEFAULT_PREFIX,
+        keep_images: bool = False,
     ) -> None:
         self._engine = engine
+        self.keep_images = keep_images
         self.insecure_registries = frozenset(insecure_registries)
         self.network = network
         self._extra_env = dict(extra_env or {})
@@ -233,6 +260,7 @@ class LocalValidator:
                 "validation folder"
             )
         task = load_task(folder / request.task_file, context)
+        check_sources(task, folder)
         mask = _Masker(values[name] for name in request.secret_values if name in values)
         on_started(run_id)
         run = _Run(
@@ -248,6 +276,7 @@ class LocalValidator:
             run_id=run_id,
             deadline=deadline,
             mask=mask,
+            keep_images=self.keep_images,
         )
         outcome, reason = run.execute(folder)
         elapsed = time.monotonic() - began
@@ -280,8 +309,14 @@ class _Run:
         run_id: str,
         deadline: float,
         mask: _Masker,
+        keep_images: bool = False,
     ) -> None:
         self.engine = engine
+        self.keep_images = keep_images
+        # images this run put into the engine's store (pulled or built): removed at the end
+        self.created: list[str] = []
+        # build steps with a FROM the run could not resolve: the engine pulls those itself
+        self.unresolved: set[str] = set()
         self.wanted = wanted
         self.env = env
         self.network = network
@@ -329,20 +364,71 @@ class _Run:
                 shutil.copytree(folder, workspace, symlinks=True)
             except OSError as exc:
                 return Outcome.FAILED, f"could not copy the validation folder {folder}: {exc}"
-            for image in task.images:
+            for image in (*task.images, *self.build_bases(workspace)):
                 failure = self.pull(image)
                 if failure is not None:
                     return failure
             return self.steps(workspace, scratch)
         finally:
+            self.remove_images()
             shutil.rmtree(scratch, ignore_errors=True)
+
+    @property
+    def podman(self) -> bool:
+        return self.engine is not None and Path(self.engine).name.startswith("podman")
+
+    def build_bases(self, workspace: Path) -> list[str]:
+        """The FROM images of the build steps, pulled up front like the cmd steps' images.
+
+        Pulled here, they get the insecure-registry handling of every pull and are removed
+        after the run like the rest; a FROM that cannot be resolved is left to the engine.
+        """
+        bases: list[str] = []
+        for step in self.task.steps:
+            if isinstance(step, BuildStep):
+                text = _host_path(workspace, step.dockerfile).read_text("utf-8", "replace")
+                images, complete = base_images(text, step.build_args)
+                built = set(self.task.built)
+                bases += [image for image in images if image not in built]
+                if not complete:
+                    self.unresolved.add(step.id)
+        return list(dict.fromkeys(image for image in bases if image not in self.task.images))
+
+    def exists(self, image: str) -> bool:
+        assert self.engine is not None
+        args = ["image", "exists", image] if self.podman else ["image", "inspect", image]
+        try:
+            done = subprocess.run(
+                [self.engine, *args],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=_ENGINE_CALL_SECONDS,
+                env=self.env,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return True  # unknown: treat it as the user's, never remove it
+        return done.returncode == 0
+
+    def remove_images(self) -> None:
+        """Remove what the run pulled or built (unless keep_images); never what was there."""
+        if not self.created or self.engine is None:
+            return
+        if self.keep_images:
+            self.log_line(f"kept in the engine's store (keep_images): {', '.join(self.created)}")
+            return
+        # newest first: built images before the bases they were built from
+        for image in reversed(self.created):
+            self.engine_quietly("rmi", image)
+        self.log_line(f"removed from the engine's store: {', '.join(self.created)}")
 
     def pull(self, image: str) -> tuple[Outcome, str] | None:
         assert self.engine is not None
         self.log_line(f"----- pull: {image} -----")
+        if not self.exists(image):
+            self.created.append(image)
         args = [self.engine, "pull", "-q"]
-        podman = Path(self.engine).name.startswith("podman")
-        if podman and ImageRef.parse(image).registry in self.insecure:
+        if self.podman and ImageRef.parse(image).registry in self.insecure:
             args.append("--tls-verify=false")
         remaining = self.remaining()
         if remaining <= 0:
@@ -363,7 +449,13 @@ class _Run:
         self.log.write(done.stdout + done.stderr)
         if done.returncode != 0:
             detail = _last_lines(done.stderr.decode("utf-8", "replace") or "", self.mask)
-            role = "the candidate image" if image == str(self.request.image.pinned()) else "image"
+            ref, candidate = ImageRef.parse(image), self.request.image
+            same = (ref.registry, ref.repository, ref.digest) == (
+                candidate.registry,
+                candidate.repository,
+                candidate.digest,
+            )
+            role = "the candidate image" if same else "image"
             return (
                 Outcome.FAILED,
                 f"could not pull {role} {image} (exit code {done.returncode}): {detail}; check "
@@ -377,12 +469,19 @@ class _Run:
         steps = self.task.steps
         for position, step in enumerate(steps):
             name = _container_name(self.run_id, step.id, names)
-            env_file = None
-            if step.env:
-                env_file = scratch / f"step-{step.index}.env"
-                env_file.write_text("".join(f"{entry}\n" for entry in step.env), encoding="utf-8")
-                env_file.chmod(0o600)
-            result = self.step(step, name, workspace, env_file)
+            if isinstance(step, BuildStep):
+                result = self.build(step, workspace, scratch)
+            elif isinstance(step, PushStep):
+                result = self.push(step, scratch)
+            else:
+                env_file = None
+                if step.env:
+                    env_file = scratch / f"step-{step.index}.env"
+                    env_file.write_text(
+                        "".join(f"{entry}\n" for entry in step.env), encoding="utf-8"
+                    )
+                    env_file.chmod(0o600)
+                result = self.step(step, name, workspace, env_file)
             if result.status == "ok":
                 continue
             if result.status == "deadline":
@@ -402,7 +501,7 @@ class _Run:
             passed += f" (errors ignored in: {', '.join(ignored)})"
         return Outcome.PASSED, passed
 
-    def describe(self, step: CmdStep, result: _StepRun) -> str:
+    def describe(self, step: Step, result: _StepRun) -> str:
         detail = f": {result.tail}" if result.tail else ""
         if result.status == "timeout":
             return f"step '{step.id}' timed out after {step.timeout} s{detail}"
@@ -413,9 +512,94 @@ class _Run:
             )
         return f"step '{step.id}' exited with code {result.code}{detail}"
 
-    def skip(self, rest: Iterable[CmdStep], failed: str) -> None:
+    def skip(self, rest: Iterable[Step], failed: str) -> None:
         for step in rest:
             self.log_line(f"step {step.id}: skipped, the run stopped at step {failed}")
+
+    def build(self, step: BuildStep, workspace: Path, scratch: Path) -> _StepRun:
+        """``<engine> build`` of the step, tagged in the engine's store for the later steps.
+
+        The engine's own store serves best: a later cmd step runs the image by the name it was
+        tagged with (``--pull=never``) with no registry in between, and the run removes the
+        tags when it ends. RUN instructions get the validator's network.
+        """
+        assert self.engine is not None
+        args = [self.engine, "build", "--network", self.network]
+        if self.podman:
+            # one image, no intermediate layer images left behind; bases were pulled already
+            args.append("--layers=false")
+            if step.id not in self.unresolved:
+                args.append("--pull=never")
+        args += ["-f", str(_host_path(workspace, step.dockerfile))]
+        for tag in step.tags:
+            args += ["-t", tag]
+        for build_arg in step.build_args:
+            args += ["--build-arg", build_arg]
+        if step.target:
+            args += ["--target", step.target]
+        if step.no_cache:
+            args.append("--no-cache")
+        if step.platform:
+            args += ["--platform", step.platform]
+        args.append(str(_host_path(workspace, step.context)))
+        self.log_line(f"----- step: {step.id} (image {step.image or 'untagged'}) -----")
+        shown = [
+            f"build: -f {step.dockerfile}",
+            f"tags: {', '.join(step.tags) or '-'}",
+            f"build args: {', '.join(a.partition('=')[0] for a in step.build_args) or '-'}",
+            f"context: {step.context}",
+            f"timeout: {step.timeout} s",
+        ]
+        self.log_line("; ".join(shown))
+        for tag in step.tags:
+            # a name that was in the store before the run is the user's: it is left there
+            if tag not in self.created and not self.exists(tag):
+                self.created.append(tag)
+        result = self.process(step, args, name=None)
+        if result.status == "exit" and not self.build_step_failed(result):
+            result = _StepRun("engine", result.code, result.seconds, result.tail)
+        return result
+
+    def build_step_failed(self, result: _StepRun) -> bool:
+        """True when a failed build failed in the image (a RUN instruction), not in the engine.
+
+        podman build exits with the RUN instruction's own code, and 125 for its own errors
+        (a missing COPY source, an unknown base image: seen with podman 4.3); docker's classic
+        builder exits 1 and says "returned a non-zero code" for a failed RUN.
+        """
+        if self.podman:
+            return result.code != ENGINE_ERROR_EXIT
+        return "returned a non-zero code" in result.tail
+
+    def push(self, step: PushStep, scratch: Path) -> _StepRun:
+        """Push into the run's scratch store (an OCI layout removed with the run), never out.
+
+        Promotion is the gate's job: an image a validation pushes can never reach a registry,
+        let alone the gated target.
+        """
+        assert self.engine is not None
+        self.log_line(f"----- step: {step.id} (image {step.image}) -----")
+        self.log_line(
+            f"push: {', '.join(step.images)} to the run's scratch store (not to a registry); "
+            f"timeout: {step.timeout} s"
+        )
+        store = scratch / "pushed"
+        store.mkdir(exist_ok=True)
+        began = time.monotonic()
+        for n, image in enumerate(step.images):
+            if self.podman:
+                args = [self.engine, "push", "-q", image, f"oci:{store}:{_layout_name(image)}"]
+            else:
+                args = [self.engine, "save", "-o", str(store / f"{step.index}-{n}.tar"), image]
+            result = self.process(step, args, name=None, header=False)
+            if result.status != "ok":
+                if result.status == "exit":
+                    result = _StepRun("engine", result.code, result.seconds, result.tail)
+                return result
+            self.log_line(f"pushed {image} to the scratch store")
+        seconds = time.monotonic() - began
+        self.log_line(f"----- step: {step.id}: exit code 0 after {seconds:.1f} s -----")
+        return _StepRun("ok", 0, seconds, "")
 
     def step(self, step: CmdStep, name: str, workspace: Path, env_file: Path | None) -> _StepRun:
         assert self.engine is not None
@@ -439,6 +623,15 @@ class _Run:
             f"timeout: {step.timeout} s",
         ]
         self.log_line("; ".join(shown))
+        return self.process(step, args, name=name)
+
+    def process(
+        self, step: Step, args: list[str], *, name: str | None, header: bool = True
+    ) -> _StepRun:
+        """Run one engine command of ``step`` within its timeout; log and classify its end.
+
+        ``name`` is the container to kill on a timeout (None: kill the engine process itself).
+        """
         remaining = self.remaining()
         if remaining <= 0:
             return _StepRun("deadline", None, 0.0, "")
@@ -486,12 +679,24 @@ class _Run:
             ending = f"timed out after {step.timeout} s, stopped"
         else:
             ending = "stopped at the run's total timeout"
-        self.log_line(f"----- step: {step.id}: {ending} after {seconds:.1f} s -----")
+        if header or status != "ok":
+            self.log_line(f"----- step: {step.id}: {ending} after {seconds:.1f} s -----")
         return _StepRun(status, code, seconds, _last_lines(text, self.mask))
 
-    def stop(self, name: str, process: subprocess.Popen[bytes]) -> None:
-        """Kill the step's container (the client alone would leave it running), then reap."""
+    def stop(self, name: str | None, process: subprocess.Popen[bytes]) -> None:
+        """Kill the step's container (the client alone would leave it running), then reap.
+
+        Without a container name (a build or a push), the engine process itself is stopped.
+        """
         assert self.engine is not None
+        if name is None:
+            process.terminate()
+            try:
+                process.wait(timeout=_KILL_WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            return
         for _ in range(3):
             self.engine_quietly("kill", name)
             try:
@@ -536,6 +741,29 @@ def _last_lines(text: str, mask: Callable[[str], str]) -> str:
     if len(joined) > _REASON_CHARS:
         joined = "..." + joined[-_REASON_CHARS:]
     return joined
+
+
+def _host_path(workspace: Path, path: str) -> Path:
+    """Where a /workspace path of the task file is in the run's copy of the folder."""
+    return workspace / posixpath.relpath(path, WORKSPACE)
+
+
+def _layout_name(image: str) -> str:
+    """An OCI layout reference for ``image`` (letters, digits and ``._-`` only)."""
+    return _NAME_UNSAFE.sub("_", image.replace(":", "_").replace("/", "_"))
+
+
+def last_step_output(log: str) -> str:
+    """The last non-blank line the last step of a run printed (read from a run's log)."""
+    lines = log.splitlines()
+    ends = [i for i, line in enumerate(lines) if _STEP_END.match(line)]
+    if not ends:
+        return ""
+    end = ends[-1]
+    start = max((i for i, line in enumerate(lines[:end]) if _STEP_START.match(line)), default=0)
+    # the line after the header is the step's settings, not its output
+    output = [line.strip() for line in lines[start + 2 : end] if line.strip()]
+    return _ANSI.sub("", output[-1]) if output else ""
 
 
 def _container_name(run_id: str, step_id: str, taken: set[str]) -> str:
