@@ -350,6 +350,7 @@ module gateAccess 'rbac/gate-access.bicep' = {
     storageAccountName: storage.outputs.name
     applicationInsightsName: monitoring.outputs.name
     keyVaultName: keyVault.outputs.name
+    attestationKeyName: keyVault.outputs.attestationKeyName
     deadLetterContainerName: deadLetterContainer
     appPrincipalId: identity.outputs.principalId
     runnerIdentityName: runnerIdentity.outputs.name

@@ -54,6 +54,7 @@ BUILTIN_ROLES = {
     "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
     "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
+    "12338af0-0e69-4776-bea7-57ae8d297424": "Key Vault Crypto User",
     "f1a07417-d97a-45cb-824c-7a7467783830": "Managed Identity Operator",
     "2a1e307c-b015-4ebd-883e-5b7698a07328": "Container Registry Repository Writer",
 }
@@ -566,6 +567,27 @@ def test_gate_may_attach_the_runner_identity_and_no_other() -> None:
     assert render(params["appPrincipalId"]) == "identity.outputs.principalId"
 
 
+def test_the_app_signs_with_the_attestation_key_and_has_crypto_rights_on_nothing_else() -> None:
+    vault = bicep("core/keyvault.bicep")
+    [key] = [r for _, r in resources(vault) if r["type"] == "Microsoft.KeyVault/vaults/keys"]
+    properties = body(key)["properties"]
+    assert properties["kty"] == "EC" and properties["curveName"] == "P-256"
+    assert sorted(properties["keyOps"]) == ["sign", "verify"]
+    uses = [
+        (where, n, a)
+        for where, n, a in role_assignments()
+        if "keyVaultCryptoUser" in render(a["properties"]["roleDefinitionId"])
+    ]
+    assert [(where, n) for where, n, _ in uses] == [
+        ("rbac/gate-access.bicep", "appSignsAttestations")
+    ]
+    (_, _, assignment) = uses[0]
+    assert render(assignment["properties"]["principalId"]) == "appPrincipalId"
+    assert render(assignment["scope"]) == "vault::attestationKey"
+    params = body(bicep("main.bicep")["modules"]["gateAccess"])["params"]
+    assert render(params["attestationKeyName"]) == "keyVault.outputs.attestationKeyName"
+
+
 def test_app_settings_name_the_runner_identity_and_every_resource_setting_is_an_output() -> None:
     main = bicep("main.bicep")
     settings = variable(main, "appSettings")
@@ -779,6 +801,11 @@ SDK_MODELS: dict[str, tuple[str, Callable[[Any], Any], str]] = {
         "azure.mgmt.keyvault.KeyVaultManagementClient",
         lambda c: c.vaults.get("rg", "kv"),
         "azure.mgmt.keyvault.models.VaultCreateOrUpdateParameters",
+    ),
+    "Microsoft.KeyVault/vaults/keys": (
+        "azure.mgmt.keyvault.KeyVaultManagementClient",
+        lambda c: c.keys.get("rg", "kv", "key"),
+        "azure.mgmt.keyvault.models.KeyCreateParameters",
     ),
     "Microsoft.ContainerRegistry/registries": (
         "azure.mgmt.containerregistry.ContainerRegistryManagementClient",

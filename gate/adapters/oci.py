@@ -286,6 +286,35 @@ class OciRegistry:
             tags.extend(names)
         return tags
 
+    def check_push(self, target: ImageRef) -> None:
+        """Start a blob upload in ``target``'s repository and cancel it: proves push rights.
+
+        ``POST /v2/<name>/blobs/uploads/`` (OCI distribution spec, endpoint end-4a: 202 and a
+        ``Location``) asks for the push access every blob upload and manifest ``PUT`` of a
+        promotion asks for, with the same credentials and token scope. The session is then
+        cancelled with ``DELETE`` on its ``Location`` (the Docker Registry HTTP API's "Cancel
+        blob upload", 204; distribution implements it, the OCI spec does not list it), so
+        nothing is written to the repository. A cancel that fails is ignored: registries
+        expire abandoned upload sessions (distribution's upload purging).
+        """
+        ep = self._endpoint(target.registry)
+        repo = target.repository
+        push = (f"repository:{repo}:pull,push",)
+        uploads = f"{ep.base}/v2/{repo}/blobs/uploads/"
+        what = f"checking that {target.name} takes a push"
+
+        def start() -> str:
+            with closing(self._request(ep, "POST", uploads, scopes=push)) as response:
+                self._expect(response, (202,), ep, f"{what} (starting an upload)")
+                return self._location(ep, response)
+
+        location = self._retry(what, start)
+        try:
+            with closing(self._request(ep, "DELETE", location, scopes=push)):
+                pass
+        except (_Transient, RegistryError):
+            pass
+
     def copy(
         self,
         source: ImageRef,
@@ -352,6 +381,130 @@ class OciRegistry:
             bytes_copied=stats.bytes_copied,
             tags=tuple(written),
         )
+
+    # -- artifacts (attestations): small blobs and manifests by value -----------------------
+
+    def push_blob(self, repository: ImageRef, data: bytes) -> str:
+        """Upload ``data`` as a blob of ``repository`` (monolithic POST + PUT); its digest.
+
+        OCI distribution spec, "Pushing a blob monolithically" (POST then PUT ``?digest=``);
+        a blob already there is not sent again.
+        """
+        ep = self._endpoint(repository.registry)
+        repo = repository.repository
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        push = (f"repository:{repo}:pull,push",)
+
+        def attempt() -> None:
+            blob_url = f"{ep.base}/v2/{repo}/blobs/{digest}"
+            with closing(self._request(ep, "HEAD", blob_url, scopes=push)) as head:
+                if head.status_code == 200:
+                    return
+            uploads = f"{ep.base}/v2/{repo}/blobs/uploads/"
+            with closing(self._request(ep, "POST", uploads, scopes=push)) as started:
+                self._expect(started, (202,), ep, f"starting an upload to {repo}")
+                location = self._location(ep, started)
+            with closing(
+                self._request(
+                    ep,
+                    "PUT",
+                    _append_query(location, "digest", digest),
+                    scopes=push,
+                    headers={"Content-Type": "application/octet-stream"},
+                    content=data,
+                )
+            ) as put:
+                self._expect(put, (201,), ep, f"uploading blob {digest} to {repo}")
+
+        self._retry(f"uploading a blob to {repository.name}", attempt)
+        return digest
+
+    def put_manifest(
+        self, repository: ImageRef, reference: str, data: bytes, media_type: str
+    ) -> str:
+        """Write manifest ``data`` as ``reference`` (a tag or its digest); return its digest."""
+        ep = self._endpoint(repository.registry)
+        self._retry(
+            f"writing {repository.name}:{reference}",
+            self._put_manifest_fn(ep, repository.repository, reference, data, media_type),
+        )
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def fetch_manifest(self, repository: ImageRef, reference: str) -> tuple[bytes, str] | None:
+        """The bytes and media type of manifest ``reference``, None if there is none.
+
+        A manifest fetched by digest is checked against it.
+        """
+        ep = self._endpoint(repository.registry)
+        repo = repository.repository
+        try:
+            data, media_type = self._retry(
+                f"fetching {repository.name}:{reference}",
+                lambda: self._get_manifest(ep, repo, reference),
+            )
+        except ManifestUnknown:
+            return None
+        if _DIGEST.match(reference) and not _check_digest(data, reference):
+            raise RegistryError(
+                f"registry {ep.name} served {repository.name}@{reference} with content that "
+                "does not match that digest; refusing it"
+            )
+        return data, media_type
+
+    def fetch_blob(self, repository: ImageRef, digest: str, *, limit: int = 4 << 20) -> bytes:
+        """A small blob of ``repository``, checked against ``digest`` (at most ``limit`` bytes)."""
+        ep = self._endpoint(repository.registry)
+        repo = repository.repository
+        if not _DIGEST.match(digest):
+            raise RegistryError(f"{digest!r} is not a digest")
+
+        def attempt() -> bytes:
+            url = f"{ep.base}/v2/{repo}/blobs/{digest}"
+            response = self._request(
+                ep, "GET", url, scopes=(f"repository:{repo}:pull",), follow_redirects=True
+            )
+            with closing(response):
+                self._expect(response, (200,), ep, f"reading blob {digest} of {repo}")
+                data = response.read()
+            if len(data) > limit:
+                raise RegistryError(f"blob {digest} of {repository.name} is over {limit} bytes")
+            return data
+
+        data = self._retry(f"reading blob {digest} of {repository.name}", attempt)
+        if not _check_digest(data, digest):
+            raise RegistryError(
+                f"registry {ep.name} served blob {digest} of {repository.name} with content "
+                "that does not match its digest; refusing it"
+            )
+        return data
+
+    def referrers(self, subject: ImageRef) -> bytes | None:
+        """The referrers index of ``subject`` (repository @ digest) from the referrers API.
+
+        ``GET /v2/<name>/referrers/<digest>`` (OCI distribution spec v1.1, "Listing Referrers"):
+        a registry that supports it answers 200 with an image index, even an empty one; 404
+        means it does not (the caller falls back to the referrers tag schema).
+        """
+        ep = self._endpoint(subject.registry)
+        repo = subject.repository
+        assert subject.digest is not None
+        url = f"{ep.base}/v2/{repo}/referrers/{subject.digest}"
+
+        def attempt() -> bytes | None:
+            response = self._request(
+                ep,
+                "GET",
+                url,
+                scopes=(f"repository:{repo}:pull",),
+                headers={"Accept": OCI_INDEX},
+            )
+            with closing(response):
+                if response.status_code == 404:
+                    return None
+                self._expect(response, (200,), ep, f"listing referrers of {subject}")
+                return response.read()
+
+        return self._retry(f"listing referrers of {subject}", attempt)
 
     # -- copy internals --------------------------------------------------------------------
 

@@ -8,6 +8,9 @@ param name string
 param location string
 param tags object = {}
 
+@description('Name of the EC P-256 key that signs promotion attestations (README, "Evidence").')
+param attestationKeyName string = 'gate-attestation'
+
 resource vault 'Microsoft.KeyVault/vaults@2026-02-01' = {
   name: name
   location: location
@@ -26,6 +29,25 @@ resource vault 'Microsoft.KeyVault/vaults@2026-02-01' = {
   }
 }
 
+// The key that signs promotion attestations. It is used inside the vault only (the app calls the
+// key's sign operation; an EC key's private part is not exportable). Through ARM a key is created
+// once: when it exists already, a redeployment returns it unchanged and makes no new version
+// (Keys - Create If Not Exist, Microsoft.KeyVault REST 2026-02-01), so verifiers' public key holds.
+resource attestationKey 'Microsoft.KeyVault/vaults/keys@2026-02-01' = {
+  parent: vault
+  name: attestationKeyName
+  properties: {
+    kty: 'EC'
+    curveName: 'P-256'
+    keyOps: [
+      'sign'
+      'verify'
+    ]
+  }
+}
+
 output id string = vault.id
+output attestationKeyName string = attestationKey.name
+output attestationKeyUri string = attestationKey.properties.keyUri
 output name string = vault.name
 output uri string = vault.properties.vaultUri

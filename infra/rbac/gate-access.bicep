@@ -7,6 +7,9 @@ param storageAccountName string
 param applicationInsightsName string
 param keyVaultName string
 
+@description('Name of the vault\'s attestation signing key (core/keyvault.bicep).')
+param attestationKeyName string
+
 @description('Blob container Event Grid dead-letters undeliverable push events into.')
 param deadLetterContainerName string
 
@@ -29,6 +32,7 @@ var roles = {
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Storage Table Data Contributor
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6' // Key Vault Secrets User
+  keyVaultCryptoUser: '12338af0-0e69-4776-bea7-57ae8d297424' // Key Vault Crypto User
   managedIdentityOperator: 'f1a07417-d97a-45cb-824c-7a7467783830' // Managed Identity Operator
 }
 
@@ -50,6 +54,10 @@ resource insights 'Microsoft.Insights/components@2020-02-02' existing = {
 
 resource vault 'Microsoft.KeyVault/vaults@2026-02-01' existing = {
   name: keyVaultName
+
+  resource attestationKey 'keys' existing = {
+    name: attestationKeyName
+  }
 }
 
 resource runnerIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2024-11-30' existing = {
@@ -99,6 +107,20 @@ resource appSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: vault
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The app, on the attestation key only: it signs each promotion's attestation with the key's sign
+// operation (and reads the public key); Key Vault Crypto User grants the key data actions (read,
+// sign, verify, ...) and nothing on secrets or other resources; scoped to this one key
+// (learn.microsoft.com/azure/key-vault/general/rbac-guide: roles can be assigned on a key).
+resource appSignsAttestations 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault::attestationKey.id, appPrincipalId, roles.keyVaultCryptoUser)
+  scope: vault::attestationKey
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultCryptoUser)
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
   }

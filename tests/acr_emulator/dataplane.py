@@ -29,7 +29,11 @@ Pushes (the OCI distribution API, as ``docker push`` makes them): ``POST
 the token may also pull ``from``, else a plain upload starts, as distribution does),
 ``PATCH|PUT /v2/{repo}/blobs/uploads/{id}`` and ``PUT /v2/{repo}/manifests/{ref}``, passed to
 the backing registry. A manifest written under a tag is a push: it is recorded and fires the
-base-image triggers of tasks (:mod:`tests.acr_emulator.downstream`). A tag whose
+base-image triggers of tasks (:mod:`tests.acr_emulator.downstream`). A manifest with a
+``subject`` is listed by ``GET /v2/{repo}/referrers/{digest}`` (OCI distribution spec v1.1
+"Listing Referrers": 200 with an image index, empty when nothing refers to the digest,
+``artifactType`` filter with ``OCI-Filters-Applied``), and its push is answered with
+``OCI-Subject``, as a registry with the referrers API does. A tag whose
 ``writeEnabled`` is false refuses a manifest: ACR documents that a locked image cannot be
 overwritten (container-registry-image-lock.md); the status and code here (409
 ``TAG_LOCKED``) are not confirmed.
@@ -118,6 +122,8 @@ def router(emulator: AcrEmulator, registry: EmulatedRegistry) -> Router:
     routes = Router(f"acr-{registry.name}", emulator.faults)
     backing = _Backing(registry)
     book = emulator.tokens
+    # (repository, subject digest) -> descriptors of the manifests pushed with that subject
+    referrers: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     def service() -> str:
         return registry.login_server
@@ -134,7 +140,8 @@ def router(emulator: AcrEmulator, registry: EmulatedRegistry) -> Router:
         if req.path.startswith("/v2/"):
             action = "push" if writes else "pull"
         match = re.match(
-            r"/(?:acr/v1|v2)/" + _REPO + r"/(?:_tags|_manifests|manifests|tags|blobs)", req.path
+            r"/(?:acr/v1|v2)/" + _REPO + r"/(?:_tags|_manifests|manifests|tags|blobs|referrers)",
+            req.path,
         )
         scope = f"repository:{match['repo']}:{action}" if match else None
         token = bearer(req)
@@ -523,6 +530,12 @@ def router(emulator: AcrEmulator, registry: EmulatedRegistry) -> Router:
                     f"{repo}:{ref} is locked (writeEnabled: false).",
                 )
             response = forward(req, f"/v2/{repo}/manifests/{quote(ref)}")
+            if response.status == 201:
+                subject = _refers_to(repo, req.body, referrers)
+                if subject:
+                    # distribution spec v1.1: a registry with the referrers API answers a
+                    # manifest with a subject with OCI-Subject (clients then skip the tag schema)
+                    response.headers["OCI-Subject"] = subject
             if response.status != 201 or not is_tag:
                 return response
             digest = response.headers.get("docker-content-digest") or (
@@ -533,7 +546,56 @@ def router(emulator: AcrEmulator, registry: EmulatedRegistry) -> Router:
         downstream.tag_written(emulator, registry, repo, ref, digest, previous, via="push")
         return response
 
+    @routes.route(
+        "GET",
+        r"/v2/" + _REPO + r"/referrers/(?P<digest>sha256:[a-f0-9]{64})",
+        name="v2Referrers",
+        api_versions=None,
+    )
+    def list_referrers(req: Request, m: re.Match[str]) -> Response:
+        # OCI distribution spec v1.1 "Listing Referrers": 200 and an image index, also when
+        # nothing refers to the digest; artifactType filters, said in OCI-Filters-Applied
+        with registry.lock:
+            found = list(referrers.get((m["repo"], m["digest"]), []))
+        headers = {"Content-Type": "application/vnd.oci.image.index.v1+json"}
+        wanted = req.query.get("artifactType")
+        if wanted:
+            found = [d for d in found if d.get("artifactType") == wanted]
+            headers["OCI-Filters-Applied"] = "artifactType"
+        body = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": found,
+        }
+        return Response(200, body, headers)
+
     return routes
+
+
+def _refers_to(
+    repo: str, body: bytes, referrers: dict[tuple[str, str], list[dict[str, Any]]]
+) -> str | None:
+    """Record a pushed manifest that has a ``subject``; return the subject's digest."""
+    try:
+        manifest = json.loads(body)
+        subject = str(manifest["subject"]["digest"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    descriptor: dict[str, Any] = {
+        "mediaType": manifest.get("mediaType", "application/vnd.oci.image.manifest.v1+json"),
+        "digest": "sha256:" + hashlib.sha256(body).hexdigest(),
+        "size": len(body),
+    }
+    # the image spec: artifactType, else the config's media type; annotations are copied
+    artifact_type = manifest.get("artifactType") or (manifest.get("config") or {}).get("mediaType")
+    if artifact_type:
+        descriptor["artifactType"] = artifact_type
+    if manifest.get("annotations"):
+        descriptor["annotations"] = manifest["annotations"]
+    listed = referrers.setdefault((repo, subject), [])
+    if all(d["digest"] != descriptor["digest"] for d in listed):
+        listed.append(descriptor)
+    return subject
 
 
 def _grants(granted: str, wanted: str) -> bool:

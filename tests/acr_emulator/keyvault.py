@@ -12,12 +12,23 @@ production code).
 Answers: 200 ``SecretBundle`` (``value``, ``id``, ``attributes``), 404 ``SecretNotFound`` with
 Key Vault's message, 400 ``BadParameter`` for an api-version the SDK does not know, and — with
 the ``keyvault_down`` fault — 503 to everything.
+
+Keys, as azure-keyvault-keys 4.11 calls them (its generated operations' routes; api-version
+2025-07-01 by default): ``POST /keys/{name}/create`` (EC P-256 only: the one kind the gate signs
+with), ``GET /keys/{name}[/{version}]`` → ``KeyBundle`` (``key``: a JSON Web Key with ``kid``,
+``kty``, ``crv``, ``x``, ``y``, ``key_ops``), ``POST /keys/{name}/{version}/sign`` (``alg``
+``ES256``, ``value``: base64url of a SHA-256 digest) → ``{"kid", "value"}`` where the value is the
+raw ``r || s`` (32 + 32 bytes), as JWS has it and as securesystemslib's ``AzureSigner`` decodes
+it. The private key never leaves the emulated vault, as in Key Vault.
 """
 
 from __future__ import annotations
 
+import base64
 import re
+import secrets
 import time
+from typing import Any
 
 from tests.acr_emulator.core import (
     VAULT_AUDIENCE,
@@ -115,6 +126,112 @@ def router(emulator: AcrEmulator) -> Router:
                 },
                 "tags": {},
             },
+        )
+
+    # -- keys ----------------------------------------------------------------------------
+
+    keys: dict[str, list[tuple[str, Any]]] = {}
+
+    def b64url(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+    def unb64url(text: str) -> bytes:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+    def key_bundle(name: str, version: str, private: Any) -> dict[str, Any]:
+        numbers = private.public_key().public_numbers()
+        now = int(time.time())
+        return {
+            "key": {
+                "kid": f"{emulator.key_vault_url}/keys/{name}/{version}",
+                "kty": "EC",
+                "crv": "P-256",
+                "x": b64url(numbers.x.to_bytes(32, "big")),
+                "y": b64url(numbers.y.to_bytes(32, "big")),
+                "key_ops": ["sign", "verify"],
+            },
+            "attributes": {
+                "enabled": True,
+                "created": now,
+                "updated": now,
+                "recoveryLevel": "Recoverable+Purgeable",
+                "recoverableDays": 90,
+            },
+            "tags": {},
+        }
+
+    def key_not_found(name: str, version: str | None) -> Response:
+        return arm_error(
+            404,
+            "KeyNotFound",
+            f"A key with (name/id) {name}{'/' + version if version else ''} was not found in "
+            "this key vault.",
+        )
+
+    def find_key(name: str, version: str | None) -> tuple[str, Any] | None:
+        versions = keys.get(name) or []
+        if not versions:
+            return None
+        if not version:
+            return versions[-1]
+        return next((v for v in versions if v[0] == version), None)
+
+    @routes.route(
+        "POST",
+        r"/keys/(?P<name>[0-9A-Za-z-]{1,127})/create",
+        name="createKey",
+        api_versions=VAULT_API_VERSIONS,
+    )
+    def create_key(req: Request, m: re.Match[str]) -> Response:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        body = req.json() if req.body else {}
+        if body.get("kty") not in ("EC", "EC-HSM") or body.get("crv", "P-256") != "P-256":
+            return arm_error(400, "BadParameter", "The emulated vault creates EC P-256 keys only.")
+        version = secrets.token_hex(16)
+        private = ec.generate_private_key(ec.SECP256R1())
+        keys.setdefault(m["name"], []).append((version, private))
+        return Response(200, key_bundle(m["name"], version, private))
+
+    @routes.route(
+        "GET",
+        r"/keys/(?P<name>[0-9A-Za-z-]{1,127})(?:/(?P<version>[0-9a-f]{32})?)?",
+        name="getKey",
+        api_versions=VAULT_API_VERSIONS,
+    )
+    def get_key(req: Request, m: re.Match[str]) -> Response:
+        found = find_key(m["name"], m["version"])
+        if found is None:
+            return key_not_found(m["name"], m["version"])
+        return Response(200, key_bundle(m["name"], found[0], found[1]))
+
+    @routes.route(
+        "POST",
+        r"/keys/(?P<name>[0-9A-Za-z-]{1,127})/(?P<version>[0-9a-f]{32})/sign",
+        name="signWithKey",
+        api_versions=VAULT_API_VERSIONS,
+    )
+    def sign(req: Request, m: re.Match[str]) -> Response:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+        found = find_key(m["name"], m["version"])
+        if found is None:
+            return key_not_found(m["name"], m["version"])
+        body = req.json() if req.body else {}
+        if body.get("alg") != "ES256":
+            return arm_error(
+                400, "BadParameter", f"Algorithm {body.get('alg')!r} is not valid for an EC key."
+            )
+        digest = unb64url(str(body.get("value", "")))
+        if len(digest) != 32:
+            return arm_error(400, "BadParameter", "ES256 signs a 32-byte SHA-256 digest.")
+        der = found[1].sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        r, s_ = utils.decode_dss_signature(der)
+        raw = r.to_bytes(32, "big") + s_.to_bytes(32, "big")
+        return Response(
+            200,
+            {"kid": f"{emulator.key_vault_url}/keys/{m['name']}/{found[0]}", "value": b64url(raw)},
         )
 
     return routes

@@ -1,0 +1,174 @@
+"""Signer adapters (:class:`gate.ports.Signer`): an ECDSA P-256 key file, or a Key Vault key.
+
+Both sign DSSE envelopes through ``securesystemslib`` (``dsse.Envelope.sign`` computes the
+pre-authentication encoding and asks the signer for an ECDSA-SHA256 signature, DER-encoded, as
+cosign and ``cryptography`` expect).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gate.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from securesystemslib.signer import Signer as SslibSigner  # type: ignore[attr-defined]
+
+_SCHEME = "ecdsa-sha2-nistp256"
+
+
+def _envelope(signer: SslibSigner, payload_type: str, payload: bytes) -> dict[str, object]:
+    from securesystemslib.dsse import Envelope
+
+    envelope = Envelope(payload=payload, payload_type=payload_type, signatures={})
+    envelope.sign(signer)
+    result: dict[str, object] = envelope.to_dict()
+    return result
+
+
+class KeyFileSigner:
+    """Signs with an unencrypted PKCS#8 PEM ECDSA P-256 private key (``gate keygen`` writes one)."""
+
+    def __init__(self, path: Path) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+        from securesystemslib.signer import (  # type: ignore[attr-defined]
+            CryptoSigner,
+            SSlibKey,
+        )
+
+        try:
+            key = load_pem_private_key(path.read_bytes(), password=None)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the attestation key {path}: {exc.strerror}; create one with "
+                "'gate keygen' or fix attestation.key in the configuration"
+            ) from None
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"{path} is not an unencrypted PEM private key; create one with 'gate keygen'"
+            ) from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+            raise ConfigError(f"{path} is not an ECDSA P-256 key; create one with 'gate keygen'")
+        public = SSlibKey.from_crypto(key.public_key(), scheme=_SCHEME)
+        self._signer = CryptoSigner(key, public)
+        self._hint = public.keyid
+
+    @property
+    def key_hint(self) -> str:
+        """The ``securesystemslib`` key id of the public key (sha256 of its canonical form)."""
+        return self._hint
+
+    def sign_dsse(self, payload_type: str, payload: bytes) -> dict[str, object]:
+        """The DSSE envelope of ``payload``, signed with the key file."""
+        return _envelope(self._signer, payload_type, payload)
+
+
+def generate_key_pair(private_path: Path, *, force: bool = False) -> Path:
+    """Write a new ECDSA P-256 pair: ``private_path`` (PKCS#8 PEM, mode 0600) and ``.pub``.
+
+    Returns the public key's path. Refuses to overwrite an existing file unless ``force``.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    public_path = private_path.with_suffix(".pub")
+    for path in (private_path, public_path):
+        if path.exists() and not force:
+            raise UsageError(f"{path} exists already; choose another name or pass --force")
+    key = ec.generate_private_key(ec.SECP256R1())
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    # the private key is created readable by its owner only, never widened afterwards
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(private_pem)
+    public_path.write_bytes(public_pem)
+    return public_path
+
+
+class KeyVaultSigner:
+    """Signs with a Key Vault EC P-256 key through the app's identity; the key stays there.
+
+    ``key_id`` is the key's URI (``https://VAULT.vault.azure.net/keys/NAME[/VERSION]``). The
+    digest is computed here and sent to Key Vault's ``sign`` operation (ES256), which answers the
+    raw ``r || s``; it is re-encoded as DER, the form DSSE verifiers (cosign, ``cryptography``,
+    securesystemslib) expect (securesystemslib's own ``AzureSigner`` does the same conversion; it
+    is not used because it always builds a ``DefaultAzureCredential``). The identity needs the
+    key's ``sign`` and ``get`` data actions: 'Key Vault Crypto User' on that key.
+    """
+
+    def __init__(self, key_id: str, credential: object, **client_options: object) -> None:
+        from azure.core.exceptions import AzureError
+        from azure.keyvault.keys import KeyClient, KeyVaultKeyIdentifier
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
+
+        try:
+            parsed = KeyVaultKeyIdentifier(key_id)
+        except ValueError:
+            raise ConfigError(
+                f"'{key_id}' is not a Key Vault key URI (https://VAULT.vault.azure.net/keys/NAME)"
+            ) from None
+        client = KeyClient(parsed.vault_url, credential, **client_options)  # type: ignore[arg-type]
+        try:
+            key = client.get_key(parsed.name, parsed.version)
+        except AzureError as exc:
+            raise ConfigError(
+                f"cannot read the attestation key {key_id}: {type(exc).__name__}; check that "
+                "the key exists and the identity has 'Key Vault Crypto User' on it"
+            ) from None
+        jwk: Any = key.key
+        if jwk.kty not in ("EC", "EC-HSM") or jwk.crv != "P-256" or not jwk.x or not jwk.y:
+            raise ConfigError(f"{key_id} is not an EC P-256 key; create one with --curve P-256")
+        numbers = ec.EllipticCurvePublicNumbers(
+            int.from_bytes(jwk.x, "big"), int.from_bytes(jwk.y, "big"), ec.SECP256R1()
+        )
+        self.public_key = SSlibKey.from_crypto(numbers.public_key(), scheme=_SCHEME)
+        self._key_id = str(key.id)  # with its version: every signature names the exact key
+        self._credential = credential
+        self._options = client_options
+
+    @property
+    def key_hint(self) -> str:
+        """The Key Vault key URI, version included."""
+        return self._key_id
+
+    def sign_dsse(self, payload_type: str, payload: bytes) -> dict[str, object]:
+        """The DSSE envelope of ``payload``, its PAE signed by Key Vault (ES256)."""
+        import hashlib
+
+        from azure.core.exceptions import AzureError
+        from azure.keyvault.keys.crypto import CryptographyClient, SignatureAlgorithm
+        from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+        from securesystemslib.dsse import Envelope
+        from securesystemslib.signer import Signature  # type: ignore[attr-defined]
+
+        from gate.errors import InfrastructureError
+
+        envelope = Envelope(payload=payload, payload_type=payload_type, signatures={})
+        digest = hashlib.sha256(envelope.pae()).digest()
+        client = CryptographyClient(self._key_id, self._credential, **self._options)  # type: ignore[arg-type]
+        try:
+            raw = client.sign(SignatureAlgorithm.es256, digest).signature
+        except AzureError as exc:
+            raise InfrastructureError(
+                f"Key Vault did not sign with {self._key_id}: {type(exc).__name__}; check the "
+                "vault is reachable and the identity has 'Key Vault Crypto User' on the key"
+            ) from None
+        if len(raw) != 64:
+            raise InfrastructureError(f"Key Vault answered a {len(raw)}-byte ES256 signature")
+        der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+        keyid = self.public_key.keyid
+        envelope.signatures[keyid] = Signature(keyid, der.hex())
+        result: dict[str, object] = envelope.to_dict()
+        return result
