@@ -187,7 +187,13 @@ def _quote(value: str) -> str:
 def post_rollback(
     keeper: Gatekeeper, raw: bytes, *, max_body_bytes: int, actor: str | None
 ) -> ApiResponse:
-    """``POST /api/rollback``: move a stable tag back, recorded with who and why."""
+    """``POST /api/rollback``: move a stable tag back, recorded with who and why.
+
+    ``actor`` is who the caller authenticated as (the function app passes App Service
+    authentication's principal name, else ``function-key``); it is recorded as given, or as
+    ``http:anonymous`` when nobody is named: never empty.
+    """
+    who = actor.strip() if actor and actor.strip() else "http:anonymous"
     body = _body(raw, max_body_bytes, {"repository", "to", "reason"})
     if isinstance(body, ApiResponse):
         return body
@@ -203,7 +209,7 @@ def post_rollback(
     if not isinstance(reason, str) or not reason.strip():
         return error(400, "bad_request", "'reason' is required: say why, it goes into the record")
     try:
-        record = rollback(keeper, repository, to=to, reason=reason, actor=actor)
+        record = rollback(keeper, repository, to=to, reason=reason, actor=who)
     except GateError as exc:
         return from_gate_error(exc)
     return ApiResponse(200, record_view(record))

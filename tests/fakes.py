@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from gate.errors import Conflict, ManifestUnknown, RegistryUnavailable
+from gate.errors import AuthenticationError, Conflict, ManifestUnknown, RegistryUnavailable
 from gate.model import Outcome, ValidationResult
 from gate.ports import CopyReport, ProgressCallback, Resume, ValidationRequest
 from gate.ref import ImageRef
@@ -27,6 +27,8 @@ class FakeRegistry:
     copies: list[tuple[str, str]] = field(default_factory=list)
     resolves: int = 0
     down: bool = False
+    push_refused: bool = False
+    push_checks: list[str] = field(default_factory=list)
 
     def push(self, ref: str, name: str) -> str:
         """Put a made-up image at ``ref`` (a tagged reference); return its digest."""
@@ -56,6 +58,12 @@ class FakeRegistry:
         self._check()
         return sorted(self.tags.get((repository.registry, repository.repository), {}))
 
+    def check_push(self, target: ImageRef) -> None:
+        self._check()
+        self.push_checks.append(target.name)
+        if self.push_refused:
+            raise AuthenticationError(f"{target.registry} refused the credentials; check them")
+
     def copy(
         self,
         source: ImageRef,
@@ -66,6 +74,8 @@ class FakeRegistry:
         progress: ProgressCallback | None = None,
     ) -> CopyReport:
         self._check()
+        if self.push_refused:
+            raise AuthenticationError(f"{target.registry} refused the credentials; check them")
         assert source.digest, "copies go by digest"
         if source.digest not in self.content.get((source.registry, source.repository), set()):
             raise ManifestUnknown(f"{source} is not in the registry")

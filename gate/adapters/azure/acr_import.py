@@ -35,7 +35,6 @@ Errors (never carrying a secret; the upstream password is also scrubbed from ser
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -66,17 +65,20 @@ from gate.errors import (
     RegistryError,
     RegistryUnavailable,
 )
+from gate.logsafe import get_logger
 from gate.ports import CopyReport, ProgressCallback, Registry, Secrets
 from gate.ref import ImageRef
 
 __all__ = ["AcrImportRegistry"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 DEFAULT_ACR_AUDIENCE = "https://containerregistry.azure.net"
+# The management client's default ``credential_scopes`` (its _configuration.py).
+DEFAULT_ARM_SCOPE = "https://management.azure.com/.default"
 # Bounded retries (azure-core's default is 10 in all, up to 2 min apart): at most 3 retries of
 # a 429/5xx answer, 4 retries in all.
 _DEFAULT_CLIENT_KWARGS: dict[str, Any] = {"retry_total": 4, "retry_status": 3}
@@ -191,6 +193,39 @@ class AcrImportRegistry:
             _READ_ROLE,
             lambda: [str(t.name) for t in client.list_tag_properties(repository.repository)],
         )
+
+    def check_push(self, target: ImageRef) -> None:
+        """Check what can be checked of an import into ``target`` without importing.
+
+        ARM offers no dry run of an import (``ImportImageParameters`` of
+        azure-mgmt-containerregistry has ``source``, ``target_tags``,
+        ``untagged_target_repositories`` and ``mode``, nothing that validates only), so
+        whether the identity holds the import permission is learnt from the import itself.
+        Checked here: ``target`` is this adapter's registry, and the gate's identity gets an
+        ARM token (the scope the management client asks for, ``credential_scopes`` of its
+        configuration), so an identity that cannot sign in fails before a validation.
+        """
+        if target.registry != self.target_login_server:
+            raise ConfigError(
+                f"cannot import into {target.name}: this registry adapter imports into "
+                f"{self.target_login_server} only; set the rule's target to that registry"
+            )
+        scopes = list(self._client_kwargs.get("credential_scopes") or [DEFAULT_ARM_SCOPE])
+        self._sign_in(scopes, f"signing in to ARM to import into {target.name}")
+
+    def _sign_in(self, scopes: Sequence[str], doing: str) -> str:
+        """An AAD access token of the gate's identity for ``scopes``."""
+        try:
+            return self._credential.get_token(*scopes).token
+        except ClientAuthenticationError as exc:
+            raise AuthenticationError(
+                f"{doing} failed: no AAD token ({type(exc).__name__}); check the identity "
+                "(AZURE_CLIENT_ID) and that it can sign in"
+            ) from None
+        except AzureError as exc:
+            raise RegistryUnavailable(
+                f"{doing} failed: the identity endpoint failed ({type(exc).__name__}); retry later"
+            ) from None
 
     def copy(
         self,

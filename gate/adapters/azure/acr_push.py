@@ -37,12 +37,10 @@ with a condition on the gated repositories (the README's role table).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
-from azure.core.exceptions import AzureError, ClientAuthenticationError
 
 from gate.adapters.azure.acr_import import AcrImportRegistry
 from gate.adapters.oci import HostSettings, OciRegistry
@@ -53,12 +51,13 @@ from gate.errors import (
     RegistryError,
     RegistryUnavailable,
 )
+from gate.logsafe import get_logger
 from gate.ports import CopyReport, ProgressCallback
 from gate.ref import ImageRef
 
 __all__ = ["ACR_TOKEN_USER", "AcrPushRegistry"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 ACR_TOKEN_USER = "00000000-0000-0000-0000-000000000000"
 """The user name that goes with an ACR refresh token used as a password."""
@@ -150,20 +149,37 @@ class AcrPushRegistry(AcrImportRegistry):
             tags=(*first.tags, *second.tags),
         )
 
+    def check_push(self, target: ImageRef) -> None:
+        """Sign in as a push does and start (then cancel) a blob upload in ``target``.
+
+        The same refresh-token exchange and ``/oauth2/token`` scope
+        (``repository:<repo>:pull,push``) as a promotion, then the OCI adapter's upload check:
+        the upload ``POST`` is the first request of every push, so it needs the rights the
+        promotion's uploads need. Nothing is written.
+        """
+        if target.registry != self.target_login_server:
+            raise ConfigError(
+                f"cannot push into {target.name}: this registry adapter promotes into "
+                f"{self.target_login_server} only; set the rule's target to that registry"
+            )
+        hosts = {
+            self.target_login_server: HostSettings(
+                username=ACR_TOKEN_USER, password=self._refresh_token(self.target_login_server)
+            )
+        }
+        with OciRegistry(hosts, **self._oci_options) as oci:
+            try:
+                oci.check_push(target)
+            except AuthenticationError as exc:
+                raise AuthenticationError(
+                    f"pushing to {self.target_login_server} was refused ({exc.message}); "
+                    f"promote: push needs {_PUSH_ROLE}"
+                ) from None
+
     def _refresh_token(self, login_server: str) -> str:
         """Exchange the identity's AAD token for an ACR refresh token of ``login_server``."""
         doing = f"signing in to {login_server} with the gate's identity"
-        try:
-            aad = self._credential.get_token(f"{self._audience}/.default").token
-        except ClientAuthenticationError as exc:
-            raise AuthenticationError(
-                f"{doing} failed: no AAD token ({type(exc).__name__}); check the identity "
-                "(AZURE_CLIENT_ID) and that it can sign in"
-            ) from None
-        except AzureError as exc:
-            raise RegistryUnavailable(
-                f"{doing} failed: the identity endpoint failed ({type(exc).__name__}); retry later"
-            ) from None
+        aad = self._sign_in([f"{self._audience}/.default"], doing)
         timeout = float(self._oci_options.get("timeout", 30.0))
         try:
             with httpx.Client(timeout=timeout, transport=self._oci_options.get("transport")) as c:

@@ -90,7 +90,6 @@ import enum
 import gzip
 import hashlib
 import io
-import logging
 import math
 import re
 import stat
@@ -128,10 +127,11 @@ from azure.mgmt.containerregistrytasks.models import (
 )
 
 from gate.errors import ConfigError, ValidatorError
+from gate.logsafe import get_logger
 from gate.model import Outcome, ValidationResult
 from gate.ports import Resume, ValidationRequest
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MASK = "***"
 
