@@ -50,6 +50,8 @@ def decision(
             "reason": record.reason,
             # downstream task runs the gate queued after the promotion (not waited for)
             "downstream": [d.to_dict() for d in record.downstream],
+            # the signed attestation attached for this decision (gate verify checks it)
+            "attestation": record.attestation or None,
             "duration_s": round(duration, 3) if duration is not None else None,
         }
     )

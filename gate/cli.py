@@ -7,7 +7,9 @@ configuration error, 3 infrastructure error worth retrying.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -18,10 +20,12 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
 from gate.config import GateConfig, config_path, load_config
 from gate.errors import GateError, UsageError
-from gate.model import GateRecord, State, parse_instant
+from gate.logsafe import clean
+from gate.model import DownstreamRun, GateRecord, State, parse_instant
 from gate.service import (
     Gatekeeper,
     GateOutcome,
@@ -37,9 +41,20 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 
 _STYLE = {"promoted": "green", "rejected": "red", "failed": "yellow", "rolled_back": "cyan"}
 
+# Text that may come from outside (references, reasons, actors, error messages, logs) reaches
+# the terminal only inside rich ``Text`` objects, which are never parsed for markup or emoji
+# codes, and only after clean() has escaped its control characters: a "[/]" or an escape
+# sequence in a stored reason prints as itself and cannot crash or drive the terminal.
+_SHOWN = 100_000
+
+
+def _plain(value: object) -> str:
+    """``value`` as terminal-safe text on one line (long enough for any stored field)."""
+    return clean(value, _SHOWN)
+
 
 def _fail(exc: GateError) -> NoReturn:
-    err.print(f"[bold red]error:[/] {exc.message}", markup=True, soft_wrap=True)
+    err.print(Text.assemble(("error:", "bold red"), " ", _plain(exc.message)), soft_wrap=True)
     sys.exit(exc.exit_code)
 
 
@@ -51,7 +66,7 @@ def _keeper(config: str | None, quiet: bool = False) -> Gatekeeper:
     def notify(event: str, record: GateRecord, message: str) -> None:
         if not quiet:
             style = _STYLE.get(event, "dim")
-            err.print(f"[{style}]{event:>11}[/] {message}", soft_wrap=True)
+            err.print(Text.assemble((f"{event:>11}", style), " ", _plain(message)), soft_wrap=True)
 
     return build_gatekeeper(cfg, notify=notify)
 
@@ -127,20 +142,38 @@ def _print_outcome(outcome: GateOutcome) -> None:
     r = outcome.record
     style = _STYLE.get(r.state.value, "")
     seen = " (decided before; use --force to re-gate)" if outcome.duplicate else ""
-    out.print(f"[bold {style}]{r.state.value.upper()}[/]{seen}  {r.source}")
-    out.print(f"  digest  {r.digest}\n  record  {r.id}   run {r.run_id or '-'}")
+    heading = (r.state.value.upper(), f"bold {style}".strip())
+    out.print(Text.assemble(heading, f"{seen}  {_plain(r.source)}"), soft_wrap=True)
+    out.print(
+        Text(
+            f"  digest  {_plain(r.digest)}\n  record  {_plain(r.id)}   run {_plain(r.run_id or '-')}"
+        )
+    )
     if r.target_tags and r.state is State.PROMOTED:
-        out.print("  tags    " + ", ".join(f"{r.target}:{t}" for t in r.target_tags))
+        tags = ", ".join(f"{r.target}:{t}" for t in r.target_tags)
+        out.print(Text(f"  tags    {_plain(tags)}"), soft_wrap=True)
     _print_downstream(r)
     if r.reason:
-        out.print(f"  reason  {r.reason}", soft_wrap=True)
+        out.print(Text(f"  reason  {_plain(r.reason)}"), soft_wrap=True)
+
+
+def _downstream_status(run: DownstreamRun) -> str:
+    """How a downstream task fared: queued (ACR), ran to an outcome (local), or not started."""
+    if run.outcome:  # a local task file, run to its end
+        said = f": {run.error}" if run.error else (f": {run.output}" if run.output else "")
+        return f"run {run.run_id} {run.outcome}{said}"
+    if run.scheduled:
+        return f"run {run.run_id} queued"
+    return f"not queued: {run.error}"
 
 
 def _print_downstream(record: GateRecord, indent: str = "  ") -> None:
-    """One line per downstream task run the gate queued (or could not queue)."""
+    """One line per downstream task the gate started (or could not start)."""
     for run in record.downstream:
-        what = f"run {run.run_id}" if run.scheduled else f"[red]not queued[/]: {run.error}"
-        out.print(f"{indent}then    {run.registry}/{run.task} {what}", soft_wrap=True)
+        failed = not run.scheduled
+        what = Text(_plain(_downstream_status(run)), style="red" if failed else "")
+        task = _plain(f"{run.registry}/{run.task}")
+        out.print(Text.assemble(f"{indent}then    {task} ", what), soft_wrap=True)
 
 
 @main.command("watch")
@@ -163,13 +196,15 @@ def watch_cmd(config: str | None, once: bool, interval: float) -> None:
     while True:
         for item in watch_once(keeper):
             if item.error:
-                err.print(f"[yellow]      error[/] {item.source}: {item.error}", soft_wrap=True)
+                line = Text.assemble(("      error", "yellow"), f" {_plain(item.source)}: ")
+                err.print(line.append(_plain(item.error)), soft_wrap=True)
                 worst = max(worst, 3)
             elif item.outcome:
                 worst = max(worst, item.outcome.exit_code)
                 _print_outcome(item.outcome)
             else:
-                out.print(f"[dim]  unchanged {item.source} {item.digest} ({item.skipped})[/]")
+                unchanged = f"  unchanged {item.source} {item.digest} ({item.skipped})"
+                out.print(Text(_plain(unchanged), style="dim"), soft_wrap=True)
         if once:
             sys.exit(worst)
         time.sleep(interval)
@@ -190,13 +225,20 @@ def listen_cmd(config: str | None, bind: str, port: int) -> None:
         _fail(exc)
     except OSError as exc:
         err.print(
-            f"[bold red]error:[/] cannot listen on {bind}:{port}: {exc.strerror}; pick another --port"
+            Text.assemble(
+                ("error:", "bold red"),
+                _plain(f" cannot listen on {bind}:{port}: {exc.strerror}; pick another --port"),
+            ),
+            soft_wrap=True,
         )
         sys.exit(2)
     with listener:
         err.print(
-            f"listening on {listener.url}: add it to the registry's notifications.endpoints "
-            "(ignoredmediatypes: [application/octet-stream]); Ctrl-C to stop"
+            Text(
+                f"listening on {listener.url}: add it to the registry's notifications.endpoints "
+                "(ignoredmediatypes: [application/octet-stream]); Ctrl-C to stop"
+            ),
+            soft_wrap=True,
         )
         try:
             threading.Event().wait()
@@ -244,11 +286,13 @@ def history_cmd(
     """List gate decisions, newest first."""
     try:
         keeper = _keeper(config)
+        after = _since(since)
+        _require_ledger(keeper)
         records = keeper.ledger.history(
             rule=rule,
             target=target,
             state=State(state) if state else None,
-            since=_since(since),
+            since=after,
             limit=limit,
         )
     except GateError as exc:
@@ -260,6 +304,14 @@ def history_cmd(
     out.print(history_table(records))
 
 
+def _require_ledger(keeper: Gatekeeper) -> None:
+    """Refuse to read a local ledger that does not exist (a wrong --config or data_dir)."""
+    from gate.adapters.sqlite_ledger import SqliteLedger
+
+    if isinstance(keeper.ledger, SqliteLedger):
+        keeper.ledger.require()
+
+
 def history_table(records: list[GateRecord]) -> Table:
     """The decisions as a table (also the walkthrough's summary); ``gate show`` has the rest."""
     table = Table()
@@ -268,13 +320,13 @@ def history_table(records: list[GateRecord]) -> Table:
     for r in records:
         style = _STYLE.get(r.state.value, "")
         table.add_row(
-            r.id,
+            Text(_plain(r.id)),
             r.created_at.strftime("%m-%d %H:%M:%S"),
-            r.source if r.action == "gate" else f"{r.action} {r.target}",
-            (r.digest or "-")[:19],
-            f"[{style}]{r.state.value}[/]" if style else r.state.value,
-            r.run_id or "-",
-            r.reason,
+            Text(_plain(r.source if r.action == "gate" else f"{r.action} {r.target}")),
+            Text(_plain((r.digest or "-")[:19])),
+            Text(r.state.value, style=style),
+            Text(_plain(r.run_id or "-")),
+            Text(_plain(r.reason)),
         )
     return table
 
@@ -286,7 +338,9 @@ def history_table(records: list[GateRecord]) -> Table:
 def show_cmd(record_id: str, config: str | None, as_json: bool) -> None:
     """Show one record, with its validation log."""
     try:
-        record = _keeper(config).ledger.get(record_id)
+        keeper = _keeper(config)
+        _require_ledger(keeper)
+        record = keeper.ledger.get(record_id)
     except GateError as exc:
         _fail(exc)
     if as_json:
@@ -294,13 +348,26 @@ def show_cmd(record_id: str, config: str | None, as_json: bool) -> None:
         return
     for key, value in record.to_dict().items():
         if key != "downstream":
-            out.print(f"{key:>13}  {value}", soft_wrap=True)
+            out.print(Text(f"{key:>13}  {_plain(value)}"), soft_wrap=True)
     for run in record.downstream:
-        queued = f"run {run.run_id}" if run.scheduled else f"not queued: {run.error}"
-        out.print(f"{'downstream':>13}  {run.registry}/{run.task} {queued}", soft_wrap=True)
+        line = _plain(f"{run.registry}/{run.task} {_downstream_status(run)}")
+        out.print(Text(f"{'downstream':>13}  {line}"), soft_wrap=True)
+    if record.partial:
+        out.print(Text(f"{'partial':>13}  {_plain(_partial(record))}"), soft_wrap=True)
     if record.log:
-        out.print("\n[bold]validation log[/]")
-        out.print(record.log, markup=False, highlight=False, soft_wrap=True)
+        out.print(Text("\nvalidation log", style="bold"))
+        # line by line: the log keeps its lines, every other control character is escaped
+        out.print(Text("\n".join(_plain(line) for line in record.log.splitlines())), soft_wrap=True)
+
+
+def _partial(record: GateRecord) -> str:
+    """What a promotion that did not finish left at the target, and what finishes it."""
+    written = [t for t in record.target_tags if t in record.promoted_tags]
+    missing = [t for t in record.target_tags if t not in record.promoted_tags]
+    kinds = dict(zip(record.target_tags, ("run-ID tag", "stable tag"), strict=False))
+    said = [f"{kinds.get(t, 'tag')} {t} written" for t in written]
+    said += [f"{kinds.get(t, 'tag')} {t} not moved" for t in missing]
+    return ", ".join(said) + "; the next attempt finishes the promotion"
 
 
 @main.command("downstream")
@@ -312,7 +379,8 @@ def downstream_cmd(record_id: str, config: str | None) -> None:
         record = retry_downstream(_keeper(config), record_id)
     except GateError as exc:
         _fail(exc)
-    out.print(f"[bold green]PROMOTED[/]  {record.target}@{record.digest}  record {record.id}")
+    promoted = f"  {record.target}@{record.digest}  record {record.id}"
+    out.print(Text.assemble(("PROMOTED", "bold green"), _plain(promoted)), soft_wrap=True)
     _print_downstream(record)
     if any(not run.scheduled for run in record.downstream):
         sys.exit(3)
@@ -325,19 +393,121 @@ def downstream_cmd(record_id: str, config: str | None) -> None:
     "--to", "to", metavar="RUN_ID|DIGEST", help="An earlier promotion (default: the one before)."
 )
 @click.option("--reason", required=True, help="Why; recorded with the rollback.")
-@click.option("--actor", envvar="USER", help="Who (default: $USER).")
+@click.option(
+    "--actor", help="Who; recorded with the rollback (default: the OS user, else the host)."
+)
 def rollback_cmd(
     target: str, config: str | None, to: str | None, reason: str, actor: str | None
 ) -> None:
     """Move TARGET's stable tag back to an earlier validated digest (TARGET: registry/repo[:tag])."""
     try:
-        record = rollback(_keeper(config), target, to=to, reason=reason, actor=actor)
+        who = who_rolls_back(actor)
+        record = rollback(_keeper(config), target, to=to, reason=reason, actor=who)
     except GateError as exc:
         _fail(exc)
+    moved = f" {record.target}:{record.target_tags[0]} -> {record.digest}"
+    out.print(Text.assemble(("ROLLED BACK", "bold cyan"), _plain(moved)), soft_wrap=True)
     out.print(
-        f"[bold cyan]ROLLED BACK[/] {record.target}:{record.target_tags[0]} -> {record.digest}"
+        Text(
+            f"  record  {_plain(record.id)}\n   actor  {_plain(record.actor)}\n"
+            f"  reason  {_plain(record.reason)}"
+        ),
+        soft_wrap=True,
     )
-    out.print(f"  record  {record.id}\n  reason  {record.reason}", soft_wrap=True)
+
+
+def who_rolls_back(actor: str | None) -> str:
+    """The actor a rollback records: ``--actor``, else the OS user of this uid, else the host.
+
+    The user comes from the password database by uid, not from ``$USER``, which any caller
+    sets as it likes; a uid without an entry (some containers) records the uid and the host.
+    """
+    if actor is not None:
+        if not actor.strip():
+            raise UsageError("--actor is empty; name who rolls back, or leave --actor out")
+        return actor.strip()
+    uid = os.getuid()
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return f"uid {uid}@{socket.gethostname() or 'unknown-host'}"
+
+
+@main.command("keygen")
+@click.argument("private_key", metavar="KEY_FILE")
+@click.option("--force", is_flag=True, help="Overwrite an existing pair.")
+def keygen_cmd(private_key: str, force: bool) -> None:
+    """Write a new ECDSA P-256 attestation key pair: KEY_FILE (private, 0600) and its .pub."""
+    from pathlib import Path
+
+    from gate.adapters.signers import generate_key_pair
+
+    try:
+        public = generate_key_pair(Path(private_key), force=force)
+    except GateError as exc:
+        _fail(exc)
+    out.print(Text(_plain(f"private key {private_key}\n public key {public}")), soft_wrap=True)
+
+
+@main.command("verify")
+@click.argument("image")
+@config_option
+@click.option(
+    "--key", "key", metavar="PUB.pem", help="Public key (default: attestation.key's .pub file)."
+)
+@click.option("--max-age", metavar="AGE", help="Refuse attestations older than this (30d, 12h).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def verify_cmd(
+    image: str, config: str | None, key: str | None, max_age: str | None, as_json: bool
+) -> None:
+    """Check that IMAGE carries the gate's valid, newest attestation saying PASSED.
+
+    Exit 0 verified, 1 not verified (the reason is printed), 2 usage, 3 infrastructure.
+    """
+    from pathlib import Path
+
+    from gate.attest import load_public_key, parse_age, verify_image
+    from gate.compose import attestation_reader
+
+    try:
+        cfg = load_config(config_path(config))
+        if key is None:
+            if cfg.attestation is None or cfg.attestation.key is None:
+                raise UsageError(
+                    "no key to verify with: pass --key PUB.pem (the gate's public key; for a "
+                    "Key Vault key: az keyvault key download --encoding PEM)"
+                )
+            key_path = cfg.attestation.key.with_suffix(".pub")
+        else:
+            key_path = Path(key)
+        try:
+            pem = key_path.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read the public key {key_path}: {exc.strerror}") from None
+        public = load_public_key(pem, str(key_path))
+        age = parse_age(max_age) if max_age else None
+        registry, store = attestation_reader(cfg)
+        verdict = verify_image(registry, store, image, [public], max_age=age)
+    except GateError as exc:
+        if as_json:
+            print(
+                json.dumps({"verified": False, "error": type(exc).__name__, "reason": exc.message})
+            )
+        _fail(exc)
+    if as_json:
+        print(json.dumps(verdict.to_dict()))
+    else:
+        word, style = (
+            ("VERIFIED", "bold green") if verdict.verified else ("NOT VERIFIED", "bold red")
+        )
+        line = f" {verdict.image.split('@')[0]}@{verdict.digest}"
+        out.print(Text.assemble((word, style), _plain(line)), soft_wrap=True)
+        out.print(Text(_plain(f"  {verdict.reason}")), soft_wrap=True)
+        if verdict.attestation:
+            out.print(Text(_plain(f"  attestation {verdict.attestation}")), soft_wrap=True)
+    sys.exit(0 if verdict.verified else 1)
 
 
 @main.group("config")
@@ -355,12 +525,11 @@ def config_check_cmd(file: str | None, config: str | None) -> None:
     except GateError as exc:
         _fail(exc)
     where = "Azure" if cfg.azure is not None else "local"
-    out.print(f"[green]ok[/] {cfg.path}: {len(cfg.rules)} rule(s), {where}", soft_wrap=True)
+    summary = f" {cfg.path}: {len(cfg.rules)} rule(s), {where}"
+    out.print(Text.assemble(("ok", "green"), _plain(summary)), soft_wrap=True)
     for rule in cfg.rules:
-        out.print(
-            f"  {rule.name}: {rule.source.name} [{', '.join(rule.tags)}] -> {rule.target.name}",
-            soft_wrap=True,
-        )
+        line = f"  {rule.name}: {rule.source.name} [{', '.join(rule.tags)}] -> {rule.target.name}"
+        out.print(Text(_plain(line)), soft_wrap=True)
 
 
 @config_group.command("schema")

@@ -3,8 +3,9 @@
 Without an ``azure:`` section the gate runs on its embedded local default (OCI registries over
 HTTP, podman/docker, a SQLite ledger, secrets from the environment). With one, promotion is an
 ACR import (or, with ``azure.registry.promote: push``, a data-plane push), validation an ACR
-quick run, a rule's ``downstream`` tasks are queued as ACR task runs, secrets come from Key
-Vault and, when ``azure.ledger`` is set, records live in Table Storage. Adapters are imported here, only when
+quick run, a rule's ``downstream`` tasks are queued as ACR task runs (locally, downstream task
+files run on the local validator), secrets come from Key Vault and, when ``azure.ledger`` is
+set, records live in Table Storage. Adapters are imported here, only when
 chosen, so a process that never touches Azure never loads an Azure SDK.
 """
 
@@ -17,7 +18,9 @@ from gate.service import Gatekeeper, Notify, quiet
 
 if TYPE_CHECKING:
     from gate.adapters.oci import HostSettings, OciRegistry
-    from gate.ports import Ledger, Secrets
+    from gate.adapters.oci_referrers import OciAttestationStore
+    from gate.attest import Attestor
+    from gate.ports import Ledger, Secrets, SignatureStore, Signer
 
 
 def build_gatekeeper(
@@ -26,17 +29,19 @@ def build_gatekeeper(
     notify: Notify = quiet,
     credential: Any = None,
     secrets: Secrets | None = None,
+    signer: Signer | None = None,
 ) -> Gatekeeper:
     """The gatekeeper the configuration asks for (local, or Azure when it has ``azure:``).
 
     ``credential`` is for Azure (anything with ``get_token``); the default is
     ``DefaultAzureCredential`` (managed identity in Azure, ``az login`` on a laptop).
-    ``secrets`` replaces the secret store the configuration implies (Key Vault or local).
+    ``secrets`` replaces the secret store the configuration implies (Key Vault or local);
+    ``signer`` the attestation signer (Azure: the Key Vault key of ``attestation:``).
     """
     if config.azure is None:
         return local_gatekeeper(config, notify=notify)
     return azure_gatekeeper(
-        config, config.azure, notify=notify, credential=credential, secrets=secrets
+        config, config.azure, notify=notify, credential=credential, secrets=secrets, signer=signer
     )
 
 
@@ -68,6 +73,41 @@ def _sqlite(config: GateConfig) -> Ledger:
     return SqliteLedger(config.data_dir / "gate.db")
 
 
+def _attestor(config: GateConfig, registry: OciRegistry) -> Attestor | None:
+    """The promotion attestor the ``attestation:`` section asks for (None without one)."""
+    if config.attestation is None:
+        return None
+    from gate.adapters.oci_referrers import OciAttestationStore
+    from gate.adapters.signers import KeyFileSigner
+    from gate.attest import Attestor
+
+    assert config.attestation.key is not None  # the configuration requires it locally
+    return Attestor(
+        signer=KeyFileSigner(config.attestation.key),
+        store=OciAttestationStore(registry, use_referrers_api=config.attestation.referrers_api),
+        verifier_id=config.attestation.verifier_id,
+    )
+
+
+def _signatures(config: GateConfig, registry: OciRegistry) -> SignatureStore | None:
+    """The upstream signature reader, when a rule requires signatures."""
+    if not any(rule.signature_keys for rule in config.rules):
+        return None
+    from gate.adapters.oci_referrers import CosignSignatureReader
+
+    return CosignSignatureReader(registry)
+
+
+def attestation_reader(config: GateConfig) -> tuple[OciRegistry, OciAttestationStore]:
+    """The registry client and attestation store ``gate verify`` reads with (local secrets)."""
+    from gate.adapters.oci_referrers import OciAttestationStore
+    from gate.adapters.secrets import LocalSecrets
+
+    registry = _oci(config, LocalSecrets(config.secrets_dir))
+    use_api = config.attestation.referrers_api if config.attestation else True
+    return registry, OciAttestationStore(registry, use_referrers_api=use_api)
+
+
 def local_gatekeeper(config: GateConfig, *, notify: Notify = quiet) -> Gatekeeper:
     """The embedded local default: OCI registries over HTTP, podman/docker, a SQLite ledger."""
     from gate.adapters.local_validator import LocalValidator
@@ -75,15 +115,29 @@ def local_gatekeeper(config: GateConfig, *, notify: Notify = quiet) -> Gatekeepe
 
     secrets = LocalSecrets(config.secrets_dir)
     insecure = frozenset(host for host, settings in config.registries.items() if settings.insecure)
+    registry = _oci(config, secrets)
+    validator = LocalValidator(
+        config.validator.engine,
+        insecure_registries=insecure,
+        network=config.validator.network,
+        keep_images=config.validator.keep_images,
+    )
+    downstream = None
+    if any(task.local for rule in config.rules for task in rule.downstream):
+        # downstream task files run on the same engine, with the same settings, as validations
+        from gate.adapters.local_downstream import LocalTaskDownstream
+
+        downstream = LocalTaskDownstream(validator)
     return Gatekeeper(
         config=config,
-        registry=_oci(config, secrets),
-        validator=LocalValidator(
-            config.validator.engine, insecure_registries=insecure, network=config.validator.network
-        ),
+        registry=registry,
+        attestor=_attestor(config, registry),
+        signatures=_signatures(config, registry),
+        validator=validator,
         ledger=_sqlite(config),
         secrets=secrets,
         notify=notify,
+        downstream=downstream,
     )
 
 
@@ -94,6 +148,7 @@ def azure_gatekeeper(
     notify: Notify = quiet,
     credential: Any = None,
     secrets: Secrets | None = None,
+    signer: Signer | None = None,
 ) -> Gatekeeper:
     """ACR import, ACR quick runs, Key Vault and (optionally) Table Storage."""
     from gate.adapters.azure.acr_import import AcrImportRegistry
@@ -196,4 +251,34 @@ def azure_gatekeeper(
         secrets=secrets,
         notify=notify,
         downstream=downstream,
+        attestor=_azure_attestor(config, registry, credential, signer),
+    )
+
+
+def _azure_attestor(
+    config: GateConfig, registry: Any, credential: Any, signer: Signer | None
+) -> Attestor | None:
+    """The Key Vault key signs; the attestation is pushed with the identity's ACR token."""
+    settings = config.attestation
+    if settings is None or settings.key_vault_key is None:
+        return None
+    from gate.adapters.azure.acr_push import ACR_TOKEN_USER, AcrPushRegistry
+    from gate.adapters.oci import HostSettings, OciRegistry
+    from gate.adapters.oci_referrers import SessionAttestationStore
+    from gate.adapters.signers import KeyVaultSigner
+    from gate.attest import Attestor
+
+    # the configuration requires promote: push for attestations (the artifact is pushed)
+    assert isinstance(registry, AcrPushRegistry)
+    login = registry.target_login_server
+
+    def session() -> OciRegistry:
+        # a refresh token per attestation, as the push adapter takes one per promotion
+        token = registry._refresh_token(login)
+        return OciRegistry({login: HostSettings(username=ACR_TOKEN_USER, password=token)})
+
+    return Attestor(
+        signer=signer or KeyVaultSigner(settings.key_vault_key, credential),
+        store=SessionAttestationStore(session, use_referrers_api=settings.referrers_api),
+        verifier_id=settings.verifier_id,
     )

@@ -62,17 +62,34 @@ class ValidationSettings:
 PROMOTE_MODES = ("import", "push")
 
 
+DOWNSTREAM_VALUES = ("BASE_IMAGE", "BASE_DIGEST", "BASE_IMAGE_PINNED", "REGISTRY_FROM_URL")
+"""Values the gate sets for a local downstream task file (see gate.adapters.local_downstream)."""
+
+LOCAL_DOWNSTREAM = "local"
+"""The ``registry`` of a downstream task that is a local task file."""
+
+
 @dataclass(frozen=True)
 class DownstreamTask:
-    """An ACR task the gate runs after each promotion of a rule (``downstream:``).
+    """A task the gate runs after each promotion of a rule (``downstream:``).
 
-    ``registry`` / ``resource_group`` locate the registry the task lives in (by default the
-    registry the gate promotes into); ``task`` is the task's name there.
+    An ACR task: ``registry`` / ``resource_group`` locate the registry the task lives in (by
+    default the registry the gate promotes into); ``task`` is the task's name there. A local
+    task file: ``file`` is its path, ``registry`` is ``local`` and ``task`` the path as
+    written; ``values`` and ``timeout_seconds`` are its run's.
     """
 
     task: str
     registry: str = ""
     resource_group: str = ""
+    file: Path | None = None
+    values: Mapping[str, str] = field(default_factory=dict)
+    timeout_seconds: float = 600.0
+
+    @property
+    def local(self) -> bool:
+        """True for a local task file, run by the local gate."""
+        return self.file is not None
 
     def task_id(self, subscription_id: str) -> str:
         """The task's ARM id (what a ``TaskRunRequest`` names)."""
@@ -95,6 +112,8 @@ class Rule:
     unique_tag: str = DEFAULT_UNIQUE_TAG
     untagged: bool = False
     downstream: tuple[DownstreamTask, ...] = ()
+    validation_fresh_for: float = 86400.0
+    signature_keys: tuple[Path, ...] = ()
 
     @property
     def exact_tags(self) -> tuple[str, ...]:
@@ -139,6 +158,7 @@ class ValidatorSettings:
 
     engine: str | None = None
     network: str = "none"
+    keep_images: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,6 +211,24 @@ class AzureSettings:
 
 
 @dataclass(frozen=True)
+class LeaseSettings:
+    """A lease on a record in progress: how long it lasts, how often its holder renews it."""
+
+    seconds: float = 60.0
+    heartbeat_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class AttestationSettings:
+    """The promotion attestation: the signing key file, the verifier id, referrers API use."""
+
+    key: Path | None
+    verifier_id: str
+    referrers_api: bool = True
+    key_vault_key: str | None = None
+
+
+@dataclass(frozen=True)
 class GateConfig:
     """A loaded, checked gate configuration."""
 
@@ -201,6 +239,8 @@ class GateConfig:
     validator: ValidatorSettings = ValidatorSettings()
     secrets_dir: Path | None = None
     azure: AzureSettings | None = None
+    attestation: AttestationSettings | None = None
+    lease: LeaseSettings = LeaseSettings()
 
     def match(self, ref: ImageRef) -> Rule:
         """The first rule that watches ``ref``; :class:`NoMatchingRule` (nothing happens) if none."""
@@ -311,7 +351,14 @@ class _Builder:
     def build(self, top: schema.ConfigFile) -> GateConfig:
         data_dir = self.path(top.data_dir or os.environ.get("GATE_DATA_DIR") or ".gate")
         registries = self.registries(top.registries)
-        rules = tuple(self.rule(r) for r in top.rules)
+        rules = tuple(self.rule(r, top.validation_fresh_for) for r in top.rules)
+        if top.lease.heartbeat * 2 > top.lease.seconds:
+            raise self.fail(
+                "lease.heartbeat",
+                f"{top.lease.heartbeat:g} s is more than half of lease.seconds "
+                f"({top.lease.seconds:g} s): one late renewal would lose the lease; renew at "
+                "least twice per lease",
+            )
         names = [r.name for r in rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -343,10 +390,64 @@ class _Builder:
             registries=registries,
             rules=rules,
             validator=ValidatorSettings(
-                engine=None if engine == "auto" else engine, network=top.validator.network
+                engine=None if engine == "auto" else engine,
+                network=top.validator.network,
+                keep_images=top.validator.keep_images,
             ),
             secrets_dir=self.path(top.secrets_dir) if top.secrets_dir else None,
             azure=azure,
+            lease=LeaseSettings(seconds=top.lease.seconds, heartbeat_seconds=top.lease.heartbeat),
+            attestation=self.attestation(top.attestation, azure),
+        )
+
+    def attestation(
+        self, entry: schema.AttestationSection | None, azure: AzureSettings | None
+    ) -> AttestationSettings | None:
+        if entry is None:
+            return None
+        if (entry.key is None) == (entry.key_vault_key is None):
+            raise self.fail(
+                "attestation",
+                "name exactly one signing key: key (a PEM file, local gate) or key_vault_key "
+                "(a Key Vault key URI, with azure:)",
+            )
+        if entry.key_vault_key is not None:
+            if azure is None:
+                raise self.fail(
+                    "attestation.key_vault_key",
+                    "a Key Vault key signs for the Azure gate (azure:); locally use key: with "
+                    "a file from 'gate keygen'",
+                )
+            if azure.registry.promote != "push":
+                # the attestation is an artifact pushed into the target repository: import
+                # mode's role has no push right there (README, "Roles")
+                raise self.fail(
+                    "attestation",
+                    "attestations need azure.registry.promote: push (the gate pushes the "
+                    "attestation artifact; import mode's role cannot push)",
+                )
+            return AttestationSettings(
+                key=None,
+                key_vault_key=self.url(entry.key_vault_key, "attestation.key_vault_key"),
+                verifier_id=entry.verifier_id,
+                referrers_api=entry.referrers_api,
+            )
+        assert entry.key is not None
+        if azure is not None:
+            # a private key file must not be shipped to a Function app: Key Vault signs there
+            raise self.fail(
+                "attestation.key",
+                "with azure:, sign with a Key Vault key (key_vault_key: its URI) instead of a "
+                "key file",
+            )
+        key = self.path(entry.key)
+        if not key.is_file():
+            raise self.fail(
+                "attestation.key",
+                f"{key} does not exist; create a key pair with 'gate keygen {entry.key}'",
+            )
+        return AttestationSettings(
+            key=key, verifier_id=entry.verifier_id, referrers_api=entry.referrers_api
         )
 
     def registries(self, entries: list[schema.RegistryEntry]) -> dict[str, RegistrySettings]:
@@ -391,7 +492,7 @@ class _Builder:
             )
         return result
 
-    def rule(self, entry: schema.RuleEntry) -> Rule:
+    def rule(self, entry: schema.RuleEntry, fresh_for: float) -> Rule:
         label = f"rule '{entry.name}'"
         tags = (entry.tags,) if isinstance(entry.tags, str) else tuple(entry.tags)
         stable = self.template(entry.stable_tag, f"{label}.stable_tag")
@@ -419,39 +520,118 @@ class _Builder:
             unique_tag=unique,
             untagged=entry.untagged,
             downstream=self.downstream(entry.downstream, f"{label}.downstream"),
+            validation_fresh_for=(
+                entry.validation_fresh_for if entry.validation_fresh_for is not None else fresh_for
+            ),
+            signature_keys=self.signature_keys(entry.require_signature, label),
         )
+
+    def signature_keys(
+        self, entry: schema.RequireSignatureEntry | None, label: str
+    ) -> tuple[Path, ...]:
+        if entry is None:
+            return ()
+        keys = []
+        for i, text in enumerate(entry.keys):
+            where = f"{label}.require_signature.keys[{i}]"
+            if text.startswith("https://"):
+                raise self.fail(
+                    where,
+                    "Key Vault key URIs are not supported here yet; export the public key "
+                    "(az keyvault key download --encoding PEM) and name the PEM file",
+                )
+            path = self.path(text)
+            if not path.is_file():
+                raise self.fail(where, f"{path} does not exist; name the signer's PEM public key")
+            keys.append(path)
+        return tuple(keys)
 
     def downstream(
         self, entries: list[str | schema.DownstreamEntry], where: str
     ) -> tuple[DownstreamTask, ...]:
-        """``downstream:`` as written: task names, or {task, registry, resource_group}."""
-        tasks = tuple(
-            DownstreamTask(task=e)
-            if isinstance(e, str)
-            else DownstreamTask(
-                task=e.task, registry=e.registry or "", resource_group=e.resource_group or ""
-            )
-            for e in entries
-        )
+        """``downstream:`` as written: task names, {task, registry, resource_group}, {file}."""
+        tasks = tuple(self.downstream_task(e, f"{where}[{i}]") for i, e in enumerate(entries))
         keys = [(t.registry.lower(), t.task.lower()) for t in tasks]
         if len(set(keys)) != len(keys):
             raise self.fail(where, "lists the same task twice; each task runs once per promotion")
         return tasks
 
+    def downstream_task(self, entry: str | schema.DownstreamEntry, where: str) -> DownstreamTask:
+        if isinstance(entry, str):
+            return DownstreamTask(task=entry)
+        if (entry.task is None) == (entry.file is None):
+            raise self.fail(
+                where,
+                "give either task (an ACR task, Azure) or file (a local task file), not "
+                f"{'both' if entry.task else 'neither'}",
+            )
+        if entry.task is not None:
+            if entry.values or entry.timeout != 600.0:
+                raise self.fail(
+                    where,
+                    "values and timeout are for local task files (file:); an ACR task has its "
+                    "own values and timeout in Azure",
+                )
+            return DownstreamTask(
+                task=entry.task,
+                registry=entry.registry or "",
+                resource_group=entry.resource_group or "",
+            )
+        if entry.registry or entry.resource_group:
+            raise self.fail(
+                where, "registry and resource_group are for ACR tasks (task:), not for file:"
+            )
+        assert entry.file is not None
+        path = self.path(entry.file)
+        if path.is_dir():
+            path = path / "acr-task.yaml"
+        if not path.is_file():
+            raise self.fail(
+                f"{where}.file",
+                f"{path} does not exist; write the task file, or point file at it (or at the "
+                "folder that holds its acr-task.yaml)",
+            )
+        reserved = sorted(set(entry.values) & set(DOWNSTREAM_VALUES))
+        if reserved:
+            raise self.fail(
+                f"{where}.values", f"{', '.join(reserved)} are set by the gate; rename them"
+            )
+        return DownstreamTask(
+            task=entry.file,
+            registry=LOCAL_DOWNSTREAM,
+            file=path,
+            values=dict(entry.values),
+            timeout_seconds=entry.timeout,
+        )
+
     def downstream_defaults(self, rule: Rule, azure: AzureSettings | None) -> Rule:
-        """Fill a rule's downstream tasks from ``azure.registry``; refuse them without azure."""
+        """Fill a rule's ACR downstream tasks from ``azure.registry``; check where each runs.
+
+        ACR tasks run only with azure:, local task files only without it (a Function app has
+        no container engine).
+        """
         if not rule.downstream:
             return rule
         where = f"rule '{rule.name}'.downstream"
-        if azure is None:
-            raise self.fail(
-                where,
-                "downstream tasks are ACR tasks and need the azure: section; locally, nothing "
-                "runs downstream (remove downstream, or add azure:)",
-            )
-        home = azure.registry
         filled = []
         for i, task in enumerate(rule.downstream):
+            if task.local:
+                if azure is not None:
+                    raise self.fail(
+                        f"{where}[{i}].file",
+                        "local task files run downstream in the local gate only; with azure:, "
+                        "name an ACR task (task:) instead",
+                    )
+                filled.append(task)
+                continue
+            if azure is None:
+                raise self.fail(
+                    f"{where}[{i}]",
+                    f"'{task.task}' is an ACR task, and ACR tasks need the azure: section; "
+                    "locally, name a task file instead ({file: path/to/acr-task.yaml}), or add "
+                    "azure:",
+                )
+            home = azure.registry
             registry = task.registry or home.name
             group = task.resource_group
             if not group:

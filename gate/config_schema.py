@@ -64,6 +64,9 @@ class ValidatorSection(_Section, frozen=True, kw_only=True):
 
     engine: Annotated[Text, _doc("podman, docker or auto (the first found).")] = "auto"
     network: Annotated[Text, _doc("Network of the steps' containers (none by default).")] = "none"
+    keep_images: Annotated[
+        bool, _doc("Keep the images a run pulled or built in the engine's store (debugging).")
+    ] = False
 
 
 class ValidationEntry(_Section, frozen=True, kw_only=True):
@@ -83,9 +86,23 @@ class ValidationEntry(_Section, frozen=True, kw_only=True):
 
 
 class DownstreamEntry(_Section, frozen=True, kw_only=True):
-    """An ACR task the gate runs itself after a promotion (e.g. an application's rebuild)."""
+    """A task the gate runs itself after a promotion (e.g. an application's rebuild).
 
-    task: Annotated[str, msgspec.Meta(pattern=_TASK_NAME, description="Task name.")]
+    Either an ACR task (``task``, Azure) or a local ACR task file (``file``, the local gate).
+    """
+
+    task: Annotated[
+        Annotated[str, msgspec.Meta(pattern=_TASK_NAME)] | None,
+        _doc("ACR task name (Azure)."),
+    ] = None
+    file: Annotated[
+        Text | None,
+        _doc("Local task file, or a folder holding acr-task.yaml, relative to this file."),
+    ] = None
+    values: Annotated[dict[str, str], _doc("Values of a local task file ({{.Values.NAME}}).")] = {}
+    timeout: Annotated[
+        float, msgspec.Meta(gt=0, description="Seconds a local task file may run.")
+    ] = 600.0
     registry: Annotated[
         Annotated[str, msgspec.Meta(pattern=_REGISTRY_NAME)] | None,
         _doc("Registry of the task (default azure.registry)."),
@@ -93,6 +110,18 @@ class DownstreamEntry(_Section, frozen=True, kw_only=True):
     resource_group: Annotated[
         str | None, _doc("Resource group of that registry (default azure.registry's).")
     ] = None
+
+
+class RequireSignatureEntry(_Section, frozen=True, kw_only=True):
+    """Candidates must carry a cosign key-based signature by one of these keys."""
+
+    keys: Annotated[
+        list[Text],
+        msgspec.Meta(
+            min_length=1,
+            description="PEM public key files (ECDSA P-256), relative to this file.",
+        ),
+    ]
 
 
 class RuleEntry(_Section, frozen=True, kw_only=True):
@@ -115,8 +144,22 @@ class RuleEntry(_Section, frozen=True, kw_only=True):
     untagged: Annotated[bool, _doc("Also gate untagged pushes (needs one exact tag).")] = False
     downstream: Annotated[
         list[Annotated[str, msgspec.Meta(pattern=_TASK_NAME)] | DownstreamEntry],
-        _doc("ACR tasks to run after each promotion (Azure): names or {task, registry, ...}."),
+        _doc(
+            "Tasks to run after each promotion: ACR task names or {task, registry, ...} "
+            "(Azure), or {file: local task file or folder} (local)."
+        ),
     ] = []
+    validation_fresh_for: Annotated[
+        Annotated[float, msgspec.Meta(ge=0)] | None,
+        _doc(
+            "Seconds a passing validation whose promotion did not finish stays good for "
+            "promoting without validating again (default: the top-level setting)."
+        ),
+    ] = None
+    require_signature: Annotated[
+        RequireSignatureEntry | None,
+        _doc("Reject candidates without a valid cosign signature, before validating."),
+    ] = None
 
 
 class AcrEntry(_Section, frozen=True, kw_only=True):
@@ -165,6 +208,27 @@ class LedgerEntry(_Section, frozen=True, kw_only=True):
     log_container: Annotated[Text, _doc("Blob container of validation logs.")] = "gatelogs"
 
 
+class LeaseSection(_Section, frozen=True, kw_only=True):
+    """How a worker holds a record while it validates or promotes it."""
+
+    seconds: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            description="Seconds a lease lasts past its last renewal; a worker silent that long "
+            "(it died) is taken over by the next attempt.",
+        ),
+    ] = 60.0
+    heartbeat: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            description="Seconds between lease renewals while a worker works (at most half of "
+            "seconds).",
+        ),
+    ] = 10.0
+
+
 class AzureSection(_Section, frozen=True, kw_only=True):
     """The Azure side: where promotions go, where validations run, secrets and records."""
 
@@ -176,6 +240,25 @@ class AzureSection(_Section, frozen=True, kw_only=True):
     arm_endpoint: Annotated[Text, _doc("ARM endpoint.")] = "https://management.azure.com"
     key_vault_url: Annotated[str | None, _doc("Key Vault of registry credentials.")] = None
     ledger: Annotated[LedgerEntry | None, _doc("Table Storage ledger (else local SQLite).")] = None
+
+
+class AttestationSection(_Section, frozen=True, kw_only=True):
+    """Signed evidence on every promoted digest (an in-toto attestation, DSSE, ECDSA P-256)."""
+
+    key: Annotated[
+        Text | None,
+        _doc("PEM private key file (ECDSA P-256) that signs; 'gate keygen' writes one (local)."),
+    ] = None
+    key_vault_key: Annotated[
+        Text | None,
+        _doc("Key Vault EC P-256 key URI that signs instead (with azure:, promote: push)."),
+    ] = None
+    verifier_id: Annotated[
+        Text, _doc("Who verified, as the attestation names it (a URI identifying this gate).")
+    ] = "urn:gated-import-gate"
+    referrers_api: Annotated[
+        bool, _doc("Use the registry's OCI referrers API when it has one (else the tag schema).")
+    ] = True
 
 
 class ConfigFile(_Section, frozen=True, kw_only=True):
@@ -190,6 +273,18 @@ class ConfigFile(_Section, frozen=True, kw_only=True):
         list[RuleEntry], msgspec.Meta(min_length=1, description="The gated repositories.")
     ]
     azure: Annotated[AzureSection | None, _doc("The Azure side (absent: all local).")] = None
+    attestation: Annotated[
+        AttestationSection | None, _doc("Sign and attach evidence to each promotion.")
+    ] = None
+    lease: Annotated[LeaseSection, _doc("Leases on records in progress.")] = LeaseSection()
+    validation_fresh_for: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0,
+            description="Seconds a passing validation whose promotion did not finish stays good "
+            "for promoting without validating again (a rule may set its own).",
+        ),
+    ] = 86400.0
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import enum
+import os
 import re
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gate.errors import NotFound, UsageError
+from gate.errors import InfrastructureError, NotFound, UsageError
 
 
 def utcnow() -> datetime:
@@ -39,6 +41,15 @@ def parse_instant(text: str, what: str = "time") -> datetime:
         raise UsageError(
             f"{what} {shown} falls outside the years 1 to 9999 in UTC; give a time inside them"
         ) from None
+
+
+def _instant(raw: Any) -> datetime | None:
+    return datetime.fromisoformat(raw) if raw else None
+
+
+def new_holder() -> str:
+    """A lease holder id: host and process (to tell who held a record) and a random part."""
+    return f"{socket.gethostname()[:40]}/{os.getpid()}/{secrets.token_hex(4)}"
 
 
 def new_record_id() -> str:
@@ -74,10 +85,12 @@ def record_id_range(prefix: str) -> tuple[str, str]:
 
 class State(enum.StrEnum):
     """Where a gate record stands. ``promoted``, ``rejected``, ``failed``, ``rolled_back`` are
-    final; the others are in progress."""
+    final; the others are in progress. ``validated`` is a passing validation whose promotion did
+    not finish: the next attempt promotes it without validating again while the pass is fresh."""
 
     RECEIVED = "received"
     VALIDATING = "validating"
+    VALIDATED = "validated"
     PROMOTING = "promoting"
     PROMOTED = "promoted"
     REJECTED = "rejected"
@@ -119,30 +132,38 @@ class ValidationResult:
 
 @dataclass(frozen=True)
 class DownstreamRun:
-    """One downstream task the gate scheduled after a promotion (it does not wait for it).
+    """One downstream task the gate started after a promotion.
 
     ``registry`` / ``task`` name the task; ``run_id`` is the run it got, or None when
-    scheduling failed, with ``error`` saying why (the promotion stands either way).
+    scheduling failed, with ``error`` saying why (the promotion stands either way). An ACR task
+    is queued and not waited for (``outcome`` stays empty); a local task file runs to its end:
+    ``outcome`` is ``succeeded`` or ``failed`` (then ``error`` says why) and ``output`` is the
+    last line its last step printed.
     """
 
     registry: str
     task: str
     run_id: str | None = None
     error: str = ""
+    outcome: str = ""
+    output: str = ""
 
     @property
     def scheduled(self) -> bool:
-        """True when the task run was queued."""
-        return self.run_id is not None
+        """True when the task run was queued (or, for a local task file, ran and succeeded)."""
+        return self.run_id is not None and not self.error
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {
+        """A JSON-ready dict (``outcome`` and ``output`` only for a run that has an outcome)."""
+        shown: dict[str, Any] = {
             "registry": self.registry,
             "task": self.task,
             "run_id": self.run_id,
             "error": self.error,
         }
+        if self.outcome:
+            shown.update(outcome=self.outcome, output=self.output)
+        return shown
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> DownstreamRun:
@@ -152,6 +173,8 @@ class DownstreamRun:
             task=str(raw["task"]),
             run_id=raw.get("run_id"),
             error=str(raw.get("error") or ""),
+            outcome=str(raw.get("outcome") or ""),
+            output=str(raw.get("output") or ""),
         )
 
 
@@ -163,6 +186,14 @@ class GateRecord:
     only thing validated and promoted. ``timings`` holds seconds per phase. ``attempts`` counts
     the workers that took the record on (0: admitted, not started; above 1: resumed).
     ``downstream`` lists the downstream task runs scheduled after the promotion.
+
+    While in progress a record is held by a lease: ``lease_holder`` (empty: queued for a worker,
+    held by none) until ``lease_until``, which the holder keeps pushing forward while it works;
+    once it has passed, another worker may take the record over. ``validated_at`` is when the
+    validation passed; ``promoted_tags`` the target tags found at the digest after a promotion
+    that did not finish (a run-ID tag written while the stable tag did not move).
+    ``attestation`` is the digest of the signed attestation the gate attached for this record (a
+    promotion's verdict, or a rollback's demotion of the digest it moved off), when one was.
     """
 
     id: str
@@ -185,6 +216,11 @@ class GateRecord:
     updated_at: datetime = field(default_factory=utcnow)
     timings: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
     downstream: tuple[DownstreamRun, ...] = ()
+    lease_holder: str = ""
+    lease_until: datetime | None = None
+    validated_at: datetime | None = None
+    promoted_tags: tuple[str, ...] = ()
+    attestation: str = ""
 
     def advance(self, state: State, **changes: Any) -> GateRecord:
         """Return this record moved to ``state`` with ``changes``, stamped now."""
@@ -215,6 +251,12 @@ class GateRecord:
             timings=dict(raw.get("timings", {})),
             # records written before downstream runs existed have none
             downstream=tuple(DownstreamRun.from_dict(d) for d in raw.get("downstream") or ()),
+            # records written before leases existed have none: their updated_at stands for one
+            lease_holder=str(raw.get("lease_holder") or ""),
+            lease_until=_instant(raw.get("lease_until")),
+            validated_at=_instant(raw.get("validated_at")),
+            promoted_tags=tuple(raw.get("promoted_tags") or ()),
+            attestation=str(raw.get("attestation") or ""),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -239,7 +281,30 @@ class GateRecord:
             "updated_at": self.updated_at.isoformat(),
             "timings": dict(self.timings),
             "downstream": [d.to_dict() for d in self.downstream],
+            "lease_holder": self.lease_holder,
+            "lease_until": self.lease_until.isoformat() if self.lease_until else None,
+            "validated_at": self.validated_at.isoformat() if self.validated_at else None,
+            "promoted_tags": list(self.promoted_tags),
+            "attestation": self.attestation,
         }
+
+    def lease_live(self, now: datetime, lease_seconds: float) -> bool:
+        """True while someone holds (or a queue still owes a worker) this in-progress record.
+
+        A record without ``lease_until`` (written before leases) is held for ``lease_seconds``
+        after its last update.
+        """
+        if self.state.final:
+            return False
+        until = self.lease_until
+        if until is None:
+            until = self.updated_at + timedelta(seconds=lease_seconds)
+        return now < until
+
+    @property
+    def partial(self) -> bool:
+        """True when a promotion wrote some target tags and did not finish."""
+        return self.state is not State.PROMOTED and bool(self.promoted_tags)
 
 
 @dataclass(frozen=True)
@@ -254,3 +319,98 @@ class Claim:
     record: GateRecord
     acquired: bool
     resumed: bool = False
+
+
+class LeaseLost(InfrastructureError):
+    """Another worker took a record over (its lease had lapsed): this one writes no verdict."""
+
+
+def claim_step(
+    existing: GateRecord,
+    record: GateRecord,
+    *,
+    now: datetime,
+    force: bool,
+    start: bool,
+    lease_seconds: float,
+    holder: str,
+) -> Claim | None:
+    """What a claim of ``record`` makes of ``existing``, a record of the same (rule, digest).
+
+    The one decision both ledgers take (each inside its own atomic write): None to look at the
+    next (older) record; a claim not acquired to answer with ``existing``; an acquired claim
+    whose record the ledger must write, conditionally on ``existing`` being unchanged. Failed
+    records never reach this function: they never block.
+    """
+    lease = now + timedelta(seconds=lease_seconds)
+    # queued for a worker and held by none (admitted, or re-queued after its holder died);
+    # records from before leases are only taken like this before their first start
+    queued = not existing.state.final and not existing.lease_holder
+    if existing.id == record.id and queued and (existing.attempts == 0 or existing.lease_until):
+        if not start:
+            return Claim(existing, acquired=False)
+        taken = replace(
+            existing,
+            attempts=existing.attempts + 1,
+            lease_holder=holder,
+            lease_until=lease,
+            updated_at=now,
+        )
+        return Claim(taken, acquired=True, resumed=existing.attempts > 0)
+    if existing.state.decisive:
+        return None if force else Claim(existing, acquired=False)
+    if existing.state.final:
+        return None
+    if existing.lease_live(now, lease_seconds):
+        # someone is gating it right now (or a queue owes it a worker); even --force waits
+        return Claim(existing, acquired=False)
+    # its holder went silent: take the record over and carry on where it stopped; an admission
+    # (not start) re-queues it, held by none, for the worker its caller queues
+    adopted = replace(
+        existing,
+        attempts=existing.attempts + 1 if start else existing.attempts,
+        lease_holder=holder if start else "",
+        lease_until=lease,
+        updated_at=now,
+    )
+    return Claim(adopted, acquired=True, resumed=True)
+
+
+def claim_insert(
+    record: GateRecord, *, now: datetime, start: bool, lease_seconds: float, holder: str
+) -> GateRecord:
+    """``record`` as a claim inserts it: started and held by ``holder``, or queued for a worker."""
+    return replace(
+        record,
+        attempts=1 if start else 0,
+        lease_holder=holder if start else "",
+        lease_until=now + timedelta(seconds=lease_seconds),
+    )
+
+
+def merge_lease(stored: GateRecord, record: GateRecord) -> GateRecord:
+    """``record`` as a save writes it over ``stored``: refused if another worker holds it.
+
+    A save never shortens the lease the holder's heartbeat pushed forward, and never moves it
+    to another holder (only claims and renewals do); :class:`LeaseLost` when ``stored`` is held
+    by someone other than the ``record``'s holder.
+    """
+    if stored.lease_holder != record.lease_holder:
+        raise LeaseLost(
+            f"record {record.id} was taken over by {stored.lease_holder or 'the queue'} "
+            "after its lease lapsed; its outcome will be the record's (ask again later)"
+        )
+    until = stored.lease_until
+    if record.lease_until is not None and (until is None or record.lease_until > until):
+        until = record.lease_until
+    return replace(record, lease_until=until)
+
+
+def renew_lease(stored: GateRecord, holder: str, until: datetime) -> GateRecord | None:
+    """``stored`` with its lease moved to ``until`` if ``holder`` holds it, else None.
+
+    An ``until`` at or before now gives the lease up (the record may be taken over at once).
+    """
+    if not holder or stored.lease_holder != holder or stored.state.final:
+        return None
+    return replace(stored, lease_until=until)

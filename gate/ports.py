@@ -45,6 +45,16 @@ class Registry(Protocol):
         """Return every tag of ``repository`` (registry and repository of the ref; tag ignored)."""
         ...
 
+    def check_push(self, target: ImageRef) -> None:
+        """Check, writing nothing that stays, that ``target``'s repository takes a promotion.
+
+        Called before a validation runs, so that refused credentials cost no validation:
+        :class:`~gate.errors.AuthenticationError` when they are missing or refused, the
+        registry errors otherwise. What an adapter can check without promoting is its own
+        (see each adapter); what it cannot check, it says so and leaves to the promotion.
+        """
+        ...
+
     def copy(
         self,
         source: ImageRef,
@@ -119,26 +129,48 @@ class Ledger(Protocol):
     """Durable gate records: the audit trail and the (rule, digest) dedupe."""
 
     def claim(
-        self, record: GateRecord, *, force: bool, stale_after_seconds: float, start: bool = True
+        self,
+        record: GateRecord,
+        *,
+        force: bool,
+        lease_seconds: float,
+        holder: str = "",
+        start: bool = True,
     ) -> Claim:
         """Atomically decide whether ``record`` may gate its (rule, digest), and insert it if so.
 
-        Looking at the (rule, digest)'s records, newest first (failed ones never block):
+        Looking at the (rule, digest)'s records, newest first (failed ones never block), as
+        :func:`gate.model.claim_step` decides:
 
-        * ``record`` itself, admitted and not started (``attempts == 0``): with ``start``, take
-          it (``attempts = 1``) and return it acquired;
+        * ``record`` itself, queued and held by none (admitted, or re-queued): with ``start``,
+          take it (``attempts + 1``, leased to ``holder``) and return it acquired;
         * a promoted or rejected record: return it, not acquired (``force`` skips these);
-        * an in-progress record updated within ``stale_after_seconds``: return it, not acquired
-          (even with ``force``: someone is working on it);
-        * an in-progress record silent for longer: adopt it (stamp it now, ``attempts + 1``)
-          and return it acquired and ``resumed``;
-        * none of these: insert ``record`` (``attempts = 1``, or 0 when not ``start``: admitted
-          for a worker to take later) and return it acquired.
+        * an in-progress record whose lease is live: return it, not acquired (even with
+          ``force``: someone is working on it);
+        * an in-progress record whose lease lapsed: take it over (leased to ``holder`` for
+          ``lease_seconds``, ``attempts + 1``; queued for a worker when not ``start``) and
+          return it acquired and ``resumed``;
+        * none of these: insert ``record`` (``attempts = 1`` and leased to ``holder``, or 0 and
+          queued when not ``start``) and return it acquired.
+        """
+        ...
+
+    def renew(self, record_id: str, holder: str, until: datetime) -> bool:
+        """Move the lease of an in-progress record to ``until``, if ``holder`` still holds it.
+
+        One conditional write. False when the record is final or another worker holds it (its
+        lease lapsed and it was taken over): the caller stops and writes no verdict. An
+        ``until`` in the past gives the lease up. :class:`~gate.errors.NotFound` if there is no
+        such record.
         """
         ...
 
     def save(self, record: GateRecord) -> None:
-        """Persist a newer version of a record already claimed or added."""
+        """Persist a newer version of a record already claimed or added.
+
+        Conditional on the lease: :class:`~gate.model.LeaseLost` if another worker than the
+        ``record``'s ``lease_holder`` holds it now; the stored lease is kept, never shortened.
+        """
         ...
 
     def add(self, record: GateRecord) -> None:
@@ -168,7 +200,11 @@ class Ledger(Protocol):
 
 
 class DownstreamRunner(Protocol):
-    """Starts a rule's downstream task after a promotion, and does not wait for it."""
+    """Starts a rule's downstream task after a promotion.
+
+    An ACR task is queued and not waited for; a local task file runs to its end, and the run
+    it returns carries its outcome.
+    """
 
     def start(self, task: DownstreamTask, image: ImageRef) -> DownstreamRun:
         """Queue one run of ``task`` for the promoted ``image`` (target repository @ digest).
@@ -184,4 +220,63 @@ class Secrets(Protocol):
 
     def get(self, name: str) -> str:
         """Return the secret ``name``; :class:`~gate.errors.ConfigError` if it does not exist."""
+        ...
+
+
+@dataclass(frozen=True)
+class StoredAttestation:
+    """One attestation found attached to a manifest: where it is and what it holds.
+
+    ``digest`` is the attestation manifest's; ``subject_digest`` what its ``subject`` names;
+    ``bundle`` the stored bytes (a Sigstore bundle), unverified.
+    """
+
+    digest: str
+    subject_digest: str
+    bundle: bytes
+    created: str = ""
+
+
+class AttestationStore(Protocol):
+    """Attaches signed evidence to manifests in a registry, and finds it again."""
+
+    def attach(self, subject: ImageRef, bundle: bytes, *, predicate_type: str, created: str) -> str:
+        """Store ``bundle`` as an artifact whose subject is ``subject`` (repository @ digest).
+
+        Returns the artifact manifest's digest; raises a :class:`~gate.errors.GateError` when it
+        could not be written (the caller treats that as a failed promotion).
+        """
+        ...
+
+    def find(self, subject: ImageRef) -> list[StoredAttestation]:
+        """Every gate attestation attached to ``subject`` (repository @ digest), unverified."""
+        ...
+
+
+class Signer(Protocol):
+    """Signs DSSE envelopes with the gate's attestation key (a key file or a Key Vault key)."""
+
+    @property
+    def key_hint(self) -> str:
+        """Names the public key (its id), for verifiers that look keys up by hint."""
+        ...
+
+    def sign_dsse(self, payload_type: str, payload: bytes) -> dict[str, object]:
+        """The DSSE envelope (JSON object) of ``payload``, signed over its PAE."""
+        ...
+
+
+@dataclass(frozen=True)
+class CosignSignature:
+    """One cosign signature as stored: the signed payload and its base64 signature."""
+
+    payload: bytes
+    signature: str
+
+
+class SignatureStore(Protocol):
+    """Finds the cosign signatures stored beside an image (upstream), unverified."""
+
+    def cosign_signatures(self, image: ImageRef) -> list[CosignSignature]:
+        """Every signature layer of ``image`` (pinned by digest); [] when it has none."""
         ...

@@ -13,15 +13,27 @@ The invariants live here:
 
 from __future__ import annotations
 
-import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from gate.attest import Attestor
 from gate.config import DownstreamTask, GateConfig, Rule
 from gate.errors import Conflict, GateError, NotFound, UsageError
-from gate.model import Claim, DownstreamRun, GateRecord, Outcome, State, new_record_id
+from gate.logsafe import get_logger
+from gate.model import (
+    Claim,
+    DownstreamRun,
+    GateRecord,
+    LeaseLost,
+    Outcome,
+    State,
+    new_holder,
+    new_record_id,
+    utcnow,
+)
 from gate.ports import (
     DownstreamRunner,
     Ledger,
@@ -29,19 +41,17 @@ from gate.ports import (
     Registry,
     Resume,
     Secrets,
+    SignatureStore,
     ValidationRequest,
     Validator,
 )
 from gate.ref import ImageRef, parse_digest
 
-_log = logging.getLogger("gate.service")
+_log = get_logger("gate.service")
 
 Notify = Callable[[str, GateRecord, str], None]
 """``notify(event, record, message)``: progress for whoever watches (CLI output, logs)."""
 
-# How long an in-progress record may stay silent, beyond its validation timeout, before another
-# process may take the (rule, digest) over: covers the promotion copy after the validation.
-PROMOTION_ALLOWANCE_SECONDS = 900.0
 WAIT_POLL_SECONDS = 0.5
 
 
@@ -60,6 +70,8 @@ class Gatekeeper:
     secrets: Secrets
     notify: Notify = field(default=quiet)
     downstream: DownstreamRunner | None = None
+    attestor: Attestor | None = None
+    signatures: SignatureStore | None = None
 
 
 @dataclass(frozen=True)
@@ -126,9 +138,9 @@ def _prepare(
     return rule, ref.with_tag(tag).with_digest(digest), record
 
 
-def stale_after(rule: Rule) -> float:
-    """Seconds an in-progress record of ``rule`` may go without progress before it is adopted."""
-    return rule.validation.timeout_seconds + PROMOTION_ALLOWANCE_SECONDS
+def lease_seconds(keeper: Gatekeeper) -> float:
+    """Seconds a lease lasts past its last renewal: a silent holder is taken over after that."""
+    return keeper.config.lease.seconds
 
 
 def gate_image(
@@ -148,8 +160,11 @@ def gate_image(
     """
     rule, source, record = _prepare(keeper, image, trigger=trigger, force=force)
     announced = False
+    holder = new_holder()
     while True:
-        claim = keeper.ledger.claim(record, force=force, stale_after_seconds=stale_after(rule))
+        claim = keeper.ledger.claim(
+            record, force=force, lease_seconds=lease_seconds(keeper), holder=holder
+        )
         if claim.acquired:
             break
         existing = claim.record
@@ -171,7 +186,7 @@ def gate_image(
             announced = True
         time.sleep(WAIT_POLL_SECONDS)
     keeper.notify("resolved", record, f"{record.source} is {source.digest} (rule {rule.name})")
-    return GateOutcome(_continue(keeper, rule, source, claim, progress))
+    return _continue(keeper, rule, source, claim, progress)
 
 
 def admit(
@@ -183,9 +198,9 @@ def admit(
     returned record id is what the worker's :func:`gate_record` takes. A (rule, digest) decided
     or being gated already returns that record instead (``duplicate``), and nothing is added.
     """
-    rule, _source, record = _prepare(keeper, image, trigger=trigger, force=force)
+    _rule, _source, record = _prepare(keeper, image, trigger=trigger, force=force)
     claim = keeper.ledger.claim(
-        record, force=force, stale_after_seconds=stale_after(rule), start=False
+        record, force=force, lease_seconds=lease_seconds(keeper), start=False
     )
     if claim.acquired:
         keeper.notify("received", claim.record, f"{record.source} is {record.digest}")
@@ -210,12 +225,14 @@ def gate_record(
         )
         keeper.ledger.save(failed)
         return GateOutcome(failed)
-    claim = keeper.ledger.claim(record, force=record.forced, stale_after_seconds=stale_after(rule))
+    claim = keeper.ledger.claim(
+        record, force=record.forced, lease_seconds=lease_seconds(keeper), holder=new_holder()
+    )
     if not claim.acquired:
         return GateOutcome(claim.record, duplicate=True)
     source = ImageRef.parse(record.source)
     source = source.with_tag(rule.gated_tag(source)).with_digest(record.digest)
-    return GateOutcome(_continue(keeper, rule, source, claim, progress))
+    return _continue(keeper, rule, source, claim, progress)
 
 
 def _continue(
@@ -224,14 +241,167 @@ def _continue(
     source: ImageRef,
     claim: Claim,
     progress: ProgressCallback | None,
-) -> GateRecord:
+) -> GateOutcome:
+    """Work on a claimed record under its lease, renewed by a heartbeat until it is decided.
+
+    A worker that finds its lease taken over (it was silent too long) stops and writes no
+    verdict: the record is the new holder's. A record left ``validated`` (its promotion did not
+    finish) gives its lease up, so that the next attempt promotes it at once.
+    """
+    record = claim.record
     if claim.resumed:
-        keeper.notify(
-            "resuming",
-            claim.record,
-            f"record {claim.record.id} went silent in state {claim.record.state}",
+        keeper.notify("resuming", record, f"record {record.id} went silent in state {record.state}")
+    if _has_pass(record) and not _pass_fresh(rule, record):
+        return _revalidate(keeper, rule, source, record, progress)
+    if not _has_pass(record):
+        # a record that passed already promotes without validating: nothing to preflight for
+        _preflight(keeper, rule, record)
+    with _Heartbeat(keeper, record) as beat:
+        try:
+            done = _run(keeper, rule, source, record, beat.watch(progress))
+        except LeaseLost as exc:
+            keeper.notify("lease-lost", record, exc.message)
+            return GateOutcome(keeper.ledger.get(record.id), duplicate=True)
+    if done.state is State.VALIDATED:
+        try:
+            keeper.ledger.renew(done.id, done.lease_holder, utcnow())
+        except GateError as exc:  # the verdict is recorded; the lease lapses on its own
+            _log.warning("record %s: giving its lease up failed: %s", done.id, exc.message)
+    return GateOutcome(done)
+
+
+def _has_pass(record: GateRecord) -> bool:
+    """True when the record's validation passed and its promotion is still to be finished."""
+    return (
+        record.state in (State.VALIDATED, State.PROMOTING)
+        and bool(record.run_id)
+        and len(record.target_tags) == 2
+    )
+
+
+def _passed_at(record: GateRecord) -> datetime:
+    # records from before validated_at: their last update is the latest the pass can be from
+    return record.validated_at or record.updated_at
+
+
+def _pass_fresh(rule: Rule, record: GateRecord) -> bool:
+    """True while the record's passing validation may still be promoted without another."""
+    age = (utcnow() - _passed_at(record)).total_seconds()
+    return age <= rule.validation_fresh_for
+
+
+def _revalidate(
+    keeper: Gatekeeper,
+    rule: Rule,
+    source: ImageRef,
+    record: GateRecord,
+    progress: ProgressCallback | None,
+) -> GateOutcome:
+    """Close a record whose pass went stale (failed, never blocks) and gate the digest anew."""
+    expired = record.advance(
+        State.FAILED,
+        reason=f"its validation (run {record.run_id}) passed at "
+        f"{_passed_at(record).isoformat(timespec='seconds')}, longer ago than the rule's "
+        f"validation_fresh_for ({rule.validation_fresh_for:g} s): a new record validates "
+        "the digest again",
+    )
+    keeper.ledger.save(expired)
+    keeper.notify("failed", expired, expired.reason)
+    fresh = GateRecord(
+        id=new_record_id(),
+        rule=record.rule,
+        source=record.source,
+        digest=record.digest,
+        target=record.target,
+        trigger=record.trigger,
+        forced=record.forced,
+    )
+    claim = keeper.ledger.claim(
+        fresh, force=record.forced, lease_seconds=lease_seconds(keeper), holder=new_holder()
+    )
+    if not claim.acquired:
+        return GateOutcome(claim.record, duplicate=True)
+    return _continue(keeper, rule, source, claim, progress)
+
+
+class _Heartbeat:
+    """Renews a record's lease from a background thread while its holder works on it.
+
+    Every ``lease.heartbeat`` seconds the lease is pushed ``lease.seconds`` past now. A refused
+    renewal means another worker took the record over: :meth:`watch` then stops a copy in
+    flight, and the holder's next save is refused by the ledger anyway (:class:`LeaseLost`).
+    A renewal that fails for a ledger outage is tried again on the next beat.
+    """
+
+    def __init__(self, keeper: Gatekeeper, record: GateRecord) -> None:
+        self._ledger = keeper.ledger
+        self._record = record
+        self._lease = keeper.config.lease
+        self._stop = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{record.id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        if self._record.lease_holder:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _beat(self) -> None:
+        record = self._record
+        while not self._stop.wait(self._lease.heartbeat_seconds):
+            until = utcnow() + timedelta(seconds=self._lease.seconds)
+            try:
+                held = self._ledger.renew(record.id, record.lease_holder, until)
+            except GateError as exc:
+                _log.warning("record %s: renewing its lease failed: %s", record.id, exc.message)
+                continue
+            if not held:
+                if not self._stop.is_set():
+                    self.lost.set()
+                return
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` once another worker has taken the record over."""
+        if self.lost.is_set():
+            raise LeaseLost(
+                f"record {self._record.id} was taken over by another worker after its lease "
+                "lapsed; this worker stops and leaves the verdict to it"
+            )
+
+    def watch(self, progress: ProgressCallback | None) -> ProgressCallback:
+        """``progress``, checking the lease on every report (a copy stops once it is lost)."""
+
+        def report(what: str, done: int, total: int) -> None:
+            self.check()
+            if progress is not None:
+                progress(what, done, total)
+
+        return report
+
+
+def _preflight(keeper: Gatekeeper, rule: Rule, record: GateRecord) -> None:
+    """Check that the target takes the promotion before anything is validated.
+
+    Refused credentials are a configuration error (exit 2), not a verdict: the record ends
+    failed with the registry's words and the error is raised, so no validation runs for an
+    image that could not be promoted. The candidate's pull was checked already: its digest was
+    resolved (or checked) with the configured credentials.
+    """
+    try:
+        keeper.registry.check_push(rule.target)
+    except GateError as exc:
+        failed = record.advance(
+            State.FAILED,
+            reason=f"not validated: the push check on {rule.target.name} failed: {exc.message}",
         )
-    return _run(keeper, rule, source, claim.record, progress)
+        keeper.ledger.save(failed)
+        keeper.notify("failed", failed, failed.reason)
+        raise
 
 
 def _run(
@@ -261,9 +431,18 @@ def _decide(
     and a validation run already started is followed rather than started anew.
     """
     ledger = keeper.ledger
+    if _has_pass(record):
+        if record.state is State.VALIDATED:
+            record = record.advance(State.PROMOTING, reason="")
+            ledger.save(record)
+        return _promote(keeper, rule, source, record, progress)
     try:
-        if record.state is State.PROMOTING and record.run_id and len(record.target_tags) == 2:
-            return _promote(keeper, rule, source, record, progress)
+        refused = _unsigned(keeper, rule, source)
+        if refused:
+            record = record.advance(State.REJECTED, reason=refused)
+            ledger.save(record)
+            keeper.notify("rejected", record, refused)
+            return record
         resume = None
         if record.state is State.VALIDATING:
             resume = Resume(run_id=record.run_id, since=record.created_at)
@@ -305,10 +484,13 @@ def _decide(
         upstream_tag = source.tag or ""
         unique = rule.render(rule.unique_tag, tag=upstream_tag, run_id=result.run_id, date=when)
         stable = rule.render(rule.stable_tag, tag=upstream_tag, run_id=result.run_id, date=when)
-        record = record.advance(State.PROMOTING, target_tags=(unique, stable))
+        record = record.advance(
+            State.PROMOTING, target_tags=(unique, stable), validated_at=utcnow()
+        )
         ledger.save(record)
-        return _promote(keeper, rule, source, record, progress)
     except BaseException as exc:
+        if isinstance(exc, LeaseLost):
+            raise  # the record is another worker's now: write nothing
         reason = exc.message if isinstance(exc, GateError) else f"{type(exc).__name__}: {exc}"
         if isinstance(exc, KeyboardInterrupt):
             reason = "interrupted"
@@ -318,6 +500,26 @@ def _decide(
         if isinstance(exc, GateError):
             return record
         raise
+    return _promote(keeper, rule, source, record, progress)
+
+
+def _unsigned(keeper: Gatekeeper, rule: Rule, source: ImageRef) -> str:
+    """Why the candidate is refused for lack of a valid upstream signature ('' if it is not).
+
+    Only for rules with ``require_signature``; checked before any validation runs.
+    """
+    if not rule.signature_keys:
+        return ""
+    if keeper.signatures is None:
+        raise UsageError(
+            f"rule '{rule.name}' requires upstream signatures, which this gate cannot read "
+            "(local gate only for now); remove require_signature or gate locally"
+        )
+    from gate.signatures import load_keys, refusal
+
+    pinned = source.pinned()
+    found = keeper.signatures.cosign_signatures(pinned)
+    return refusal(pinned, found, load_keys(rule.signature_keys))
 
 
 def _promote(
@@ -329,27 +531,104 @@ def _promote(
 ) -> GateRecord:
     """Copy the validated digest: the run-ID tag first (never overwritten), then the stable tag.
 
-    Raises on error; the caller records the failure.
+    A copy that fails leaves the record ``validated`` (see :func:`_promotion_failed`): the pass
+    is kept for the next attempt, which promotes without validating again.
     """
     unique, stable = record.target_tags
     keeper.notify("promoting", record, f"to {rule.target.name}:{unique}, then :{stable}")
     began = time.monotonic()
     # by digest, never by tag: upstream may have moved since we resolved it
-    keeper.registry.copy(
-        source.pinned(),
-        rule.target,
-        immutable_tags=(unique,),
-        tags=(stable,),
-        progress=progress,
-    )
+    try:
+        attestation = _copy_attested(keeper, rule, source, record, progress)
+    except BaseException as exc:
+        return _promotion_failed(keeper, rule, source, record, exc)
     record = record.advance(
         State.PROMOTED,
-        reason=f"passed validation run {record.run_id}",
+        promoted_tags=(),
+        attestation=attestation,
+        reason=f"passed validation run {record.run_id}"
+        + (f"; attestation {attestation}" if attestation else ""),
         timings={**record.timings, "promote": round(time.monotonic() - began, 3)},
     )
     keeper.ledger.save(record)
     keeper.notify("promoted", record, f"{rule.target.name}:{stable} is now {source.digest}")
     return record
+
+
+def _promotion_failed(
+    keeper: Gatekeeper, rule: Rule, source: ImageRef, record: GateRecord, exc: BaseException
+) -> GateRecord:
+    """Record a promotion that did not finish as ``validated``: the pass stands, and so does
+    whatever part of the promotion reached the target (shown as ``promoted_tags``).
+
+    Re-raises what is not a :class:`GateError` once recorded (and a lost lease at once).
+    """
+    if isinstance(exc, LeaseLost):
+        raise exc
+    cause = exc.message if isinstance(exc, GateError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        cause = "interrupted"
+    fresh_until = _passed_at(record) + timedelta(seconds=rule.validation_fresh_for)
+    kept = record.advance(
+        State.VALIDATED,
+        reason=f"promotion failed: {cause}; validation run {record.run_id} passed, so the next "
+        "attempt (a rerun, the next event or poll) promotes without validating again until "
+        f"{fresh_until.isoformat(timespec='seconds')}",
+        promoted_tags=_tags_at_digest(keeper, rule, source, record),
+    )
+    keeper.ledger.save(kept)
+    keeper.notify("failed", kept, kept.reason)
+    if isinstance(exc, GateError):
+        return kept
+    raise exc
+
+
+def _tags_at_digest(
+    keeper: Gatekeeper, rule: Rule, source: ImageRef, record: GateRecord
+) -> tuple[str, ...]:
+    """Which of the record's target tags point at its digest now (none if the target is down).
+
+    The run-ID tag is written first: without it (or without an answer) there is nothing to ask.
+    """
+    found = []
+    for tag in record.target_tags:
+        try:
+            if keeper.registry.resolve(rule.target.with_tag(tag)) != source.digest:
+                break
+        except GateError:
+            break  # not there, or cannot tell: claim nothing more
+        found.append(tag)
+    return tuple(found)
+
+
+def _copy_attested(
+    keeper: Gatekeeper,
+    rule: Rule,
+    source: ImageRef,
+    record: GateRecord,
+    progress: ProgressCallback | None,
+) -> str:
+    """Copy with both tags; with an attestor, attest between the run-ID and the stable tag.
+
+    The stable tag never moves to a digest whose attestation could not be written: a failure
+    to attest raises (a failed promotion, retried like any other), leaving only the run-ID tag.
+    Returns the attestation's digest ('' without an attestor).
+    """
+    unique, stable = record.target_tags
+    if keeper.attestor is None:
+        keeper.registry.copy(
+            source.pinned(),
+            rule.target,
+            immutable_tags=(unique,),
+            tags=(stable,),
+            progress=progress,
+        )
+        return ""
+    assert source.digest is not None
+    keeper.registry.copy(source.pinned(), rule.target, immutable_tags=(unique,), progress=progress)
+    attestation = keeper.attestor.promotion(rule, rule.target.with_digest(source.digest), record)
+    keeper.registry.copy(source.pinned(), rule.target, tags=(stable,))
+    return attestation
 
 
 def _start_downstream(keeper: Gatekeeper, rule: Rule, record: GateRecord) -> GateRecord:
@@ -565,15 +844,38 @@ def rollback(
         target_tags=(stable,),
         actor=actor,
     )
+    attested, demoted = _demote(keeper, repo.with_digest(current), record, reason.strip())
     keeper.registry.copy(repo.with_digest(chosen.digest).pinned(), repo, tags=(stable,))
     record = record.advance(
         State.ROLLED_BACK,
+        attestation=attested,
         reason=f"{reason.strip()} ({repo.name}:{stable} {current} -> {chosen.digest}, "
-        f"promoted by record {chosen.id}, run {chosen.run_id})",
+        f"promoted by record {chosen.id}, run {chosen.run_id}){demoted}",
     )
     keeper.ledger.add(record)
     keeper.notify("rolled-back", record, record.reason)
     return record
+
+
+def _demote(
+    keeper: Gatekeeper, image: ImageRef, record: GateRecord, reason: str
+) -> tuple[str, str]:
+    """Attest that ``image`` is no longer the verdict, before the stable tag moves off it.
+
+    A rollback is an emergency measure: a failure to attest does not stop it, but it is logged
+    and said in the record. Returns the attestation's digest ('' when none was written) and the
+    text the record's reason ends with.
+    """
+    if keeper.attestor is None:
+        return "", ""
+    try:
+        digest = keeper.attestor.demotion(image, record, f"rolled back: {reason}")
+    except GateError as exc:
+        _log.warning(
+            "record %s: the demotion of %s was not attested: %s", record.id, image, exc.message
+        )
+        return "", f"; the demotion of {image.digest} could NOT be attested: {exc.message}"
+    return digest, f"; demotion attestation {digest}"
 
 
 def _stable_tag(ref: ImageRef, rules: list[Rule], promotions: list[GateRecord]) -> str:

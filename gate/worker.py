@@ -17,8 +17,8 @@ from gate.service import (
     GateOutcome,
     gate_image,
     gate_record,
+    lease_seconds,
     poll_upstreams,
-    stale_after,
 )
 
 
@@ -31,14 +31,20 @@ def handle(keeper: Gatekeeper, request: GateRequest, *, wait_seconds: float = 20
 
     A request already decided costs one ledger read; one whose (rule, digest) another worker is
     gating is waited for up to ``wait_seconds``, then :class:`RetryLater` hands it back to the
-    queue (its visibility timeout spaces the redeliveries; a worker that died is resumed once
-    its record goes stale).
+    queue (its visibility timeout spaces the redeliveries; a worker that died is taken over once
+    its lease lapses). A promotion that failed after its validation passed is handed back at
+    once: the redelivery promotes without validating again.
     """
     if request.record_id:
         outcome = gate_record(keeper, request.record_id)
     else:
         outcome = gate_image(
             keeper, request.image or "", trigger=request.trigger, force=request.force, wait=False
+        )
+    if not outcome.duplicate and outcome.record.state is State.VALIDATED:
+        raise RetryLater(
+            f"record {outcome.record.id}: {outcome.record.reason}; the request will be "
+            "delivered again"
         )
     deadline = time.monotonic() + wait_seconds
     while not outcome.record.state.final:
@@ -56,8 +62,9 @@ def poisoned(keeper: Gatekeeper, request: GateRequest, reason: str) -> GateRecor
     """Record a request the queue gave up on as failed, with why; returns that record."""
     if request.record_id:
         record = keeper.ledger.get(request.record_id)
-        if record.state.final or (record.attempts and not _silent(keeper, record)):
-            # decided, or a live worker is still on it: its own outcome will be the record
+        if record.state.final or record.state is State.VALIDATED or _held(keeper, record):
+            # decided; or passed and waiting to be promoted (the next event or poll does it);
+            # or a live worker holds it: its own outcome will be the record
             return record
         failed = record.advance(State.FAILED, reason=f"poisoned: {reason}")
         keeper.ledger.save(failed)
@@ -84,12 +91,9 @@ def poisoned(keeper: Gatekeeper, request: GateRequest, reason: str) -> GateRecor
     return failed
 
 
-def _silent(keeper: Gatekeeper, record: GateRecord) -> bool:
-    """True when ``record`` has had no progress for longer than its rule's stale window."""
-    rule = next((r for r in keeper.config.rules if r.name == record.rule), None)
-    if rule is None:
-        return True
-    return (utcnow() - record.updated_at).total_seconds() >= stale_after(rule)
+def _held(keeper: Gatekeeper, record: GateRecord) -> bool:
+    """True when a worker holds ``record`` under a live lease."""
+    return bool(record.lease_holder) and record.lease_live(utcnow(), lease_seconds(keeper))
 
 
 def poll(keeper: Gatekeeper) -> tuple[list[GateRequest], list[str]]:

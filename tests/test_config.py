@@ -367,3 +367,166 @@ def test_downstream_without_azure_says_it_runs_only_there(tmp_path: Path) -> Non
     body = with_downstream(GOOD, "[hello-world]")
     with pytest.raises(ConfigError, match=r"rule 'node'.downstream.*need the azure: section"):
         load_config(make(tmp_path, body), env={"UP": "127.0.0.1:5001"})
+
+
+def test_local_downstream_names_a_task_file_or_its_folder_relative_to_the_file(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "acr-task.yaml").write_text("steps: []\n")
+    (tmp_path / "other.yaml").write_text("steps: []\n")
+    body = with_downstream(
+        GOOD, "[{file: app, values: {GREETING: hi}, timeout: 60}, {file: other.yaml}]"
+    )
+
+    config = load_config(make(tmp_path, body), env={"UP": "127.0.0.1:5001"})
+
+    app, other = config.rules[0].downstream
+    assert app.local and app.file == tmp_path / "app" / "acr-task.yaml"
+    assert (app.registry, app.task, dict(app.values), app.timeout_seconds) == (
+        "local",
+        "app",
+        {"GREETING": "hi"},
+        60,
+    )
+    assert other.file == tmp_path / "other.yaml" and other.timeout_seconds == 600
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ("{file: nothere}", r"downstream\[0\].file: .*nothere.* does not exist"),
+        ("{task: hello-world, file: app}", "either task .* or file .*, not both"),
+        ("{registry: contosoteam}", "not neither"),
+        ("{file: app, registry: contosoteam}", "registry and resource_group are for ACR tasks"),
+        ("{file: app, values: {BASE_IMAGE: x}}", "BASE_IMAGE are set by the gate"),
+    ],
+)
+def test_bad_local_downstream_entry_is_refused_naming_it(
+    tmp_path: Path, entry: str, says: str
+) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "acr-task.yaml").write_text("steps: []\n")
+    body = with_downstream(GOOD, f"[{entry}]")
+    with pytest.raises(ConfigError, match=says):
+        load_config(make(tmp_path, body), env={"UP": "127.0.0.1:5001"})
+
+
+def test_local_downstream_file_with_azure_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "app.yaml").write_text("steps: []\n")
+    body = with_downstream(PLAIN_AZURE, "[{file: app.yaml}]")
+    with pytest.raises(ConfigError, match=r"downstream\[0\].file: local task files run"):
+        load_config(make(tmp_path, body))
+
+
+def test_keep_images_is_off_unless_the_validator_section_says_so(tmp_path: Path) -> None:
+    plain = load_config(make(tmp_path, GOOD), env={"UP": "127.0.0.1:5001"})
+    kept = load_config(
+        make(tmp_path, GOOD + "validator: {keep_images: true}\n"), env={"UP": "127.0.0.1:5001"}
+    )
+
+    assert plain.validator.keep_images is False
+    assert kept.validator.keep_images is True
+
+
+def test_attestation_section_names_the_key_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "gate.key").write_text("not checked here: the signer reads it")
+    body = (
+        GOOD.rstrip(" ")
+        + "    attestation: {key: keys/gate.key, verifier_id: 'https://gate.example'}\n"
+    )
+
+    config = load_config(make(tmp_path, body), env={"UP": "127.0.0.1:5001"})
+
+    assert config.attestation is not None
+    assert config.attestation.key == tmp_path / "keys" / "gate.key"
+    assert config.attestation.verifier_id == "https://gate.example"
+    assert config.attestation.referrers_api is True
+    assert load_config(make(tmp_path, GOOD), env={"UP": "127.0.0.1:5001"}).attestation is None
+
+
+def test_attestation_key_that_does_not_exist_says_how_to_make_one(tmp_path: Path) -> None:
+    body = GOOD.rstrip(" ") + "    attestation: {key: keys/missing.key}\n"
+
+    with pytest.raises(ConfigError, match=r"attestation.key: .*gate keygen keys/missing.key"):
+        load_config(make(tmp_path, body), env={"UP": "127.0.0.1:5001"})
+
+
+def test_leases_and_pass_freshness_default_to_a_minute_and_a_day(tmp_path: Path) -> None:
+    config = load_config(make(tmp_path, GOOD), env={"UP": "127.0.0.1:5001"})
+
+    assert (config.lease.seconds, config.lease.heartbeat_seconds) == (60.0, 10.0)
+    assert config.rules[0].validation_fresh_for == 86400.0
+
+
+def test_a_rule_may_keep_its_passes_fresh_for_longer_than_the_file_says(tmp_path: Path) -> None:
+    body = """\
+        validation_fresh_for: 600
+        lease: {seconds: 30, heartbeat: 5}
+        rules:
+          - {name: node, source: up.example.com/node, tags: x, target: art.example.com/node,
+             validation: {folder: checks}, validation_fresh_for: 7200}
+          - {name: go, source: up.example.com/go, tags: x, target: art.example.com/go,
+             validation: {folder: checks}}
+        """
+
+    config = load_config(make(tmp_path, body))
+
+    fresh = {rule.name: rule.validation_fresh_for for rule in config.rules}
+    assert fresh == {"node": 7200.0, "go": 600.0}
+    assert (config.lease.seconds, config.lease.heartbeat_seconds) == (30.0, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ("lease: {seconds: 10, heartbeat: 6}", "lease.heartbeat.*more than half"),
+        ("lease: {seconds: 0}", "lease.seconds"),
+        ("validation_fresh_for: -1", "validation_fresh_for"),
+    ],
+)
+def test_lease_and_freshness_settings_that_cannot_work_are_refused(
+    tmp_path: Path, setting: str, says: str
+) -> None:
+    body = GOOD.rstrip(" ") + f"    {setting}\n"
+
+    with pytest.raises(ConfigError, match=says):
+        load_config(make(tmp_path, body), env={"UP": "127.0.0.1:5001"})
+
+
+KV_KEY = "https://contoso-kv.vault.azure.net/keys/gate-attestation"
+
+
+def test_the_azure_gate_signs_with_a_key_vault_key_and_only_in_push_mode(tmp_path: Path) -> None:
+    push = PLAIN_AZURE.replace(
+        "registry: {name: contosobase, resource_group: rg}",
+        "registry: {name: contosobase, resource_group: rg, promote: push}",
+    ).rstrip(" ")
+    config = load_config(make(tmp_path, push + f"    attestation: {{key_vault_key: '{KV_KEY}'}}\n"))
+    assert config.attestation is not None
+    assert (config.attestation.key, config.attestation.key_vault_key) == (None, KV_KEY)
+
+    imports = PLAIN_AZURE.rstrip(" ") + f"    attestation: {{key_vault_key: '{KV_KEY}'}}\n"
+    with pytest.raises(
+        ConfigError, match=r"attestation: attestations need azure\.registry\.promote"
+    ):
+        load_config(make(tmp_path, imports))
+    (tmp_path / "gate.key").write_text("x")
+    with pytest.raises(ConfigError, match=r"attestation\.key: with azure:, sign with a Key Vault"):
+        load_config(make(tmp_path, push + "    attestation: {key: gate.key}\n"))
+
+
+def test_attestation_names_exactly_one_key_and_a_vault_key_needs_azure(tmp_path: Path) -> None:
+    (tmp_path / "gate.key").write_text("x")
+    both = f"    attestation: {{key: gate.key, key_vault_key: '{KV_KEY}'}}\n"
+    with pytest.raises(ConfigError, match="name exactly one signing key"):
+        load_config(make(tmp_path, GOOD.rstrip(" ") + both), env={"UP": "127.0.0.1:5001"})
+    with pytest.raises(ConfigError, match="name exactly one signing key"):
+        load_config(
+            make(tmp_path, GOOD.rstrip(" ") + "    attestation: {verifier_id: x}\n"),
+            env={"UP": "127.0.0.1:5001"},
+        )
+    vault_only = f"    attestation: {{key_vault_key: '{KV_KEY}'}}\n"
+    with pytest.raises(ConfigError, match=r"attestation\.key_vault_key: a Key Vault key signs"):
+        load_config(make(tmp_path, GOOD.rstrip(" ") + vault_only), env={"UP": "127.0.0.1:5001"})

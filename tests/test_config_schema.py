@@ -134,7 +134,7 @@ def test_values_from_the_environment_are_read_as_their_field_type(tmp_path: Path
         (("- hello-world", "- hi"), "rule 'node'.downstream[0]: 'hi' does not match"),
         (
             ("registry: contosoteam", "registry: contosoteam, colour: red"),
-            "rule 'node'.downstream[1]: unknown field(s) colour; allowed: registry, resource_group, task",
+            "rule 'node'.downstream[1]: unknown field(s) colour; allowed: file, registry, resource_group, task, timeout, values",
         ),
         (
             ("timeout: 900", "timeout: soon"),

@@ -32,7 +32,15 @@ from devstack.registry import free_port
 from gate.adapters.azure.table_ledger import TableLedger, _blob_endpoint_for, _record_key
 from gate.adapters.sqlite_ledger import SqliteLedger
 from gate.errors import ConfigError, LedgerError, NotFound
-from gate.model import Claim, DownstreamRun, GateRecord, State, new_record_id, utcnow
+from gate.model import (
+    Claim,
+    DownstreamRun,
+    GateRecord,
+    LeaseLost,
+    State,
+    new_record_id,
+    utcnow,
+)
 from gate.ports import Ledger
 
 OpenLedger = Callable[[], Ledger]
@@ -61,7 +69,26 @@ def gate_record(
 
 
 def claim(ledger: Ledger, record: GateRecord, *, force: bool = False, **kw: object) -> Claim:
-    return ledger.claim(record, force=force, stale_after_seconds=STALE, **kw)  # type: ignore[arg-type]
+    kw.setdefault("holder", "worker-a")
+    return ledger.claim(record, force=force, lease_seconds=STALE, **kw)  # type: ignore[arg-type]
+
+
+class _AnyTime:
+    """Equal to any datetime: for a lease expiry the ledger sets from its own clock."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, datetime)
+
+    def __hash__(self) -> int:
+        return 0
+
+
+ANY_TIME: datetime = _AnyTime()  # type: ignore[assignment]
+
+
+def lapse(ledger: Ledger, record: GateRecord) -> None:
+    """Let ``record``'s lease lapse, as when its holder died an hour ago."""
+    assert ledger.renew(record.id, record.lease_holder, utcnow() - timedelta(hours=1))
 
 
 class TableStore:
@@ -108,11 +135,15 @@ def ledger(open_ledger: OpenLedger) -> Ledger:
 def test_claim_of_a_new_digest_inserts_the_record_and_acquires(ledger: Ledger) -> None:
     record = gate_record()
 
+    before = utcnow()
     result = claim(ledger, record)
 
+    leased = replace(record, attempts=1, lease_holder="worker-a", lease_until=ANY_TIME)
     assert result.acquired and not result.resumed
-    assert result.record == replace(record, attempts=1)
-    assert ledger.get(record.id) == replace(record, attempts=1)
+    assert result.record == leased and ledger.get(record.id) == leased
+    assert result.record.lease_until is not None
+    assert before + timedelta(seconds=STALE) <= result.record.lease_until
+    assert result.record.lease_until <= utcnow() + timedelta(seconds=STALE)
 
 
 def test_claim_of_a_decided_digest_returns_the_decision_and_inserts_nothing(
@@ -166,13 +197,13 @@ def test_fresh_in_progress_record_blocks_a_claim_even_with_force(ledger: Ledger)
 
 def test_stale_in_progress_record_is_adopted_resumed_and_stamped(ledger: Ledger) -> None:
     first = claim(ledger, gate_record()).record
-    silent_since = utcnow() - timedelta(hours=2)
-    ledger.save(replace(first, state=State.VALIDATING, run_id="run-1", updated_at=silent_since))
+    ledger.save(first.advance(State.VALIDATING, run_id="run-1"))
+    lapse(ledger, first)
     before = utcnow()
 
-    result = claim(ledger, gate_record())
+    result = claim(ledger, gate_record(), holder="worker-b")
 
-    assert result.acquired and result.resumed
+    assert result.acquired and result.resumed and result.record.lease_holder == "worker-b"
     assert result.record.id == first.id and result.record.run_id == "run-1"
     assert result.record.attempts == 2 and result.record.updated_at >= before
     assert ledger.get(first.id).attempts == 2
@@ -181,8 +212,9 @@ def test_stale_in_progress_record_is_adopted_resumed_and_stamped(ledger: Ledger)
 
 def test_adopted_record_is_not_adopted_again_while_fresh(ledger: Ledger) -> None:
     first = claim(ledger, gate_record()).record
-    ledger.save(replace(first, state=State.VALIDATING, updated_at=utcnow() - timedelta(hours=2)))
-    claim(ledger, gate_record())
+    ledger.save(first.advance(State.VALIDATING))
+    lapse(ledger, first)
+    claim(ledger, gate_record(), holder="worker-b")
 
     result = claim(ledger, gate_record())
 
@@ -197,6 +229,118 @@ def test_failed_record_never_blocks_a_new_claim(ledger: Ledger) -> None:
     result = claim(ledger, retry)
 
     assert result.acquired and result.record.id == retry.id
+
+
+# -- leases ---------------------------------------------------------------------------------------
+
+
+def test_holder_renews_its_lease_and_the_record_stays_its_own(ledger: Ledger) -> None:
+    held = claim(ledger, gate_record()).record
+    until = utcnow() + timedelta(minutes=30)
+
+    assert ledger.renew(held.id, "worker-a", until)
+
+    stored = ledger.get(held.id)
+    assert stored.lease_holder == "worker-a" and stored.lease_until == until
+    assert not claim(ledger, gate_record(), holder="worker-b").acquired
+
+
+def test_another_worker_cannot_renew_a_lease_it_does_not_hold(ledger: Ledger) -> None:
+    held = claim(ledger, gate_record()).record
+
+    assert not ledger.renew(held.id, "worker-b", utcnow() + timedelta(hours=1))
+    assert not ledger.renew(held.id, "", utcnow() + timedelta(hours=1))
+
+    assert ledger.get(held.id).lease_until == held.lease_until
+
+
+def test_a_decided_record_has_no_lease_to_renew(ledger: Ledger) -> None:
+    held = claim(ledger, gate_record()).record
+    ledger.save(held.advance(State.PROMOTED))
+
+    assert not ledger.renew(held.id, "worker-a", utcnow() + timedelta(hours=1))
+
+
+def test_renewing_an_unknown_record_is_not_found(ledger: Ledger) -> None:
+    with pytest.raises(NotFound):
+        ledger.renew("0123456789abcdef0", "worker-a", utcnow())
+
+
+def test_a_lapsed_lease_is_taken_over_and_the_old_holder_is_fenced_off(ledger: Ledger) -> None:
+    held = claim(ledger, gate_record()).record
+    validating = held.advance(State.VALIDATING, run_id="run-1")
+    ledger.save(validating)
+    lapse(ledger, held)
+
+    taken = claim(ledger, gate_record(), holder="worker-b")
+
+    assert taken.acquired and taken.resumed and taken.record.id == held.id
+    assert taken.record.lease_holder == "worker-b" and taken.record.attempts == 2
+    # the old holder wakes up: it can neither renew nor write a verdict any more
+    assert not ledger.renew(held.id, "worker-a", utcnow() + timedelta(minutes=1))
+    with pytest.raises(LeaseLost):
+        ledger.save(validating.advance(State.PROMOTED))
+    assert ledger.get(held.id) == taken.record
+    assert ledger.renew(held.id, "worker-b", utcnow() + timedelta(minutes=1))
+
+
+def test_a_live_lease_is_never_shared_even_with_force(ledger: Ledger) -> None:
+    held = claim(ledger, gate_record()).record
+
+    others = [
+        claim(ledger, gate_record(), holder="worker-b"),
+        claim(ledger, gate_record(), holder="worker-c", force=True),
+        claim(ledger, held, holder="worker-d"),  # the same record, asked for by id
+    ]
+
+    assert [c.acquired for c in others] == [False, False, False]
+    assert ledger.get(held.id).lease_holder == "worker-a"
+
+
+def test_a_save_never_shortens_the_lease_its_heartbeat_extended(ledger: Ledger) -> None:
+    held = claim(ledger, gate_record()).record
+    later = utcnow() + timedelta(hours=3)
+    assert ledger.renew(held.id, "worker-a", later)
+
+    ledger.save(held.advance(State.VALIDATING))  # carries the lease of the claim, earlier
+
+    stored = ledger.get(held.id)
+    assert stored.state is State.VALIDATING and stored.lease_until == later
+
+
+def test_an_admitted_record_is_queued_for_its_worker_and_taken_over_once_lapsed(
+    ledger: Ledger,
+) -> None:
+    admitted = claim(ledger, gate_record(), start=False, holder="").record
+    assert admitted.attempts == 0 and admitted.lease_holder == ""
+
+    blocked = claim(ledger, gate_record(), holder="worker-b")
+    taken = claim(ledger, admitted, holder="worker-a")
+
+    assert not blocked.acquired and blocked.record.id == admitted.id
+    assert taken.acquired and not taken.resumed and taken.record.lease_holder == "worker-a"
+    assert taken.record.attempts == 1
+    lapse(ledger, taken.record)
+    requeued = claim(ledger, gate_record(), start=False, holder="")
+    assert requeued.acquired and requeued.resumed and requeued.record.lease_holder == ""
+    again = claim(ledger, admitted, holder="worker-c")
+    assert again.acquired and again.resumed and again.record.attempts == 2
+
+
+def test_a_record_from_before_leases_is_held_for_a_lease_after_its_last_update(
+    open_ledger: OpenLedger,
+) -> None:
+    ledger = open_ledger()
+    old = claim(ledger, gate_record()).record
+    _drop_from_stored_json(
+        ledger, replace(old, state=State.VALIDATING), "lease_holder", "lease_until"
+    )
+
+    fresh = claim(open_ledger(), gate_record(), holder="worker-b")
+    lapsed = open_ledger().claim(gate_record(), force=False, lease_seconds=0, holder="worker-b")
+
+    assert not fresh.acquired
+    assert lapsed.acquired and lapsed.resumed and lapsed.record.id == old.id
 
 
 def test_failed_forced_retry_leaves_the_earlier_decision_in_force(ledger: Ledger) -> None:
@@ -274,6 +418,10 @@ def test_record_round_trips_every_field(open_ledger: OpenLedger) -> None:
         created_at=T0,
         updated_at=T0 + timedelta(minutes=3),
         timings={"resolve": 0.25, "validate": 61.5},
+        lease_holder="worker-a",
+        lease_until=utcnow() + timedelta(hours=1),
+        validated_at=T0 + timedelta(minutes=2),
+        promoted_tags=("15-alpine-cb12",),
     )
     claim(open_ledger(), gate_record(record.id, created_at=T0))
     open_ledger().save(record)
@@ -285,8 +433,7 @@ def test_record_round_trips_every_field(open_ledger: OpenLedger) -> None:
 
 
 def test_downstream_runs_round_trip_with_the_promotion(open_ledger: OpenLedger) -> None:
-    record = gate_record(created_at=T0)
-    claim(open_ledger(), record)
+    record = claim(open_ledger(), gate_record(created_at=T0)).record
     promoted = record.advance(
         State.PROMOTED,
         target_tags=("15-alpine-cb12", "15-alpine"),
@@ -303,10 +450,11 @@ def test_downstream_runs_round_trip_with_the_promotion(open_ledger: OpenLedger) 
     assert open_ledger().decided(record.rule, DIGEST) == loaded
 
 
-def _drop_from_stored_json(ledger: Ledger, record: GateRecord, key: str) -> None:
-    """Rewrite ``record`` in the store as an older gate wrote it: without ``key``."""
+def _drop_from_stored_json(ledger: Ledger, record: GateRecord, *keys: str) -> None:
+    """Rewrite ``record`` in the store as an older gate wrote it: without ``keys``."""
     data = record.to_dict()
-    del data[key]
+    for key in keys:
+        del data[key]
     text = json.dumps(data, sort_keys=True)
     if isinstance(ledger, SqliteLedger):
         with sqlite3.connect(ledger.path) as db:
@@ -407,8 +555,8 @@ def history_fixture(ledger: Ledger) -> list[GateRecord]:
             digest=digest_of(f"image-{minute}"),
             created_at=T0 + timedelta(minutes=minute),
         )
-        claim(ledger, record)
-        ledger.save(record.advance(state))
+        claimed = claim(ledger, record).record
+        ledger.save(claimed.advance(state))
         records.append(record)
     return records
 
@@ -507,16 +655,41 @@ def test_ten_threads_adopting_one_silent_record_resume_it_exactly_once(
 ) -> None:
     ledgers = [table_store.open() for _ in range(10)]
     ghost = claim(ledgers[0], gate_record()).record
-    ledgers[0].save(
-        replace(ghost, state=State.VALIDATING, updated_at=utcnow() - timedelta(hours=2))
-    )
+    ledgers[0].save(ghost.advance(State.VALIDATING))
+    lapse(ledgers[0], ghost)
 
-    claims = race(10, lambda i: claim(ledgers[i], gate_record()))
+    claims = race(10, lambda i: claim(ledgers[i], gate_record(), holder=f"worker-{i}"))
 
     winners = [c for c in claims if c.acquired]
     assert len(winners) == 1 and winners[0].resumed
     assert {c.record.id for c in claims} == {ghost.id}
-    assert ledgers[0].get(ghost.id).attempts == 2
+    stored = ledgers[0].get(ghost.id)
+    assert stored.attempts == 2 and stored.lease_holder == winners[0].record.lease_holder
+
+
+def test_heartbeats_racing_the_holders_saves_lose_neither(table_store: TableStore) -> None:
+    beat, work = table_store.open(), table_store.open()
+    held = claim(work, gate_record()).record
+    stop = threading.Event()
+    renewed: list[datetime] = []
+
+    def heartbeat() -> None:
+        while not stop.is_set():
+            until = utcnow() + timedelta(hours=1)
+            assert beat.renew(held.id, "worker-a", until)
+            renewed.append(until)
+
+    thread = threading.Thread(target=heartbeat)
+    thread.start()
+    try:
+        for step in range(15):
+            work.save(held.advance(State.VALIDATING, run_id=f"run-{step}"))
+    finally:
+        stop.set()
+        thread.join()
+
+    stored = work.get(held.id)
+    assert renewed and stored.run_id == "run-14" and stored.lease_until == renewed[-1]
 
 
 def test_ten_workers_taking_one_admitted_record_take_it_exactly_once(
@@ -543,7 +716,7 @@ CLAIMANT = textwrap.dedent(
     print("ready", flush=True)
     while not pathlib.Path(go).exists():
         time.sleep(0.005)
-    result = ledger.claim(record, force=False, stale_after_seconds=600)
+    result = ledger.claim(record, force=False, lease_seconds=600, holder="claimant")
     print(json.dumps({"acquired": result.acquired, "id": result.record.id}), flush=True)
     """
 )

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import textwrap
+import time
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gate.adapters.sqlite_ledger import SqliteLedger
 from gate.config import load_config
-from gate.errors import Conflict, NoMatchingRule, NotFound, UsageError
-from gate.model import GateRecord, Outcome, State
-from gate.ports import ValidationRequest
+from gate.errors import Conflict, NoMatchingRule, NotFound, RegistryUnavailable, UsageError
+from gate.model import GateRecord, Outcome, State, new_record_id, utcnow
+from gate.ports import CopyReport, ValidationRequest
+from gate.ref import ImageRef
 from gate.service import Gatekeeper, admit, gate_image, gate_record, rollback, watch_once
-from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
+from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator, digest_of
 
 UP = "upstream.example.com"
 ART = "artifacts.example.com"
@@ -45,7 +50,12 @@ def write_config(tmp_path: Path, tags: str = '["15-alpine"]', extra_rule: str = 
 
 @pytest.fixture
 def keeper(tmp_path: Path) -> Gatekeeper:
-    config = load_config(write_config(tmp_path))
+    return keeper_with(tmp_path)
+
+
+def keeper_with(tmp_path: Path, top_level: str = "") -> Gatekeeper:
+    """A keeper over fakes and a real SQLite ledger; ``top_level`` adds settings to gate.yaml."""
+    config = load_config(write_config(tmp_path, extra_rule=top_level))
     return Gatekeeper(
         config=config,
         registry=FakeRegistry(),
@@ -171,7 +181,7 @@ def test_unknown_repository_is_refused_and_nothing_recorded(keeper: Gatekeeper) 
     assert keeper.ledger.history() == [] and registry.resolves == 0
 
 
-def test_promotion_error_records_failure_and_keeps_stable_tag(keeper: Gatekeeper) -> None:
+def test_promotion_error_keeps_the_pass_and_the_stable_tag_unmoved(keeper: Gatekeeper) -> None:
     registry, validator = fakes(keeper)
     registry.push(f"{UP}/node:15-alpine", "green")
 
@@ -181,18 +191,154 @@ def test_promotion_error_records_failure_and_keeps_stable_tag(keeper: Gatekeeper
     validator.during = go_down
     outcome = gate_image(keeper, f"{UP}/node:15-alpine")
 
-    assert outcome.verdict == "failed" and "down" in outcome.record.reason
+    assert outcome.verdict == "validated" and outcome.exit_code == 3
+    assert "promotion failed" in outcome.record.reason and "down" in outcome.record.reason
+    assert outcome.record.validated_at is not None and outcome.record.run_id == "run1"
     assert registry.tag_of(f"{ART}/node:15-alpine") is None
+    # nobody works on it any more: its lease is given up for the next attempt
+    stored = keeper.ledger.get(outcome.record.id)
+    assert stored.lease_until is not None and stored.lease_until <= utcnow()
+
+
+def test_rerun_after_a_failed_promotion_promotes_without_validating_again(
+    keeper: Gatekeeper,
+) -> None:
+    registry, validator = fakes(keeper)
+    digest = registry.push(f"{UP}/node:15-alpine", "green")
+    validator.during = lambda request: setattr(registry, "down", True)
+    first = gate_image(keeper, f"{UP}/node:15-alpine")
+    validator.during = None
+    registry.down = False
+
+    again = gate_image(keeper, f"{UP}/node:15-alpine")
+
+    assert first.verdict == "validated" and again.verdict == "promoted"
+    assert again.record.id == first.record.id and again.record.attempts == 2
+    assert len(validator.requests) == 1
+    assert again.record.run_id == "run1" and again.record.digest == digest
+    assert registry.tag_of(f"{ART}/node:15-alpine-run1") == digest
+    assert registry.tag_of(f"{ART}/node:15-alpine") == digest
+
+
+def test_a_pass_older_than_validation_fresh_for_is_validated_again_in_a_new_record(
+    tmp_path: Path,
+) -> None:
+    keeper = keeper_with(tmp_path, "validation_fresh_for: 0\n")
+    registry, validator = fakes(keeper)
+    digest = registry.push(f"{UP}/node:15-alpine", "green")
+    validator.during = lambda request: setattr(registry, "down", True)
+    first = gate_image(keeper, f"{UP}/node:15-alpine")
+    validator.during = None
+    registry.down = False
+
+    again = gate_image(keeper, f"{UP}/node:15-alpine")
+
+    assert first.verdict == "validated" and again.verdict == "promoted"
+    assert again.record.id != first.record.id and len(validator.requests) == 2
+    expired = keeper.ledger.get(first.record.id)
+    assert expired.state is State.FAILED and "validation_fresh_for" in expired.reason
+    assert registry.tag_of(f"{ART}/node:15-alpine") == digest
+    assert again.record.run_id == "run2"
+
+
+def test_a_worker_whose_lease_was_taken_over_writes_no_verdict(keeper: Gatekeeper) -> None:
+    registry, validator = fakes(keeper)
+    registry.push(f"{UP}/node:15-alpine", "green")
+    taken: list[GateRecord] = []
+
+    def stalls_until_taken_over(request: ValidationRequest) -> None:
+        # this worker stalls past its lease; another one takes the record over meanwhile
+        (mine,) = keeper.ledger.history()
+        assert keeper.ledger.renew(mine.id, mine.lease_holder, utcnow() - timedelta(seconds=1))
+        rival = GateRecord(
+            id="rival1", rule="node", source="x", target=f"{ART}/node", digest=mine.digest
+        )
+        claim = keeper.ledger.claim(rival, force=False, lease_seconds=60, holder="rival")
+        assert claim.acquired and claim.resumed
+        taken.append(claim.record)
+
+    validator.during = stalls_until_taken_over
+    outcome = gate_image(keeper, f"{UP}/node:15-alpine")
+
+    assert outcome.duplicate and outcome.record == taken[0]
+    assert keeper.ledger.get(taken[0].id) == taken[0]  # untouched: no verdict, no run id
+    assert registry.copies == []
+
+
+def test_the_heartbeat_holds_a_validation_that_outlasts_its_lease(tmp_path: Path) -> None:
+    keeper = keeper_with(tmp_path, "lease: {seconds: 0.6, heartbeat: 0.1}\n")
+    registry, validator = fakes(keeper)
+    registry.push(f"{UP}/node:15-alpine", "green")
+    rivals: list[bool] = []
+
+    def slow(request: ValidationRequest) -> None:
+        for _ in range(3):
+            time.sleep(0.5)
+            rival = GateRecord(
+                id=new_record_id(),
+                rule="node",
+                source="x",
+                target=f"{ART}/node",
+                digest=request.image.digest,
+            )
+            claim = keeper.ledger.claim(rival, force=True, lease_seconds=0.6, holder="rival")
+            rivals.append(claim.acquired)
+
+    validator.during = slow
+    outcome = gate_image(keeper, f"{UP}/node:15-alpine")
+
+    assert rivals == [False, False, False]
+    assert outcome.verdict == "promoted" and outcome.record.attempts == 1
+
+
+class StopsBeforeTheStableTag(FakeRegistry):
+    """Writes the run-ID tag, then fails before the stable tag moves (``times`` copies)."""
+
+    times: int = 1
+
+    def copy(self, source: ImageRef, target: ImageRef, **kw: Any) -> CopyReport:
+        if self.times <= 0:
+            return super().copy(source, target, **kw)
+        self.times -= 1
+        super().copy(source, target, immutable_tags=kw.get("immutable_tags", ()))
+        raise RegistryUnavailable(f"{target.registry} went away before the stable tag moved")
+
+
+def test_a_partly_promoted_digest_is_recorded_partial_and_finished_by_the_next_attempt(
+    keeper: Gatekeeper,
+) -> None:
+    keeper = replace(keeper, registry=StopsBeforeTheStableTag())
+    registry, validator = fakes(keeper)
+    digest = registry.push(f"{UP}/node:15-alpine", "green")
+    registry.push(f"{ART}/node:15-alpine", "older")
+
+    first = gate_image(keeper, f"{UP}/node:15-alpine")
+
+    assert first.verdict == "validated" and first.record.partial
+    assert first.record.promoted_tags == ("15-alpine-run1",)
+    assert registry.tag_of(f"{ART}/node:15-alpine") == digest_of("older")
+
+    again = gate_image(keeper, f"{UP}/node:15-alpine")
+
+    assert again.verdict == "promoted" and not again.record.partial
+    assert len(validator.requests) == 1
+    assert registry.tag_of(f"{ART}/node:15-alpine") == digest
+    assert registry.tag_of(f"{ART}/node:15-alpine-run1") == digest
 
 
 def silent_record(keeper: Gatekeeper, digest: str, state: State, **changes: object) -> GateRecord:
-    """An in-progress record left behind by a worker that died."""
+    """An in-progress record left behind by a worker that died: its lease has lapsed."""
     ghost = GateRecord(
-        id="ghost1", rule="node", source=f"{UP}/node:15-alpine", target=f"{ART}/node", digest=digest
+        id="0ddba11ed0dead",
+        rule="node",
+        source=f"{UP}/node:15-alpine",
+        target=f"{ART}/node",
+        digest=digest,
     )
-    keeper.ledger.claim(ghost, force=False, stale_after_seconds=1)
-    keeper.ledger.save(ghost.advance(state, **changes))  # type: ignore[arg-type]
-    return ghost
+    held = keeper.ledger.claim(ghost, force=False, lease_seconds=60, holder="dead-worker").record
+    keeper.ledger.save(held.advance(state, **changes))  # type: ignore[arg-type]
+    assert keeper.ledger.renew(held.id, "dead-worker", utcnow() - timedelta(seconds=1))
+    return held
 
 
 def test_silent_in_progress_record_is_adopted_not_duplicated(keeper: Gatekeeper) -> None:
@@ -203,11 +349,12 @@ def test_silent_in_progress_record_is_adopted_not_duplicated(keeper: Gatekeeper)
     claim = keeper.ledger.claim(
         GateRecord(id="new1", rule="node", source="x", target=f"{ART}/node", digest=digest),
         force=False,
-        stale_after_seconds=0,
+        lease_seconds=60,
+        holder="new-worker",
     )
 
-    assert claim.acquired and claim.resumed and claim.record.id == "ghost1"
-    assert [r.id for r in keeper.ledger.history()] == ["ghost1"]
+    assert claim.acquired and claim.resumed and claim.record.id == "0ddba11ed0dead"
+    assert [r.id for r in keeper.ledger.history()] == ["0ddba11ed0dead"]
 
 
 def test_adopted_validation_follows_the_recorded_run(
@@ -216,11 +363,10 @@ def test_adopted_validation_follows_the_recorded_run(
     registry, validator = fakes(keeper)
     digest = registry.push(f"{UP}/node:15-alpine", "green")
     silent_record(keeper, digest, State.VALIDATING, run_id="run-of-the-dead")
-    monkeypatch.setattr("gate.service.PROMOTION_ALLOWANCE_SECONDS", -10_000.0)
 
     outcome = gate_image(keeper, f"{UP}/node:15-alpine")
 
-    assert outcome.record.id == "ghost1" and outcome.verdict == "promoted"
+    assert outcome.record.id == "0ddba11ed0dead" and outcome.verdict == "promoted"
     assert [r.run_id for r in validator.resumed] == ["run-of-the-dead"]
     assert outcome.record.target_tags == ("15-alpine-run-of-the-dead", "15-alpine")
 
@@ -233,7 +379,6 @@ def test_adopted_promotion_is_finished_without_validating_again(
     silent_record(
         keeper, digest, State.PROMOTING, run_id="run7", target_tags=("15-alpine-run7", "15-alpine")
     )
-    monkeypatch.setattr("gate.service.PROMOTION_ALLOWANCE_SECONDS", -10_000.0)
 
     outcome = gate_image(keeper, f"{UP}/node:15-alpine")
 
@@ -376,7 +521,9 @@ def test_worker_leaves_a_record_another_worker_holds(keeper: Gatekeeper) -> None
     registry, validator = fakes(keeper)
     registry.push(f"{UP}/node:15-alpine", "green")
     admitted = admit(keeper, f"{UP}/node:15-alpine")
-    held = keeper.ledger.claim(admitted.record, force=False, stale_after_seconds=600)
+    held = keeper.ledger.claim(
+        admitted.record, force=False, lease_seconds=600, holder="first-worker"
+    )
     assert held.acquired  # the first worker took it and is busy
 
     second = gate_record(keeper, admitted.record.id)
@@ -415,8 +562,63 @@ def test_poison_fails_an_untouched_request_but_leaves_a_live_workers_record(
 
     registry.push(f"{UP}/node:15-alpine", "blue")
     held = admit(keeper, f"{UP}/node:15-alpine").record
-    keeper.ledger.claim(held, force=False, stale_after_seconds=600)  # a worker took it
+    # a worker took it
+    keeper.ledger.claim(held, force=False, lease_seconds=600, holder="first-worker")
 
     left = poisoned(keeper, GateRequest(record_id=held.id), "gave up")
 
     assert left.state is State.RECEIVED and keeper.ledger.get(held.id).state is State.RECEIVED
+
+
+def test_worker_hands_back_a_failed_promotion_at_once_and_the_redelivery_promotes_it(
+    keeper: Gatekeeper,
+) -> None:
+    from gate.messages import GateRequest
+    from gate.worker import RetryLater, handle
+
+    registry, validator = fakes(keeper)
+    digest = registry.push(f"{UP}/node:15-alpine", "green")
+    admitted = admit(keeper, f"{UP}/node:15-alpine").record
+    validator.during = lambda request: setattr(registry, "down", True)
+    request = GateRequest(record_id=admitted.id)
+
+    began = time.monotonic()
+    with pytest.raises(RetryLater, match="promotion failed"):
+        handle(keeper, request, wait_seconds=30)
+    assert time.monotonic() - began < 5  # handed back at once, not after the wait
+    validator.during = None
+    registry.down = False
+    done = handle(keeper, request, wait_seconds=30)
+
+    assert done.verdict == "promoted" and done.record.id == admitted.id
+    assert len(validator.requests) == 1
+    assert registry.tag_of(f"{ART}/node:15-alpine") == digest
+
+
+def test_poison_leaves_a_validated_record_for_the_next_attempt(keeper: Gatekeeper) -> None:
+    from gate.messages import GateRequest
+    from gate.worker import poisoned
+
+    registry, validator = fakes(keeper)
+    registry.push(f"{UP}/node:15-alpine", "green")
+    validator.during = lambda request: setattr(registry, "down", True)
+    kept = gate_image(keeper, f"{UP}/node:15-alpine").record
+    assert kept.state is State.VALIDATED
+
+    left = poisoned(keeper, GateRequest(record_id=kept.id), "gave up")
+
+    assert left.state is State.VALIDATED
+    assert keeper.ledger.get(kept.id).state is State.VALIDATED
+
+
+def test_poison_fails_a_record_whose_holder_died(keeper: Gatekeeper) -> None:
+    from gate.messages import GateRequest
+    from gate.worker import poisoned
+
+    registry, _ = fakes(keeper)
+    digest = registry.push(f"{UP}/node:15-alpine", "green")
+    ghost = silent_record(keeper, digest, State.VALIDATING, run_id="run-of-the-dead")
+
+    failed = poisoned(keeper, GateRequest(record_id=ghost.id), "gave up")
+
+    assert failed.state is State.FAILED and "gave up" in failed.reason

@@ -1,7 +1,9 @@
 """The SQLite ledger: one file, safe for several ``gate`` processes at once.
 
 Claims run in ``BEGIN IMMEDIATE`` transactions, which take SQLite's write lock before reading, so
-two processes cannot both see "no record" for the same (rule, digest) and both start gating it.
+two processes cannot both see "no record" for the same (rule, digest) and both start gating it;
+lease renewals and saves read and write a record in one such transaction, conditional on who
+holds its lease.
 WAL mode lets readers (``gate history``) run beside a writer.
 """
 
@@ -11,12 +13,23 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 from gate.errors import LedgerError, NotFound
-from gate.model import Claim, GateRecord, State, record_id_query, record_id_range, utcnow
+from gate.model import (
+    Claim,
+    GateRecord,
+    State,
+    claim_insert,
+    claim_step,
+    merge_lease,
+    record_id_query,
+    record_id_range,
+    renew_lease,
+    utcnow,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -47,26 +60,71 @@ def _load(data: str, log: str) -> GateRecord:
 
 
 class SqliteLedger:
-    """Gate records in a SQLite file (created with its folder on first use)."""
+    """Gate records in a SQLite file (created with its folder by the first write).
+
+    Reads open the file read-only and never create it: before the first write the history is
+    empty and every record is :class:`~gate.errors.NotFound`. Read commands call
+    :meth:`require` first, so that a wrong ``data_dir`` says so instead of showing nothing.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._ready = False
+        if path.exists():
+            self._prepare()
+
+    def _prepare(self) -> None:
+        """Create the file, its folder and the schema (idempotent: IF NOT EXISTS)."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as db:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
+            finally:
+                db.close()
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(
-                f"cannot open the ledger {path}: {exc}; check the data_dir setting and its permissions"
+                f"cannot open the ledger {self.path}: {exc}; check the data_dir setting and its "
+                "permissions"
             ) from None
+        self._ready = True
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        if not self._ready:
+            self._prepare()
         # autocommit mode: transactions are explicit (BEGIN IMMEDIATE) where they matter
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         try:
             yield db
+        finally:
+            db.close()
+
+    def require(self) -> None:
+        """Raise :class:`~gate.errors.NotFound` when there is no ledger file (yet)."""
+        if not self.path.exists():
+            raise NotFound(
+                f"no ledger at {self.path}; run 'gate run' first, or check --config and the "
+                "data_dir it sets"
+            )
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection (``mode=ro``): reading never creates or changes the ledger."""
+        self.require()
+        try:
+            db = sqlite3.connect(
+                f"file:{quote(str(self.path))}?mode=ro", uri=True, timeout=60, isolation_level=None
+            )
+        except sqlite3.Error as exc:
+            raise LedgerError(
+                f"cannot read the ledger {self.path}: {exc}; check the file and its permissions"
+            ) from None
+        try:
+            yield db
+        except sqlite3.Error as exc:
+            raise LedgerError(f"reading the ledger {self.path} failed: {exc}; retry") from None
         finally:
             db.close()
 
@@ -106,7 +164,13 @@ class SqliteLedger:
         )
 
     def claim(
-        self, record: GateRecord, *, force: bool, stale_after_seconds: float, start: bool = True
+        self,
+        record: GateRecord,
+        *,
+        force: bool,
+        lease_seconds: float,
+        holder: str = "",
+        start: bool = True,
     ) -> Claim:
         """Insert or take ``record`` unless (rule, digest) is settled or being gated; see the port."""
         with self._transaction() as db:
@@ -117,30 +181,42 @@ class SqliteLedger:
             ).fetchall()
             now = utcnow()
             for data, log in rows:
-                existing = _load(data, log)
-                if existing.id == record.id and existing.attempts == 0:
-                    if not start:
-                        return Claim(existing, acquired=False)
-                    taken = replace(existing, attempts=1, updated_at=now)
-                    self._update(db, taken)
-                    return Claim(taken, acquired=True)
-                if existing.state.decisive:
-                    if not force:
-                        return Claim(existing, acquired=False)
+                step = claim_step(
+                    _load(data, log),
+                    record,
+                    now=now,
+                    force=force,
+                    start=start,
+                    lease_seconds=lease_seconds,
+                    holder=holder,
+                )
+                if step is None:
                     continue
-                if existing.state.final:
-                    continue
-                idle = (now - existing.updated_at).total_seconds()
-                if idle < stale_after_seconds:
-                    # someone is gating it right now; even --force waits for them
-                    return Claim(existing, acquired=False)
-                # its worker went silent: adopt the record and carry on where it stopped
-                adopted = replace(existing, attempts=existing.attempts + 1, updated_at=now)
-                self._update(db, adopted)
-                return Claim(adopted, acquired=True, resumed=True)
-            inserted = replace(record, attempts=1 if start else 0)
+                if step.acquired:
+                    # the write lock is ours since BEGIN IMMEDIATE: nobody changed it meanwhile
+                    self._update(db, step.record)
+                return step
+            inserted = claim_insert(
+                record, now=now, start=start, lease_seconds=lease_seconds, holder=holder
+            )
             self._insert(db, inserted)
             return Claim(inserted, acquired=True)
+
+    def _stored(self, db: sqlite3.Connection, record_id: str) -> GateRecord | None:
+        row = db.execute("SELECT data, log FROM records WHERE id = ?", (record_id,)).fetchone()
+        return _load(row[0], row[1]) if row else None
+
+    def renew(self, record_id: str, holder: str, until: datetime) -> bool:
+        """Move ``holder``'s lease on ``record_id`` to ``until``; False if it holds it no more."""
+        with self._transaction() as db:
+            stored = self._stored(db, record_id)
+            if stored is None:
+                raise NotFound(f"record {record_id} is not in the ledger {self.path}")
+            renewed = renew_lease(stored, holder, until)
+            if renewed is None:
+                return False
+            self._update(db, renewed)
+            return True
 
     def _update(self, db: sqlite3.Connection, record: GateRecord) -> None:
         cursor = db.execute(
@@ -160,9 +236,12 @@ class SqliteLedger:
             raise NotFound(f"record {record.id} is not in the ledger {self.path}")
 
     def save(self, record: GateRecord) -> None:
-        """Persist the newer version of a claimed record."""
+        """Persist the newer version of a claimed record, unless another worker holds it now."""
         with self._transaction() as db:
-            self._update(db, record)
+            stored = self._stored(db, record.id)
+            if stored is None:
+                raise NotFound(f"record {record.id} is not in the ledger {self.path}")
+            self._update(db, merge_lease(stored, record))
 
     def add(self, record: GateRecord) -> None:
         """Insert a record that takes no claim (a rollback)."""
@@ -172,7 +251,7 @@ class SqliteLedger:
     def get(self, record_id: str) -> GateRecord:
         """Return one record by id (a unique prefix of at least 6 characters also works)."""
         record_id = record_id_query(record_id)
-        with self._connect() as db:
+        with self._read() as db:
             row = db.execute("SELECT data, log FROM records WHERE id = ?", (record_id,)).fetchone()
             if row is None:
                 # a key range on the primary key, not LIKE: the prefix is data, not a pattern
@@ -212,7 +291,9 @@ class SqliteLedger:
             clauses.append("created_at < ?")
             params.append(before.astimezone(UTC).isoformat())
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._connect() as db:
+        if not self.path.exists():
+            return []  # nothing was ever recorded here
+        with self._read() as db:
             rows = db.execute(
                 f"SELECT data, log FROM records {where} ORDER BY created_at DESC, id DESC LIMIT ?",
                 (*params, limit),
@@ -221,7 +302,9 @@ class SqliteLedger:
 
     def decided(self, rule: str, digest: str) -> GateRecord | None:
         """The promoted or rejected record of (rule, digest), if any."""
-        with self._connect() as db:
+        if not self.path.exists():
+            return None  # nothing was ever gated here
+        with self._read() as db:
             row = db.execute(
                 "SELECT data, log FROM records WHERE rule = ? AND digest = ? AND action = 'gate'"
                 " AND state IN (?, ?) ORDER BY created_at DESC LIMIT 1",

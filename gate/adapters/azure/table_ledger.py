@@ -3,7 +3,10 @@
 Everything lives in one partition of one table, so that the writes of a claim (the claim entity
 of a (rule, digest) and the record it admits) go in one entity-group transaction: all or nothing,
 conditional on the ETag the decision was based on. Two workers that read the same state and
-decide to write race on that ETag; the loser re-reads and decides again. One partition serves
+decide to write race on that ETag; the loser re-reads and decides again. Lease renewals and
+saves of a record are conditional on the record entity's ETag the same way (If-Match, 412 when
+another write came first), so a heartbeat and its holder's save never lose each other's write
+and a worker whose record was taken over cannot write it. One partition serves
 about 2,000 entities a second, far more than a gate writes.
 
 Row keys (``PartitionKey`` is always ``ledger``)::
@@ -24,7 +27,7 @@ import hashlib
 import json
 import re
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -47,7 +50,18 @@ from azure.data.tables import TableClient, TableEntity, TableTransactionError, U
 from azure.storage.blob import ContainerClient, ContentSettings
 
 from gate.errors import ConfigError, LedgerError, NotFound
-from gate.model import Claim, GateRecord, State, record_id_query, record_id_range, utcnow
+from gate.model import (
+    Claim,
+    GateRecord,
+    State,
+    claim_insert,
+    claim_step,
+    merge_lease,
+    record_id_query,
+    record_id_range,
+    renew_lease,
+    utcnow,
+)
 
 _PARTITION = "ledger"
 _CLAIM_PREFIX = "c|"
@@ -200,6 +214,7 @@ class TableLedger:
                 "(e.g. gatelogs)"
             )
         self._log_hashes: dict[str, str] = {}
+        self._rows: dict[str, str] = {}  # record id -> row key, which never changes
         try:
             if connection_string is not None:
                 self._table = TableClient.from_connection_string(connection_string, table)
@@ -261,6 +276,8 @@ class TableLedger:
         if isinstance(exc, HttpResponseError) and exc.status_code is not None:
             code = getattr(exc, "error_code", None) or (exc.reason or "")
             code = getattr(code, "value", code)
+            if code == "TableNotFound":
+                raise self._no_table() from None
             if exc.status_code in (401, 403):
                 raise LedgerError(
                     f"{what} failed: the storage account refused the credential "
@@ -292,6 +309,14 @@ class TableLedger:
             ) from None
         raise LedgerError(f"{what} failed ({type(exc).__name__}); retry later") from None
 
+    def _no_table(self) -> LedgerError:
+        # the constructor creates the table: a missing one was deleted, records and all
+        return LedgerError(
+            f"no ledger at {self._where}: the table does not exist any more; create it (or "
+            "restart the gate, which creates it) and restore the records from a backup, or "
+            "check the azure.ledger settings of --config"
+        )
+
     # -- storage primitives -------------------------------------------------------------------
 
     def _read(self, row_key: str) -> TableEntity | None:
@@ -299,10 +324,7 @@ class TableLedger:
             return self._table.get_entity(_PARTITION, row_key)
         except ResourceNotFoundError as exc:
             if getattr(getattr(exc, "error_code", None), "value", None) == "TableNotFound":
-                raise LedgerError(
-                    f"{self._where} does not exist any more; create it (or restart the gate, "
-                    "which creates it) and restore the records from a backup"
-                ) from None
+                raise self._no_table() from None
             return None
 
     def _commit(self, operations: list[Operation], claim_key: str | None) -> bool:
@@ -376,7 +398,13 @@ class TableLedger:
     # -- the port -----------------------------------------------------------------------------
 
     def claim(
-        self, record: GateRecord, *, force: bool, stale_after_seconds: float, start: bool = True
+        self,
+        record: GateRecord,
+        *,
+        force: bool,
+        lease_seconds: float,
+        holder: str = "",
+        start: bool = True,
     ) -> Claim:
         """Insert or take ``record`` unless (rule, digest) is settled or being gated; see the port.
 
@@ -387,12 +415,14 @@ class TableLedger:
         with self._errors(f"claiming {record.rule} {record.digest} in {self._where}"):
             if record.digest is None:
                 # nothing to deduplicate on (the SQLite ledger matches no rows either)
-                inserted = replace(record, attempts=1 if start else 0)
+                inserted = claim_insert(
+                    record, now=utcnow(), start=start, lease_seconds=lease_seconds, holder=holder
+                )
                 self._commit(self._creates(inserted, self._store_log(inserted)), None)
                 return Claim(inserted, acquired=True)
             claim_key = _claim_key(record.rule, record.digest)
             for _ in range(_CLAIM_ATTEMPTS):
-                outcome = self._claim_once(record, claim_key, force, stale_after_seconds, start)
+                outcome = self._claim_once(record, claim_key, force, lease_seconds, holder, start)
                 if outcome is not None:
                     return outcome
         raise LedgerError(
@@ -405,7 +435,8 @@ class TableLedger:
         record: GateRecord,
         claim_key: str,
         force: bool,
-        stale_after_seconds: float,
+        lease_seconds: float,
+        holder: str,
         start: bool,
     ) -> Claim | None:
         """One read-decide-write round; None when the write lost a race."""
@@ -424,26 +455,25 @@ class TableLedger:
                 continue
             if existing.action != "gate":
                 continue
-            if existing.id == record.id and existing.attempts == 0:
-                if not start:
-                    return Claim(self._with_log(entity), acquired=False)
-                taken = replace(self._with_log(entity), attempts=1, updated_at=now)
-                return self._take(claim_key, claim, keys, gone, entity, taken, resumed=False)
-            if existing.state.decisive:
-                if not force:
-                    return Claim(self._with_log(entity), acquired=False)
+            step = claim_step(
+                existing,
+                record,
+                now=now,
+                force=force,
+                start=start,
+                lease_seconds=lease_seconds,
+                holder=holder,
+            )
+            if step is None:
                 continue
-            if existing.state.final:
-                continue
-            idle = (now - existing.updated_at).total_seconds()
-            if idle < stale_after_seconds:
-                # someone is gating it right now; even --force waits for them
-                return Claim(self._with_log(entity), acquired=False)
-            # its worker went silent: adopt the record and carry on where it stopped
             loaded = self._with_log(entity)
-            adopted = replace(loaded, attempts=loaded.attempts + 1, updated_at=now)
-            return self._take(claim_key, claim, keys, gone, entity, adopted, resumed=True)
-        inserted = replace(record, attempts=1 if start else 0)
+            if not step.acquired:
+                return Claim(loaded, acquired=False)
+            taken = replace(step.record, log=loaded.log)
+            return self._take(claim_key, claim, keys, gone, entity, taken, resumed=step.resumed)
+        inserted = claim_insert(
+            record, now=now, start=start, lease_seconds=lease_seconds, holder=holder
+        )
         log_blob = self._store_log(inserted)
         creates = self._creates(inserted, log_blob)
         kept = [key for key in keys if key not in gone] + [str(creates[0][1]["RowKey"])]
@@ -474,28 +504,78 @@ class TableLedger:
             return None
         return Claim(record, acquired=True, resumed=resumed)
 
+    def _record_row(self, record_id: str) -> str | None:
+        """The row key of record ``record_id`` (it follows created_at, which never changes)."""
+        row = self._rows.get(record_id)
+        if row is None:
+            index = self._read(_index_key(record_id))
+            if index is None:
+                return None
+            row = self._rows[record_id] = str(index["row"])
+        return row
+
+    def _conditional_update(
+        self,
+        record_id: str,
+        change: Callable[[GateRecord], GateRecord | None],
+        what: str,
+        *,
+        keep_log: bool = False,
+    ) -> bool:
+        """Read record ``record_id``, ``change`` it, write it back if unchanged meanwhile (ETag).
+
+        False when ``change`` declines (returns None); NotFound when there is no such record.
+        Lost races (412: another worker wrote in between) are read and decided again. With
+        ``keep_log`` the entity keeps its log blob (``change`` saw the record without its log).
+        """
+        for _ in range(_CLAIM_ATTEMPTS):
+            row = self._record_row(record_id)
+            entity = self._read(row) if row is not None else None
+            if entity is None:
+                raise NotFound(
+                    f"record {record_id} is not in {self._where}; claim or add it before saving"
+                )
+            changed = change(_record_from(entity))
+            if changed is None:
+                return False
+            log_blob = str(entity.get("log") or "") if keep_log else self._store_log(changed)
+            update = _record_entity(changed, log_blob)
+            try:
+                self._table.update_entity(update, **_if_unchanged(_etag(entity)))
+                return True
+            except HttpResponseError as exc:
+                # Update Entity with If-Match fails with 412 Precondition Failed when the stored
+                # ETag differs (learn.microsoft.com/rest/api/storageservices/update-entity2);
+                # azure-data-tables raises it as ResourceModifiedError, an HttpResponseError
+                if exc.status_code != 412:
+                    raise
+        raise LedgerError(
+            f"{what} lost {_CLAIM_ATTEMPTS} races in a row in {self._where}; retry later"
+        )
+
+    def renew(self, record_id: str, holder: str, until: datetime) -> bool:
+        """Move ``holder``'s lease on ``record_id`` to ``until``; False if it holds it no more.
+
+        The stored record's own fields (its log too) are written back as read: only the lease
+        moves, and only if nobody wrote the entity since it was read (its ETag).
+        """
+        with self._errors(f"renewing the lease on record {record_id} in {self._where}"):
+            return self._conditional_update(
+                record_id,
+                lambda stored: renew_lease(stored, holder, until),
+                f"renewing the lease on record {record_id}",
+                keep_log=True,
+            )
+
     def save(self, record: GateRecord) -> None:
-        """Persist the newer version of a claimed record (its log to a blob, when it has one)."""
+        """Persist the newer version of a claimed record (its log to a blob, when it has one),
+        unless another worker holds it now (ETag-conditional, like a claim)."""
         with self._errors(f"saving record {record.id} in {self._where}"):
-            entity = _record_entity(record, self._store_log(record))
-            try:
-                self._table.update_entity(entity, mode=UpdateMode.REPLACE)
-                return
-            except ResourceNotFoundError:
-                pass
-            # the row key follows created_at: if that changed, find the row by the record's id
-            index = self._read(_index_key(record.id))
-            if index is None or index["row"] == entity["RowKey"]:
-                raise NotFound(
-                    f"record {record.id} is not in {self._where}; claim or add it before saving"
-                ) from None
-            entity["RowKey"] = index["row"]
-            try:
-                self._table.update_entity(entity, mode=UpdateMode.REPLACE)
-            except ResourceNotFoundError:
-                raise NotFound(
-                    f"record {record.id} is not in {self._where}; claim or add it before saving"
-                ) from None
+            self._conditional_update(
+                record.id,
+                lambda stored: merge_lease(stored, record),
+                f"saving record {record.id}",
+            )
 
     def add(self, record: GateRecord) -> None:
         """Insert a record that takes no claim (a rollback).
