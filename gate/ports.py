@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gate.config import DownstreamTask
+from gate.errors import RegistryUnavailable
 from gate.model import Claim, DownstreamRun, GateRecord, State, ValidationResult
 from gate.ref import ImageRef
 
@@ -70,6 +71,41 @@ class Registry(Protocol):
         ``immutable_tags`` (refused with :class:`~gate.errors.Conflict` if one already points at
         another digest), then ``tags`` in order (moved if they exist).
         """
+        ...
+
+
+class RateLimited(RegistryUnavailable):
+    """A registry asked the gate to stop for a while (``429``); ``retry_after`` in seconds."""
+
+    def __init__(self, message: str, *, registry: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.registry = registry
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class PolledDigest:
+    """One poll HEAD: the digest, and why the registry's quota says to stop (empty: it does not)."""
+
+    digest: str
+    quota_spent: str = ""
+
+
+@runtime_checkable
+class PollingRegistry(Protocol):
+    """A registry a poll pass can ask without waiting out rate limits (an optional capability).
+
+    Unlike :meth:`Registry.resolve` and :meth:`Registry.list_tags`, which wait out a ``429``
+    within bounded retries, these raise :class:`RateLimited` at the first ``429`` so that the
+    pass stops asking that registry and polls the others. Safe to call from several threads.
+    """
+
+    def poll_digest(self, ref: ImageRef) -> PolledDigest:
+        """The digest tag ``ref`` points at now: one HEAD request, never a manifest GET."""
+        ...
+
+    def poll_tags(self, repository: ImageRef) -> list[str]:
+        """Every tag of ``repository``, following the tag list's pagination."""
         ...
 
 

@@ -39,7 +39,7 @@ from gate.errors import (
     RegistryError,
     RegistryUnavailable,
 )
-from gate.ports import CopyReport, ProgressCallback
+from gate.ports import CopyReport, PolledDigest, ProgressCallback, RateLimited
 from gate.ref import ImageRef
 
 T = TypeVar("T")
@@ -117,11 +117,32 @@ class _Stats:
 class _Transient(Exception):
     """A failure worth retrying (connection error, timeout, 429, 5xx); internal only."""
 
-    def __init__(self, host: str, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, host: str, reason: str, retry_after: float | None = None, status: int = 0
+    ) -> None:
         super().__init__(reason)
         self.host = host
         self.reason = reason
         self.retry_after = retry_after
+        self.status = status
+
+
+def quota_spent(headers: Mapping[str, str]) -> str:
+    """Docker Hub's pull quota, when the answer says it is spent; empty otherwise.
+
+    Docker Hub answers manifest requests (GET and HEAD) with ``ratelimit-limit: 100;w=21600``
+    and ``ratelimit-remaining: 76;w=21600`` (pulls per window of ``w`` seconds; Docker docs,
+    "Docker Hub pull usage and limits", View pull rate and limit). It documents no reset time,
+    so a spent quota stops polling that registry for the rest of the pass only.
+    """
+    remaining = headers.get("ratelimit-remaining")
+    if remaining is None:
+        return ""
+    count = remaining.split(";")[0].strip()
+    if not count.isdigit() or int(count) > 0:
+        return ""
+    limit = headers.get("ratelimit-limit", "?")
+    return f"pull quota spent (ratelimit-remaining {remaining.strip()}, limit {limit.strip()})"
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -189,7 +210,10 @@ class OciRegistry:
     anonymously. ``transport`` replaces the network (tests); ``sleep`` is how backoff waits.
     ``chunk_size`` re-chunks streamed blobs; the default passes on the chunks the connection
     delivers (64 KiB), which is bounded and avoids copying every byte once more.
-    Not thread-safe: use one instance per thread.
+    The poll methods (:meth:`poll_digest`, :meth:`poll_tags`) may run on several threads at
+    once: they share the connection pool (httpcore's pool serialises its bookkeeping under a
+    lock, ``ConnectionPool._optional_thread_lock``) and the token cache (a dict; a race costs
+    at most one token fetched twice). Copies are not thread-safe: one copy at a time.
     """
 
     def __init__(
@@ -257,7 +281,14 @@ class OciRegistry:
         return digest
 
     def list_tags(self, repository: ImageRef) -> list[str]:
-        """Return every tag of ``repository`` (registry and repository of the ref; tag ignored)."""
+        """Return every tag of ``repository`` (registry and repository of the ref; tag ignored).
+
+        Follows the ``Link: <...>; rel="next"`` header page by page (OCI distribution spec,
+        "Listing Tags": the ``n``/``last`` query and the ``Link`` header of the next page).
+        """
+        return self._list_tags(repository, wait_limits=True)
+
+    def _list_tags(self, repository: ImageRef, *, wait_limits: bool) -> list[str]:
         ep = self._endpoint(repository.registry)
         scopes = (f"repository:{repository.repository}:pull",)
         url: str | None = f"{ep.base}/v2/{repository.repository}/tags/list?n={self._tags_page_size}"
@@ -282,9 +313,35 @@ class OciRegistry:
                     urljoin(page_url, next_link) if next_link else None,
                 )
 
-            names, url = self._retry(f"listing tags of {repository.name}", page)
+            names, url = self._retry(
+                f"listing tags of {repository.name}", page, wait_limits=wait_limits
+            )
             tags.extend(names)
         return tags
+
+    def poll_digest(self, ref: ImageRef) -> PolledDigest:
+        """One HEAD for the digest of ``ref``; a ``429`` raises :class:`RateLimited` at once.
+
+        Without a ``Docker-Content-Digest`` header the manifest is fetched once to hash it
+        (some registries omit it; every registry the distribution spec describes sends it).
+        """
+        ep = self._endpoint(ref.registry)
+        digest, spent = self._retry(
+            f"polling {ref}",
+            lambda: self._head_answer(ep, ref.repository, ref.reference),
+            wait_limits=False,
+        )
+        if digest is None:
+            raise ManifestUnknown(
+                f"{ref} does not exist: registry {ref.registry} has no manifest "
+                f"'{ref.reference}' in repository '{ref.repository}'. Check the tag for typos, "
+                "and that the image was not deleted upstream."
+            )
+        return PolledDigest(digest, spent)
+
+    def poll_tags(self, repository: ImageRef) -> list[str]:
+        """:meth:`list_tags`, raising :class:`RateLimited` at the first ``429``."""
+        return self._list_tags(repository, wait_limits=False)
 
     def check_push(self, target: ImageRef) -> None:
         """Start a blob upload in ``target``'s repository and cancel it: proves push rights.
@@ -717,22 +774,27 @@ class OciRegistry:
 
     def _head(self, ep: _Endpoint, repo: str, reference: str) -> str | None:
         """The digest of ``repo:reference`` (or ``@reference``), None if it does not exist."""
+        return self._head_answer(ep, repo, reference)[0]
+
+    def _head_answer(self, ep: _Endpoint, repo: str, reference: str) -> tuple[str | None, str]:
+        """:meth:`_head`, and the spent-quota note of the answer (:func:`quota_spent`)."""
         url = f"{ep.base}/v2/{repo}/manifests/{reference}"
         scopes = (f"repository:{repo}:pull",)
         with closing(
             self._request(ep, "HEAD", url, scopes=scopes, headers={"Accept": _ACCEPT})
         ) as head:
             if head.status_code == 404:
-                return None
+                return None, ""
             self._expect(head, (200,), ep, f"looking up {repo}:{reference}")
             digest = str(head.headers.get("Docker-Content-Digest", ""))
+            spent = quota_spent(head.headers)
         if _DIGEST.match(reference):
-            return reference
+            return reference, spent
         if digest and _DIGEST.match(digest):
-            return digest
+            return digest, spent
         # Some registries omit the header: the digest is the sha256 of the manifest bytes.
         data, _ = self._get_manifest(ep, repo, reference)
-        return "sha256:" + hashlib.sha256(data).hexdigest()
+        return "sha256:" + hashlib.sha256(data).hexdigest(), spent
 
     def _put_manifest_fn(
         self, ep: _Endpoint, repo: str, reference: str, data: bytes, media_type: str
@@ -767,13 +829,24 @@ class OciRegistry:
         scheme = "http" if settings.insecure else "https"
         return _Endpoint(name=registry, host=host, base=f"{scheme}://{host}", settings=settings)
 
-    def _retry(self, what: str, attempt: Callable[[], T]) -> T:
+    def _retry(self, what: str, attempt: Callable[[], T], *, wait_limits: bool = True) -> T:
         """Run ``attempt`` until it succeeds, retrying transient failures a bounded number of
-        times with exponential backoff and jitter (or the server's ``Retry-After``)."""
+        times with exponential backoff and jitter (or the server's ``Retry-After``).
+
+        ``wait_limits=False`` (polls) raises :class:`RateLimited` at the first ``429`` instead.
+        """
         for number in range(1, self._max_attempts + 1):
             try:
                 return attempt()
             except _Transient as exc:
+                if exc.status == 429 and not wait_limits:
+                    after = "" if exc.retry_after is None else f" for {exc.retry_after:g} s"
+                    raise RateLimited(
+                        f"{what}: registry {exc.host} answered HTTP 429 (too many requests), "
+                        f"asking for a pause{after}; polling it resumes after that",
+                        registry=exc.host,
+                        retry_after=exc.retry_after,
+                    ) from None
                 if number == self._max_attempts:
                     raise RegistryUnavailable(
                         f"{what} failed: registry {exc.host} answered {exc.reason} on all "
@@ -822,7 +895,9 @@ class OciRegistry:
             if response.status_code in _RETRY_STATUSES:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 response.close()
-                raise _Transient(ep.host, f"HTTP {response.status_code}", retry_after)
+                raise _Transient(
+                    ep.host, f"HTTP {response.status_code}", retry_after, response.status_code
+                )
             if response.status_code != 401:
                 if not stream:
                     try:
