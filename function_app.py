@@ -176,7 +176,8 @@ def watch(timer: func.TimerRequest, requests: func.Out[typing.List[str]]) -> Non
     # Registry.validate_function_params) accepts an Out[...] argument only if it is a class or a
     # typing generic; list[str] is neither, and it refuses to index the whole app
     # ("binding requests has invalid non-type annotation"). tests/test_functions_worker.py.
-    """Poll upstreams without events (HEAD only) and queue digests not decided yet."""
+    """Poll upstreams without events (HEAD only) and queue digests not decided yet, and the
+    digests whose cooldown ended (the worker promotes or supersedes them; nothing sleeps)."""
     from gate.worker import poll
 
     found, errors = poll(keeper())
@@ -185,6 +186,22 @@ def watch(timer: func.TimerRequest, requests: func.Out[typing.List[str]]) -> Non
     if found:
         requests.set([request.to_json() for request in found])
     log.info("poll: %d new digest(s) queued, %d error(s)", len(found), len(errors))
+    _revalidate()
+
+
+def _revalidate() -> None:
+    """Rules whose revalidate: schedule is due: re-validate now, demote or alert, publish."""
+    from gate.worker import revalidate
+
+    endpoint = settings().outcome_topic_endpoint
+    publish = publisher(endpoint).publish if endpoint else None
+    # runs inline: a due re-validation takes as long as a validation run, within the
+    # function's timeout; the ledger says when each rule was last re-validated
+    records, errors = revalidate(keeper(), publish)
+    for problem in errors:
+        log.warning("revalidate: %s", problem)
+    if records or errors:
+        log.info("revalidate: %d record(s), %d error(s)", len(records), len(errors))
 
 
 def _audit(outcome: Any, began: float) -> None:

@@ -23,6 +23,11 @@ EVENT_TYPES = {
     State.REJECTED: "GatedImport.ImageRejected",
     State.FAILED: "GatedImport.GateFailed",
     State.ROLLED_BACK: "GatedImport.RolledBack",
+    # scheduled re-validation: the stable tag moved back; no earlier digest passes (nothing
+    # moved); the stable digest fails now under on_failure: alert (nothing moves)
+    State.DEMOTED: "GatedImport.ImageDemoted",
+    State.BROKEN: "GatedImport.RuleBroken",
+    State.FAILING: "GatedImport.RevalidationFailed",
 }
 
 
@@ -52,6 +57,8 @@ def decision(
             "downstream": [d.to_dict() for d in record.downstream],
             # the signed attestation attached for this decision (gate verify checks it)
             "attestation": record.attestation or None,
+            # a re-validation's promotion, or a demotion's failing re-validation
+            "of_record": record.of_record or None,
             "duration_s": round(duration, 3) if duration is not None else None,
         }
     )

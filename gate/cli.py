@@ -29,8 +29,11 @@ from gate.model import DownstreamRun, GateRecord, State, parse_instant
 from gate.service import (
     Gatekeeper,
     GateOutcome,
+    Revalidated,
     gate_image,
     retry_downstream,
+    revalidate,
+    revalidate_due,
     rollback,
     watch_once,
 )
@@ -39,7 +42,14 @@ from gate.service import (
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
-_STYLE = {"promoted": "green", "rejected": "red", "failed": "yellow", "rolled_back": "cyan"}
+_STYLE = {
+    "promoted": "green",
+    "rejected": "red",
+    "failed": "yellow",
+    "rolled_back": "cyan",
+    "waiting": "blue",
+    "superseded": "magenta",
+}
 
 # Text that may come from outside (references, reasons, actors, error messages, logs) reaches
 # the terminal only inside rich ``Text`` objects, which are never parsed for markup or emoji
@@ -153,6 +163,8 @@ def _print_outcome(outcome: GateOutcome) -> None:
         tags = ", ".join(f"{r.target}:{t}" for t in r.target_tags)
         out.print(Text(f"  tags    {_plain(tags)}"), soft_wrap=True)
     _print_downstream(r)
+    if r.state is State.WAITING and r.eligible_at is not None:
+        out.print(Text(f"  until   {r.eligible_at.isoformat(timespec='seconds')} (cooldown)"))
     if r.reason:
         out.print(Text(f"  reason  {_plain(r.reason)}"), soft_wrap=True)
 
@@ -200,14 +212,95 @@ def watch_cmd(config: str | None, once: bool, interval: float) -> None:
                 err.print(line.append(_plain(item.error)), soft_wrap=True)
                 worst = max(worst, 3)
             elif item.outcome:
-                worst = max(worst, item.outcome.exit_code)
+                # a digest waiting out its cooldown is the poll working, not a failure
+                waits = item.outcome.record.state is State.WAITING
+                worst = max(worst, 0 if waits else item.outcome.exit_code)
                 _print_outcome(item.outcome)
             else:
                 unchanged = f"  unchanged {item.source} {item.digest} ({item.skipped})"
                 out.print(Text(_plain(unchanged), style="dim"), soft_wrap=True)
+        worst = max(worst, _print_revalidated(revalidate_due(keeper)))
         if once:
             sys.exit(worst)
         time.sleep(interval)
+
+
+@main.command("revalidate")
+@click.argument("rule", required=False)
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line on stdout.")
+def revalidate_cmd(rule: str | None, config: str | None, as_json: bool) -> None:
+    """Re-validate the digest the stable tag points at now, for RULE (default: every rule with
+    revalidate:), whatever its schedule; demote or alert as the rule says.
+
+    Exit 0 when every stable digest passes (or was demoted to one that does), 1 when one fails
+    and nothing moved (alert, or the rule is broken), 3 when one could not be checked.
+    """
+    try:
+        results = revalidate(_keeper(config, quiet=as_json), rule)
+    except GateError as exc:
+        _fail(exc)
+    if as_json:
+        from gate.audit import EVENT_TYPES
+
+        for result in results:
+            print(
+                json.dumps(
+                    {
+                        "rule": result.rule,
+                        "stable": result.stable,
+                        "error": result.error or None,
+                        "records": [
+                            {
+                                "record_id": r.id,
+                                "action": r.action,
+                                "state": r.state.value,
+                                "digest": r.digest,
+                                "of_record": r.of_record or None,
+                                "event": EVENT_TYPES.get(r.state),
+                                "reason": r.reason,
+                            }
+                            for r in result.records
+                        ],
+                    }
+                )
+            )
+        sys.exit(_revalidation_exit(results))
+    sys.exit(_print_revalidated(results))
+
+
+def _revalidation_exit(results: list[Revalidated]) -> int:
+    worst = 0
+    for result in results:
+        last = result.decision or result.checked
+        if result.error or last is None or last.state is State.FAILED:
+            worst = max(worst, 3)
+        elif last.state in (State.FAILING, State.BROKEN):
+            worst = max(worst, 1)
+    return worst
+
+
+def _print_revalidated(results: list[Revalidated]) -> int:
+    """One line per record a re-validation pass added; returns the pass's exit code."""
+    for result in results:
+        for r in result.records:
+            style = {"revalidated": "green", "demoted": "cyan"}.get(r.state.value, "red")
+            line = f" {r.target}:{r.target_tags[0] if r.target_tags else '-'} {r.digest}"
+            out.print(
+                Text.assemble((r.state.value.upper(), f"bold {style}"), _plain(line)),
+                soft_wrap=True,
+            )
+            out.print(
+                Text(
+                    f"  record  {_plain(r.id)}   of {_plain(r.of_record)}\n"
+                    f"  reason  {_plain(r.reason)}"
+                ),
+                soft_wrap=True,
+            )
+        if result.error:
+            said = Text.assemble(("      error", "yellow"), f" rule {_plain(result.rule)}: ")
+            err.print(said.append(_plain(result.error)), soft_wrap=True)
+    return _revalidation_exit(results)
 
 
 @main.command("listen")
@@ -324,11 +417,18 @@ def history_table(records: list[GateRecord]) -> Table:
             r.created_at.strftime("%m-%d %H:%M:%S"),
             Text(_plain(r.source if r.action == "gate" else f"{r.action} {r.target}")),
             Text(_plain((r.digest or "-")[:19])),
-            Text(r.state.value, style=style),
+            Text(_verdict(r), style=style),
             Text(_plain(r.run_id or "-")),
             Text(_plain(r.reason)),
         )
     return table
+
+
+def _verdict(record: GateRecord) -> str:
+    """The state, with the time a digest waiting out its cooldown becomes eligible."""
+    if record.state is State.WAITING and record.eligible_at is not None:
+        return f"waiting until {record.eligible_at.strftime('%m-%d %H:%M:%S')}"
+    return record.state.value
 
 
 @main.command("show")

@@ -100,6 +100,15 @@ class DownstreamTask:
 
 
 @dataclass(frozen=True)
+class Revalidation:
+    """A rule's scheduled re-validation: how often, what a failure does, how far back to look."""
+
+    every_seconds: float
+    on_failure: str = "demote"  # or "alert"
+    candidates: int = 5
+
+
+@dataclass(frozen=True)
 class Rule:
     """One watched upstream repository: which tags, where they go, how they are validated."""
 
@@ -114,6 +123,9 @@ class Rule:
     downstream: tuple[DownstreamTask, ...] = ()
     validation_fresh_for: float = 86400.0
     signature_keys: tuple[Path, ...] = ()
+    # minimum age (seconds since the gate first saw a digest) before a promotion; 0: none
+    cooldown_seconds: float = 0.0
+    revalidate: Revalidation | None = None
 
     @property
     def exact_tags(self) -> tuple[str, ...]:
@@ -219,6 +231,14 @@ class LeaseSettings:
 
 
 @dataclass(frozen=True)
+class PollSettings:
+    """A watch pass: requests in flight per registry host, and the seconds the pass may take."""
+
+    concurrency_per_registry: int = 4
+    budget_seconds: float = 240.0
+
+
+@dataclass(frozen=True)
 class AttestationSettings:
     """The promotion attestation: the signing key file, the verifier id, referrers API use."""
 
@@ -241,6 +261,7 @@ class GateConfig:
     azure: AzureSettings | None = None
     attestation: AttestationSettings | None = None
     lease: LeaseSettings = LeaseSettings()
+    poll: PollSettings = PollSettings()
 
     def match(self, ref: ImageRef) -> Rule:
         """The first rule that watches ``ref``; :class:`NoMatchingRule` (nothing happens) if none."""
@@ -397,6 +418,10 @@ class _Builder:
             secrets_dir=self.path(top.secrets_dir) if top.secrets_dir else None,
             azure=azure,
             lease=LeaseSettings(seconds=top.lease.seconds, heartbeat_seconds=top.lease.heartbeat),
+            poll=PollSettings(
+                concurrency_per_registry=top.poll.concurrency_per_registry,
+                budget_seconds=top.poll.budget,
+            ),
             attestation=self.attestation(top.attestation, azure),
         )
 
@@ -524,7 +549,27 @@ class _Builder:
                 entry.validation_fresh_for if entry.validation_fresh_for is not None else fresh_for
             ),
             signature_keys=self.signature_keys(entry.require_signature, label),
+            cooldown_seconds=self.cooldown(entry.cooldown),
+            revalidate=self.revalidation(entry.revalidate),
         )
+
+    @staticmethod
+    def revalidation(entry: schema.RevalidateEntry | None) -> Revalidation | None:
+        if entry is None:
+            return None
+        from gate.config_schema import duration_seconds
+
+        return Revalidation(
+            every_seconds=float(duration_seconds(entry.every)),
+            on_failure=entry.on_failure,
+            candidates=entry.candidates,
+        )
+
+    @staticmethod
+    def cooldown(text: str | None) -> float:
+        from gate.config_schema import duration_seconds
+
+        return float(duration_seconds(text)) if text else 0.0
 
     def signature_keys(
         self, entry: schema.RequireSignatureEntry | None, label: str

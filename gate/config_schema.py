@@ -27,6 +27,21 @@ _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Text = Annotated[str, msgspec.Meta(min_length=1)]
 _REGISTRY_NAME = "^[A-Za-z0-9]{5,50}$"
 _TASK_NAME = "^[A-Za-z0-9_-]{5,50}$"
+DURATION_PATTERN = "^[0-9]{1,9}(s|m|h|d)$"
+Duration = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=DURATION_PATTERN,
+        description="A duration: a whole number and a unit, s, m, h or d (e.g. 30m, 6h, 2d).",
+        examples=["30m", "6h", "2d"],
+    ),
+]
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(text: str) -> int:
+    """Seconds in a :data:`Duration` the schema has checked (``6h`` is 21600)."""
+    return int(text[:-1]) * _DURATION_UNITS[text[-1]]
 
 
 def _doc(text: str) -> msgspec.Meta:
@@ -124,6 +139,31 @@ class RequireSignatureEntry(_Section, frozen=True, kw_only=True):
     ]
 
 
+class RevalidateEntry(_Section, frozen=True, kw_only=True):
+    """Re-run the rule's current validation on the promoted digest on a schedule."""
+
+    every: Annotated[
+        Duration,
+        _doc("How often the digest the stable tag points at is validated again (e.g. 24h)."),
+    ]
+    on_failure: Annotated[
+        Literal["demote", "alert"],
+        _doc(
+            "demote: move the stable tag back to the newest earlier promoted digest that passes "
+            "now (else mark the rule broken); alert: move nothing, report the failure."
+        ),
+    ] = "demote"
+    candidates: Annotated[
+        int,
+        msgspec.Meta(
+            ge=1,
+            le=50,
+            description="Earlier promoted digests re-validated at most, newest first, when "
+            "looking for one to demote to.",
+        ),
+    ] = 5
+
+
 class RuleEntry(_Section, frozen=True, kw_only=True):
     """One watched upstream repository: which tags, where they go, how they are validated."""
 
@@ -159,6 +199,19 @@ class RuleEntry(_Section, frozen=True, kw_only=True):
     require_signature: Annotated[
         RequireSignatureEntry | None,
         _doc("Reject candidates without a valid cosign signature, before validating."),
+    ] = None
+    cooldown: Annotated[
+        Duration | None,
+        _doc(
+            "Minimum age of an upstream digest before it is promoted, counted from when the "
+            "gate first saw it (e.g. 6h). A younger digest is validated at once, then waits; "
+            "it is promoted once old enough only if the tag still points at it upstream. "
+            "Default: none."
+        ),
+    ] = None
+    revalidate: Annotated[
+        RevalidateEntry | None,
+        _doc("Validate the promoted digest again on a schedule; demote or alert on failure."),
     ] = None
 
 
@@ -229,6 +282,27 @@ class LeaseSection(_Section, frozen=True, kw_only=True):
     ] = 10.0
 
 
+class PollSection(_Section, frozen=True, kw_only=True):
+    """How a watch pass polls the upstream registries (HEAD requests, tag lists)."""
+
+    concurrency_per_registry: Annotated[
+        int,
+        msgspec.Meta(
+            ge=1,
+            le=64,
+            description="Requests in flight at once to one registry host during a poll pass.",
+        ),
+    ] = 4
+    budget: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            description="Seconds a poll pass may take (keep it under the timer's interval); tags "
+            "not reached in time are polled first by the next pass.",
+        ),
+    ] = 240.0
+
+
 class AzureSection(_Section, frozen=True, kw_only=True):
     """The Azure side: where promotions go, where validations run, secrets and records."""
 
@@ -277,6 +351,7 @@ class ConfigFile(_Section, frozen=True, kw_only=True):
         AttestationSection | None, _doc("Sign and attach evidence to each promotion.")
     ] = None
     lease: Annotated[LeaseSection, _doc("Leases on records in progress.")] = LeaseSection()
+    poll: Annotated[PollSection, _doc("How watch passes poll upstreams.")] = PollSection()
     validation_fresh_for: Annotated[
         float,
         msgspec.Meta(

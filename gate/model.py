@@ -86,7 +86,9 @@ def record_id_range(prefix: str) -> tuple[str, str]:
 class State(enum.StrEnum):
     """Where a gate record stands. ``promoted``, ``rejected``, ``failed``, ``rolled_back`` are
     final; the others are in progress. ``validated`` is a passing validation whose promotion did
-    not finish: the next attempt promotes it without validating again while the pass is fresh."""
+    not finish: the next attempt promotes it without validating again while the pass is fresh.
+    ``waiting`` is a passing validation held back by the rule's cooldown until ``eligible_at``;
+    ``superseded`` (final) is a waiting digest whose upstream tag moved on: never promoted."""
 
     RECEIVED = "received"
     VALIDATING = "validating"
@@ -96,6 +98,14 @@ class State(enum.StrEnum):
     REJECTED = "rejected"
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
+    WAITING = "waiting"
+    SUPERSEDED = "superseded"
+    # scheduled re-validation of a promoted digest (action ``revalidate``) and what followed it
+    # (action ``demote``); all final, none decisive: they never settle a (rule, digest)'s gate
+    REVALIDATED = "revalidated"
+    FAILING = "failing"
+    DEMOTED = "demoted"
+    BROKEN = "broken"
 
     @property
     def final(self) -> bool:
@@ -105,10 +115,12 @@ class State(enum.StrEnum):
     @property
     def decisive(self) -> bool:
         """True when the state settles (rule, digest): a new gate of it is a duplicate."""
-        return self in (State.PROMOTED, State.REJECTED)
+        return self in (State.PROMOTED, State.REJECTED, State.SUPERSEDED)
 
 
-_FINAL = frozenset({State.PROMOTED, State.REJECTED, State.FAILED, State.ROLLED_BACK})
+_FINAL = frozenset(
+    {State.PROMOTED, State.REJECTED, State.FAILED, State.ROLLED_BACK, State.SUPERSEDED}
+) | frozenset({State.REVALIDATED, State.FAILING, State.DEMOTED, State.BROKEN})
 
 
 class Outcome(enum.StrEnum):
@@ -194,6 +206,12 @@ class GateRecord:
     that did not finish (a run-ID tag written while the stable tag did not move).
     ``attestation`` is the digest of the signed attestation the gate attached for this record (a
     promotion's verdict, or a rollback's demotion of the digest it moved off), when one was.
+    ``first_seen`` is when the gate first saw the digest: set when the record is made, kept when
+    a redelivery or a later poll takes the same record on (and by the record that validates a
+    stale pass again); ``eligible_at`` is when the rule's cooldown lets it be promoted, set
+    once a cooldown held it back (None: never held).
+    ``of_record`` links a re-validation to the promotion it re-checks, and a demotion (or a
+    rule marked broken) to the re-validation that failed.
     """
 
     id: str
@@ -221,6 +239,9 @@ class GateRecord:
     validated_at: datetime | None = None
     promoted_tags: tuple[str, ...] = ()
     attestation: str = ""
+    first_seen: datetime | None = None
+    eligible_at: datetime | None = None
+    of_record: str = ""
 
     def advance(self, state: State, **changes: Any) -> GateRecord:
         """Return this record moved to ``state`` with ``changes``, stamped now."""
@@ -257,6 +278,9 @@ class GateRecord:
             validated_at=_instant(raw.get("validated_at")),
             promoted_tags=tuple(raw.get("promoted_tags") or ()),
             attestation=str(raw.get("attestation") or ""),
+            first_seen=_instant(raw.get("first_seen")),
+            eligible_at=_instant(raw.get("eligible_at")),
+            of_record=str(raw.get("of_record") or ""),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -286,6 +310,9 @@ class GateRecord:
             "validated_at": self.validated_at.isoformat() if self.validated_at else None,
             "promoted_tags": list(self.promoted_tags),
             "attestation": self.attestation,
+            "first_seen": self.first_seen.isoformat() if self.first_seen else None,
+            "eligible_at": self.eligible_at.isoformat() if self.eligible_at else None,
+            "of_record": self.of_record,
         }
 
     def lease_live(self, now: datetime, lease_seconds: float) -> bool:

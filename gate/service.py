@@ -37,7 +37,10 @@ from gate.model import (
 from gate.ports import (
     DownstreamRunner,
     Ledger,
+    PolledDigest,
+    PollingRegistry,
     ProgressCallback,
+    RateLimited,
     Registry,
     Resume,
     Secrets,
@@ -59,6 +62,49 @@ def quiet(event: str, record: GateRecord, message: str) -> None:
     """The default observer: says nothing."""
 
 
+@dataclass
+class PollMemory:
+    """What one process's poll passes hand on: tags a pass did not reach, registries paused.
+
+    Kept with the :class:`Gatekeeper` (``gate watch`` and a warm Functions host build it once
+    per process). ``pending`` holds ``(rule, tag reference)`` pairs, polled first next pass;
+    ``paused`` maps a registry to (wall-clock time its pause ends, why).
+    """
+
+    pending: list[tuple[str, str]] = field(default_factory=list)
+    paused: dict[str, tuple[float, str]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def snapshot(self) -> str:
+        """The carry-over as JSON, for a host that keeps it between processes."""
+        import json
+
+        with self.lock:
+            return json.dumps(
+                {
+                    "pending": [list(p) for p in self.pending],
+                    "paused": {r: list(p) for r, p in self.paused.items()},
+                },
+                sort_keys=True,
+            )
+
+    def restore(self, text: str) -> None:
+        """Take over a :meth:`snapshot`; one that does not parse is ignored with a warning (the
+        carry-over only orders the next pass and spares paused registries)."""
+        import json
+
+        try:
+            body = json.loads(text)
+            pending = [(str(rule), str(ref)) for rule, ref in body["pending"]]
+            paused = {str(r): (float(u), str(w)) for r, (u, w) in body["paused"].items()}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            _log.warning("poll carry-over ignored: it is not a snapshot this version wrote")
+            return
+        with self.lock:
+            self.pending = pending
+            self.paused = paused
+
+
 @dataclass(frozen=True)
 class Gatekeeper:
     """The gate's ports and configuration, bundled for the service functions."""
@@ -72,6 +118,9 @@ class Gatekeeper:
     downstream: DownstreamRunner | None = None
     attestor: Attestor | None = None
     signatures: SignatureStore | None = None
+    poll_memory: PollMemory = field(default_factory=PollMemory, compare=False)
+    # the clock cooldowns are measured by (first sightings, eligible times); a seam for tests
+    clock: Callable[[], datetime] = field(default=utcnow)
 
 
 @dataclass(frozen=True)
@@ -88,8 +137,9 @@ class GateOutcome:
 
     @property
     def exit_code(self) -> int:
-        """0 promoted, 1 rejected, 3 failed or still in progress (worth asking again)."""
-        return {State.PROMOTED: 0, State.REJECTED: 1}.get(self.record.state, 3)
+        """0 promoted, 1 rejected or superseded, 3 failed or still in progress or waiting out a
+        cooldown (worth asking again)."""
+        return {State.PROMOTED: 0, State.REJECTED: 1, State.SUPERSEDED: 1}.get(self.record.state, 3)
 
     def to_dict(self) -> dict[str, object]:
         """The ``gate run --json`` object."""
@@ -106,6 +156,7 @@ class GateOutcome:
             "record_id": r.id,
             "reason": r.reason,
             "downstream": [d.to_dict() for d in r.downstream],
+            "eligible_at": r.eligible_at.isoformat() if r.eligible_at else None,
         }
 
 
@@ -134,6 +185,7 @@ def _prepare(
         trigger=trigger,
         forced=force,
         timings={"resolve": round(time.monotonic() - started, 3)},
+        first_seen=keeper.clock(),
     )
     return rule, ref.with_tag(tag).with_digest(digest), record
 
@@ -166,6 +218,7 @@ def gate_image(
             record, force=force, lease_seconds=lease_seconds(keeper), holder=holder
         )
         if claim.acquired:
+            claim = _forcing(keeper, claim, force, save=False)
             break
         existing = claim.record
         if existing.state.final:
@@ -203,6 +256,7 @@ def admit(
         record, force=force, lease_seconds=lease_seconds(keeper), start=False
     )
     if claim.acquired:
+        claim = _forcing(keeper, claim, force, save=True)
         keeper.notify("received", claim.record, f"{record.source} is {record.digest}")
     return GateOutcome(claim.record, duplicate=not claim.acquired)
 
@@ -249,7 +303,7 @@ def _continue(
     finish) gives its lease up, so that the next attempt promotes it at once.
     """
     record = claim.record
-    if claim.resumed:
+    if claim.resumed and record.state is not State.WAITING:
         keeper.notify("resuming", record, f"record {record.id} went silent in state {record.state}")
     if _has_pass(record) and not _pass_fresh(rule, record):
         return _revalidate(keeper, rule, source, record, progress)
@@ -262,7 +316,7 @@ def _continue(
         except LeaseLost as exc:
             keeper.notify("lease-lost", record, exc.message)
             return GateOutcome(keeper.ledger.get(record.id), duplicate=True)
-    if done.state is State.VALIDATED:
+    if done.state in (State.VALIDATED, State.WAITING):
         try:
             keeper.ledger.renew(done.id, done.lease_holder, utcnow())
         except GateError as exc:  # the verdict is recorded; the lease lapses on its own
@@ -273,7 +327,7 @@ def _continue(
 def _has_pass(record: GateRecord) -> bool:
     """True when the record's validation passed and its promotion is still to be finished."""
     return (
-        record.state in (State.VALIDATED, State.PROMOTING)
+        record.state in (State.VALIDATED, State.PROMOTING, State.WAITING)
         and bool(record.run_id)
         and len(record.target_tags) == 2
     )
@@ -285,8 +339,12 @@ def _passed_at(record: GateRecord) -> datetime:
 
 
 def _pass_fresh(rule: Rule, record: GateRecord) -> bool:
-    """True while the record's passing validation may still be promoted without another."""
-    age = (utcnow() - _passed_at(record)).total_seconds()
+    """True while the record's passing validation may still be promoted without another.
+
+    A pass held back by a cooldown counts from when the cooldown ended, not from the validation.
+    """
+    since = max(_passed_at(record), record.eligible_at or _passed_at(record))
+    age = (utcnow() - since).total_seconds()
     return age <= rule.validation_fresh_for
 
 
@@ -315,6 +373,7 @@ def _revalidate(
         target=record.target,
         trigger=record.trigger,
         forced=record.forced,
+        first_seen=record.first_seen,
     )
     claim = keeper.ledger.claim(
         fresh, force=record.forced, lease_seconds=lease_seconds(keeper), holder=new_holder()
@@ -432,7 +491,11 @@ def _decide(
     """
     ledger = keeper.ledger
     if _has_pass(record):
-        if record.state is State.VALIDATED:
+        if record.state is State.WAITING:
+            held = _cooldown_hold(keeper, rule, source, record)
+            if held is not None:
+                return held
+        if record.state in (State.VALIDATED, State.WAITING):
             record = record.advance(State.PROMOTING, reason="")
             ledger.save(record)
         return _promote(keeper, rule, source, record, progress)
@@ -487,6 +550,9 @@ def _decide(
         record = record.advance(
             State.PROMOTING, target_tags=(unique, stable), validated_at=utcnow()
         )
+        held = _cooldown_hold(keeper, rule, source, record)
+        if held is not None:
+            return held
         ledger.save(record)
     except BaseException as exc:
         if isinstance(exc, LeaseLost):
@@ -501,6 +567,99 @@ def _decide(
             return record
         raise
     return _promote(keeper, rule, source, record, progress)
+
+
+def _forcing(keeper: Gatekeeper, claim: Claim, force: bool, *, save: bool) -> Claim:
+    """A forced request that took over a record waiting out its cooldown makes it forced.
+
+    The record then says the cooldown was skipped; ``save`` writes that at once (an admission,
+    whose worker reads the record later).
+    """
+    record = claim.record
+    if not force or record.forced or record.state is not State.WAITING:
+        return claim
+    record = replace(record, forced=True)
+    if save:
+        keeper.ledger.save(record)
+    return replace(claim, record=record)
+
+
+def _cooldown_hold(
+    keeper: Gatekeeper, rule: Rule, source: ImageRef, record: GateRecord
+) -> GateRecord | None:
+    """Hold a passing record back while the rule's cooldown runs; None to promote it now.
+
+    Saves and returns the record ``waiting`` (too young, or upstream could not be asked) or
+    ``superseded`` (the upstream tag points elsewhere now: never promoted). A forced record,
+    or a rule without a cooldown, is not held. The upstream tag is asked on every check, so a
+    digest pulled back upstream is superseded as soon as the gate looks again.
+    """
+    if not rule.cooldown_seconds or record.forced:
+        return None
+    seen = record.first_seen or record.created_at
+    eligible = seen + timedelta(seconds=rule.cooldown_seconds)
+    tag = source.tag or ""
+    upstream = rule.source.with_tag(tag)
+    try:
+        current = keeper.registry.resolve(upstream)
+    except GateError as exc:
+        current, asked = None, exc.message
+    if current is not None and current != source.digest:
+        held = record.advance(
+            State.SUPERSEDED,
+            eligible_at=eligible,
+            reason=f"superseded: {upstream} moved on to {current} during the cooldown "
+            f"({_duration(rule.cooldown_seconds)}); validation run {record.run_id} passed, "
+            "but this digest is never promoted",
+        )
+        keeper.ledger.save(held)
+        keeper.notify("superseded", held, held.reason)
+        return held
+    now = keeper.clock()
+    if current is not None and now >= eligible:
+        return None
+    if current is None:
+        why = f"{upstream} could not be checked ({asked}); the next check tries again"
+    else:
+        why = (
+            f"cooldown {_duration(rule.cooldown_seconds)} since first seen "
+            f"{seen.isoformat(timespec='seconds')}: promoted from "
+            f"{eligible.isoformat(timespec='seconds')} (gate watch or the timer) if {upstream} "
+            "still points at it"
+        )
+    held = record.advance(
+        State.WAITING,
+        eligible_at=eligible,
+        reason=f"validation run {record.run_id} passed; {why}",
+    )
+    keeper.ledger.save(held)
+    keeper.notify("cooldown", held, held.reason)
+    return held
+
+
+def _cooldown_note(rule: Rule, record: GateRecord) -> str:
+    """What a promotion's reason says about the rule's cooldown ('' for a rule without one)."""
+    if not rule.cooldown_seconds:
+        return ""
+    if record.forced:
+        return f"; cooldown ({_duration(rule.cooldown_seconds)}) skipped: forced"
+    return f"; cooldown ({_duration(rule.cooldown_seconds)}) passed"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def waiting_records(keeper: Gatekeeper, *, limit: int = 1000) -> list[GateRecord]:
+    """The records waiting out a cooldown (for gate watch and the timer to check again)."""
+    return [
+        r
+        for r in keeper.ledger.history(state=State.WAITING, limit=limit)
+        if r.action == "gate" and r.digest
+    ]
 
 
 def _unsigned(keeper: Gatekeeper, rule: Rule, source: ImageRef) -> str:
@@ -547,7 +706,8 @@ def _promote(
         promoted_tags=(),
         attestation=attestation,
         reason=f"passed validation run {record.run_id}"
-        + (f"; attestation {attestation}" if attestation else ""),
+        + (f"; attestation {attestation}" if attestation else "")
+        + _cooldown_note(rule, record),
         timings={**record.timings, "promote": round(time.monotonic() - began, 3)},
     )
     keeper.ledger.save(record)
@@ -749,33 +909,198 @@ class WatchItem:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class _PollJob:
+    rule: Rule
+    ref: ImageRef
+
+
+class _Pass:
+    """One poll pass's shared state: its deadline, and the registries told to stop."""
+
+    def __init__(self, deadline: float, paused: dict[str, tuple[float, str]]) -> None:
+        self.deadline = deadline
+        self.lock = threading.Lock()
+        # registry -> why it is not polled any more in this pass (a 429, a spent quota)
+        self.stopped: dict[str, str] = {}
+        self.paused = paused
+
+    def stop(self, registry: str, why: str, retry_after: float | None) -> None:
+        with self.lock:
+            self.stopped.setdefault(registry, why)
+            if retry_after is not None:
+                self.paused[registry] = (time.time() + retry_after, why)
+
+    def blocked(self, registry: str) -> str:
+        """Why ``registry`` is not to be asked now (empty: go ahead)."""
+        if time.monotonic() >= self.deadline:
+            return "budget"
+        with self.lock:
+            return self.stopped.get(registry, "")
+
+
+def _run_per_registry[R](
+    jobs: list[_PollJob], limit: int, work: Callable[[_PollJob], R]
+) -> list[R]:
+    """``work`` on every job, at most ``limit`` at a time per registry; results in job order.
+
+    ``limit`` 0: one job at a time in this thread, whatever the registry.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    if limit == 0:
+        return [work(job) for job in jobs]
+
+    registries = sorted({job.ref.registry for job in jobs})
+    pools = {
+        r: ThreadPoolExecutor(max_workers=limit, thread_name_prefix="poll") for r in registries
+    }
+    try:
+        futures: list[Future[R]] = [pools[j.ref.registry].submit(work, j) for j in jobs]
+        return [f.result() for f in futures]
+    finally:
+        for pool in pools.values():
+            pool.shutdown(wait=True)
+
+
 def poll_upstreams(keeper: Gatekeeper) -> list[WatchItem]:
     """HEAD every watched upstream tag; items without ``skipped``/``error`` are new digests.
 
-    Glob selectors list the repository's tags first. One tag's error does not stop the others.
-    Nothing is gated here: :func:`watch_once` gates inline, the timer function enqueues.
+    Glob selectors list the repository's tags first (following the tag list's pagination).
+    Requests run concurrently, at most ``poll.concurrency_per_registry`` in flight per
+    registry; a ``429`` (its ``Retry-After``) or a spent Docker Hub pull quota stops that
+    registry for the window (the rest of the pass without one); a pass stops starting requests
+    after ``poll.budget`` seconds. What a pass did not reach comes back as an item with an
+    ``error`` saying why, and is polled first by the next pass. One tag's error does not stop
+    the others. Nothing is gated here: :func:`watch_once` gates inline, the timer enqueues.
     """
-    items: list[WatchItem] = []
-    for rule in keeper.config.rules:
+    settings = keeper.config.poll
+    memory = keeper.poll_memory
+    started = time.monotonic()
+    with memory.lock:
+        now = time.time()
+        memory.paused = {r: p for r, p in memory.paused.items() if p[0] > now}
+        paused = dict(memory.paused)
+        carried = set(memory.pending)
+    run = _Pass(started + settings.budget_seconds, paused)
+    for host, (until, why) in paused.items():
+        run.stopped[host] = f"{why} (paused until {_clock(until)})"
+    registry = keeper.registry
+    polling = registry if isinstance(registry, PollingRegistry) else None
+    # Adapters without the polling capability (their thread safety unknown) are asked one
+    # request at a time.
+    limit = settings.concurrency_per_registry if polling is not None else 0
+
+    def skipped_item(job: _PollJob, source: str, why: str) -> WatchItem:
+        if why == "budget":
+            why = (
+                f"not polled: the pass's budget of {settings.budget_seconds:g} s ran out; "
+                "it is polled first next pass"
+            )
+        else:
+            why = f"not polled: registry {job.ref.registry} is paused: {why}"
+        return WatchItem(job.rule.name, source, error=why)
+
+    def list_job(job: _PollJob) -> list[str] | WatchItem:
+        source = job.rule.source.name
+        why = run.blocked(job.ref.registry)
+        if why:
+            return skipped_item(job, source, why)
         try:
-            tags = list(rule.exact_tags)
-            if len(tags) != len(rule.tags):
-                listed = keeper.registry.list_tags(rule.source)
-                tags += sorted(t for t in listed if rule.selects(t) and t not in tags)
+            if polling is not None:
+                return polling.poll_tags(job.rule.source)
+            return registry.list_tags(job.rule.source)
+        except RateLimited as exc:
+            run.stop(job.ref.registry, exc.message, exc.retry_after)
+            return WatchItem(job.rule.name, source, error=exc.message)
         except GateError as exc:
-            items.append(WatchItem(rule.name, rule.source.name, error=exc.message))
+            return WatchItem(job.rule.name, source, error=exc.message)
+
+    def head_job(job: _PollJob) -> WatchItem:
+        source = str(job.ref)
+        why = run.blocked(job.ref.registry)
+        if why:
+            return skipped_item(job, source, why)
+        try:
+            if polling is not None:
+                answer = polling.poll_digest(job.ref)
+            else:
+                answer = PolledDigest(registry.resolve(job.ref))
+        except RateLimited as exc:
+            run.stop(job.ref.registry, exc.message, exc.retry_after)
+            return WatchItem(job.rule.name, source, error=exc.message)
+        except GateError as exc:
+            return WatchItem(job.rule.name, source, error=exc.message)
+        if answer.quota_spent:
+            run.stop(job.ref.registry, f"registry {job.ref.registry}: {answer.quota_spent}", None)
+        return WatchItem(job.rule.name, source, answer.digest)
+
+    items: list[WatchItem] = []
+    heads: list[_PollJob] = []
+    listings: list[_PollJob] = []
+    for rule in keeper.config.rules:
+        heads += [_PollJob(rule, rule.source.with_tag(t)) for t in rule.exact_tags]
+        if len(rule.exact_tags) != len(rule.tags):
+            listings.append(_PollJob(rule, rule.source))
+    for job, listed in zip(listings, _run_per_registry(listings, limit, list_job), strict=True):
+        if isinstance(listed, WatchItem):
+            items.append(listed)
             continue
-        for tag in tags:
-            ref = rule.source.with_tag(tag)
-            try:
-                digest = keeper.registry.resolve(ref)
-                decided = keeper.ledger.decided(rule.name, digest)
-            except GateError as exc:
-                items.append(WatchItem(rule.name, str(ref), error=exc.message))
-                continue
-            skipped = f"already {decided.state}" if decided is not None else ""
-            items.append(WatchItem(rule.name, str(ref), digest, skipped=skipped))
+        exact = set(job.rule.exact_tags)
+        selected = sorted(t for t in listed if job.rule.selects(t))
+        heads += [
+            _PollJob(job.rule, job.rule.source.with_tag(t)) for t in selected if t not in exact
+        ]
+    # what the last pass did not reach goes first (a stable sort keeps the others in order)
+    heads.sort(key=lambda j: (j.rule.name, str(j.ref)) not in carried)
+    polled = _run_per_registry(heads, limit, head_job)
+    not_reached: list[tuple[str, str]] = []
+    for job, item in zip(heads, polled, strict=True):
+        if item.error or item.digest is None:
+            if item.error.startswith("not polled") or job.ref.registry in run.stopped:
+                not_reached.append((job.rule.name, str(job.ref)))
+            items.append(item)
+            continue
+        try:
+            decided = keeper.ledger.decided(job.rule.name, item.digest)
+        except GateError as exc:
+            items.append(replace(item, error=exc.message))
+            continue
+        items.append(replace(item, skipped=f"already {decided.state}" if decided else ""))
+    with memory.lock:
+        memory.pending = not_reached
+        memory.paused.update(run.paused)
+    _log_pass(items, heads, run, time.monotonic() - started)
     return items
+
+
+def _clock(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).strftime("%H:%M:%S UTC")
+
+
+def _log_pass(
+    items: list[WatchItem],
+    heads: list[_PollJob],
+    run: _Pass,
+    elapsed: float,
+) -> None:
+    """One line per pass: what was polled, how long it took, and what it skipped and why."""
+    skipped = [i.source for i in items if i.error.startswith("not polled")]
+    errors = sum(1 for i in items if i.error) - len(skipped)
+    line = "poll pass: %d tag(s) in %.1f s, %d error(s)"
+    args: list[object] = [len(heads), elapsed, errors]
+    if skipped:
+        shown = ", ".join(skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        line += "; not polled %d (tags among them are polled first next pass): %s%s"
+        args += [len(skipped), shown, more]
+    for registry, why in sorted(run.stopped.items()):
+        line += "; registry %s stopped: %s"
+        args += [registry, why]
+    if skipped or run.stopped:
+        _log.warning(line, *args)
+    else:
+        _log.info(line, *args)
 
 
 def watch_once(keeper: Gatekeeper, *, progress: ProgressCallback | None = None) -> list[WatchItem]:
@@ -789,6 +1114,28 @@ def watch_once(keeper: Gatekeeper, *, progress: ProgressCallback | None = None) 
             ref = ImageRef.parse(item.source).with_digest(item.digest)
             outcome = gate_image(keeper, ref, trigger="poll", wait=False, progress=progress)
             items.append(replace(item, outcome=outcome))
+        except GateError as exc:
+            items.append(replace(item, error=exc.message))
+    return items + _recheck_waiting(keeper, items, progress)
+
+
+def _recheck_waiting(
+    keeper: Gatekeeper, done: list[WatchItem], progress: ProgressCallback | None
+) -> list[WatchItem]:
+    """Check the digests waiting out a cooldown that this poll did not reach: promote the ones
+    whose cooldown ended and whose upstream tag still points at them; supersede the others."""
+    seen = {i.outcome.record.id for i in done if i.outcome is not None}
+    items = []
+    try:
+        waiting = waiting_records(keeper)
+    except GateError as exc:
+        return [WatchItem("-", "waiting records", error=exc.message)]
+    for record in waiting:
+        if record.id in seen:
+            continue
+        item = WatchItem(record.rule, record.source, record.digest)
+        try:
+            items.append(replace(item, outcome=gate_record(keeper, record.id, progress=progress)))
         except GateError as exc:
             items.append(replace(item, error=exc.message))
     return items
@@ -913,3 +1260,302 @@ def _rollback_target(promotions: list[GateRecord], current: str, to: str | None)
         if candidate.digest != current:
             return candidate
     raise NotFound(f"no promotion older than {current} to roll back to; name one with --to")
+
+
+# --- scheduled re-validation and automatic demotion ---------------------------------------
+
+REVALIDATION_ACTOR = "revalidation"
+
+
+@dataclass(frozen=True)
+class Revalidated:
+    """One stable tag re-validated in a pass: every record the pass added, oldest first.
+
+    ``checked`` is the re-validation of the digest the stable tag pointed at; ``decision`` the
+    demotion (``demoted``) or the rule marked ``broken``, when the check failed under
+    ``on_failure: demote``. ``error`` says why nothing could be checked.
+    """
+
+    rule: str
+    stable: str
+    records: tuple[GateRecord, ...] = ()
+    checked: GateRecord | None = None
+    decision: GateRecord | None = None
+    error: str = ""
+
+
+def revalidation_due(keeper: Gatekeeper, rule: Rule, now: datetime | None = None) -> bool:
+    """True when ``rule`` re-validates and its last pass (from the ledger) is ``every`` ago.
+
+    The schedule needs no store of its own: the newest re-validation record that told
+    something (``revalidated`` or ``failing``) is when the rule was last re-validated; one that
+    could not run (``failed``) does not count, so the next tick tries again.
+    """
+    if rule.revalidate is None:
+        return False
+    last = [
+        r.created_at
+        for state in (State.REVALIDATED, State.FAILING)
+        for r in keeper.ledger.history(rule=rule.name, state=state, limit=1)
+    ]
+    if not last:
+        return True
+    age = ((now or utcnow()) - max(last)).total_seconds()
+    return age >= rule.revalidate.every_seconds
+
+
+def revalidate_due(keeper: Gatekeeper, *, now: datetime | None = None) -> list[Revalidated]:
+    """Re-validate every rule whose schedule says so (the timer and ``gate watch``)."""
+    results: list[Revalidated] = []
+    for rule in keeper.config.rules:
+        try:
+            due = revalidation_due(keeper, rule, now)
+        except GateError as exc:
+            results.append(Revalidated(rule.name, "", error=exc.message))
+            continue
+        if due:
+            results.extend(revalidate_rule(keeper, rule, trigger="schedule"))
+    return results
+
+
+def revalidate(
+    keeper: Gatekeeper, rule_name: str | None = None, *, trigger: str = "manual"
+) -> list[Revalidated]:
+    """Re-validate now, whatever the schedule: one rule by name, or every rule that has
+    ``revalidate:`` (``gate revalidate [RULE]``)."""
+    if rule_name is None:
+        rules = [r for r in keeper.config.rules if r.revalidate is not None]
+        if not rules:
+            raise UsageError(
+                f"no rule in {keeper.config.path} has a revalidate: option; add e.g. "
+                "revalidate: {every: 24h, on_failure: demote} to a rule"
+            )
+    else:
+        rules = [r for r in keeper.config.rules if r.name == rule_name]
+        if not rules:
+            raise NotFound(f"no rule '{rule_name}' in {keeper.config.path}; see its rules: list")
+        if rules[0].revalidate is None:
+            raise UsageError(
+                f"rule '{rule_name}' has no revalidate: option, so nothing says what a failure "
+                "does; add revalidate: {every: 24h, on_failure: demote | alert} to it"
+            )
+    results: list[Revalidated] = []
+    for rule in rules:
+        results.extend(revalidate_rule(keeper, rule, trigger=trigger))
+    return results
+
+
+def revalidate_rule(keeper: Gatekeeper, rule: Rule, *, trigger: str) -> list[Revalidated]:
+    """Re-validate the digest each of the rule's stable tags points at; demote or alert.
+
+    Only digests the gate promoted are re-validated, from the target (their run-ID tags keep
+    them there; upstream may have deleted them). A failure under ``demote`` re-validates the
+    rule's earlier promoted digests, newest first, at most ``candidates``, and moves the stable
+    tag to the first that passes now; run-ID tags are never touched.
+    """
+    assert rule.revalidate is not None
+    try:
+        promotions = [
+            r
+            for r in keeper.ledger.history(rule=rule.name, state=State.PROMOTED, limit=1000)
+            if r.action == "gate" and r.digest and len(r.target_tags) > 1
+        ]
+    except GateError as exc:
+        return [Revalidated(rule.name, "", error=exc.message)]
+    stables = sorted({r.target_tags[1] for r in promotions})
+    return [_revalidate_stable(keeper, rule, stable, promotions, trigger) for stable in stables]
+
+
+def _revalidate_stable(
+    keeper: Gatekeeper, rule: Rule, stable: str, promotions: list[GateRecord], trigger: str
+) -> Revalidated:
+    assert rule.revalidate is not None
+    mine = [r for r in promotions if r.target_tags[1] == stable]
+    try:
+        current = keeper.registry.resolve(rule.target.with_tag(stable))
+    except GateError as exc:
+        return Revalidated(rule.name, stable, error=exc.message)
+    at = next((i for i, r in enumerate(mine) if r.digest == current), None)
+    if at is None:
+        return Revalidated(
+            rule.name,
+            stable,
+            error=f"{rule.target.name}:{stable} points at {current}, which the gate never "
+            "promoted; it is not re-validated (gate it, or roll back to a promoted digest)",
+        )
+    checked = _recheck(keeper, rule, mine[at], stable, trigger)
+    records = [checked]
+    if checked.state is not State.FAILING or rule.revalidate.on_failure != "demote":
+        if checked.state is State.FAILING:
+            _log.warning(
+                "rule %s: %s:%s (%s) fails its validation now; on_failure is alert, nothing moves",
+                rule.name,
+                rule.target.name,
+                stable,
+                current,
+            )
+        return Revalidated(rule.name, stable, tuple(records), checked)
+    seen = {current}
+    tried = 0
+    for earlier in mine[at + 1 :]:
+        assert earlier.digest is not None
+        if earlier.digest in seen:
+            continue
+        if tried >= rule.revalidate.candidates:
+            break
+        seen.add(earlier.digest)
+        tried += 1
+        candidate = _recheck(keeper, rule, earlier, stable, trigger)
+        records.append(candidate)
+        if candidate.state is State.REVALIDATED:
+            try:
+                demoted = _demote_to(keeper, rule, stable, current, earlier, checked, trigger)
+            except GateError as exc:
+                # the stable tag did not move (or its record was not written): the next pass
+                # re-validates and tries again
+                return Revalidated(
+                    rule.name, stable, tuple(records), checked, error=f"demotion: {exc.message}"
+                )
+            records.append(demoted)
+            return Revalidated(rule.name, stable, tuple(records), checked, demoted)
+    broken = GateRecord(
+        id=new_record_id(),
+        action="demote",
+        rule=rule.name,
+        source=f"{rule.target.name}@{current}",
+        digest=current,
+        target=rule.target.name,
+        trigger=trigger,
+        state=State.BROKEN,
+        target_tags=(stable,),
+        actor=REVALIDATION_ACTOR,
+        of_record=checked.id,
+        reason=f"{rule.target.name}:{stable} ({current}) fails its validation now and none of "
+        f"the {tried} earlier promoted digest(s) re-validated passes (at most "
+        f"{rule.revalidate.candidates}); the stable tag stays, the rule is broken until a new "
+        "digest is promoted",
+    )
+    _record_revalidation(keeper, broken)
+    _log.warning("rule %s is broken: %s", rule.name, broken.reason)
+    records.append(broken)
+    return Revalidated(rule.name, stable, tuple(records), checked, broken)
+
+
+def _recheck(
+    keeper: Gatekeeper, rule: Rule, promotion: GateRecord, stable: str, trigger: str
+) -> GateRecord:
+    """Run the rule's current validation on a promoted digest; record what it says now."""
+    assert promotion.digest is not None
+    try:
+        requested = ImageRef.parse(promotion.source)
+        upstream_tag = requested.tag or rule.gated_tag(requested)
+    except GateError:
+        upstream_tag = ""  # SOURCE_TAG only; the digest is what is validated
+    # validated where the gate put it: the target holds every promoted digest under its
+    # run-ID tag, while upstream may have deleted an older one
+    image = rule.target.with_tag(upstream_tag or None).with_digest(promotion.digest)
+    record = GateRecord(
+        id=new_record_id(),
+        action="revalidate",
+        rule=rule.name,
+        source=str(image.pinned()),
+        digest=promotion.digest,
+        target=rule.target.name,
+        trigger=trigger,
+        state=State.VALIDATING,
+        target_tags=(stable,),
+        actor=REVALIDATION_ACTOR,
+        of_record=promotion.id,
+    )
+    keeper.notify("revalidating", record, f"{image.pinned()} (promoted by record {promotion.id})")
+    began = time.monotonic()
+    try:
+        result = keeper.validator.validate(
+            _validation_request(keeper, rule, image, record), lambda run_id: None, None
+        )
+    except GateError as exc:
+        done = record.advance(State.FAILED, reason=f"re-validation could not run: {exc.message}")
+    else:
+        state = {
+            Outcome.PASSED: State.REVALIDATED,
+            Outcome.REJECTED: State.FAILING,
+        }.get(result.outcome, State.FAILED)
+        said = {
+            State.REVALIDATED: f"passes its current validation (run {result.run_id})",
+            State.FAILING: f"fails its current validation now: {result.reason}",
+        }.get(state, f"re-validation could not run: {result.reason}")
+        done = record.advance(
+            state,
+            run_id=result.run_id,
+            log=result.log,
+            log_location=result.log_location,
+            reason=said,
+            timings={"validate": round(time.monotonic() - began, 3)},
+        )
+    _record_revalidation(keeper, done)
+    return done
+
+
+def _demote_to(
+    keeper: Gatekeeper,
+    rule: Rule,
+    stable: str,
+    current: str,
+    chosen: GateRecord,
+    failing: GateRecord,
+    trigger: str,
+) -> GateRecord:
+    """Move the stable tag to ``chosen`` (which passed just now), recorded like a rollback."""
+    assert chosen.digest is not None
+    repo = rule.target
+    record = GateRecord(
+        id=new_record_id(),
+        action="demote",
+        rule=rule.name,
+        source=f"{repo.name}@{current}",
+        digest=chosen.digest,
+        target=repo.name,
+        trigger=trigger,
+        state=State.RECEIVED,
+        run_id=chosen.run_id,
+        target_tags=(stable,),
+        actor=REVALIDATION_ACTOR,
+        of_record=failing.id,
+    )
+    why = f"{current} fails its current validation (record {failing.id})"
+    attested, said = _attest_demotion(keeper, repo.with_digest(current), record, why)
+    # only the stable tag moves; the run-ID tags of both digests stay where they are
+    keeper.registry.copy(repo.with_digest(chosen.digest).pinned(), repo, tags=(stable,))
+    record = record.advance(
+        State.DEMOTED,
+        attestation=attested,
+        reason=f"demoted: {why}; {repo.name}:{stable} {current} -> {chosen.digest}, promoted "
+        f"by record {chosen.id} (run {chosen.run_id}), which passes now{said}",
+    )
+    _record_revalidation(keeper, record)
+    return record
+
+
+def _attest_demotion(
+    keeper: Gatekeeper, image: ImageRef, record: GateRecord, why: str
+) -> tuple[str, str]:
+    """Attest the demotion of ``image`` like a rollback does; a failure is logged, not fatal."""
+    if keeper.attestor is None:
+        return "", ""
+    try:
+        digest = keeper.attestor.demotion(image, record, f"demoted by re-validation: {why}")
+    except GateError as exc:
+        _log.warning(
+            "record %s: the demotion of %s was not attested: %s", record.id, image, exc.message
+        )
+        return "", f"; the demotion of {image.digest} could NOT be attested: {exc.message}"
+    return digest, f"; demotion attestation {digest}"
+
+
+def _record_revalidation(keeper: Gatekeeper, record: GateRecord) -> None:
+    """Add a re-validation's record, write its audit line and tell whoever watches."""
+    from gate import audit
+
+    keeper.ledger.add(record)
+    audit.log_decision(record)
+    keeper.notify(record.state.value, record, record.reason)

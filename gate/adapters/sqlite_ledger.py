@@ -301,13 +301,14 @@ class SqliteLedger:
         return [_load(data, log) for data, log in rows]
 
     def decided(self, rule: str, digest: str) -> GateRecord | None:
-        """The promoted or rejected record of (rule, digest), if any."""
+        """The newest record that settles (rule, digest) (a decisive state), if any."""
         if not self.path.exists():
             return None  # nothing was ever gated here
+        decisive = [s.value for s in State if s.decisive]
         with self._read() as db:
             row = db.execute(
                 "SELECT data, log FROM records WHERE rule = ? AND digest = ? AND action = 'gate'"
-                " AND state IN (?, ?) ORDER BY created_at DESC LIMIT 1",
-                (rule, digest, State.PROMOTED.value, State.REJECTED.value),
+                f" AND state IN ({', '.join('?' * len(decisive))}) ORDER BY created_at DESC LIMIT 1",
+                (rule, digest, *decisive),
             ).fetchone()
         return _load(row[0], row[1]) if row else None
