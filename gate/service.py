@@ -1191,7 +1191,9 @@ def rollback(
         target_tags=(stable,),
         actor=actor,
     )
-    attested, demoted = _demote(keeper, repo.with_digest(current), record, reason.strip())
+    attested, demoted = _demote(
+        keeper, repo.with_digest(current), record, f"rolled back: {reason.strip()}"
+    )
     keeper.registry.copy(repo.with_digest(chosen.digest).pinned(), repo, tags=(stable,))
     record = record.advance(
         State.ROLLED_BACK,
@@ -1204,19 +1206,18 @@ def rollback(
     return record
 
 
-def _demote(
-    keeper: Gatekeeper, image: ImageRef, record: GateRecord, reason: str
-) -> tuple[str, str]:
+def _demote(keeper: Gatekeeper, image: ImageRef, record: GateRecord, why: str) -> tuple[str, str]:
     """Attest that ``image`` is no longer the verdict, before the stable tag moves off it.
 
-    A rollback is an emergency measure: a failure to attest does not stop it, but it is logged
-    and said in the record. Returns the attestation's digest ('' when none was written) and the
-    text the record's reason ends with.
+    ``why`` goes into the attestation ("rolled back: …", "demoted by re-validation: …"). A
+    rollback or demotion is an emergency measure: a failure to attest does not stop it, but it is
+    logged and said in the record. Returns the attestation's digest ('' when none was written)
+    and the text the record's reason ends with.
     """
     if keeper.attestor is None:
         return "", ""
     try:
-        digest = keeper.attestor.demotion(image, record, f"rolled back: {reason}")
+        digest = keeper.attestor.demotion(image, record, why)
     except GateError as exc:
         _log.warning(
             "record %s: the demotion of %s was not attested: %s", record.id, image, exc.message
@@ -1523,7 +1524,9 @@ def _demote_to(
         of_record=failing.id,
     )
     why = f"{current} fails its current validation (record {failing.id})"
-    attested, said = _attest_demotion(keeper, repo.with_digest(current), record, why)
+    attested, said = _demote(
+        keeper, repo.with_digest(current), record, f"demoted by re-validation: {why}"
+    )
     # only the stable tag moves; the run-ID tags of both digests stay where they are
     keeper.registry.copy(repo.with_digest(chosen.digest).pinned(), repo, tags=(stable,))
     record = record.advance(
@@ -1534,22 +1537,6 @@ def _demote_to(
     )
     _record_revalidation(keeper, record)
     return record
-
-
-def _attest_demotion(
-    keeper: Gatekeeper, image: ImageRef, record: GateRecord, why: str
-) -> tuple[str, str]:
-    """Attest the demotion of ``image`` like a rollback does; a failure is logged, not fatal."""
-    if keeper.attestor is None:
-        return "", ""
-    try:
-        digest = keeper.attestor.demotion(image, record, f"demoted by re-validation: {why}")
-    except GateError as exc:
-        _log.warning(
-            "record %s: the demotion of %s was not attested: %s", record.id, image, exc.message
-        )
-        return "", f"; the demotion of {image.digest} could NOT be attested: {exc.message}"
-    return digest, f"; demotion attestation {digest}"
 
 
 def _record_revalidation(keeper: Gatekeeper, record: GateRecord) -> None:
