@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +35,7 @@ from gate.errors import RegistryError
 from gate.model import State
 from gate.ref import ImageRef
 from gate.service import Gatekeeper, gate_image, rollback
+from tests.configs import local_gate_yaml
 from tests.fakes import FakeValidator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,26 +46,14 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def write_config(tmp_path: Path, upstream: str, target: str, key: Path | None) -> Path:
-    path = tmp_path / "gate.yaml"
     attestation = f"attestation: {{key: '{key}', verifier_id: 'https://gate.example/test'}}"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            data_dir: {tmp_path / "data"}
-            registries:
-              - {{host: "{upstream}", insecure: true}}
-              - {{host: "{target}", insecure: true}}
-            rules:
-              - name: node
-                source: {upstream}/node
-                tags: ["15-alpine"]
-                target: {target}/node
-                validation: {{folder: "{SEED_VALIDATION}", timeout: 120}}
-            """
-        )
-        + (attestation + "\n" if key else "")
+    return local_gate_yaml(
+        tmp_path,
+        upstream,
+        target,
+        validation=f'{{folder: "{SEED_VALIDATION}", timeout: 120}}',
+        top=[attestation] if key else [],
     )
-    return path
 
 
 def gate_cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:

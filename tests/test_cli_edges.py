@@ -7,7 +7,6 @@ import json
 import os
 import pwd
 import socket
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from gate.errors import NotFound, UsageError
 from gate.logsafe import clean
 from gate.model import DownstreamRun, GateRecord, State, new_record_id
 from gate.service import Gatekeeper, gate_image
+from tests.configs import empty_task_gate_yaml
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 
 UP = "up.example.com"
@@ -30,23 +30,7 @@ ART = "art.example.com"
 
 
 def write_config(folder: Path) -> Path:
-    (folder / "validation").mkdir(parents=True, exist_ok=True)
-    (folder / "validation" / "acr-task.yaml").write_text("version: v1.1.0\nsteps: []\n")
-    path = folder / "gate.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            data_dir: data
-            rules:
-              - name: node
-                source: {UP}/node
-                tags: ["15-alpine"]
-                target: {ART}/node
-                validation: {{folder: validation}}
-            """
-        )
-    )
-    return path
+    return empty_task_gate_yaml(folder, UP, ART)
 
 
 def gate(*args: str, config: Path) -> Result:

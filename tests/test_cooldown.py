@@ -8,7 +8,6 @@ moves; the last test runs the real CLI against real registries and podman.
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -30,6 +29,7 @@ from gate.messages import GateRequest
 from gate.model import State
 from gate.service import Gatekeeper, gate_image, gate_record, watch_once
 from gate.worker import handle, poll
+from tests.configs import empty_task_gate_yaml
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 from tests.test_end_to_end import gate_cli, push, tags_of, validation_starts
 
@@ -53,24 +53,7 @@ class Clock:
 
 
 def write_config(tmp_path: Path, cooldown: str = "6h") -> Path:
-    (tmp_path / "validation").mkdir(exist_ok=True)
-    (tmp_path / "validation" / "acr-task.yaml").write_text("version: v1.1.0\nsteps: []\n")
-    path = tmp_path / "gate.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            data_dir: data
-            rules:
-              - name: node
-                source: {UP}/node
-                tags: ["15-alpine"]
-                target: {ART}/node
-                validation: {{folder: validation}}
-                cooldown: {cooldown}
-            """
-        )
-    )
-    return path
+    return empty_task_gate_yaml(tmp_path, UP, ART, rule=[f"cooldown: {cooldown}"])
 
 
 @pytest.fixture

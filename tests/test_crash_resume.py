@@ -26,6 +26,7 @@ from devstack.podman import started_containers
 from devstack.registry import RegistryProcess, free_port
 from gate.adapters.sqlite_ledger import SqliteLedger
 from gate.model import GateRecord, State
+from tests.configs import local_gate_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP = "check-candidate"
@@ -48,25 +49,13 @@ def write_config(tmp_path: Path, upstream: str, target: str, *, sleep: float) ->
             """
         )
     )
-    path = tmp_path / "gate.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            data_dir: {tmp_path / "data"}
-            lease: {{seconds: {LEASE:g}, heartbeat: 0.4}}
-            registries:
-              - {{host: "{upstream}", insecure: true}}
-              - {{host: "{target}", insecure: true}}
-            rules:
-              - name: node
-                source: {upstream}/node
-                tags: ["15-alpine"]
-                target: {target}/node
-                validation: {{folder: "{folder}", timeout: 60}}
-            """
-        )
+    return local_gate_yaml(
+        tmp_path,
+        upstream,
+        target,
+        validation=f'{{folder: "{folder}", timeout: 60}}',
+        top=[f"lease: {{seconds: {LEASE:g}, heartbeat: 0.4}}"],
     )
-    return path
 
 
 def gate(*args: str, config: Path) -> list[str]:

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from gate.config import load_config
 from gate.model import ValidationResult
 from gate.ports import Resume, ValidationRequest
 from gate.service import Gatekeeper, gate_image
+from tests.configs import local_gate_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_VALIDATION = ROOT / "examples" / "seed" / "validation"
@@ -36,25 +36,13 @@ def write_config(
     folder: Path = SEED_VALIDATION,
     downstream: str = "",
 ) -> Path:
-    path = tmp_path / "gate.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            data_dir: {tmp_path / "data"}
-            registries:
-              - {{host: "{upstream}", insecure: true}}
-              - {{host: "{target}", insecure: true}}
-            rules:
-              - name: node
-                source: {upstream}/node
-                tags: ["15-alpine"]
-                target: {target}/node
-                validation: {{folder: "{folder}", timeout: 120}}
-            """
-        )
-        + (f"    downstream: {downstream}\n" if downstream else "")
+    return local_gate_yaml(
+        tmp_path,
+        upstream,
+        target,
+        validation=f'{{folder: "{folder}", timeout: 120}}',
+        rule=[f"downstream: {downstream}"] if downstream else [],
     )
-    return path
 
 
 def validation_starts(since: str) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import textwrap
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from gate.service import (
     rollback,
 )
 from gate.worker import revalidate as timer_revalidate
+from tests.configs import empty_task_gate_yaml
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 
 UP = "upstream.example.com"
@@ -32,25 +32,8 @@ STABLE = f"{ART}/node:15-alpine"
 
 
 def write_config(tmp_path: Path, revalidate_option: str) -> Path:
-    (tmp_path / "validation").mkdir(exist_ok=True)
-    (tmp_path / "validation" / "acr-task.yaml").write_text("version: v1.1.0\nsteps: []\n")
-    path = tmp_path / "gate.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            data_dir: data
-            rules:
-              - name: node
-                source: {UP}/node
-                tags: ["15-alpine"]
-                target: {ART}/node
-                validation:
-                  folder: validation
-            """
-        )
-        + (f"    revalidate: {revalidate_option}\n" if revalidate_option else "")
-    )
-    return path
+    extra = [f"revalidate: {revalidate_option}"] if revalidate_option else []
+    return empty_task_gate_yaml(tmp_path, UP, ART, rule=extra)
 
 
 class Verdicts:

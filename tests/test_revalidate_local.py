@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from gate.config import Revalidation
 from gate.model import Outcome, State
 from gate.ports import ValidationRequest
 from gate.service import gate_image, revalidate
+from tests.configs import local_gate_yaml
 from tests.fakes import FakeValidator
 from tests.test_attest import Setup, push_upstream
 from tests.test_function_events import Collect
@@ -75,28 +75,14 @@ def write_config(tmp_path: Path, upstream: str, target: str, on_failure: str) ->
     (folder / "Dockerfile").write_text(DOCKERFILE)
     (folder / "test.sh").write_text(TEST_SH)
     (folder / "acr-task.yaml").write_text(TASK)
-    path = tmp_path / "gate.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            data_dir: {tmp_path / "data"}
-            registries:
-              - {{host: "{upstream}", insecure: true}}
-              - {{host: "{target}", insecure: true}}
-            rules:
-              - name: node
-                source: {upstream}/node
-                tags: ["15-alpine"]
-                target: {target}/node
-                validation:
-                  folder: validation
-                  timeout: 120
-                  values: {{FORBIDDEN: "${{FORBIDDEN_COLOR:-none}}"}}
-                revalidate: {{every: 24h, on_failure: {on_failure}, candidates: 3}}
-            """
-        )
+    return local_gate_yaml(
+        tmp_path,
+        upstream,
+        target,
+        validation="{folder: validation, timeout: 120, "
+        'values: {FORBIDDEN: "${FORBIDDEN_COLOR:-none}"}}',
+        rule=[f"revalidate: {{every: 24h, on_failure: {on_failure}, candidates: 3}}"],
     )
-    return path
 
 
 def gate_cli(*args: str, config: Path, forbidden: str = "") -> subprocess.CompletedProcess[str]:

@@ -26,6 +26,7 @@ from gate.config import load_config
 from gate.errors import ConfigError
 from gate.model import State
 from gate.service import Gatekeeper, gate_image
+from tests.configs import local_gate_yaml
 from tests.fakes import FakeValidator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,23 +100,12 @@ class Upstream:
     def __init__(self, tmp_path: Path, registries: tuple[RegistryProcess, RegistryProcess]):
         self.upstream, self.target = registries
         self.key = new_key(tmp_path / "cosign.pub")
-        config = tmp_path / "gate.yaml"
-        config.write_text(
-            textwrap.dedent(
-                f"""\
-                data_dir: {tmp_path / "data"}
-                registries:
-                  - {{host: "{self.upstream.host}", insecure: true}}
-                  - {{host: "{self.target.host}", insecure: true}}
-                rules:
-                  - name: node
-                    source: {self.upstream.host}/node
-                    tags: ["15-alpine"]
-                    target: {self.target.host}/node
-                    validation: {{folder: "{SEED_VALIDATION}", timeout: 120}}
-                    require_signature: {{keys: [cosign.pub]}}
-                """
-            )
+        config = local_gate_yaml(
+            tmp_path,
+            self.upstream.host,
+            self.target.host,
+            validation=f'{{folder: "{SEED_VALIDATION}", timeout: 120}}',
+            rule=["require_signature: {keys: [cosign.pub]}"],
         )
         self.validator = FakeValidator()
         self.keeper: Gatekeeper = replace(
