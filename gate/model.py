@@ -52,17 +52,27 @@ def new_holder() -> str:
     return f"{socket.gethostname()[:40]}/{os.getpid()}/{secrets.token_hex(4)}"
 
 
+RECORD_ID_RANDOM_BITS = 84
+
+
 def new_record_id() -> str:
-    """A record id: time-ordered hex (so ids sort like records) plus a random tail."""
-    return f"{time.time_ns() // 1_000_000:011x}{secrets.token_hex(3)}"
+    """A record id: 32 lowercase hex characters, milliseconds since the epoch (11, so ids sort
+    like the records they name, and like the shorter ids of older ledgers) then 84 random bits.
+
+    84 bits make a collision among the ids of one millisecond as unlikely as one of UUIDv4's
+    122 bits over a whole ledger's life; ledgers still refuse a duplicate id rather than
+    overwrite the record it names.
+    """
+    tail = secrets.randbits(RECORD_ID_RANDOM_BITS)
+    return f"{time.time_ns() // 1_000_000:011x}{tail:021x}"
 
 
 RECORD_ID_MIN_PREFIX = 6
-_RECORD_ID_QUERY = re.compile(r"[0-9a-f]{6,17}")
+_RECORD_ID_QUERY = re.compile(r"[0-9a-f]{6,32}")
 
 
 def record_id_query(text: str) -> str:
-    """``text`` checked as a record id or a prefix of one (6 to 17 lowercase hex characters).
+    """``text`` checked as a record id or a prefix of one (6 to 32 lowercase hex characters).
 
     Ledgers look ids up exactly or by this prefix as a key range, never as a pattern, so text
     from outside can neither match other records nor reach a query engine. Raises
@@ -72,7 +82,7 @@ def record_id_query(text: str) -> str:
         return text
     shown = repr(text[:40] + "…" if isinstance(text, str) and len(text) > 40 else text)
     raise NotFound(
-        f"no record {shown}: a record id (or a prefix of one) is 6 to 17 lowercase hex "
+        f"no record {shown}: a record id (or a prefix of one) is 6 to 32 lowercase hex "
         "characters, as 'gate history' lists them"
     )
 
@@ -210,6 +220,9 @@ class GateRecord:
     a redelivery or a later poll takes the same record on (and by the record that validates a
     stale pass again); ``eligible_at`` is when the rule's cooldown lets it be promoted, set
     once a cooldown held it back (None: never held).
+    ``actor`` names who asked (a person's or pipeline's display name, ``function-key``, or
+    the trigger's own name) and ``actor_id`` is their Microsoft Entra object id, when the
+    platform authenticated them.
     ``of_record`` links a re-validation to the promotion it re-checks, and a demotion (or a
     rule marked broken) to the re-validation that failed.
     """
@@ -229,6 +242,7 @@ class GateRecord:
     target_tags: tuple[str, ...] = ()
     forced: bool = False
     actor: str | None = None
+    actor_id: str = ""
     attempts: int = 0
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
@@ -266,6 +280,7 @@ class GateRecord:
             target_tags=tuple(raw["target_tags"]),
             forced=raw["forced"],
             actor=raw["actor"],
+            actor_id=str(raw.get("actor_id") or ""),
             attempts=raw.get("attempts", 1),
             created_at=datetime.fromisoformat(raw["created_at"]),
             updated_at=datetime.fromisoformat(raw["updated_at"]),
@@ -300,6 +315,7 @@ class GateRecord:
             "target_tags": list(self.target_tags),
             "forced": self.forced,
             "actor": self.actor,
+            "actor_id": self.actor_id,
             "attempts": self.attempts,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),

@@ -225,9 +225,24 @@ class Ledger(Protocol):
         state: State | None = None,
         since: datetime | None = None,
         before: datetime | None = None,
+        actor: str | None = None,
         limit: int = 50,
     ) -> list[GateRecord]:
-        """Return records, newest first, filtered; ``before`` pages (created strictly earlier)."""
+        """Return records, newest first, filtered; ``before`` pages (created strictly earlier).
+
+        Records come without their logs (``log`` is empty; :meth:`get` reads it): a page of
+        history never reads validation logs. ``actor`` matches a record's ``actor_id`` (an
+        object id) or ``actor`` (a name) exactly.
+        """
+        ...
+
+    def prune(self, *, created_before: datetime, keep: Callable[[GateRecord], bool]) -> int:
+        """Delete final records created before ``created_before`` that ``keep`` declines.
+
+        Their logs go with them, and a (rule, digest) forgets them. Records in progress are
+        never deleted, whatever ``keep`` says. ``keep`` sees records without their logs.
+        Returns how many records were deleted.
+        """
         ...
 
     def decided(self, rule: str, digest: str) -> GateRecord | None:
