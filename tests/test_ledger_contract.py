@@ -24,12 +24,19 @@ from pathlib import Path
 import pytest
 import trustme
 from azure.core.credentials import AccessToken
-from azure.data.tables import TableServiceClient
+from azure.data.tables import TableServiceClient, UpdateMode
 from azure.storage.blob import ContainerClient
 
+from bench.ledger import fill_table
 from devstack.azurite import AzuriteProcess
 from devstack.registry import free_port
-from gate.adapters.azure.table_ledger import TableLedger, _blob_endpoint_for, _record_key
+from gate.adapters.azure.table_ledger import (
+    TableLedger,
+    _blob_endpoint_for,
+    _descending,
+    _listing_keys,
+    _record_key,
+)
 from gate.adapters.sqlite_ledger import SqliteLedger
 from gate.errors import ConfigError, LedgerError, NotFound
 from gate.model import (
@@ -509,7 +516,7 @@ def test_get_treats_ids_as_data_never_as_patterns(ledger: Ledger, query: str) ->
     with pytest.raises(NotFound) as caught:
         ledger.get(query)
 
-    assert "6 to 17 lowercase hex" in caught.value.message
+    assert "6 to 32 lowercase hex" in caught.value.message
     assert len(caught.value.message) < 300  # a 50 KB id is not echoed back
 
 
@@ -607,6 +614,243 @@ def test_history_orders_records_created_together_by_id_descending(ledger: Ledger
         claim(ledger, gate_record(record_id, digest=digest_of(str(index)), created_at=T0))
 
     assert [r.id for r in ledger.history()] == ["rec-b", "rec-abc", "rec-ab"]
+
+
+# -- records at scale: filtered listings, retention, duplicate ids ------------------------------
+
+ALICE_OID = "6f1c2c4e-0000-4000-8000-00000000a11c"
+NODE_TARGET = "artifacts.example.com/node"
+SCALE_STATES = [State.PROMOTED, State.REJECTED, State.FAILED, State.VALIDATING, State.SUPERSEDED]
+
+
+def many_records(count: int) -> list[GateRecord]:
+    """``count`` records a minute apart, oldest first: rules of different sizes (``rare`` holds
+    three), two rules sharing a target, every actor form, logs on some."""
+    records = []
+    for index in range(count):
+        if index in (17, count // 2, count - 5):
+            rule, target = "rare", "artifacts.example.com/rare"
+        elif index % 3 == 0:
+            rule, target = "python", "artifacts.example.com/python"
+        else:
+            rule, target = ("node", NODE_TARGET) if index % 5 else ("node-lts", NODE_TARGET)
+        actor, actor_id = [
+            ("event-grid", ""),
+            ("alice@example.com", ALICE_OID),
+            ("timer", ""),
+            (None, ""),
+        ][index % 4]
+        records.append(
+            gate_record(
+                rule=rule,
+                target=target,
+                digest=digest_of(f"scale-{index}"),
+                state=SCALE_STATES[index % len(SCALE_STATES)],
+                actor=actor,
+                actor_id=actor_id,
+                attempts=1,
+                log=f"validation log of {index}\n" if index % 7 == 0 else "",
+                created_at=T0 + timedelta(minutes=index),
+                updated_at=T0 + timedelta(minutes=index, seconds=30),
+            )
+        )
+    return records
+
+
+def newest_first(records: list[GateRecord]) -> list[GateRecord]:
+    return sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)
+
+
+def matches(record: GateRecord, query: dict[str, object]) -> bool:
+    since, before = query.get("since"), query.get("before")
+    return (
+        query.get("rule") in (None, record.rule)
+        and query.get("target") in (None, record.target)
+        and query.get("state") in (None, record.state)
+        and query.get("actor") in (None, record.actor, record.actor_id)
+        and (not isinstance(since, datetime) or record.created_at >= since)
+        and (not isinstance(before, datetime) or record.created_at < before)
+    )
+
+
+def test_filtered_history_returns_what_the_full_listing_filtered_in_python_does(
+    ledger: Ledger,
+) -> None:
+    records = many_records(240)
+    for record in records:
+        ledger.add(record)
+
+    everything = ledger.history(limit=-1)
+
+    assert everything == [replace(r, log="") for r in newest_first(records)]
+    windows = [
+        {},
+        {"since": T0 + timedelta(minutes=50)},
+        {"before": T0 + timedelta(minutes=200)},
+        {"since": T0 + timedelta(minutes=17), "before": T0 + timedelta(minutes=121)},
+    ]
+    for rule in (None, "node", "python", "rare", "go"):
+        for target in (None, NODE_TARGET):
+            for state in (None, State.PROMOTED, State.VALIDATING):
+                for actor in (None, "alice@example.com", ALICE_OID, "timer"):
+                    for window in windows:
+                        query = {"rule": rule, "target": target, "state": state, "actor": actor}
+                        query.update(window)
+                        listed = ledger.history(**query, limit=-1)  # type: ignore[arg-type]
+                        expected = [r for r in everything if matches(r, query)]
+                        assert listed == expected, query
+    assert [r.id for r in ledger.history(rule="rare")] == [
+        r.id for r in newest_first(records) if r.rule == "rare"
+    ]
+
+
+def test_filtered_history_pages_with_before_to_the_same_records(ledger: Ledger) -> None:
+    records = many_records(120)
+    for record in records:
+        ledger.add(record)
+
+    for query in ({}, {"rule": "node"}, {"target": NODE_TARGET, "state": State.PROMOTED}):
+        pages: list[GateRecord] = []
+        before = None
+        while True:
+            page = ledger.history(**query, before=before, limit=7)  # type: ignore[arg-type]
+            if not page:
+                break
+            assert len(page) <= 7
+            pages += page
+            before = page[-1].created_at
+        assert [r.id for r in pages] == [
+            r.id for r in newest_first(records) if matches(r, query)
+        ], query
+
+
+def test_history_records_come_without_their_logs(ledger: Ledger) -> None:
+    record = claim(ledger, gate_record(created_at=T0, actor="alice")).record
+    ledger.save(record.advance(State.REJECTED, log="step 1 failed\n"))
+
+    listings = [
+        ledger.history(),
+        ledger.history(rule="node"),
+        ledger.history(target=record.target, state=State.REJECTED),
+        ledger.history(actor="alice"),
+    ]
+
+    for listed in listings:
+        assert [r.id for r in listed] == [record.id] and listed[0].log == ""
+    assert ledger.get(record.id).log == "step 1 failed\n"
+    assert listings[0][0] == replace(ledger.get(record.id), log="")
+
+
+def test_every_listing_shows_a_records_latest_write(ledger: Ledger) -> None:
+    held = claim(ledger, gate_record(created_at=T0, actor="event-grid")).record
+    # a save may name who asked once it is known (e.g. an operator's forced retry)
+    ledger.save(held.advance(State.VALIDATING, run_id="run-1", actor="bob", actor_id="b0b"))
+    until = utcnow() + timedelta(hours=2)
+    assert ledger.renew(held.id, "worker-a", until)
+
+    stored = ledger.get(held.id)
+    for listed in (
+        ledger.history(),
+        ledger.history(rule="node", state=State.VALIDATING),
+        ledger.history(target=held.target),
+        ledger.history(actor="bob"),
+        ledger.history(rule="node", actor="b0b"),
+    ):
+        assert listed == [stored]
+    assert stored.lease_until == until and stored.run_id == "run-1"
+    assert ledger.history(rule="node", state=State.RECEIVED) == []
+    assert ledger.history(actor="event-grid") == []
+
+
+def test_prune_deletes_exactly_the_old_final_records_keep_declines(ledger: Ledger) -> None:
+    cutoff = T0
+    old = cutoff - timedelta(days=500)
+    promoted = gate_record(digest=digest_of("a"), state=State.PROMOTED, created_at=old, log="a\n")
+    kept = gate_record(digest=digest_of("b"), state=State.REJECTED, created_at=old, log="b\n")
+    failed = gate_record(digest=digest_of("c"), state=State.FAILED, created_at=old)
+    working = gate_record(digest=digest_of("d"), state=State.VALIDATING, created_at=old)
+    rollback = gate_record(
+        action="rollback", digest=digest_of("a"), state=State.ROLLED_BACK, created_at=old
+    )
+    at_cutoff = gate_record(digest=digest_of("e"), state=State.PROMOTED, created_at=cutoff)
+    recent = gate_record(digest=digest_of("f"), state=State.FAILED, created_at=cutoff + WEEK)
+    for record in (promoted, kept, failed, working, rollback, at_cutoff, recent):
+        ledger.add(replace(record, attempts=1))
+    seen: list[GateRecord] = []
+
+    def keep(record: GateRecord) -> bool:
+        seen.append(record)
+        return record.id == kept.id
+
+    deleted = ledger.prune(created_before=cutoff, keep=keep)
+
+    assert deleted == 3
+    assert {r.id for r in ledger.history(limit=-1)} == {
+        kept.id,
+        working.id,
+        at_cutoff.id,
+        recent.id,
+    }
+    for gone in (promoted, failed, rollback):
+        with pytest.raises(NotFound):
+            ledger.get(gone.id)
+    assert ledger.get(kept.id).log == "b\n"
+    assert {promoted.id, failed.id, rollback.id, kept.id} <= {r.id for r in seen}
+    assert all(r.log == "" for r in seen)
+    assert ledger.prune(created_before=cutoff, keep=keep) == 0
+
+
+def test_a_pruned_decision_is_forgotten_and_its_digest_claimed_anew(ledger: Ledger) -> None:
+    old = gate_record(state=State.PROMOTED, attempts=1, created_at=T0 - timedelta(days=500))
+    ledger.add(old)
+    assert not claim(ledger, gate_record()).acquired
+
+    assert ledger.prune(created_before=T0, keep=lambda record: False) == 1
+
+    assert ledger.decided("node", DIGEST) is None
+    again = claim(ledger, gate_record())
+    assert again.acquired and again.record.id != old.id
+    assert [r.id for r in ledger.history()] == [again.record.id]
+
+
+def test_prune_never_deletes_records_in_progress(ledger: Ledger) -> None:
+    old = T0 - timedelta(days=500)
+    held = claim(ledger, gate_record(created_at=old)).record
+    queued = claim(ledger, gate_record(digest=digest_of("q"), created_at=old), start=False).record
+    ledger.save(held.advance(State.PROMOTING))
+
+    assert ledger.prune(created_before=T0, keep=lambda record: False) == 0
+
+    assert {r.id for r in ledger.history()} == {held.id, queued.id}
+    assert not claim(ledger, gate_record(), holder="worker-b").acquired
+
+
+def test_a_duplicate_record_id_is_refused_and_the_first_record_is_unchanged(
+    ledger: Ledger,
+) -> None:
+    first = gate_record(state=State.PROMOTED, attempts=1, created_at=T0, log="first log\n")
+    ledger.add(first)
+    duplicates = [
+        gate_record(first.id, digest=DIGEST, created_at=T0, log="second log\n"),
+        gate_record(
+            first.id, rule="python", digest=digest_of("other"), created_at=T0 + timedelta(hours=1)
+        ),
+        gate_record(first.id, action="rollback", state=State.ROLLED_BACK, created_at=T0),
+    ]
+
+    for duplicate in duplicates:
+        with pytest.raises(LedgerError, match="already"):
+            ledger.add(replace(duplicate, attempts=1))
+    with pytest.raises(LedgerError, match="already"):
+        claim(ledger, gate_record(first.id, digest=digest_of("third"), log="third log\n"))
+
+    assert ledger.get(first.id) == first and ledger.get(first.id).log == "first log\n"
+    assert [r.id for r in ledger.history(limit=-1)] == [first.id]
+    assert ledger.history(rule="python") == []
+    assert ledger.decided("node", DIGEST) == first
+
+
+WEEK = timedelta(days=7)
 
 
 # -- Table Storage only -------------------------------------------------------------------------
@@ -768,6 +1012,223 @@ def test_a_reason_longer_than_a_table_property_round_trips(table_store: TableSto
     ledger.save(record.advance(State.FAILED, reason=reason))
 
     assert ledger.get(record.id).reason == reason
+
+
+class RequestCounter:
+    """An azure-core ``raw_response_hook`` counting the HTTP responses a ledger's clients get."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, response: object) -> None:
+        self.count += 1
+
+    def of(self, query: Callable[[], object]) -> int:
+        before = self.count
+        query()
+        return self.count - before
+
+
+def counted(store: TableStore) -> tuple[TableLedger, RequestCounter]:
+    counter = RequestCounter()
+    ledger = TableLedger(
+        connection_string=store.connection_string,
+        table=store.table,
+        log_container=store.container,
+        response_hook=counter,
+    )
+    ledger.history(limit=1)  # a handle reads the layout marker once, at its first listing
+    return ledger, counter
+
+
+def request_costs(
+    ledger: TableLedger, counter: RequestCounter, records: list[GateRecord]
+) -> dict[str, int]:
+    """The HTTP requests of each query the gate makes, on ``ledger``."""
+    return {
+        "rare rule page": counter.of(lambda: ledger.history(rule="rare")),
+        "filtered page": counter.of(lambda: ledger.history(rule="node", state=State.PROMOTED)),
+        "first page": counter.of(lambda: ledger.history()),
+        "decided": counter.of(lambda: ledger.decided("node", records[0].digest or "")),
+        "get with log": counter.of(lambda: ledger.get(records[3].id)),
+    }
+
+
+def test_a_rare_rules_page_costs_the_same_few_requests_however_large_the_ledger(
+    azurite: AzuriteProcess,
+) -> None:
+    costs = []
+    for size in (150, 1500):
+        store = TableStore(azurite)
+        records = [
+            gate_record(
+                digest=digest_of(f"{size}-{i}"),
+                state=SCALE_STATES[i % len(SCALE_STATES)],
+                attempts=1,
+                created_at=T0 + timedelta(minutes=i),
+                log="validation log\n" if i == 3 else "",
+            )
+            for i in range(size)
+        ]
+        rare = [
+            gate_record(rule="rare", digest=digest_of(f"rare-{i}"), created_at=T0 + timedelta(i))
+            for i in range(3)
+        ]
+        fill_table(store.open(), [*records, *rare])
+        ledger, counter = counted(store)
+        page = ledger.history(rule="rare")
+        filtered = ledger.history(rule="node", state=State.PROMOTED)
+        assert [r.id for r in page] == [r.id for r in reversed(rare)]
+        assert (
+            filtered
+            == [replace(r, log="") for r in newest_first(records) if r.state is State.PROMOTED][:50]
+        )
+        costs.append(request_costs(ledger, counter, records))
+
+    # one range query per page; a claim read and its one record; index, row and log blob
+    expected = {"rare rule page": 1, "filtered page": 1, "first page": 1, "decided": 2}
+    assert costs[0] == costs[1] == {**expected, "get with log": 3}
+
+
+def strip_to_the_older_layout(store: TableStore) -> int:
+    """Make ``store`` look as a gate before listing rows left it: no listing rows, no layout
+    marker, record rows without actor properties. Returns how many records it holds."""
+    table = TableServiceClient.from_connection_string(store.connection_string).get_table_client(
+        store.table
+    )
+    records = 0
+    for entity in list(table.query_entities("PartitionKey eq 'ledger'")):
+        key = str(entity["RowKey"])
+        if key.startswith(("R|", "T|", "v|")):
+            table.delete_entity("ledger", key)
+        elif key.startswith("r|"):
+            records += 1
+            older = {k: v for k, v in entity.items() if k not in ("actor", "actor_id")}
+            table.upsert_entity(older, mode=UpdateMode.REPLACE)
+    return records
+
+
+def test_an_older_ledger_lists_by_scanning_until_migrated_then_by_listing_rows(
+    table_store: TableStore,
+) -> None:
+    records = many_records(60)
+    writer = table_store.open()
+    for record in records:
+        writer.add(record)
+    assert strip_to_the_older_layout(table_store) == 60
+    queries: list[dict[str, object]] = [
+        {},
+        {"rule": "rare"},
+        {"target": NODE_TARGET, "state": State.PROMOTED},
+        {"actor": ALICE_OID},
+        {"rule": "node", "actor": "timer", "since": T0 + timedelta(minutes=10)},
+    ]
+    expected = [
+        [replace(r, log="") for r in newest_first(records) if matches(r, query)]
+        for query in queries
+    ]
+
+    older = table_store.open()
+    assert [older.history(**q, limit=-1) for q in queries] == expected  # type: ignore[arg-type]
+
+    assert older.migrate() == 60
+    assert older.migrate() == 0
+    ledger, counter = counted(table_store)
+    assert [ledger.history(**q, limit=-1) for q in queries] == expected  # type: ignore[arg-type]
+    assert counter.of(lambda: ledger.history(rule="rare")) == 1
+
+
+def test_prune_migrates_an_older_ledger_first_and_deletes_its_records_whole(
+    table_store: TableStore,
+) -> None:
+    writer = table_store.open()
+    old = gate_record(state=State.PROMOTED, attempts=1, created_at=T0 - WEEK, log="old\n")
+    new = gate_record(digest=digest_of("new"), state=State.PROMOTED, attempts=1, created_at=T0)
+    writer.add(old)
+    writer.add(new)
+    strip_to_the_older_layout(table_store)
+
+    assert table_store.open().prune(created_before=T0, keep=lambda record: False) == 1
+
+    table = TableServiceClient.from_connection_string(table_store.connection_string)
+    keys = {
+        str(e["RowKey"])
+        for e in table.get_table_client(table_store.table).query_entities(
+            "PartitionKey eq 'ledger'"
+        )
+    }
+    assert not [key for key in keys if _descending(old.id) in key or old.id in key]
+    assert sum(1 for key in keys if _descending(new.id) in key) == 3  # its row, R| and T| rows
+    assert table_store.open().history(rule="node") == [new]
+
+
+def test_prune_deletes_the_log_blobs_of_the_records_it_deletes(table_store: TableStore) -> None:
+    ledger = table_store.open()
+    gone = gate_record(state=State.REJECTED, attempts=1, created_at=T0 - WEEK, log="gone\n")
+    kept = gate_record(
+        digest=digest_of("kept"), state=State.REJECTED, attempts=1, created_at=T0, log="kept\n"
+    )
+    ledger.add(gone)
+    ledger.add(kept)
+
+    assert ledger.prune(created_before=T0, keep=lambda record: False) == 1
+
+    blobs = ContainerClient.from_connection_string(
+        table_store.connection_string, table_store.container
+    )
+    assert [blob.name for blob in blobs.list_blobs()] == [f"{kept.id}.log"]
+
+
+def test_two_pruners_racing_delete_each_record_once_and_leave_no_claim_behind(
+    table_store: TableStore,
+) -> None:
+    writer = table_store.open()
+    old = [
+        gate_record(
+            digest=digest_of(f"old-{i % 10}"),  # 10 claims shared by 45 records
+            state=State.PROMOTED if i % 2 else State.FAILED,
+            attempts=1,
+            created_at=T0 - timedelta(days=30, minutes=i),
+        )
+        for i in range(45)
+    ]
+    for record in old:
+        writer.add(record)
+    pruners = [table_store.open() for _ in range(2)]
+    barrier = threading.Barrier(2)
+    counts: list[int] = []
+
+    def prune(index: int) -> None:
+        barrier.wait()
+        counts.append(pruners[index].prune(created_before=T0, keep=lambda record: False))
+
+    threads = [threading.Thread(target=prune, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(counts) == 2 and sum(counts) == 45  # both finished; each record counted once
+    table = TableServiceClient.from_connection_string(table_store.connection_string)
+    left = list(
+        table.get_table_client(table_store.table).query_entities("PartitionKey eq 'ledger'")
+    )
+    assert [str(e["RowKey"]) for e in left] == ["v|layout"]
+
+
+def test_a_record_too_long_to_copy_into_its_listing_rows_is_listed_through_its_row(
+    table_store: TableStore,
+) -> None:
+    ledger = table_store.open()
+    record = claim(ledger, gate_record(created_at=T0)).record
+    long = record.advance(State.FAILED, reason="layer pull failed: " + "x" * 60_000)
+    ledger.save(long)
+    other = claim(ledger, gate_record(digest=digest_of("short"), created_at=T0 - WEEK)).record
+
+    assert ledger.history(rule="node") == [ledger.get(record.id), other]
+    assert ledger.history(target=record.target, state=State.FAILED)[0].reason == long.reason
+    listing_row = ledger._table.get_entity("ledger", _listing_keys(long)[0])
+    assert listing_row["data_parts"] == 0  # the copy points at the record instead
 
 
 def test_rules_and_digests_with_characters_keys_refuse_still_deduplicate(

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
 
 from gate.errors import LedgerError, NotFound
 from gate.model import (
@@ -43,12 +42,48 @@ CREATE TABLE IF NOT EXISTS records (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     data TEXT NOT NULL,
-    log TEXT NOT NULL DEFAULT ''
+    log TEXT NOT NULL DEFAULT '',
+    actor TEXT,
+    actor_id TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS records_rule_digest ON records (rule, digest);
-CREATE INDEX IF NOT EXISTS records_target ON records (target, created_at);
-CREATE INDEX IF NOT EXISTS records_created ON records (created_at);
 """
+
+# Every listing is newest first (created_at DESC, id DESC) and pages by created_at, so each index
+# ends in (created_at, id): a filtered page walks its index backwards and stops after ``limit``
+# rows, never sorting the rule's records (nor reading their logs, which history never selects).
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS records_rule_digest ON records (rule, digest);
+CREATE INDEX IF NOT EXISTS records_newest ON records (created_at, id);
+CREATE INDEX IF NOT EXISTS records_rule_newest ON records (rule, created_at, id);
+CREATE INDEX IF NOT EXISTS records_rule_state_newest ON records (rule, state, created_at, id);
+CREATE INDEX IF NOT EXISTS records_state_newest ON records (state, created_at, id);
+CREATE INDEX IF NOT EXISTS records_target_newest ON records (target, created_at, id);
+CREATE INDEX IF NOT EXISTS records_actor_newest ON records (actor, created_at, id);
+CREATE INDEX IF NOT EXISTS records_actor_id_newest ON records (actor_id, created_at, id);
+"""
+
+# user_version 2: actor columns and the newest-first indexes (version 1 ledgers are upgraded
+# in place by the first process that opens them for writing)
+_VERSION = 2
+_UPGRADE_1 = """
+ALTER TABLE records ADD COLUMN actor TEXT;
+ALTER TABLE records ADD COLUMN actor_id TEXT NOT NULL DEFAULT '';
+UPDATE records SET actor = json_extract(data, '$.actor'),
+    actor_id = coalesce(json_extract(data, '$.actor_id'), '');
+DROP INDEX IF EXISTS records_target;
+DROP INDEX IF EXISTS records_created;
+"""
+
+_FINAL_STATES = tuple(sorted(state.value for state in State if state.final))
+# rows deleted per statement: below SQLite's default limit of 32,766 bound parameters
+_DELETE_BATCH = 500
+
+
+def _statements(db: sqlite3.Connection, script: str) -> None:
+    """Run a script statement by statement (``executescript`` would commit the transaction)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
 
 
 def _dump(record: GateRecord) -> str:
@@ -57,6 +92,54 @@ def _dump(record: GateRecord) -> str:
 
 def _load(data: str, log: str) -> GateRecord:
     return GateRecord.from_dict(json.loads(data), log=log)
+
+
+def history_queries(
+    *,
+    rule: str | None = None,
+    target: str | None = None,
+    state: State | None = None,
+    since: datetime | None = None,
+    before: datetime | None = None,
+    actor: str | None = None,
+    limit: int = 50,
+) -> list[tuple[str, list[object]]]:
+    """The statements (with their parameters) a history page runs: each selects
+    ``created_at, id, data`` newest first; the page is their rows merged, newest first."""
+    clauses: list[str] = []
+    params: list[object] = []
+    for column, value in (("rule", rule), ("target", target)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if state is not None:
+        clauses.append("state = ?")
+        params.append(state.value)
+    # stored times are UTC ISO strings: compare like with like
+    if since is not None:
+        clauses.append("created_at >= ?")
+        params.append(since.astimezone(UTC).isoformat())
+    if before is not None:
+        clauses.append("created_at < ?")
+        params.append(before.astimezone(UTC).isoformat())
+    # an actor is an object id or a name: one page from each column's index, merged (an OR
+    # would make SQLite sort every record of that actor)
+    choices: list[tuple[str, str] | None] = (
+        [("actor_id", actor), ("actor", actor)] if actor is not None else [None]
+    )
+    queries = []
+    for choice in choices:
+        where = [*clauses, f"{choice[0]} = ?"] if choice else clauses
+        values = [*params, choice[1]] if choice else params
+        text = f" WHERE {' AND '.join(where)}" if where else ""
+        queries.append(
+            (
+                f"SELECT created_at, id, data FROM records{text}"
+                " ORDER BY created_at DESC, id DESC LIMIT ?",
+                [*values, limit],
+            )
+        )
+    return queries
 
 
 class SqliteLedger:
@@ -80,7 +163,7 @@ class SqliteLedger:
             db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             try:
                 db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_SCHEMA)
+                self._migrate(db)
             finally:
                 db.close()
         except (OSError, sqlite3.Error) as exc:
@@ -89,6 +172,30 @@ class SqliteLedger:
                 "permissions"
             ) from None
         self._ready = True
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Bring the schema to ``_VERSION`` in one transaction (a no-op when it is there)."""
+        if db.execute("PRAGMA user_version").fetchone()[0] >= _VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]  # another may have won
+            if version < _VERSION:
+                exists = db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records'"
+                ).fetchone()
+                columns = {row[1] for row in db.execute("PRAGMA table_info(records)")}
+                if not exists:
+                    _statements(db, _SCHEMA)
+                elif "actor_id" not in columns:
+                    _statements(db, _UPGRADE_1)
+                _statements(db, _INDEXES)
+                db.execute(f"PRAGMA user_version = {_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -113,6 +220,8 @@ class SqliteLedger:
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A read-only connection (``mode=ro``): reading never creates or changes the ledger."""
         self.require()
+        from urllib.parse import quote
+
         try:
             db = sqlite3.connect(
                 f"file:{quote(str(self.path))}?mode=ro", uri=True, timeout=60, isolation_level=None
@@ -145,9 +254,15 @@ class SqliteLedger:
             ) from None
 
     def _insert(self, db: sqlite3.Connection, record: GateRecord) -> None:
+        if db.execute("SELECT 1 FROM records WHERE id = ?", (record.id,)).fetchone():
+            # the primary key would refuse it too; this says why, and nothing is overwritten
+            raise LedgerError(
+                f"a record with id {record.id} is already in the ledger {self.path}; record ids "
+                "must be unique: create the record with a new id"
+            )
         db.execute(
             "INSERT INTO records (id, action, rule, digest, target, state, run_id, created_at,"
-            " updated_at, data, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " updated_at, data, log, actor, actor_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.id,
                 record.action,
@@ -160,6 +275,8 @@ class SqliteLedger:
                 record.updated_at.isoformat(),
                 _dump(record),
                 record.log,
+                record.actor,
+                record.actor_id,
             ),
         )
 
@@ -220,8 +337,8 @@ class SqliteLedger:
 
     def _update(self, db: sqlite3.Connection, record: GateRecord) -> None:
         cursor = db.execute(
-            "UPDATE records SET state = ?, run_id = ?, digest = ?, updated_at = ?, data = ?, log = ?"
-            " WHERE id = ?",
+            "UPDATE records SET state = ?, run_id = ?, digest = ?, updated_at = ?, data = ?, log = ?,"
+            " actor = ?, actor_id = ? WHERE id = ?",
             (
                 record.state.value,
                 record.run_id,
@@ -229,6 +346,8 @@ class SqliteLedger:
                 record.updated_at.isoformat(),
                 _dump(record),
                 record.log,
+                record.actor,
+                record.actor_id,
                 record.id,
             ),
         )
@@ -272,33 +391,54 @@ class SqliteLedger:
         state: State | None = None,
         since: datetime | None = None,
         before: datetime | None = None,
+        actor: str | None = None,
         limit: int = 50,
     ) -> list[GateRecord]:
-        """Records newest first, filtered by rule, target repository, state and time."""
-        clauses, params = [], []
-        for column, value in (("rule", rule), ("target", target)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if state is not None:
-            clauses.append("state = ?")
-            params.append(state.value)
-        # stored times are UTC ISO strings: compare like with like
-        if since is not None:
-            clauses.append("created_at >= ?")
-            params.append(since.astimezone(UTC).isoformat())
-        if before is not None:
-            clauses.append("created_at < ?")
-            params.append(before.astimezone(UTC).isoformat())
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        """Records newest first, filtered by rule, target repository, state, time and actor.
+
+        Served by the index that starts with the filter's columns and ends in (created_at, id),
+        so a page reads ``limit`` rows; logs are never read (:meth:`get` has them).
+        """
         if not self.path.exists():
             return []  # nothing was ever recorded here
+        rows: dict[str, tuple[str, str, str]] = {}
         with self._read() as db:
+            for sql, params in history_queries(
+                rule=rule,
+                target=target,
+                state=state,
+                since=since,
+                before=before,
+                actor=actor,
+                limit=limit,
+            ):
+                for row in db.execute(sql, params):
+                    rows[row[1]] = row
+        newest = sorted(rows.values(), reverse=True)
+        return [_load(data, "") for _, _, data in (newest[:limit] if limit >= 0 else newest)]
+
+    def prune(self, *, created_before: datetime, keep: Callable[[GateRecord], bool]) -> int:
+        """Delete the final records created before ``created_before`` that ``keep`` declines.
+
+        One transaction: the candidates are read (without logs) and deleted under the write
+        lock, so a record cannot change state between ``keep`` and its deletion.
+        """
+        if not self.path.exists():
+            return 0
+        bound = created_before.astimezone(UTC).isoformat()
+        finals = ", ".join("?" * len(_FINAL_STATES))
+        with self._transaction() as db:
             rows = db.execute(
-                f"SELECT data, log FROM records {where} ORDER BY created_at DESC, id DESC LIMIT ?",
-                (*params, limit),
+                f"SELECT id, data FROM records WHERE created_at < ? AND state IN ({finals})",
+                (bound, *_FINAL_STATES),
             ).fetchall()
-        return [_load(data, log) for data, log in rows]
+            doomed = [record_id for record_id, data in rows if not keep(_load(data, ""))]
+            for start in range(0, len(doomed), _DELETE_BATCH):
+                batch = doomed[start : start + _DELETE_BATCH]
+                db.execute(
+                    f"DELETE FROM records WHERE id IN ({', '.join('?' * len(batch))})", batch
+                )
+        return len(doomed)
 
     def decided(self, rule: str, digest: str) -> GateRecord | None:
         """The newest record that settles (rule, digest) (a decisive state), if any."""

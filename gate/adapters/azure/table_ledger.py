@@ -15,10 +15,31 @@ Row keys (``PartitionKey`` is always ``ledger``)::
     i|{id}              index entity: the row key of record ``id`` (lookup by id and id prefix)
     r|{time}|{id}       record: ``time`` counts down from the end of the calendar and ``id`` is
                         byte-inverted, so ascending row keys are newest first (created_at, then id)
+    R|{rule}|{time}|{id}    listing rows: a copy of the record (its JSON and filter properties,
+    T|{target}|{time}|{id}  never its log) under its rule and under its target, newest first
+    v|layout            the key layout's version: present when every record has listing rows
+
+A page of ``history`` is one range query on the narrowest of these ranges (a rule's, else a
+target's, else every record's), ``since``/``before`` bounding its keys and the other filters
+evaluated by the service inside it (the intra-partition secondary index pattern of the Table
+design guide, learn.microsoft.com/azure/storage/tables/table-storage-design-patterns), so a rare
+rule's page never walks the records of the others. A record's rule, target, id and creation
+time never change, so neither do its listing rows' keys: every write of a record rewrites its
+listing rows in the same entity-group transaction (at most 100 entities and 4 MiB, all in one
+partition: learn.microsoft.com/rest/api/storageservices/performing-entity-group-transactions;
+a record is written with at most four other entities, a prune deletes 20 records a batch).
 
 A string property holds at most 32K UTF-16 characters and an entity at most 1 MiB, so the
 validation log goes to the blob ``{record id}.log`` of the log container and the record keeps its
-name; the record's JSON is split over ``data_0``, ``data_1`` … when it is long.
+name; the record's JSON is split over ``data_0``, ``data_1`` … when it is long. A listing row
+copies the JSON of a record up to 32,000 characters; a longer one (a huge reason) is listed by
+pointing at the record row (``row``), read when that record is listed.
+
+A table written before listing rows existed has no ``v|layout``: ``history`` then scans the
+records as it always did (correct, not bounded) until :meth:`TableLedger.migrate` has written
+every record's listing rows; the first :meth:`TableLedger.prune` (the retention timer) does so.
+Upgrade every process that writes the ledger before migrating: an older one writes no listing
+rows.
 """
 
 from __future__ import annotations
@@ -31,7 +52,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from itertools import islice
+from itertools import batched, islice
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -67,6 +88,17 @@ _PARTITION = "ledger"
 _CLAIM_PREFIX = "c|"
 _INDEX_PREFIX = "i|"
 _RECORD_PREFIX = "r|"
+_RULE_PREFIX = "R|"
+_TARGET_PREFIX = "T|"
+_LAYOUT_KEY = "v|layout"
+_LAYOUT_VERSION = 2
+# a listing row copies a record's JSON up to this many characters (two properties); a longer
+# record is listed by reading its row, so that a write stays far below a transaction's 4 MiB
+_INLINE_DATA = 32_000
+# a prune deletes 4 entities per record plus the claim entities it rewrites: 100 at most
+_PRUNE_BATCH = 20
+# a migration rewrites 3 entities per record (the record and its two listing rows)
+_MIGRATE_BATCH = 33
 # a lost race costs one more read and decision; this many in a row means something is wrong
 _CLAIM_ATTEMPTS = 20
 # 16,000 code points are at most 32,000 UTF-16 units: below the 32K limit of a string property
@@ -108,8 +140,36 @@ def _descending(text: str) -> str:
     return "".join(f"{255 - byte:02x}" for byte in text.encode()) + "z"
 
 
+def _newest_first(record: GateRecord) -> str:
+    return f"{_time_key(record.created_at)}|{_descending(record.id)}"
+
+
 def _record_key(record: GateRecord) -> str:
-    return f"{_RECORD_PREFIX}{_time_key(record.created_at)}|{_descending(record.id)}"
+    return f"{_RECORD_PREFIX}{_newest_first(record)}"
+
+
+def _listing_keys(record: GateRecord) -> tuple[str, str]:
+    """The row keys of ``record``'s listing rows: under its rule, under its target."""
+    tail = _newest_first(record)
+    return (
+        f"{_RULE_PREFIX}{_key_part(record.rule)}|{tail}",
+        f"{_TARGET_PREFIX}{_key_part(record.target)}|{tail}",
+    )
+
+
+def _range(prefix: str, since: datetime | None, before: datetime | None) -> tuple[str, str]:
+    """The exclusive row-key bounds of the rows under ``prefix`` created in [since, before).
+
+    Under a prefix, keys are ``{prefix}{time key}|…`` and time keys fall as created_at rises;
+    ``}`` sorts just after ``|``, so ``{prefix}{key}}`` lies past every row of that time key
+    and ``{prefix minus its "|"}}`` past every row under the prefix.
+    """
+    low, high = prefix, prefix[:-1] + "}"
+    if before is not None:
+        low = f"{prefix}{_time_key(before)}}}"  # created_at < before
+    if since is not None:
+        high = f"{prefix}{_time_key(since)}}}"  # created_at >= since
+    return low, high
 
 
 def _index_key(record_id: str) -> str:
@@ -138,8 +198,32 @@ def _record_entity(record: GateRecord, log_blob: str) -> dict[str, Any]:
         "log": log_blob,
         "data_parts": len(chunks),
     }
+    entity.update(_actor_properties(record))
     entity.update({f"data_{i}": chunk for i, chunk in enumerate(chunks)})
     return entity
+
+
+def _actor_properties(record: GateRecord) -> dict[str, str]:
+    # "" for no actor: the Table service stores no null properties
+    return {"actor": record.actor or "", "actor_id": record.actor_id}
+
+
+def _listing_rows(entity: dict[str, Any], record: GateRecord) -> list[dict[str, Any]]:
+    """``record``'s listing rows for its record entity ``entity``: its copies under its rule
+    and its target (filter properties, and the JSON unless it is long), pointing at the row."""
+    data = {key: value for key, value in entity.items() if key.startswith("data_")}
+    inline = sum(len(str(value)) for key, value in data.items() if key != "data_parts")
+    rows = []
+    for key in _listing_keys(record):
+        row = {
+            name: value
+            for name, value in entity.items()
+            if not name.startswith("data_") and name not in ("log", "etag", "Timestamp")
+        }
+        row.update(RowKey=key, row=entity["RowKey"])
+        row.update(data if inline <= _INLINE_DATA else {"data_parts": 0})
+        rows.append(row)
+    return rows
 
 
 def _record_from(entity: TableEntity, log: str = "") -> GateRecord:
@@ -157,6 +241,11 @@ def _if_unchanged(etag: str) -> dict[str, Any]:
         "etag": etag,
         "match_condition": MatchConditions.IfNotModified,
     }
+
+
+def _unless_changed(etag: str) -> dict[str, Any]:
+    """A delete's condition: the entity is as read (``etag``), else 412 and nothing deleted."""
+    return {"etag": etag, "match_condition": MatchConditions.IfNotModified}
 
 
 def _blob_endpoint_for(table_endpoint: str) -> str | None:
@@ -183,7 +272,9 @@ class TableLedger:
     ``credential`` (an identity with the Storage Table Data Contributor and Storage Blob Data
     Contributor roles), or a ``connection_string`` (Azurite, or an account key). The blob URL is
     derived from the table URL unless ``blob_endpoint`` says otherwise. The table and the
-    container are created when missing.
+    container are created when missing. ``response_hook`` is called with every HTTP response
+    the table and blob clients receive (azure-core's ``raw_response_hook``: how the tests and
+    the benchmark count requests).
     """
 
     def __init__(
@@ -195,6 +286,7 @@ class TableLedger:
         table: str = "gaterecords",
         log_container: str = "gatelogs",
         blob_endpoint: str | None = None,
+        response_hook: Callable[[Any], None] | None = None,
     ) -> None:
         if (endpoint is None) == (connection_string is None):
             raise ConfigError(
@@ -215,11 +307,15 @@ class TableLedger:
             )
         self._log_hashes: dict[str, str] = {}
         self._rows: dict[str, str] = {}  # record id -> row key, which never changes
+        self._indexed = False  # every record has its listing rows (v|layout seen)
+        hooks: dict[str, Any] = (
+            {} if response_hook is None else {"raw_response_hook": response_hook}
+        )
         try:
             if connection_string is not None:
-                self._table = TableClient.from_connection_string(connection_string, table)
+                self._table = TableClient.from_connection_string(connection_string, table, **hooks)
                 self._logs = ContainerClient.from_connection_string(
-                    connection_string, log_container
+                    connection_string, log_container, **hooks
                 )
             else:
                 assert endpoint is not None
@@ -234,8 +330,8 @@ class TableLedger:
                         f"cannot tell the blob endpoint of {_public_url(endpoint)} (validation "
                         "logs go to blobs); pass blob_endpoint, or use a connection string"
                     )
-                self._table = TableClient(endpoint, table, credential=credential)
-                self._logs = ContainerClient(blobs, log_container, credential=credential)
+                self._table = TableClient(endpoint, table, credential=credential, **hooks)
+                self._logs = ContainerClient(blobs, log_container, credential=credential, **hooks)
         except ValueError:
             # the SDK's message may quote the connection string: keep it out of ours
             raise ConfigError(
@@ -245,8 +341,14 @@ class TableLedger:
             ) from None
         self._where = f"table '{table}' at {_public_url(self._table.url)}"
         # either may exist already, or another worker may have just created it
-        with self._errors(f"creating {self._where}"), suppress(ResourceExistsError):
-            self._table.create_table()
+        with self._errors(f"creating {self._where}"):
+            try:
+                self._table.create_table()
+            except ResourceExistsError:
+                pass
+            else:
+                # a new table has no record without listing rows: mark its layout current
+                self._mark_layout()
         container = f"the log container at {_public_url(self._logs.url)}"
         with self._errors(f"creating {container}"), suppress(ResourceExistsError):
             self._logs.create_container()
@@ -327,42 +429,55 @@ class TableLedger:
                 raise self._no_table() from None
             return None
 
-    def _commit(self, operations: list[Operation], claim_key: str | None) -> bool:
+    def _commit(self, operations: list[Operation], *, first_may_race: bool) -> bool:
         """Run ``operations`` as one transaction; False if it lost a race worth re-deciding.
 
-        Races: the claim entity (``claim_key``, always the first operation) was created or
-        changed since we read it, or a record we update was changed (412).
+        Races: an entity we update or delete was changed since we read it (412), or, with
+        ``first_may_race``, the first operation's entity (a claim entity, or the record a save
+        rewrites) was created or deleted meanwhile (409, 404). Any other 409 is a duplicate
+        record id: refused, nothing written.
         """
         try:
             self._table.submit_transaction(operations)
             return True
         except TableTransactionError as exc:
             if exc.status_code == 412 or (
-                claim_key is not None and exc.index == 0 and exc.status_code in (404, 409)
+                first_may_race and exc.index == 0 and exc.status_code in (404, 409)
             ):
                 return False
             if exc.status_code == 409:
-                raise LedgerError(
-                    f"a record with this id is already in {self._where}; record ids must be "
-                    "unique: create the record with a new id"
-                ) from None
+                created = (op[1] for op in operations if op[0] == "create" and "id" in op[1])
+                raise self._duplicate(str(next(created, {}).get("id", "?"))) from None
             raise
 
-    def _store_log(self, record: GateRecord) -> str:
-        """Upload the record's log (unless this ledger uploaded the same text); its blob name."""
+    def _store_log(self, record: GateRecord, *, new: bool = False) -> str:
+        """Upload the record's log (unless this ledger uploaded the same text); its blob name.
+
+        For a ``new`` record the blob must not exist: one that does belongs to a record with
+        the same id (refused: :class:`LedgerError`, its log left as it was), or was left by an
+        insert that never committed (no such record: replaced).
+        """
         if not record.log:
             return ""
         name = f"{record.id}.log"
         digest = hashlib.sha256(record.log.encode()).hexdigest()
         if self._log_hashes.get(record.id) != digest:
-            self._logs.upload_blob(
-                name,
-                record.log.encode(),
-                overwrite=True,
-                content_settings=ContentSettings(content_type="text/plain; charset=utf-8"),
-            )
+            data = record.log.encode()
+            settings = ContentSettings(content_type="text/plain; charset=utf-8")
+            try:
+                self._logs.upload_blob(name, data, overwrite=not new, content_settings=settings)
+            except ResourceExistsError:
+                if self._read(_index_key(record.id)) is not None:
+                    raise self._duplicate(record.id) from None
+                self._logs.upload_blob(name, data, overwrite=True, content_settings=settings)
             self._log_hashes[record.id] = digest
         return name
+
+    def _duplicate(self, record_id: str) -> LedgerError:
+        return LedgerError(
+            f"a record with id {record_id} is already in {self._where}; record ids must be "
+            "unique: create the record with a new id (nothing was written)"
+        )
 
     def _with_log(self, entity: TableEntity) -> GateRecord:
         name = str(entity.get("log") or "")
@@ -377,13 +492,31 @@ class TableLedger:
         return record
 
     def _creates(self, record: GateRecord, log_blob: str) -> list[Operation]:
+        """Insert ``record``: its row, its id's index entity, its listing rows (4 entities).
+
+        All are inserts, which the service refuses (409) when the row key exists: a duplicate
+        id never overwrites the record it names.
+        """
         entity = _record_entity(record, log_blob)
         index = {
             "PartitionKey": _PARTITION,
             "RowKey": _index_key(record.id),
             "row": entity["RowKey"],
         }
-        return [("create", entity), ("create", index)]
+        listed: list[Operation] = [("create", row) for row in _listing_rows(entity, record)]
+        return [("create", entity), ("create", index), *listed]
+
+    @staticmethod
+    def _rewrites(entity: dict[str, Any], record: GateRecord, etag: str) -> list[Operation]:
+        """Replace record row ``entity`` if unchanged since ``etag``, and its listing rows with it.
+
+        The listing rows are upserts (a record from before them has none yet); the record's
+        ETag condition guards them too: the transaction is all or nothing.
+        """
+        rows: list[Operation] = [
+            ("upsert", row, {"mode": UpdateMode.REPLACE}) for row in _listing_rows(entity, record)
+        ]
+        return [("update", entity, _if_unchanged(etag)), *rows]
 
     def _claim_write(self, claim_key: str, claim: TableEntity | None, keys: list[str]) -> Operation:
         entity = {
@@ -418,7 +551,10 @@ class TableLedger:
                 inserted = claim_insert(
                     record, now=utcnow(), start=start, lease_seconds=lease_seconds, holder=holder
                 )
-                self._commit(self._creates(inserted, self._store_log(inserted)), None)
+                self._commit(
+                    self._creates(inserted, self._store_log(inserted, new=True)),
+                    first_may_race=False,
+                )
                 return Claim(inserted, acquired=True)
             claim_key = _claim_key(record.rule, record.digest)
             for _ in range(_CLAIM_ATTEMPTS):
@@ -474,10 +610,11 @@ class TableLedger:
         inserted = claim_insert(
             record, now=now, start=start, lease_seconds=lease_seconds, holder=holder
         )
-        log_blob = self._store_log(inserted)
+        log_blob = self._store_log(inserted, new=True)
         creates = self._creates(inserted, log_blob)
         kept = [key for key in keys if key not in gone] + [str(creates[0][1]["RowKey"])]
-        if not self._commit([self._claim_write(claim_key, claim, kept), *creates], claim_key):
+        operations = [self._claim_write(claim_key, claim, kept), *creates]
+        if not self._commit(operations, first_may_race=True):
             return None
         return Claim(inserted, acquired=True)
 
@@ -498,9 +635,9 @@ class TableLedger:
         update = _record_entity(record, str(entity.get("log") or ""))
         operations: list[Operation] = [
             self._claim_write(claim_key, claim, kept),
-            ("update", update, _if_unchanged(_etag(entity))),
+            *self._rewrites(update, record, _etag(entity)),
         ]
-        if not self._commit(operations, claim_key):
+        if not self._commit(operations, first_may_race=True):
             return None
         return Claim(record, acquired=True, resumed=resumed)
 
@@ -540,15 +677,12 @@ class TableLedger:
                 return False
             log_blob = str(entity.get("log") or "") if keep_log else self._store_log(changed)
             update = _record_entity(changed, log_blob)
-            try:
-                self._table.update_entity(update, **_if_unchanged(_etag(entity)))
+            # Update Entity with If-Match fails with 412 Precondition Failed when the stored
+            # ETag differs (learn.microsoft.com/rest/api/storageservices/update-entity2), and
+            # fails the whole transaction with it; a 404 means it was pruned meanwhile: both
+            # are read again (then NotFound)
+            if self._commit(self._rewrites(update, changed, _etag(entity)), first_may_race=True):
                 return True
-            except HttpResponseError as exc:
-                # Update Entity with If-Match fails with 412 Precondition Failed when the stored
-                # ETag differs (learn.microsoft.com/rest/api/storageservices/update-entity2);
-                # azure-data-tables raises it as ResourceModifiedError, an HttpResponseError
-                if exc.status_code != 412:
-                    raise
         raise LedgerError(
             f"{what} lost {_CLAIM_ATTEMPTS} races in a row in {self._where}; retry later"
         )
@@ -584,16 +718,17 @@ class TableLedger:
         claims see it, as they would in the SQLite ledger.
         """
         with self._errors(f"adding record {record.id} to {self._where}"):
-            creates = self._creates(record, self._store_log(record))
+            creates = self._creates(record, self._store_log(record, new=True))
             if record.action != "gate" or record.digest is None:
-                self._commit(creates, None)
+                self._commit(creates, first_may_race=False)
                 return
             claim_key = _claim_key(record.rule, record.digest)
             for _ in range(_CLAIM_ATTEMPTS):
                 claim = self._read(claim_key)
                 keys: list[str] = json.loads(str(claim["records"])) if claim is not None else []
                 keys.append(str(creates[0][1]["RowKey"]))
-                if self._commit([self._claim_write(claim_key, claim, keys), *creates], claim_key):
+                operations = [self._claim_write(claim_key, claim, keys), *creates]
+                if self._commit(operations, first_may_race=True):
                     return
         raise LedgerError(
             f"adding record {record.id} lost {_CLAIM_ATTEMPTS} races in a row in {self._where}; "
@@ -634,40 +769,248 @@ class TableLedger:
         state: State | None = None,
         since: datetime | None = None,
         before: datetime | None = None,
+        actor: str | None = None,
         limit: int = 50,
     ) -> list[GateRecord]:
-        """Records newest first, filtered by rule, target repository, state and time.
+        """Records newest first, filtered by rule, target repository, state, time and actor.
 
-        One range query on the row keys (``since`` and ``before`` bound the range), the other
-        filters evaluated by the service; logs are not fetched (``get`` returns a record with
-        its log). A negative ``limit`` means no limit, as in SQLite.
+        One range query on the narrowest listing range (the rule's rows, else the target's,
+        else every record's; ``since`` and ``before`` bound it), the other filters evaluated by
+        the service inside it; logs are never fetched (``get`` returns a record with its log).
+        A ledger from before listing rows is scanned as before (see the module docstring). A
+        negative ``limit`` means no limit, as in SQLite.
         """
         if limit == 0:
             return []
-        # row keys are "r|{time key}|…" and time keys fall as created_at rises; "}" sorts just
-        # after "|", so "r|{key}}" lies past every row of that exact time key
-        low, high = _RECORD_PREFIX, _RECORD_PREFIX[:-1] + "}"
-        if before is not None:
-            low = f"{_RECORD_PREFIX}{_time_key(before)}}}"  # created_at < before
-        if since is not None:
-            high = f"{_RECORD_PREFIX}{_time_key(since)}}}"  # created_at >= since
+        with self._errors(f"listing records of {self._where}"):
+            if not self._layout_current():
+                return self._scan(rule, target, state, since, before, actor, limit)
+            filters: dict[str, str | None] = {"rule": None, "target": target}
+            if rule is not None:
+                prefix = f"{_RULE_PREFIX}{_key_part(rule)}|"
+            elif target is not None:
+                prefix, filters = f"{_TARGET_PREFIX}{_key_part(target)}|", {}
+            else:
+                prefix = _RECORD_PREFIX
+            filters["state"] = state.value if state is not None else None
+            entities = self._query(prefix, since, before, filters, actor, limit)
+            chosen = islice(entities, limit) if limit > 0 else entities
+            listed = (self._listed(entity) for entity in chosen)
+            return [record for record in listed if record is not None]
+
+    def _query(
+        self,
+        prefix: str,
+        since: datetime | None,
+        before: datetime | None,
+        filters: dict[str, str | None],
+        actor: str | None,
+        limit: int,
+    ) -> Iterator[TableEntity]:
+        """The rows under ``prefix`` created in [since, before) that match, newest first.
+
+        A page holds at most 1,000 entities and may hold fewer, even none, with a continuation
+        (learn.microsoft.com/rest/api/storageservices/query-timeout-and-pagination): the SDK's
+        iterator follows continuations until ``limit`` rows have come.
+        """
+        low, high = _range(prefix, since, before)
         clauses = ["PartitionKey eq @p", "RowKey gt @low", "RowKey lt @high"]
         parameters: dict[str, Any] = {"p": _PARTITION, "low": low, "high": high}
-        for name, value in (
-            ("rule", rule),
-            ("target", target),
-            ("state", state.value if state is not None else None),
-        ):
+        for name, value in filters.items():
             if value is not None:
                 clauses.append(f"{name} eq @{name}")
                 parameters[name] = value
+        if actor is not None:
+            # the SDK substitutes @names in space-separated words: keep ")" apart from one
+            clauses.append("(actor_id eq @actor or actor eq @actor )")
+            parameters["actor"] = actor
         pages = min(limit, 1000) if limit > 0 else 1000
-        with self._errors(f"listing records of {self._where}"):
-            entities = self._table.query_entities(
-                " and ".join(clauses), parameters=parameters, results_per_page=pages
+        return self._table.query_entities(
+            " and ".join(clauses), parameters=parameters, results_per_page=pages
+        )
+
+    def _listed(self, entity: TableEntity) -> GateRecord | None:
+        """The record a record row or a listing row holds (a long one is read from its row)."""
+        if int(entity["data_parts"]) > 0:
+            return _record_from(entity)
+        stored = self._read(str(entity["row"]))
+        return _record_from(stored) if stored is not None else None  # None: pruned meanwhile
+
+    def _scan(
+        self,
+        rule: str | None,
+        target: str | None,
+        state: State | None,
+        since: datetime | None,
+        before: datetime | None,
+        actor: str | None,
+        limit: int,
+    ) -> list[GateRecord]:
+        """History on a ledger from before listing rows: the record rows, filtered.
+
+        Their rows may lack the actor properties, so the actor is matched here, on the JSON.
+        """
+        filters = {
+            "rule": rule,
+            "target": target,
+            "state": state.value if state is not None else None,
+        }
+        entities = self._query(_RECORD_PREFIX, since, before, filters, None, limit)
+        records = (_record_from(entity) for entity in entities)
+        if actor is not None:
+            records = (r for r in records if actor in (r.actor_id, r.actor))
+        return list(islice(records, limit) if limit > 0 else records)
+
+    # -- layout and migration -----------------------------------------------------------------
+
+    def _mark_layout(self) -> None:
+        entity = {"PartitionKey": _PARTITION, "RowKey": _LAYOUT_KEY, "version": _LAYOUT_VERSION}
+        self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        self._indexed = True
+
+    def _layout_current(self) -> bool:
+        """True when every record has its listing rows (one read until it is; then none)."""
+        if not self._indexed:
+            marker = self._read(_LAYOUT_KEY)
+            self._indexed = marker is not None and int(marker["version"]) >= _LAYOUT_VERSION
+        return self._indexed
+
+    def migrate(self) -> int:
+        """Give every record of a ledger from before listing rows its listing rows.
+
+        Walks the record rows once, rewriting each with its listing rows (and the actor
+        properties filters use) in transactions of 33 records, each conditional on the records'
+        ETags (a record written meanwhile is read and rewritten again), then marks the layout
+        current. Idempotent: an interrupted migration is run again. Returns how many records
+        it rewrote (0 when the layout was current already).
+        """
+        with self._errors(f"migrating the records of {self._where} to listing rows"):
+            if self._layout_current():
+                return 0
+            low, high = _range(_RECORD_PREFIX, None, None)
+            rows = self._table.query_entities(
+                "PartitionKey eq @p and RowKey gt @low and RowKey lt @high",
+                parameters={"p": _PARTITION, "low": low, "high": high},
+                results_per_page=1000,
             )
-            chosen = islice(entities, limit) if limit > 0 else entities
-            return [_record_from(entity) for entity in chosen]
+            count = sum(
+                self._reindex(list(batch)) for batch in batched(rows, _MIGRATE_BATCH, strict=False)
+            )
+            self._mark_layout()
+            return count
+
+    def _reindex(self, entities: list[TableEntity]) -> int:
+        for _ in range(_CLAIM_ATTEMPTS):
+            operations: list[Operation] = []
+            for entity in entities:
+                record = _record_from(entity)
+                # the stored JSON is kept as written; only the filter properties are added
+                rewritten = {**entity, **_actor_properties(record)}
+                operations += self._rewrites(rewritten, record, _etag(entity))
+            try:
+                if operations:
+                    self._table.submit_transaction(operations)
+                return len(entities)
+            except TableTransactionError as exc:
+                if exc.status_code not in (404, 412):
+                    raise
+            # a record changed or went (pruned) since it was read: read them again
+            fresh = (self._read(str(entity["RowKey"])) for entity in entities)
+            entities = [entity for entity in fresh if entity is not None]
+        raise LedgerError(
+            f"migrating the records of {self._where} lost {_CLAIM_ATTEMPTS} races in a row; "
+            "retry later"
+        )
+
+    # -- retention ----------------------------------------------------------------------------
+
+    def prune(self, *, created_before: datetime, keep: Callable[[GateRecord], bool]) -> int:
+        """Delete final records created before ``created_before`` that ``keep`` declines.
+
+        With each record go, in one transaction of up to 20 records: its id's index entity, its
+        listing rows and its key in the claim entity of its (rule, digest) (ETag-conditional;
+        deleted when no key is left), so a later claim of that (rule, digest) inserts anew;
+        then its log blob. A record or claim written meanwhile is read and decided again;
+        records in progress are never deleted. A ledger from before listing rows is migrated
+        first. Returns how many records were deleted.
+        """
+        with self._errors(f"pruning records of {self._where}"):
+            self.migrate()
+            low, high = _range(_RECORD_PREFIX, None, created_before)
+            rows = self._table.query_entities(
+                "PartitionKey eq @p and RowKey gt @low and RowKey lt @high",
+                parameters={"p": _PARTITION, "low": low, "high": high},
+                results_per_page=1000,
+            )
+            prunable = (entity for entity in rows if self._prunable(entity, keep))
+            deleted = sum(
+                self._delete(list(batch), keep)
+                for batch in batched(prunable, _PRUNE_BATCH, strict=False)
+            )
+            return deleted
+
+    @staticmethod
+    def _prunable(entity: TableEntity, keep: Callable[[GateRecord], bool]) -> bool:
+        record = _record_from(entity)
+        return record.state.final and not keep(record)
+
+    def _delete(self, entities: list[TableEntity], keep: Callable[[GateRecord], bool]) -> int:
+        """Delete these records and what goes with them; how many went (see :meth:`prune`)."""
+        absent: set[str] = set()  # index or listing rows found missing: not deleted again
+        for _ in range(_CLAIM_ATTEMPTS):
+            operations: list[Operation] = []
+            claims: dict[str, tuple[TableEntity, list[str]]] = {}
+            for entity in entities:
+                record = _record_from(entity)
+                operations.append(("delete", entity, _unless_changed(_etag(entity))))
+                keys = [_index_key(record.id), *_listing_keys(record)]
+                operations += [
+                    ("delete", {"PartitionKey": _PARTITION, "RowKey": key})
+                    for key in keys
+                    if key not in absent
+                ]
+                if record.digest is not None:
+                    claim_key = _claim_key(record.rule, record.digest)
+                    if claim_key not in claims:
+                        claim = self._read(claim_key)
+                        if claim is None:
+                            continue
+                        claims[claim_key] = (claim, json.loads(str(claim["records"])))
+                    claims[claim_key][1][:] = [
+                        key for key in claims[claim_key][1] if key != entity["RowKey"]
+                    ]
+            for claim_key, (claim, keys) in claims.items():
+                if not keys:
+                    operations.append(("delete", claim, _unless_changed(_etag(claim))))
+                elif len(keys) < len(json.loads(str(claim["records"]))):
+                    operations.append(self._claim_write(claim_key, claim, keys))
+            try:
+                self._table.submit_transaction(operations)
+            except TableTransactionError as exc:
+                if exc.status_code not in (404, 412):
+                    raise
+                failed = operations[exc.index] if exc.index < len(operations) else None
+                key = str(failed[1]["RowKey"]) if failed is not None else ""
+                if exc.status_code == 404 and key[:2] not in (_RECORD_PREFIX, _CLAIM_PREFIX):
+                    absent.add(key)  # written by a gate that kept no such row: skip it
+                    continue
+                # a record or claim changed or went since it was read: read and decide again
+                fresh = (self._read(str(entity["RowKey"])) for entity in entities)
+                entities = [e for e in fresh if e is not None and self._prunable(e, keep)]
+                if not entities:
+                    return 0
+                continue
+            for entity in entities:
+                record_id = str(entity["id"])
+                self._rows.pop(record_id, None)
+                self._log_hashes.pop(record_id, None)
+                if entity.get("log"):
+                    with suppress(ResourceNotFoundError):
+                        self._logs.delete_blob(str(entity["log"]))
+            return len(entities)
+        raise LedgerError(
+            f"pruning records of {self._where} lost {_CLAIM_ATTEMPTS} races in a row; retry later"
+        )
 
     def decided(self, rule: str, digest: str) -> GateRecord | None:
         """The promoted or rejected record of (rule, digest), if any (the newest)."""
