@@ -1,7 +1,9 @@
 """Build and push small OCI images without a container daemon (umoci + skopeo + busybox).
 
 The root filesystem is a static busybox with applet symlinks, enough for shell scripts
-(``sh -c 'echo $X'``) to run in validation containers.
+(``sh -c 'echo $X'``) to run in validation containers. A multi-platform index gets each
+architecture's own busybox where one is installed (:func:`busybox_for`): the arm64 child then
+really runs as arm64 (under QEMU user emulation on an x86_64 host).
 """
 
 from __future__ import annotations
@@ -19,6 +21,28 @@ from typing import Literal
 import httpx
 
 BUSYBOX = Path("/bin/busybox")
+
+FOREIGN_BUSYBOX_DIR = Path(__file__).resolve().parents[1] / ".tools" / "busybox"
+"""``<arch>/bin/busybox`` under here: Debian's ``busybox-static:<arch>``, unpacked by
+``scripts/setup`` (arm64)."""
+
+_HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+
+
+def busybox_for(architecture: str) -> tuple[Path, bool]:
+    """The busybox binary for ``architecture`` and whether it is that architecture's own.
+
+    The host's busybox serves the host's architecture; another architecture's comes from
+    :data:`FOREIGN_BUSYBOX_DIR` when setup installed it. Otherwise the host's binary stands in
+    (``False``): such a child has the right config but cannot run as its architecture.
+    """
+    if architecture == _HOST_ARCH:
+        return BUSYBOX, True
+    foreign = FOREIGN_BUSYBOX_DIR / architecture / "bin" / "busybox"
+    if foreign.is_file():
+        return foreign, True
+    return BUSYBOX, False
+
 
 APPLETS = (
     "sh", "ash", "echo", "printf", "tr", "cat", "env", "ls", "sleep", "test", "[", "[[",
@@ -62,10 +86,10 @@ def _split(dest: str) -> tuple[str, str, str]:
     return host, repo, tag
 
 
-def _rootfs(root: Path, files: Mapping[str, bytes]) -> None:
+def _rootfs(root: Path, files: Mapping[str, bytes], busybox: Path = BUSYBOX) -> None:
     bin_dir = root / "bin"
     bin_dir.mkdir(parents=True)
-    shutil.copy2(BUSYBOX, bin_dir / "busybox")
+    shutil.copy2(busybox, bin_dir / "busybox")
     for applet in APPLETS:
         os.symlink("busybox", bin_dir / applet)
     for sub in ("tmp", "etc", "usr/bin", "root"):
@@ -102,6 +126,7 @@ def _build_layout(
     cmd: Sequence[str] | None,
     extra_layer_bytes: int,
     architecture: str,
+    busybox: Path = BUSYBOX,
 ) -> None:
     """Add image ``tag`` to the OCI layout at ``layout`` (created if missing)."""
     if not (layout / "index.json").exists():
@@ -109,7 +134,7 @@ def _build_layout(
     image = f"{layout}:{tag}"
     _run(["umoci", "new", "--image", image])
     root = scratch / f"rootfs-{tag}"
-    _rootfs(root, files or {})
+    _rootfs(root, files or {}, busybox)
     _run(["umoci", "insert", "--image", image, str(root), "/"])
     shutil.rmtree(root)
     if extra_layer_bytes > 0:
@@ -211,29 +236,37 @@ def build_index(
     env: dict[str, str] | None = None,
     files: dict[str, bytes] | None = None,
     manifest_format: ManifestFormat = "oci",
+    files_by_arch: Mapping[str, Mapping[str, bytes]] | None = None,
+    variants: Mapping[str, str] | None = None,
 ) -> str:
     """Push a multi-architecture image (OCI index, or Docker manifest list) to ``dest``.
 
-    Each child is a busybox image whose config names its architecture (the binaries are the
-    host's: the children are for registry and resolver tests, not for running). Returns the
-    digest of the index as the registry stores it.
+    Each child is a busybox image whose config names its architecture, with that
+    architecture's own busybox where :func:`busybox_for` finds one (else the host's, which
+    serves registry and resolver tests but does not run as that architecture).
+    ``files_by_arch`` adds files to one child only; ``variants`` gives an architecture a CPU
+    variant (``{"arm64": "v8"}``) in its index entry (umoci writes no config variant). Returns the digest of the
+    index as the registry stores it.
     """
     scratch = Path(workdir) / f"build-{uuid.uuid4().hex[:12]}"
     scratch.mkdir(parents=True)
     layout = scratch / "layout"
     try:
         children: list[dict[str, object]] = []
+        architectures = list(architectures)
+        variants = dict(variants or {})
         for arch in architectures:
             _build_layout(
                 layout,
                 arch,
                 scratch,
                 env={**(env or {}), "IMAGE_ARCH": arch},
-                files=files,
+                files={**(files or {}), **(files_by_arch or {}).get(arch, {})},
                 entrypoint=None,
                 cmd=None,
                 extra_layer_bytes=0,
                 architecture=arch,
+                busybox=busybox_for(arch)[0],
             )
         index_file = layout / "index.json"
         layout_index = json.loads(index_file.read_text())
@@ -243,12 +276,15 @@ def build_index(
         }
         for arch in architectures:
             entry = by_name[arch]
+            platform = {"architecture": arch, "os": "linux"}
+            if variants.get(arch):
+                platform["variant"] = variants[arch]
             children.append(
                 {
                     "mediaType": entry["mediaType"],
                     "digest": entry["digest"],
                     "size": entry["size"],
-                    "platform": {"architecture": arch, "os": "linux"},
+                    "platform": platform,
                 }
             )
         index = {

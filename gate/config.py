@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from gate.errors import ConfigError, InvalidReference, NoMatchingRule, UsageError
+from gate.platforms import Platform, PlatformError
 from gate.ref import ImageRef, is_loopback_registry
 
 if TYPE_CHECKING:
@@ -126,6 +127,9 @@ class Rule:
     # minimum age (seconds since the gate first saw a digest) before a promotion; 0: none
     cooldown_seconds: float = 0.0
     revalidate: Revalidation | None = None
+    # validated one by one, each on its child manifest of the upstream index; (): one run on
+    # the runtime's default platform
+    platforms: tuple[Platform, ...] = ()
 
     @property
     def exact_tags(self) -> tuple[str, ...]:
@@ -231,6 +235,13 @@ class LeaseSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """Seconds the ledger keeps final records (None: forever); see :mod:`gate.retention`."""
+
+    keep_seconds: int | None = 400 * 86400
+
+
+@dataclass(frozen=True)
 class PollSettings:
     """A watch pass: requests in flight per registry host, and the seconds the pass may take."""
 
@@ -262,6 +273,7 @@ class GateConfig:
     attestation: AttestationSettings | None = None
     lease: LeaseSettings = LeaseSettings()
     poll: PollSettings = PollSettings()
+    retention: RetentionSettings = RetentionSettings()
 
     def match(self, ref: ImageRef) -> Rule:
         """The first rule that watches ``ref``; :class:`NoMatchingRule` (nothing happens) if none."""
@@ -423,7 +435,19 @@ class _Builder:
                 budget_seconds=top.poll.budget,
             ),
             attestation=self.attestation(top.attestation, azure),
+            retention=self.retention(top.ledger),
         )
+
+    def retention(self, entry: schema.LedgerSection) -> RetentionSettings:
+        from gate.config_schema import duration_seconds
+
+        if entry.keep is None:
+            return RetentionSettings(keep_seconds=None)
+        seconds = duration_seconds(entry.keep)
+        if seconds < 86400:
+            # records are the audit trail: a typo like 40s must not empty it overnight
+            raise self.fail("ledger.keep", f"is {entry.keep}: keep records at least 1d (or null)")
+        return RetentionSettings(keep_seconds=seconds)
 
     def attestation(
         self, entry: schema.AttestationSection | None, azure: AzureSettings | None
@@ -551,7 +575,20 @@ class _Builder:
             signature_keys=self.signature_keys(entry.require_signature, label),
             cooldown_seconds=self.cooldown(entry.cooldown),
             revalidate=self.revalidation(entry.revalidate),
+            platforms=self.platforms(entry.platforms, f"{label}.platforms"),
         )
+
+    def platforms(self, texts: list[str], where: str) -> tuple[Platform, ...]:
+        parsed: list[Platform] = []
+        for i, text in enumerate(texts):
+            try:
+                platform = Platform.parse(text)
+            except PlatformError as exc:
+                raise self.fail(f"{where}[{i}]", str(exc)) from None
+            if platform in parsed:
+                raise self.fail(f"{where}[{i}]", f"lists {text} twice; list each platform once")
+            parsed.append(platform)
+        return tuple(parsed)
 
     @staticmethod
     def revalidation(entry: schema.RevalidateEntry | None) -> Revalidation | None:

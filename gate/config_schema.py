@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 import msgspec.inspect as mi
 
+from gate.platforms import PLATFORM_PATTERN
+
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 Text = Annotated[str, msgspec.Meta(min_length=1)]
@@ -213,6 +215,24 @@ class RuleEntry(_Section, frozen=True, kw_only=True):
         RevalidateEntry | None,
         _doc("Validate the promoted digest again on a schedule; demote or alert on failure."),
     ] = None
+    platforms: Annotated[
+        list[
+            Annotated[
+                str,
+                msgspec.Meta(
+                    pattern=PLATFORM_PATTERN,
+                    description="os/arch[/variant] in Go's names, as image indexes name them.",
+                    examples=["linux/amd64", "linux/arm64", "linux/arm/v7"],
+                ),
+            ]
+        ],
+        _doc(
+            "Platforms validated, each on its own manifest of the upstream image index; the "
+            "index is promoted whole only when every one passes, and a listed platform the "
+            "index lacks is a rejection. Default: empty, one run on the runtime's default "
+            "platform."
+        ),
+    ] = []
 
 
 class AcrEntry(_Section, frozen=True, kw_only=True):
@@ -303,6 +323,18 @@ class PollSection(_Section, frozen=True, kw_only=True):
     ] = 240.0
 
 
+class LedgerSection(_Section, frozen=True, kw_only=True):
+    """How long the ledger keeps records (wherever it lives: SQLite or Table Storage)."""
+
+    keep: Annotated[
+        Duration | None,
+        _doc(
+            "Delete final records older than this (daily); records behind a current stable or "
+            "run-ID tag are kept whatever their age. null keeps every record."
+        ),
+    ] = "400d"
+
+
 class AzureSection(_Section, frozen=True, kw_only=True):
     """The Azure side: where promotions go, where validations run, secrets and records."""
 
@@ -352,6 +384,7 @@ class ConfigFile(_Section, frozen=True, kw_only=True):
     ] = None
     lease: Annotated[LeaseSection, _doc("Leases on records in progress.")] = LeaseSection()
     poll: Annotated[PollSection, _doc("How watch passes poll upstreams.")] = PollSection()
+    ledger: Annotated[LedgerSection, _doc("Record retention.")] = LedgerSection()
     validation_fresh_for: Annotated[
         float,
         msgspec.Meta(

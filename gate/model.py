@@ -5,8 +5,6 @@ from __future__ import annotations
 import enum
 import os
 import re
-import secrets
-import socket
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -49,7 +47,9 @@ def _instant(raw: Any) -> datetime | None:
 
 def new_holder() -> str:
     """A lease holder id: host and process (to tell who held a record) and a random part."""
-    return f"{socket.gethostname()[:40]}/{os.getpid()}/{secrets.token_hex(4)}"
+    import socket  # only processes that gate load it (history and show never do)
+
+    return f"{socket.gethostname()[:40]}/{os.getpid()}/{os.urandom(4).hex()}"
 
 
 RECORD_ID_RANDOM_BITS = 84
@@ -63,7 +63,8 @@ def new_record_id() -> str:
     122 bits over a whole ledger's life; ledgers still refuse a duplicate id rather than
     overwrite the record it names.
     """
-    tail = secrets.randbits(RECORD_ID_RANDOM_BITS)
+    # os.urandom is the operating system's CSPRNG, the source of the secrets module too
+    tail = int.from_bytes(os.urandom(11)) >> (88 - RECORD_ID_RANDOM_BITS)
     return f"{time.time_ns() // 1_000_000:011x}{tail:021x}"
 
 
@@ -201,6 +202,46 @@ class DownstreamRun:
 
 
 @dataclass(frozen=True)
+class PlatformResult:
+    """One platform of a multi-platform validation: what ran on it and what it said.
+
+    ``platform`` is the rule's ``os/arch[/variant]``; ``digest`` the child manifest that was
+    validated for it; ``verdict`` an :class:`Outcome` value (empty: not run yet); ``run_id``,
+    ``reason`` and ``log_location`` are that run's.
+    """
+
+    platform: str
+    digest: str
+    verdict: str = ""
+    run_id: str | None = None
+    reason: str = ""
+    log_location: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "platform": self.platform,
+            "digest": self.digest,
+            "verdict": self.verdict,
+            "run_id": self.run_id,
+            "reason": self.reason,
+            "log_location": self.log_location,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> PlatformResult:
+        """The inverse of :meth:`to_dict`."""
+        return cls(
+            platform=str(raw["platform"]),
+            digest=str(raw["digest"]),
+            verdict=str(raw.get("verdict") or ""),
+            run_id=raw.get("run_id"),
+            reason=str(raw.get("reason") or ""),
+            log_location=raw.get("log_location"),
+        )
+
+
+@dataclass(frozen=True)
 class GateRecord:
     """One gate attempt (or rollback): the durable, auditable decision.
 
@@ -223,6 +264,8 @@ class GateRecord:
     ``actor`` names who asked (a person's or pipeline's display name, ``function-key``, or
     the trigger's own name) and ``actor_id`` is their Microsoft Entra object id, when the
     platform authenticated them.
+    ``platforms`` holds one result per platform of a rule with ``platforms:`` (empty: the
+    image was validated once, on the runtime's default platform).
     ``of_record`` links a re-validation to the promotion it re-checks, and a demotion (or a
     rule marked broken) to the re-validation that failed.
     """
@@ -256,6 +299,7 @@ class GateRecord:
     first_seen: datetime | None = None
     eligible_at: datetime | None = None
     of_record: str = ""
+    platforms: tuple[PlatformResult, ...] = ()
 
     def advance(self, state: State, **changes: Any) -> GateRecord:
         """Return this record moved to ``state`` with ``changes``, stamped now."""
@@ -296,6 +340,8 @@ class GateRecord:
             first_seen=_instant(raw.get("first_seen")),
             eligible_at=_instant(raw.get("eligible_at")),
             of_record=str(raw.get("of_record") or ""),
+            # records written before per-platform validation have none
+            platforms=tuple(PlatformResult.from_dict(p) for p in raw.get("platforms") or ()),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -329,6 +375,7 @@ class GateRecord:
             "first_seen": self.first_seen.isoformat() if self.first_seen else None,
             "eligible_at": self.eligible_at.isoformat() if self.eligible_at else None,
             "of_record": self.of_record,
+            "platforms": [p.to_dict() for p in self.platforms],
         }
 
     def lease_live(self, now: datetime, lease_seconds: float) -> bool:

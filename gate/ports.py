@@ -109,6 +109,24 @@ class PollingRegistry(Protocol):
         ...
 
 
+@runtime_checkable
+class ManifestReader(Protocol):
+    """Reads manifests and small blobs (an optional capability of a registry adapter).
+
+    What a rule with ``platforms:`` needs: the upstream image's index, to find each platform's
+    child manifest, or a single manifest's config, to read its platform.
+    """
+
+    def fetch_manifest(self, repository: ImageRef, reference: str) -> tuple[bytes, str] | None:
+        """The bytes and media type of manifest ``reference`` (checked against a digest),
+        None if there is none."""
+        ...
+
+    def fetch_blob(self, repository: ImageRef, digest: str, *, limit: int = 4 << 20) -> bytes:
+        """A small blob of ``repository``, checked against ``digest``."""
+        ...
+
+
 @dataclass(frozen=True)
 class ValidationRequest:
     """One validation run: the task file of a rule's folder against a digest-pinned image.
@@ -117,6 +135,8 @@ class ValidationRequest:
     workers that took it on (1, then 2 for a worker that resumed it, ...): a validator whose
     runs outlive the worker (ACR) derives a deterministic run name from both, so a later
     attempt finds the run of an earlier one by name. An empty ``key`` leaves nothing to find.
+    ``platform`` (``os/arch[/variant]``) is the platform the run executes on: every step, as
+    on an agent of that platform; empty: the validator's default platform.
     """
 
     image: ImageRef
@@ -128,6 +148,7 @@ class ValidationRequest:
     run_registry: str = ""
     key: str = ""
     attempt: int = 1
+    platform: str = ""
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, cast
 
-from gate.attest import Attestor
 from gate.config import DownstreamTask, GateConfig, Rule
 from gate.errors import Conflict, GateError, NotFound, UsageError
 from gate.logsafe import get_logger
@@ -29,7 +29,9 @@ from gate.model import (
     GateRecord,
     LeaseLost,
     Outcome,
+    PlatformResult,
     State,
+    ValidationResult,
     new_holder,
     new_record_id,
     utcnow,
@@ -37,6 +39,7 @@ from gate.model import (
 from gate.ports import (
     DownstreamRunner,
     Ledger,
+    ManifestReader,
     PolledDigest,
     PollingRegistry,
     ProgressCallback,
@@ -49,6 +52,10 @@ from gate.ports import (
     Validator,
 )
 from gate.ref import ImageRef, parse_digest
+
+if TYPE_CHECKING:
+    # the attestor is built (and attest imported) by the composition root, when configured
+    from gate.attest import Attestor
 
 _log = get_logger("gate.service")
 
@@ -165,7 +172,13 @@ def _as_ref(image: str | ImageRef) -> ImageRef:
 
 
 def _prepare(
-    keeper: Gatekeeper, image: str | ImageRef, *, trigger: str, force: bool
+    keeper: Gatekeeper,
+    image: str | ImageRef,
+    *,
+    trigger: str,
+    force: bool,
+    actor: str | None = None,
+    actor_id: str = "",
 ) -> tuple[Rule, ImageRef, GateRecord]:
     """Match the rule and resolve the digest, once: the record every later step works on."""
     ref = _as_ref(image)
@@ -184,6 +197,8 @@ def _prepare(
         target=rule.target.name,
         trigger=trigger,
         forced=force,
+        actor=actor,
+        actor_id=actor_id,
         timings={"resolve": round(time.monotonic() - started, 3)},
         first_seen=keeper.clock(),
     )
@@ -243,15 +258,25 @@ def gate_image(
 
 
 def admit(
-    keeper: Gatekeeper, image: str | ImageRef, *, trigger: str = "manual", force: bool = False
+    keeper: Gatekeeper,
+    image: str | ImageRef,
+    *,
+    trigger: str = "manual",
+    force: bool = False,
+    actor: str | None = None,
+    actor_id: str = "",
 ) -> GateOutcome:
     """Resolve and dedupe now, gate later: record the request as ``received`` and return it.
 
     For callers that answer at once and leave the slow part to a worker (the HTTP API): the
     returned record id is what the worker's :func:`gate_record` takes. A (rule, digest) decided
     or being gated already returns that record instead (``duplicate``), and nothing is added.
+    ``actor``/``actor_id`` (who asked: name and Entra object id) stay on the record the worker
+    carries on, so they survive the queue hop.
     """
-    _rule, _source, record = _prepare(keeper, image, trigger=trigger, force=force)
+    _rule, _source, record = _prepare(
+        keeper, image, trigger=trigger, force=force, actor=actor, actor_id=actor_id
+    )
     claim = keeper.ledger.claim(
         record, force=force, lease_seconds=lease_seconds(keeper), start=False
     )
@@ -519,13 +544,22 @@ def _decide(
             ledger.save(record)
             keeper.notify("run-started", record, f"run {run_id}")
 
+        def saved(updated: GateRecord) -> None:
+            # kept here too: a failure mid-way records what the platforms said so far
+            nonlocal record
+            record = updated
+            ledger.save(updated)
+
         began = time.monotonic()
-        result = keeper.validator.validate(
-            _validation_request(keeper, rule, source, record), started, resume
-        )
+        if rule.platforms:
+            result, record = _validate_platforms(keeper, rule, source, record, resume, save=saved)
+        else:
+            result = keeper.validator.validate(
+                _validation_request(keeper, rule, source, record), started, resume
+            )
         record = record.advance(
             record.state,
-            run_id=result.run_id,
+            run_id=result.run_id or record.run_id,
             log=result.log,
             log_location=result.log_location,
             timings={**record.timings, "validate": round(time.monotonic() - began, 3)},
@@ -897,6 +931,148 @@ def _validation_request(
     )
 
 
+def _validate_platforms(
+    keeper: Gatekeeper,
+    rule: Rule,
+    image: ImageRef,
+    record: GateRecord,
+    resume: Resume | None,
+    *,
+    save: Callable[[GateRecord], None] | None,
+) -> tuple[ValidationResult, GateRecord]:
+    """Validate ``image`` (pinned) once per platform of the rule, each on its own manifest.
+
+    The image's index gives each platform's child digest (:func:`gate.platforms.
+    select_platforms`); a platform it lacks rejects the image before anything runs. Each run
+    is recorded in ``record.platforms`` as it starts and ends (``save`` writes it), so a
+    resumed record follows the runs an earlier worker started and runs again only what did
+    not pass. One verdict comes back: rejected if any platform was, else failed if any could
+    not run, else passed; the run ID is the first platform's (the run-ID tag names it).
+    """
+    from gate.platforms import select_platforms
+
+    reader = _manifest_reader(keeper.registry)
+    if reader is None:
+        raise UsageError(
+            f"rule '{rule.name}' lists platforms, but this gate's registry adapter cannot read "
+            "image indexes to find each platform's manifest; remove platforms from the rule, "
+            "or use a registry adapter that reads manifests (the OCI and ACR adapters do)"
+        )
+    pinned = image.pinned()
+    digest = pinned.digest or ""
+    fetched = reader.fetch_manifest(pinned, digest)
+    if fetched is None:
+        raise NotFound(
+            f"{pinned} is gone from its registry, so its platforms cannot be read; gate the "
+            "tag's current digest"
+        )
+    chosen = select_platforms(
+        fetched[0],
+        fetched[1],
+        digest,
+        rule.platforms,
+        lambda blob: reader.fetch_blob(pinned, blob),
+    )
+    if isinstance(chosen, str):
+        return ValidationResult(Outcome.REJECTED, "", f"not validated: {chosen}"), record
+    earlier = {p.platform: p for p in record.platforms}
+    results: dict[str, PlatformResult] = {}
+    for manifest in chosen:
+        name = str(manifest.platform)
+        kept = earlier.get(name)
+        # an earlier attempt's result stands only for the same child manifest
+        if kept is None or kept.digest != manifest.digest:
+            kept = PlatformResult(name, manifest.digest)
+        results[name] = kept
+
+    def keep(changed: PlatformResult, **changes: object) -> None:
+        nonlocal record
+        results[changed.platform] = changed
+        record = record.advance(record.state, platforms=tuple(results.values()), **changes)
+        if save is not None:
+            save(record)
+
+    keep(next(iter(results.values())))
+    logs: list[str] = []
+    for manifest in chosen:
+        name = str(manifest.platform)
+        current = results[name]
+        if current.verdict == Outcome.PASSED.value:
+            logs.append(
+                f"===== platform {name} ({current.digest}): passed in run "
+                f"{current.run_id}, an earlier attempt ====="
+            )
+            continue
+        child = pinned.with_digest(manifest.digest)
+        base = _validation_request(keeper, rule, image, record)
+        request = replace(
+            base,
+            image=child,
+            values={**base.values, "IMAGE": str(child), "SOURCE_DIGEST": manifest.digest},
+            platform=name,
+            # one run name per platform: a resumed record finds each platform's run again
+            key=f"{record.id}-{name.replace('/', '-')}" if base.key else "",
+        )
+        platform_resume = None
+        if resume is not None:
+            running = current.run_id if not current.verdict else None
+            platform_resume = Resume(run_id=running, since=resume.since)
+
+        def started(run_id: str, name: str = name) -> None:
+            keep(replace(results[name], run_id=run_id), run_id=record.run_id or run_id)
+            keeper.notify("run-started", record, f"run {run_id} on {name}")
+
+        keeper.notify("validating", record, f"{child} on {name}")
+        result = keeper.validator.validate(request, started, platform_resume)
+        keep(
+            replace(
+                results[name],
+                verdict=result.outcome.value,
+                run_id=result.run_id,
+                reason=result.reason,
+                log_location=result.log_location,
+            )
+        )
+        logs.append(
+            f"===== platform {name} ({manifest.digest}, found as {manifest.found}): run "
+            f"{result.run_id} {result.outcome.value} =====\n{result.log}"
+        )
+    return _platform_verdict(list(results.values()), "\n".join(logs)), record
+
+
+def _manifest_reader(registry: Registry) -> ManifestReader | None:
+    """``registry`` as a :class:`ManifestReader` when it reads manifests, else None.
+
+    Asked by attribute, not ``isinstance``: a protocol check looks at the class alone
+    (``inspect.getattr_static``), which a port built on first use does not pass.
+    """
+    methods = ("fetch_manifest", "fetch_blob")
+    if all(callable(getattr(registry, name, None)) for name in methods):
+        return cast(ManifestReader, registry)
+    return None
+
+
+def _platform_verdict(results: list[PlatformResult], log: str) -> ValidationResult:
+    """One verdict of per-platform runs: rejected over failed over passed, naming platforms."""
+
+    def said(verdict: Outcome) -> list[PlatformResult]:
+        return [r for r in results if r.verdict == verdict.value]
+
+    passed = [f"{r.platform} (run {r.run_id})" for r in said(Outcome.PASSED)]
+    tail = f"; passed: {', '.join(passed)}" if passed else ""
+    first = results[0]
+    location = next((r.log_location for r in results if r.log_location), None)
+    if rejected := said(Outcome.REJECTED):
+        why = "; ".join(f"{r.platform} (run {r.run_id}): {r.reason}" for r in rejected)
+        outcome, reason = Outcome.REJECTED, f"rejected on {why}{tail}"
+    elif failed := said(Outcome.FAILED):
+        why = "; ".join(f"{r.platform} (run {r.run_id}): {r.reason}" for r in failed)
+        outcome, reason = Outcome.FAILED, f"could not validate on {why}{tail}"
+    else:
+        outcome, reason = Outcome.PASSED, f"every platform passed: {', '.join(passed)}"
+    return ValidationResult(outcome, first.run_id or "", reason, log, location)
+
+
 @dataclass(frozen=True)
 class WatchItem:
     """One watched upstream tag in one poll: its digest and what the poll did about it."""
@@ -1148,6 +1324,7 @@ def rollback(
     reason: str,
     to: str | None = None,
     actor: str | None = None,
+    actor_id: str = "",
 ) -> GateRecord:
     """Move a target's stable tag back to an earlier promoted digest, and record who and why.
 
@@ -1190,6 +1367,7 @@ def rollback(
         run_id=chosen.run_id,
         target_tags=(stable,),
         actor=actor,
+        actor_id=actor_id,
     )
     attested, demoted = _demote(
         keeper, repo.with_digest(current), record, f"rolled back: {reason.strip()}"
@@ -1471,9 +1649,13 @@ def _recheck(
     keeper.notify("revalidating", record, f"{image.pinned()} (promoted by record {promotion.id})")
     began = time.monotonic()
     try:
-        result = keeper.validator.validate(
-            _validation_request(keeper, rule, image, record), lambda run_id: None, None
-        )
+        if rule.platforms:
+            # every platform again, each on its manifest of the promoted index in the target
+            result, record = _validate_platforms(keeper, rule, image, record, None, save=None)
+        else:
+            result = keeper.validator.validate(
+                _validation_request(keeper, rule, image, record), lambda run_id: None, None
+            )
     except GateError as exc:
         done = record.advance(State.FAILED, reason=f"re-validation could not run: {exc.message}")
     else:
@@ -1487,7 +1669,7 @@ def _recheck(
         }.get(state, f"re-validation could not run: {result.reason}")
         done = record.advance(
             state,
-            run_id=result.run_id,
+            run_id=result.run_id or None,
             log=result.log,
             log_location=result.log_location,
             reason=said,

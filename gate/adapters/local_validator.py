@@ -22,6 +22,12 @@ The same ``acr-task.yaml`` an ACR task run executes in Azure (``az acr run -f ac
 5. what the run pulled or built is removed from the engine's store (unless ``keep_images``);
    an image that was there before the run stays.
 
+A request with a ``platform`` (``os/arch[/variant]``) runs as on an agent of that platform: every
+pull and every cmd step gets ``--platform`` (podman-run(1), podman-pull(1)), and so does a build
+step without a platform of its own; ``{{.Run.Architecture}}`` is that architecture. On a host of
+another architecture the engine runs the image's binaries through QEMU user emulation, which
+the kernel must have registered in binfmt_misc (``scripts/setup`` does; see the README).
+
 Outcomes: every step passing (or failing with ``ignoreErrors``) is PASSED. A step that exits
 non-zero or outlives its timeout is REJECTED (the image failed its validation) and the run stops
 there, as in ACR Tasks; for a build step that means a failing ``RUN`` instruction, while a build
@@ -251,7 +257,8 @@ class LocalValidator:
             date=datetime.now(UTC),
             values=values,
             registry=request.run_registry,
-            architecture=host_architecture(),
+            os=request.platform.partition("/")[0] or "linux",
+            architecture=_architecture_of(request.platform) or host_architecture(),
         )
         folder = Path(request.folder)
         if not folder.is_dir():
@@ -332,6 +339,12 @@ class _Run:
     def log_line(self, text: str) -> None:
         self.log.write((text + "\n").encode("utf-8", "replace"))
 
+    @property
+    def platform_args(self) -> list[str]:
+        """``--platform os/arch[/variant]`` when the request names a platform (podman and docker
+        take the same flag on pull, run and build)."""
+        return ["--platform", self.request.platform] if self.request.platform else []
+
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
@@ -349,6 +362,7 @@ class _Run:
             f"Run ID: {self.run_id}: {task.source} (version {task.version}), "
             f"{len(task.steps)} step(s), engine {self.engine or 'none'}, "
             f"network {self.network}"
+            + (f", platform {self.request.platform}" if self.request.platform else "")
         )
         if self.engine is None:
             wanted = self.wanted or "podman or docker"
@@ -427,7 +441,7 @@ class _Run:
         self.log_line(f"----- pull: {image} -----")
         if not self.exists(image):
             self.created.append(image)
-        args = [self.engine, "pull", "-q"]
+        args = [self.engine, "pull", "-q", *self.platform_args]
         if self.podman and ImageRef.parse(image).registry in self.insecure:
             args.append("--tls-verify=false")
         remaining = self.remaining()
@@ -541,6 +555,8 @@ class _Run:
             args.append("--no-cache")
         if step.platform:
             args += ["--platform", step.platform]
+        else:
+            args += self.platform_args
         args.append(str(_host_path(workspace, step.context)))
         self.log_line(f"----- step: {step.id} (image {step.image or 'untagged'}) -----")
         shown = [
@@ -603,7 +619,7 @@ class _Run:
 
     def step(self, step: CmdStep, name: str, workspace: Path, env_file: Path | None) -> _StepRun:
         assert self.engine is not None
-        args = [self.engine, "run", "--rm", "--pull=never", "--name", name]
+        args = [self.engine, "run", "--rm", "--pull=never", "--name", name, *self.platform_args]
         args += ["--network", self.network]
         args += ["-v", f"{workspace}:{WORKSPACE}:Z"]
         if step.working_directory is not None:
@@ -721,6 +737,12 @@ class _Run:
                 env=self.env,
                 check=False,
             )
+
+
+def _architecture_of(platform: str) -> str:
+    """The architecture part of ``os/arch[/variant]`` ('' for no platform)."""
+    parts = platform.split("/")
+    return parts[1] if len(parts) >= 2 else ""
 
 
 def _pump(stream: IO[bytes], sinks: tuple[_Capped, ...]) -> None:

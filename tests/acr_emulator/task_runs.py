@@ -21,6 +21,14 @@ sends), under ``…/registries/{name}/taskRuns/{taskRunName}``:
   there is no such task run. The run record stays (``runs.get`` still answers).
 * ``GET …/taskRuns/{name}/operationStatuses/{id}``: the async operation of a PUT.
 
+Platform: ``runRequest.platform`` (``os``, ``architecture``, ``variant``; the specification's
+enums are checked as for ``scheduleRun``) is kept with the task run and its run, and the run
+executes on it: the emulated agent is this machine, so another architecture runs under QEMU
+user emulation (:func:`tests.acr_emulator.tasks._agent_platform`). acr-builder passes the
+platform only to ``build`` steps (a ``cmd`` step is ``docker run <cmd>``); the gate names each
+platform's child manifest by digest in ``cmd`` steps, which runs that child either way where the
+agent can execute it. Whether ACR's agents can execute arm64 is not documented.
+
 Identity (``IdentityProperties``): ACR documents that task runs take a **user-assigned**
 identity only, so ``SystemAssigned`` in ``type`` is refused with ``400 InvalidParameter``; every
 key of ``userAssignedIdentities`` must be an identity created with

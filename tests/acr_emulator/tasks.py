@@ -70,6 +70,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from gate.acr_task import RunContext, load_task
+from gate.adapters.local_validator import host_architecture
 from gate.errors import GateError
 from gate.model import Outcome
 from gate.ports import ValidationRequest
@@ -759,6 +760,19 @@ def _image(values: dict[str, str]) -> ImageRef:
     return ref
 
 
+def _agent_platform(raw: Any) -> str:
+    """The run's ``platform`` as podman's ``os/arch[/variant]``: the agent it runs on.
+
+    '' when that is this host's own platform (podman's default): the emulator's agent is this
+    machine, and another architecture runs under QEMU user emulation.
+    """
+    if not isinstance(raw, dict):
+        return ""
+    parts = [str(raw.get(k) or "").lower() for k in ("os", "architecture", "variant")]
+    platform = "/".join(p for p in parts if p)
+    return "" if platform in ("", "linux", f"linux/{host_architecture()}") else platform
+
+
 def _registry_of(image: str) -> str:
     try:
         return ImageRef.parse(image).registry
@@ -876,6 +890,7 @@ def _run_steps(
         secret_values=frozenset(),
         timeout_seconds=timeout,
         run_registry=run.registry.login_server,
+        platform=_agent_platform(run.body.get("platform")),
     )
     validator = emulator.validator
     # The validator makes each run's scratch folder under its work_dir, which must exist.

@@ -35,9 +35,10 @@ Errors (never carrying a secret; the upstream password is also scrubbed from ser
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 from azure.containerregistry import ContainerRegistryClient
 from azure.core.credentials import TokenCredential
@@ -66,7 +67,7 @@ from gate.errors import (
     RegistryUnavailable,
 )
 from gate.logsafe import get_logger
-from gate.ports import CopyReport, ProgressCallback, Registry, Secrets
+from gate.ports import CopyReport, ManifestReader, ProgressCallback, Registry, Secrets
 from gate.ref import ImageRef
 
 __all__ = ["AcrImportRegistry"]
@@ -193,6 +194,43 @@ class AcrImportRegistry:
             _READ_ROLE,
             lambda: [str(t.name) for t in client.list_tag_properties(repository.repository)],
         )
+
+    def fetch_manifest(self, repository: ImageRef, reference: str) -> tuple[bytes, str] | None:
+        """A manifest's JSON and media type, None if there is none (a rule's ``platforms:``
+        reads the candidate's index with it).
+
+        ACR: the data plane's ``get_manifest``, which asks for indexes too and checks the
+        content against a requested digest (azure-containerregistry 1.2,
+        ``_container_registry_client.py``); the bytes returned are its parsed JSON again, as
+        the SDK keeps no raw body. Other registries: the OCI adapter, which returns the bytes.
+        """
+        if not self._is_acr(repository.registry):
+            return _reader(self._oci).fetch_manifest(repository, reference)
+        client = self._data_plane(repository.registry)
+        try:
+            got = self._call(
+                f"reading manifest {repository.name}@{reference}",
+                _READ_ROLE,
+                lambda: client.get_manifest(repository.repository, reference),
+            )
+        except ManifestUnknown:
+            return None
+        return json.dumps(got.manifest).encode(), str(got.media_type).split(";")[0].strip()
+
+    def fetch_blob(self, repository: ImageRef, digest: str, *, limit: int = 4 << 20) -> bytes:
+        """A small blob (an image config), checked against ``digest`` (ACR: the data plane's
+        ``download_blob``, which checks it; others: the OCI adapter)."""
+        if not self._is_acr(repository.registry):
+            return _reader(self._oci).fetch_blob(repository, digest, limit=limit)
+        client = self._data_plane(repository.registry)
+
+        def read() -> bytes:
+            data = b"".join(client.download_blob(repository.repository, digest))
+            if len(data) > limit:
+                raise RegistryError(f"blob {digest} of {repository.name} is over {limit} bytes")
+            return data
+
+        return self._call(f"reading blob {digest} of {repository.name}", _READ_ROLE, read)
 
     def check_push(self, target: ImageRef) -> None:
         """Check what can be checked of an import into ``target`` without importing.
@@ -465,6 +503,16 @@ class _ImportFailed(Exception):
     def __init__(self, error: RegistryError) -> None:
         super().__init__(error.message)
         self.error = error
+
+
+def _reader(oci: Registry) -> ManifestReader:
+    """The OCI adapter as the manifest reader it is (the constructor types it as a Registry)."""
+    if not callable(getattr(oci, "fetch_manifest", None)):
+        raise ConfigError(
+            "the gate's OCI registry client cannot read manifests, which a rule with "
+            "platforms: needs"
+        )
+    return cast(ManifestReader, oci)
 
 
 def _no_scrub(text: str) -> str:

@@ -13,7 +13,9 @@ resource, with the ``azure-mgmt-containerregistrytasks`` client (api-version
    identity** (``identity.type=UserAssigned``, ``userAssignedIdentities={<its ARM id>: {}}``) and
    an ``EncodedTaskRunRequest``: the task file base64-encoded, the values (``IMAGE`` = the
    digest-pinned candidate, then the request's values, secret ones flagged ``isSecret``), the
-   platform, the run timeout, the uploaded ``relativePath`` as the source location, and
+   platform (the request's ``os/arch[/variant]`` when it names one, as ``PlatformProperties``
+   ``os`` / ``architecture`` / ``variant``: the agent the run is scheduled on; else the
+   validator's default), the run timeout, the uploaded ``relativePath`` as the source location, and
    ``credentials.customRegistries[host]`` naming that identity by its **client ID**, alone for an
    ACR it may pull from, with ``Vaultsecret`` user name and password URIs it reads from Key Vault
    for any other registry. The created task run's ``runResult.runId`` is the run;
@@ -169,6 +171,12 @@ _URL_QUERY = re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\"]*")
 _RUN_END = re.compile(
     r"^Run ID: \S+ (?:was successful|failed) after \S+?(?:\. Error: (?P<error>.*))?$", re.M
 )
+
+
+# PlatformProperties' enums in the 2025-03-01-preview specification (OS, Architecture, Variant)
+_ACR_OS = {"linux": "Linux", "windows": "Windows"}
+_ACR_ARCHITECTURES = frozenset({"amd64", "x86", "386", "arm", "arm64"})
+_ACR_VARIANTS = frozenset({"v6", "v7", "v8"})
 
 
 def pack_folder(folder: Path) -> bytes:
@@ -471,8 +479,9 @@ class AcrQuickRunValidator:
                 f"task file {task_path} does not exist; add it, or fix the rule's task_file"
             )
         run_timeout = self._run_timeout(request.timeout_seconds)
+        platform = self._platform(request.platform)
         try:
-            return self._validate(request, on_started, resume, values, mask, run_timeout)
+            return self._validate(request, on_started, resume, values, mask, run_timeout, platform)
         except AzureError as exc:
             raise ValidatorError(
                 mask(
@@ -493,6 +502,7 @@ class AcrQuickRunValidator:
         values: dict[str, str],
         mask: _Masker,
         run_timeout: int,
+        platform: PlatformProperties,
     ) -> ValidationResult:
         attempt = max(request.attempt, 1)
         if resume is not None and resume.run_id:
@@ -545,7 +555,7 @@ class AcrQuickRunValidator:
                             SetValue(name=key, value=value, is_secret=key in request.secret_values)
                             for key, value in values.items()
                         ],
-                        platform=PlatformProperties(os=self.os, architecture=self.architecture),
+                        platform=platform,
                         timeout=run_timeout,
                         source_location=relative_path,
                         credentials=self._credentials(),
@@ -609,6 +619,31 @@ class AcrQuickRunValidator:
             )
 
     # -- scheduling --------------------------------------------------------------------------
+
+    def _platform(self, text: str) -> PlatformProperties:
+        """The run's ``PlatformProperties``: the request's platform, else the default one.
+
+        Only the values the 2025-03-01-preview specification enumerates (``OS``: Windows,
+        Linux; ``Architecture``: amd64, x86, 386, arm, arm64; ``Variant``: v6, v7, v8) are sent;
+        another platform is refused before anything is scheduled.
+        """
+        if not text:
+            return PlatformProperties(os=self.os, architecture=self.architecture)
+        os_name, _, rest = text.partition("/")
+        architecture, _, variant = rest.partition("/")
+        acr_os = _ACR_OS.get(os_name)
+        if (
+            acr_os is None
+            or architecture not in _ACR_ARCHITECTURES
+            or (variant and variant not in _ACR_VARIANTS)
+        ):
+            raise ConfigError(
+                f"platform {text} cannot run as an ACR task run, whose platforms are "
+                f"{'/'.join(sorted(_ACR_OS))} on {', '.join(sorted(_ACR_ARCHITECTURES))} "
+                f"(variants {', '.join(sorted(_ACR_VARIANTS))}); remove it from the rule's "
+                "platforms"
+            )
+        return PlatformProperties(os=acr_os, architecture=architecture, variant=variant or None)
 
     def _run_timeout(self, seconds: float) -> int:
         if seconds > MAX_RUN_TIMEOUT:
