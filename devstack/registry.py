@@ -29,6 +29,7 @@ def _config(
     port: int,
     notify_url: str | None,
     htpasswd: Path | None,
+    notify_headers: dict[str, list[str]] | None = None,
 ) -> str:
     # JSON is valid YAML: no dependency on a YAML writer, and no quoting surprises.
     import json
@@ -51,18 +52,19 @@ def _config(
     if htpasswd is not None:
         config["auth"] = {"htpasswd": {"realm": "devstack", "path": str(htpasswd)}}
     if notify_url is not None:
-        config["notifications"] = {
-            "endpoints": [
-                {
-                    "name": "devstack",
-                    "url": notify_url,
-                    "timeout": "2s",
-                    "threshold": 3,
-                    "backoff": "1s",
-                    "ignoredmediatypes": ["application/octet-stream"],
-                }
-            ]
+        endpoint: dict[str, object] = {
+            "name": "devstack",
+            "url": notify_url,
+            "timeout": "2s",
+            "threshold": 3,
+            "backoff": "1s",
+            "ignoredmediatypes": ["application/octet-stream"],
         }
+        if notify_headers:
+            # sent with every notification; "values must always be lists" (distribution's
+            # configuration reference, notifications.endpoints[].headers)
+            endpoint["headers"] = {name: list(values) for name, values in notify_headers.items()}
+        config["notifications"] = {"endpoints": [endpoint]}
     return json.dumps(config, indent=2)
 
 
@@ -91,7 +93,9 @@ class RegistryProcess(ChildProcess):
     """A ``docker-registry serve`` process storing under ``root``, listening on 127.0.0.1.
 
     Use as a context manager (or call :meth:`start` / :meth:`stop`). ``notify_url`` adds a
-    notifications endpoint; ``username``/``password`` turn on htpasswd basic auth.
+    notifications endpoint, ``notify_headers`` static headers its notifications carry (e.g.
+    ``{"Authorization": ["Bearer <token>"]}``); ``username``/``password`` turn on htpasswd basic
+    auth.
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class RegistryProcess(ChildProcess):
         *,
         port: int | None = None,
         notify_url: str | None = None,
+        notify_headers: dict[str, list[str]] | None = None,
         username: str | None = None,
         password: str | None = None,
     ) -> None:
@@ -107,6 +112,7 @@ class RegistryProcess(ChildProcess):
         self._fixed_port = port
         self.port = port or 0
         self.notify_url = notify_url
+        self.notify_headers = notify_headers
         self.username = username
         self.password = password
         self._proc: subprocess.Popen[bytes] | None = None
@@ -134,7 +140,9 @@ class RegistryProcess(ChildProcess):
         for _ in range(attempts):
             self.port = self._fixed_port or free_port()
             config_path = self.root / "config.yml"
-            config_path.write_text(_config(self.root, self.port, self.notify_url, htpasswd))
+            config_path.write_text(
+                _config(self.root, self.port, self.notify_url, htpasswd, self.notify_headers)
+            )
             with self._log_path.open("wb") as log:
                 self._proc = subprocess.Popen(
                     ["docker-registry", "serve", str(config_path)],

@@ -1,8 +1,12 @@
 """The HTTP API's behaviour, free of any Functions types: JSON in, status and JSON out.
 
-Errors are ``{"error": <kind>, "detail": <what to do>}`` with 400 (malformed), 404 (unknown),
-409 (contradicts the current state), 413 (too big), 422 (well-formed but no rule watches it) and
-503 (a dependency is down: retry).
+Errors are ``{"error": <kind>, "detail": <what to do>}`` with 400 (malformed), 401 (no caller:
+App Service authentication is on and named nobody), 403 (the caller lacks the app role the route
+needs), 404 (unknown), 409 (contradicts the current state), 413 (too big), 422 (well-formed but no
+rule watches it) and 503 (a dependency is down: retry).
+
+Who calls is decided before anything else (:func:`authorize`): a refused call reads and changes
+nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +30,14 @@ from gate.errors import (
 )
 from gate.messages import GateRequest
 from gate.model import GateRecord, State, parse_instant
+from gate.principal import (
+    FUNCTION_KEY,
+    PRINCIPAL_HEADER,
+    Principal,
+    PrincipalError,
+    decode_principal,
+    missing_role,
+)
 from gate.service import Gatekeeper, admit, rollback
 
 _LIMIT = re.compile(r"[0-9]{1,4}")
@@ -67,6 +79,40 @@ def from_gate_error(exc: GateError) -> ApiResponse:
     return error(400, "bad_request", exc.message)
 
 
+def caller(headers: Mapping[str, str], *, trust_principal: bool) -> Principal | ApiResponse:
+    """Who calls: the platform's client principal when ``trust_principal`` (App Service
+    authentication is on), else the function key the host checked.
+
+    Without authentication a client-sent principal header is ignored: nothing but the platform
+    vouches for it then, so it must neither name the actor nor grant a role.
+    """
+    if not trust_principal:
+        return FUNCTION_KEY
+    header = next((v for k, v in headers.items() if k.lower() == PRINCIPAL_HEADER), "")
+    if not header:
+        return error(
+            401,
+            "unauthenticated",
+            "no authenticated caller; call with 'Authorization: Bearer <token>', a token from "
+            "'az account get-access-token --resource <the gate's application ID URI>'",
+        )
+    try:
+        return decode_principal(header)
+    except PrincipalError as exc:
+        return error(401, "unauthenticated", exc.message)
+
+
+def authorize(
+    function: str, headers: Mapping[str, str], *, trust_principal: bool
+) -> Principal | ApiResponse:
+    """The caller of ``function`` if they may call it; else the 401 or 403 to answer."""
+    who = caller(headers, trust_principal=trust_principal)
+    if isinstance(who, ApiResponse):
+        return who
+    why = missing_role(function, who)
+    return error(403, "forbidden", why) if why else who
+
+
 def _body(raw: bytes, max_bytes: int, allowed: set[str]) -> dict[str, Any] | ApiResponse:
     if len(raw) > max_bytes:
         return error(413, "too_large", f"the body is {len(raw)} bytes; the limit is {max_bytes}")
@@ -97,9 +143,18 @@ def record_view(record: GateRecord, *, with_log: bool = False) -> dict[str, Any]
 
 
 def post_gate(
-    keeper: Gatekeeper, raw: bytes, *, max_body_bytes: int
+    keeper: Gatekeeper,
+    raw: bytes,
+    *,
+    max_body_bytes: int,
+    actor: str | None = None,
+    actor_id: str = "",
 ) -> tuple[ApiResponse, GateRequest | None]:
-    """``POST /api/gate``: admit an image; returns the answer and the request to queue, if any."""
+    """``POST /api/gate``: admit an image; returns the answer and the request to queue, if any.
+
+    The admitted record names ``actor`` (display name) and ``actor_id`` (Entra object id); the
+    queued request carries its record id, so the worker gates that record, caller and all.
+    """
     body = _body(raw, max_body_bytes, {"image", "force"})
     if isinstance(body, ApiResponse):
         return body, None
@@ -109,7 +164,7 @@ def post_gate(
     if not isinstance(force, bool):
         return error(400, "bad_request", "'force' must be true or false"), None
     try:
-        outcome = admit(keeper, image, trigger="http", force=force)
+        outcome = admit(keeper, image, trigger="http", force=force, actor=actor, actor_id=actor_id)
     except GateError as exc:
         return from_gate_error(exc), None
     record = outcome.record
@@ -138,8 +193,10 @@ def _time(value: str, name: str) -> datetime | ApiResponse:
 
 
 def list_gates(keeper: Gatekeeper, query: Mapping[str, str], *, page_size: int) -> ApiResponse:
-    """``GET /api/gates?repository=&state=&since=&before=&limit=``: newest first, paged."""
-    unknown = sorted(set(query) - {"repository", "state", "since", "before", "limit", "rule"})
+    """``GET /api/gates?repository=&state=&since=&before=&limit=&rule=&actor=``: newest first,
+    paged; ``actor`` is an Entra object id or a name exactly as recorded."""
+    known = {"repository", "state", "since", "before", "limit", "rule", "actor"}
+    unknown = sorted(set(query) - known)
     if unknown:
         return error(400, "bad_request", f"unknown parameter(s) {', '.join(unknown)}")
     state = query.get("state")
@@ -166,6 +223,7 @@ def list_gates(keeper: Gatekeeper, query: Mapping[str, str], *, page_size: int) 
             state=State(state) if state else None,
             since=times["since"],
             before=times["before"],
+            actor=query.get("actor") or None,
             limit=limit,
         )
     except GateError as exc:
@@ -185,13 +243,18 @@ def _quote(value: str) -> str:
 
 
 def post_rollback(
-    keeper: Gatekeeper, raw: bytes, *, max_body_bytes: int, actor: str | None
+    keeper: Gatekeeper,
+    raw: bytes,
+    *,
+    max_body_bytes: int,
+    actor: str | None,
+    actor_id: str = "",
 ) -> ApiResponse:
     """``POST /api/rollback``: move a stable tag back, recorded with who and why.
 
-    ``actor`` is who the caller authenticated as (the function app passes App Service
-    authentication's principal name, else ``function-key``); it is recorded as given, or as
-    ``http:anonymous`` when nobody is named: never empty.
+    ``actor`` is who the caller authenticated as (the function app passes the client
+    principal's name and ``actor_id`` its Entra object id, else ``function-key``); it is
+    recorded as given, or as ``http:anonymous`` when nobody is named: never empty.
     """
     who = actor.strip() if actor and actor.strip() else "http:anonymous"
     body = _body(raw, max_body_bytes, {"repository", "to", "reason"})
@@ -209,7 +272,7 @@ def post_rollback(
     if not isinstance(reason, str) or not reason.strip():
         return error(400, "bad_request", "'reason' is required: say why, it goes into the record")
     try:
-        record = rollback(keeper, repository, to=to, reason=reason, actor=who)
+        record = rollback(keeper, repository, to=to, reason=reason, actor=who, actor_id=actor_id)
     except GateError as exc:
         return from_gate_error(exc)
     return ApiResponse(200, record_view(record))

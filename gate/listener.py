@@ -5,18 +5,27 @@ envelope for every push to the endpoints in its ``notifications`` configuration.
 answers at once (the registry retries slow endpoints) after checking each event against the
 rules with :func:`gate.events.triage`, and a worker thread gates what was accepted, one request
 at a time, with the same service the CLI uses.
+
+With a token, a notification must carry ``Authorization: Bearer <token>`` or is refused (401)
+before its body is read; the registry sends it from its endpoint's ``headers`` (CNCF
+distribution's configuration reference, ``notifications.endpoints``: "Static headers to add to
+each request ... values must always be lists"). Without a token the listener binds only to a
+loopback address: anyone who can reach it could otherwise make the gate validate and promote.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import queue
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
-from gate.errors import GateError
+from gate.errors import GateError, UsageError
 from gate.events import Ignored, MalformedEvent, parse_notifications, triage
 from gate.logsafe import get_logger
 from gate.messages import GateRequest
@@ -26,6 +35,33 @@ from gate.service import Gatekeeper, GateOutcome, gate_image
 log = get_logger("gate.listener")
 
 MAX_BODY_BYTES = 1024 * 1024
+MIN_TOKEN_CHARS = 16
+
+
+def read_token(path: Path) -> str:
+    """The shared secret in ``path`` (surrounding whitespace dropped); never logged."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise UsageError(f"cannot read the token file {path}: {reason}") from None
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+        raise UsageError(
+            f"the token file {path} must hold one secret of at least {MIN_TOKEN_CHARS} "
+            "characters without spaces; e.g. python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))' > FILE"
+        )
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
 
 
 class PushListener:
@@ -42,7 +78,15 @@ class PushListener:
         host: str = "127.0.0.1",
         port: int = 0,
         on_outcome: Callable[[GateOutcome], None] | None = None,
+        token: str | None = None,
     ) -> None:
+        if not token and not is_loopback(host):
+            raise UsageError(
+                f"refusing to listen on {host} without a token: anyone who can reach it could "
+                "make the gate validate and promote; pass --token-file (and give the registry "
+                "the same secret in its endpoint's headers), or bind to 127.0.0.1"
+            )
+        self._token = token.encode() if token else None
         self.keeper = keeper
         self.on_outcome = on_outcome or (lambda outcome: None)
         self.requests: queue.Queue[GateRequest | None] = queue.Queue()
@@ -63,15 +107,36 @@ class PushListener:
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug(format, *args)
 
-            def _answer(self, status: int, body: dict[str, Any]) -> None:
+            def _answer(
+                self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+            ) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
             def do_POST(self) -> None:
+                if not listener.authorized(self.headers.get("Authorization")):
+                    # checked before the body is read: a refused sender costs nothing more
+                    log.warning(
+                        "refused a notification from %s: missing or wrong bearer token",
+                        self.client_address[0],
+                    )
+                    self.close_connection = True
+                    self._answer(
+                        401,
+                        {
+                            "error": "unauthorized",
+                            "detail": "send 'Authorization: Bearer <token>' (the registry's "
+                            "notifications.endpoints[].headers) with the listener's token",
+                        },
+                        {"WWW-Authenticate": "Bearer"},
+                    )
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > MAX_BODY_BYTES:
                     self._answer(
@@ -82,6 +147,16 @@ class PushListener:
                 self._answer(status, body)
 
         return Handler
+
+    def authorized(self, authorization: str | None) -> bool:
+        """True when no token is required, or ``authorization`` is ``Bearer <the token>``."""
+        if self._token is None:
+            return True
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        # constant time: the answer's timing must not tell how much of a guess was right
+        return hmac.compare_digest(credentials.strip().encode(), self._token)
 
     def receive(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         """Triage one notification envelope; queue what the rules watch. Returns the answer."""

@@ -20,6 +20,15 @@ STORAGE_CONNECTION = "AzureWebJobsStorage"
 """The app-setting prefix of the storage the queues live in (identity-based in Azure)."""
 WATCH_SCHEDULE_SETTING = "GATE_WATCH_SCHEDULE"
 """App setting holding the timer's NCRONTAB schedule (the binding reads ``%GATE_WATCH_SCHEDULE%``)."""
+AUTH_MODE_SETTING = "GATE_AUTH_MODE"
+"""App setting saying how HTTP callers are authenticated: ``entra`` when App Service
+authentication (Microsoft Entra ID) is on in front of the app (infra sets it with the
+``authsettingsV2`` it deploys), else ``function-key``. Only with ``entra`` is the
+``X-MS-CLIENT-PRINCIPAL`` header trusted: the platform strips client-sent copies of it only
+when authentication is on (gate/principal.py)."""
+AUTH_ENTRA = "entra"
+AUTH_FUNCTION_KEY = "function-key"
+AUTH_MODES = (AUTH_ENTRA, AUTH_FUNCTION_KEY)
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,12 @@ class Settings:
     worker_wait_seconds: float = 20.0
     outcome_topic_endpoint: str | None = None
     page_size: int = 50
+    auth_mode: str = AUTH_FUNCTION_KEY
+
+    @property
+    def trusts_principal(self) -> bool:
+        """True when App Service authentication vouches for the client-principal header."""
+        return self.auth_mode == AUTH_ENTRA
 
     @classmethod
     def from_env(
@@ -40,6 +55,13 @@ class Settings:
         env = os.environ if env is None else env
         base = base or Path.cwd()
         path = Path(env.get("GATE_CONFIG", "gate.yaml"))
+        auth_mode = env.get("GATE_AUTH_MODE", AUTH_FUNCTION_KEY).strip() or AUTH_FUNCTION_KEY
+        if auth_mode not in AUTH_MODES:
+            # fail closed: a typo must neither trust a forged header nor drop the role checks
+            raise ConfigError(
+                f"app setting {AUTH_MODE_SETTING} is {auth_mode[:40]!r}; set it to "
+                f"{AUTH_ENTRA!r} (App Service authentication on) or {AUTH_FUNCTION_KEY!r}"
+            )
         try:
             return cls(
                 config_path=path if path.is_absolute() else base / path,
@@ -47,6 +69,7 @@ class Settings:
                 worker_wait_seconds=float(env.get("GATE_WORKER_WAIT_SECONDS", 20)),
                 outcome_topic_endpoint=env.get("GATE_OUTCOME_TOPIC_ENDPOINT") or None,
                 page_size=int(env.get("GATE_PAGE_SIZE", 50)),
+                auth_mode=auth_mode,
             )
         except ValueError as exc:
             raise ConfigError(

@@ -127,7 +127,7 @@ bodies = st.one_of(
     ).map(lambda v: json.dumps(v).encode()),
 )
 queries = st.dictionaries(
-    st.sampled_from(["repository", "state", "since", "before", "limit", "rule", "x"]),
+    st.sampled_from(["repository", "state", "since", "before", "limit", "rule", "actor", "x"]),
     st.text(max_size=40),
     max_size=5,
 )

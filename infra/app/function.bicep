@@ -30,9 +30,7 @@ param appSettings object
 // (azure-functions-runtime in requirements.txt: learn.microsoft.com/azure/azure-functions/
 // python-313-changes).
 @allowed([
-  '3.11'
-  '3.12'
-  '3.13'
+  '3.13' // the app requires Python 3.13 (pyproject.toml requires-python)
 ])
 param pythonVersion string = '3.13'
 
@@ -44,6 +42,18 @@ param maximumInstanceCount int = 100
   4096
 ])
 param instanceMemoryMB int = 2048
+
+@description('Application (client) id of the gate\'s Microsoft Entra app registration (app roles Gate.Read, Gate.Operate). Empty: no App Service authentication, function keys only.')
+param authClientId string = ''
+
+@description('Directory (tenant) id of that app registration; empty: this deployment\'s tenant.')
+param authTenantId string = ''
+
+@description('Application ID URI of that app registration, the resource operators get tokens for; empty: api://<authClientId>.')
+param authApplicationIdUri string = ''
+
+var authEnabled = !empty(authClientId)
+var authTenant = empty(authTenantId) ? tenant().tenantId : authTenantId
 
 resource storage 'Microsoft.Storage/storageAccounts@2025-08-01' existing = {
   name: storageAccountName
@@ -123,6 +133,60 @@ resource site 'Microsoft.Web/sites@2025-03-01' = {
   }
 }
 
+// App Service authentication with Microsoft Entra ID in front of the HTTP API (main.bicep sets
+// GATE_AUTH_MODE=entra with it, from the same parameter). Properties as in
+// Microsoft.Web/sites/config authsettingsV2 (Bicep types; tests/test_infra_auth.py checks them
+// against the SDK's SiteAuthSettingsV2):
+// - an unauthenticated call gets 401, not a login redirect: callers are tools with tokens;
+// - the issuer is <login endpoint>/<tenant>/v2.0; the client id is "always implicitly" an
+//   allowed audience (a v2 token's aud), and the Application ID URI is added for tokens asked
+//   for by it (learn.microsoft.com/azure/app-service/configure-authentication-provider-aad,
+//   "Issuer Url", "Allowed Token Audiences");
+// - the platform checks the token, not app roles: the functions do (gate/principal.py);
+// - /runtime/webhooks/eventgrid is excluded: Event Grid delivers to the Event Grid trigger
+//   there with the extension's system key, which the Functions host checks itself
+//   (learn.microsoft.com/azure/azure-functions/event-grid-how-tos, "Webhook endpoint URL";
+//   Azure/azure-functions-host#1659), and Event Grid cannot present an Entra token to an
+//   AzureFunction destination (learn.microsoft.com/azure/event-grid/security-authentication:
+//   an Entra-protected function takes the generic webhook approach instead). Queue and timer
+//   triggers do not come in over HTTP: authentication does not touch them.
+// A top-level resource with parent: (not nested in site) so that pycep, which keeps only one
+// nested resource per parent, sees both configs.
+resource auth 'Microsoft.Web/sites/config@2025-03-01' = if (authEnabled) {
+  parent: site
+  name: 'authsettingsV2'
+  properties: {
+    platform: {
+      enabled: true
+    }
+    globalValidation: {
+      requireAuthentication: true
+      unauthenticatedClientAction: 'Return401'
+      excludedPaths: [
+        '/runtime/webhooks/eventgrid'
+      ]
+    }
+    httpSettings: {
+      requireHttps: true
+    }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: true
+        registration: {
+          clientId: authClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${authTenant}/v2.0'
+        }
+        validation: {
+          allowedAudiences: [
+            empty(authApplicationIdUri) ? 'api://${authClientId}' : authApplicationIdUri
+          ]
+        }
+      }
+    }
+  }
+}
+
 output id string = site.id
 output name string = site.name
 output uri string = 'https://${site.properties.defaultHostName}'
+output authEnabled bool = authEnabled
