@@ -25,6 +25,7 @@ from gate.settings import POISON_QUEUE, QUEUE, STORAGE_CONNECTION, Settings
 if TYPE_CHECKING:
     from gate.config import GateConfig
     from gate.http_api import ApiResponse
+    from gate.principal import Principal
     from gate.service import Gatekeeper
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -104,6 +105,24 @@ def _respond(response: ApiResponse) -> func.HttpResponse:
     )
 
 
+def _authorized(function: str, req: func.HttpRequest) -> Principal | func.HttpResponse:
+    """The caller, if they may call ``function``; else the 401/403 answer (gate/principal.py).
+
+    The client-principal header is trusted only with GATE_AUTH_MODE=entra: App Service
+    authentication then sets it and drops any copy a client sent ("External requests aren't
+    allowed to set these headers": learn.microsoft.com/azure/app-service/
+    configure-authentication-user-identities). Without it (local ``func start``) the function
+    key is the only check, and the actor is ``function-key``.
+    """
+    from gate.http_api import ApiResponse, authorize
+
+    who = authorize(function, req.headers, trust_principal=settings().trusts_principal)
+    if isinstance(who, ApiResponse):
+        log.warning("refused %s: %d %s", function, who.status, who.body["error"])
+        return _respond(who)
+    return who
+
+
 def _too_large(req: func.HttpRequest) -> func.HttpResponse | None:
     from gate.http_api import error
 
@@ -121,11 +140,18 @@ def post_gate(req: func.HttpRequest, requests: func.Out[str]) -> func.HttpRespon
     """Re-gate an image by hand: 202 + Location of its record (or the decided record)."""
     from gate import http_api
 
+    who = _authorized("post_gate", req)
+    if isinstance(who, func.HttpResponse):
+        return who
     refused = _too_large(req)
     if refused:
         return refused
     response, request = http_api.post_gate(
-        keeper(), req.get_body(), max_body_bytes=settings().max_body_bytes
+        keeper(),
+        req.get_body(),
+        max_body_bytes=settings().max_body_bytes,
+        actor=who.name,
+        actor_id=who.object_id,
     )
     if request is not None:
         requests.set(request.to_json())
@@ -138,15 +164,21 @@ def get_gate(req: func.HttpRequest) -> func.HttpResponse:
     """One record: state, digest, run ID, log, reason, tags."""
     from gate import http_api
 
+    who = _authorized("get_gate", req)
+    if isinstance(who, func.HttpResponse):
+        return who
     return _respond(http_api.get_gate(keeper(), req.route_params.get("record_id", "")))
 
 
 @app.function_name("list_gates")
 @app.route(route="gates", methods=["GET"])
 def list_gates(req: func.HttpRequest) -> func.HttpResponse:
-    """History, newest first, paged."""
+    """History, newest first, paged (``?actor=`` an object id or a name: who acted)."""
     from gate import http_api
 
+    who = _authorized("list_gates", req)
+    if isinstance(who, func.HttpResponse):
+        return who
     return _respond(http_api.list_gates(keeper(), dict(req.params), page_size=settings().page_size))
 
 
@@ -155,17 +187,27 @@ def list_gates(req: func.HttpRequest) -> func.HttpResponse:
 def post_rollback(req: func.HttpRequest) -> func.HttpResponse:
     """Move a stable tag back to an earlier validated digest, recorded with who and why."""
     from gate import http_api
+    from gate.model import GateRecord
+    from gate.service import GateOutcome
 
+    who = _authorized("post_rollback", req)
+    if isinstance(who, func.HttpResponse):
+        return who
     refused = _too_large(req)
     if refused:
         return refused
-    # App Service authentication names the caller; with function keys alone there is no name
-    actor = req.headers.get("x-ms-client-principal-name") or "function-key"
-    return _respond(
-        http_api.post_rollback(
-            keeper(), req.get_body(), max_body_bytes=settings().max_body_bytes, actor=actor
-        )
+    began = time.monotonic()
+    response = http_api.post_rollback(
+        keeper(),
+        req.get_body(),
+        max_body_bytes=settings().max_body_bytes,
+        actor=who.name,
+        actor_id=who.object_id,
     )
+    if response.status == 200:
+        # a rollback is a decision like a gate's: its GATE_DECISION line and outcome event
+        _audit(GateOutcome(GateRecord.from_dict(response.body)), began)
+    return _respond(response)
 
 
 @app.function_name("watch")
@@ -183,10 +225,30 @@ def watch(timer: func.TimerRequest, requests: func.Out[typing.List[str]]) -> Non
     found, errors = poll(keeper())
     for problem in errors:
         log.warning("poll: %s", problem)
+    from gate.audit import log_poll
+
+    # one structured line per watched registry: the alert on a registry unreached for an hour
+    log_poll((rule.source.registry for rule in config().rules), errors)
     if found:
         requests.set([request.to_json() for request in found])
     log.info("poll: %d new digest(s) queued, %d error(s)", len(found), len(errors))
     _revalidate()
+
+
+# NCRONTAB's six fields (second minute hour day month day-of-week): daily at 03:17 UTC
+# (learn.microsoft.com/azure/azure-functions/functions-bindings-timer#ncrontab-expressions)
+PRUNE_SCHEDULE = "0 17 3 * * *"
+
+
+@app.function_name("prune")
+@app.timer_trigger(arg_name="timer", schedule=PRUNE_SCHEDULE)
+def prune(timer: func.TimerRequest) -> None:
+    """Delete the records older than ledger.keep that no live stable or run-ID tag is behind."""
+    from gate.retention import prune_records
+
+    report = prune_records(keeper())
+    for problem in report.errors:
+        log.warning("retention: %s", problem)
 
 
 def _revalidate() -> None:
@@ -252,6 +314,10 @@ def gate_worker(msg: func.QueueMessage) -> None:
             log.error("dropped gate request %s: %s (%s)", msg.id, exc.message, unrecordable.message)
             return
         log.error("gate request %s refused: %s (record %s)", msg.id, exc.message, record.id)
+        from gate import audit
+
+        # the refusal is a decision: the poisoned-request alert reads its GATE_DECISION line
+        audit.log_decision(record)
         return
     _audit(outcome, began)
 

@@ -3,12 +3,16 @@ CloudEvent per outcome on an Event Grid custom topic.
 
 Log lines start with ``GATE_DECISION`` followed by JSON, so Application Insights can query them:
 ``traces | where message startswith "GATE_DECISION" | extend d = parse_json(substring(message, 14))``.
+A poll pass writes one ``GATE_POLL`` line per watched upstream registry (:func:`log_poll`). The
+workbook's and alert rules' queries (infra/queries/) read these fields; tests hold them together.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from gate.logsafe import clean
@@ -52,17 +56,42 @@ def decision(
             "target_tags": list(record.target_tags),
             "trigger": record.trigger,
             "actor": record.actor,
+            # the Entra object id of who asked (empty: a trigger, the CLI or a function key)
+            "actor_id": record.actor_id,
             "reason": record.reason,
             # downstream task runs the gate queued after the promotion (not waited for)
             "downstream": [d.to_dict() for d in record.downstream],
+            # one entry per platform of a rule with platforms: (reasons stay in the record)
+            "platforms": [
+                {
+                    "platform": p.platform,
+                    "digest": p.digest,
+                    "verdict": p.verdict,
+                    "run_id": p.run_id,
+                }
+                for p in record.platforms
+            ],
             # the signed attestation attached for this decision (gate verify checks it)
             "attestation": record.attestation or None,
             # a re-validation's promotion, or a demotion's failing re-validation
             "of_record": record.of_record or None,
             "duration_s": round(duration, 3) if duration is not None else None,
+            # what the decision was about: gate, rollback, revalidate, demote
+            "action": record.action,
+            # when the gate first saw the digest, made the record and decided it: the
+            # workbook's push-to-promotion time and its current stable digest read these
+            "first_seen": _iso(record.first_seen),
+            "created_at": _iso(record.created_at),
+            "decided_at": _iso(record.updated_at),
+            # seconds per phase (resolve, validate, promote)
+            "timings": dict(record.timings),
         }
     )
     return fields
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def _capped(value: Any) -> Any:
@@ -82,6 +111,39 @@ def log_decision(
     logger.info(
         "GATE_DECISION %s", json.dumps(decision(record, duplicate=duplicate, duration=duration))
     )
+
+
+def poll_report(registries: Iterable[str], errors: Iterable[str]) -> list[dict[str, Any]]:
+    """What a poll pass says per watched upstream registry: ``errors`` counts the items it
+    could not reach there, ``skipped`` those it did not even try (the registry was paused by a
+    rate limit, or the pass's budget ran out), ``first_error`` shows one.
+
+    ``errors`` are the pass's error lines (:func:`gate.worker.poll`), each starting with the
+    polled reference (``registry/repository…``); lines that name no watched registry (e.g. the
+    ledger's) are left to the pass's own log line.
+    """
+    problems = list(errors)
+    report = []
+    for registry in sorted(set(registries)):
+        mine = [p for p in problems if p.startswith(f"{registry}/")]
+        report.append(
+            _capped(
+                {
+                    "registry": registry,
+                    "errors": len(mine),
+                    "skipped": sum(": not polled: " in p for p in mine),
+                    "first_error": mine[0] if mine else None,
+                }
+            )
+        )
+    return report
+
+
+def log_poll(registries: Iterable[str], errors: Iterable[str]) -> None:
+    """Write one ``GATE_POLL`` line per watched registry at INFO (the alert on a registry no
+    pass reached for an hour reads them)."""
+    for entry in poll_report(registries, errors):
+        logger.info("GATE_POLL %s", json.dumps(entry))
 
 
 class OutcomePublisher:

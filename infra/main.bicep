@@ -87,14 +87,24 @@ param outcomeTopicEndpoint string = ''
 @description('The gate configuration file, relative to the app folder (GATE_CONFIG).')
 param gateConfigPath string = 'gate.yaml'
 
+@description('Resource id of an action group the audit alert rules notify (README, "Auditing in Azure Monitor"); empty: the alerts fire in Azure Monitor only.')
+param alertActionGroupId string = ''
+
+@description('Application (client) id of the gate\'s Microsoft Entra app registration with the app roles Gate.Read and Gate.Operate (README, "Who may call the API"). Set: App Service authentication refuses unauthenticated HTTP calls with 401 and the functions authorise by app role (GATE_AUTH_MODE=entra). Empty: function keys only.')
+param authClientId string = ''
+
+@description('Directory (tenant) id of that app registration; empty: this deployment\'s tenant.')
+param authTenantId string = ''
+
+@description('Application ID URI of that app registration (what operators get tokens for); empty: api://<authClientId>.')
+param authApplicationIdUri string = ''
+
 // Flex Consumption runs Python 3.13 (Azure/azure-functions-python-worker#1588, a maintainer);
 // from 3.13 the app brings its own worker, azure-functions-runtime in requirements.txt
 // (learn.microsoft.com/azure/azure-functions/python-313-changes).
 @description('Python version of the Function app (Flex Consumption).')
 @allowed([
-  '3.11'
-  '3.12'
-  '3.13'
+  '3.13' // the app requires Python 3.13 (pyproject.toml requires-python)
 ])
 param pythonVersion string = '3.13'
 
@@ -136,6 +146,9 @@ var eventFunctionName = 'on_push'
 // `azd env get-values` gives a laptop the same environment.
 var appSettings = {
   GATE_CONFIG: gateConfigPath
+  // entra exactly when app/function.bicep turns App Service authentication on (same parameter):
+  // only then may the functions trust the client-principal header (gate/settings.py)
+  GATE_AUTH_MODE: empty(authClientId) ? 'function-key' : 'entra'
   GATE_WATCH_SCHEDULE: watchSchedule
   GATE_WORKER_WAIT_SECONDS: string(workerWaitSeconds)
   GATE_MAX_BODY_BYTES: string(maxBodyBytes)
@@ -248,6 +261,9 @@ module monitoring 'core/monitoring.bicep' = {
     applicationInsightsName: 'appi-${token}'
     location: location
     tags: tags
+    actionGroupId: alertActionGroupId
+    // the dead-letter alert watches the upstream system topic (created first by its module)
+    deadLetterTopicId: hasUpstream ? resourceId(upstream.subscriptionId, upstream.resourceGroup, 'Microsoft.EventGrid/systemTopics', upstreamTopic!.outputs.name) : ''
   }
 }
 
@@ -311,6 +327,9 @@ module functionApp 'app/function.bicep' = {
     applicationInsightsName: monitoring.outputs.name
     appSettings: appSettings
     pythonVersion: pythonVersion
+    authClientId: authClientId
+    authTenantId: authTenantId
+    authApplicationIdUri: authApplicationIdUri
   }
 }
 
@@ -465,6 +484,8 @@ output AZURE_SUBSCRIPTION_ID string = subscription().subscriptionId
 output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
 output AZURE_FUNCTION_URL string = functionApp.outputs.uri
+// what an operator asks a token for (README, "Who may call the API"); empty: no sign-in
+output AZURE_GATE_AUTH_RESOURCE string = empty(authClientId) ? '' : (empty(authApplicationIdUri) ? 'api://${authClientId}' : authApplicationIdUri)
 output AZURE_GATE_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output AZURE_KEY_VAULT_URL string = keyVault.outputs.uri
 output AZURE_TABLE_ENDPOINT string = storage.outputs.tableEndpoint
@@ -479,6 +500,7 @@ output AZURE_UPSTREAM_REGISTRY_ID string = hasUpstream ? upstreamAccess!.outputs
 output AZURE_UPSTREAM_LOGIN_SERVER string = hasUpstream ? upstreamAccess!.outputs.loginServer : ''
 output AZURE_TEAM_REGISTRY_NAME string = deployWalkthrough ? walkthrough!.outputs.teamRegistryName : ''
 output AZURE_SUBSCRIBED_TO_EVENTS bool = hasUpstream && subscribeToEvents
+output AZURE_AUDIT_WORKBOOK_ID string = monitoring.outputs.workbookId
 // The settings gate.yaml reads, under the same names as in the Function app.
 output GATE_SUBSCRIPTION_ID string = appSettings.GATE_SUBSCRIPTION_ID
 output GATE_PROMOTE_MODE string = appSettings.GATE_PROMOTE_MODE

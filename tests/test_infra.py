@@ -158,7 +158,11 @@ def settings_the_code_reads() -> set[str]:
 def template_app_settings() -> set[str]:
     """Every app setting name the templates give the Function app."""
     function = bicep("app/function.bicep")
-    (settings,) = (r for _, r in resources(function) if r["type"] == "Microsoft.Web/sites/config")
+    (settings,) = (
+        r
+        for _, r in resources(function)
+        if r["type"] == "Microsoft.Web/sites/config" and body(r)["name"] == "appsettings"
+    )
     assert body(settings)["properties"] == {
         "function": {
             "type": "union",
@@ -762,6 +766,21 @@ SDK_MODELS: dict[str, tuple[str, Callable[[Any], Any], str]] = {
         lambda c: c.components.get("rg", "appi"),
         "azure.mgmt.applicationinsights.v2020_02_02.models.ApplicationInsightsComponent",
     ),
+    "Microsoft.Insights/workbooks": (
+        "azure.mgmt.applicationinsights.v2023_06_01.ApplicationInsightsManagementClient",
+        lambda c: c.workbooks.get("rg", "00000000-0000-0000-0000-000000000000"),
+        "azure.mgmt.applicationinsights.v2023_06_01.models.Workbook",
+    ),
+    "Microsoft.Insights/scheduledQueryRules": (
+        "azure.mgmt.monitor.MonitorManagementClient",
+        lambda c: c.scheduled_query_rules.get("rg", "rule"),
+        "azure.mgmt.monitor.models.ScheduledQueryRuleResource",
+    ),
+    "Microsoft.Insights/metricAlerts": (
+        "azure.mgmt.monitor.MonitorManagementClient",
+        lambda c: c.metric_alerts.get("rg", "rule"),
+        "azure.mgmt.monitor.models.MetricAlertResource",
+    ),
     "Microsoft.Storage/storageAccounts": (
         "azure.mgmt.storage.StorageManagementClient",
         lambda c: c.storage_accounts.get_properties("rg", "st"),
@@ -831,6 +850,12 @@ SDK_MODELS: dict[str, tuple[str, Callable[[Any], Any], str]] = {
         "azure.mgmt.web.WebSiteManagementClient",
         lambda c: c.web_apps.list_application_settings("rg", "app"),
         "azure.mgmt.web.models.StringDictionary",
+    ),
+    # the config resource's name picks its body: model_key() names these by type/name
+    "Microsoft.Web/sites/config/authsettingsV2": (
+        "azure.mgmt.web.WebSiteManagementClient",
+        lambda c: c.web_apps.get_auth_settings_v2("rg", "app"),
+        "azure.mgmt.web.models.SiteAuthSettingsV2",
     ),
     "Microsoft.EventGrid/systemTopics": (
         "azure.mgmt.eventgrid.EventGridManagementClient",
@@ -985,7 +1010,9 @@ def _subtype(node: Any, value: dict[str, Any]) -> Any:
     if not isinstance(node, type):
         return node
     for attr, choices in getattr(node, "_subtype_map", {}).items():
-        chosen = value.get(node._attribute_map[attr]["key"])
+        # msrest escapes a dot in a key ('odata\\.type'); Bicep quotes such a key ('odata.type')
+        key = node._attribute_map[attr]["key"].replace("\\.", ".")
+        chosen = {k.strip("'"): v for k, v in value.items()}.get(key)
         if isinstance(chosen, str) and chosen in choices:
             return getattr(_models_package(node), choices[chosen])
     mapping = getattr(node, "__mapping__", None) or {}
@@ -1004,12 +1031,16 @@ def properties_not_in_model(node: Any, value: Any, path: str = "") -> list[str]:
     Expressions are opaque (their value is known only at deployment); both branches of a
     conditional are checked.
     """
-    if isinstance(value, dict) and value.get("operator", {}).get("type") == "conditional":
-        operands = value["operator"]["operands"]
+    # pycep's operator node is {"operator": {"type": …, "operands": …}}; a property that is
+    # itself named operator (a condition's 'GreaterThan') is a string, not an expression
+    operator = value.get("operator") if isinstance(value, dict) else None
+    operator = operator if isinstance(operator, dict) and "operands" in operator else None
+    if operator is not None and operator.get("type") == "conditional":
+        operands = operator["operands"]
         return properties_not_in_model(node, operands["true_value"], path) + (
             properties_not_in_model(node, operands["false_value"], path)
         )
-    expression = isinstance(value, dict) and ("function" in value or "operator" in value)
+    expression = isinstance(value, dict) and ("function" in value or operator is not None)
     if node == LEAF or expression or not isinstance(value, dict | list):
         return []
     if isinstance(node, tuple) and node[0] == "list":
@@ -1041,6 +1072,13 @@ def properties_not_in_model(node: Any, value: Any, path: str = "") -> list[str]:
         else:
             found.extend(properties_not_in_model(known[name][0], item, where))
     return found
+
+
+def model_key(resource: dict[str, Any]) -> str:
+    """The SDK_MODELS key of a declared resource: its type, or type/name where the name picks
+    the body's schema (a site's ``config`` named ``authsettingsV2``)."""
+    keyed = f"{resource['type']}/{body(resource).get('name')}"
+    return keyed if keyed in SDK_MODELS else str(resource["type"])
 
 
 def sdk_model(resource_type: str) -> type:
@@ -1078,11 +1116,11 @@ def test_every_deployed_resource_type_has_an_sdk_model() -> None:
 def test_resource_sets_only_properties_its_api_version_has(
     where: str, name: str, resource: dict[str, Any]
 ) -> None:
-    assert api_version_the_sdk_sends(resource["type"]) == resource["api_version"], (
+    assert api_version_the_sdk_sends(model_key(resource)) == resource["api_version"], (
         f"{where}: {name} uses {resource['type']}@{resource['api_version']}; pin the SDK of that "
         "api-version in requirements-dev.txt or move the template to the SDK's"
     )
-    assert properties_not_in_model(sdk_model(resource["type"]), body(resource)) == []
+    assert properties_not_in_model(sdk_model(model_key(resource)), body(resource)) == []
 
 
 def test_existing_resources_use_the_api_version_of_the_deployed_ones() -> None:
@@ -1127,6 +1165,42 @@ resource task 'Microsoft.ContainerRegistry/registries/tasks@2025-03-01-preview' 
     assert properties_not_in_model(
         sdk_model("Microsoft.ContainerRegistry/registries/tasks"), task
     ) == ["properties.step.dockerFilePath: not in the model"]
+
+
+def test_property_check_reads_alert_conditions_and_odata_type_discriminators() -> None:
+    # a condition's own 'operator' property is a value, not an expression to skip; a metric
+    # alert's criteria pick their model by the quoted 'odata.type' key
+    template = BicepParser().parse(
+        text="""
+resource rule 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'r'
+  location: 'x'
+  properties: {
+    criteria: { allOf: [ { query: 'traces', operator: 'GreaterThan', threshold: 0, treshold: 1 } ] }
+  }
+}
+resource dead 'Microsoft.Insights/metricAlerts@2018-03-01' = {
+  name: 'd'
+  location: 'global'
+  properties: {
+    criteria: {
+      'odata.type': 'Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria'
+      allOf: [ { criterionType: 'StaticThresholdCriterion', name: 'n', metricName: 'm'
+                 timeAggregation: 'Total', operator: 'GreaterThan', threshold: 0
+                 alertSensitivity: 'High' } ]
+    }
+  }
+}
+"""
+    )
+    rule, dead = (body(r) for _, r in resources(template))
+    assert properties_not_in_model(sdk_model("Microsoft.Insights/scheduledQueryRules"), rule) == [
+        "properties.criteria.allOf[0].treshold: not in the model"
+    ]
+    # alertSensitivity belongs to dynamic thresholds, not to a static criterion
+    assert properties_not_in_model(sdk_model("Microsoft.Insights/metricAlerts"), dead) == [
+        "properties.criteria.allOf[0].alertSensitivity: not in the model"
+    ]
 
 
 # -- no secrets ----------------------------------------------------------------------------

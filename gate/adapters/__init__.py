@@ -1,2 +1,12 @@
 """Adapters: implementations of the ports in :mod:`gate.ports` (OCI registry, local validator,
 SQLite ledger, secrets)."""
+
+import sys
+
+# httpx/__init__.py imports its own command line (httpx._main, which imports rich, pygments and
+# click when they are installed) inside ``try: ... except ImportError`` and falls back to a
+# stub. The gate never runs that command line, and the import costs ~50 ms of every start-up
+# that reaches a registry. A None entry in sys.modules makes that import raise ImportError
+# (the import system's documented meaning of None), so httpx takes its fallback. It changes
+# nothing when httpx was imported before.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]

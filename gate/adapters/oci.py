@@ -20,6 +20,7 @@ import hashlib
 import json
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
@@ -202,6 +203,32 @@ def _check_digest(data: bytes, digest: str) -> bool:
     return hashlib.new(algorithm, data).hexdigest() == expected
 
 
+class _TlsOnFirstUse(httpx.BaseTransport):
+    """Plain-HTTP requests through a transport with no TLS set-up; the TLS transport, whose
+    set-up loads the CA bundle (about 20 ms of a command's start-up), is made on the first
+    ``https://`` request. Both are httpx's own :class:`httpx.HTTPTransport` with its defaults
+    (certificates verified, ``SSL_CERT_FILE``/``SSL_CERT_DIR`` honoured)."""
+
+    def __init__(self) -> None:
+        # a plain-HTTP request never reaches TLS; verify=False only skips loading the bundle
+        self._plain = httpx.HTTPTransport(verify=False)
+        self._tls: httpx.HTTPTransport | None = None
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme == "http":
+            return self._plain.handle_request(request)
+        with self._lock:
+            if self._tls is None:
+                self._tls = httpx.HTTPTransport()
+        return self._tls.handle_request(request)
+
+    def close(self) -> None:
+        self._plain.close()
+        if self._tls is not None:
+            self._tls.close()
+
+
 class OciRegistry:
     """:class:`gate.ports.Registry` over the OCI distribution API.
 
@@ -241,7 +268,7 @@ class OciRegistry:
         self._tags_page_size = tags_page_size
         self._sleep = sleep
         self._client = httpx.Client(
-            transport=transport,
+            transport=transport or _TlsOnFirstUse(),
             timeout=httpx.Timeout(timeout),
             headers={"User-Agent": "gated-import-gate"},
         )
