@@ -14,99 +14,61 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-from rich.table import Table
-from rich.text import Text
 
-from gate.config import GateConfig, config_path, load_config
 from gate.errors import GateError, UsageError
-from gate.logsafe import clean
-from gate.model import DownstreamRun, GateRecord, State, parse_instant
-from gate.service import (
-    Gatekeeper,
-    GateOutcome,
-    Revalidated,
-    gate_image,
-    retry_downstream,
-    revalidate,
-    revalidate_due,
-    rollback,
-    watch_once,
-)
 
-# when output goes to a file or a pipe, do not squeeze it to rich's default 80 columns
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
-
-_STYLE = {
-    "promoted": "green",
-    "rejected": "red",
-    "failed": "yellow",
-    "rolled_back": "cyan",
-    "waiting": "blue",
-    "superseded": "magenta",
-}
-
-# Text that may come from outside (references, reasons, actors, error messages, logs) reaches
-# the terminal only inside rich ``Text`` objects, which are never parsed for markup or emoji
-# codes, and only after clean() has escaped its control characters: a "[/]" or an escape
-# sequence in a stored reason prints as itself and cannot crash or drive the terminal.
-_SHOWN = 100_000
-
-
-def _plain(value: object) -> str:
-    """``value`` as terminal-safe text on one line (long enough for any stored field)."""
-    return clean(value, _SHOWN)
+# Commands import what they use when they run (the composition root, the service, rich):
+# ``gate --help`` loads click alone, and ``gate history --json`` never loads rich, httpx or
+# the validator.
+if TYPE_CHECKING:
+    from gate.config import GateConfig
+    from gate.model import GateRecord, State
+    from gate.ports import Ledger
+    from gate.service import Gatekeeper, Revalidated
 
 
 def _fail(exc: GateError) -> NoReturn:
-    err.print(Text.assemble(("error:", "bold red"), " ", _plain(exc.message)), soft_wrap=True)
+    from gate.logsafe import clean
+
+    label = click.style("error:", fg="red", bold=True) if sys.stderr.isatty() else "error:"
+    click.echo(f"{label} {clean(exc.message, 100_000)}", err=True)
     sys.exit(exc.exit_code)
+
+
+def _config(config: str | None) -> GateConfig:
+    from gate.config import config_path, load_config
+
+    return load_config(config_path(config))
 
 
 def _keeper(config: str | None, quiet: bool = False) -> Gatekeeper:
     from gate.compose import build_gatekeeper
 
-    cfg: GateConfig = load_config(config_path(config))
+    cfg = _config(config)
 
     def notify(event: str, record: GateRecord, message: str) -> None:
         if not quiet:
-            style = _STYLE.get(event, "dim")
-            err.print(Text.assemble((f"{event:>11}", style), " ", _plain(message)), soft_wrap=True)
+            from gate import render
+
+            render.notice(event, message)
 
     return build_gatekeeper(cfg, notify=notify)
 
 
-class _Bar:
-    """A rich progress bar fed by the registry adapter's byte-progress callback."""
+def _ledger(config: str | None) -> Ledger:
+    """The ledger alone, refusing a local one that does not exist (a wrong --config or
+    data_dir): reading commands need nothing else."""
+    from gate.adapters.sqlite_ledger import SqliteLedger
+    from gate.compose import build_ledger
 
-    def __init__(self, enabled: bool) -> None:
-        self.progress = Progress(
-            "{task.description}",
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            console=err,
-            transient=True,
-            disable=not enabled,
-        )
-        self.tasks: dict[str, Any] = {}
-
-    def __call__(self, what: str, done: int, total: int) -> None:
-        if what not in self.tasks:
-            self.tasks[what] = self.progress.add_task(what[:32], total=total or None)
-        self.progress.update(self.tasks[what], completed=done)
-
-    def __enter__(self) -> _Bar:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(None, None, None)
+    ledger = build_ledger(_config(config))
+    if isinstance(ledger, SqliteLedger):
+        ledger.require()
+    return ledger
 
 
 config_option = click.option(
@@ -132,9 +94,16 @@ def main() -> None:
 def run_cmd(image: str, config: str | None, force: bool, as_json: bool) -> None:
     """Gate one upstream IMAGE (a tag, or a digest: node:15-alpine, node@sha256:...)."""
     try:
+        from gate.service import gate_image
+
         keeper = _keeper(config, quiet=as_json)
-        with _Bar(enabled=not as_json and err.is_terminal) as bar:
-            outcome = gate_image(keeper, image, force=force, progress=bar)
+        if as_json:
+            outcome = gate_image(keeper, image, force=force)
+        else:
+            from gate.render import Bar, err
+
+            with Bar(enabled=err.is_terminal) as bar:
+                outcome = gate_image(keeper, image, force=force, progress=bar)
     except GateError as exc:
         if as_json:
             print(
@@ -144,48 +113,13 @@ def run_cmd(image: str, config: str | None, force: bool, as_json: bool) -> None:
     if as_json:
         print(json.dumps(outcome.to_dict()))
     else:
-        _print_outcome(outcome)
+        from gate.render import print_outcome
+
+        print_outcome(outcome)
     sys.exit(outcome.exit_code)
 
 
-def _print_outcome(outcome: GateOutcome) -> None:
-    r = outcome.record
-    style = _STYLE.get(r.state.value, "")
-    seen = " (decided before; use --force to re-gate)" if outcome.duplicate else ""
-    heading = (r.state.value.upper(), f"bold {style}".strip())
-    out.print(Text.assemble(heading, f"{seen}  {_plain(r.source)}"), soft_wrap=True)
-    out.print(
-        Text(
-            f"  digest  {_plain(r.digest)}\n  record  {_plain(r.id)}   run {_plain(r.run_id or '-')}"
-        )
-    )
-    if r.target_tags and r.state is State.PROMOTED:
-        tags = ", ".join(f"{r.target}:{t}" for t in r.target_tags)
-        out.print(Text(f"  tags    {_plain(tags)}"), soft_wrap=True)
-    _print_downstream(r)
-    if r.state is State.WAITING and r.eligible_at is not None:
-        out.print(Text(f"  until   {r.eligible_at.isoformat(timespec='seconds')} (cooldown)"))
-    if r.reason:
-        out.print(Text(f"  reason  {_plain(r.reason)}"), soft_wrap=True)
-
-
-def _downstream_status(run: DownstreamRun) -> str:
-    """How a downstream task fared: queued (ACR), ran to an outcome (local), or not started."""
-    if run.outcome:  # a local task file, run to its end
-        said = f": {run.error}" if run.error else (f": {run.output}" if run.output else "")
-        return f"run {run.run_id} {run.outcome}{said}"
-    if run.scheduled:
-        return f"run {run.run_id} queued"
-    return f"not queued: {run.error}"
-
-
-def _print_downstream(record: GateRecord, indent: str = "  ") -> None:
-    """One line per downstream task the gate started (or could not start)."""
-    for run in record.downstream:
-        failed = not run.scheduled
-        what = Text(_plain(_downstream_status(run)), style="red" if failed else "")
-        task = _plain(f"{run.registry}/{run.task}")
-        out.print(Text.assemble(f"{indent}then    {task} ", what), soft_wrap=True)
+_PRUNE_EVERY = 86400.0  # seconds between retention passes of a long-running watch
 
 
 @main.command("watch")
@@ -199,27 +133,42 @@ def _print_downstream(record: GateRecord, indent: str = "  ") -> None:
     help="Seconds between polls.",
 )
 def watch_cmd(config: str | None, once: bool, interval: float) -> None:
-    """Poll every watched upstream tag (HEAD only) and gate digests not decided yet."""
+    """Poll every watched upstream tag (HEAD only) and gate digests not decided yet; re-validate
+    what is due, and (once a day) delete records older than ledger.keep."""
+    from gate.render import Text, err, out, plain, print_outcome
+    from gate.retention import prune_records
+    from gate.service import revalidate_due, watch_once
+
     try:
         keeper = _keeper(config)
     except GateError as exc:
         _fail(exc)
     worst = 0
+    pruned = 0.0
     while True:
         for item in watch_once(keeper):
             if item.error:
-                line = Text.assemble(("      error", "yellow"), f" {_plain(item.source)}: ")
-                err.print(line.append(_plain(item.error)), soft_wrap=True)
+                line = Text.assemble(("      error", "yellow"), f" {plain(item.source)}: ")
+                err.print(line.append(plain(item.error)), soft_wrap=True)
                 worst = max(worst, 3)
             elif item.outcome:
                 # a digest waiting out its cooldown is the poll working, not a failure
-                waits = item.outcome.record.state is State.WAITING
+                waits = item.outcome.record.state.value == "waiting"
                 worst = max(worst, 0 if waits else item.outcome.exit_code)
-                _print_outcome(item.outcome)
+                print_outcome(item.outcome)
             else:
                 unchanged = f"  unchanged {item.source} {item.digest} ({item.skipped})"
-                out.print(Text(_plain(unchanged), style="dim"), soft_wrap=True)
+                out.print(Text(plain(unchanged), style="dim"), soft_wrap=True)
         worst = max(worst, _print_revalidated(revalidate_due(keeper)))
+        if time.monotonic() - pruned > _PRUNE_EVERY or not pruned:
+            pruned = time.monotonic()
+            try:
+                report = prune_records(keeper)
+            except GateError as exc:
+                report = None
+                err.print(Text(plain(f"  retention: {exc.message}"), style="yellow"))
+            for problem in report.errors if report else ():
+                err.print(Text(plain(f"  retention: {problem}"), style="yellow"))
         if once:
             sys.exit(worst)
         time.sleep(interval)
@@ -236,6 +185,8 @@ def revalidate_cmd(rule: str | None, config: str | None, as_json: bool) -> None:
     Exit 0 when every stable digest passes (or was demoted to one that does), 1 when one fails
     and nothing moved (alert, or the rule is broken), 3 when one could not be checked.
     """
+    from gate.service import revalidate
+
     try:
         results = revalidate(_keeper(config, quiet=as_json), rule)
     except GateError as exc:
@@ -270,6 +221,8 @@ def revalidate_cmd(rule: str | None, config: str | None, as_json: bool) -> None:
 
 
 def _revalidation_exit(results: list[Revalidated]) -> int:
+    from gate.model import State
+
     worst = 0
     for result in results:
         last = result.decision or result.checked
@@ -282,45 +235,68 @@ def _revalidation_exit(results: list[Revalidated]) -> int:
 
 def _print_revalidated(results: list[Revalidated]) -> int:
     """One line per record a re-validation pass added; returns the pass's exit code."""
-    for result in results:
-        for r in result.records:
-            style = {"revalidated": "green", "demoted": "cyan"}.get(r.state.value, "red")
-            line = f" {r.target}:{r.target_tags[0] if r.target_tags else '-'} {r.digest}"
-            out.print(
-                Text.assemble((r.state.value.upper(), f"bold {style}"), _plain(line)),
-                soft_wrap=True,
-            )
-            out.print(
-                Text(
-                    f"  record  {_plain(r.id)}   of {_plain(r.of_record)}\n"
-                    f"  reason  {_plain(r.reason)}"
-                ),
-                soft_wrap=True,
-            )
-        if result.error:
-            said = Text.assemble(("      error", "yellow"), f" rule {_plain(result.rule)}: ")
-            err.print(said.append(_plain(result.error)), soft_wrap=True)
+    from gate.render import print_revalidated
+
+    print_revalidated(results)
     return _revalidation_exit(results)
+
+
+@main.command("prune")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def prune_cmd(config: str | None, as_json: bool) -> None:
+    """Delete final records older than ledger.keep, except those behind a live stable or run-ID
+    tag (gate watch and the Functions timer do this daily).
+
+    Exit 0 when done, 3 when a target repository's tags could not be read (its records were
+    all kept).
+    """
+    from gate.retention import prune_records
+
+    try:
+        report = prune_records(_keeper(config, quiet=True))
+    except GateError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    elif report.cutoff is None:
+        click.echo("ledger.keep is null: every record is kept")
+    else:
+        click.echo(
+            f"{report.deleted} record(s) created before {report.cutoff.isoformat()} deleted; "
+            f"{report.kept_live} older one(s) kept behind live tags"
+        )
+        for problem in report.errors:
+            click.echo(f"warning: {problem}", err=True)
+    sys.exit(3 if report.errors else 0)
 
 
 @main.command("listen")
 @config_option
 @click.option("--bind", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
-def listen_cmd(config: str | None, bind: str, port: int) -> None:
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    help="File holding a shared secret: notifications without 'Authorization: Bearer <it>' "
+    "are refused (401). Required to --bind anything but a loopback address.",
+)
+def listen_cmd(config: str | None, bind: str, port: int, token_file: str | None) -> None:
     """Gate pushes as a registry reports them (its notifications endpoint), until Ctrl-C."""
-    from gate.listener import PushListener
+    from gate.listener import PushListener, read_token
+    from gate.render import Text, err, plain, print_outcome
 
     try:
+        token = read_token(Path(token_file)) if token_file else None
         keeper = _keeper(config)
-        listener = PushListener(keeper, host=bind, port=port, on_outcome=_print_outcome)
+        listener = PushListener(keeper, host=bind, port=port, on_outcome=print_outcome, token=token)
     except GateError as exc:
         _fail(exc)
     except OSError as exc:
         err.print(
             Text.assemble(
                 ("error:", "bold red"),
-                _plain(f" cannot listen on {bind}:{port}: {exc.strerror}; pick another --port"),
+                plain(f" cannot listen on {bind}:{port}: {exc.strerror}; pick another --port"),
             ),
             soft_wrap=True,
         )
@@ -329,7 +305,13 @@ def listen_cmd(config: str | None, bind: str, port: int) -> None:
         err.print(
             Text(
                 f"listening on {listener.url}: add it to the registry's notifications.endpoints "
-                "(ignoredmediatypes: [application/octet-stream]); Ctrl-C to stop"
+                "(ignoredmediatypes: [application/octet-stream]"
+                + (
+                    ", headers: {Authorization: [Bearer <the token file's secret>]}"
+                    if token
+                    else ""
+                )
+                + "); Ctrl-C to stop"
             ),
             soft_wrap=True,
         )
@@ -337,6 +319,25 @@ def listen_cmd(config: str | None, bind: str, port: int) -> None:
             threading.Event().wait()
         except KeyboardInterrupt:
             err.print("stopping; finishing what is queued")
+
+
+class _StateName(click.ParamType[str]):
+    """A record state, checked when given (``--help`` need not load the model)."""
+
+    name = "state"
+
+    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from gate.model import State
+
+        if value not in {s.value for s in State}:
+            self.fail(f"'{value}' is not one of {', '.join(s.value for s in State)}", param, ctx)
+        return value
+
+
+def _state(value: str | None) -> State | None:
+    from gate.model import State
+
+    return State(value) if value else None
 
 
 def _since(value: str | None) -> datetime | None:
@@ -352,6 +353,8 @@ def _since(value: str | None) -> datetime | None:
                 f"{value} reaches back before year 1", param_hint="'--since'"
             ) from None
     try:
+        from gate.model import parse_instant
+
         return parse_instant(value)
     except UsageError as exc:
         raise click.BadParameter(
@@ -363,72 +366,53 @@ def _since(value: str | None) -> datetime | None:
 @config_option
 @click.option("--rule", help="Only this rule.")
 @click.option("--target", help="Only this target repository (registry/repository).")
-@click.option("--state", type=click.Choice([s.value for s in State]), help="Only this state.")
+@click.option("--state", type=_StateName(), help="Only this state (received, promoted, ...).")
 @click.option("--since", help="Only records since a date or span (7d, 12h).")
+@click.option(
+    "--actor",
+    help="Only records of this actor: an Entra object id, or a name exactly as recorded.",
+)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines on stdout.")
+@click.option(
+    "--plain", "plain_text", is_flag=True, help="Tab-separated lines, even on a terminal."
+)
 def history_cmd(
     config: str | None,
     rule: str | None,
     target: str | None,
     state: str | None,
     since: str | None,
+    actor: str | None,
     limit: int,
     as_json: bool,
+    plain_text: bool,
 ) -> None:
-    """List gate decisions, newest first."""
+    """List gate decisions, newest first (a table on a terminal; tab-separated lines when
+    stdout is not one, or with --plain)."""
     try:
-        keeper = _keeper(config)
         after = _since(since)
-        _require_ledger(keeper)
-        records = keeper.ledger.history(
+        records = _ledger(config).history(
             rule=rule,
             target=target,
-            state=State(state) if state else None,
+            state=_state(state),
             since=after,
+            actor=actor or None,
             limit=limit,
         )
     except GateError as exc:
         _fail(exc)
     if as_json:
-        for r in records:
-            print(json.dumps(r.to_dict()))
-        return
-    out.print(history_table(records))
+        click.echo("".join(json.dumps(r.to_dict()) + "\n" for r in records), nl=False)
+    elif plain_text or not sys.stdout.isatty():
+        from gate.views import history_fields
 
+        # clean() escapes tabs and newlines: one record stays one line of seven fields
+        click.echo("".join("\t".join(history_fields(r)) + "\n" for r in records), nl=False)
+    else:
+        from gate.render import history_table, out
 
-def _require_ledger(keeper: Gatekeeper) -> None:
-    """Refuse to read a local ledger that does not exist (a wrong --config or data_dir)."""
-    from gate.adapters.sqlite_ledger import SqliteLedger
-
-    if isinstance(keeper.ledger, SqliteLedger):
-        keeper.ledger.require()
-
-
-def history_table(records: list[GateRecord]) -> Table:
-    """The decisions as a table (also the walkthrough's summary); ``gate show`` has the rest."""
-    table = Table()
-    for column in ("record", "time (UTC)", "source", "digest", "verdict", "run", "reason"):
-        table.add_column(column, overflow="fold")
-    for r in records:
-        style = _STYLE.get(r.state.value, "")
-        table.add_row(
-            Text(_plain(r.id)),
-            r.created_at.strftime("%m-%d %H:%M:%S"),
-            Text(_plain(r.source if r.action == "gate" else f"{r.action} {r.target}")),
-            Text(_plain((r.digest or "-")[:19])),
-            Text(_verdict(r), style=style),
-            Text(_plain(r.run_id or "-")),
-            Text(_plain(r.reason)),
-        )
-    return table
-
-
-def _verdict(record: GateRecord) -> str:
-    """The state, with the time a digest waiting out its cooldown becomes eligible."""
-    if record.state is State.WAITING and record.eligible_at is not None:
-        return f"waiting until {record.eligible_at.strftime('%m-%d %H:%M:%S')}"
-    return record.state.value
+        out.print(history_table(records))
 
 
 @main.command("show")
@@ -438,36 +422,15 @@ def _verdict(record: GateRecord) -> str:
 def show_cmd(record_id: str, config: str | None, as_json: bool) -> None:
     """Show one record, with its validation log."""
     try:
-        keeper = _keeper(config)
-        _require_ledger(keeper)
-        record = keeper.ledger.get(record_id)
+        record = _ledger(config).get(record_id)
     except GateError as exc:
         _fail(exc)
     if as_json:
         print(json.dumps({**record.to_dict(), "log": record.log}))
         return
-    for key, value in record.to_dict().items():
-        if key != "downstream":
-            out.print(Text(f"{key:>13}  {_plain(value)}"), soft_wrap=True)
-    for run in record.downstream:
-        line = _plain(f"{run.registry}/{run.task} {_downstream_status(run)}")
-        out.print(Text(f"{'downstream':>13}  {line}"), soft_wrap=True)
-    if record.partial:
-        out.print(Text(f"{'partial':>13}  {_plain(_partial(record))}"), soft_wrap=True)
-    if record.log:
-        out.print(Text("\nvalidation log", style="bold"))
-        # line by line: the log keeps its lines, every other control character is escaped
-        out.print(Text("\n".join(_plain(line) for line in record.log.splitlines())), soft_wrap=True)
+    from gate.views import record_lines
 
-
-def _partial(record: GateRecord) -> str:
-    """What a promotion that did not finish left at the target, and what finishes it."""
-    written = [t for t in record.target_tags if t in record.promoted_tags]
-    missing = [t for t in record.target_tags if t not in record.promoted_tags]
-    kinds = dict(zip(record.target_tags, ("run-ID tag", "stable tag"), strict=False))
-    said = [f"{kinds.get(t, 'tag')} {t} written" for t in written]
-    said += [f"{kinds.get(t, 'tag')} {t} not moved" for t in missing]
-    return ", ".join(said) + "; the next attempt finishes the promotion"
+    click.echo("".join(line + "\n" for line in record_lines(record)), nl=False)
 
 
 @main.command("downstream")
@@ -475,13 +438,16 @@ def _partial(record: GateRecord) -> str:
 @config_option
 def downstream_cmd(record_id: str, config: str | None) -> None:
     """Queue the downstream tasks of promotion RECORD_ID that were not queued (e.g. ARM failed)."""
+    from gate.render import Text, out, plain, print_downstream
+    from gate.service import retry_downstream
+
     try:
         record = retry_downstream(_keeper(config), record_id)
     except GateError as exc:
         _fail(exc)
     promoted = f"  {record.target}@{record.digest}  record {record.id}"
-    out.print(Text.assemble(("PROMOTED", "bold green"), _plain(promoted)), soft_wrap=True)
-    _print_downstream(record)
+    out.print(Text.assemble(("PROMOTED", "bold green"), plain(promoted)), soft_wrap=True)
+    print_downstream(record)
     if any(not run.scheduled for run in record.downstream):
         sys.exit(3)
 
@@ -500,17 +466,20 @@ def rollback_cmd(
     target: str, config: str | None, to: str | None, reason: str, actor: str | None
 ) -> None:
     """Move TARGET's stable tag back to an earlier validated digest (TARGET: registry/repo[:tag])."""
+    from gate.render import Text, out, plain
+    from gate.service import rollback
+
     try:
         who = who_rolls_back(actor)
         record = rollback(_keeper(config), target, to=to, reason=reason, actor=who)
     except GateError as exc:
         _fail(exc)
     moved = f" {record.target}:{record.target_tags[0]} -> {record.digest}"
-    out.print(Text.assemble(("ROLLED BACK", "bold cyan"), _plain(moved)), soft_wrap=True)
+    out.print(Text.assemble(("ROLLED BACK", "bold cyan"), plain(moved)), soft_wrap=True)
     out.print(
         Text(
-            f"  record  {_plain(record.id)}\n   actor  {_plain(record.actor)}\n"
-            f"  reason  {_plain(record.reason)}"
+            f"  record  {plain(record.id)}\n   actor  {plain(record.actor)}\n"
+            f"  reason  {plain(record.reason)}"
         ),
         soft_wrap=True,
     )
@@ -543,12 +512,13 @@ def keygen_cmd(private_key: str, force: bool) -> None:
     from pathlib import Path
 
     from gate.adapters.signers import generate_key_pair
+    from gate.render import Text, out, plain
 
     try:
         public = generate_key_pair(Path(private_key), force=force)
     except GateError as exc:
         _fail(exc)
-    out.print(Text(_plain(f"private key {private_key}\n public key {public}")), soft_wrap=True)
+    out.print(Text(plain(f"private key {private_key}\n public key {public}")), soft_wrap=True)
 
 
 @main.command("verify")
@@ -570,9 +540,10 @@ def verify_cmd(
 
     from gate.attest import load_public_key, parse_age, verify_image
     from gate.compose import attestation_reader
+    from gate.render import Text, out, plain
 
     try:
-        cfg = load_config(config_path(config))
+        cfg = _config(config)
         if key is None:
             if cfg.attestation is None or cfg.attestation.key is None:
                 raise UsageError(
@@ -603,10 +574,10 @@ def verify_cmd(
             ("VERIFIED", "bold green") if verdict.verified else ("NOT VERIFIED", "bold red")
         )
         line = f" {verdict.image.split('@')[0]}@{verdict.digest}"
-        out.print(Text.assemble((word, style), _plain(line)), soft_wrap=True)
-        out.print(Text(_plain(f"  {verdict.reason}")), soft_wrap=True)
+        out.print(Text.assemble((word, style), plain(line)), soft_wrap=True)
+        out.print(Text(plain(f"  {verdict.reason}")), soft_wrap=True)
         if verdict.attestation:
-            out.print(Text(_plain(f"  attestation {verdict.attestation}")), soft_wrap=True)
+            out.print(Text(plain(f"  attestation {verdict.attestation}")), soft_wrap=True)
     sys.exit(0 if verdict.verified else 1)
 
 
@@ -620,16 +591,18 @@ def config_group() -> None:
 @config_option
 def config_check_cmd(file: str | None, config: str | None) -> None:
     """Load FILE (default: --config, $GATE_CONFIG, ./gate.yaml) and run every check; run nothing."""
+    from gate.render import Text, out, plain
+
     try:
-        cfg = load_config(config_path(file or config))
+        cfg = _config(file or config)
     except GateError as exc:
         _fail(exc)
     where = "Azure" if cfg.azure is not None else "local"
     summary = f" {cfg.path}: {len(cfg.rules)} rule(s), {where}"
-    out.print(Text.assemble(("ok", "green"), _plain(summary)), soft_wrap=True)
+    out.print(Text.assemble(("ok", "green"), plain(summary)), soft_wrap=True)
     for rule in cfg.rules:
         line = f"  {rule.name}: {rule.source.name} [{', '.join(rule.tags)}] -> {rule.target.name}"
-        out.print(Text(_plain(line)), soft_wrap=True)
+        out.print(Text(plain(line)), soft_wrap=True)
 
 
 @config_group.command("schema")

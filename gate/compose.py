@@ -11,22 +11,77 @@ chosen, so a process that never touches Azure never loads an Azure SDK.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from gate.config import AzureSettings, GateConfig
-from gate.service import Gatekeeper, Notify, quiet
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
+    from gate.adapters.local_validator import LocalValidator
     from gate.adapters.oci import HostSettings, OciRegistry
     from gate.adapters.oci_referrers import OciAttestationStore
     from gate.attest import Attestor
-    from gate.ports import Ledger, Secrets, SignatureStore, Signer
+    from gate.config import AzureSettings, GateConfig
+    from gate.ports import (
+        DownstreamRunner,
+        Ledger,
+        Registry,
+        Secrets,
+        SignatureStore,
+        Signer,
+        Validator,
+    )
+    from gate.service import Gatekeeper, Notify
+
+
+class _Lazy[T]:
+    """A port built on its first use, then used as itself (attribute access goes through).
+
+    ``gate history`` never touches the registry or the validator, and an HTTP ``GET`` never
+    the ACR clients: with their ports lazy, such commands import no HTTP client, create no
+    TLS context and probe no container engine.
+    """
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build: Callable[[], T] | None = build
+        self._port: T | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        """The port itself (built now if it was not yet)."""
+        if self._build is not None:
+            with self._lock:  # watch passes poll from several threads
+                if self._build is not None:
+                    self._port = self._build()
+                    self._build = None
+        return cast(T, self._port)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+    # isinstance() consults __class__ when type() does not match (so do runtime-checkable
+    # protocols, through the class's members): a check is a use, and sees the port's own class
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return type(self.get())
+
+
+def lazy[T](build: Callable[[], T]) -> T:
+    """``build()``'s port, built when first used (the composition root's only deferral)."""
+    return cast(T, _Lazy(build))
+
+
+def build_ledger(config: GateConfig, *, credential: Any = None) -> Ledger:
+    """The ledger alone (``gate history`` and ``gate show`` need nothing else)."""
+    azure = config.azure
+    if azure is None or azure.ledger is None:
+        return _sqlite(config)
+    return _table(azure, credential)
 
 
 def build_gatekeeper(
     config: GateConfig,
     *,
-    notify: Notify = quiet,
+    notify: Notify | None = None,
     credential: Any = None,
     secrets: Secrets | None = None,
     signer: Signer | None = None,
@@ -108,35 +163,50 @@ def attestation_reader(config: GateConfig) -> tuple[OciRegistry, OciAttestationS
     return registry, OciAttestationStore(registry, use_referrers_api=use_api)
 
 
-def local_gatekeeper(config: GateConfig, *, notify: Notify = quiet) -> Gatekeeper:
-    """The embedded local default: OCI registries over HTTP, podman/docker, a SQLite ledger."""
-    from gate.adapters.local_validator import LocalValidator
+def local_gatekeeper(config: GateConfig, *, notify: Notify | None = None) -> Gatekeeper:
+    """The embedded local default: OCI registries over HTTP, podman/docker, a SQLite ledger.
+
+    The registry client and the validator are built on first use (see :class:`_Lazy`).
+    """
     from gate.adapters.secrets import LocalSecrets
 
     secrets = LocalSecrets(config.secrets_dir)
-    insecure = frozenset(host for host, settings in config.registries.items() if settings.insecure)
-    registry = _oci(config, secrets)
-    validator = LocalValidator(
-        config.validator.engine,
-        insecure_registries=insecure,
-        network=config.validator.network,
-        keep_images=config.validator.keep_images,
-    )
-    downstream = None
-    if any(task.local for rule in config.rules for task in rule.downstream):
-        # downstream task files run on the same engine, with the same settings, as validations
-        from gate.adapters.local_downstream import LocalTaskDownstream
+    registry = lazy(lambda: _oci(config, secrets))
 
-        downstream = LocalTaskDownstream(validator)
+    def make_validator() -> LocalValidator:
+        from gate.adapters.local_validator import LocalValidator
+
+        insecure = frozenset(host for host, s in config.registries.items() if s.insecure)
+        return LocalValidator(
+            config.validator.engine,
+            insecure_registries=insecure,
+            network=config.validator.network,
+            keep_images=config.validator.keep_images,
+        )
+
+    validator = _Lazy(make_validator)
+    downstream: DownstreamRunner | None = None
+    if any(task.local for rule in config.rules for task in rule.downstream):
+
+        def make_downstream() -> DownstreamRunner:
+            # downstream task files run on the same engine, with the same settings, as
+            # validations
+            from gate.adapters.local_downstream import LocalTaskDownstream
+
+            return LocalTaskDownstream(validator.get())
+
+        downstream = lazy(make_downstream)
+    from gate.service import Gatekeeper, quiet
+
     return Gatekeeper(
         config=config,
         registry=registry,
         attestor=_attestor(config, registry),
         signatures=_signatures(config, registry),
-        validator=validator,
+        validator=cast("Validator", validator),
         ledger=_sqlite(config),
         secrets=secrets,
-        notify=notify,
+        notify=notify or quiet,
         downstream=downstream,
     )
 
@@ -145,15 +215,15 @@ def azure_gatekeeper(
     config: GateConfig,
     azure: AzureSettings,
     *,
-    notify: Notify = quiet,
+    notify: Notify | None = None,
     credential: Any = None,
     secrets: Secrets | None = None,
     signer: Signer | None = None,
 ) -> Gatekeeper:
-    """ACR import, ACR quick runs, Key Vault and (optionally) Table Storage."""
-    from gate.adapters.azure.acr_import import AcrImportRegistry
-    from gate.adapters.azure.quick_run import AcrQuickRunValidator
+    """ACR import, ACR quick runs, Key Vault and (optionally) Table Storage.
 
+    The ACR clients are built on first use (an HTTP ``GET`` of records never needs them).
+    """
     if credential is None:
         from azure.identity import DefaultAzureCredential
 
@@ -188,80 +258,99 @@ def azure_gatekeeper(
                 secret_uri(settings.password_secret),
             )
 
-    registry_class = AcrImportRegistry
-    push_options: dict[str, Any] = {}
-    if azure.registry.promote == "push":
-        # the gate pushes (docker push's calls): push triggers, webhooks and events follow
-        from gate.adapters.azure.acr_push import AcrPushRegistry
+    def make_registry() -> Registry:
+        from gate.adapters.azure.acr_import import AcrImportRegistry
 
-        registry_class = AcrPushRegistry
-        push_options["upstream_hosts"] = _oci_hosts(config, secrets)
-    registry = registry_class(
-        **push_options,
-        credential=credential,
-        subscription_id=azure.subscription_id,
-        target_resource_group=azure.registry.resource_group,
-        target_registry=azure.registry.name,
-        target_login_server=azure.registry.login_server,
-        arm_endpoint=azure.arm_endpoint,
-        acr_sources=acr_sources,
-        upstream_credentials=upstream_credentials,
-        secrets=secrets,
-        oci=_oci(config, secrets),
-    )
-    validator = AcrQuickRunValidator(
-        credential=credential,
-        subscription_id=azure.subscription_id,
-        resource_group=azure.runner.resource_group,
-        registry=azure.runner.name,
-        arm_endpoint=azure.arm_endpoint,
-        custom_registries=custom_registries,
-        # the user-assigned identity every validation task run carries (config requires it
-        # when a run logs in anywhere)
-        identity_resource_id=azure.runner_identity.resource_id if azure.runner_identity else None,
-        identity_client_id=azure.runner_identity.client_id if azure.runner_identity else None,
-    )
-    downstream = None
-    if any(rule.downstream for rule in config.rules):
+        registry_class = AcrImportRegistry
+        push_options: dict[str, Any] = {}
+        if azure.registry.promote == "push":
+            # the gate pushes (docker push's calls): push triggers, webhooks and events follow
+            from gate.adapters.azure.acr_push import AcrPushRegistry
+
+            registry_class = AcrPushRegistry
+            push_options["upstream_hosts"] = _oci_hosts(config, checked_secrets)
+        return registry_class(
+            **push_options,
+            credential=credential,
+            subscription_id=azure.subscription_id,
+            target_resource_group=azure.registry.resource_group,
+            target_registry=azure.registry.name,
+            target_login_server=azure.registry.login_server,
+            arm_endpoint=azure.arm_endpoint,
+            acr_sources=acr_sources,
+            upstream_credentials=upstream_credentials,
+            secrets=checked_secrets,
+            oci=_oci(config, checked_secrets),
+        )
+
+    def make_validator() -> Validator:
+        from gate.adapters.azure.quick_run import AcrQuickRunValidator
+
+        identity = azure.runner_identity
+        return AcrQuickRunValidator(
+            credential=credential,
+            subscription_id=azure.subscription_id,
+            resource_group=azure.runner.resource_group,
+            registry=azure.runner.name,
+            arm_endpoint=azure.arm_endpoint,
+            custom_registries=custom_registries,
+            # the user-assigned identity every validation task run carries (config requires
+            # it when a run logs in anywhere)
+            identity_resource_id=identity.resource_id if identity else None,
+            identity_client_id=identity.client_id if identity else None,
+        )
+
+    def make_downstream() -> DownstreamRunner:
         from gate.adapters.azure.downstream import AcrTaskDownstream
 
-        downstream = AcrTaskDownstream(
+        return AcrTaskDownstream(
             credential=credential,
             subscription_id=azure.subscription_id,
             arm_endpoint=azure.arm_endpoint,
         )
-    ledger: Ledger
-    if azure.ledger is not None:
-        from gate.adapters.azure.table_ledger import TableLedger
 
-        ledger = TableLedger(
-            endpoint=azure.ledger.table_endpoint,
-            credential=credential if azure.ledger.table_endpoint else None,
-            connection_string=azure.ledger.connection_string,
-            table=azure.ledger.table,
-            log_container=azure.ledger.log_container,
-        )
-    else:
-        ledger = _sqlite(config)
+    checked_secrets: Secrets = secrets
+    registry = _Lazy(make_registry)
+    attestor = None
+    if config.attestation is not None and config.attestation.key_vault_key is not None:
+        attestor = lazy(lambda: _azure_attestor(config, registry.get(), credential, signer))
+    from gate.service import Gatekeeper, quiet
+
     return Gatekeeper(
         config=config,
-        registry=registry,
-        validator=validator,
-        ledger=ledger,
+        registry=cast("Registry", registry),
+        validator=lazy(make_validator),
+        ledger=build_ledger(config, credential=credential),
         secrets=secrets,
-        notify=notify,
-        downstream=downstream,
-        attestor=_azure_attestor(config, registry, credential, signer),
+        notify=notify or quiet,
+        downstream=lazy(make_downstream) if any(r.downstream for r in config.rules) else None,
+        attestor=attestor,
+    )
+
+
+def _table(azure: AzureSettings, credential: Any) -> Ledger:
+    from gate.adapters.azure.table_ledger import TableLedger
+
+    assert azure.ledger is not None
+    if credential is None and azure.ledger.table_endpoint:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    return TableLedger(
+        endpoint=azure.ledger.table_endpoint,
+        credential=credential if azure.ledger.table_endpoint else None,
+        connection_string=azure.ledger.connection_string,
+        table=azure.ledger.table,
+        log_container=azure.ledger.log_container,
     )
 
 
 def _azure_attestor(
     config: GateConfig, registry: Any, credential: Any, signer: Signer | None
-) -> Attestor | None:
+) -> Attestor:
     """The Key Vault key signs; the attestation is pushed with the identity's ACR token."""
     settings = config.attestation
-    if settings is None or settings.key_vault_key is None:
-        return None
+    assert settings is not None and settings.key_vault_key is not None
     from gate.adapters.azure.acr_push import ACR_TOKEN_USER, AcrPushRegistry
     from gate.adapters.oci import HostSettings, OciRegistry
     from gate.adapters.oci_referrers import SessionAttestationStore

@@ -192,7 +192,11 @@ def test_show_and_history_print_stored_text_as_itself(tmp_path: Path, text: str)
     for result in (shown, listed):
         assert result.exit_code == 0, result.output
         assert result.exception is None
-        assert printable(result.stdout), repr(result.stdout)
+    assert printable(shown.stdout), repr(shown.stdout)
+    # history's plain lines (stdout is not a terminal here) are tab-separated fields: a tab
+    # is a separator only, never part of a field, so every line keeps its seven fields
+    assert printable(listed.stdout.replace("\t", " ")), repr(listed.stdout)
+    assert [len(line.split("\t")) for line in listed.stdout.splitlines()] == [7]
     assert f"reason  {clean(text, 100_000)}" in shown.stdout
     assert f" actor  {clean(text, 100_000)}" in shown.stdout
     log_shown = shown.stdout.split("validation log\n", 1)[1]
@@ -249,7 +253,10 @@ def test_any_stored_text_renders_in_show_history_and_the_http_view(
 
     for result in (shown, listed):
         assert result.exit_code == 0, result.output
-        assert printable(result.stdout), repr(result.stdout)
+    assert printable(shown.stdout), repr(shown.stdout)
+    assert printable(listed.stdout.replace("\t", " ")), repr(listed.stdout)
+    # hypothesis's examples share tmp_path: one line per record so far, seven fields each
+    assert {len(line.split("\t")) for line in listed.stdout.splitlines()} == {7}
     assert f"reason  {clean(text, 100_000)}" in shown.stdout
     assert view.status == 200
     body = view.text()

@@ -22,11 +22,11 @@ from devstack.registry import RegistryProcess
 from gate import http_api
 from gate.adapters.azure.table_ledger import TableLedger
 from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.cli import history_table
 from gate.config import load_config
 from gate.errors import ConfigError
 from gate.messages import GateRequest
 from gate.model import State
+from gate.render import history_table
 from gate.service import Gatekeeper, gate_image, gate_record, watch_once
 from gate.worker import handle, poll
 from tests.configs import empty_task_gate_yaml

@@ -205,6 +205,7 @@ def test_cli_downstream_retries_and_show_lists_the_runs(
     runner.fail["other-app"] = AuthenticationError("refused: lacks scheduleRun/action")
     record = gate_image(keeper, f"{UP}/node:15-alpine").record
     monkeypatch.setattr(cli, "_keeper", lambda config, quiet=False: keeper)
+    monkeypatch.setattr(cli, "_ledger", lambda config: keeper.ledger)
 
     shown = CliRunner().invoke(cli.main, ["show", record.id])
     failed_again = CliRunner().invoke(cli.main, ["downstream", record.id])

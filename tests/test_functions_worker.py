@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from devstack.azurite import AzuriteProcess
 from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
 from gate.compose import build_gatekeeper
+from gate.model import State, new_record_id
 from gate.ports import Ledger
 from tests.functions_host import FunctionsHost, Invocation, WorkerFailure
 from tests.functions_host.checks import host_problems
@@ -39,6 +41,7 @@ APP_FUNCTIONS = {
     "list_gates",
     "post_rollback",
     "watch",
+    "prune",
     "gate_worker",
     "gate_poison",
 }
@@ -141,6 +144,7 @@ def test_worker_indexes_and_loads_every_function_of_the_app(world: World) -> Non
         "list_gates": "httpTrigger",
         "post_rollback": "httpTrigger",
         "watch": "timerTrigger",
+        "prune": "timerTrigger",
         "gate_worker": "queueTrigger",
         "gate_poison": "queueTrigger",
     }
@@ -397,7 +401,9 @@ def test_history_and_rollback_over_http(world: World) -> None:
     assert sideways.http_response().status == 400
     body = rolled.http_response().json()
     assert rolled.http_response().status == 200
-    assert body["state"] == "rolled_back" and body["actor"] == "alice@contoso"
+    # without App Service authentication (GATE_AUTH_MODE unset) a client-sent name is ignored
+    assert body["state"] == "rolled_back" and body["actor"] == "function-key"
+    assert body["actor_id"] == ""
     assert unknown.http_response().status == 404
     assert world.target_tags("python")["3-slim"] == orange
     assert world.ledger.history()[0].state.value == "rolled_back"
@@ -418,6 +424,30 @@ def test_timer_queues_only_undecided_digests(world: World) -> None:
     assert [d.ok for d in delivered] == [True]
     assert second.ok and second.output_values("requests") == []
     assert world.target_tags("node")["15-alpine"] == digest
+
+
+def test_the_prune_timer_deletes_old_records_but_not_a_promotion_behind_a_live_tag(
+    world: World,
+) -> None:
+    world.push("node", "15-alpine", "Green")
+    _posted, record_id = world.gate_by_http(f"{world.upstream.host}/node:15-alpine")
+    promoted = world.ledger.get(record_id)
+    long_ago = promoted.created_at - timedelta(days=500)
+    # the same promotion, 500 days old: its run-ID tag is in the target, so it stays
+    kept = replace(promoted, id=new_record_id(), created_at=long_ago, log="")
+    # an old rejection of another digest: nothing points at it any more
+    gone = replace(
+        kept, id=new_record_id(), state=State.REJECTED, digest="sha256:" + "0" * 64, target_tags=()
+    )
+    world.ledger.add(kept)
+    world.ledger.add(gone)
+
+    pruned = world.host.invoke("prune", timer(function="prune"))
+
+    assert pruned.ok, pruned.error
+    left = {r.id for r in world.ledger.history(limit=-1)}
+    assert left == {record_id, kept.id}
+    assert promoted.state is State.PROMOTED
 
 
 def post_without_working(world: World, image: str) -> tuple[Invocation, str]:

@@ -1,0 +1,130 @@
+"""Benchmark: what each ``gate`` command costs beyond the CLI's own start-up, on 100 000 records.
+
+Fills a SQLite ledger with 100 000 realistic records (``bench.ledger.realistic_records``: logs
+of a few KB on many) plus one promotion of a real image in a real ``docker-registry``, then
+times, as a user runs them (a new process each, stdout a pipe, bytecode cached as after any
+install), ``gate --help`` beside ``gate history``, a filtered ``gate history --json``,
+``gate show ID`` and a duplicate ``gate run`` (which resolves the tag upstream, finds the
+decision and exits). Each figure is the median of ``--repeat`` runs, with its difference from
+``gate --help``. Goal: ``gate --help`` under 150 ms, each other command within 50 ms of it.
+Then prints the HTTP requests each Table ledger query costs on Azurite (``bench.ledger``; the
+counts are the same at 2 000 and 10 000 records, and Azurite loads 10 000 in minutes).
+
+Run: ``python -m bench.cli [--records 100000] [--repeat 15] [--table-records 2000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.ledger import realistic_records
+from devstack.proxy import push_tiny_images
+from devstack.registry import RegistryProcess
+from gate.adapters.sqlite_ledger import SqliteLedger
+from gate.model import GateRecord, State, new_record_id
+
+# the console script pip installs next to the interpreter, as a user runs it
+_SCRIPT = Path(sys.executable).with_name("gate")
+GATE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "gate"]
+
+
+def fill(ledger: SqliteLedger, records: list[GateRecord]) -> None:
+    """All records in one transaction (the port's ``add`` takes one per record: minutes)."""
+    with ledger._transaction() as db:  # a bench loading data, not the gate
+        for record in records:
+            ledger._insert(db, record)
+
+
+def timed(argv: list[str], repeat: int, env: dict[str, str]) -> list[float]:
+    """Wall seconds of ``repeat`` runs of ``argv`` (after one warm-up that writes bytecode)."""
+    runs = []
+    for attempt in range(repeat + 1):
+        started = time.perf_counter()
+        done = subprocess.run(argv, env=env, capture_output=True, check=False)
+        elapsed = time.perf_counter() - started
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(argv[2:])} failed: {done.stderr.decode()[-500:]}")
+        if attempt:
+            runs.append(elapsed)
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--table-records", type=int, default=2_000)
+    args = parser.parse_args()
+    # as installed: bytecode is written once and reused (some shells turn that off)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    with tempfile.TemporaryDirectory() as tmp, RegistryProcess(Path(tmp) / "up") as upstream:
+        work = Path(tmp)
+        digest = push_tiny_images(upstream.host, ["lib/node"], ["15-alpine"])["lib/node:15-alpine"]
+        (work / "validation").mkdir()
+        (work / "validation" / "acr-task.yaml").write_text("version: v1.1.0\nsteps: []\n")
+        config = work / "gate.yaml"
+        config.write_text(
+            f"data_dir: {work / 'data'}\n"
+            f"registries:\n  - {{host: '{upstream.host}', insecure: true}}\n"
+            "rules:\n"
+            "  - name: node\n"
+            f"    source: {upstream.host}/lib/node\n"
+            '    tags: ["15-alpine"]\n'
+            "    target: 127.0.0.1:9/base/node\n"
+            "    validation: {folder: validation}\n"
+        )
+        records = realistic_records(args.records)
+        decided = GateRecord(
+            id=new_record_id(),
+            rule="node",
+            source=f"{upstream.host}/lib/node:15-alpine",
+            target="127.0.0.1:9/base/node",
+            digest=digest,
+            state=State.PROMOTED,
+            run_id="bench1",
+            target_tags=("15-alpine-bench1", "15-alpine"),
+            log="a validation log line\n" * 200,
+        )
+        started = time.perf_counter()
+        ledger = SqliteLedger(work / "data" / "gate.db")
+        fill(ledger, [*records, decided])
+        print(f"filled {args.records + 1} records in {time.perf_counter() - started:.1f} s")
+        some = records[len(records) // 2].id
+        with_config = ["-c", str(config)]
+        commands = {
+            "gate --help": [*GATE, "--help"],
+            "gate history": [*GATE, "history", *with_config],
+            "gate history --rule --state --json": [
+                *GATE, "history", *with_config, "--rule", "rule05", "--state", "promoted", "--json"
+            ],
+            "gate show ID": [*GATE, "show", some, *with_config],
+            "gate run (duplicate)": [
+                *GATE, "run", f"{upstream.host}/lib/node:15-alpine", "--json", *with_config
+            ],
+        }  # fmt: skip
+        floor = statistics.median(timed([sys.executable, "-c", "pass"], args.repeat, env))
+        print(f"\n{'command':<38} {'median ms':>10} {'vs --help':>10}")
+        print(f"{'python -c pass (the interpreter)':<38} {floor * 1000:>10.1f}")
+        base = None
+        for name, argv in commands.items():
+            median = statistics.median(timed(argv, args.repeat, env))
+            base = median if base is None else base
+            delta = "" if name == "gate --help" else f"{(median - base) * 1000:+.1f}"
+            print(f"{name:<38} {median * 1000:>10.1f} {delta:>10}")
+    if args.table_records:
+        from bench.ledger import table_requests_per_query
+
+        print(f"\nTable ledger on Azurite, {args.table_records} records: HTTP requests per query")
+        for query, requests in table_requests_per_query(args.table_records).items():
+            print(f"{query:<38} {requests:>10}")
+
+
+if __name__ == "__main__":
+    main()

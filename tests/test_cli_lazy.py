@@ -1,0 +1,134 @@
+"""Each command loads only what it uses: reading records needs neither a registry nor an engine.
+
+Every case runs ``gate`` in a new process (as a user does) whose PATH holds no container engine
+and whose configuration names registries nobody listens on, then reads which modules the
+command imported.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devstack.proxy import push_tiny_images
+from devstack.registry import RegistryProcess
+from gate.adapters.sqlite_ledger import SqliteLedger
+from gate.model import GateRecord, State, new_record_id
+
+HEAVY = (
+    "httpx",
+    "rich",
+    "gate.adapters.oci",
+    "gate.adapters.local_validator",
+    "gate.service",
+    "azure.core",
+)
+
+# runs the CLI in this process, then reports the heavy modules it imported on stderr's last line
+_PROBE = """
+import json, sys
+from gate.cli import main
+try:
+    main(sys.argv[1:], prog_name="gate")
+except SystemExit as done:
+    code = done.code
+print(json.dumps({"loaded": [m for m in %r if m in sys.modules], "code": code}), file=sys.stderr)
+"""
+
+
+def gate(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
+    """``gate ARGS`` in a new process with no container engine on PATH."""
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(cwd)}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE % (HEAVY,), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = json.loads(done.stderr.strip().splitlines()[-1])
+    return done, report
+
+
+def write_config(tmp_path: Path, upstream: str) -> Path:
+    (tmp_path / "validation").mkdir(exist_ok=True)
+    (tmp_path / "validation" / "acr-task.yaml").write_text("version: v1.1.0\nsteps: []\n")
+    config = tmp_path / "gate.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path / 'data'}\n"
+        f"registries:\n  - {{host: '{upstream}', insecure: true}}\n"
+        "validator: {engine: podman}\n"
+        "rules:\n"
+        "  - name: node\n"
+        f"    source: {upstream}/lib/node\n"
+        '    tags: ["15-alpine"]\n'
+        "    target: 127.0.0.1:9/base/node\n"
+        "    validation: {folder: validation}\n"
+    )
+    return config
+
+
+def promoted(tmp_path: Path, upstream: str, digest: str) -> GateRecord:
+    record = GateRecord(
+        id=new_record_id(),
+        rule="node",
+        source=f"{upstream}/lib/node:15-alpine",
+        target="127.0.0.1:9/base/node",
+        digest=digest,
+        state=State.PROMOTED,
+        run_id="r1",
+        target_tags=("15-alpine-r1", "15-alpine"),
+        log="step 1 ok\n",
+    )
+    SqliteLedger(tmp_path / "data" / "gate.db").add(record)
+    return record
+
+
+def test_help_loads_neither_the_configuration_nor_the_model_nor_rich(tmp_path: Path) -> None:
+    done, report = gate("--help", cwd=tmp_path)
+
+    assert report["code"] == 0 and "history" in done.stdout
+    assert report["loaded"] == []
+
+
+@pytest.mark.parametrize("plain", [["--json"], ["--plain"], []], ids=["json", "plain", "pipe"])
+def test_history_and_show_work_with_the_registry_down_and_no_container_engine(
+    tmp_path: Path, plain: list[str]
+) -> None:
+    config = write_config(tmp_path, "127.0.0.1:9")  # nothing listens on port 9
+    record = promoted(tmp_path, "127.0.0.1:9", "sha256:" + "b" * 64)
+
+    listed, listing = gate(
+        "history", "-c", str(config), "--state", "promoted", *plain, cwd=tmp_path
+    )
+    shown, showing = gate("show", record.id[:8], "-c", str(config), cwd=tmp_path)
+
+    assert listing["code"] in (0, None), listed.stderr
+    assert record.id in listed.stdout
+    assert listing["loaded"] == []
+    assert showing["code"] in (0, None), shown.stderr
+    assert "step 1 ok" in shown.stdout and "validation log" in shown.stdout
+    assert showing["loaded"] == []
+
+
+def test_a_duplicate_run_answers_without_a_container_engine(tmp_path: Path) -> None:
+    with RegistryProcess(tmp_path / "upstream") as upstream:
+        digest = push_tiny_images(upstream.host, ["lib/node"], ["15-alpine"])["lib/node:15-alpine"]
+        config = write_config(tmp_path, upstream.host)
+        record = promoted(tmp_path, upstream.host, digest)
+
+        done, report = gate(
+            "run", f"{upstream.host}/lib/node:15-alpine", "--json", "-c", str(config), cwd=tmp_path
+        )
+
+    answer = json.loads(done.stdout)
+    assert report["code"] == 0, done.stderr
+    assert answer["duplicate"] is True and answer["record_id"] == record.id
+    # resolving the tag needs the registry client (httpx, which loads rich for its own CLI);
+    # validating would need the engine: not loaded
+    assert "gate.adapters.local_validator" not in report["loaded"]
