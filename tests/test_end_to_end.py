@@ -83,13 +83,14 @@ def has_manifest(registry: RegistryProcess, digest: str, repo: str = "node") -> 
 pytestmark = pytest.mark.usefixtures("podman_env")
 
 
-def walkthrough(workdir: Path) -> subprocess.CompletedProcess[str]:
+def walkthrough(workdir: Path, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
             str(ROOT / "examples" / "seed" / "walkthrough.py"),
             "--workdir",
             str(workdir),
+            *options,
         ],
         capture_output=True,
         text=True,
@@ -99,12 +100,14 @@ def walkthrough(workdir: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_seed_walkthrough_replays_its_three_acts(tmp_path: Path) -> None:
-    result = walkthrough(tmp_path / "w")
+def test_seed_walkthrough_replays_its_three_acts_and_the_policy_act(tmp_path: Path) -> None:
+    result = walkthrough(tmp_path / "w", "--policy")
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "FAIL" not in result.stdout
-    assert result.stdout.count("[ok]") == 12
+    assert "[FAIL]" not in result.stdout
+    assert result.stdout.count("[ok]") == 12 + 7
+    assert result.stdout.count("[ok] policy:") == 7
+    assert "superseded: " in result.stdout and "ERROR: Invalid Color: Purple" in result.stdout
     assert "Invalid Color" in result.stdout + result.stderr
     assert "hello-world after Green: hello-world serves background colour: Green" in result.stdout
     # the kept state comes with the settings to use it, gate on PATH among them

@@ -13,6 +13,12 @@ anything is not as it should be.
 Run it with ``scripts/walkthrough`` (which installs what it needs first). With ``--workdir DIR``
 the registries' storage, the ledger and the podman state are kept in DIR, with ``DIR/env.sh``
 to try every README command on that state afterwards.
+
+With ``--policy`` a fourth act follows, on two fresh registries and ../policy/gate.yaml with a
+5-second cooldown: Green waits out its cooldown and is promoted by ``gate watch``; Blue is
+pulled back upstream (Purple pushed over it) while it waits, so it is superseded and Purple is
+promoted; then the validation changes (Purple is now refused too) and ``gate revalidate`` moves
+the stable tag back to Green, the newest earlier digest that passes today.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +43,7 @@ from devstack.podman import podman_env  # noqa: E402
 from devstack.registry import RegistryProcess  # noqa: E402
 
 COLORS = ("Orange", "Green", "Red")
+COOLDOWN = 5  # seconds: the policy act's cooldown (examples/policy/gate.yaml says 6h)
 MARKER = ".gate-walkthrough"
 """Written in a --workdir the walkthrough made: only such a folder is emptied on a rerun."""
 
@@ -102,10 +110,94 @@ def gate(*args: str, env: dict[str, str]) -> int:
     return subprocess.run(command, env=env, check=False).returncode
 
 
+def policy_act(work: Path, env: dict[str, str], builder: ImageBuilder) -> list[tuple[str, bool]]:
+    """Act four: cooldown, a superseded digest, and a re-validation that demotes."""
+    validation = work / "policy-validation"
+    shutil.copytree(HERE / "validation", validation)
+    with (
+        RegistryProcess(work / "policy-upstream") as upstream,
+        RegistryProcess(work / "policy-base-artifacts") as target,
+    ):
+        env = {
+            **env,
+            "GATE_UPSTREAM": upstream.host,
+            "GATE_TARGET": target.host,
+            "GATE_DATA_DIR": str(work / "policy-data"),
+            "GATE_CONFIG": str(HERE.parent / "policy" / "gate.yaml"),
+            "GATE_COOLDOWN": f"{COOLDOWN}s",
+            "GATE_POLICY_VALIDATION": str(validation),
+        }
+        image = f"{upstream.host}/node:15-alpine"
+
+        def push(color: str) -> str:
+            digest = builder.image(
+                image, env={"NODE_VERSION": "15-alpine", "BACKGROUND_COLOR": color}
+            )
+            print(f"upstream {image} -> {digest}")
+            return digest
+
+        def stable() -> str | None:
+            return tag_digests(target.host, "node").get("15-alpine")
+
+        say(f"policy: upstream pushes Green; the rule's cooldown is {COOLDOWN}s")
+        green = push("Green")
+        waited = gate("run", image, env=env)  # validated now, promoted later: exit 3
+        gate("history", env=env)
+        green_waited = stable() is None
+        time.sleep(COOLDOWN + 1)
+        say("policy: the cooldown is over; the next poll promotes Green without validating again")
+        gate("watch", "--once", env=env)
+        green_promoted = stable() == green
+
+        say("policy: upstream pushes Blue, then pulls it back (Purple over it) within the cooldown")
+        blue = push("Blue")
+        gate("run", image, env=env)
+        purple = push("Purple")
+        gate("run", image, env=env)
+        time.sleep(COOLDOWN + 1)
+        gate("watch", "--once", env=env)
+        purple_promoted = stable() == purple
+
+        say("policy: the validation changes (Purple is refused too); re-validate the stable digest")
+        test = validation / "test.sh"
+        test.write_text(
+            test.read_text().replace(
+                "= 'RED' ]",
+                "= 'RED' -o \"$(echo $BACKGROUND_COLOR | tr '[:lower:]' '[:upper:]')\" = 'PURPLE' ]",
+            )
+        )
+        demoted = gate("revalidate", env=env)
+        gate("history", env=env)
+        listed = records(env)
+        final = tag_digests(target.host, "node")
+    states = {(r.get("digest"), r.get("state")) for r in listed}
+    return [
+        (
+            "policy: Green waited out its cooldown (exit 3, nothing promoted)",
+            waited == 3 and green_waited,
+        ),
+        ("policy: gate watch promoted Green once the cooldown ended", green_promoted),
+        ("policy: Blue, pulled back while waiting, was superseded", (blue, "superseded") in states),
+        ("policy: Blue never reached base-artifacts", blue not in final.values()),
+        ("policy: Purple was promoted after its cooldown", purple_promoted),
+        # a demotion's record names the digest the stable tag moved back to
+        (
+            "policy: re-validation demoted Purple (exit 0)",
+            demoted == 0 and (green, "demoted") in states,
+        ),
+        ("policy: the stable tag is back on Green", final.get("15-alpine") == green),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--workdir", type=Path, help="keep registries, ledger and podman state here"
+    )
+    parser.add_argument(
+        "--policy",
+        action="store_true",
+        help="add the fourth act: cooldown, a superseded digest, re-validation and demotion",
     )
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="gate-walkthrough-"))
@@ -183,6 +275,8 @@ def main() -> int:
             print(f"  base-artifacts {target.host}/node:{tag:<28} {digest[:19]}  {color}")
         for color in ("Orange", "Green"):
             print(f"  hello-world after {color}: {served(color) or '(did not run)'}")
+        if args.policy:
+            checks += policy_act(work, env, builder)
         failed = 0
         for label, ok in checks:
             print(f"  [{'ok' if ok else 'FAIL'}] {label}")
