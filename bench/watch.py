@@ -99,7 +99,7 @@ def main() -> None:
                 print(
                     f"{'in flight':>10} {'pass s':>8} {'requests':>9} {'req/tag':>8} {'conns':>6}"
                 )
-                for concurrency, label in ((1, "1 (seq)"), (4, "4 (dflt)"), (8, "8")):
+                for concurrency, label in ((1, "1 (seq)"), (4, "4"), (8, "8 (dflt)")):
                     seconds, requests, conns, tags = one_pass(work, proxy, concurrency)
                     print(
                         f"{label:>10} {seconds:8.2f} {requests:9d} "

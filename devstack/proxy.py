@@ -67,8 +67,13 @@ class LatencyProxy:
         """Requests forwarded (429s answered by the proxy itself not included)."""
         return sum(self.requests.values())
 
-    def reset(self) -> None:
-        """Zero the counters."""
+    def reset(self, settle: float = 5.0) -> None:
+        """Zero the counters, once the requests in flight are done (up to ``settle`` seconds):
+        a client may have its answer before the proxy counted the request, and a count that
+        lands after the reset would belong to the next phase."""
+        deadline = time.monotonic() + settle
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
         with self._lock:
             self.requests.clear()
             self.log.clear()

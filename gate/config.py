@@ -245,7 +245,7 @@ class RetentionSettings:
 class PollSettings:
     """A watch pass: requests in flight per registry host, and the seconds the pass may take."""
 
-    concurrency_per_registry: int = 4
+    concurrency_per_registry: int = 8
     budget_seconds: float = 240.0
 
 

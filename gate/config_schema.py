@@ -312,7 +312,7 @@ class PollSection(_Section, frozen=True, kw_only=True):
             le=64,
             description="Requests in flight at once to one registry host during a poll pass.",
         ),
-    ] = 4
+    ] = 8
     budget: Annotated[
         float,
         msgspec.Meta(

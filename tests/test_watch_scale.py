@@ -218,7 +218,7 @@ def test_the_time_budget_carries_unreached_tags_to_the_front_of_the_next_pass(
 
 def test_poll_settings_default_conservatively_and_refuse_nonsense(tmp_path: Path) -> None:
     keeper = keeper_for(tmp_path, ["127.0.0.1:5999"])
-    assert keeper.config.poll.concurrency_per_registry == 4
+    assert keeper.config.poll.concurrency_per_registry == 8
     assert keeper.config.poll.budget_seconds == 240.0
 
     for bad in ("{concurrency_per_registry: 0}", "{budget: 0}", "{burst: 3}"):
