@@ -254,9 +254,7 @@ class Verdict:
 
 def load_public_key(pem: bytes, where: str) -> Any:
     """A PEM public key as a ``securesystemslib`` key; :class:`UsageError` if it is not one."""
-    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
-    from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
     try:
         key = load_pem_public_key(pem)
@@ -264,6 +262,15 @@ def load_public_key(pem: bytes, where: str) -> Any:
         raise UsageError(
             f"{where} is not a PEM public key; pass the .pub file 'gate keygen' wrote"
         ) from None
+    return verification_key(key, where)
+
+
+def verification_key(key: Any, where: str) -> Any:
+    """A ``cryptography`` public key (a PEM file's, a Key Vault key's) as a verification key;
+    :class:`UsageError` unless it is ECDSA P-256."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
+
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise UsageError(f"{where} is not an ECDSA P-256 public key, the gate's key type")
     return SSlibKey.from_crypto(key, scheme="ecdsa-sha2-nistp256")

@@ -527,37 +527,33 @@ def keygen_cmd(private_key: str, force: bool) -> None:
 @click.option(
     "--key", "key", metavar="PUB.pem", help="Public key (default: attestation.key's .pub file)."
 )
+@click.option(
+    "--key-vault-key",
+    "vault_key",
+    metavar="URI",
+    help="Or the gate's Key Vault key (its public half is read with your Azure sign-in).",
+)
 @click.option("--max-age", metavar="AGE", help="Refuse attestations older than this (30d, 12h).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def verify_cmd(
-    image: str, config: str | None, key: str | None, max_age: str | None, as_json: bool
+    image: str,
+    config: str | None,
+    key: str | None,
+    vault_key: str | None,
+    max_age: str | None,
+    as_json: bool,
 ) -> None:
     """Check that IMAGE carries the gate's valid, newest attestation saying PASSED.
 
     Exit 0 verified, 1 not verified (the reason is printed), 2 usage, 3 infrastructure.
     """
-    from pathlib import Path
-
-    from gate.attest import load_public_key, parse_age, verify_image
+    from gate.attest import parse_age, verify_image
     from gate.compose import attestation_reader
     from gate.render import Text, out, plain
 
     try:
         cfg = _config(config)
-        if key is None:
-            if cfg.attestation is None or cfg.attestation.key is None:
-                raise UsageError(
-                    "no key to verify with: pass --key PUB.pem (the gate's public key; for a "
-                    "Key Vault key: az keyvault key download --encoding PEM)"
-                )
-            key_path = cfg.attestation.key.with_suffix(".pub")
-        else:
-            key_path = Path(key)
-        try:
-            pem = key_path.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read the public key {key_path}: {exc.strerror}") from None
-        public = load_public_key(pem, str(key_path))
+        public = _verification_key(cfg, key, vault_key)
         age = parse_age(max_age) if max_age else None
         registry, store = attestation_reader(cfg)
         verdict = verify_image(registry, store, image, [public], max_age=age)
@@ -579,6 +575,44 @@ def verify_cmd(
         if verdict.attestation:
             out.print(Text(plain(f"  attestation {verdict.attestation}")), soft_wrap=True)
     sys.exit(0 if verdict.verified else 1)
+
+
+def _verification_key(cfg: GateConfig, key: str | None, vault_key: str | None) -> object:
+    """The key ``gate verify`` checks with: --key, --key-vault-key, else the configured key's
+    ``.pub`` file."""
+    from pathlib import Path
+
+    from gate.attest import load_public_key, verification_key
+
+    if key is not None and vault_key is not None:
+        raise UsageError("pass --key or --key-vault-key, not both")
+    if vault_key is not None:
+        from gate.adapters.signers import key_vault_public_key
+
+        credential, options = _key_vault_access()
+        return verification_key(key_vault_public_key(vault_key, credential, **options), vault_key)
+    if key is None:
+        if cfg.attestation is None or cfg.attestation.key is None:
+            raise UsageError(
+                "no key to verify with: pass --key PUB.pem (the gate's public key) or "
+                "--key-vault-key URI (the gate's Key Vault key)"
+            )
+        key_path = cfg.attestation.key.with_suffix(".pub")
+    else:
+        key_path = Path(key)
+    try:
+        pem = key_path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read the public key {key_path}: {exc.strerror}") from None
+    return load_public_key(pem, str(key_path))
+
+
+def _key_vault_access() -> tuple[object, dict[str, object]]:
+    """The credential (``az login``, a pipeline's or a managed identity: azure-identity's
+    DefaultAzureCredential) and client options ``--key-vault-key`` reads the key with."""
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(), {}
 
 
 @main.group("config")

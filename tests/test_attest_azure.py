@@ -10,10 +10,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import pytest
+from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from devstack.images import ImageBuilder, tag_digests
+from devstack.registry import RegistryProcess
+from gate import cli
 from gate.adapters.oci import HostSettings, OciRegistry
 from gate.adapters.oci_referrers import OciAttestationStore, tag_schema_tag
 from gate.adapters.signers import KeyVaultSigner
@@ -189,3 +193,58 @@ def test_the_azure_gate_in_push_mode_attests_with_its_key_vault_key(
     statement = independent_check(pem, found[0].bundle)
     assert statement["predicate"]["gate"]["recordId"] == record.id
     assert verify(subject, found, [load_public_key(pem, "vault key")]).verified
+
+
+def test_gate_verify_checks_with_the_key_vault_keys_public_half(
+    acr_emulator: AcrEmulator,
+    azure_credential: TestCredential,
+    image_builder: ImageBuilder,
+    registry: RegistryProcess,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from azure.keyvault.keys import KeyClient
+
+    vault = KeyClient(acr_emulator.key_vault_url, azure_credential, verify_challenge_resource=False)
+    key = vault.create_ec_key("gate-attestation", curve="P-256")
+    other = vault.create_ec_key("someone-else", curve="P-256")
+    digest = image_builder.image(f"{registry.host}/node:15-alpine", env={"COLOR": "Green"})
+    subject = ImageRef(registry.host, "node", digest=digest)
+    signer = KeyVaultSigner(str(key.id), azure_credential, verify_challenge_resource=False)
+    with OciRegistry({registry.host: HostSettings(insecure=True)}) as oci:
+        Attestor(signer=signer, store=OciAttestationStore(oci), verifier_id="urn:t").attach(
+            Evidence(
+                subject=subject,
+                result=PASSED,
+                status="promoted",
+                reason="passed validation run r1",
+                rule="node",
+                record_id="r1",
+                run_id="r1",
+                stable_tag="15-alpine",
+            )
+        )
+    config = tmp_path / "gate.yaml"
+    config.write_text(
+        f"registries:\n  - {{host: '{registry.host}', insecure: true}}\n"
+        f"rules:\n  - name: node\n    source: {registry.host}/up\n    tags: [a]\n"
+        f"    target: {registry.host}/node\n    validation: {{folder: {SEED}}}\n"
+    )
+    # the emulator's vault is on 127.0.0.1: its challenge names no vault domain to verify
+    monkeypatch.setattr(
+        cli, "_key_vault_access", lambda: (azure_credential, {"verify_challenge_resource": False})
+    )
+    image = f"{registry.host}/node@{digest}"
+
+    def verify_with(*options: str) -> Result:
+        return CliRunner().invoke(cli.main, ["verify", image, "-c", str(config), *options])
+
+    by_key = verify_with("--key-vault-key", str(key.id).rsplit("/", 1)[0], "--json")
+    by_other = verify_with("--key-vault-key", str(other.id))
+    both = verify_with("--key-vault-key", str(key.id), "--key", str(tmp_path / "x.pub"))
+
+    assert by_key.exit_code == 0, by_key.output
+    assert json.loads(by_key.stdout)["verified"] is True
+    assert by_other.exit_code == 1 and "NOT VERIFIED" in by_other.stdout
+    assert both.exit_code == 2 and "not both" in both.stderr
+    assert [c.name for c in acr_emulator.vault_calls].count("getKey") >= 3

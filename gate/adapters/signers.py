@@ -96,6 +96,50 @@ def generate_key_pair(private_path: Path, *, force: bool = False) -> Path:
     return public_path
 
 
+def _key_vault_key(
+    key_id: str, credential: object, what: str, role: str, **client_options: object
+) -> tuple[Any, str]:
+    """The public half of a Key Vault EC P-256 key and the key's URI with its version.
+
+    One ``get`` of the key (``GET {vault}/keys/{name}[/{version}]``, which answers its JSON Web
+    Key: azure-keyvault-keys ``KeyClient.get_key``); the private half never leaves the vault.
+    """
+    from azure.core.exceptions import AzureError
+    from azure.keyvault.keys import KeyClient, KeyVaultKeyIdentifier
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        parsed = KeyVaultKeyIdentifier(key_id)
+    except ValueError:
+        raise ConfigError(
+            f"'{key_id}' is not a Key Vault key URI (https://VAULT.vault.azure.net/keys/NAME)"
+        ) from None
+    client = KeyClient(parsed.vault_url, credential, **client_options)  # type: ignore[arg-type]
+    try:
+        key = client.get_key(parsed.name, parsed.version)
+    except AzureError as exc:
+        raise ConfigError(
+            f"cannot read {what} {key_id}: {type(exc).__name__}; check that the key exists and "
+            f"the identity has '{role}' on it"
+        ) from None
+    jwk: Any = key.key
+    if jwk.kty not in ("EC", "EC-HSM") or jwk.crv != "P-256" or not jwk.x or not jwk.y:
+        raise ConfigError(f"{key_id} is not an EC P-256 key; create one with --curve P-256")
+    numbers = ec.EllipticCurvePublicNumbers(
+        int.from_bytes(jwk.x, "big"), int.from_bytes(jwk.y, "big"), ec.SECP256R1()
+    )
+    return numbers.public_key(), str(key.id)
+
+
+def key_vault_public_key(key_id: str, credential: object, **client_options: object) -> Any:
+    """The public key of a Key Vault EC P-256 key, to verify what it signed (``gate verify
+    --key-vault-key``). The caller's identity needs the key's ``read`` data action
+    (Microsoft.KeyVault/vaults/keys/read, e.g. 'Key Vault Crypto User')."""
+    return _key_vault_key(
+        key_id, credential, "the verification key", "Key Vault Crypto User", **client_options
+    )[0]
+
+
 class KeyVaultSigner:
     """Signs with a Key Vault EC P-256 key through the app's identity; the key stays there.
 
@@ -108,33 +152,13 @@ class KeyVaultSigner:
     """
 
     def __init__(self, key_id: str, credential: object, **client_options: object) -> None:
-        from azure.core.exceptions import AzureError
-        from azure.keyvault.keys import KeyClient, KeyVaultKeyIdentifier
-        from cryptography.hazmat.primitives.asymmetric import ec
         from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
-        try:
-            parsed = KeyVaultKeyIdentifier(key_id)
-        except ValueError:
-            raise ConfigError(
-                f"'{key_id}' is not a Key Vault key URI (https://VAULT.vault.azure.net/keys/NAME)"
-            ) from None
-        client = KeyClient(parsed.vault_url, credential, **client_options)  # type: ignore[arg-type]
-        try:
-            key = client.get_key(parsed.name, parsed.version)
-        except AzureError as exc:
-            raise ConfigError(
-                f"cannot read the attestation key {key_id}: {type(exc).__name__}; check that "
-                "the key exists and the identity has 'Key Vault Crypto User' on it"
-            ) from None
-        jwk: Any = key.key
-        if jwk.kty not in ("EC", "EC-HSM") or jwk.crv != "P-256" or not jwk.x or not jwk.y:
-            raise ConfigError(f"{key_id} is not an EC P-256 key; create one with --curve P-256")
-        numbers = ec.EllipticCurvePublicNumbers(
-            int.from_bytes(jwk.x, "big"), int.from_bytes(jwk.y, "big"), ec.SECP256R1()
+        public, versioned = _key_vault_key(
+            key_id, credential, "the attestation key", "Key Vault Crypto User", **client_options
         )
-        self.public_key = SSlibKey.from_crypto(numbers.public_key(), scheme=_SCHEME)
-        self._key_id = str(key.id)  # with its version: every signature names the exact key
+        self.public_key = SSlibKey.from_crypto(public, scheme=_SCHEME)
+        self._key_id = versioned  # with its version: every signature names the exact key
         self._credential = credential
         self._options = client_options
 
