@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from gate.ports import (
         DownstreamRunner,
         Ledger,
+        ManifestReader,
         Registry,
         Secrets,
         SignatureStore,
@@ -144,13 +145,33 @@ def _attestor(config: GateConfig, registry: OciRegistry) -> Attestor | None:
     )
 
 
-def _signatures(config: GateConfig, registry: OciRegistry) -> SignatureStore | None:
-    """The upstream signature reader, when a rule requires signatures."""
+def _signatures(
+    config: GateConfig, registry: Registry, credential: Any = None
+) -> SignatureStore | None:
+    """The upstream signature reader, when a rule requires signatures (built on first use).
+
+    Key Vault key URIs among a rule's keys are read with ``credential`` (default: azure-identity's
+    DefaultAzureCredential, made when the first such key is read).
+    """
     if not any(rule.signature_keys for rule in config.rules):
         return None
-    from gate.adapters.oci_referrers import CosignSignatureReader
 
-    return CosignSignatureReader(registry)
+    def read_key_vault_key(uri: str) -> Any:
+        from gate.adapters.signers import key_vault_public_key
+
+        nonlocal credential
+        if credential is None:
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+        return key_vault_public_key(uri, credential)
+
+    def make() -> SignatureStore:
+        from gate.adapters.oci_referrers import CosignSignatureReader
+
+        return CosignSignatureReader(cast("ManifestReader", registry), read_key_vault_key)
+
+    return lazy(make)
 
 
 def attestation_reader(config: GateConfig) -> tuple[OciRegistry, OciAttestationStore]:
@@ -325,6 +346,7 @@ def azure_gatekeeper(
         notify=notify or quiet,
         downstream=lazy(make_downstream) if any(r.downstream for r in config.rules) else None,
         attestor=attestor,
+        signatures=_signatures(config, cast("Registry", registry), credential),
     )
 
 

@@ -123,7 +123,7 @@ class Rule:
     untagged: bool = False
     downstream: tuple[DownstreamTask, ...] = ()
     validation_fresh_for: float = 86400.0
-    signature_keys: tuple[Path, ...] = ()
+    signature_keys: tuple[str, ...] = ()
     # minimum age (seconds since the gate first saw a digest) before a promotion; 0: none
     cooldown_seconds: float = 0.0
     revalidate: Revalidation | None = None
@@ -610,22 +610,25 @@ class _Builder:
 
     def signature_keys(
         self, entry: schema.RequireSignatureEntry | None, label: str
-    ) -> tuple[Path, ...]:
+    ) -> tuple[str, ...]:
         if entry is None:
             return ()
         keys = []
         for i, text in enumerate(entry.keys):
             where = f"{label}.require_signature.keys[{i}]"
             if text.startswith("https://"):
-                raise self.fail(
-                    where,
-                    "Key Vault key URIs are not supported here yet; export the public key "
-                    "(az keyvault key download --encoding PEM) and name the PEM file",
-                )
+                if not _KEY_VAULT_KEY.fullmatch(text):
+                    raise self.fail(
+                        where,
+                        f"'{text}' is not a Key Vault key URI "
+                        "(https://VAULT.vault.azure.net/keys/NAME[/VERSION])",
+                    )
+                keys.append(text)
+                continue
             path = self.path(text)
             if not path.is_file():
                 raise self.fail(where, f"{path} does not exist; name the signer's PEM public key")
-            keys.append(path)
+            keys.append(str(path))
         return tuple(keys)
 
     def downstream(
@@ -848,6 +851,8 @@ _IDENTITY_ID = re.compile(
     flags=re.IGNORECASE,
 )
 _GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+# a Key Vault key URI: https://{vault host}/keys/{name}[/{version}] (names: 1-127 of [0-9a-zA-Z-])
+_KEY_VAULT_KEY = re.compile(r"https://[A-Za-z0-9.-]+(?::[0-9]+)?/keys/[0-9A-Za-z-]{1,127}(?:/[0-9A-Za-z]+)?")
 _ACR_ID = re.compile(
     r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
     r"Microsoft\.ContainerRegistry/registries/[A-Za-z0-9]+",

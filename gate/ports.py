@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from gate.config import DownstreamTask
 from gate.errors import RegistryUnavailable
@@ -351,4 +351,10 @@ class SignatureStore(Protocol):
 
     def cosign_signatures(self, image: ImageRef) -> list[CosignSignature]:
         """Every signature layer of ``image`` (pinned by digest); [] when it has none."""
+        ...
+
+    def public_keys(self, sources: Sequence[str]) -> list[Any]:
+        """A rule's signer keys (``cryptography`` ECDSA P-256 public keys) from PEM files or
+        Key Vault key URIs; :class:`~gate.errors.ConfigError` for one that cannot be read or is
+        not such a key."""
         ...

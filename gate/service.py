@@ -705,14 +705,15 @@ def _unsigned(keeper: Gatekeeper, rule: Rule, source: ImageRef) -> str:
         return ""
     if keeper.signatures is None:
         raise UsageError(
-            f"rule '{rule.name}' requires upstream signatures, which this gate cannot read "
-            "(local gate only for now); remove require_signature or gate locally"
+            f"rule '{rule.name}' requires upstream signatures, and this gate has no signature "
+            "reader; build it with gate.compose, which adds one for such rules"
         )
-    from gate.signatures import load_keys, refusal
+    from gate.signatures import refusal
 
     pinned = source.pinned()
+    keys = keeper.signatures.public_keys(rule.signature_keys)
     found = keeper.signatures.cosign_signatures(pinned)
-    return refusal(pinned, found, load_keys(rule.signature_keys))
+    return refusal(pinned, found, keys)
 
 
 def _promote(

@@ -34,7 +34,6 @@ def signature_tag(digest: str) -> str:
 
 def load_keys(paths: Sequence[Path]) -> list[Any]:
     """The rule's PEM public keys (ECDSA P-256); :class:`ConfigError` for one that is not."""
-    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     keys = []
@@ -46,10 +45,17 @@ def load_keys(paths: Sequence[Path]) -> list[Any]:
                 f"{path} is not a readable PEM public key; require_signature.keys names the "
                 "signer's public key (cosign.pub)"
             ) from None
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-            raise ConfigError(f"{path} is not an ECDSA P-256 public key (cosign's key type)")
-        keys.append(key)
+        keys.append(check_signer_key(key, str(path)))
     return keys
+
+
+def check_signer_key(key: Any, where: str) -> Any:
+    """``key`` if it is an ECDSA P-256 public key (cosign's key type); else ConfigError."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise ConfigError(f"{where} is not an ECDSA P-256 public key (cosign's key type)")
+    return key
 
 
 def _signed_digest(payload: bytes) -> str | None:

@@ -345,3 +345,34 @@ def test_functions_gate_redelivered_events_once_on_azure_adapters(
     assert cloud.target_tags()["15-alpine"] == green
     queue.delete_queue()
     function_app.config.cache_clear()
+
+
+def test_the_azure_gate_reads_upstream_signatures_through_the_acr_data_plane(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    from tests.test_upstream_signatures import cosign_sign, new_key
+
+    key = new_key(tmp_path / "cosign.pub")
+    path = cloud.config_path
+    path.write_text(path.read_text() + "    require_signature: {keys: [cosign.pub]}\n")
+    keeper = quick(
+        build_gatekeeper(load_config(path), credential=cloud.emulator.credential()),
+        cloud.emulator,
+        cloud.base,
+    )
+    unsigned = cloud.push("Green")
+    refused = cloud.gate(keeper)
+    runs_after_refusal = cloud.quick_runs()
+    signed = cloud.push("Orange")
+    cosign_sign(cloud.upstream.backing.host, "node", signed, key)
+    passed = cloud.gate(keeper)
+
+    assert refused.state is State.REJECTED and refused.reason.startswith("unsigned:")
+    assert unsigned in refused.reason
+    assert runs_after_refusal == 0  # refused before any task run
+    assert passed.state is State.PROMOTED, passed.reason
+    assert cloud.target_tags()["15-alpine"] == signed
+    # the signature manifest and its payload were read from the upstream ACR's data plane
+    sig = f"/node/manifests/{signed.replace(':', '-')}.sig"
+    assert any(c.path.endswith(sig) and c.status == 200 for c in cloud.upstream.calls)
+    assert any(c.name == "v2Blob" and c.status == 206 for c in cloud.upstream.calls)

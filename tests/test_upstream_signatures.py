@@ -21,11 +21,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
+from gate.adapters.oci import HostSettings, OciRegistry
+from gate.adapters.oci_referrers import CosignSignatureReader
+from gate.adapters.signers import key_vault_public_key
 from gate.compose import local_gatekeeper
 from gate.config import load_config
 from gate.errors import ConfigError
 from gate.model import State
 from gate.service import Gatekeeper, gate_image
+from tests.acr_emulator import AcrEmulator, TestCredential
 from tests.configs import local_gate_yaml
 from tests.fakes import FakeValidator
 
@@ -56,7 +60,11 @@ def put_blob(host: str, repo: str, data: bytes) -> str:
 
 
 def cosign_sign(
-    host: str, repo: str, digest: str, key: ec.EllipticCurvePrivateKey, signed: str | None = None
+    host: str,
+    repo: str,
+    digest: str,
+    key: ec.EllipticCurvePrivateKey | VaultKey,
+    signed: str | None = None,
 ) -> None:
     """Attach a cosign signature of ``signed`` (default ``digest``) to ``repo@digest``."""
     payload = json.dumps(
@@ -166,7 +174,7 @@ def test_a_signature_by_another_key_or_over_another_digest_does_not_verify(
     assert up.validator.requests == []
 
 
-def test_require_signature_names_existing_pem_keys(tmp_path: Path) -> None:
+def test_require_signature_names_existing_pem_keys_or_key_vault_key_uris(tmp_path: Path) -> None:
     body = textwrap.dedent(
         f"""\
         rules:
@@ -183,8 +191,77 @@ def test_require_signature_names_existing_pem_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"require_signature.keys\[0\]: .*missing.pub"):
         load_config(config)
     config.write_text(body.replace("KEYS", "https://kv.vault.azure.net/keys/k"))
-    with pytest.raises(ConfigError, match="Key Vault key URIs are not supported here yet"):
+    assert load_config(config).rules[0].signature_keys == ("https://kv.vault.azure.net/keys/k",)
+    config.write_text(body.replace("KEYS", "https://kv.vault.azure.net/secrets/k"))
+    with pytest.raises(ConfigError, match="is not a Key Vault key URI"):
         load_config(config)
     config.write_text(body.replace("KEYS", ""))
     with pytest.raises(ConfigError, match="require_signature"):
         load_config(config)
+
+
+class VaultKey:
+    """A Key Vault key that signs like a private key object (the emulator's vault, through the
+    real azure-keyvault-keys CryptographyClient): ES256 over the payload's SHA-256, re-encoded
+    from the raw r || s Key Vault answers to the DER cosign writes."""
+
+    def __init__(self, key_id: str, credential: object) -> None:
+        from azure.keyvault.keys.crypto import CryptographyClient
+
+        self.client = CryptographyClient(key_id, credential, verify_challenge_resource=False)  # type: ignore[arg-type]
+
+    def sign(self, payload: bytes, _algorithm: object) -> bytes:
+        from azure.keyvault.keys.crypto import SignatureAlgorithm
+        from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+        raw = self.client.sign(SignatureAlgorithm.es256, hashlib.sha256(payload).digest()).signature
+        return encode_dss_signature(int.from_bytes(raw[:32]), int.from_bytes(raw[32:]))
+
+
+def test_a_rule_may_name_a_key_vault_key_as_the_signer(
+    tmp_path: Path,
+    registries: tuple[RegistryProcess, RegistryProcess],
+    image_builder: ImageBuilder,
+    acr_emulator: AcrEmulator,
+    azure_credential: TestCredential,
+) -> None:
+    from azure.keyvault.keys import KeyClient
+
+    upstream, target = registries
+    vault = KeyClient(acr_emulator.key_vault_url, azure_credential, verify_challenge_resource=False)
+    key = vault.create_ec_key("upstream-signer", curve="P-256")
+    stranger = vault.create_ec_key("someone-else", curve="P-256")
+    config = local_gate_yaml(
+        tmp_path,
+        upstream.host,
+        target.host,
+        validation=f'{{folder: "{SEED_VALIDATION}", timeout: 120}}',
+        rule=[f'require_signature: {{keys: ["{str(key.id).rsplit("/", 1)[0]}"]}}'],
+    )
+    validator = FakeValidator()
+    reads: list[str] = []
+
+    def read_key(uri: str) -> object:
+        reads.append(uri)
+        return key_vault_public_key(uri, azure_credential, verify_challenge_resource=False)
+
+    # the gate's own reader, reading the vault with the emulator's credential
+    reader = CosignSignatureReader(
+        OciRegistry({upstream.host: HostSettings(insecure=True)}), read_key
+    )
+    keeper = replace(local_gatekeeper(load_config(config)), validator=validator, signatures=reader)
+    signed_by_stranger = image_builder.image(f"{upstream.host}/node:15-alpine", env={"C": "Red"})
+    cosign_sign(
+        upstream.host, "node", signed_by_stranger, VaultKey(str(stranger.id), azure_credential)
+    )
+    refused = gate_image(keeper, f"{upstream.host}/node:15-alpine").record
+    signed = image_builder.image(f"{upstream.host}/node:15-alpine", env={"C": "Green"})
+    cosign_sign(upstream.host, "node", signed, VaultKey(str(key.id), azure_credential))
+    passed = gate_image(keeper, f"{upstream.host}/node:15-alpine").record
+
+    assert refused.state is State.REJECTED and refused.reason.startswith("signature does not")
+    assert passed.state is State.PROMOTED, passed.reason
+    assert len(validator.requests) == 1  # the refused digest never reached a validation
+    assert tag_digests(target.host, "node")["15-alpine"] == signed
+    # the key is read once for the process, not once per candidate
+    assert reads == [str(key.id).rsplit("/", 1)[0]]

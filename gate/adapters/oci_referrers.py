@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from gate.adapters.oci import OCI_INDEX, OCI_MANIFEST, OciRegistry
-from gate.errors import RegistryError
-from gate.ports import CosignSignature, StoredAttestation
+from gate.errors import ConfigError, RegistryError
+from gate.ports import CosignSignature, ManifestReader, StoredAttestation
 from gate.ref import ImageRef
+from gate.signatures import check_signer_key
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
@@ -263,10 +265,37 @@ SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 
 
 class CosignSignatureReader:
-    """:class:`gate.ports.SignatureStore`: cosign's tag-based signature layout (``.sig``)."""
+    """:class:`gate.ports.SignatureStore`: cosign's tag-based signature layout (``.sig``).
 
-    def __init__(self, registry: OciRegistry) -> None:
+    ``registry`` reads manifests and blobs (the OCI adapter, or the ACR adapter, which reads an
+    ACR through its data plane); ``key_vault`` reads the public half of a Key Vault key URI
+    (None: only PEM files are accepted).
+    """
+
+    def __init__(
+        self, registry: ManifestReader, key_vault: Callable[[str], Any] | None = None
+    ) -> None:
         self._registry = registry
+        self._key_vault = key_vault
+        self._keys: dict[str, Any] = {}
+
+    def public_keys(self, sources: Sequence[str]) -> list[Any]:
+        """The rule's keys, each read once per process: PEM files, or Key Vault key URIs."""
+        from gate.signatures import load_keys
+
+        keys = []
+        for source in sources:
+            if source not in self._keys:
+                if not source.startswith("https://"):
+                    self._keys[source] = load_keys([Path(source)])[0]
+                elif self._key_vault is None:
+                    raise ConfigError(
+                        f"{source}: this gate reads no Key Vault keys; name a PEM file instead"
+                    )
+                else:
+                    self._keys[source] = check_signer_key(self._key_vault(source), source)
+            keys.append(self._keys[source])
+        return keys
 
     def cosign_signatures(self, image: ImageRef) -> list[CosignSignature]:
         """The simple-signing layers of ``<repo>:sha256-<hex>.sig`` with their signatures."""

@@ -98,8 +98,12 @@ class _Backing:
     def __init__(self, registry: EmulatedRegistry) -> None:
         self.base = registry.backing.url
 
-    def get(self, path: str, method: str = "GET", accept: str | None = None) -> httpx.Response:
+    def get(
+        self, path: str, method: str = "GET", accept: str | None = None, range_: str | None = None
+    ) -> httpx.Response:
         headers = {"Accept": accept or _MANIFEST_ACCEPT}
+        if range_:
+            headers["Range"] = range_
         with httpx.Client(timeout=30.0) as client:
             return client.request(method, f"{self.base}{path}", headers=headers)
 
@@ -418,12 +422,17 @@ def router(emulator: AcrEmulator, registry: EmulatedRegistry) -> Router:
     # -- /v2 passed through -----------------------------------------------------------------
 
     def passthrough(req: Request, path: str) -> Response:
-        response = backing.get(path, method=req.method, accept=req.headers.get("accept"))
-        headers = {
-            key: value
-            for key, value in response.headers.items()
-            if key.lower() in ("content-type", "docker-content-digest", "link", "etag")
-        }
+        # a blob GET with Range (RFC 7233) answers 206 and Content-Range: azure-containerregistry's
+        # download_blob asks for chunks that way and accepts only 206 (the generated get_chunk,
+        # from the REST spec's "Get blob chunk"); the backing distribution registry serves ranges
+        response = backing.get(
+            path,
+            method=req.method,
+            accept=req.headers.get("accept"),
+            range_=req.headers.get("range"),
+        )
+        kept = ("content-type", "docker-content-digest", "link", "etag", "content-range")
+        headers = {key: value for key, value in response.headers.items() if key.lower() in kept}
         if req.method == "HEAD":
             headers["Content-Length"] = response.headers.get("Content-Length", "0")
         return Response(response.status_code, response.content, headers)
