@@ -1370,10 +1370,10 @@ def rollback(
         actor=actor,
         actor_id=actor_id,
     )
-    attested, demoted = _demote(
-        keeper, repo.with_digest(current), record, f"rolled back: {reason.strip()}"
+    assert chosen.digest is not None
+    attested, demoted = _move_back(
+        keeper, repo, stable, current, chosen.digest, record, f"rolled back: {reason.strip()}"
     )
-    keeper.registry.copy(repo.with_digest(chosen.digest).pinned(), repo, tags=(stable,))
     record = record.advance(
         State.ROLLED_BACK,
         attestation=attested,
@@ -1385,24 +1385,37 @@ def rollback(
     return record
 
 
-def _demote(keeper: Gatekeeper, image: ImageRef, record: GateRecord, why: str) -> tuple[str, str]:
-    """Attest that ``image`` is no longer the verdict, before the stable tag moves off it.
+def _move_back(
+    keeper: Gatekeeper,
+    repo: ImageRef,
+    stable: str,
+    current: str,
+    chosen: str,
+    record: GateRecord,
+    why: str,
+) -> tuple[str, str]:
+    """Move ``repo:stable`` from ``current`` back to ``chosen`` (a rollback or a demotion),
+    attesting first that ``current`` is no longer the verdict.
 
     ``why`` goes into the attestation ("rolled back: …", "demoted by re-validation: …"). A
     rollback or demotion is an emergency measure: a failure to attest does not stop it, but it is
-    logged and said in the record. Returns the attestation's digest ('' when none was written)
-    and the text the record's reason ends with.
+    logged and said in the record. Only the stable tag moves; the run-ID tags of both digests
+    stay where they are. Returns the attestation's digest ('' when none was written) and the
+    text the record's reason ends with.
     """
-    if keeper.attestor is None:
-        return "", ""
-    try:
-        digest = keeper.attestor.demotion(image, record, why)
-    except GateError as exc:
-        _log.warning(
-            "record %s: the demotion of %s was not attested: %s", record.id, image, exc.message
-        )
-        return "", f"; the demotion of {image.digest} could NOT be attested: {exc.message}"
-    return digest, f"; demotion attestation {digest}"
+    attested, said = "", ""
+    if keeper.attestor is not None:
+        image = repo.with_digest(current)
+        try:
+            attested = keeper.attestor.demotion(image, record, why)
+            said = f"; demotion attestation {attested}"
+        except GateError as exc:
+            _log.warning(
+                "record %s: the demotion of %s was not attested: %s", record.id, image, exc.message
+            )
+            said = f"; the demotion of {current} could NOT be attested: {exc.message}"
+    keeper.registry.copy(repo.with_digest(chosen).pinned(), repo, tags=(stable,))
+    return attested, said
 
 
 def _stable_tag(ref: ImageRef, rules: list[Rule], promotions: list[GateRecord]) -> str:
@@ -1707,11 +1720,9 @@ def _demote_to(
         of_record=failing.id,
     )
     why = f"{current} fails its current validation (record {failing.id})"
-    attested, said = _demote(
-        keeper, repo.with_digest(current), record, f"demoted by re-validation: {why}"
+    attested, said = _move_back(
+        keeper, repo, stable, current, chosen.digest, record, f"demoted by re-validation: {why}"
     )
-    # only the stable tag moves; the run-ID tags of both digests stay where they are
-    keeper.registry.copy(repo.with_digest(chosen.digest).pinned(), repo, tags=(stable,))
     record = record.advance(
         State.DEMOTED,
         attestation=attested,

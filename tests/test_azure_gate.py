@@ -6,8 +6,7 @@ matrix: for each fault, the verdict, the ledger state and the target's tags."""
 from __future__ import annotations
 
 import itertools
-import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -74,36 +73,47 @@ def azure_config(
     emulator: AcrEmulator,
     up: EmulatedRegistry,
     base: EmulatedRegistry,
-    tables: AzuriteProcess,
+    tables: AzuriteProcess | None,
     runner: EmulatedIdentity,
+    *,
+    folder: Path = SEED,
+    rule: Sequence[str] = (),
 ) -> Path:
+    """The Azure gate of these tests: upstream ``up`` (by resource id), promotions into ``base``
+    (which also runs the validations, as ``runner``), records in a table of ``tables`` (None: a
+    SQLite ledger in ``tmp_path/data``); ``rule`` adds lines to the rule."""
+    ledger = (
+        f"""  ledger:
+    connection_string: "{tables.connection_string}"
+    table: gate{next(_tables)}{tmp_path.name[-6:].replace("_", "")}
+"""
+        if tables is not None
+        else ""
+    )
     path = tmp_path / "gate.yaml"
     path.write_text(
-        textwrap.dedent(
-            f"""\
-            registries:
-              - host: "{up.login_server}"
-                resource_id: "{up.resource_id}"
-            azure:
-              subscription_id: "{emulator.subscription_id}"
-              arm_endpoint: "{emulator.arm_endpoint}"
-              registry: {{name: {base.name}, resource_group: {base.resource_group}, login_server: "{base.login_server}"}}
-              runner:
-                name: {base.name}
-                resource_group: {base.resource_group}
-                login_server: "{base.login_server}"
-                identity: {{resource_id: "{runner.resource_id}", client_id: "{runner.client_id}"}}
-              ledger:
-                connection_string: "{tables.connection_string}"
-                table: gate{next(_tables)}{tmp_path.name[-6:].replace("_", "")}
-            rules:
-              - name: node
-                source: "{up.login_server}/node"
-                tags: ["15-alpine"]
-                target: "{base.login_server}/node"
-                validation: {{folder: "{SEED}", timeout: 300}}
-            """
-        )
+        f"""\
+data_dir: {tmp_path / "data"}
+registries:
+  - host: "{up.login_server}"
+    resource_id: "{up.resource_id}"
+azure:
+  subscription_id: "{emulator.subscription_id}"
+  arm_endpoint: "{emulator.arm_endpoint}"
+  registry: {{name: {base.name}, resource_group: {base.resource_group}, login_server: "{base.login_server}"}}
+  runner:
+    name: {base.name}
+    resource_group: {base.resource_group}
+    login_server: "{base.login_server}"
+    identity: {{resource_id: "{runner.resource_id}", client_id: "{runner.client_id}"}}
+{ledger}rules:
+  - name: node
+    source: "{up.login_server}/node"
+    tags: ["15-alpine"]
+    target: "{base.login_server}/node"
+    validation: {{folder: "{folder}", timeout: 300}}
+"""
+        + "".join(f"    {line}\n" for line in rule)
     )
     return path
 

@@ -446,28 +446,15 @@ def test_functions_timer_promotes_after_the_cooldown_and_never_a_superseded_dige
     podman_env: dict[str, str],
     storage: AzuriteProcess,
 ) -> None:
-    from gate.compose import build_gatekeeper
-    from tests.functions_host import FunctionsHost
     from tests.functions_host.payloads import timer
-    from tests.functions_host.queues import StorageQueues
     from tests.test_end_to_end import write_config as e2e_config
-    from tests.test_functions_worker import SAMPLE_SETTINGS
+    from tests.test_functions_worker import booted_app
 
     upstream, target = registries
     config = e2e_config(tmp_path, upstream.host, target.host)
     config.write_text(config.read_text() + "    cooldown: 5s\n")
-    settings = {
-        **SAMPLE_SETTINGS,
-        "GATE_CONFIG": str(config),
-        "GATE_WORKER_WAIT_SECONDS": "1",
-        "AzureWebJobsStorage": storage.connection_string,
-    }
-    queues = StorageQueues(storage.connection_string, ROOT)
-    queues.clear("gate-requests", "gate-requests-poison")
-    ledger = build_gatekeeper(load_config(config)).ledger
 
-    with FunctionsHost(ROOT, settings) as host:
-        host.boot()
+    with booted_app(config, storage) as (host, queues, ledger):
 
         def tick() -> list[str]:
             invocation = host.invoke("watch", timer())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -113,6 +114,18 @@ def world(
             f'    validation: {{folder: "{SEED}", timeout: 120}}',
         ]
     config.write_text("\n".join(lines) + "\n")
+    with booted_app(config, storage) as (host, queues, ledger):
+        yield World(host, queues, upstream, target, image_builder, ledger)
+
+
+@contextmanager
+def booted_app(
+    config: Path, storage: AzuriteProcess
+) -> Iterator[tuple[FunctionsHost, StorageQueues, Ledger]]:
+    """The app under the real worker with ``config`` and ``storage`` (its queues emptied), and
+    the ledger the configuration names."""
+    from gate.config import load_config
+
     # app settings: the sample's, with this test's config and storage (as local.settings.json)
     settings = {
         **SAMPLE_SETTINGS,
@@ -122,12 +135,10 @@ def world(
     }
     queues = StorageQueues(storage.connection_string, ROOT)
     queues.clear("gate-requests", "gate-requests-poison")
-    from gate.config import load_config
-
     ledger = build_gatekeeper(load_config(config)).ledger
     with FunctionsHost(ROOT, settings) as host:
         host.boot()
-        yield World(host, queues, upstream, target, image_builder, ledger)
+        yield host, queues, ledger
 
 
 # -- indexing ----------------------------------------------------------------------------------

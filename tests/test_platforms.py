@@ -38,6 +38,7 @@ from gate.service import gate_image, revalidate
 from tests.acr_emulator import AcrEmulator, EmulatedRegistry
 from tests.acr_emulator.tasks import runs_of, wait_for_runs
 from tests.configs import local_gate_yaml
+from tests.test_azure_gate import azure_config, quick
 
 ROOT = Path(__file__).resolve().parents[1]
 BINFMT_AARCH64 = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
@@ -551,48 +552,10 @@ def test_gate_on_azure_runs_a_task_run_per_platform_and_imports_the_index_whole(
     base = acr_emulator.add_registry("baseartifacts", "base-rg")
     runner = acr_emulator.add_identity("gate-runner", pull_from=(up,))
     folder = validation_folder(tmp_path)
-    path = tmp_path / "gate.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            data_dir: {tmp_path / "data"}
-            registries:
-              - host: "{up.login_server}"
-                resource_id: "{up.resource_id}"
-            azure:
-              subscription_id: "{acr_emulator.subscription_id}"
-              arm_endpoint: "{acr_emulator.arm_endpoint}"
-              registry: {{name: {base.name}, resource_group: {base.resource_group}, login_server: "{base.login_server}"}}
-              runner:
-                name: {base.name}
-                resource_group: {base.resource_group}
-                login_server: "{base.login_server}"
-                identity: {{resource_id: "{runner.resource_id}", client_id: "{runner.client_id}"}}
-            rules:
-              - name: node
-                source: "{up.login_server}/node"
-                tags: ["15-alpine"]
-                target: "{base.login_server}/node"
-                validation: {{folder: "{folder}", timeout: 300}}
-                platforms: [linux/amd64, linux/arm64]
-            """
-        )
-    )
-    keeper = build_gatekeeper(load_config(path), credential=acr_emulator.credential())
-    validator = AcrQuickRunValidator(
-        credential=acr_emulator.credential(),
-        subscription_id=acr_emulator.subscription_id,
-        resource_group=base.resource_group,
-        registry=base.name,
-        arm_endpoint=acr_emulator.arm_endpoint,
-        custom_registries={up.login_server: None},
-        identity_resource_id=runner.resource_id,
-        identity_client_id=runner.client_id,
-        poll_initial=0.05,
-        poll_max=0.5,
-        client_kwargs={"retry_backoff_factor": 0.01},
-    )
-    keeper = dataclasses.replace(keeper, validator=validator)
+    rule = ["platforms: [linux/amd64, linux/arm64]"]
+    path = azure_config(tmp_path, acr_emulator, up, base, None, runner, folder=folder, rule=rule)
+    built = build_gatekeeper(load_config(path), credential=acr_emulator.credential())
+    keeper = quick(built, acr_emulator, base)
     source = f"{up.login_server}/node:15-alpine"
 
     broken = image_builder.index(
