@@ -69,8 +69,7 @@ class LatencyProxy:
 
     def reset(self, settle: float = 5.0) -> None:
         """Zero the counters, once the requests in flight are done (up to ``settle`` seconds):
-        a client may have its answer before the proxy counted the request, and a count that
-        lands after the reset would belong to the next phase."""
+        a request still on its way when the phase ended would otherwise be counted in the next."""
         deadline = time.monotonic() + settle
         while self.in_flight and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -112,13 +111,16 @@ class LatencyProxy:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
-    def _leave(self, method: str, path: str, forwarded: bool) -> None:
+    def _count(self, method: str, path: str) -> None:
+        # counted before the answer goes back: a client that has its answer finds it counted
+        with self._lock:
+            self.requests[method] += 1
+            self.log.append((method, path))
+
+    def _leave(self, forwarded: bool) -> None:
         with self._lock:
             self.in_flight -= 1
-            if forwarded:
-                self.requests[method] += 1
-                self.log.append((method, path))
-            else:
+            if not forwarded:
                 self.throttled += 1
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -159,6 +161,7 @@ class LatencyProxy:
                     answer = self.upstream_conn.getresponse()
                     data = answer.read()
                     forwarded = True
+                    proxy._count(self.command, self.path)
                     link = None
                     if proxy.page_tags and answer.status == 200 and "/tags/list" in self.path:
                         data, link = _tag_page(self.path, data)
@@ -179,7 +182,7 @@ class LatencyProxy:
                     if self.command != "HEAD":
                         self.wfile.write(data)
                 finally:
-                    proxy._leave(self.command, self.path, forwarded)
+                    proxy._leave(forwarded)
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _forward
 
