@@ -41,8 +41,9 @@ def _fail(exc: GateError) -> NoReturn:
 
 def _config(config: str | None) -> GateConfig:
     from gate.config import config_path, load_config
+    from gate.config_cache import cache_dir
 
-    return load_config(config_path(config))
+    return load_config(config_path(config), parse_cache=cache_dir())
 
 
 def _keeper(config: str | None, quiet: bool = False) -> Gatekeeper:

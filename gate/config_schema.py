@@ -8,19 +8,17 @@ give the JSON Schema that ``gate config schema`` prints for editors.
 Values reach the schema after ``${NAME}`` / ``${NAME:-default}`` substitution, so every scalar
 may come from the environment as text: numbers are turned into text before conversion and the
 conversion is lax (``"true"`` is a boolean, ``"120"`` a number), as a value from an app setting
-must be. msgspec is imported here only; :mod:`gate.config` imports this module when it loads a
-file, so importing the Functions app does not pay for it.
+must be. :mod:`gate.config` imports this module when it loads a file, so importing the
+Functions app does not pay for building these records.
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: msgspec reads these classes' annotations on the
+# first check, and text annotations would have it compile each one then (a third of the check)
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
-import msgspec.inspect as mi
 
 from gate.platforms import PLATFORM_PATTERN
 
@@ -395,8 +393,7 @@ class ConfigFile(_Section, frozen=True, kw_only=True):
     ] = 86400.0
 
 
-@dataclass(frozen=True)
-class SchemaProblem:
+class SchemaProblem(msgspec.Struct, frozen=True):
     """One problem in a file: where (a path of keys and indexes) and what."""
 
     path: tuple[str | int, ...]
@@ -517,6 +514,9 @@ _KIND = {
 
 
 def _explain(text: str, data: Any) -> SchemaProblem:
+    # msgspec.inspect is imported where a problem is explained: a check that passes needs none
+    import msgspec.inspect as mi
+
     matched = _AT.match(text)
     if matched is None:
         return SchemaProblem((), text)
@@ -541,6 +541,8 @@ def _explain(text: str, data: Any) -> SchemaProblem:
 
 
 def _reword(what: str, value: Any, node: object) -> str:
+    import msgspec.inspect as mi
+
     if isinstance(node, mi.LiteralType):
         return f"{_kind(value)} is not one of: {', '.join(map(str, node.values))}"
     if isinstance(node, mi.BoolType):
@@ -583,6 +585,8 @@ def _value_at(data: Any, path: tuple[str | int, ...]) -> Any:
 
 def _field(path: tuple[str | int, ...]) -> object:
     """The schema node of ``path`` with its annotations (descriptions) still attached."""
+    import msgspec.inspect as mi
+
     node: object = mi.type_info(ConfigFile)
     for step in path:
         node = _bare(node, step)
@@ -599,6 +603,8 @@ def _field(path: tuple[str | int, ...]) -> object:
 
 def _node(path: tuple[str | int, ...], value: Any = None) -> object:
     """The schema node of ``path``: annotations stripped, a union resolved by ``value``'s kind."""
+    import msgspec.inspect as mi
+
     node = _bare(_field(path), None)
     if isinstance(node, mi.UnionType):
         kinds: dict[type, type] = {dict: mi.StructType, list: mi.ListType, str: mi.StrType}
@@ -610,6 +616,8 @@ def _node(path: tuple[str | int, ...], value: Any = None) -> object:
 
 def _bare(node: object, step: str | int | None) -> object:
     """``node`` without annotations; of a union, the member ``step`` can descend into."""
+    import msgspec.inspect as mi
+
     while isinstance(node, mi.Metadata):
         node = node.type
     if not isinstance(node, mi.UnionType):
@@ -623,6 +631,8 @@ def _bare(node: object, step: str | int | None) -> object:
 
 
 def _description(path: tuple[str | int, ...]) -> str | None:
+    import msgspec.inspect as mi
+
     node = _field(path)
     if isinstance(node, mi.Metadata) and node.extra_json_schema:
         description = node.extra_json_schema.get("description")

@@ -9,9 +9,11 @@ string is ours), and the audit fields are cleaned the same way before they becom
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # logging is imported by get_logger: clean() alone (the CLI's) does not need it
+    import logging
 
 DEFAULT_LIMIT = 300
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -45,8 +47,12 @@ def _cleaned(arg: Any) -> Any:
     return clean(arg)
 
 
-class CleanArgs(logging.Filter):
-    """Cleans every argument of a log record with :func:`clean` (the format string is trusted)."""
+class CleanArgs:
+    """Cleans every argument of a log record with :func:`clean` (the format string is trusted).
+
+    A filter need not subclass ``logging.Filter``: an object with a ``filter`` method is one
+    (Python docs, logging, "Filter Objects").
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
@@ -59,6 +65,8 @@ class CleanArgs(logging.Filter):
 
 def get_logger(name: str) -> logging.Logger:
     """``logging.getLogger(name)`` with :class:`CleanArgs` attached (once)."""
+    import logging
+
     logger = logging.getLogger(name)
     if not any(isinstance(f, CleanArgs) for f in logger.filters):
         logger.addFilter(CleanArgs())

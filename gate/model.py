@@ -1,4 +1,9 @@
-"""Domain values of the gate: records, states, validation outcomes. All frozen."""
+"""Domain values of the gate: records, states, validation outcomes. All frozen.
+
+The values are msgspec Structs, as the configuration's are (see :mod:`gate.config`): every
+command loads this module, and a Struct class is built in C where a dataclass compiles its
+methods first.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ import enum
 import os
 import re
 import time
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import msgspec
+from msgspec.structs import replace
 
 from gate.errors import InfrastructureError, NotFound, UsageError
 
@@ -142,8 +149,7 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
-class ValidationResult:
+class ValidationResult(msgspec.Struct, frozen=True):
     """The result of one validation run."""
 
     outcome: Outcome
@@ -153,8 +159,7 @@ class ValidationResult:
     log_location: str | None = None
 
 
-@dataclass(frozen=True)
-class DownstreamRun:
+class DownstreamRun(msgspec.Struct, frozen=True):
     """One downstream task the gate started after a promotion.
 
     ``registry`` / ``task`` name the task; ``run_id`` is the run it got, or None when
@@ -201,8 +206,7 @@ class DownstreamRun:
         )
 
 
-@dataclass(frozen=True)
-class PlatformResult:
+class PlatformResult(msgspec.Struct, frozen=True):
     """One platform of a multi-platform validation: what ran on it and what it said.
 
     ``platform`` is the rule's ``os/arch[/variant]``; ``digest`` the child manifest that was
@@ -241,8 +245,7 @@ class PlatformResult:
         )
 
 
-@dataclass(frozen=True)
-class GateRecord:
+class GateRecord(msgspec.Struct, frozen=True):
     """One gate attempt (or rollback): the durable, auditable decision.
 
     ``source`` is the reference as requested; ``digest`` the one it resolved to, which is the
@@ -268,6 +271,8 @@ class GateRecord:
     image was validated once, on the runtime's default platform).
     ``of_record`` links a re-validation to the promotion it re-checks, and a demotion (or a
     rule marked broken) to the re-validation that failed.
+
+    Records are equal when every field is (``timings`` too) and hash by ``id``.
     """
 
     id: str
@@ -287,9 +292,9 @@ class GateRecord:
     actor: str | None = None
     actor_id: str = ""
     attempts: int = 0
-    created_at: datetime = field(default_factory=utcnow)
-    updated_at: datetime = field(default_factory=utcnow)
-    timings: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
+    created_at: datetime = msgspec.field(default_factory=utcnow)
+    updated_at: datetime = msgspec.field(default_factory=utcnow)
+    timings: dict[str, float] = msgspec.field(default_factory=dict)
     downstream: tuple[DownstreamRun, ...] = ()
     lease_holder: str = ""
     lease_until: datetime | None = None
@@ -300,6 +305,9 @@ class GateRecord:
     eligible_at: datetime | None = None
     of_record: str = ""
     platforms: tuple[PlatformResult, ...] = ()
+
+    def __hash__(self) -> int:  # timings is a dict; equal records have the same id
+        return hash(self.id)
 
     def advance(self, state: State, **changes: Any) -> GateRecord:
         """Return this record moved to ``state`` with ``changes``, stamped now."""
@@ -397,8 +405,7 @@ class GateRecord:
         return self.state is not State.PROMOTED and bool(self.promoted_tags)
 
 
-@dataclass(frozen=True)
-class Claim:
+class Claim(msgspec.Struct, frozen=True):
     """The ledger's answer to a claim: ``record`` is ours when ``acquired``, else the existing
     record that settles or is already gating the same (rule, digest).
 

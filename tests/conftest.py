@@ -118,3 +118,16 @@ def azure_credential(acr_emulator: AcrEmulator) -> TestCredential:
 # ---------------------------------------------------------------------------------------------
 # end of Azure fixtures
 # ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _parse_cache_of_its_own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The command line caches configuration parses under $XDG_CACHE_HOME: the tests' own
+    folder, not the user's."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before

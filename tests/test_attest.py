@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from copy import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any

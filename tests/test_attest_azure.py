@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import textwrap
-from dataclasses import replace
+from copy import replace
 from pathlib import Path
 
 import httpx

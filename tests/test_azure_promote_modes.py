@@ -13,7 +13,8 @@ import json
 import logging
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from copy import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

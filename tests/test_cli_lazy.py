@@ -40,11 +40,14 @@ print(json.dumps({"loaded": [m for m in %r if m in sys.modules], "code": code}),
 """
 
 
-def gate(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
-    """``gate ARGS`` in a new process with no container engine on PATH."""
+def gate(
+    *args: str, cwd: Path, modules: tuple[str, ...] = HEAVY
+) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
+    """``gate ARGS`` in a new process with no container engine on PATH (its cache in ``cwd``);
+    the report lists which of ``modules`` it imported."""
     env = {"PATH": str(Path(sys.executable).parent), "HOME": str(cwd)}
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE % (HEAVY,), *args],
+        [sys.executable, "-c", _PROBE % (modules,), *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -114,6 +117,23 @@ def test_history_and_show_work_with_the_registry_down_and_no_container_engine(
     assert showing["code"] in (0, None), shown.stderr
     assert "step 1 ok" in shown.stdout and "validation log" in shown.stdout
     assert showing["loaded"] == []
+
+
+def test_a_command_after_the_first_does_not_parse_the_unchanged_file_again(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, "127.0.0.1:9")
+    record = promoted(tmp_path, "127.0.0.1:9", "sha256:" + "b" * 64)
+
+    _, first = gate("history", "-c", str(config), cwd=tmp_path, modules=("yaml",))
+    shown, second = gate("show", record.id, "-c", str(config), cwd=tmp_path, modules=("yaml",))
+    config.write_text(config.read_text().replace("name: node", "name: node2"))
+    _, edited = gate("history", "-c", str(config), cwd=tmp_path, modules=("yaml",))
+
+    assert first["loaded"] == ["yaml"]
+    assert second["loaded"] == [] and record.id in shown.stdout
+    assert edited["loaded"] == ["yaml"]
+    assert (tmp_path / ".cache" / "gate" / "config-parses.json").exists()
 
 
 def test_a_duplicate_run_answers_without_a_container_engine(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import textwrap
-from dataclasses import dataclass, field, replace
+from copy import replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest

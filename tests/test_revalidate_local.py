@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from copy import replace  # the gatekeeper is a dataclass, its settings are Structs
 from pathlib import Path
 from typing import Any
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 import time
-from dataclasses import replace
+from copy import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any

@@ -11,7 +11,7 @@ import base64
 import hashlib
 import json
 import textwrap
-from dataclasses import replace
+from copy import replace
 from pathlib import Path
 
 import httpx

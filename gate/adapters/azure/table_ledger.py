@@ -50,7 +50,7 @@ import re
 import string
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import replace
+from copy import replace
 from datetime import UTC, datetime, timedelta
 from itertools import batched, islice
 from typing import Any, NoReturn
