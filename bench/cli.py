@@ -5,8 +5,9 @@ of a few KB on many) plus one promotion of a real image in a real ``docker-regis
 times, as a user runs them (a new process each, stdout a pipe, bytecode cached as after any
 install), ``gate --help`` beside ``gate history``, a filtered ``gate history --json``,
 ``gate show ID`` and a duplicate ``gate run`` (which resolves the tag upstream, finds the
-decision and exits). Each figure is the median of ``--repeat`` runs, with its difference from
-``gate --help``. Goal: ``gate --help`` under 150 ms, each other command within 50 ms of it.
+decision and exits). Each figure is the median of ``--repeat`` rounds, each of which runs every
+command once, with its difference from ``gate --help``; beside them the interpreter alone and
+the interpreter importing httpx, which a command that asks a registry cannot go below. Goal: ``gate --help`` under 150 ms, each other command within 50 ms of it.
 Then prints the HTTP requests each Table ledger query costs on Azurite (``bench.ledger``; the
 counts are the same at 2 000 and 10 000 records, and Azurite loads 10 000 in minutes).
 
@@ -45,18 +46,21 @@ def fill(ledger: SqliteLedger, records: list[GateRecord]) -> None:
             ledger._insert(db, record)
 
 
-def timed(argv: list[str], repeat: int, env: dict[str, str]) -> list[float]:
-    """Wall seconds of ``repeat`` runs of ``argv`` (after one warm-up that writes bytecode)."""
-    runs = []
+def timed(commands: dict[str, list[str]], repeat: int, env: dict[str, str]) -> dict[str, float]:
+    """Median wall seconds of each command over ``repeat`` rounds, after one warm-up round (it
+    writes bytecode and the configuration's cached parse). A round runs every command once, so
+    the machine's drift over the minutes a run takes falls on all of them alike."""
+    runs: dict[str, list[float]] = {name: [] for name in commands}
     for attempt in range(repeat + 1):
-        started = time.perf_counter()
-        done = subprocess.run(argv, env=env, capture_output=True, check=False)
-        elapsed = time.perf_counter() - started
-        if done.returncode != 0:
-            raise SystemExit(f"{' '.join(argv[2:])} failed: {done.stderr.decode()[-500:]}")
-        if attempt:
-            runs.append(elapsed)
-    return runs
+        for name, argv in commands.items():
+            started = time.perf_counter()
+            done = subprocess.run(argv, env=env, capture_output=True, check=False)
+            elapsed = time.perf_counter() - started
+            if done.returncode != 0:
+                raise SystemExit(f"{name} failed: {done.stderr.decode()[-500:]}")
+            if attempt:
+                runs[name].append(elapsed)
+    return {name: statistics.median(times) for name, times in runs.items()}
 
 
 def main() -> None:
@@ -115,18 +119,21 @@ def main() -> None:
                 *GATE, "run", f"{upstream.host}/lib/node:15-alpine", "--json", *with_config
             ],
         }  # fmt: skip
-        floor = statistics.median(timed([sys.executable, "-c", "pass"], args.repeat, env))
         # what any command that asks a registry pays before it sends a byte: importing httpx
         # (as gate.adapters does, without httpx's own command line)
-        client = statistics.median(timed([sys.executable, "-c", _HTTPX], args.repeat, env))
+        references = {
+            "python -c pass (the interpreter)": [sys.executable, "-c", "pass"],
+            "python -c 'import httpx'": [sys.executable, "-c", _HTTPX],
+        }
+        medians = timed({**references, **commands}, args.repeat, env)
+        base = medians["gate --help"]
         print(f"\n{'command':<38} {'median ms':>10} {'vs --help':>10}")
-        print(f"{'python -c pass (the interpreter)':<38} {floor * 1000:>10.1f}")
-        print(f"{'python -c import httpx':<38} {client * 1000:>10.1f} {'':>10}")
-        base = None
-        for name, argv in commands.items():
-            median = statistics.median(timed(argv, args.repeat, env))
-            base = median if base is None else base
-            delta = "" if name == "gate --help" else f"{(median - base) * 1000:+.1f}"
+        for name, median in medians.items():
+            delta = (
+                ""
+                if name in references or name == "gate --help"
+                else f"{(median - base) * 1000:+.1f}"
+            )
             print(f"{name:<38} {median * 1000:>10.1f} {delta:>10}")
     if args.table_records:
         from bench.ledger import table_requests_per_query

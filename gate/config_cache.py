@@ -1,8 +1,8 @@
 """The YAML parse of configuration files, kept as JSON so a command need not load a YAML parser.
 
-Importing PyYAML costs a command-line run more than reading and checking the whole file does
-(its package imports the pure-Python parser and compiles its regular expressions even when the
-C loader parses). Each ``gate`` command reads the configuration, so the command line keeps the
+Importing PyYAML costs a command-line run as much as reading and checking the rest of the file
+does (its package imports the pure-Python parser and compiles its regular expressions even when
+the C loader parses). Each ``gate`` command reads the configuration, so the command line keeps the
 last parses of each file in one small JSON file under the user's cache folder
 (``$XDG_CACHE_HOME/gate``, else ``~/.cache/gate``): an entry is the file's exact text and what
 PyYAML made of it, and it is used only while the file's text is the same. Nothing is cached
