@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import sqlite3
@@ -151,3 +152,14 @@ def test_record_ids_are_32_hex_characters_unique_and_ordered_by_time() -> None:
     assert len(set(made)) == len(made)
     assert first[:11] <= made[-1][:11] < later[:11]  # the millisecond prefix sorts by time
     assert later > max(made)
+
+
+def test_records_compare_every_field_and_hash_by_id() -> None:
+    record = GateRecord(id=new_record_id(), rule="node", source="up/node:1", target="t/node")
+    timed = copy.replace(record, timings={"validate": 1.5})
+
+    assert copy.replace(record) == record and hash(timed) == hash(record)
+    assert timed != record  # timings are part of what a ledger gives back
+    assert len({record: 1, timed: 2}) == 2  # hashable, and equal hashes are not equal records
+    with pytest.raises(AttributeError):
+        record.state = State.PROMOTED  # type: ignore[misc]
