@@ -13,6 +13,7 @@ folder that cannot be written, or an entry that cannot be read, means the file i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -96,7 +97,6 @@ def _write(store: Path, entries: dict[str, Any]) -> None:
             json.dump(entries, out)
         os.replace(partial, store)
     except OSError:
-        try:
+        # never written, too, when there is no folder (or a file where the folder should be)
+        with contextlib.suppress(OSError):
             partial.unlink()
-        except OSError:  # never written (no folder, or a file where the folder should be)
-            pass
