@@ -29,7 +29,8 @@ from bench.ledger import realistic_records
 from devstack.proxy import push_tiny_images
 from devstack.registry import RegistryProcess
 from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.model import GateRecord, State, new_record_id
+from gate.model import GateRecord
+from tests.configs import promotion_of, unreachable_target_gate_yaml
 
 # the console script pip installs next to the interpreter, as a user runs it
 _SCRIPT = Path(sys.executable).with_name("gate")
@@ -77,30 +78,10 @@ def main() -> None:
         # (gate.config_cache); here, in the run's own folder
         env["XDG_CACHE_HOME"] = str(work / "cache")
         digest = push_tiny_images(upstream.host, ["lib/node"], ["15-alpine"])["lib/node:15-alpine"]
-        (work / "validation").mkdir()
-        (work / "validation" / "acr-task.yaml").write_text("version: v1.1.0\nsteps: []\n")
-        config = work / "gate.yaml"
-        config.write_text(
-            f"data_dir: {work / 'data'}\n"
-            f"registries:\n  - {{host: '{upstream.host}', insecure: true}}\n"
-            "rules:\n"
-            "  - name: node\n"
-            f"    source: {upstream.host}/lib/node\n"
-            '    tags: ["15-alpine"]\n'
-            "    target: 127.0.0.1:9/base/node\n"
-            "    validation: {folder: validation}\n"
-        )
+        config = unreachable_target_gate_yaml(work, upstream.host)
         records = realistic_records(args.records)
-        decided = GateRecord(
-            id=new_record_id(),
-            rule="node",
-            source=f"{upstream.host}/lib/node:15-alpine",
-            target="127.0.0.1:9/base/node",
-            digest=digest,
-            state=State.PROMOTED,
-            run_id="bench1",
-            target_tags=("15-alpine-bench1", "15-alpine"),
-            log="a validation log line\n" * 200,
+        decided = promotion_of(
+            upstream.host, digest, run_id="bench1", log="a validation log line\n" * 200
         )
         started = time.perf_counter()
         ledger = SqliteLedger(work / "data" / "gate.db")

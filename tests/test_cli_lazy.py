@@ -17,7 +17,8 @@ import pytest
 from devstack.proxy import push_tiny_images
 from devstack.registry import RegistryProcess
 from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.model import GateRecord, State, new_record_id
+from gate.model import GateRecord
+from tests.configs import promotion_of, unreachable_target_gate_yaml
 
 HEAVY = (
     "httpx",
@@ -59,35 +60,11 @@ def gate(
 
 
 def write_config(tmp_path: Path, upstream: str) -> Path:
-    (tmp_path / "validation").mkdir(exist_ok=True)
-    (tmp_path / "validation" / "acr-task.yaml").write_text("version: v1.1.0\nsteps: []\n")
-    config = tmp_path / "gate.yaml"
-    config.write_text(
-        f"data_dir: {tmp_path / 'data'}\n"
-        f"registries:\n  - {{host: '{upstream}', insecure: true}}\n"
-        "validator: {engine: podman}\n"
-        "rules:\n"
-        "  - name: node\n"
-        f"    source: {upstream}/lib/node\n"
-        '    tags: ["15-alpine"]\n'
-        "    target: 127.0.0.1:9/base/node\n"
-        "    validation: {folder: validation}\n"
-    )
-    return config
+    return unreachable_target_gate_yaml(tmp_path, upstream, top=["validator: {engine: podman}"])
 
 
 def promoted(tmp_path: Path, upstream: str, digest: str) -> GateRecord:
-    record = GateRecord(
-        id=new_record_id(),
-        rule="node",
-        source=f"{upstream}/lib/node:15-alpine",
-        target="127.0.0.1:9/base/node",
-        digest=digest,
-        state=State.PROMOTED,
-        run_id="r1",
-        target_tags=("15-alpine-r1", "15-alpine"),
-        log="step 1 ok\n",
-    )
+    record = promotion_of(upstream, digest, run_id="r1", log="step 1 ok\n")
     SqliteLedger(tmp_path / "data" / "gate.db").add(record)
     return record
 

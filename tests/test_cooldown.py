@@ -391,17 +391,25 @@ def test_waiting_and_superseded_records_live_in_either_ledger(
 # --- the real thing: registries, podman, the CLI ---------------------------------------------
 
 
+def cooling_config(
+    tmp_path: Path, upstream: RegistryProcess, target: RegistryProcess, cooldown: str
+) -> Path:
+    """The end-to-end tests' gate.yaml, its rule held back by ``cooldown``."""
+    from tests.test_end_to_end import write_config
+
+    config = write_config(tmp_path, upstream.host, target.host)
+    config.write_text(config.read_text() + f"    cooldown: {cooldown}\n")
+    return config
+
+
 @pytest.mark.usefixtures("podman_env")
 def test_cli_waits_out_a_cooldown_then_watch_promotes_and_never_a_superseded_digest(
     tmp_path: Path,
     registries: tuple[RegistryProcess, RegistryProcess],
     image_builder: ImageBuilder,
 ) -> None:
-    from tests.test_end_to_end import write_config as e2e_config
-
     upstream, target = registries
-    config = e2e_config(tmp_path, upstream.host, target.host)
-    config.write_text(config.read_text() + "    cooldown: 4s\n")
+    config = cooling_config(tmp_path, upstream, target, "4s")
     since = datetime.now(UTC).isoformat()
 
     blue = push(image_builder, upstream, "Blue")
@@ -447,12 +455,10 @@ def test_functions_timer_promotes_after_the_cooldown_and_never_a_superseded_dige
     storage: AzuriteProcess,
 ) -> None:
     from tests.functions_host.payloads import timer
-    from tests.test_end_to_end import write_config as e2e_config
     from tests.test_functions_worker import booted_app
 
     upstream, target = registries
-    config = e2e_config(tmp_path, upstream.host, target.host)
-    config.write_text(config.read_text() + "    cooldown: 5s\n")
+    config = cooling_config(tmp_path, upstream, target, "5s")
 
     with booted_app(config, storage) as (host, queues, ledger):
 
