@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
+from gate.config.app_settings import POISON_QUEUE, QUEUE, STORAGE_CONNECTION, Settings
 from gate.logsafe import get_logger
-from gate.settings import POISON_QUEUE, QUEUE, STORAGE_CONNECTION, Settings
 
 if TYPE_CHECKING:
-    from gate.config import GateConfig
-    from gate.http_api import ApiResponse
-    from gate.principal import Principal
+    from gate.config.model import GateConfig
+    from gate.entrypoints.http_api import ApiResponse
+    from gate.entrypoints.principal import Principal
     from gate.service import Gatekeeper
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -43,7 +43,7 @@ def settings() -> Settings:
 @cache
 def config() -> GateConfig:
     """The gate configuration (``GATE_CONFIG``), loaded once per process."""
-    from gate.config import load_config
+    from gate.config.model import load_config
 
     return load_config(settings().config_path)
 
@@ -57,7 +57,7 @@ def keeper() -> Gatekeeper:
 
 
 def _event_dict(event: func.EventGridEvent | func.CloudEvent) -> dict[str, Any]:
-    """The trigger's event object back in its wire schema, for :func:`gate.events.parse_event`."""
+    """The trigger's event object back in its wire schema, for :func:`gate.entrypoints.events.parse_event`."""
     if isinstance(event, func.CloudEvent):
         return {
             "specversion": "1.0",
@@ -81,7 +81,7 @@ def _event_dict(event: func.EventGridEvent | func.CloudEvent) -> dict[str, Any]:
 @app.queue_output(arg_name="requests", queue_name=QUEUE, connection=STORAGE_CONNECTION)
 def on_push(event: func.EventGridEvent, requests: func.Out[str]) -> None:
     """An upstream push: queue a gate request if a rule watches it; else say why not."""
-    from gate.events import Ignored, MalformedEvent, parse_event, triage
+    from gate.entrypoints.events import Ignored, MalformedEvent, parse_event, triage
 
     try:
         decision = triage(config(), parse_event(_event_dict(event)))
@@ -106,7 +106,7 @@ def _respond(response: ApiResponse) -> func.HttpResponse:
 
 
 def _authorized(function: str, req: func.HttpRequest) -> Principal | func.HttpResponse:
-    """The caller, if they may call ``function``; else the 401/403 answer (gate/principal.py).
+    """The caller, if they may call ``function``; else the 401/403 answer (gate/entrypoints/principal.py).
 
     The client-principal header is trusted only with GATE_AUTH_MODE=entra: App Service
     authentication then sets it and drops any copy a client sent ("External requests aren't
@@ -114,7 +114,7 @@ def _authorized(function: str, req: func.HttpRequest) -> Principal | func.HttpRe
     configure-authentication-user-identities). Without it (local ``func start``) the function
     key is the only check, and the actor is ``function-key``.
     """
-    from gate.http_api import ApiResponse, authorize
+    from gate.entrypoints.http_api import ApiResponse, authorize
 
     who = authorize(function, req.headers, trust_principal=settings().trusts_principal)
     if isinstance(who, ApiResponse):
@@ -124,7 +124,7 @@ def _authorized(function: str, req: func.HttpRequest) -> Principal | func.HttpRe
 
 
 def _too_large(req: func.HttpRequest) -> func.HttpResponse | None:
-    from gate.http_api import error
+    from gate.entrypoints.http_api import error
 
     declared = req.headers.get("content-length", "0")
     limit = settings().max_body_bytes
@@ -138,8 +138,7 @@ def _too_large(req: func.HttpRequest) -> func.HttpResponse | None:
 @app.queue_output(arg_name="requests", queue_name=QUEUE, connection=STORAGE_CONNECTION)
 def post_gate(req: func.HttpRequest, requests: func.Out[str]) -> func.HttpResponse:
     """Re-gate an image by hand: 202 + Location of its record (or the decided record)."""
-    from gate import http_api
-
+    from gate.entrypoints import http_api
     who = _authorized("post_gate", req)
     if isinstance(who, func.HttpResponse):
         return who
@@ -162,8 +161,7 @@ def post_gate(req: func.HttpRequest, requests: func.Out[str]) -> func.HttpRespon
 @app.route(route="gate/{record_id}", methods=["GET"])
 def get_gate(req: func.HttpRequest) -> func.HttpResponse:
     """One record: state, digest, run ID, log, reason, tags."""
-    from gate import http_api
-
+    from gate.entrypoints import http_api
     who = _authorized("get_gate", req)
     if isinstance(who, func.HttpResponse):
         return who
@@ -174,8 +172,7 @@ def get_gate(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="gates", methods=["GET"])
 def list_gates(req: func.HttpRequest) -> func.HttpResponse:
     """History, newest first, paged (``?actor=`` an object id or a name: who acted)."""
-    from gate import http_api
-
+    from gate.entrypoints import http_api
     who = _authorized("list_gates", req)
     if isinstance(who, func.HttpResponse):
         return who
@@ -186,8 +183,8 @@ def list_gates(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="rollback", methods=["POST"])
 def post_rollback(req: func.HttpRequest) -> func.HttpResponse:
     """Move a stable tag back to an earlier validated digest, recorded with who and why."""
-    from gate import http_api
-    from gate.model import GateRecord
+    from gate.domain.records import GateRecord
+    from gate.entrypoints import http_api
     from gate.service import GateOutcome
 
     who = _authorized("post_rollback", req)
@@ -220,12 +217,12 @@ def watch(timer: func.TimerRequest, requests: func.Out[typing.List[str]]) -> Non
     # ("binding requests has invalid non-type annotation"). tests/test_functions_worker.py.
     """Poll upstreams without events (HEAD only) and queue digests not decided yet, and the
     digests whose cooldown ended (the worker promotes or supersedes them; nothing sleeps)."""
-    from gate.worker import poll
+    from gate.entrypoints.worker import poll
 
     found, errors = poll(keeper())
     for problem in errors:
         log.warning("poll: %s", problem)
-    from gate.audit import log_poll
+    from gate.entrypoints.audit import log_poll
 
     # one structured line per watched registry: the alert on a registry unreached for an hour
     log_poll((rule.source.registry for rule in config().rules), errors)
@@ -244,7 +241,7 @@ PRUNE_SCHEDULE = "0 17 3 * * *"
 @app.timer_trigger(arg_name="timer", schedule=PRUNE_SCHEDULE)
 def prune(timer: func.TimerRequest) -> None:
     """Delete the records older than ledger.keep that no live stable or run-ID tag is behind."""
-    from gate.retention import prune_records
+    from gate.usecases.retention import prune_records
 
     report = prune_records(keeper())
     for problem in report.errors:
@@ -253,7 +250,7 @@ def prune(timer: func.TimerRequest) -> None:
 
 def _revalidate() -> None:
     """Rules whose revalidate: schedule is due: re-validate now, demote or alert, publish."""
-    from gate.worker import revalidate
+    from gate.entrypoints.worker import revalidate
 
     endpoint = settings().outcome_topic_endpoint
     publish = publisher(endpoint).publish if endpoint else None
@@ -267,8 +264,7 @@ def _revalidate() -> None:
 
 
 def _audit(outcome: Any, began: float) -> None:
-    from gate import audit
-
+    from gate.entrypoints import audit
     audit.log_decision(
         outcome.record, duplicate=outcome.duplicate, duration=time.monotonic() - began
     )
@@ -282,7 +278,7 @@ def publisher(endpoint: str) -> Any:
     """The outcome-event publisher (Event Grid custom topic), built on first use."""
     from azure.identity import DefaultAzureCredential
 
-    from gate.audit import OutcomePublisher
+    from gate.entrypoints.audit import OutcomePublisher
 
     return OutcomePublisher(endpoint, DefaultAzureCredential())
 
@@ -291,9 +287,9 @@ def publisher(endpoint: str) -> Any:
 @app.queue_trigger(arg_name="msg", queue_name=QUEUE, connection=STORAGE_CONNECTION)
 def gate_worker(msg: func.QueueMessage) -> None:
     """Gate one queued request, idempotently; raising hands the message back to the queue."""
+    from gate.entrypoints.messages import GateRequest, MalformedRequest
+    from gate.entrypoints.worker import handle, poisoned
     from gate.errors import GateError
-    from gate.messages import GateRequest, MalformedRequest
-    from gate.worker import handle, poisoned
 
     began = time.monotonic()
     try:
@@ -314,8 +310,7 @@ def gate_worker(msg: func.QueueMessage) -> None:
             log.error("dropped gate request %s: %s (%s)", msg.id, exc.message, unrecordable.message)
             return
         log.error("gate request %s refused: %s (record %s)", msg.id, exc.message, record.id)
-        from gate import audit
-
+        from gate.entrypoints import audit
         # the refusal is a decision: the poisoned-request alert reads its GATE_DECISION line
         audit.log_decision(record)
         return
@@ -326,8 +321,8 @@ def gate_worker(msg: func.QueueMessage) -> None:
 @app.queue_trigger(arg_name="msg", queue_name=POISON_QUEUE, connection=STORAGE_CONNECTION)
 def gate_poison(msg: func.QueueMessage) -> None:
     """A request the queue gave up on: record it as failed, with why."""
-    from gate.messages import GateRequest, MalformedRequest
-    from gate.worker import poisoned
+    from gate.entrypoints.messages import GateRequest, MalformedRequest
+    from gate.entrypoints.worker import poisoned
 
     try:
         request = GateRequest.from_json(msg.get_body())
@@ -335,6 +330,5 @@ def gate_poison(msg: func.QueueMessage) -> None:
         log.error("dropped malformed poisoned message %s: %s", msg.id, exc.message)
         return
     record = poisoned(keeper(), request, "the worker failed on every delivery (see its log lines)")
-    from gate import audit
-
+    from gate.entrypoints import audit
     audit.log_decision(record)

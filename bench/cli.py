@@ -28,8 +28,8 @@ from pathlib import Path
 from bench.ledger import realistic_records
 from devstack.proxy import push_tiny_images
 from devstack.registry import RegistryProcess
-from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.model import GateRecord
+from gate.adapters.ledger.sqlite import SqliteLedger
+from gate.domain.records import GateRecord
 from tests.configs import promotion_of, unreachable_target_gate_yaml
 
 # the console script pip installs next to the interpreter, as a user runs it
@@ -75,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, RegistryProcess(Path(tmp) / "up") as upstream:
         work = Path(tmp)
         # the configuration's parse is cached by the warm-up run, as by a user's first command
-        # (gate.config_cache); here, in the run's own folder
+        # (gate.config.parse_cache); here, in the run's own folder
         env["XDG_CACHE_HOME"] = str(work / "cache")
         digest = push_tiny_images(upstream.host, ["lib/node"], ["15-alpine"])["lib/node:15-alpine"]
         config = unreachable_target_gate_yaml(work, upstream.host)

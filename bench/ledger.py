@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from devstack.azurite import AzuriteProcess
-from gate.adapters.azure.table_ledger import _PARTITION, TableLedger, _claim_key
-from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.model import GateRecord, State
+from gate.adapters.ledger.sqlite import SqliteLedger
+from gate.adapters.ledger.table import _PARTITION, TableLedger, _claim_key
+from gate.domain.records import GateRecord, State
 from gate.ports import Ledger
 
 RULES = 20

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from devstack.images import build_image
 from devstack.registry import RegistryProcess
-from gate.adapters.oci import HostSettings, OciRegistry
-from gate.ref import ImageRef
+from gate.adapters.registry.oci import HostSettings, OciRegistry
+from gate.domain.ref import ImageRef
 
 
 def _skopeo_copy(source: str, target: str) -> None:
@@ -140,9 +140,9 @@ def _attestation_cost(
     """Time promotions with and without the attestation, alternating, and print both."""
     import statistics
 
-    from gate.adapters.oci_referrers import OciAttestationStore
+    from gate.adapters.registry.referrers import OciAttestationStore
     from gate.adapters.signers import KeyFileSigner, generate_key_pair
-    from gate.attest import PASSED, Attestor, Evidence
+    from gate.domain.attestation import PASSED, Attestor, Evidence
 
     key = work / "bench.key"
     generate_key_pair(key)

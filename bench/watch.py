@@ -19,9 +19,9 @@ from pathlib import Path
 
 from devstack.proxy import LatencyProxy, push_tiny_images
 from devstack.registry import RegistryProcess
-from gate.adapters.oci import HostSettings, OciRegistry
-from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.config import load_config
+from gate.adapters.ledger.sqlite import SqliteLedger
+from gate.adapters.registry.oci import HostSettings, OciRegistry
+from gate.config.model import load_config
 from gate.service import Gatekeeper, poll_upstreams
 
 REPOSITORIES = 100

@@ -211,8 +211,8 @@ def push_tiny_images(host: str, repositories: list[str], tags: list[str]) -> dic
     http); returns ``{"repo:tag": digest}``. Enough for polls, which only read manifests."""
     import json
 
-    from gate.adapters.oci import OCI_MANIFEST, HostSettings, OciRegistry
-    from gate.ref import ImageRef
+    from gate.adapters.registry.oci import OCI_MANIFEST, HostSettings, OciRegistry
+    from gate.domain.ref import ImageRef
 
     digests: dict[str, str] = {}
     with OciRegistry({host: HostSettings(insecure=True)}) as registry:

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
-    from gate.adapters.local_validator import LocalValidator
-    from gate.adapters.oci import HostSettings, OciRegistry
-    from gate.adapters.oci_referrers import OciAttestationStore
-    from gate.attest import Attestor
-    from gate.config import AzureSettings, GateConfig
+    from gate.adapters.registry.oci import HostSettings, OciRegistry
+    from gate.adapters.registry.referrers import OciAttestationStore
+    from gate.adapters.validation.local import LocalValidator
+    from gate.config.model import AzureSettings, GateConfig
+    from gate.domain.attestation import Attestor
     from gate.ports import (
         DownstreamRunner,
         Ledger,
@@ -102,13 +102,13 @@ def build_gatekeeper(
 
 
 def _oci(config: GateConfig, secrets: Secrets) -> OciRegistry:
-    from gate.adapters.oci import OciRegistry
+    from gate.adapters.registry.oci import OciRegistry
 
     return OciRegistry(_oci_hosts(config, secrets))
 
 
 def _oci_hosts(config: GateConfig, secrets: Secrets) -> dict[str, HostSettings]:
-    from gate.adapters.oci import HostSettings
+    from gate.adapters.registry.oci import HostSettings
 
     hosts = {}
     for host, settings in config.registries.items():
@@ -124,7 +124,7 @@ def _oci_hosts(config: GateConfig, secrets: Secrets) -> dict[str, HostSettings]:
 
 
 def _sqlite(config: GateConfig) -> Ledger:
-    from gate.adapters.sqlite_ledger import SqliteLedger
+    from gate.adapters.ledger.sqlite import SqliteLedger
 
     return SqliteLedger(config.data_dir / "gate.db")
 
@@ -133,9 +133,9 @@ def _attestor(config: GateConfig, registry: OciRegistry) -> Attestor | None:
     """The promotion attestor the ``attestation:`` section asks for (None without one)."""
     if config.attestation is None:
         return None
-    from gate.adapters.oci_referrers import OciAttestationStore
+    from gate.adapters.registry.referrers import OciAttestationStore
     from gate.adapters.signers import KeyFileSigner
-    from gate.attest import Attestor
+    from gate.domain.attestation import Attestor
 
     assert config.attestation.key is not None  # the configuration requires it locally
     return Attestor(
@@ -167,7 +167,7 @@ def _signatures(
         return key_vault_public_key(uri, credential)
 
     def make() -> SignatureStore:
-        from gate.adapters.oci_referrers import CosignSignatureReader
+        from gate.adapters.registry.referrers import CosignSignatureReader
 
         return CosignSignatureReader(cast("ManifestReader", registry), read_key_vault_key)
 
@@ -176,8 +176,8 @@ def _signatures(
 
 def attestation_reader(config: GateConfig) -> tuple[OciRegistry, OciAttestationStore]:
     """The registry client and attestation store ``gate verify`` reads with (local secrets)."""
-    from gate.adapters.oci_referrers import OciAttestationStore
-    from gate.adapters.secrets import LocalSecrets
+    from gate.adapters.registry.referrers import OciAttestationStore
+    from gate.adapters.secrets.local import LocalSecrets
 
     registry = _oci(config, LocalSecrets(config.secrets_dir))
     use_api = config.attestation.referrers_api if config.attestation else True
@@ -189,13 +189,13 @@ def local_gatekeeper(config: GateConfig, *, notify: Notify | None = None) -> Gat
 
     The registry client and the validator are built on first use (see :class:`_Lazy`).
     """
-    from gate.adapters.secrets import LocalSecrets
+    from gate.adapters.secrets.local import LocalSecrets
 
     secrets = LocalSecrets(config.secrets_dir)
     registry = lazy(lambda: _oci(config, secrets))
 
     def make_validator() -> LocalValidator:
-        from gate.adapters.local_validator import LocalValidator
+        from gate.adapters.validation.local import LocalValidator
 
         insecure = frozenset(host for host, s in config.registries.items() if s.insecure)
         return LocalValidator(
@@ -212,7 +212,7 @@ def local_gatekeeper(config: GateConfig, *, notify: Notify | None = None) -> Gat
         def make_downstream() -> DownstreamRunner:
             # downstream task files run on the same engine, with the same settings, as
             # validations
-            from gate.adapters.local_downstream import LocalTaskDownstream
+            from gate.adapters.downstream.local import LocalTaskDownstream
 
             return LocalTaskDownstream(validator.get())
 
@@ -250,11 +250,11 @@ def azure_gatekeeper(
 
         credential = DefaultAzureCredential()
     if secrets is None and azure.key_vault_url:
-        from gate.adapters.azure.keyvault import KeyVaultSecrets
+        from gate.adapters.secrets.keyvault import KeyVaultSecrets
 
         secrets = KeyVaultSecrets(azure.key_vault_url, credential)
     elif secrets is None:
-        from gate.adapters.secrets import LocalSecrets
+        from gate.adapters.secrets.local import LocalSecrets
 
         secrets = LocalSecrets(config.secrets_dir)
     # quick runs get Key Vault secret *URIs* (read by the runner's identity), never values
@@ -280,13 +280,13 @@ def azure_gatekeeper(
             )
 
     def make_registry() -> Registry:
-        from gate.adapters.azure.acr_import import AcrImportRegistry
+        from gate.adapters.registry.acr_import import AcrImportRegistry
 
         registry_class = AcrImportRegistry
         push_options: dict[str, Any] = {}
         if azure.registry.promote == "push":
             # the gate pushes (docker push's calls): push triggers, webhooks and events follow
-            from gate.adapters.azure.acr_push import AcrPushRegistry
+            from gate.adapters.registry.acr_push import AcrPushRegistry
 
             registry_class = AcrPushRegistry
             push_options["upstream_hosts"] = _oci_hosts(config, checked_secrets)
@@ -305,7 +305,7 @@ def azure_gatekeeper(
         )
 
     def make_validator() -> Validator:
-        from gate.adapters.azure.quick_run import AcrQuickRunValidator
+        from gate.adapters.validation.acr_task_run import AcrQuickRunValidator
 
         identity = azure.runner_identity
         return AcrQuickRunValidator(
@@ -322,7 +322,7 @@ def azure_gatekeeper(
         )
 
     def make_downstream() -> DownstreamRunner:
-        from gate.adapters.azure.downstream import AcrTaskDownstream
+        from gate.adapters.downstream.acr_task import AcrTaskDownstream
 
         return AcrTaskDownstream(
             credential=credential,
@@ -351,7 +351,7 @@ def azure_gatekeeper(
 
 
 def _table(azure: AzureSettings, credential: Any) -> Ledger:
-    from gate.adapters.azure.table_ledger import TableLedger
+    from gate.adapters.ledger.table import TableLedger
 
     assert azure.ledger is not None
     if credential is None and azure.ledger.table_endpoint:
@@ -373,11 +373,11 @@ def _azure_attestor(
     """The Key Vault key signs; the attestation is pushed with the identity's ACR token."""
     settings = config.attestation
     assert settings is not None and settings.key_vault_key is not None
-    from gate.adapters.azure.acr_push import ACR_TOKEN_USER, AcrPushRegistry
-    from gate.adapters.oci import HostSettings, OciRegistry
-    from gate.adapters.oci_referrers import SessionAttestationStore
+    from gate.adapters.registry.acr_push import ACR_TOKEN_USER, AcrPushRegistry
+    from gate.adapters.registry.oci import HostSettings, OciRegistry
+    from gate.adapters.registry.referrers import SessionAttestationStore
     from gate.adapters.signers import KeyVaultSigner
-    from gate.attest import Attestor
+    from gate.domain.attestation import Attestor
 
     # the configuration requires promote: push for attestations (the artifact is pushed)
     assert isinstance(registry, AcrPushRegistry)

@@ -13,10 +13,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from gate.config import DownstreamTask
+from gate.config.model import DownstreamTask
+from gate.domain.records import Claim, DownstreamRun, GateRecord, State, ValidationResult
+from gate.domain.ref import ImageRef
 from gate.errors import RegistryUnavailable
-from gate.model import Claim, DownstreamRun, GateRecord, State, ValidationResult
-from gate.ref import ImageRef
 
 ProgressCallback = Callable[[str, int, int], None]
 """``progress(what, done_bytes, total_bytes)``: called while blobs are copied."""
@@ -197,7 +197,7 @@ class Ledger(Protocol):
         """Atomically decide whether ``record`` may gate its (rule, digest), and insert it if so.
 
         Looking at the (rule, digest)'s records, newest first (failed ones never block), as
-        :func:`gate.model.claim_step` decides:
+        :func:`gate.domain.records.claim_step` decides:
 
         * ``record`` itself, queued and held by none (admitted, or re-queued): with ``start``,
           take it (``attempts + 1``, leased to ``holder``) and return it acquired;
@@ -225,7 +225,7 @@ class Ledger(Protocol):
     def save(self, record: GateRecord) -> None:
         """Persist a newer version of a record already claimed or added.
 
-        Conditional on the lease: :class:`~gate.model.LeaseLost` if another worker than the
+        Conditional on the lease: :class:`~gate.domain.records.LeaseLost` if another worker than the
         ``record``'s ``lease_holder`` holds it now; the stored lease is kept, never shortened.
         """
         ...

@@ -21,10 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, cast
 
-from gate.config import DownstreamTask, GateConfig, Rule
-from gate.errors import Conflict, GateError, NotFound, UsageError
-from gate.logsafe import get_logger
-from gate.model import (
+from gate.config.model import DownstreamTask, GateConfig, Rule
+from gate.domain.records import (
     Claim,
     DownstreamRun,
     GateRecord,
@@ -37,6 +35,9 @@ from gate.model import (
     new_record_id,
     utcnow,
 )
+from gate.domain.ref import ImageRef, parse_digest
+from gate.errors import Conflict, GateError, NotFound, UsageError
+from gate.logsafe import get_logger
 from gate.ports import (
     DownstreamRunner,
     Ledger,
@@ -52,11 +53,10 @@ from gate.ports import (
     ValidationRequest,
     Validator,
 )
-from gate.ref import ImageRef, parse_digest
 
 if TYPE_CHECKING:
     # the attestor is built (and attest imported) by the composition root, when configured
-    from gate.attest import Attestor
+    from gate.domain.attestation import Attestor
 
 _log = get_logger("gate.service")
 
@@ -709,7 +709,7 @@ def _unsigned(keeper: Gatekeeper, rule: Rule, source: ImageRef) -> str:
             f"rule '{rule.name}' requires upstream signatures, and this gate has no signature "
             "reader; build it with gate.compose, which adds one for such rules"
         )
-    from gate.signatures import refusal
+    from gate.domain.signatures import refusal
 
     pinned = source.pinned()
     keys = keeper.signatures.public_keys(rule.signature_keys)
@@ -944,14 +944,14 @@ def _validate_platforms(
 ) -> tuple[ValidationResult, GateRecord]:
     """Validate ``image`` (pinned) once per platform of the rule, each on its own manifest.
 
-    The image's index gives each platform's child digest (:func:`gate.platforms.
+    The image's index gives each platform's child digest (:func:`gate.domain.platforms.
     select_platforms`); a platform it lacks rejects the image before anything runs. Each run
     is recorded in ``record.platforms`` as it starts and ends (``save`` writes it), so a
     resumed record follows the runs an earlier worker started and runs again only what did
     not pass. One verdict comes back: rejected if any platform was, else failed if any could
     not run, else passed; the run ID is the first platform's (the run-ID tag names it).
     """
-    from gate.platforms import select_platforms
+    from gate.domain.platforms import select_platforms
 
     reader = _manifest_reader(keeper.registry)
     if reader is None:
@@ -1736,8 +1736,7 @@ def _demote_to(
 
 def _record_revalidation(keeper: Gatekeeper, record: GateRecord) -> None:
     """Add a re-validation's record, write its audit line and tell whoever watches."""
-    from gate import audit
-
+    from gate.entrypoints import audit
     keeper.ledger.add(record)
     audit.log_decision(record)
     keeper.notify(record.state.value, record, record.reason)

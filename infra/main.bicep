@@ -127,7 +127,7 @@ var gateResourceGroupName = empty(resourceGroupName) ? 'rg-${environmentName}' :
 var walkthroughResourceGroupName = '${gateResourceGroupName}-walkthrough'
 
 // Names the app binds to or reads by default: the queue bindings of function_app.py
-// (gate.settings.QUEUE and POISON_QUEUE), the Table ledger's table and log container
+// (gate.config.app_settings.QUEUE and POISON_QUEUE), the Table ledger's table and log container
 // (azure.ledger in gate.yaml), the Event Grid triggered function. tests/test_infra.py holds
 // them against the code.
 var queueNames = [
@@ -140,14 +140,14 @@ var deploymentContainer = 'app-package'
 var deadLetterContainer = 'eventgrid-deadletter'
 var eventFunctionName = 'on_push'
 
-// The gate's own app settings: those gate/settings.py reads, then the deployed resources that
+// The gate's own app settings: those gate/config/app_settings.py reads, then the deployed resources that
 // gate.yaml names as ${GATE_…} (infra/walkthrough/gate.yaml uses every one). The platform ones
 // are in app/function.bicep. Each resource value is also an output of the same name below, so
 // `azd env get-values` gives a laptop the same environment.
 var appSettings = {
   GATE_CONFIG: gateConfigPath
   // entra exactly when app/function.bicep turns App Service authentication on (same parameter):
-  // only then may the functions trust the client-principal header (gate/settings.py)
+  // only then may the functions trust the client-principal header (gate/config/app_settings.py)
   GATE_AUTH_MODE: empty(authClientId) ? 'function-key' : 'entra'
   GATE_WATCH_SCHEDULE: watchSchedule
   GATE_WORKER_WAIT_SECONDS: string(workerWaitSeconds)

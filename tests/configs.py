@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from gate.model import GateRecord, State, new_record_id
+from gate.domain.records import GateRecord, State, new_record_id
 
 
 def local_gate_yaml(

@@ -6,10 +6,10 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from gate.domain.records import Outcome, ValidationResult
+from gate.domain.ref import ImageRef
 from gate.errors import AuthenticationError, Conflict, ManifestUnknown, RegistryUnavailable
-from gate.model import Outcome, ValidationResult
 from gate.ports import CopyReport, ProgressCallback, Resume, ValidationRequest
-from gate.ref import ImageRef
 
 
 def digest_of(text: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gate.acr_task import (
+from gate.adapters.validation.taskfile import (
     DEFAULT_STEP_TIMEOUT,
     IMAGE_ALIASES,
     AcrTask,

@@ -28,12 +28,12 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
 from gate.adapters.signers import generate_key_pair
-from gate.attest import load_public_key, verify_image
 from gate.compose import attestation_reader, local_gatekeeper
-from gate.config import load_config
+from gate.config.model import load_config
+from gate.domain.attestation import load_public_key, verify_image
+from gate.domain.records import State
+from gate.domain.ref import ImageRef
 from gate.errors import RegistryError
-from gate.model import State
-from gate.ref import ImageRef
 from gate.service import Gatekeeper, gate_image, rollback
 from tests.configs import local_gate_yaml
 from tests.fakes import FakeValidator
@@ -426,8 +426,8 @@ def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> Non
 def test_consumer_examples_ask_for_what_the_gate_writes() -> None:
     import yaml
 
-    from gate import attest
-    from gate.config_schema import AttestationSection
+    from gate.config.schema import AttestationSection
+    from gate.domain import attestation as attest
 
     examples = ROOT / "examples" / "consumers"
     [policy] = yaml.safe_load_all((examples / "kyverno-policy.yaml").read_text())

@@ -17,15 +17,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
-from gate import cli
-from gate.adapters.oci import HostSettings, OciRegistry
-from gate.adapters.oci_referrers import OciAttestationStore, tag_schema_tag
+from gate.adapters.registry.oci import HostSettings, OciRegistry
+from gate.adapters.registry.referrers import OciAttestationStore, tag_schema_tag
 from gate.adapters.signers import KeyVaultSigner
-from gate.attest import PASSED, Attestor, Evidence, load_public_key, verify
 from gate.compose import build_gatekeeper
-from gate.config import load_config
-from gate.model import State
-from gate.ref import ImageRef
+from gate.config.model import load_config
+from gate.domain.attestation import PASSED, Attestor, Evidence, load_public_key, verify
+from gate.domain.records import State
+from gate.domain.ref import ImageRef
+from gate.entrypoints import cli
 from gate.service import gate_image
 from tests.acr_emulator import AcrEmulator, TestCredential
 from tests.fakes import FakeValidator

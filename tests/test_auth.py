@@ -20,9 +20,9 @@ import azure.functions as func
 import pytest
 
 import function_app
-from gate.errors import ConfigError
-from gate.http_api import ApiResponse, authorize, caller
-from gate.principal import (
+from gate.config.app_settings import AUTH_MODE_SETTING, Settings
+from gate.entrypoints.http_api import ApiResponse, authorize, caller
+from gate.entrypoints.principal import (
     FUNCTION_KEY,
     GATE_OPERATE,
     GATE_READ,
@@ -31,7 +31,7 @@ from gate.principal import (
     PrincipalError,
     decode_principal,
 )
-from gate.settings import AUTH_MODE_SETTING, Settings
+from gate.errors import ConfigError
 from tests.test_function_app import (  # noqa: F401  (fixtures)
     Serverless,
     app,
@@ -465,7 +465,7 @@ def test_the_worker_hands_the_principal_header_to_the_role_check(tmp_path: Path)
 def test_gate_history_actor_lists_only_that_callers_records(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from gate.cli import main
+    from gate.entrypoints.cli import main
     from gate.service import rollback
     from tests.test_cli_edges import ART, _promoted_twice
 

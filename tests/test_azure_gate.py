@@ -16,10 +16,10 @@ import pytest
 
 from devstack.azurite import AzuriteProcess
 from devstack.images import ImageBuilder, tag_digests
-from gate.adapters.azure.quick_run import AcrQuickRunValidator
+from gate.adapters.validation.acr_task_run import AcrQuickRunValidator
 from gate.compose import build_gatekeeper
-from gate.config import load_config
-from gate.model import GateRecord, State, utcnow
+from gate.config.model import load_config
+from gate.domain.records import GateRecord, State, utcnow
 from gate.service import Gatekeeper, gate_image
 from tests.acr_emulator import AcrEmulator, EmulatedIdentity, EmulatedRegistry
 from tests.acr_emulator.task_runs import task_runs_of

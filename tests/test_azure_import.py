@@ -18,10 +18,11 @@ from azure.containerregistry import ContainerRegistryClient
 
 from devstack.images import ImageBuilder
 from devstack.registry import RegistryProcess
-from gate.adapters.azure.acr_import import AcrImportRegistry
-from gate.adapters.azure.keyvault import KeyVaultSecrets, SecretStoreUnavailable
-from gate.adapters.oci import HostSettings, OciRegistry
-from gate.adapters.secrets import LocalSecrets
+from gate.adapters.registry.acr_import import AcrImportRegistry
+from gate.adapters.registry.oci import HostSettings, OciRegistry
+from gate.adapters.secrets.keyvault import KeyVaultSecrets, SecretStoreUnavailable
+from gate.adapters.secrets.local import LocalSecrets
+from gate.domain.ref import ImageRef
 from gate.errors import (
     AuthenticationError,
     Conflict,
@@ -31,7 +32,6 @@ from gate.errors import (
     RegistryUnavailable,
 )
 from gate.ports import Secrets
-from gate.ref import ImageRef
 from tests.acr_emulator import AcrEmulator, EmulatedRegistry
 
 # Fast retries: the emulator's faults are immediate, the SDK's default backoff is not.

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from gate.adapters.azure.keyvault import KeyVaultSecrets, SecretStoreUnavailable
+from gate.adapters.secrets.keyvault import KeyVaultSecrets, SecretStoreUnavailable
 from gate.errors import ConfigError, InfrastructureError
 from tests.acr_emulator import AcrEmulator
 

@@ -23,16 +23,16 @@ import pytest
 
 from devstack.azurite import AzuriteProcess
 from devstack.images import ImageBuilder, tag_digests
-from gate import audit
-from gate.adapters.azure.acr_push import AcrPushRegistry
-from gate.adapters.azure.downstream import AcrTaskDownstream
-from gate.adapters.oci import OciRegistry
-from gate.adapters.secrets import LocalSecrets
+from gate.adapters.downstream.acr_task import AcrTaskDownstream
+from gate.adapters.registry.acr_push import AcrPushRegistry
+from gate.adapters.registry.oci import OciRegistry
+from gate.adapters.secrets.local import LocalSecrets
 from gate.compose import build_gatekeeper
-from gate.config import DownstreamTask, load_config
+from gate.config.model import DownstreamTask, load_config
+from gate.domain.records import GateRecord, State
+from gate.domain.ref import ImageRef
+from gate.entrypoints import audit
 from gate.errors import AuthenticationError, ConfigError, Conflict
-from gate.model import GateRecord, State
-from gate.ref import ImageRef
 from gate.service import Gatekeeper, gate_image, retry_downstream, rollback
 from tests.acr_emulator import AcrEmulator, EmulatedRegistry
 from tests.acr_emulator.downstream import pushes, task_runs

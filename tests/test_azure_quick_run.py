@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from devstack.images import build_image
-from gate.adapters.azure.quick_run import (
+from gate.adapters.validation.acr_task_run import (
     TASK_RUN_NAME,
     AcrQuickRunValidator,
     pack_folder,
@@ -36,10 +36,10 @@ from gate.adapters.azure.quick_run import (
     redact_urls,
     task_run_name,
 )
+from gate.domain.records import Outcome
+from gate.domain.ref import ImageRef
 from gate.errors import ConfigError, ValidatorError
-from gate.model import Outcome
 from gate.ports import Resume, ValidationRequest
-from gate.ref import ImageRef
 from tests.acr_emulator import AcrEmulator, EmulatedIdentity, EmulatedRegistry
 from tests.acr_emulator.task_runs import task_runs_of
 from tests.acr_emulator.tasks import runs_of, wait_for_runs

@@ -14,13 +14,13 @@ from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gate import http_api
-from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.cli import main, who_rolls_back
-from gate.config import load_config
+from gate.adapters.ledger.sqlite import SqliteLedger
+from gate.config.model import load_config
+from gate.domain.records import DownstreamRun, GateRecord, State, new_record_id
+from gate.entrypoints import http_api
+from gate.entrypoints.cli import main, who_rolls_back
 from gate.errors import NotFound, UsageError
 from gate.logsafe import clean
-from gate.model import DownstreamRun, GateRecord, State, new_record_id
 from gate.service import Gatekeeper, gate_image
 from tests.configs import empty_task_gate_yaml
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator

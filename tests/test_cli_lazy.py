@@ -16,15 +16,15 @@ import pytest
 
 from devstack.proxy import push_tiny_images
 from devstack.registry import RegistryProcess
-from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.model import GateRecord
+from gate.adapters.ledger.sqlite import SqliteLedger
+from gate.domain.records import GateRecord
 from tests.configs import promotion_of, unreachable_target_gate_yaml
 
 HEAVY = (
     "httpx",
     "rich",
-    "gate.adapters.oci",
-    "gate.adapters.local_validator",
+    "gate.adapters.registry.oci",
+    "gate.adapters.validation.local",
     "gate.service",
     "azure.core",
 )
@@ -32,7 +32,7 @@ HEAVY = (
 # runs the CLI in this process, then reports the heavy modules it imported on stderr's last line
 _PROBE = """
 import json, sys
-from gate.cli import main
+from gate.entrypoints.cli import main
 try:
     main(sys.argv[1:], prog_name="gate")
 except SystemExit as done:
@@ -128,4 +128,4 @@ def test_a_duplicate_run_answers_without_a_container_engine(tmp_path: Path) -> N
     assert answer["duplicate"] is True and answer["record_id"] == record.id
     # resolving the tag needs the registry client (httpx, which loads rich for its own CLI);
     # validating would need the engine: not loaded
-    assert "gate.adapters.local_validator" not in report["loaded"]
+    assert "gate.adapters.validation.local" not in report["loaded"]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gate.config import load_config
+from gate.config.model import load_config
+from gate.domain.ref import ImageRef
 from gate.errors import ConfigError, NoMatchingRule, UsageError
-from gate.ref import ImageRef
 
 
 def make(tmp_path: Path, body: str, *, folder: bool = True) -> Path:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gate.config import load_config
-from gate.config_cache import cache_dir, cached_parse
+from gate.config.model import load_config
+from gate.config.parse_cache import cache_dir, cached_parse
 from gate.errors import ConfigError
 from tests.configs import local_gate_yaml
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from gate.cli import main
-from gate.config import load_config
+from gate.config.model import load_config
+from gate.entrypoints.cli import main
 from gate.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,16 +19,16 @@ import pytest
 from devstack.azurite import AzuriteProcess
 from devstack.images import ImageBuilder
 from devstack.registry import RegistryProcess
-from gate import http_api
-from gate.adapters.azure.table_ledger import TableLedger
-from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.config import load_config
+from gate.adapters.ledger.sqlite import SqliteLedger
+from gate.adapters.ledger.table import TableLedger
+from gate.config.model import load_config
+from gate.domain.records import State
+from gate.entrypoints import http_api
+from gate.entrypoints.messages import GateRequest
+from gate.entrypoints.render import history_table
+from gate.entrypoints.worker import handle, poll
 from gate.errors import ConfigError
-from gate.messages import GateRequest
-from gate.model import State
-from gate.render import history_table
 from gate.service import Gatekeeper, gate_image, gate_record, watch_once
-from gate.worker import handle, poll
 from tests.configs import empty_task_gate_yaml
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 from tests.test_end_to_end import gate_cli, push, tags_of, validation_starts

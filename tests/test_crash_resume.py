@@ -24,8 +24,8 @@ import pytest
 from devstack.images import ImageBuilder, tag_digests
 from devstack.podman import started_containers
 from devstack.registry import RegistryProcess, free_port
-from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.model import GateRecord, State
+from gate.adapters.ledger.sqlite import SqliteLedger
+from gate.domain.records import GateRecord, State
 from tests.configs import local_gate_yaml
 
 ROOT = Path(__file__).resolve().parents[1]

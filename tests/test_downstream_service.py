@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.config import DownstreamTask, load_config
+from gate.adapters.ledger.sqlite import SqliteLedger
+from gate.config.model import DownstreamTask, load_config
+from gate.domain.records import DownstreamRun, GateRecord, Outcome, State
+from gate.domain.ref import ImageRef
 from gate.errors import AuthenticationError, UsageError
-from gate.model import DownstreamRun, GateRecord, Outcome, State
-from gate.ref import ImageRef
 from gate.service import Gatekeeper, gate_image, retry_downstream
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 
@@ -198,8 +198,7 @@ def test_cli_downstream_retries_and_show_lists_the_runs(
 ) -> None:
     from click.testing import CliRunner
 
-    from gate import cli
-
+    from gate.entrypoints import cli
     keeper = make_keeper(tmp_path)
     registry, runner = parts(keeper)
     registry.push(f"{UP}/node:15-alpine", "green")

@@ -18,8 +18,8 @@ from devstack.images import MANIFEST_ACCEPT, ImageBuilder, tag_digests
 from devstack.podman import started_containers
 from devstack.registry import RegistryProcess, free_port
 from gate.compose import local_gatekeeper
-from gate.config import load_config
-from gate.model import ValidationResult
+from gate.config.model import load_config
+from gate.domain.records import ValidationResult
 from gate.ports import Resume, ValidationRequest
 from gate.service import Gatekeeper, gate_image
 from tests.configs import local_gate_yaml

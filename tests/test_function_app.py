@@ -23,7 +23,7 @@ from devstack.azurite import AzuriteProcess
 from devstack.images import ImageBuilder, tag_digests
 from devstack.podman import started_containers
 from devstack.registry import RegistryProcess
-from gate.settings import QUEUE
+from gate.config.app_settings import QUEUE
 from tests.test_function_events import Collect, as_trigger_event
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import function_app
-from gate.messages import GateRequest
+from gate.entrypoints.messages import GateRequest
 
 DATA = Path(__file__).parent / "data" / "events"
 TOPIC = (

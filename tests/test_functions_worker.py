@@ -24,7 +24,7 @@ from devstack.azurite import AzuriteProcess
 from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
 from gate.compose import build_gatekeeper
-from gate.model import State, new_record_id
+from gate.domain.records import State, new_record_id
 from gate.ports import Ledger
 from tests.functions_host import FunctionsHost, Invocation, WorkerFailure
 from tests.functions_host.checks import host_problems
@@ -125,7 +125,7 @@ def booted_app(
 ) -> Iterator[tuple[FunctionsHost, StorageQueues, Ledger]]:
     """The app under the real worker with ``config`` and ``storage`` (its queues emptied), and
     the ledger the configuration names."""
-    from gate.config import load_config
+    from gate.config.model import load_config
 
     # app settings: the sample's, with this test's config and storage (as local.settings.json)
     settings = {

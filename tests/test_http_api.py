@@ -1,7 +1,7 @@
 """The HTTP API's answers to hostile input: always JSON 2xx/4xx with error and detail, never a
 5xx or an escaped exception, and nothing queued or recorded for bad input.
 
-The handlers in gate/http_api.py run over fakes of the registry and validator ports and the real
+The handlers in gate/entrypoints/http_api.py run over fakes of the registry and validator ports and the real
 SQLite ledger; tests/test_function_app.py and tests/test_functions_worker.py cover the same
 handlers behind the Functions triggers.
 """
@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.config import load_config
-from gate.http_api import ApiResponse, get_gate, list_gates, post_gate, post_rollback
+from gate.adapters.ledger.sqlite import SqliteLedger
+from gate.config.model import load_config
+from gate.entrypoints.http_api import ApiResponse, get_gate, list_gates, post_gate, post_rollback
 from gate.service import Gatekeeper
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 from tests.test_service import ART, UP, write_config
@@ -161,7 +161,7 @@ def test_history_since_out_of_range_or_malformed_exits_2_without_a_traceback(
 ) -> None:
     from click.testing import CliRunner
 
-    from gate.cli import main
+    from gate.entrypoints.cli import main
 
     config = write_config(tmp_path)
 

@@ -3,7 +3,7 @@
 The Bicep CLI cannot be installed offline, so the templates are parsed with pycep (a Python Bicep
 parser) and checked statically: every file parses and every module path resolves; the function,
 queue, table and app-setting names the templates declare are exactly those ``function_app.py``,
-``gate/settings.py``, the ledger and the walkthrough's gate.yaml use; every role assignment is
+``gate/config/app_settings.py``, the ledger and the walkthrough's gate.yaml use; every role assignment is
 named guid(scope, principal, role), scoped to one resource and its built-in role id commented with
 the role's name; the runner identity has exactly its grants; no template holds anything that looks
 like a secret; and every property a template sets exists, writable, in the Azure SDK's model of
@@ -35,9 +35,9 @@ from azure.core.pipeline.transport import HttpTransport
 from pycep import BicepParser
 
 import function_app
-from gate.config import AzureLedger, load_config
-from gate.events import IMAGE_PUSHED
-from gate.settings import STORAGE_CONNECTION
+from gate.config.app_settings import STORAGE_CONNECTION
+from gate.config.model import AzureLedger, load_config
+from gate.entrypoints.events import IMAGE_PUSHED
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -139,7 +139,7 @@ def bindings() -> tuple[dict[str, Any], ...]:
 
 
 def settings_the_code_reads() -> set[str]:
-    """Names ``gate/settings.py`` reads with ``env.get("NAME", …)``."""
+    """Names ``gate/config/app_settings.py`` reads with ``env.get("NAME", …)``."""
     tree = ast.parse((ROOT / "gate" / "settings.py").read_text(encoding="utf-8"))
     return {
         node.args[0].value

@@ -30,8 +30,8 @@ from test_infra import (
     variable,
 )
 
-from gate.principal import APP_ROLES, GATE_OPERATE, GATE_READ, ROUTE_ROLES
-from gate.settings import AUTH_ENTRA, AUTH_FUNCTION_KEY, AUTH_MODE_SETTING
+from gate.config.app_settings import AUTH_ENTRA, AUTH_FUNCTION_KEY, AUTH_MODE_SETTING
+from gate.entrypoints.principal import APP_ROLES, GATE_OPERATE, GATE_READ, ROUTE_ROLES
 
 EVENT_GRID_WEBHOOK = "/runtime/webhooks/eventgrid"
 

@@ -30,16 +30,15 @@ from azure.storage.blob import ContainerClient
 from bench.ledger import fill_table
 from devstack.azurite import AzuriteProcess
 from devstack.registry import free_port
-from gate.adapters.azure.table_ledger import (
+from gate.adapters.ledger.sqlite import SqliteLedger
+from gate.adapters.ledger.table import (
     TableLedger,
     _blob_endpoint_for,
     _descending,
     _listing_keys,
     _record_key,
 )
-from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.errors import ConfigError, LedgerError, NotFound
-from gate.model import (
+from gate.domain.records import (
     Claim,
     DownstreamRun,
     GateRecord,
@@ -48,6 +47,7 @@ from gate.model import (
     new_record_id,
     utcnow,
 )
+from gate.errors import ConfigError, LedgerError, NotFound
 from gate.ports import Ledger
 
 OpenLedger = Callable[[], Ledger]
@@ -951,8 +951,8 @@ def test_ten_workers_taking_one_admitted_record_take_it_exactly_once(
 CLAIMANT = textwrap.dedent(
     """\
     import json, pathlib, sys, time
-    from gate.adapters.azure.table_ledger import TableLedger, _blob_endpoint_for, _record_key
-    from gate.model import GateRecord, new_record_id
+    from gate.adapters.ledger.table import TableLedger, _blob_endpoint_for, _record_key
+    from gate.domain.records import GateRecord, new_record_id
     connection_string, table, container, digest, go = sys.argv[1:]
     ledger = TableLedger(connection_string=connection_string, table=table, log_container=container)
     record = GateRecord(id=new_record_id(), rule="node", source="upstream.example.com/node:15-alpine",

@@ -17,11 +17,11 @@ import pytest
 from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess, free_port
 from gate.compose import local_gatekeeper
-from gate.config import load_config
+from gate.config.model import load_config
+from gate.domain.records import State
+from gate.entrypoints.events import parse_notifications
+from gate.entrypoints.listener import PushListener, read_token
 from gate.errors import UsageError
-from gate.events import parse_notifications
-from gate.listener import PushListener, read_token
-from gate.model import State
 from gate.service import GateOutcome
 from tests.test_end_to_end import write_config
 
@@ -291,7 +291,7 @@ def test_gate_listen_beyond_loopback_without_a_token_file_exits_2_saying_why(
 ) -> None:
     from click.testing import CliRunner
 
-    from gate.cli import main
+    from gate.entrypoints.cli import main
 
     config = write_config(tmp_path, "127.0.0.1:5001", "127.0.0.1:5002")
 

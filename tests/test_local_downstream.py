@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from gate.adapters.local_downstream import LocalTaskDownstream
-from gate.adapters.local_validator import LocalValidator, last_step_output
-from gate.config import DownstreamTask
+from gate.adapters.downstream.local import LocalTaskDownstream
+from gate.adapters.validation.local import LocalValidator, last_step_output
+from gate.config.model import DownstreamTask
+from gate.domain.ref import ImageRef
 from gate.errors import ConfigError, UnsupportedTask
-from gate.ref import ImageRef
 
 PROMOTED = ImageRef.parse("127.0.0.1:5002/node:15-alpine@sha256:" + "ab" * 32)
 

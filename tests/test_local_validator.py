@@ -18,11 +18,11 @@ import pytest
 
 from devstack.images import build_image
 from devstack.registry import RegistryProcess, free_port
-from gate.adapters.local_validator import LocalValidator
+from gate.adapters.validation.local import LocalValidator
+from gate.domain.records import Outcome, ValidationResult
+from gate.domain.ref import ImageRef
 from gate.errors import ConfigError, InvalidReference, UnsupportedTask
-from gate.model import Outcome, ValidationResult
 from gate.ports import ValidationRequest
-from gate.ref import ImageRef
 
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed" / "validation"
 

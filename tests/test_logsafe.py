@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gate.audit import log_decision
+from gate.domain.records import GateRecord, State, new_record_id
+from gate.entrypoints.audit import log_decision
 from gate.logsafe import clean
-from gate.model import GateRecord, State, new_record_id
 from tests.test_function_events import (  # noqa: F401  (app_config is a fixture)
     FIELDS,
     app_config,

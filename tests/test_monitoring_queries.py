@@ -30,11 +30,11 @@ from azure.functions.timer import TimerRequest
 from pycep import BicepParser
 
 import function_app
-from gate import audit
-from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.config import load_config
-from gate.messages import GateRequest
-from gate.model import GateRecord, Outcome, State, new_record_id
+from gate.adapters.ledger.sqlite import SqliteLedger
+from gate.config.model import load_config
+from gate.domain.records import GateRecord, Outcome, State, new_record_id
+from gate.entrypoints import audit
+from gate.entrypoints.messages import GateRequest
 from gate.service import Gatekeeper, gate_image, rollback
 from tests.configs import empty_task_gate_yaml, local_gate_yaml
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
@@ -229,7 +229,7 @@ def _keeper(tmp_path: Path) -> Gatekeeper:
 @pytest.fixture(scope="module")
 def decision_lines(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """``GATE_DECISION`` fields of real records: a promotion, a rejection, a rollback (the
-    service over fakes of our ports), a demotion and a rule marked broken (gate.model)."""
+    service over fakes of our ports), a demotion and a rule marked broken (gate.domain.records)."""
     keeper = _keeper(tmp_path_factory.mktemp("decisions"))
     registry, validator = keeper.registry, keeper.validator
     assert isinstance(registry, FakeRegistry) and isinstance(validator, FakeValidator)

@@ -15,7 +15,8 @@ import pytest
 
 from devstack.images import MANIFEST_ACCEPT, ImageBuilder
 from devstack.registry import RegistryProcess, free_port
-from gate.adapters.oci import HostSettings, OciRegistry, parse_challenge, parse_retry_after
+from gate.adapters.registry.oci import HostSettings, OciRegistry, parse_challenge, parse_retry_after
+from gate.domain.ref import ImageRef
 from gate.errors import (
     AuthenticationError,
     Conflict,
@@ -24,7 +25,6 @@ from gate.errors import (
     RegistryError,
     RegistryUnavailable,
 )
-from gate.ref import ImageRef
 
 Registries = tuple[RegistryProcess, RegistryProcess]
 

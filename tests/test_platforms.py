@@ -25,15 +25,15 @@ import yaml
 
 from devstack.images import MANIFEST_ACCEPT, ImageBuilder, busybox_for, tag_digests
 from devstack.registry import RegistryProcess
-from gate import audit
-from gate.adapters.azure.quick_run import AcrQuickRunValidator
+from gate.adapters.validation.acr_task_run import AcrQuickRunValidator
 from gate.compose import build_gatekeeper, local_gatekeeper
-from gate.config import load_config
+from gate.config.model import load_config
+from gate.domain.platforms import Platform, PlatformError, select_platforms
+from gate.domain.records import GateRecord, Outcome, PlatformResult, State, utcnow
+from gate.domain.ref import ImageRef
+from gate.entrypoints import audit
 from gate.errors import ConfigError
-from gate.model import GateRecord, Outcome, PlatformResult, State, utcnow
-from gate.platforms import Platform, PlatformError, select_platforms
 from gate.ports import ValidationRequest
-from gate.ref import ImageRef
 from gate.service import gate_image, revalidate
 from tests.acr_emulator import AcrEmulator, EmulatedRegistry
 from tests.acr_emulator.tasks import runs_of, wait_for_runs

@@ -19,14 +19,14 @@ from azure.core.exceptions import ClientAuthenticationError
 from devstack.images import ImageBuilder
 from devstack.podman import started_containers
 from devstack.registry import RegistryProcess
-from gate.adapters.azure.acr_import import AcrImportRegistry
-from gate.adapters.oci import HostSettings, OciRegistry
-from gate.adapters.secrets import LocalSecrets
-from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.config import load_config
+from gate.adapters.ledger.sqlite import SqliteLedger
+from gate.adapters.registry.acr_import import AcrImportRegistry
+from gate.adapters.registry.oci import HostSettings, OciRegistry
+from gate.adapters.secrets.local import LocalSecrets
+from gate.config.model import load_config
+from gate.domain.records import State
+from gate.domain.ref import ImageRef
 from gate.errors import AuthenticationError, ConfigError, RegistryUnavailable
-from gate.model import State
-from gate.ref import ImageRef
 from gate.service import Gatekeeper, gate_image
 from tests.acr_emulator import AcrEmulator
 from tests.acr_emulator.core import TestCredential, TokenBook

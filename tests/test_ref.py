@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gate.domain.ref import ImageRef, is_loopback_registry, parse_digest
 from gate.errors import InvalidReference, UsageError
-from gate.ref import ImageRef, is_loopback_registry, parse_digest
 
 SHA256 = "sha256:" + "0123456789abcdef" * 4
 SHA512 = "sha512:" + "fedcba9876543210" * 8

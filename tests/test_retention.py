@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gate import cli
-from gate.config import load_config
+from gate.config.model import load_config
+from gate.domain.records import GateRecord, Outcome, State, new_record_id, utcnow
+from gate.domain.ref import ImageRef
+from gate.entrypoints import cli
 from gate.errors import ConfigError
-from gate.model import GateRecord, Outcome, State, new_record_id, utcnow
-from gate.ref import ImageRef
-from gate.retention import prune_records
 from gate.service import Gatekeeper, gate_image, rollback
+from gate.usecases.retention import prune_records
 from tests.fakes import FakeRegistry, FakeValidator, digest_of
 from tests.test_service import ART, UP, keeper_with, write_config
 

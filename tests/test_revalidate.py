@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.config import load_config
+from gate.adapters.ledger.sqlite import SqliteLedger
+from gate.config.model import load_config
+from gate.domain.records import GateRecord, Outcome, State, utcnow
+from gate.entrypoints.worker import revalidate as timer_revalidate
 from gate.errors import ConfigError, NotFound, UsageError
-from gate.model import GateRecord, Outcome, State, utcnow
 from gate.ports import ValidationRequest
 from gate.service import (
     Gatekeeper,
@@ -22,7 +23,6 @@ from gate.service import (
     revalidation_due,
     rollback,
 )
-from gate.worker import revalidate as timer_revalidate
 from tests.configs import empty_task_gate_yaml
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 
@@ -208,7 +208,7 @@ def test_alert_moves_nothing_and_says_the_stable_digest_fails(
 
 
 def test_timer_pass_publishes_demotion_as_image_demoted_event(tmp_path: Path) -> None:
-    from gate.audit import EVENT_TYPES
+    from gate.entrypoints.audit import EVENT_TYPES
 
     keeper = keeper_for(tmp_path)
     registry, _, verdicts = parts(keeper)

@@ -21,9 +21,9 @@ from azure.functions.timer import TimerRequest
 import function_app
 from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
-from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.config import Revalidation
-from gate.model import Outcome, State
+from gate.adapters.ledger.sqlite import SqliteLedger
+from gate.config.model import Revalidation
+from gate.domain.records import Outcome, State
 from gate.ports import ValidationRequest
 from gate.service import gate_image, revalidate
 from tests.configs import local_gate_yaml

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gate.runid import new_run_id, run_id_millis
+from gate.domain.runid import new_run_id, run_id_millis
 
 TAG = re.compile(r"[\w][\w.-]{0,127}")
 
@@ -36,7 +36,7 @@ def test_run_id_encodes_its_creation_millisecond() -> None:
 
 def test_run_ids_are_unique_across_concurrent_processes() -> None:
     script = (
-        "from gate.runid import new_run_id\nprint('\\n'.join(new_run_id() for _ in range(3000)))"
+        "from gate.domain.runid import new_run_id\nprint('\\n'.join(new_run_id() for _ in range(3000)))"
     )
     procs = [
         subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.config import load_config
+from gate.adapters.ledger.sqlite import SqliteLedger
+from gate.config.model import load_config
+from gate.domain.records import GateRecord, Outcome, State, new_record_id, utcnow
+from gate.domain.ref import ImageRef
 from gate.errors import Conflict, NoMatchingRule, NotFound, RegistryUnavailable, UsageError
-from gate.model import GateRecord, Outcome, State, new_record_id, utcnow
 from gate.ports import CopyReport, ValidationRequest
-from gate.ref import ImageRef
 from gate.service import Gatekeeper, admit, gate_image, gate_record, rollback, watch_once
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator, digest_of
 
@@ -552,8 +552,8 @@ def test_admission_refuses_an_unwatched_image_and_records_nothing(keeper: Gateke
 def test_poison_fails_an_untouched_request_but_leaves_a_live_workers_record(
     keeper: Gatekeeper,
 ) -> None:
-    from gate.messages import GateRequest
-    from gate.worker import poisoned
+    from gate.entrypoints.messages import GateRequest
+    from gate.entrypoints.worker import poisoned
 
     registry, _ = fakes(keeper)
     registry.push(f"{UP}/node:15-alpine", "green")
@@ -573,8 +573,8 @@ def test_poison_fails_an_untouched_request_but_leaves_a_live_workers_record(
 def test_worker_hands_back_a_failed_promotion_at_once_and_the_redelivery_promotes_it(
     keeper: Gatekeeper,
 ) -> None:
-    from gate.messages import GateRequest
-    from gate.worker import RetryLater, handle
+    from gate.entrypoints.messages import GateRequest
+    from gate.entrypoints.worker import RetryLater, handle
 
     registry, validator = fakes(keeper)
     digest = registry.push(f"{UP}/node:15-alpine", "green")
@@ -596,8 +596,8 @@ def test_worker_hands_back_a_failed_promotion_at_once_and_the_redelivery_promote
 
 
 def test_poison_leaves_a_validated_record_for_the_next_attempt(keeper: Gatekeeper) -> None:
-    from gate.messages import GateRequest
-    from gate.worker import poisoned
+    from gate.entrypoints.messages import GateRequest
+    from gate.entrypoints.worker import poisoned
 
     registry, validator = fakes(keeper)
     registry.push(f"{UP}/node:15-alpine", "green")
@@ -612,8 +612,8 @@ def test_poison_leaves_a_validated_record_for_the_next_attempt(keeper: Gatekeepe
 
 
 def test_poison_fails_a_record_whose_holder_died(keeper: Gatekeeper) -> None:
-    from gate.messages import GateRequest
-    from gate.worker import poisoned
+    from gate.entrypoints.messages import GateRequest
+    from gate.entrypoints.worker import poisoned
 
     registry, _ = fakes(keeper)
     digest = registry.push(f"{UP}/node:15-alpine", "green")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gate.adapters.sqlite_ledger import SqliteLedger, history_queries
+from gate.adapters.ledger.sqlite import SqliteLedger, history_queries
+from gate.domain.records import GateRecord, State, new_record_id
 from gate.errors import LedgerError
-from gate.model import GateRecord, State, new_record_id
 
 FILTERS = {
     "rule": "node",

@@ -21,13 +21,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
-from gate.adapters.oci import HostSettings, OciRegistry
-from gate.adapters.oci_referrers import CosignSignatureReader
+from gate.adapters.registry.oci import HostSettings, OciRegistry
+from gate.adapters.registry.referrers import CosignSignatureReader
 from gate.adapters.signers import key_vault_public_key
 from gate.compose import local_gatekeeper
-from gate.config import load_config
+from gate.config.model import load_config
+from gate.domain.records import State
 from gate.errors import ConfigError
-from gate.model import State
 from gate.service import Gatekeeper, gate_image
 from tests.acr_emulator import AcrEmulator, TestCredential
 from tests.configs import local_gate_yaml

@@ -16,12 +16,12 @@ import pytest
 
 from devstack.proxy import LatencyProxy, push_tiny_images
 from devstack.registry import RegistryProcess
-from gate.adapters.oci import HostSettings, OciRegistry, quota_spent
-from gate.adapters.sqlite_ledger import SqliteLedger
-from gate.config import load_config
+from gate.adapters.ledger.sqlite import SqliteLedger
+from gate.adapters.registry.oci import HostSettings, OciRegistry, quota_spent
+from gate.config.model import load_config
+from gate.entrypoints.worker import poll_carrying
 from gate.errors import ConfigError
 from gate.service import Gatekeeper, WatchItem, poll_upstreams
-from gate.worker import poll_carrying
 from tests.fakes import FakeSecrets, FakeValidator
 
 TAGS = [f"v{n}" for n in range(6)]

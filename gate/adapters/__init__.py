@@ -1,5 +1,5 @@
-"""Adapters: implementations of the ports in :mod:`gate.ports` (OCI registry, local validator,
-SQLite ledger, secrets)."""
+"""Adapters: implementations of the ports in :mod:`gate.ports`, one subpackage per port
+(registry, validation, ledger, downstream, secrets; signers in :mod:`gate.adapters.signers`)."""
 
 import sys
 

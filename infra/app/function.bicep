@@ -64,7 +64,7 @@ resource insights 'Microsoft.Insights/components@2020-02-02' existing = {
 }
 
 // The settings of the platform rather than of the gate. AzureWebJobsStorage is the connection the
-// queue bindings name (gate.settings.STORAGE_CONNECTION); its __ form is the identity-based one.
+// queue bindings name (gate.config.app_settings.STORAGE_CONNECTION); its __ form is the identity-based one.
 var platformSettings = {
   AzureWebJobsStorage__accountName: storage.name
   AzureWebJobsStorage__credential: 'managedidentity'
@@ -142,7 +142,7 @@ resource site 'Microsoft.Web/sites@2025-03-01' = {
 //   allowed audience (a v2 token's aud), and the Application ID URI is added for tokens asked
 //   for by it (learn.microsoft.com/azure/app-service/configure-authentication-provider-aad,
 //   "Issuer Url", "Allowed Token Audiences");
-// - the platform checks the token, not app roles: the functions do (gate/principal.py);
+// - the platform checks the token, not app roles: the functions do (gate/entrypoints/principal.py);
 // - /runtime/webhooks/eventgrid is excluded: Event Grid delivers to the Event Grid trigger
 //   there with the extension's system key, which the Functions host checks itself
 //   (learn.microsoft.com/azure/azure-functions/event-grid-how-tos, "Webhook endpoint URL";

@@ -4,7 +4,7 @@
 azure-mgmt-containerregistry 15.0.0 sends) checks ``ImportImageParameters`` against the REST
 specification's shape, answers ``202`` with ``Azure-AsyncOperation`` (…/operationStatuses/{id})
 and ``Location`` (…/operationResults/{id}) plus ``Retry-After``, and copies in a background
-thread with :class:`gate.adapters.oci.OciRegistry`, from the source's backing registry to the
+thread with :class:`gate.adapters.registry.oci.OciRegistry`, from the source's backing registry to the
 target's, by digest when ``sourceImage`` is ``repo@sha256:…``.
 
 The SDK's ``ARMPolling`` then polls ``Azure-AsyncOperation`` (``{"status": "InProgress" |
@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gate.adapters.oci import HostSettings, OciRegistry
+from gate.adapters.registry.oci import HostSettings, OciRegistry
+from gate.domain.ref import ImageRef, is_loopback_registry
 from gate.errors import GateError, ManifestUnknown
-from gate.ref import ImageRef, is_loopback_registry
 from tests.acr_emulator import downstream
 from tests.acr_emulator.core import (
     AcrEmulator,

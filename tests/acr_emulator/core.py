@@ -1033,14 +1033,14 @@ class AcrEmulator(Service):
 
     def oci_hosts(self) -> dict[str, Any]:
         """``HostSettings`` for every backing registry (plain HTTP, loopback)."""
-        from gate.adapters.oci import HostSettings
+        from gate.adapters.registry.oci import HostSettings
 
         return {r.backing.host: HostSettings(insecure=True) for r in self.registries.values()}
 
     @property
     def validator(self) -> Any:
         """A ``LocalValidator`` that pulls from every backing registry over plain HTTP."""
-        from gate.adapters.local_validator import LocalValidator
+        from gate.adapters.validation.local import LocalValidator
 
         work_dir = self.workdir / "runs"
         work_dir.mkdir(parents=True, exist_ok=True)

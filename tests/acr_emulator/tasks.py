@@ -69,12 +69,12 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from gate.acr_task import RunContext, load_task
-from gate.adapters.local_validator import host_architecture
+from gate.adapters.validation.local import host_architecture
+from gate.adapters.validation.taskfile import RunContext, load_task
+from gate.domain.records import Outcome
+from gate.domain.ref import ImageRef
 from gate.errors import GateError
-from gate.model import Outcome
 from gate.ports import ValidationRequest
-from gate.ref import ImageRef
 from tests.acr_emulator.arm import REGISTRY_PATH
 from tests.acr_emulator.core import (
     AcrEmulator,

@@ -1,0 +1,1 @@
+"""Downstream runner port adapters: local task files and ACR tasks."""

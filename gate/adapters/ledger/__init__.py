@@ -1,0 +1,1 @@
+"""Ledger port adapters: SQLite (local) and Azure Table Storage."""

@@ -1,0 +1,1 @@
+"""Secrets port adapters: local environment/files and Key Vault."""

@@ -1,0 +1,882 @@
+"""The ACR validator: a rule's task file runs in ACR as a task run with a user-assigned identity.
+
+What ``az acr run --file acr-task.yaml --set IMAGE=... <folder>`` does, as a ``taskRuns``
+resource, with the ``azure-mgmt-containerregistrytasks`` client (api-version
+``2025-03-01-preview``):
+
+1. the validation folder is packed into a deterministic ``tar.gz`` (sorted entries, fixed
+   mtimes, no owner names, so the same folder always gives the same bytes);
+2. ``registries.get_build_source_upload_url`` gives a write SAS URL and a ``relativePath``; the
+   archive is PUT there as a block blob (the SAS URL is a credential: it is never logged);
+3. ``task_runs.begin_create`` (``PUT …/registries/{r}/taskRuns/{name}``, a long-running
+   operation followed through ``Azure-AsyncOperation``) with the runner's **user-assigned
+   identity** (``identity.type=UserAssigned``, ``userAssignedIdentities={<its ARM id>: {}}``) and
+   an ``EncodedTaskRunRequest``: the task file base64-encoded, the values (``IMAGE`` = the
+   digest-pinned candidate, then the request's values, secret ones flagged ``isSecret``), the
+   platform (the request's ``os/arch[/variant]`` when it names one, as ``PlatformProperties``
+   ``os`` / ``architecture`` / ``variant``: the agent the run is scheduled on; else the
+   validator's default), the run timeout, the uploaded ``relativePath`` as the source location, and
+   ``credentials.customRegistries[host]`` naming that identity by its **client ID**, alone for an
+   ACR it may pull from, with ``Vaultsecret`` user name and password URIs it reads from Key Vault
+   for any other registry. The created task run's ``runResult.runId`` is the run;
+4. ``on_started(run_id)``, then ``runs.get`` with exponential backoff (``poll_initial``
+   doubling up to ``poll_max``) until the run ends. Past our own deadline (the request's
+   timeout plus ``deadline_margin``, which covers time queued for an agent) the run is
+   cancelled and the validation FAILS; ACR's own run timeout normally ends it first;
+5. ``runs.get_log_sas_url`` and a GET of that blob: the log, secrets masked, is returned;
+   ``log_location`` is ``acr://{registry}/runs/{run_id}``, never the SAS URL;
+6. ``task_runs.delete`` of the task run resource, best effort: a failed delete is logged and
+   never changes the verdict (the run and its log were read already; whether deleting a task run
+   also removes its run record is not documented, hence the order).
+
+Why a task run and not ``scheduleRun`` (sources in the README, "Why taskRuns"): a run that must
+log in to a registry or read Key Vault with a managed identity needs that identity *on the run*.
+``scheduleRun`` takes a ``RunRequest``, which has no identity (REST specification
+``containerregistry_build.json``, 2019-06-01-preview and 2025-03-01-preview), and nothing
+documents that a quick run borrows the registry's own identity; ``az acr run`` has no identity
+option either. A ``taskRuns`` resource wraps the same ``EncodedTaskRunRequest`` and adds a
+top-level ``identity``; ACR documents that task runs with a managed identity take a
+**user-assigned** one only (``container-registry-task-run-template``), and the Azure/acr samples
+``quickdockerbuildwithidentity`` and ``quickdockerbuildusingidentitykeyvault`` pair exactly that
+identity with ``customRegistries[login].identity = <client ID>`` (plus ``Vaultsecret`` URIs).
+The same document says task runs need a *remote* source context; that concerns template
+deployments, which cannot upload. We upload through ``listBuildSourceUploadUrl`` and pass its
+``relativePath``, which the specification's ``sourceLocation`` accepts ("If it is relative URL,
+the relative path should be obtained from calling listBuildSourceUploadUrl API"). This pairing
+with a task run is **Spec-only**: not verified against the service. If ACR refused it, the PUT
+(or the run, at "Downloading source code") would fail and every validation would be FAILED with
+ACR's message; the record says so and nothing is promoted.
+
+A PUT is idempotent where ``scheduleRun`` (a POST) is not: the SDK's retry of a PUT whose answer
+was lost names the same resource again instead of scheduling a second run.
+
+ARM calls per validation: upload URL 1, PUT 1, one ``Azure-AsyncOperation`` poll per
+``Retry-After`` until the creation ends, the SDK's final GET of the task run 1, one ``runs.get``
+per poll, log URL 1, DELETE 1 (the blob PUT and GET go to Storage, not ARM). A run of ``T``
+seconds takes about ``log2(T)`` polls while the interval grows, then one per ``poll_max``.
+
+Outcomes: ``Succeeded`` is PASSED. ``Failed`` with a failing step in the log is REJECTED, the
+reason naming the step and its last output lines, parsed from ACR's log lines
+(``Container failed during run: STEP. No retries remaining.``, ``failed to run step ID: STEP:
+exit status N``) — except exit status 125 (the container engine itself failed, as the local
+validator treats it). ``Failed`` with no failing step (a registry login or source download
+that failed before any step ran) is FAILED: it says nothing about the image, and a REJECTED
+record would block the digest for good. ``Canceled``, ``Error`` and ``Timeout`` are FAILED.
+
+Resuming (:class:`gate.ports.Resume`), because ACR runs outlive the worker that started them.
+The task run's name is a deterministic key of the validation attempt: ``gate-{key}-{attempt}``
+(:func:`task_run_name`; ``key`` is the gate record's id, ``attempt`` the number of the worker
+that took the record on), so:
+
+* with a ``run_id``: that run is followed (nothing is uploaded or created); if ACR no longer
+  knows it (404), a new task run is created under this attempt's name;
+* without one (the worker died between the PUT and recording the ID): ``GET taskRuns/{name}``
+  for the earlier attempts' names, newest first (at most ``MAX_EARLIER_ATTEMPTS``); the first
+  that exists names its run in ``runResult.runId``, and that run is adopted and followed. No
+  heuristic is involved: a task run under that name was created for this record, by this gate.
+  When none exists (the worker died before its PUT), a new task run is created.
+
+Runs a worker started through ``scheduleRun`` before this design cannot be found that way; a
+record that predates it and resumes without a run ID starts a new run (its orphan, if any, runs
+to its end unobserved).
+
+Secrets: values named in ``request.secret_values`` are sent with ``isSecret`` (ACR keeps them
+out of its own displays), and replaced by ``***`` in the returned log, reason and every error
+message of this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import gzip
+import hashlib
+import io
+import math
+import re
+import stat
+import tarfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from azure.core import PipelineClient
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+)
+from azure.core.pipeline.policies import HeadersPolicy, RetryPolicy, UserAgentPolicy
+from azure.core.pipeline.transport import RequestsTransport
+from azure.core.rest import HttpRequest, HttpResponse
+from azure.mgmt.containerregistrytasks import ContainerRegistryTasksMgmtClient
+from azure.mgmt.containerregistrytasks.models import (
+    Credentials,
+    CustomRegistryCredentials,
+    EncodedTaskRunRequest,
+    IdentityProperties,
+    PlatformProperties,
+    Run,
+    SecretObject,
+    SetValue,
+    TaskRun,
+    TaskRunProperties,
+    UserIdentityProperties,
+)
+
+from gate.domain.records import Outcome, ValidationResult
+from gate.errors import ConfigError, ValidatorError
+from gate.logsafe import get_logger
+from gate.ports import Resume, ValidationRequest
+
+log = get_logger(__name__)
+
+MASK = "***"
+
+TERMINAL_STATUSES = frozenset({"Succeeded", "Failed", "Canceled", "Error", "Timeout"})
+"""Run statuses after which nothing more happens (``Queued``, ``Started``, ``Running`` go on)."""
+
+MIN_RUN_TIMEOUT = 300
+MAX_RUN_TIMEOUT = 28800
+"""The run timeout bounds of ``EncodedTaskRunRequest.timeout`` in the REST specification."""
+
+MAX_EARLIER_ATTEMPTS = 5
+"""A resumed validation looks up the task runs of at most this many earlier attempts."""
+
+TASK_RUN_NAME = re.compile(r"^[a-zA-Z0-9-]{5,50}$")
+"""The ``taskRunName`` grammar of the REST specification (5-50 characters)."""
+
+_NAME_PREFIX = "gate-"
+
+ENGINE_ERROR_EXIT = 125
+"""The exit status docker uses when it, not the container, failed (pull errors and the like)."""
+
+TAR_MTIME = 0
+"""Every entry of the source archive carries this mtime, so equal folders give equal bytes."""
+
+_BLOB_API_VERSION = "2021-08-06"
+_TRANSPORT_KEYS = ("connection_verify", "connection_cert", "connection_timeout", "read_timeout")
+_RETRY_KEYS = ("retry_total", "retry_backoff_factor", "retry_backoff_max", "retry_mode")
+_REASON_LINES = 3
+_REASON_CHARS = 400
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
+_ACB_LINE = re.compile(r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} ")
+_STEP_FAILED = re.compile(r"^failed to run step ID: (?P<step>.+?): (?P<error>.+)$", re.M)
+_EXIT_STATUS = re.compile(r"^exit status (?P<code>-?\d+)$")
+_URL_QUERY = re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\"]*")
+_RUN_END = re.compile(
+    r"^Run ID: \S+ (?:was successful|failed) after \S+?(?:\. Error: (?P<error>.*))?$", re.M
+)
+
+
+# PlatformProperties' enums in the 2025-03-01-preview specification (OS, Architecture, Variant)
+_ACR_OS = {"linux": "Linux", "windows": "Windows"}
+_ACR_ARCHITECTURES = frozenset({"amd64", "x86", "386", "arm", "arm64"})
+_ACR_VARIANTS = frozenset({"v6", "v7", "v8"})
+
+
+def pack_folder(folder: Path) -> bytes:
+    """The folder as a deterministic ``tar.gz``: what ACR unpacks into ``/workspace``.
+
+    Entries are sorted by path; mtimes are ``TAR_MTIME``; owners are 0 without names; modes
+    are 0755 for folders and executables, 0644 for other files (only the executable bit means
+    anything to a run). Symbolic links are kept as links; sockets, fifos and devices are left
+    out. The gzip header carries no name and a zero mtime.
+    """
+    root = Path(folder)
+    raw = io.BytesIO()
+    with (
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped,
+        tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for path in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
+            info = tar.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
+            if not (info.isfile() or info.isdir() or info.issym()):
+                continue
+            info.mtime = TAR_MTIME
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            executable = info.isdir() or bool(info.mode & stat.S_IXUSR)
+            info.mode = 0o755 if executable else 0o644
+            if info.isfile():
+                with path.open("rb") as handle:
+                    tar.addfile(info, handle)
+            else:
+                tar.addfile(info)
+    return raw.getvalue()
+
+
+class _Masker:
+    """Replaces secret values by ``***``, longest first (a secret inside another goes too)."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        return text
+
+
+@dataclass(frozen=True)
+class StepFailure:
+    """The step a failed ACR run stopped at, as its log tells: ``error`` is ACR's words
+    (``exit status 1``, ``context deadline exceeded``), ``tail`` the step's last output lines."""
+
+    step: str
+    error: str
+    tail: str
+
+    @property
+    def exit_code(self) -> int | None:
+        """The step's exit status, when the error is one."""
+        match = _EXIT_STATUS.match(self.error.strip())
+        return int(match["code"]) if match else None
+
+    def describe(self) -> str:
+        """``step 'X' exited with code N: <last lines>`` (the local validator's wording)."""
+        code = self.exit_code
+        what = (
+            f"step '{self.step}' exited with code {code}"
+            if code is not None
+            else f"step '{self.step}' failed: {self.error.strip()}"
+        )
+        return f"{what}: {self.tail}" if self.tail else what
+
+
+def parse_step_failure(log_text: str) -> StepFailure | None:
+    """The failing step of an ACR run log, or None if no step failed in it.
+
+    ACR's runner logs ``failed to run step ID: STEP: ERROR`` when a step fails (after
+    ``Container failed during run: STEP. No retries remaining.`` for a container that exited
+    non-zero). The tail is the step's own output: the non-blank lines between
+    ``Launching container with name: STEP`` and the failure, without the runner's timestamped
+    lines, the last few joined by `` / ``.
+    """
+    text = _ANSI.sub("", log_text)
+    failures = list(_STEP_FAILED.finditer(text))
+    if not failures:
+        return None
+    failure = failures[-1]
+    step, error = failure["step"].strip(), failure["error"].strip()
+    lines = text[: failure.start()].splitlines()
+    end = len(lines)
+    for index in range(len(lines) - 1, -1, -1):
+        if f"Container failed during run: {step}." in lines[index]:
+            end = index
+            break
+    start = 0
+    for index in range(end - 1, -1, -1):
+        if f"Launching container with name: {step}" in lines[index]:
+            start = index + 1
+            break
+    output = [
+        line.strip() for line in lines[start:end] if line.strip() and not _ACB_LINE.match(line)
+    ]
+    tail = " / ".join(output[-_REASON_LINES:])
+    if len(tail) > _REASON_CHARS:
+        tail = "..." + tail[-_REASON_CHARS:]
+    return StepFailure(step=step, error=error, tail=tail)
+
+
+def _run_error(log_text: str) -> str:
+    """The ``Error: ...`` of ACR's closing ``Run ID: X failed after Ns. Error: ...`` line."""
+    found = [m["error"] for m in _RUN_END.finditer(log_text) if m["error"]]
+    return found[-1].strip() if found else ""
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with the query of every URL cut (a SAS token is a credential)."""
+    return _URL_QUERY.sub(r"\1?<redacted>", text)
+
+
+def _arm_detail(exc: AzureError) -> str:
+    """``status code: message`` of an ARM error, short, for messages."""
+    if isinstance(exc, HttpResponseError):
+        code = exc.error.code if exc.error is not None and exc.error.code else ""
+        message = exc.error.message if exc.error is not None and exc.error.message else ""
+        status = exc.status_code if exc.status_code is not None else "?"
+        detail = " ".join(p for p in (str(status), code) if p)
+        return f"{detail}: {message or exc.reason or 'no message'}"
+    return f"{type(exc).__name__}: {exc.message}"
+
+
+def _text(value: object) -> str:
+    """An SDK enum member or string as its wire value (``str()`` of a member is its repr)."""
+    if value is None:
+        return ""
+    return str(value.value) if isinstance(value, enum.Enum) else str(value)
+
+
+def _status(run: Run) -> str:
+    return _text(run.properties.status) if run.properties else ""
+
+
+def task_run_name(key: str, attempt: int) -> str:
+    """The task run name of attempt ``attempt`` of the validation ``key``: ``gate-{key}-{n}``.
+
+    Deterministic, so a later attempt finds an earlier one's task run by name. A key that is not
+    already lower-case letters, digits and single inner hyphens, or that would make the name
+    longer than 50 characters, is replaced by a SHA-256 prefix of itself (equal keys give equal
+    names, different keys different ones). An empty key gives a random name (nothing to find).
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt numbers start at 1, got {attempt}")
+    suffix = f"-{attempt}"
+    if not key:
+        return f"{_NAME_PREFIX}{uuid.uuid4().hex}{suffix}"
+    name = f"{_NAME_PREFIX}{key}{suffix}"
+    if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", key) or not TASK_RUN_NAME.match(name):
+        room = 50 - len(_NAME_PREFIX) - len(suffix)
+        name = f"{_NAME_PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:room]}{suffix}"
+    return name
+
+
+def _run_result(task_run: TaskRun) -> Run:
+    """The run a task run started, as the task run last saw it (``_follow`` polls it on)."""
+    result = task_run.properties.run_result if task_run.properties is not None else None
+    return result if result is not None else Run()
+
+
+def _run_id_of(task_run: TaskRun) -> str | None:
+    """``properties.runResult.runId`` of a task run, if it started one."""
+    props = task_run.properties
+    result = props.run_result if props is not None else None
+    run_props = result.properties if result is not None else None
+    return run_props.run_id if run_props is not None and run_props.run_id else None
+
+
+class AcrQuickRunValidator:
+    """Runs a rule's ACR task file as an ACR task run; see the module documentation.
+
+    ``credential`` is any ``TokenCredential`` (``DefaultAzureCredential`` in production);
+    ``registry`` (in ``resource_group`` of ``subscription_id``) is the ACR that runs the task;
+    ``identity_resource_id`` and ``identity_client_id`` name the runner's user-assigned identity
+    (its ARM id, attached to every task run, and its client ID, which the run's registry
+    credentials name); ``custom_registries`` maps registry login servers the task pulls from to
+    Key Vault secret URIs of their (username, password), read by that identity, or to None for
+    an ACR the identity may pull from itself (AcrPull). Custom registries need the identity;
+    without any, the identity is optional (a task run without one pulls anonymously).
+    ``client_kwargs`` go to the SDK client (``connection_verify``, ``retry_total``, ``credential_scopes``…);
+    the transport and retry settings among them apply to the blob upload and download too.
+    ``sleep`` and ``clock`` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        credential: Any,
+        subscription_id: str,
+        resource_group: str,
+        registry: str,
+        arm_endpoint: str = "https://management.azure.com",
+        custom_registries: Mapping[str, tuple[str, str] | None] | None = None,
+        identity_resource_id: str | None = None,
+        identity_client_id: str | None = None,
+        os: str = "Linux",
+        architecture: str = "amd64",
+        poll_initial: float = 2.0,
+        poll_max: float = 30.0,
+        deadline_margin: float = 300.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        client_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if poll_initial <= 0 or poll_max < poll_initial:
+            raise ConfigError(
+                f"quick-run polling interval {poll_initial:g}..{poll_max:g} s is invalid; use "
+                "0 < poll_initial <= poll_max"
+            )
+        self.subscription_id = subscription_id
+        self.resource_group = resource_group
+        self.registry = registry
+        self.custom_registries = dict(custom_registries or {})
+        if bool(identity_resource_id) != bool(identity_client_id):
+            raise ConfigError(
+                "the runner identity needs both its ARM resource id and its client id; give "
+                "both, or neither"
+            )
+        if self.custom_registries and not identity_resource_id:
+            raise ConfigError(
+                "validation runs that log in to "
+                f"{', '.join(sorted(self.custom_registries))} need the runner's user-assigned "
+                "identity (resource id and client id); configure it, with AcrPull on those "
+                "registries and read access to their Key Vault secrets"
+            )
+        self.identity_resource_id = identity_resource_id or None
+        self.identity_client_id = identity_client_id or None
+        self.os = os
+        self.architecture = architecture
+        self.poll_initial = poll_initial
+        self.poll_max = poll_max
+        self.deadline_margin = deadline_margin
+        self._sleep = sleep
+        self._clock = clock
+        kwargs = dict(client_kwargs or {})
+        self._client = ContainerRegistryTasksMgmtClient(
+            credential, subscription_id, base_url=arm_endpoint, **kwargs
+        )
+        transport = {k: kwargs[k] for k in _TRANSPORT_KEYS if k in kwargs}
+        retry = {k: kwargs[k] for k in _RETRY_KEYS if k in kwargs}
+        # Blobs go through azure-core as well: the same TLS trust (REQUESTS_CA_BUNDLE or
+        # connection_verify) and retries as the ARM client, and no logging policy that could
+        # print a SAS URL.
+        self._blobs: PipelineClient[HttpRequest, HttpResponse] = PipelineClient(
+            "https://storage.invalid",
+            policies=[
+                HeadersPolicy(),
+                UserAgentPolicy(sdk_moniker="gate-quick-run"),
+                RetryPolicy(**retry),
+            ],
+            transport=RequestsTransport(**transport),
+        )
+
+    def close(self) -> None:
+        """Close the HTTP sessions."""
+        self._client.close()
+        self._blobs.close()
+
+    def __enter__(self) -> AcrQuickRunValidator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def log_location(self, run_id: str) -> str:
+        """A stable, secret-free reference to a run's log (``az acr task logs`` finds it)."""
+        return f"acr://{self.registry}/runs/{run_id}"
+
+    # -- the port ----------------------------------------------------------------------------
+
+    def validate(
+        self,
+        request: ValidationRequest,
+        on_started: Callable[[str], None],
+        resume: Resume | None = None,
+    ) -> ValidationResult:
+        """Run (or follow) the quick run of ``request``; see the module documentation.
+
+        Raises ConfigError (nothing scheduled, ``on_started`` not called) for a missing folder
+        or task file or a timeout ACR cannot take, InvalidReference for an image without a
+        digest, ValidatorError when ARM or Storage refuse or fail beyond the SDK's retries.
+        """
+        pinned = request.image.pinned()
+        values = {"IMAGE": str(pinned), **request.values}
+        mask = _Masker(values[name] for name in request.secret_values if name in values)
+        folder = Path(request.folder)
+        task_path = folder / request.task_file
+        if not folder.is_dir():
+            raise ConfigError(
+                f"validation folder {folder} does not exist; create it, or fix the rule's "
+                "validation folder"
+            )
+        if not task_path.is_file():
+            raise ConfigError(
+                f"task file {task_path} does not exist; add it, or fix the rule's task_file"
+            )
+        run_timeout = self._run_timeout(request.timeout_seconds)
+        platform = self._platform(request.platform)
+        try:
+            return self._validate(request, on_started, resume, values, mask, run_timeout, platform)
+        except AzureError as exc:
+            raise ValidatorError(
+                mask(
+                    f"ACR task run on registry {self.registry} failed: {_arm_detail(exc)}; "
+                    "check that the gate's identity may create, read and delete task runs on "
+                    "the registry (Microsoft.ContainerRegistry/registries/taskruns/write, "
+                    "…/read, …/delete, …/runs/read, …/runs/listLogSasUrl/action, "
+                    "…/listBuildSourceUploadUrl/action) and assign the runner identity "
+                    "(Managed Identity Operator on it), then retry"
+                )
+            ) from None
+
+    def _validate(
+        self,
+        request: ValidationRequest,
+        on_started: Callable[[str], None],
+        resume: Resume | None,
+        values: dict[str, str],
+        mask: _Masker,
+        run_timeout: int,
+        platform: PlatformProperties,
+    ) -> ValidationResult:
+        attempt = max(request.attempt, 1)
+        if resume is not None and resume.run_id:
+            try:
+                run = self._client.runs.get(self.resource_group, self.registry, resume.run_id)
+            except ResourceNotFoundError:
+                log.warning(
+                    "run %s is unknown to registry %s; starting a new run",
+                    resume.run_id,
+                    self.registry,
+                )
+            else:
+                log.info("following run %s started earlier", resume.run_id)
+                result = self._follow(resume.run_id, run, request, mask)
+                # The attempt that started it may have left its task run behind.
+                for name in self._earlier_names(request.key, attempt):
+                    self._delete(name)
+                return result
+        elif resume is not None:
+            found = self._earlier_run(request.key, attempt)
+            if found is not None:
+                name, run_id, run = found
+                log.info(
+                    "adopting run %s of task run %s, started by an earlier worker", run_id, name
+                )
+                on_started(run_id)
+                result = self._follow(run_id, run, request, mask)
+                self._delete(name)
+                return result
+
+        name = task_run_name(request.key, attempt)
+        relative_path = self._upload(pack_folder(Path(request.folder)))
+        task = (Path(request.folder) / request.task_file).read_bytes()
+        identity = None
+        if self.identity_resource_id:
+            identity = IdentityProperties(
+                type="UserAssigned",
+                user_assigned_identities={self.identity_resource_id: UserIdentityProperties()},
+            )
+        poller = self._client.task_runs.begin_create(
+            self.resource_group,
+            self.registry,
+            name,
+            TaskRun(
+                identity=identity,
+                properties=TaskRunProperties(
+                    run_request=EncodedTaskRunRequest(
+                        encoded_task_content=base64.b64encode(task).decode("ascii"),
+                        values_property=[
+                            SetValue(name=key, value=value, is_secret=key in request.secret_values)
+                            for key, value in values.items()
+                        ],
+                        platform=platform,
+                        timeout=run_timeout,
+                        source_location=relative_path,
+                        credentials=self._credentials(),
+                    ),
+                ),
+            ),
+            # without a Retry-After from ARM, poll the creation at our own pace
+            polling_interval=self.poll_initial,
+        )
+        created = poller.result()
+        new_id = _run_id_of(created)
+        if not new_id:
+            state = _text(created.properties.provisioning_state) if created.properties else ""
+            raise ValidatorError(
+                f"ACR created task run {name} on registry {self.registry} "
+                f"(provisioning state {state or 'unknown'}) but it names no run; look at it "
+                "with 'az acr taskrun show', then retry"
+            )
+        log.info("task run %s started run %s on registry %s", name, new_id, self.registry)
+        on_started(new_id)
+        result = self._follow(new_id, _run_result(created), request, mask)
+        self._delete(name)
+        return result
+
+    # -- task runs ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _earlier_names(key: str, attempt: int) -> list[str]:
+        """The task run names of the attempts before ``attempt``, newest first."""
+        if not key:
+            return []
+        first = max(1, attempt - MAX_EARLIER_ATTEMPTS)
+        return [task_run_name(key, n) for n in range(attempt - 1, first - 1, -1)]
+
+    def _earlier_run(self, key: str, attempt: int) -> tuple[str, str, Run] | None:
+        """(task run name, run ID, run) of the newest earlier attempt that started a run."""
+        for name in self._earlier_names(key, attempt):
+            try:
+                task_run = self._client.task_runs.get(self.resource_group, self.registry, name)
+            except ResourceNotFoundError:
+                continue
+            run_id = _run_id_of(task_run)
+            if run_id:
+                return name, run_id, _run_result(task_run)
+            log.info("task run %s exists but names no run; not adopting it", name)
+        if key:
+            log.info("no earlier attempt of %s left a task run; starting a new run", key)
+        return None
+
+    def _delete(self, name: str) -> None:
+        """Delete task run ``name``, best effort: a failure is logged, nothing else."""
+        try:
+            self._client.task_runs.delete(self.resource_group, self.registry, name)
+        except AzureError as exc:
+            log.warning(
+                "could not delete task run %s on registry %s (%s); delete it with "
+                "'az acr taskrun delete' (it holds no secret values)",
+                name,
+                self.registry,
+                _arm_detail(exc),
+            )
+
+    # -- scheduling --------------------------------------------------------------------------
+
+    def _platform(self, text: str) -> PlatformProperties:
+        """The run's ``PlatformProperties``: the request's platform, else the default one.
+
+        Only the values the 2025-03-01-preview specification enumerates (``OS``: Windows,
+        Linux; ``Architecture``: amd64, x86, 386, arm, arm64; ``Variant``: v6, v7, v8) are sent;
+        another platform is refused before anything is scheduled.
+        """
+        if not text:
+            return PlatformProperties(os=self.os, architecture=self.architecture)
+        os_name, _, rest = text.partition("/")
+        architecture, _, variant = rest.partition("/")
+        acr_os = _ACR_OS.get(os_name)
+        if (
+            acr_os is None
+            or architecture not in _ACR_ARCHITECTURES
+            or (variant and variant not in _ACR_VARIANTS)
+        ):
+            raise ConfigError(
+                f"platform {text} cannot run as an ACR task run, whose platforms are "
+                f"{'/'.join(sorted(_ACR_OS))} on {', '.join(sorted(_ACR_ARCHITECTURES))} "
+                f"(variants {', '.join(sorted(_ACR_VARIANTS))}); remove it from the rule's "
+                "platforms"
+            )
+        return PlatformProperties(os=acr_os, architecture=architecture, variant=variant or None)
+
+    def _run_timeout(self, seconds: float) -> int:
+        if seconds > MAX_RUN_TIMEOUT:
+            raise ConfigError(
+                f"validation timeout {seconds:g} s is longer than an ACR run may take "
+                f"({MAX_RUN_TIMEOUT} s); lower the rule's validation timeout_seconds"
+            )
+        # ACR refuses shorter run timeouts; our own deadline still applies the shorter one.
+        return max(MIN_RUN_TIMEOUT, math.ceil(seconds))
+
+    def _credentials(self) -> Credentials | None:
+        if not self.custom_registries:
+            return None
+        registries: dict[str, CustomRegistryCredentials] = {}
+        for host, secret_uris in sorted(self.custom_registries.items()):
+            if secret_uris is None:
+                # an ACR: the runner identity logs in itself (needs AcrPull there)
+                registries[host] = CustomRegistryCredentials(identity=self.identity_client_id)
+                continue
+            username_uri, password_uri = secret_uris
+            registries[host] = CustomRegistryCredentials(
+                user_name=SecretObject(type="Vaultsecret", value=username_uri),
+                password=SecretObject(type="Vaultsecret", value=password_uri),
+                # the identity that reads the secrets: the client ID of the user-assigned
+                # identity attached to the task run (Azure/acr quickdockerbuildusingidentitykeyvault)
+                identity=self.identity_client_id,
+            )
+        return Credentials(custom_registries=registries)
+
+    def _upload(self, archive: bytes) -> str:
+        source = self._client.registries.get_build_source_upload_url(
+            self.resource_group, self.registry
+        )
+        if not source.upload_url or not source.relative_path:
+            raise ValidatorError(
+                f"registry {self.registry} gave no source upload location; retry later"
+            )
+        response = self._send_blob(
+            "uploading the validation folder",
+            HttpRequest(
+                "PUT",
+                source.upload_url,
+                headers={
+                    "x-ms-blob-type": "BlockBlob",
+                    "x-ms-version": _BLOB_API_VERSION,
+                    "Content-Type": "application/gzip",
+                },
+                content=archive,
+            ),
+        )
+        if response.status_code not in (200, 201):
+            raise ValidatorError(
+                f"uploading the validation folder for registry {self.registry} failed with "
+                f"HTTP {response.status_code} ({response.headers.get('x-ms-error-code') or 'no code'}); "
+                "the upload URL may have expired or the storage may be unreachable: retry"
+            )
+        return source.relative_path
+
+    # -- following a run ---------------------------------------------------------------------
+
+    def _follow(
+        self,
+        run_id: str,
+        run: Run,
+        request: ValidationRequest,
+        mask: _Masker,
+        *,
+        log_link: str | None = None,
+    ) -> ValidationResult:
+        """Poll ``run`` (as last seen) until it ends or our deadline passes; judge it."""
+        deadline = self._clock() + request.timeout_seconds + self.deadline_margin
+        delay = self.poll_initial
+        status = _status(run)
+        while status not in TERMINAL_STATUSES:
+            now = self._clock()
+            if now >= deadline:
+                return self._overdue(run_id, request, mask, log_link)
+            self._sleep(min(delay, deadline - now))
+            delay = min(delay * 2, self.poll_max)
+            try:
+                run = self._client.runs.get(self.resource_group, self.registry, run_id)
+            except ResourceNotFoundError:
+                raise ValidatorError(
+                    f"run {run_id} disappeared from registry {self.registry} while it was "
+                    "followed; gate the image again"
+                ) from None
+            except ClientAuthenticationError:
+                raise
+            except HttpResponseError as exc:
+                if exc.status_code in (401, 403):
+                    raise
+                # The run goes on in ACR whatever ARM answers us now: keep polling until the
+                # deadline (the SDK has already retried this request).
+                log.warning("polling run %s failed (%s); retrying", run_id, _arm_detail(exc))
+                continue
+            except AzureError as exc:
+                log.warning("polling run %s failed (%s); retrying", run_id, _arm_detail(exc))
+                continue
+            status = _status(run)
+        text, fetched = self._fetch_log(run_id, log_link)
+        text = mask(text)
+        outcome, reason = self._judge(run_id, status, run, text, fetched, request)
+        return ValidationResult(
+            outcome=outcome,
+            run_id=run_id,
+            reason=mask(reason),
+            log=text,
+            log_location=self.log_location(run_id),
+        )
+
+    def _overdue(
+        self, run_id: str, request: ValidationRequest, mask: _Masker, log_link: str | None
+    ) -> ValidationResult:
+        canceled = "it was cancelled"
+        try:
+            self._client.runs.cancel(self.resource_group, self.registry, run_id)
+        except AzureError as exc:
+            canceled = f"cancelling it failed ({_arm_detail(exc)})"
+        text, _ = self._fetch_log(run_id, log_link)
+        reason = (
+            f"run {run_id} did not finish within the validation timeout of "
+            f"{request.timeout_seconds:g} s (+{self.deadline_margin:g} s for queueing); "
+            f"{canceled}; raise the rule's validation timeout_seconds, or make the steps faster"
+        )
+        log.warning("%s", reason)
+        return ValidationResult(
+            outcome=Outcome.FAILED,
+            run_id=run_id,
+            reason=mask(reason),
+            log=mask(text),
+            log_location=self.log_location(run_id),
+        )
+
+    def _judge(
+        self,
+        run_id: str,
+        status: str,
+        run: Run,
+        text: str,
+        fetched: bool,
+        request: ValidationRequest,
+    ) -> tuple[Outcome, str]:
+        run_error = (run.properties.run_error_message if run.properties else None) or ""
+        if status == "Succeeded":
+            return Outcome.PASSED, f"run {run_id} succeeded"
+        if status == "Failed":
+            failure = parse_step_failure(text)
+            if failure is not None and failure.exit_code != ENGINE_ERROR_EXIT:
+                return Outcome.REJECTED, failure.describe()
+            if failure is not None:
+                return (
+                    Outcome.FAILED,
+                    f"the container engine could not run step '{failure.step}' "
+                    f"({failure.error}): {failure.tail or 'no output'}; check that the step's "
+                    "images exist and the runner identity may pull them (AcrPull), then retry",
+                )
+            why = (
+                _run_error(text)
+                or run_error
+                or ("its log could not be read" if not fetched else "no step failed in its log")
+            )
+            return (
+                Outcome.FAILED,
+                f"run {run_id} failed before any step failed ({why}); check that the runner "
+                "identity has AcrPull on the registries it logs in to and may read their Key "
+                "Vault secrets, and the run log (az acr task logs), then retry",
+            )
+        if status == "Canceled":
+            return (
+                Outcome.FAILED,
+                f"run {run_id} was cancelled before it finished; gate the image again",
+            )
+        if status == "Timeout":
+            return (
+                Outcome.FAILED,
+                f"run {run_id} passed its ACR run timeout of "
+                f"{self._run_timeout(request.timeout_seconds)} s; raise the rule's validation "
+                "timeout_seconds, or make the steps faster",
+            )
+        detail = f": {run_error}" if run_error else ""
+        return (
+            Outcome.FAILED,
+            f"ACR could not carry out run {run_id} (status {status or 'unknown'}){detail}; "
+            "retry later",
+        )
+
+    def _fetch_log(self, run_id: str, log_link: str | None) -> tuple[str, bool]:
+        """The run's log text and whether it could be read (a missing log is not fatal)."""
+        try:
+            link = log_link or self._log_link(run_id)
+            return self._read_blob(link), True
+        except (AzureError, ValidatorError) as exc:
+            detail = _arm_detail(exc) if isinstance(exc, AzureError) else exc.message
+            log.warning("could not read the log of run %s: %s", run_id, redact_urls(detail))
+            return "", False
+
+    def _log_link(self, run_id: str) -> str:
+        result = self._client.runs.get_log_sas_url(self.resource_group, self.registry, run_id)
+        if not result.log_link:
+            raise ValidatorError(f"registry {self.registry} gave no log link for run {run_id}")
+        return result.log_link
+
+    def _read_blob(self, url: str) -> str:
+        response = self._send_blob(
+            "reading a run log",
+            HttpRequest("GET", url, headers={"x-ms-version": _BLOB_API_VERSION}),
+        )
+        if response.status_code == 404:
+            return ""  # the run has not written its log yet
+        if response.status_code != 200:
+            raise ValidatorError(
+                f"reading a run log failed with HTTP {response.status_code} "
+                f"({response.headers.get('x-ms-error-code') or 'no code'})"
+            )
+        return response.read().decode("utf-8", "replace")
+
+    def _send_blob(self, what: str, request: HttpRequest) -> HttpResponse:
+        """Send a request to a SAS URL; errors say what failed, never the URL's token."""
+        try:
+            return self._blobs.send_request(request)
+        except AzureError as exc:
+            # requests puts the whole URL, SAS token included, into its messages.
+            raise ValidatorError(
+                f"{what} failed: {type(exc).__name__}: {redact_urls(str(exc.message))}; check "
+                "that the storage account is reachable, then retry"
+            ) from None
+
+
+__all__ = [
+    "AcrQuickRunValidator",
+    "StepFailure",
+    "pack_folder",
+    "parse_step_failure",
+    "redact_urls",
+    "task_run_name",
+]

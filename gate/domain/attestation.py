@@ -1,0 +1,410 @@
+"""Promotion evidence: a signed in-toto attestation on every promoted digest, and its check.
+
+What is signed: an in-toto Statement v1 (https://github.com/in-toto/attestation/blob/main/spec/
+v1/statement.md) whose subject is the promoted manifest (target repository, sha256 digest) and
+whose predicate is a SLSA Verification Summary v1 (https://slsa.dev/spec/v1.0/verification_summary):
+``verifier.id``, ``timeVerified``, ``resourceUri``, ``policy`` (the validation folder's content
+digest), ``verificationResult`` (``PASSED``; ``FAILED`` once the digest is demoted) and
+``verifiedLevels``, plus the gate's own ``gate`` object (upstream, rule, run id, record id, task
+file digest, validation log digest, stable tag, status and reason). Consumers ignore fields they do
+not know (in-toto's parsing rules), so the extra object does not disturb them.
+
+How it is wrapped: a DSSE envelope (https://github.com/secure-systems-lab/dsse/blob/master/
+envelope.md, payload type ``application/vnd.in-toto+json``) inside a Sigstore bundle v0.3
+(``application/vnd.dev.sigstore.bundle.v0.3+json``), stored as cosign's bundle layout
+(sigstore/cosign ``specs/BUNDLE_SPEC.md``): an OCI 1.1 manifest whose ``subject`` is the promoted
+manifest. The store adapter (:mod:`gate.adapters.registry.referrers`) finds and writes it.
+
+The statement is built with ``in-toto-attestation`` and signed with ``securesystemslib``'s DSSE
+(imported where used: the gate's import stays light when no attestation is configured).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gate.domain.ref import ImageRef
+from gate.errors import UsageError
+
+if TYPE_CHECKING:
+    from gate.config.model import Rule
+    from gate.domain.records import GateRecord
+    from gate.ports import AttestationStore, Registry, Signer, StoredAttestation
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://slsa.dev/verification_summary/v1"
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+PASSED = "PASSED"
+FAILED = "FAILED"
+# VSA v1 requires verifiedLevels; the gate checks a validation run, not SLSA build provenance,
+# so it claims the level that promises nothing about the build (SLSA v1.0 "Build L0").
+_LEVELS = ("SLSA_BUILD_LEVEL_0",)
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``2w`` or ``45s`` as a span; :class:`UsageError` otherwise."""
+    match = _DURATION.match(text)
+    if not match or int(match.group(1)) <= 0:
+        raise UsageError(f"'{text}' is not an age; write a positive number and a unit: 30d, 12h")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def folder_digest(folder: Path) -> str:
+    """The sha256 of a validation folder's content: every file's path and sha256, sorted.
+
+    Line ``<relative posix path> NUL <sha256 hex> LF`` per regular file; symlinks and other
+    special files are named by their kind, so changing one still changes the digest.
+    """
+    lines = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            lines.append(f"{rel}\0link:{path.readlink().as_posix()}\n")
+        elif path.is_file():
+            lines.append(f"{rel}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def _now_text(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What one attestation says about one digest in the target repository."""
+
+    subject: ImageRef
+    result: str
+    status: str
+    reason: str
+    rule: str
+    record_id: str
+    run_id: str | None
+    stable_tag: str
+    upstream: str = ""
+    upstream_digest: str = ""
+    policy_uri: str = ""
+    policy_digest: str = ""
+    task_digest: str = ""
+    log_sha256: str = ""
+    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def statement(evidence: Evidence, verifier_id: str) -> bytes:
+    """The in-toto Statement v1 (JSON bytes) with the VSA v1 predicate for ``evidence``."""
+    from google.protobuf import json_format  # type: ignore[import-untyped]
+    from in_toto_attestation.v1.resource_descriptor import (  # type: ignore[import-untyped]
+        ResourceDescriptor,
+    )
+    from in_toto_attestation.v1.statement import Statement  # type: ignore[import-untyped]
+
+    import gate
+
+    subject = evidence.subject
+    assert subject.digest is not None
+    algorithm, hexdigest = subject.digest.split(":", 1)
+    predicate: dict[str, Any] = {
+        "verifier": {"id": verifier_id, "version": {"gated-import-gate": gate.__version__}},
+        "timeVerified": _now_text(evidence.time),
+        "resourceUri": f"{subject.name}@{subject.digest}",
+        "policy": {"uri": evidence.policy_uri, "digest": {"sha256": evidence.policy_digest}},
+        "verificationResult": evidence.result,
+        "verifiedLevels": list(_LEVELS),
+        "gate": {
+            "status": evidence.status,
+            "reason": evidence.reason,
+            "rule": evidence.rule,
+            "recordId": evidence.record_id,
+            "runId": evidence.run_id or "",
+            "stableTag": evidence.stable_tag,
+            "upstream": evidence.upstream,
+            "upstreamDigest": evidence.upstream_digest,
+            "taskFileDigest": {"sha256": evidence.task_digest},
+            "validationLogDigest": {"sha256": evidence.log_sha256},
+        },
+    }
+    made = Statement(
+        [ResourceDescriptor(name=subject.name, digest={algorithm: hexdigest}).pb],
+        PREDICATE_TYPE,
+        predicate,
+    )
+    made.validate()
+    body = json_format.MessageToDict(made.pb)
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def bundle(envelope: dict[str, Any], key_hint: str) -> bytes:
+    """A Sigstore bundle v0.3 around a DSSE envelope signed by a public key (no log entries).
+
+    Shape per sigstore/protobuf-specs ``sigstore_bundle.proto`` (``verificationMaterial.publicKey``
+    with a ``hint``; ``dsseEnvelope``). Without transparency-log entries a cosign verifier needs
+    its "ignore the log" option (README: Evidence).
+    """
+    body = {
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {"publicKey": {"hint": key_hint}, "tlogEntries": []},
+        "dsseEnvelope": envelope,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class Attestor:
+    """Signs and attaches the gate's evidence: a signer, a store, and who the verifier is."""
+
+    signer: Signer
+    store: AttestationStore
+    verifier_id: str
+
+    def attach(self, evidence: Evidence) -> str:
+        """Sign ``evidence`` and attach it to its subject; return the attestation's digest."""
+        payload = statement(evidence, self.verifier_id)
+        envelope = self.signer.sign_dsse(PAYLOAD_TYPE, payload)
+        return self.store.attach(
+            evidence.subject,
+            bundle(envelope, self.signer.key_hint),
+            predicate_type=PREDICATE_TYPE,
+            created=_now_text(evidence.time),
+        )
+
+    def promotion(self, rule: Rule, image: ImageRef, record: GateRecord) -> str:
+        """Attest that ``image`` (target repository @ digest) passed ``record``'s validation."""
+        folder = rule.validation.folder
+        task = folder / rule.validation.task
+        upstream = ImageRef.parse(record.source)
+        return self.attach(
+            Evidence(
+                subject=image,
+                result=PASSED,
+                status="promoted",
+                reason=f"passed validation run {record.run_id}",
+                rule=rule.name,
+                record_id=record.id,
+                run_id=record.run_id,
+                stable_tag=record.target_tags[-1],
+                upstream=upstream.name,
+                upstream_digest=record.digest or "",
+                policy_uri=f"gate-rule:{rule.name}/{rule.validation.task}",
+                policy_digest=folder_digest(folder),
+                task_digest=hashlib.sha256(task.read_bytes()).hexdigest() if task.is_file() else "",
+                log_sha256=hashlib.sha256(record.log.encode()).hexdigest(),
+            )
+        )
+
+    def demotion(self, image: ImageRef, record: GateRecord, reason: str) -> str:
+        """Attest that ``image`` is no longer the gate's verdict for its stable tag."""
+        return self.attach(
+            Evidence(
+                subject=image,
+                result=FAILED,
+                status="demoted",
+                reason=reason,
+                rule=record.rule,
+                record_id=record.id,
+                # the rollback record's run is the restored digest's, not this one's
+                run_id=None,
+                stable_tag=record.target_tags[-1] if record.target_tags else "",
+            )
+        )
+
+
+# -- verification ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What ``gate verify`` concluded about one digest."""
+
+    image: str
+    digest: str
+    verified: bool
+    reason: str
+    attestation: str | None = None
+    time_verified: str | None = None
+    predicate: dict[str, Any] | None = None
+    rejected: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``gate verify --json`` object."""
+        return {
+            "image": self.image,
+            "digest": self.digest,
+            "verified": self.verified,
+            "reason": self.reason,
+            "attestation": self.attestation,
+            "time_verified": self.time_verified,
+            "predicate": self.predicate,
+            "rejected": list(self.rejected),
+        }
+
+
+def load_public_key(pem: bytes, where: str) -> Any:
+    """A PEM public key as a ``securesystemslib`` key; :class:`UsageError` if it is not one."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(pem)
+    except ValueError:
+        raise UsageError(
+            f"{where} is not a PEM public key; pass the .pub file 'gate keygen' wrote"
+        ) from None
+    return verification_key(key, where)
+
+
+def verification_key(key: Any, where: str) -> Any:
+    """A ``cryptography`` public key (a PEM file's, a Key Vault key's) as a verification key;
+    :class:`UsageError` unless it is ECDSA P-256."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
+
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise UsageError(f"{where} is not an ECDSA P-256 public key, the gate's key type")
+    return SSlibKey.from_crypto(key, scheme="ecdsa-sha2-nistp256")
+
+
+def _check_one(
+    found: StoredAttestation, digest: str, repository: str, keys: Sequence[Any]
+) -> dict[str, Any]:
+    """The predicate of an attestation that holds; ValueError says what is wrong with it."""
+    from securesystemslib.dsse import Envelope
+    from securesystemslib.exceptions import VerificationError
+
+    if found.subject_digest != digest:
+        raise ValueError(f"its manifest's subject is {found.subject_digest}, not {digest}")
+    try:
+        body = json.loads(found.bundle)
+        raw = body["dsseEnvelope"]
+        # a copy: from_dict rewrites the signature objects it is given
+        envelope = Envelope.from_dict(json.loads(json.dumps(raw)))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"it is not a Sigstore bundle with a DSSE envelope ({exc})") from None
+    if envelope.payload_type != PAYLOAD_TYPE:
+        raise ValueError(f"its payload type is {envelope.payload_type!r}, not {PAYLOAD_TYPE}")
+    try:
+        envelope.verify(list(keys), 1)
+    except VerificationError:
+        raise ValueError("its signature does not verify with the given key") from None
+    try:
+        stmt = json.loads(envelope.payload)
+    except ValueError:
+        raise ValueError("its signed payload is not JSON") from None
+    if not isinstance(stmt, dict) or stmt.get("_type") != STATEMENT_TYPE:
+        raise ValueError("its payload is not an in-toto Statement v1")
+    if stmt.get("predicateType") != PREDICATE_TYPE:
+        raise ValueError(f"its predicate type is {stmt.get('predicateType')!r}")
+    algorithm, hexdigest = digest.split(":", 1)
+    subjects = stmt.get("subject") or []
+    if not any(
+        isinstance(s, dict)
+        and (s.get("digest") or {}).get(algorithm) == hexdigest
+        and s.get("name") == repository
+        for s in subjects
+    ):
+        raise ValueError(f"its statement is about another subject, not {repository}@{digest}")
+    predicate = stmt.get("predicate")
+    if not isinstance(predicate, dict) or not isinstance(predicate.get("timeVerified"), str):
+        raise ValueError("its predicate has no timeVerified")
+    return predicate
+
+
+def verify(
+    image: ImageRef,
+    found: Sequence[StoredAttestation],
+    keys: Sequence[Any],
+    *,
+    max_age: timedelta | None = None,
+    now: datetime | None = None,
+) -> Verdict:
+    """Judge ``image`` (which carries its digest) by the newest attestation that verifies.
+
+    Every attestation is checked (signature with one of ``keys``, manifest subject, statement
+    subject, predicate type); of those that pass, the one with the latest ``timeVerified``
+    decides: it must say ``PASSED`` and be younger than ``max_age``.
+    """
+    assert image.digest is not None
+    digest = image.digest
+    valid: list[tuple[datetime, StoredAttestation, dict[str, Any]]] = []
+    rejected: list[str] = []
+    for item in found:
+        try:
+            predicate = _check_one(item, digest, image.name, keys)
+            valid.append((_parse_time(predicate["timeVerified"]), item, predicate))
+        except ValueError as exc:
+            rejected.append(f"{item.digest}: {exc}")
+
+    def verdict(verified: bool, reason: str, chosen: tuple[Any, ...] | None = None) -> Verdict:
+        if chosen is None:
+            return Verdict(str(image), digest, verified, reason, rejected=tuple(rejected))
+        _, item, predicate = chosen
+        return Verdict(
+            str(image),
+            digest,
+            verified,
+            reason,
+            attestation=item.digest,
+            time_verified=predicate["timeVerified"],
+            predicate=predicate,
+            rejected=tuple(rejected),
+        )
+
+    if not valid:
+        if not found:
+            return verdict(False, "no attestation of the gate is attached")
+        return verdict(False, "no attached attestation verifies: " + "; ".join(rejected))
+    newest = max(valid, key=lambda v: v[0])
+    when, _, predicate = newest
+    gate_part = predicate.get("gate")
+    if not isinstance(gate_part, dict):
+        gate_part = {}
+    if predicate.get("verificationResult") != PASSED:
+        reason = (
+            f"the newest attestation ({predicate['timeVerified']}) says "
+            f"{predicate.get('verificationResult')}: {gate_part.get('status', '')}"
+            f" ({gate_part.get('reason', '')})"
+        )
+        return verdict(False, reason, newest)
+    age = (now or datetime.now(UTC)) - when
+    if max_age is not None and age > max_age:
+        reason = (
+            f"the newest attestation is from {predicate['timeVerified']}, older than the "
+            f"allowed {max_age}; re-gate the image or allow an older one (--max-age)"
+        )
+        return verdict(False, reason, newest)
+    verifier = predicate.get("verifier")
+    who = verifier.get("id", "?") if isinstance(verifier, dict) else "?"
+    reason = f"PASSED by {who} at {predicate['timeVerified']}"
+    if gate_part.get("runId"):
+        reason += f" (validation run {gate_part['runId']}, record {gate_part.get('recordId')})"
+    return verdict(True, reason, newest)
+
+
+def verify_image(
+    registry: Registry,
+    store: AttestationStore,
+    image: str | ImageRef,
+    keys: Sequence[Any],
+    *,
+    max_age: timedelta | None = None,
+    now: datetime | None = None,
+) -> Verdict:
+    """Resolve ``image`` to its digest (once), find its attestations and judge them."""
+    ref = image if isinstance(image, ImageRef) else ImageRef.parse(image)
+    digest = ref.digest or registry.resolve(ref)
+    if ref.digest:
+        registry.resolve(ref.pinned())
+    pinned = ImageRef(ref.registry, ref.repository, ref.tag, digest)
+    return verify(pinned, store.find(pinned), keys, max_age=max_age, now=now)
