@@ -140,7 +140,7 @@ def bindings() -> tuple[dict[str, Any], ...]:
 
 def settings_the_code_reads() -> set[str]:
     """Names ``gate/config/app_settings.py`` reads with ``env.get("NAME", …)``."""
-    tree = ast.parse((ROOT / "gate" / "settings.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "gate" / "config" / "app_settings.py").read_text(encoding="utf-8"))
     return {
         node.args[0].value
         for node in ast.walk(tree)
