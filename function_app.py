@@ -116,9 +116,10 @@ def _authorized(function: str, req: func.HttpRequest) -> Principal | func.HttpRe
     """
     from gate.entrypoints.http_api import ApiResponse, authorize
 
-    who = authorize(function, req.headers, trust_principal=settings().trusts_principal)
+    who = authorize(function, req.headers, entra=settings().entra)
     if isinstance(who, ApiResponse):
-        log.warning("refused %s: %d %s", function, who.status, who.body["error"])
+        # recorded: who was refused and why (the detail names no secret; logsafe escapes it)
+        log.warning("refused %s: %d %s: %s", function, who.status, who.body["error"], who.body["detail"])
         return _respond(who)
     return who
 

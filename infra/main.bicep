@@ -93,7 +93,7 @@ param alertActionGroupId string = ''
 @description('Application (client) id of the gate\'s Microsoft Entra app registration with the app roles Gate.Read and Gate.Operate (README, "Who may call the API"). Set: App Service authentication refuses unauthenticated HTTP calls with 401 and the functions authorise by app role (GATE_AUTH_MODE=entra). Empty: function keys only.')
 param authClientId string = ''
 
-@description('Directory (tenant) id of that app registration; empty: this deployment\'s tenant.')
+@description('Directory (tenant) id (a GUID) of that app registration; empty: this deployment\'s tenant. Not \'common\' or \'organizations\': the functions accept callers of this one tenant only.')
 param authTenantId string = ''
 
 @description('Application ID URI of that app registration (what operators get tokens for); empty: api://<authClientId>.')
@@ -138,6 +138,12 @@ var ledgerTable = 'gaterecords'
 var logContainer = 'gatelogs'
 var deploymentContainer = 'app-package'
 var deadLetterContainer = 'eventgrid-deadletter'
+// With authentication on, the functions check again that a caller's principal is of this tenant
+// and for one of these audiences (gate/entrypoints/principal.py): the same values
+// app/function.bicep gives authsettingsV2. The tenant must be one tenant's GUID; the app refuses
+// to start its HTTP API otherwise ('common' would make App Service check no tenant).
+var authTenant = empty(authTenantId) ? tenant().tenantId : authTenantId
+var authAudience = empty(authApplicationIdUri) ? 'api://${authClientId}' : authApplicationIdUri
 var eventFunctionName = 'on_push'
 
 // The gate's own app settings: those gate/config/app_settings.py reads, then the deployed resources that
@@ -149,6 +155,8 @@ var appSettings = {
   // entra exactly when app/function.bicep turns App Service authentication on (same parameter):
   // only then may the functions trust the client-principal header (gate/config/app_settings.py)
   GATE_AUTH_MODE: empty(authClientId) ? 'function-key' : 'entra'
+  GATE_AUTH_TENANT_ID: empty(authClientId) ? '' : authTenant
+  GATE_AUTH_AUDIENCES: empty(authClientId) ? '' : '${authClientId},${authAudience}'
   GATE_WATCH_SCHEDULE: watchSchedule
   GATE_WORKER_WAIT_SECONDS: string(workerWaitSeconds)
   GATE_MAX_BODY_BYTES: string(maxBodyBytes)

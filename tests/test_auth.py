@@ -20,7 +20,13 @@ import azure.functions as func
 import pytest
 
 import function_app
-from gate.config.app_settings import AUTH_MODE_SETTING, Settings
+from gate.config.app_settings import (
+    AUTH_AUDIENCES_SETTING,
+    AUTH_MODE_SETTING,
+    AUTH_TENANT_SETTING,
+    EntraTrust,
+    Settings,
+)
 from gate.entrypoints.http_api import ApiResponse, authorize, caller
 from gate.entrypoints.principal import (
     FUNCTION_KEY,
@@ -44,6 +50,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT_ID = "6e8a0c3a-1b2d-4c5e-8f90-a1b2c3d4e5f6"
+APP_ID_URI = f"api://{CLIENT_ID}"
+TRUST = EntraTrust(tenant_id=TENANT, audiences=frozenset({CLIENT_ID, APP_ID_URI}))
+ENTRA_SETTINGS = {
+    AUTH_MODE_SETTING: "entra",
+    AUTH_TENANT_SETTING: TENANT,
+    AUTH_AUDIENCES_SETTING: f"{CLIENT_ID},{APP_ID_URI}",
+}
+"""The app settings infra writes with authentication on (infra/main.bicep)."""
 OBJECT_ID_TYPE = "http://schemas.microsoft.com/identity/claims/objectidentifier"
 NAME_TYPE = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name"
 ROLE_TYPE = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"
@@ -96,7 +110,7 @@ NOBODY: dict[str, str] = {}
 def test_a_users_principal_gives_object_id_name_and_app_roles() -> None:
     header = OPERATOR["X-MS-CLIENT-PRINCIPAL"]
 
-    who = decode_principal(header)
+    who = decode_principal(header, TRUST)
 
     assert who == Principal(OPERATOR_ID, "operator@contoso.com", frozenset({GATE_OPERATE}))
 
@@ -104,13 +118,13 @@ def test_a_users_principal_gives_object_id_name_and_app_roles() -> None:
 def test_roles_under_the_payloads_role_type_count_too() -> None:
     payload = principal_payload(READER_ID, "r", (GATE_READ,), role_claim=ROLE_TYPE)
 
-    assert decode_principal(encode(payload)).roles == {GATE_READ}
+    assert decode_principal(encode(payload), TRUST).roles == {GATE_READ}
 
 
 def test_a_claim_under_name_typ_names_the_caller_first() -> None:
     payload = principal_payload(READER_ID, "Display Name", extra=((NAME_TYPE, "upn@contoso"),))
 
-    assert decode_principal(encode(payload)).name == "upn@contoso"
+    assert decode_principal(encode(payload), TRUST).name == "upn@contoso"
 
 
 def test_a_pipeline_identity_without_a_name_is_named_by_its_application_id() -> None:
@@ -118,7 +132,7 @@ def test_a_pipeline_identity_without_a_name_is_named_by_its_application_id() -> 
         PIPELINE_ID, None, (GATE_OPERATE,), extra=(("appid", PIPELINE_APP_ID),)
     )
 
-    who = decode_principal(encode(payload))
+    who = decode_principal(encode(payload), TRUST)
 
     assert (who.object_id, who.name, who.roles) == (
         PIPELINE_ID,
@@ -128,9 +142,16 @@ def test_a_pipeline_identity_without_a_name_is_named_by_its_application_id() -> 
 
 
 def test_the_token_claim_oid_is_read_when_the_claim_was_not_mapped() -> None:
-    payload = {"auth_typ": "aad", "claims": [{"typ": "oid", "val": READER_ID}]}
+    payload = {
+        "auth_typ": "aad",
+        "claims": [
+            {"typ": "oid", "val": READER_ID},
+            {"typ": "tid", "val": TENANT},
+            {"typ": "aud", "val": CLIENT_ID},
+        ],
+    }
 
-    assert decode_principal(encode(payload)) == Principal(READER_ID, READER_ID, frozenset())
+    assert decode_principal(encode(payload), TRUST) == Principal(READER_ID, READER_ID, frozenset())
 
 
 @pytest.mark.parametrize(
@@ -150,7 +171,7 @@ def test_the_token_claim_oid_is_read_when_the_claim_was_not_mapped() -> None:
 )
 def test_a_malformed_principal_is_refused_with_the_cause(header: str, says: str) -> None:
     with pytest.raises(PrincipalError) as refused:
-        decode_principal(header)
+        decode_principal(header, TRUST)
 
     assert says in refused.value.message
 
@@ -158,17 +179,101 @@ def test_a_malformed_principal_is_refused_with_the_cause(header: str, says: str)
 # -- who calls, and may they ---------------------------------------------------------------------
 
 
+def _refusal(payload: dict[str, Any]) -> str:
+    with pytest.raises(PrincipalError) as refused:
+        decode_principal(encode(payload), TRUST)
+    return refused.value.message
+
+
+def test_a_principal_of_another_tenant_is_refused_even_with_the_gates_roles() -> None:
+    payload = principal_payload(OPERATOR_ID, "mallory", (GATE_OPERATE,))
+    other = "0f0e0d0c-0b0a-4909-8807-060504030201"
+    payload["claims"] = [
+        {**c, "val": other} if c["typ"].endswith("tenantid") else c for c in payload["claims"]
+    ]
+
+    says = _refusal(payload)
+
+    assert other in says and TENANT in says and "az login --tenant" in says
+
+
+def test_the_unmapped_tid_claim_names_the_tenant_too() -> None:
+    payload = principal_payload(READER_ID, "r", (GATE_READ,))
+    payload["claims"] = [
+        {"typ": "tid", "val": TENANT} if c["typ"].endswith("tenantid") else c
+        for c in payload["claims"]
+    ]
+
+    assert decode_principal(encode(payload), TRUST).roles == {GATE_READ}
+
+
+def test_a_principal_without_a_tenant_claim_is_refused() -> None:
+    payload = principal_payload(READER_ID, "r", (GATE_READ,))
+    payload["claims"] = [c for c in payload["claims"] if not c["typ"].endswith("tenantid")]
+
+    assert "tenant 'none'" in _refusal(payload)
+
+
+def test_a_token_for_another_audience_is_refused() -> None:
+    payload = principal_payload(OPERATOR_ID, "o", (GATE_OPERATE,))
+    payload["claims"] = [
+        {"typ": "aud", "val": "api://someone-else"} if c["typ"] == "aud" else c
+        for c in payload["claims"]
+    ]
+
+    says = _refusal(payload)
+
+    assert "api://someone-else" in says and "get-access-token --resource" in says
+
+
+def test_the_application_id_uri_is_an_accepted_audience() -> None:
+    payload = principal_payload(READER_ID, "r", (GATE_READ,))
+    payload["claims"] = [
+        {"typ": "aud", "val": APP_ID_URI} if c["typ"] == "aud" else c for c in payload["claims"]
+    ]
+
+    assert decode_principal(encode(payload), TRUST).object_id == READER_ID
+
+
+@pytest.mark.parametrize("provider", ["github", "google", "", "AAD "])
+def test_a_principal_of_another_identity_provider_is_refused(provider: str) -> None:
+    payload = {**principal_payload(OPERATOR_ID, "o", (GATE_OPERATE,)), "auth_typ": provider}
+
+    assert "accepts only Microsoft Entra ID" in _refusal(payload)
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({AUTH_TENANT_SETTING: "common"}, "not a directory (tenant) id"),
+        ({AUTH_TENANT_SETTING: "organizations"}, "not a directory (tenant) id"),
+        ({AUTH_TENANT_SETTING: "contoso.onmicrosoft.com"}, "not a directory (tenant) id"),
+        ({AUTH_TENANT_SETTING: f"{TENANT}0"}, "not a directory (tenant) id"),
+        ({AUTH_TENANT_SETTING: ""}, "not a directory (tenant) id"),
+        ({AUTH_AUDIENCES_SETTING: ""}, "no token audience"),
+        ({AUTH_AUDIENCES_SETTING: " , "}, "no token audience"),
+    ],
+)
+def test_entra_mode_without_one_tenant_and_an_audience_stops_the_app(
+    settings: dict[str, str], says: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({**ENTRA_SETTINGS, **settings})
+
+    assert says in refused.value.message
+
+
 def test_without_authentication_a_principal_header_is_ignored() -> None:
     forged = principal_header(OPERATOR_ID, "mallory", GATE_OPERATE)
     broken = {"x-ms-client-principal": "%%%"}
 
-    assert caller(forged, trust_principal=False) == FUNCTION_KEY
-    assert caller(broken, trust_principal=False) == FUNCTION_KEY
+    assert caller(forged, entra=None) == FUNCTION_KEY
+    assert caller(broken, entra=None) == FUNCTION_KEY
     assert FUNCTION_KEY.name == "function-key" and FUNCTION_KEY.object_id == ""
 
 
 def test_with_authentication_no_principal_is_a_401() -> None:
-    answer = caller(NOBODY, trust_principal=True)
+    answer = caller(NOBODY, entra=TRUST)
 
     assert isinstance(answer, ApiResponse) and answer.status == 401
     assert "Authorization: Bearer" in answer.body["detail"]
@@ -177,7 +282,7 @@ def test_with_authentication_no_principal_is_a_401() -> None:
 def test_the_principal_header_name_is_case_insensitive() -> None:
     lower = {"x-ms-client-principal": OPERATOR["X-MS-CLIENT-PRINCIPAL"]}
 
-    assert caller(lower, trust_principal=True) == decode_principal(lower["x-ms-client-principal"])
+    assert caller(lower, entra=TRUST) == decode_principal(lower["x-ms-client-principal"], TRUST)
 
 
 @pytest.mark.parametrize(
@@ -198,7 +303,7 @@ def test_the_principal_header_name_is_case_insensitive() -> None:
 def test_each_route_lets_in_exactly_its_roles(
     function: str, headers: dict[str, str], status: int | None
 ) -> None:
-    answer = authorize(function, headers, trust_principal=True)
+    answer = authorize(function, headers, entra=TRUST)
 
     if status is None:
         assert isinstance(answer, Principal)
@@ -207,7 +312,7 @@ def test_each_route_lets_in_exactly_its_roles(
 
 
 def test_a_403_says_which_role_is_missing_and_how_to_get_it() -> None:
-    answer = authorize("post_rollback", READER, trust_principal=True)
+    answer = authorize("post_rollback", READER, entra=TRUST)
 
     assert isinstance(answer, ApiResponse) and answer.body["error"] == "forbidden"
     detail = answer.body["detail"]
@@ -230,7 +335,8 @@ def test_reading_needs_either_role_and_writing_needs_operate() -> None:
 def test_auth_mode_defaults_to_function_keys_and_only_entra_trusts_the_header() -> None:
     assert not Settings.from_env({}).trusts_principal
     assert not Settings.from_env({AUTH_MODE_SETTING: "function-key"}).trusts_principal
-    assert Settings.from_env({AUTH_MODE_SETTING: "entra"}).trusts_principal
+    assert Settings.from_env(ENTRA_SETTINGS).trusts_principal
+    assert Settings.from_env(ENTRA_SETTINGS).entra == TRUST
 
 
 @pytest.mark.parametrize("value", ["Entra", "aad", "on", "true"])
@@ -247,7 +353,8 @@ def test_an_unknown_auth_mode_stops_the_app_instead_of_guessing(value: str) -> N
 @pytest.fixture
 def entra(app: Serverless, monkeypatch: pytest.MonkeyPatch) -> Serverless:  # noqa: F811
     """The app as Azure runs it with App Service authentication on (infra sets the setting)."""
-    monkeypatch.setenv(AUTH_MODE_SETTING, "entra")
+    for name, value in ENTRA_SETTINGS.items():
+        monkeypatch.setenv(name, value)
     function_app.settings.cache_clear()
     return app
 
@@ -311,7 +418,29 @@ def test_an_operators_gate_request_names_them_through_the_queue_and_in_the_audit
     assert (decision["actor"], decision["actor_id"]) == ("operator@contoso.com", OPERATOR_ID)
 
 
-def test_refused_callers_change_nothing(entra: Serverless) -> None:
+def _operator_with(claim: str, value: str) -> dict[str, str]:
+    """An operator's principal with one claim changed (another tenant, another audience)."""
+    payload = principal_payload(OPERATOR_ID, "mallory@fabrikam", (GATE_OPERATE,))
+    payload["claims"] = [
+        {**c, "val": value} if c["typ"] == claim else c for c in payload["claims"]
+    ]
+    return {"X-MS-CLIENT-PRINCIPAL": encode(payload)}
+
+
+FOREIGN_OPERATOR = _operator_with(
+    "http://schemas.microsoft.com/identity/claims/tenantid", "0f0e0d0c-0b0a-4909-8807-060504030201"
+)
+WRONG_AUDIENCE_OPERATOR = _operator_with("aud", "api://another-app")
+GITHUB_OPERATOR = {
+    "X-MS-CLIENT-PRINCIPAL": encode(
+        {**principal_payload(OPERATOR_ID, "octocat", (GATE_OPERATE,)), "auth_typ": "github"}
+    )
+}
+
+
+def test_refused_callers_change_nothing(
+    entra: Serverless, caplog: pytest.LogCaptureFixture
+) -> None:
     orange = promote_as_operator(entra, "Orange")
     promote_as_operator(entra, "Green")
     green_tags = entra.target_tags()
@@ -325,6 +454,18 @@ def test_refused_callers_change_nothing(entra: Serverless) -> None:
         "gate, nobody": gate_as(entra, NOBODY, f"{entra.upstream.host}/node@{blue}")[::2],
         "gate, reader": gate_as(entra, READER, f"{entra.upstream.host}/node@{blue}")[::2],
         "gate, forged": gate_as(entra, forged, f"{entra.upstream.host}/node@{blue}")[::2],
+        "gate, other tenant": gate_as(
+            entra, FOREIGN_OPERATOR, f"{entra.upstream.host}/node@{blue}"
+        )[::2],
+        "gate, other audience": gate_as(
+            entra, WRONG_AUDIENCE_OPERATOR, f"{entra.upstream.host}/node@{blue}"
+        )[::2],
+        "gate, other provider": gate_as(
+            entra, GITHUB_OPERATOR, f"{entra.upstream.host}/node@{blue}"
+        )[::2],
+        "rollback, other tenant": (
+            function_app.post_rollback(as_caller(rollback, FOREIGN_OPERATOR)).status_code,
+        ),
         "rollback, nobody": (function_app.post_rollback(as_caller(rollback, NOBODY)).status_code,),
         "rollback, reader": (function_app.post_rollback(as_caller(rollback, READER)).status_code,),
         "list, nobody": (
@@ -336,12 +477,19 @@ def test_refused_callers_change_nothing(entra: Serverless) -> None:
         "gate, nobody": (401, None),
         "gate, reader": (403, None),
         "gate, forged": (401, None),
+        "gate, other tenant": (401, None),
+        "gate, other audience": (401, None),
+        "gate, other provider": (401, None),
+        "rollback, other tenant": (401,),
         "rollback, nobody": (401,),
         "rollback, reader": (403,),
         "list, nobody": (401,),
     }
     assert function_app.keeper().ledger.history() == before
     assert entra.target_tags() == green_tags and entra.queue.peek_messages() == []
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused ")]
+    assert len(refusals) == len(answers)
+    assert any("not the gate's tenant" in line for line in refusals)
 
 
 def test_a_reader_reads_and_an_operator_rolls_back_as_themselves(
@@ -431,7 +579,7 @@ def test_the_worker_hands_the_principal_header_to_the_role_check(tmp_path: Path)
         "  - {name: node, source: 127.0.0.1:5999/node, tags: ['15-alpine'],\n"
         f"     target: 127.0.0.1:5998/node, validation: {{folder: '{SEED}'}}}}\n"
     )
-    settings = {**SAMPLE_SETTINGS, "GATE_CONFIG": str(config), AUTH_MODE_SETTING: "entra"}
+    settings = {**SAMPLE_SETTINGS, "GATE_CONFIG": str(config), **ENTRA_SETTINGS}
     body = json.dumps({"image": "127.0.0.1:5999/node:15-alpine"}).encode()
     with FunctionsHost(ROOT, settings) as host:
         host.boot()

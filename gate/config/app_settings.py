@@ -6,6 +6,7 @@ The gate configuration file says *what* to gate; these say how this process runs
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,41 @@ authentication (Microsoft Entra ID) is on in front of the app (infra sets it wit
 ``authsettingsV2`` it deploys), else ``function-key``. Only with ``entra`` is the
 ``X-MS-CLIENT-PRINCIPAL`` header trusted: the platform strips client-sent copies of it only
 when authentication is on (gate/entrypoints/principal.py)."""
+AUTH_TENANT_SETTING = "GATE_AUTH_TENANT_ID"
+"""With ``entra``: the directory (tenant) id (a GUID) whose tokens the gate accepts."""
+AUTH_AUDIENCES_SETTING = "GATE_AUTH_AUDIENCES"
+"""With ``entra``: the token audiences the gate accepts, comma-separated (its app registration's
+client id and Application ID URI)."""
+TENANT_ID_PATTERN = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+"""A directory (tenant) id is a GUID; ``common``, ``organizations`` or a domain name is not one
+tenant, and would let App Service accept tokens of any tenant."""
+
 AUTH_ENTRA = "entra"
 AUTH_FUNCTION_KEY = "function-key"
 AUTH_MODES = (AUTH_ENTRA, AUTH_FUNCTION_KEY)
+
+
+@dataclass(frozen=True)
+class EntraTrust:
+    """Whom App Service authentication must have vouched for: a token of Microsoft Entra ID, of
+    the gate's tenant (a GUID), for one of the gate's audiences (its client id and Application ID
+    URI). Built from the app settings (:mod:`gate.config.app_settings`)."""
+
+    tenant_id: str
+    audiences: frozenset[str]
+
+    def __post_init__(self) -> None:
+        if not TENANT_ID_PATTERN.fullmatch(self.tenant_id):
+            raise ConfigError(
+                f"the gate's tenant id {self.tenant_id[:60]!r} is not a directory (tenant) id; "
+                "set the app setting GATE_AUTH_TENANT_ID (infra: authTenantId) to the GUID of the "
+                "tenant of the gate's app registration, not 'common' or a domain name"
+            )
+        if not self.audiences or not all(a.strip() for a in self.audiences):
+            raise ConfigError(
+                "the gate accepts no token audience; set the app setting GATE_AUTH_AUDIENCES to "
+                "its app registration's client id and Application ID URI, comma-separated"
+            )
 
 
 @dataclass(frozen=True)
@@ -41,11 +74,13 @@ class Settings:
     outcome_topic_endpoint: str | None = None
     page_size: int = 50
     auth_mode: str = AUTH_FUNCTION_KEY
+    entra: EntraTrust | None = None
+    """Whom the client-principal header must name (set exactly when ``auth_mode`` is entra)."""
 
     @property
     def trusts_principal(self) -> bool:
         """True when App Service authentication vouches for the client-principal header."""
-        return self.auth_mode == AUTH_ENTRA
+        return self.auth_mode == AUTH_ENTRA and self.entra is not None
 
     @classmethod
     def from_env(
@@ -62,6 +97,15 @@ class Settings:
                 f"app setting {AUTH_MODE_SETTING} is {auth_mode[:40]!r}; set it to "
                 f"{AUTH_ENTRA!r} (App Service authentication on) or {AUTH_FUNCTION_KEY!r}"
             )
+        entra = None
+        if auth_mode == AUTH_ENTRA:
+            # fail closed as well: without a tenant and audiences to check, App Service's own
+            # checks would be the only ones (and with a 'common' issuer it checks no tenant)
+            audiences = env.get("GATE_AUTH_AUDIENCES", "")
+            entra = EntraTrust(
+                tenant_id=env.get("GATE_AUTH_TENANT_ID", "").strip(),
+                audiences=frozenset(a.strip() for a in audiences.split(",") if a.strip()),
+            )
         try:
             return cls(
                 config_path=path if path.is_absolute() else base / path,
@@ -70,6 +114,7 @@ class Settings:
                 outcome_topic_endpoint=env.get("GATE_OUTCOME_TOPIC_ENDPOINT") or None,
                 page_size=int(env.get("GATE_PAGE_SIZE", 50)),
                 auth_mode=auth_mode,
+                entra=entra,
             )
         except ValueError as exc:
             raise ConfigError(

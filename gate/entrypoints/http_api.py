@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from gate.config.app_settings import EntraTrust
 from gate.domain.records import GateRecord, State, parse_instant
 from gate.entrypoints.messages import GateRequest
 from gate.entrypoints.principal import (
@@ -79,14 +80,15 @@ def from_gate_error(exc: GateError) -> ApiResponse:
     return error(400, "bad_request", exc.message)
 
 
-def caller(headers: Mapping[str, str], *, trust_principal: bool) -> Principal | ApiResponse:
-    """Who calls: the platform's client principal when ``trust_principal`` (App Service
-    authentication is on), else the function key the host checked.
+def caller(headers: Mapping[str, str], *, entra: EntraTrust | None) -> Principal | ApiResponse:
+    """Who calls: the platform's client principal when ``entra`` is set (App Service
+    authentication is on; the principal must be of its tenant and audience), else the function
+    key the host checked.
 
     Without authentication a client-sent principal header is ignored: nothing but the platform
     vouches for it then, so it must neither name the actor nor grant a role.
     """
-    if not trust_principal:
+    if entra is None:
         return FUNCTION_KEY
     header = next((v for k, v in headers.items() if k.lower() == PRINCIPAL_HEADER), "")
     if not header:
@@ -97,16 +99,16 @@ def caller(headers: Mapping[str, str], *, trust_principal: bool) -> Principal | 
             "'az account get-access-token --resource <the gate's application ID URI>'",
         )
     try:
-        return decode_principal(header)
+        return decode_principal(header, entra)
     except PrincipalError as exc:
         return error(401, "unauthenticated", exc.message)
 
 
 def authorize(
-    function: str, headers: Mapping[str, str], *, trust_principal: bool
+    function: str, headers: Mapping[str, str], *, entra: EntraTrust | None
 ) -> Principal | ApiResponse:
     """The caller of ``function`` if they may call it; else the 401 or 403 to answer."""
-    who = caller(headers, trust_principal=trust_principal)
+    who = caller(headers, entra=entra)
     if isinstance(who, ApiResponse):
         return who
     why = missing_role(function, who)

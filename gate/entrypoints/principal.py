@@ -10,8 +10,19 @@ not the roles: the app does (learn.microsoft.com/azure/app-service/
 configure-authentication-provider-aad, "Daemon client application": "the access token will
 include a ``roles`` claim ... this is not performed by App Service Authentication").
 
-This module is pure: it decodes the header and decides by role; ``gate.entrypoints.http_api`` answers, and
-``function_app.py`` decides whether the header is trusted at all (``GATE_AUTH_MODE``).
+App Service validates a token's signature, lifetime, issuer and audience against the
+``authsettingsV2`` it was deployed with, but with the ``common`` endpoint it validates neither
+issuer nor tenant ("Issuer URL": configure-authentication-provider-aad), and a configuration
+drift (another audience allowed, another identity provider added) would widen who gets in. So
+the app checks again, from the claims, what it was deployed to trust (:class:`EntraTrust`):
+the identity provider is Microsoft Entra ID (``auth_typ`` is ``aad``: "the name of the identity
+provider used by App Service Authentication", configure-authentication-user-identities; ``aad``
+is that provider's name, as in ``/.auth/login/aad``), the token's tenant (``tid``) is the gate's
+tenant, and its audience (``aud``) is one of the gate's.
+
+This module is pure: it decodes the header and decides by role; ``gate.entrypoints.http_api``
+answers, and ``function_app.py`` decides whether the header is trusted at all
+(``GATE_AUTH_MODE``).
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from gate.config.app_settings import EntraTrust
 from gate.errors import UsageError
 
 GATE_READ = "Gate.Read"
@@ -58,12 +70,22 @@ name; a pipeline's service principal has neither, and is named by its applicatio
 FUNCTION_KEY_ACTOR = "function-key"
 """The actor of a call authenticated only by a function key (authentication off)."""
 
+IDENTITY_PROVIDER = "aad"
+"""The ``auth_typ`` App Service writes for Microsoft Entra ID, the only provider the gate trusts."""
+
+TENANT_CLAIMS = ("http://schemas.microsoft.com/identity/claims/tenantid", "tid")
+"""The token's tenant: ``tid``, under the name the default claims mapping gives it, or as is."""
+
+AUDIENCE_CLAIM = "aud"
+"""The token's audience: the client id (v2 tokens) or the Application ID URI (v1 tokens)."""
+
 MAX_HEADER_CHARS = 64 * 1024
 """A client-principal header longer than this is refused rather than decoded."""
 
 
 class PrincipalError(UsageError):
-    """The client-principal header cannot be read as a caller; the API answers 401."""
+    """The client-principal header cannot be read as a caller, or names a caller the gate was
+    not deployed to trust; the API answers 401."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +106,9 @@ FUNCTION_KEY = Principal(object_id="", name=FUNCTION_KEY_ACTOR, roles=frozenset(
 there is to check, and it grants every route (as it did before roles existed)."""
 
 
-def decode_principal(header: str) -> Principal:
-    """The caller in an ``X-MS-CLIENT-PRINCIPAL`` header; :class:`PrincipalError` says why not."""
+def decode_principal(header: str, trust: EntraTrust) -> Principal:
+    """The caller in an ``X-MS-CLIENT-PRINCIPAL`` header, if ``trust`` admits them;
+    :class:`PrincipalError` says why not."""
     if len(header) > MAX_HEADER_CHARS:
         raise PrincipalError(f"the client principal header is over {MAX_HEADER_CHARS} characters")
     try:
@@ -116,11 +139,40 @@ def decode_principal(header: str) -> Principal:
         raise PrincipalError(
             "the client principal has no object id claim (oid); the gate records who acts by it"
         )
+    _check_trusted(payload, claims, trust)
     return Principal(
         object_id=object_id,
         name=_first(claims, [t for t in name_types if t]) or object_id,
         roles=frozenset(value for typ, value in claims if typ in role_types),
     )
+
+
+def _check_trusted(
+    payload: dict[str, Any], claims: list[tuple[str, str]], trust: EntraTrust
+) -> None:
+    """Refuse a principal of another identity provider, tenant or audience than the gate's."""
+    provider = _text(payload, "auth_typ")
+    if provider != IDENTITY_PROVIDER:
+        raise PrincipalError(
+            f"the caller was authenticated by identity provider {provider[:40]!r}; the gate "
+            f"accepts only Microsoft Entra ID ({IDENTITY_PROVIDER!r}): call with an Entra ID "
+            "bearer token, and remove other providers from the app's authentication settings"
+        )
+    tenant = _first(claims, TENANT_CLAIMS)
+    if tenant.lower() != trust.tenant_id.lower():
+        raise PrincipalError(
+            f"the caller's token is from tenant {tenant[:60] or 'none'!r}, not the gate's tenant "
+            f"{trust.tenant_id}: sign in to the gate's tenant "
+            f"(az login --tenant {trust.tenant_id}) and get a new token"
+        )
+    audiences = {value for typ, value in claims if typ == AUDIENCE_CLAIM}
+    if audiences.isdisjoint(trust.audiences):
+        shown = ", ".join(sorted(a[:80] for a in audiences)) or "none"
+        raise PrincipalError(
+            f"the caller's token is for audience {shown}, not the gate's "
+            f"({', '.join(sorted(trust.audiences))}): get a token with "
+            "'az account get-access-token --resource <the gate's application ID URI>'"
+        )
 
 
 def _text(payload: dict[str, Any], key: str) -> str:
