@@ -493,6 +493,8 @@ output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
 output AZURE_FUNCTION_URL string = functionApp.outputs.uri
 // what an operator asks a token for (README, "Who may call the API"); empty: no sign-in
+// the postdeploy hook proves the deployed API refuses unauthenticated and forged calls when true
+output AZURE_GATE_AUTH_ENABLED bool = !empty(authClientId)
 output AZURE_GATE_AUTH_RESOURCE string = empty(authClientId) ? '' : (empty(authApplicationIdUri) ? 'api://${authClientId}' : authApplicationIdUri)
 output AZURE_GATE_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output AZURE_KEY_VAULT_URL string = keyVault.outputs.uri

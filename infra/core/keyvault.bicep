@@ -23,7 +23,13 @@ resource vault 'Microsoft.KeyVault/vaults@2026-02-01' = {
     }
     enableRbacAuthorization: true
     enableSoftDelete: true
-    // short, so that `azd down --purge` and a redeploy under the same name are painless
+    // Purge protection: the vault holds the attestation key, and a deleted vault or key must not
+    // be purgeable before its retention ends ("When purge protection is on, a vault or an object
+    // in the deleted state cannot be purged until the retention period has passed":
+    // learn.microsoft.com/azure/key-vault/general/soft-delete-overview). It cannot be turned off
+    // again. So `azd down --purge` leaves this vault soft-deleted for the 7 days below (the
+    // minimum), its name reserved; a new azd environment gets a new name (resourceToken).
+    enablePurgeProtection: true
     softDeleteRetentionInDays: 7
     publicNetworkAccess: 'Enabled'
   }
