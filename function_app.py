@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import azure.functions as func
 
 from gate.config.app_settings import POISON_QUEUE, QUEUE, STORAGE_CONNECTION, Settings
-from gate.logsafe import get_logger
+from gate.logsafe import get_logger, redact_library_logs
 
 if TYPE_CHECKING:
     from gate.config.model import GateConfig
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from gate.service import Gatekeeper
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+# library log lines (httpx's request URLs, azure-core's) lose their credentials before any
+# handler of the host sees them: gate/logsafe.py
+redact_library_logs()
 # arguments from outside (event ids, names, messages) are escaped and capped: gate/logsafe.py
 log = get_logger("gate.functions")
 HERE = Path(__file__).resolve().parent

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gate.domain.records import GateRecord, State, new_record_id
 from gate.entrypoints.audit import log_decision
-from gate.logsafe import clean
+from gate.logsafe import clean, redact
 from tests.test_function_events import (  # noqa: F401  (app_config is a fixture)
     FIELDS,
     app_config,
@@ -122,3 +122,61 @@ class _Lines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
+
+
+# -- credentials in library log lines ---------------------------------------------------------
+
+SAS_URL = (
+    "https://weu.blob.core.windows.net/a1b2/docker/registry/v2/blobs/sha256/ab/abcd/data"
+    "?se=2026-12-07T20%3A30%3A00Z&sig=Zm9vYmFyYmF6cXV4%2BcXV1eA%3D%3D&sp=r&spr=https&sr=b&sv=2018"
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "secret", "kept"),
+    [
+        (f'HTTP Request: GET {SAS_URL} "HTTP/1.1 200 OK"', "Zm9vYmFyYmF6cXV4", "sp=r&spr=https"),
+        ("GET https://ci:hunter2@registry.example/v2/", "hunter2", "registry.example/v2/"),
+        ("headers: {'Authorization': 'Bearer eyJ0eXAiOiJKV1Qi.eyJzdWIi.c2ln'}", "eyJ0eXAi", "Authorization"),
+        ("Authorization: Basic Y2k6aHVudGVyMg==", "Y2k6aHVudGVyMg", "Authorization: Basic"),
+        ("POST /oauth2/token?grant_type=x&refresh_token=abc.def", "abc.def", "grant_type=x"),
+        ("POST /oauth2/token;password=pa55&user=ci", "pa55", "user=ci"),
+    ],
+)
+def test_redact_removes_the_credential_and_keeps_what_was_called(
+    line: str, secret: str, kept: str
+) -> None:
+    cleaned = redact(line)
+
+    assert secret not in cleaned and "REDACTED" in cleaned and kept in cleaned
+
+
+def test_redact_leaves_lines_without_credentials_alone() -> None:
+    line = "GET https://auth.docker.io/token?scope=repository:library/node:pull&service=registry"
+
+    assert redact(line) == line
+
+
+def test_a_library_logger_cannot_write_a_sas_signature_at_any_level(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import httpx
+
+    import gate.adapters  # noqa: F401  (installs the redaction, as every adapter import does)
+
+    caplog.set_level(logging.DEBUG)
+
+    def redirect(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "registry.example":
+            return httpx.Response(307, headers={"location": SAS_URL})
+        return httpx.Response(200, content=b"blob")
+
+    with httpx.Client(transport=httpx.MockTransport(redirect), follow_redirects=True) as client:
+        assert client.get("https://registry.example/v2/node/blobs/sha256:ab").content == b"blob"
+    logging.getLogger("urllib3.connectionpool").debug('"GET %s HTTP/1.1" 200 4', SAS_URL)
+    logging.getLogger("azure.core.pipeline").warning("retrying %s", SAS_URL)
+
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("blob.core.windows.net" in line for line in lines if "HTTP Request" in line)
+    assert len([line for line in lines if "sig=REDACTED" in line]) >= 3
+    assert not any("Zm9vYmFyYmF6cXV4" in line for line in lines)
