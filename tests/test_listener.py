@@ -67,7 +67,11 @@ def test_listener_queues_watched_pushes_and_ignores_the_rest(tmp_path: Path) -> 
     assert listener.receive(b"not json")[0] == 400
     assert listener.receive(b'{"events": [{"target": 1}]}') == (
         200,
-        {"queued": 0, "dropped": "notification ?: target or request is missing"},
+        {
+            "queued": 0,
+            "dropped": "notification envelope: Expected `object`, got `int`"
+            " - at `$.events[0].target`",
+        },
     )
 
 

@@ -54,6 +54,7 @@ def _keeper(config: str | None, quiet: bool = False) -> Gatekeeper:
     def notify(event: str, record: GateRecord, message: str) -> None:
         if not quiet:
             from gate.entrypoints import render
+
             render.notice(event, message)
 
     return build_gatekeeper(cfg, notify=notify)

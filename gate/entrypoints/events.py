@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from gate.config.model import GateConfig
 from gate.domain.ref import ImageRef, parse_digest
@@ -53,49 +55,83 @@ class Ignored:
     reason: str
 
 
-def _text(value: Any, what: str, event_id: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise MalformedEvent(f"event {event_id}: {what} is missing or not a string")
-    return value
+class _Target(msgspec.Struct, frozen=True):
+    repository: Annotated[str, msgspec.Meta(min_length=1)]
+    tag: str | None = None
+    digest: str | None = None
+    mediaType: str | None = None  # the wire names, as the schemas spell them
+
+
+class _Request(msgspec.Struct, frozen=True):
+    host: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class _Push(msgspec.Struct, frozen=True):
+    """``data`` of an ImagePushed event; a notification event of a plain registry alike."""
+
+    target: _Target
+    request: _Request
+    action: Any = None  # read as text, whatever a registry put there
+    id: Any = None
+
+
+class _Envelope(msgspec.Struct, frozen=True):
+    """What both event schemas carry outside ``data`` (which is read once the type is known)."""
+
+    id: str = "?"
+    specversion: str | None = None
+    type: str | None = None  # CloudEvents 1.0
+    eventType: str | None = None  # Event Grid schema
+    source: str | None = None  # CloudEvents 1.0
+    topic: str | None = None  # Event Grid schema
+
+
+class _Notifications(msgspec.Struct, frozen=True):
+    events: list[_Push]
+
+
+def _push_event(event_id: str, event_type: str, source: str, push: _Push) -> PushEvent:
+    return PushEvent(
+        id=event_id,
+        event_type=event_type,
+        source=source,
+        action=str(push.action or ""),
+        host=push.request.host,
+        repository=push.target.repository,
+        tag=push.target.tag or None,
+        digest=push.target.digest or None,
+        media_type=push.target.mediaType or None,
+    )
 
 
 def parse_event(event: Mapping[str, Any]) -> PushEvent:
     """Read one event (Event Grid or CloudEvents schema, as a dict) into a :class:`PushEvent`.
 
     Only the envelope and, for pushes, ``data.target``/``data.request`` are required; an event of
-    another type parses with empty push fields (it is ignored later, not refused).
+    another type parses with empty push fields (it is ignored later, not refused). Fields the
+    gate does not read are allowed: both schemas carry more (subject, eventTime, ...).
     """
     if not isinstance(event, Mapping):
         raise MalformedEvent("an event must be a JSON object")
     event_id = str(event.get("id") or "?")[:100]
-    cloud = "specversion" in event
-    event_type = _text(event.get("type" if cloud else "eventType"), "the event type", event_id)
-    source = event.get("source" if cloud else "topic") or ""
-    if not isinstance(source, str):
-        raise MalformedEvent(f"event {event_id}: its source/topic is not a string")
-    data = event.get("data")
+    try:
+        envelope = msgspec.convert(
+            {k: v for k, v in event.items() if k != "data"}, _Envelope, str_keys=True
+        )
+    except msgspec.ValidationError as exc:
+        raise MalformedEvent(f"event {event_id}: {exc}") from None
+    cloud = envelope.specversion is not None
+    event_type = envelope.type if cloud else envelope.eventType
+    if not event_type:
+        raise MalformedEvent(f"event {event_id}: the event type is missing")
+    source = (envelope.source if cloud else envelope.topic) or ""
     if event_type != IMAGE_PUSHED:
         return PushEvent(event_id, event_type, source, "", "", "", None, None, None)
-    if not isinstance(data, Mapping):
-        raise MalformedEvent(f"event {event_id}: data is missing or not an object")
-    target, request = data.get("target"), data.get("request")
-    if not isinstance(target, Mapping) or not isinstance(request, Mapping):
-        raise MalformedEvent(f"event {event_id}: data.target or data.request is missing")
-    tag, digest, media_type = target.get("tag"), target.get("digest"), target.get("mediaType")
-    for name, value in (("tag", tag), ("digest", digest), ("mediaType", media_type)):
-        if value is not None and not isinstance(value, str):
-            raise MalformedEvent(f"event {event_id}: data.target.{name} is not a string")
-    return PushEvent(
-        id=event_id,
-        event_type=event_type,
-        source=source,
-        action=str(data.get("action") or ""),
-        host=_text(request.get("host"), "data.request.host", event_id),
-        repository=_text(target.get("repository"), "data.target.repository", event_id),
-        tag=tag or None,
-        digest=digest or None,
-        media_type=media_type or None,
-    )
+    try:
+        push = msgspec.convert(event.get("data"), _Push, str_keys=True)
+    except msgspec.ValidationError as exc:
+        raise MalformedEvent(f"event {event_id}: data: {exc}") from None
+    return _push_event(event_id, event_type, source, push)
 
 
 def parse_notifications(envelope: Any) -> list[PushEvent]:
@@ -105,34 +141,14 @@ def parse_notifications(envelope: Any) -> list[PushEvent]:
     pushes: the local counterpart of ACR's Event Grid events. Pushes map to ImagePushed; pulls
     and blob events parse with their action, and :func:`triage` ignores them.
     """
-    if not isinstance(envelope, Mapping) or not isinstance(envelope.get("events"), list):
-        raise MalformedEvent("a notification envelope is a JSON object with an 'events' list")
-    pushes = []
-    for event in envelope["events"]:
-        if not isinstance(event, Mapping):
-            raise MalformedEvent("every notification event must be a JSON object")
-        event_id = str(event.get("id") or "?")[:100]
-        target, request = event.get("target"), event.get("request")
-        if not isinstance(target, Mapping) or not isinstance(request, Mapping):
-            raise MalformedEvent(f"notification {event_id}: target or request is missing")
-        tag, digest, media_type = target.get("tag"), target.get("digest"), target.get("mediaType")
-        for name, value in (("tag", tag), ("digest", digest), ("mediaType", media_type)):
-            if value is not None and not isinstance(value, str):
-                raise MalformedEvent(f"notification {event_id}: target.{name} is not a string")
-        pushes.append(
-            PushEvent(
-                id=event_id,
-                event_type=IMAGE_PUSHED,
-                source="",
-                action=str(event.get("action") or ""),
-                host=_text(request.get("host"), "request.host", event_id),
-                repository=_text(target.get("repository"), "target.repository", event_id),
-                tag=tag or None,
-                digest=digest or None,
-                media_type=media_type or None,
-            )
-        )
-    return pushes
+    try:
+        notifications = msgspec.convert(envelope, _Notifications, str_keys=True)
+    except msgspec.ValidationError as exc:
+        raise MalformedEvent(f"notification envelope: {exc}") from None
+    return [
+        _push_event(str(push.id or "?")[:100], IMAGE_PUSHED, "", push)
+        for push in notifications.events
+    ]
 
 
 def triage(config: GateConfig, push: PushEvent) -> GateRequest | Ignored:
