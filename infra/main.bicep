@@ -63,6 +63,9 @@ param watchedRepositories array = [
   'node'
 ]
 
+@description('Names of the Key Vault secrets validation runs read: the upstream credentials gate.yaml names (registries[].username_secret and password_secret). The runner identity may read these secrets and no other; each must exist in the vault before deployment. Empty: it reads none.')
+param runnerSecretNames array = []
+
 @description('Create the Event Grid subscription to on_push. It needs the function deployed first: the postdeploy hook of azure.yaml turns it on.')
 param subscribeToEvents bool = false
 
@@ -382,6 +385,7 @@ module gateAccess 'rbac/gate-access.bicep' = {
     appPrincipalId: identity.outputs.principalId
     runnerIdentityName: runnerIdentity.outputs.name
     runnerPrincipalId: runnerIdentity.outputs.principalId
+    runnerSecretNames: runnerSecretNames
     topicPrincipalId: hasUpstream ? upstreamTopic!.outputs.principalId : ''
   }
 }

@@ -540,10 +540,64 @@ def test_runner_identity_reads_upstream_and_the_vault_and_nothing_else() -> None
     assert granted == [
         (
             "runnerSecrets",
-            "vault",
+            "vault::upstreamCredentials[i]",
             "subscription_resource_id(Microsoft.Authorization/roleDefinitions, "
             "roles.keyVaultSecretsUser)",
         )
+    ]
+
+
+def test_runner_identity_holds_no_vault_wide_role() -> None:
+    # every step of a task run can use its identity, the candidate's included: a grant on the
+    # vault would hand it every secret
+    for where, name, assignment in role_assignments():
+        if render(assignment["properties"]["principalId"]) == "runnerPrincipalId":
+            assert render(assignment["scope"]) != "vault", f"{where}: {name}"
+            assert render(assignment["scope"]).startswith("vault::"), f"{where}: {name}"
+
+
+def test_runner_reads_one_secret_per_listed_name_each_by_its_own_assignment() -> None:
+    access = bicep("rbac/gate-access.bicep")
+    assert access["parameters"]["runnerSecretNames"]["default"] == []
+    secrets = access["resources"]["vault__upstreamCredentials"]
+    assert secrets["type"] == "Microsoft.KeyVault/vaults/secrets" and secrets["existing"]
+    loop = secrets["config"]["loop_type"]["detail"]
+    assert (loop["array_name"], loop["item_name"]) == ("runnerSecretNames", "name")
+    assert body(secrets)["name"] == "name"
+
+    grants = access["resources"]["runnerSecrets"]["config"]
+    # one assignment per listed name, the i-th on the i-th secret
+    assert grants["loop_type"]["type"] == "array_index"
+    assert grants["loop_type"]["detail"]["array_name"] == "runnerSecretNames"
+    assert grants["condition"] is None
+    index = grants["loop_type"]["detail"]["index_name"]
+    assignment = body(access["resources"]["runnerSecrets"])
+    assert render(assignment["scope"]) == f"vault::upstreamCredentials[{index}]"
+    assert render(assignment["name"]) == (
+        f"guid(vault::upstreamCredentials[{index}].id, runnerPrincipalId, "
+        "roles.keyVaultSecretsUser)"
+    )
+    assert variable(access, "roles")["keyVaultSecretsUser"] == (
+        "4633458b-17de-408a-b874-0445c86b69e6"
+    )
+
+    main = bicep("main.bicep")
+    assert main["parameters"]["runnerSecretNames"]["default"] == []
+    params = body(main["modules"]["gateAccess"])["params"]
+    assert params["runnerSecretNames"] == "runnerSecretNames"
+    given = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))
+    assert given["parameters"]["runnerSecretNames"] == {"value": []}
+
+
+def test_the_app_keeps_its_vault_wide_secrets_grant_for_its_own_code() -> None:
+    granted = [
+        (name, render(a["scope"]))
+        for where, name, a in role_assignments()
+        if "keyVaultSecretsUser" in render(a["properties"]["roleDefinitionId"])
+    ]
+    assert sorted(granted) == [
+        ("appSecrets", "vault"),
+        ("runnerSecrets", "vault::upstreamCredentials[i]"),
     ]
 
 
@@ -820,6 +874,12 @@ SDK_MODELS: dict[str, tuple[str, Callable[[Any], Any], str]] = {
         "azure.mgmt.keyvault.KeyVaultManagementClient",
         lambda c: c.vaults.get("rg", "kv"),
         "azure.mgmt.keyvault.models.VaultCreateOrUpdateParameters",
+    ),
+    # referenced only (`existing`): the secrets the runner identity may read
+    "Microsoft.KeyVault/vaults/secrets": (
+        "azure.mgmt.keyvault.KeyVaultManagementClient",
+        lambda c: c.secrets.get("rg", "kv", "secret"),
+        "azure.mgmt.keyvault.models.SecretCreateOrUpdateParameters",
     ),
     "Microsoft.KeyVault/vaults/keys": (
         "azure.mgmt.keyvault.KeyVaultManagementClient",
@@ -1125,10 +1185,19 @@ def test_resource_sets_only_properties_its_api_version_has(
 
 def test_existing_resources_use_the_api_version_of_the_deployed_ones() -> None:
     deployed = {(r["type"], r["api_version"]) for _, _, r in deployed_resources()}
+    deployed_types = {t for t, _ in deployed}
     for path in BICEP_FILES:
         for name, resource in resources(bicep(path.relative_to(INFRA).as_posix())):
-            if resource["existing"]:
+            if not resource["existing"]:
+                continue
+            if resource["type"] in deployed_types:
                 assert (resource["type"], resource["api_version"]) in deployed, (path.name, name)
+            else:
+                # a type the templates only reference (a vault's secrets): the api-version of
+                # its pinned SDK, as for a deployed one
+                assert (
+                    api_version_the_sdk_sends(model_key(resource)) == (resource["api_version"])
+                ), (path.name, name)
 
 
 def test_property_check_finds_what_the_api_version_lacks_or_owns() -> None:

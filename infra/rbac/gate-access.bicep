@@ -22,6 +22,9 @@ param runnerIdentityName string
 @description('Principal id of that identity.')
 param runnerPrincipalId string
 
+@description('Names of the vault secrets validation runs read (the upstream credentials gate.yaml names: registries[].username_secret and password_secret); the runner identity may read these and no other.')
+param runnerSecretNames array = []
+
 @description('Principal id of the upstream registry\'s Event Grid system topic; empty: no topic.')
 param topicPrincipalId string = ''
 
@@ -58,6 +61,14 @@ resource vault 'Microsoft.KeyVault/vaults@2026-02-01' existing = {
   resource attestationKey 'keys' existing = {
     name: attestationKeyName
   }
+
+  // the secrets validation runs read; a secret must exist before a role can be assigned on it
+  // (Bicep loops over child resources: learn.microsoft.com/azure/azure-resource-manager/bicep/loops)
+  resource upstreamCredentials 'secrets' existing = [
+    for name in runnerSecretNames: {
+      name: name
+    }
+  ]
 }
 
 resource runnerIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2024-11-30' existing = {
@@ -101,7 +112,9 @@ resource appTelemetry 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 }
 
 // The app, on the vault: upstream credentials for ACR imports from registries outside the tenant
-// (registries[].username_secret / password_secret in gate.yaml).
+// (registries[].username_secret / password_secret in gate.yaml). Vault-wide, unlike the runner's:
+// the app runs only the gate's own code, no candidate's, and reads whichever secrets its gate.yaml
+// names without a redeployment.
 resource appSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(vault.id, appPrincipalId, roles.keyVaultSecretsUser)
   scope: vault
@@ -141,18 +154,26 @@ resource appAttachesRunner 'Microsoft.Authorization/roleAssignments@2022-04-01' 
   }
 }
 
-// The runner identity, on the vault: a validation run reads the upstream credentials itself (the
-// gate passes secret URIs, never values) with the identity attached to its taskRun; a plain quick
-// run has no identity to do it with.
-resource runnerSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(vault.id, runnerPrincipalId, roles.keyVaultSecretsUser)
-  scope: vault
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
-    principalId: runnerPrincipalId
-    principalType: 'ServicePrincipal'
+// The runner identity, on each secret it must read and on nothing else of the vault: a validation
+// run reads the upstream credentials itself (the gate passes secret URIs, never values) with the
+// identity attached to its taskRun. A task's managed identity is there for its steps ("use a
+// managed identity to pull or push container images to another registry as a step in a task":
+// learn.microsoft.com/azure/container-registry/container-registry-tasks-authentication-managed-identity),
+// and the candidate image runs as a step,
+// so a vault-wide grant would let a malicious upstream image read every secret, the app's
+// included. Key Vault RBAC assigns a role on one secret as on any resource
+// (learn.microsoft.com/azure/key-vault/general/rbac-guide, "Secret scope role assignment").
+resource runnerSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for (name, i) in runnerSecretNames: {
+    name: guid(vault::upstreamCredentials[i].id, runnerPrincipalId, roles.keyVaultSecretsUser)
+    scope: vault::upstreamCredentials[i]
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+      principalId: runnerPrincipalId
+      principalType: 'ServicePrincipal'
+    }
   }
-}
+]
 
 // The upstream registry's system topic, on the dead-letter container only: Event Grid writes the
 // push events it could not deliver there with its own identity (no SAS, no key).
