@@ -304,6 +304,7 @@ module keyVault 'core/keyvault.bicep' = {
     name: 'kv-${token}'
     location: location
     tags: tags
+    workspaceId: monitoring.outputs.workspaceId
   }
 }
 
@@ -373,6 +374,17 @@ module upstreamTopic 'app/upstream-topic.bicep' = if (hasUpstream) {
   ]
 }
 
+// the topic's delivery failures into the workspace (a module of its own: monitoring waits for the
+// topic, so the topic cannot wait for monitoring's workspace)
+module upstreamTopicDiagnostics 'app/upstream-topic-diagnostics.bicep' = if (hasUpstream) {
+  name: 'upstream-topic-diagnostics'
+  scope: resourceGroup(upstream.subscriptionId, upstream.resourceGroup)
+  params: {
+    topicName: upstreamTopic!.outputs.name
+    workspaceId: monitoring.outputs.workspaceId
+  }
+}
+
 module gateAccess 'rbac/gate-access.bicep' = {
   name: 'gate-access'
   scope: rg
@@ -397,6 +409,7 @@ module upstreamAccess 'rbac/registry-access.bicep' = if (hasUpstream) {
   scope: resourceGroup(upstream.subscriptionId, upstream.resourceGroup)
   params: {
     registryName: upstream.name
+    workspaceId: monitoring.outputs.workspaceId
     grants: [
       {
         principalId: identity.outputs.principalId
@@ -423,6 +436,7 @@ module baseAccess 'rbac/registry-access.bicep' = {
   scope: resourceGroup(base.subscriptionId, base.resourceGroup)
   params: {
     registryName: base.name
+    workspaceId: monitoring.outputs.workspaceId
     grants: concat(
       [
         {
@@ -445,6 +459,7 @@ module runnerAccess 'rbac/registry-access.bicep' = {
   scope: rg
   params: {
     registryName: runner.outputs.name
+    workspaceId: monitoring.outputs.workspaceId
     grants: [
       {
         principalId: identity.outputs.principalId
@@ -461,6 +476,7 @@ module downstreamAccess 'rbac/registry-access.bicep' = if (hasDownstream) {
   scope: resourceGroup(downstream.subscriptionId, downstream.resourceGroup)
   params: {
     registryName: downstream.name
+    workspaceId: monitoring.outputs.workspaceId
     grants: [
       {
         principalId: identity.outputs.principalId

@@ -11,6 +11,9 @@ param tags object = {}
 @description('Name of the EC P-256 key that signs promotion attestations (README, "Evidence").')
 param attestationKeyName string = 'gate-attestation'
 
+@description('Resource id of the Log Analytics workspace the vault\'s audit log goes to.')
+param workspaceId string
+
 resource vault 'Microsoft.KeyVault/vaults@2026-02-01' = {
   name: name
   location: location
@@ -48,6 +51,31 @@ resource attestationKey 'Microsoft.KeyVault/vaults/keys@2026-02-01' = {
     keyOps: [
       'sign'
       'verify'
+    ]
+  }
+}
+
+// Diagnostic settings are an extension resource (`scope:` the resource they watch), type and
+// properties as in Bicep's types for Microsoft.Insights/diagnosticSettings@2021-05-01-preview
+// (Azure/bicep-types-az, generated/monitor/microsoft.insights/2021-05-01-preview/types.md).
+// logAnalyticsDestinationType 'Dedicated' writes each category to its own resource-specific table
+// instead of AzureDiagnostics (same types.md: "Possible values are: Dedicated and null").
+//
+// The vault's audit log: category AuditEvent, every authenticated request (secret reads included)
+// with the caller's identity, in table AZKVAuditLogs (learn.microsoft.com/azure/azure-monitor/
+// reference/supported-logs/microsoft-keyvault-vaults-logs). The foreign-secret-read alert of
+// core/monitoring.bicep reads that table.
+resource auditLog 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'gate-audit'
+  scope: vault
+  properties: {
+    workspaceId: workspaceId
+    logAnalyticsDestinationType: 'Dedicated'
+    logs: [
+      {
+        category: 'AuditEvent'
+        enabled: true
+      }
     ]
   }
 }

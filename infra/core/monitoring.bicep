@@ -46,6 +46,8 @@ resource insights 'Microsoft.Insights/components@2020-02-02' = {
 
 output id string = insights.id
 output name string = insights.name
+// where the diagnostic settings of the vault, the registries and the upstream topic write
+output workspaceId string = workspace.id
 
 // -- the audit workbook -------------------------------------------------------------------------
 // Workbook content is the JSON of the Workbooks schema (github.com/microsoft/

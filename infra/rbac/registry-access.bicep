@@ -28,6 +28,9 @@ param grants array = []
 @description('Who may push to which repositories (promote mode push): [{principalId, repositories: [names]}].')
 param pushGrants array = []
 
+@description('Resource id of the Log Analytics workspace the registry\'s login and repository events go to; empty: none.')
+param workspaceId string = ''
+
 resource registry 'Microsoft.ContainerRegistry/registries@2025-11-01' existing = {
   name: registryName
 }
@@ -186,6 +189,37 @@ resource pushAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
     }
   }
 ]
+
+// Diagnostic settings are an extension resource (`scope:` the resource they watch), type and
+// properties as in Bicep's types for Microsoft.Insights/diagnosticSettings@2021-05-01-preview
+// (Azure/bicep-types-az, generated/monitor/microsoft.insights/2021-05-01-preview/types.md).
+// logAnalyticsDestinationType 'Dedicated' writes each category to its own resource-specific table
+// instead of AzureDiagnostics (same types.md: "Possible values are: Dedicated and null").
+//
+// Here because every registry the gate touches gets this module (upstream, base-artifacts,
+// runner, downstream; in the walkthrough those are its registries): who logged in to the
+// registry and every push, pull, tag and delete, categories ContainerRegistryLoginEvents and
+// ContainerRegistryRepositoryEvents, tables of the same names
+// (learn.microsoft.com/azure/azure-monitor/reference/supported-logs/
+// microsoft-containerregistry-registries-logs).
+resource registryEvents 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (!empty(workspaceId)) {
+  name: 'gate-audit'
+  scope: registry
+  properties: {
+    workspaceId: workspaceId
+    logAnalyticsDestinationType: 'Dedicated'
+    logs: [
+      {
+        category: 'ContainerRegistryLoginEvents'
+        enabled: true
+      }
+      {
+        category: 'ContainerRegistryRepositoryEvents'
+        enabled: true
+      }
+    ]
+  }
+}
 
 output id string = registry.id
 output name string = registry.name
