@@ -275,6 +275,9 @@ module monitoring 'core/monitoring.bicep' = {
     actionGroupId: alertActionGroupId
     // the dead-letter alert watches the upstream system topic (created first by its module)
     deadLetterTopicId: hasUpstream ? resourceId(upstream.subscriptionId, upstream.resourceGroup, 'Microsoft.EventGrid/systemTopics', upstreamTopic!.outputs.name) : ''
+    // the foreign-secret-read alert leaves out these two callers (not a grant)
+    gatePrincipalId: identity.outputs.principalId
+    runnerPrincipalId: runnerIdentity.outputs.principalId
   }
 }
 

@@ -525,8 +525,16 @@ def test_validation_runs_have_a_user_assigned_identity_of_their_own() -> None:
 def test_runner_identity_reads_upstream_and_the_vault_and_nothing_else() -> None:
     main = bicep("main.bicep")
     principal = "runnerIdentity.outputs.principalId"
-    # one registry grant and the gate-access parameter: no other place names its principal
-    assert (INFRA / "main.bicep").read_text(encoding="utf-8").count(principal) == 2
+    # one registry grant, the gate-access parameter and the monitoring parameter that leaves it
+    # out of the foreign-secret-read alert: no other place names its principal
+    assert (INFRA / "main.bicep").read_text(encoding="utf-8").count(principal) == 3
+    monitoring = body(main["modules"]["monitoring"])["params"]
+    assert render(monitoring["runnerPrincipalId"]) == principal
+    assert not [
+        r
+        for _, r in resources(bicep("core/monitoring.bicep"))
+        if r["type"] == "Microsoft.Authorization/roleAssignments"
+    ]
     runner_grants = [(m, role) for m, who, role in registry_grants() if who == principal]
     assert runner_grants == [("upstreamAccess", "reader")]
     assert render(body(main["modules"]["gateAccess"])["params"]["runnerPrincipalId"]) == principal
@@ -741,6 +749,36 @@ def test_the_upstream_topic_sends_its_delivery_failures() -> None:
     assert render(bicep("core/monitoring.bicep")["outputs"]["workspaceId"]["value"]) == (
         "workspace.id"
     )
+
+
+def test_a_secret_read_by_anyone_but_the_gate_and_the_runner_raises_an_alert() -> None:
+    monitoring = bicep("core/monitoring.bicep")
+    alerts = {a["name"]: a for a in variable(monitoring, "logAlerts")}
+    alert = alerts["gate-foreign-secret-read"]
+    # the vault's audit log is in the workspace, the gate's own lines in Application Insights
+    assert render(alert["scope"]) == "workspace.id"
+    assert {render(a["scope"]) for n, a in alerts.items() if n != "gate-foreign-secret-read"} == {
+        "insights.id"
+    }
+    assert alert["dimensions"] == ["caller"]
+    assert alert["prelude"] == "gateCallers"
+    prelude = variable(monitoring, "gateCallers")
+    assert prelude.startswith("let gateCallers = dynamic([")
+    assert "${gatePrincipalId}" in prelude and "${runnerPrincipalId}" in prelude
+    rule = body(monitoring["resources"]["alerts"])["properties"]
+    assert [render(scope) for scope in rule["scopes"]] == ["alert.scope"]
+    (criterion,) = rule["criteria"]["allOf"]
+    assert criterion["query"] == "${alert.prelude}${alert.query}"
+    params = body(bicep("main.bicep")["modules"]["monitoring"])["params"]
+    assert render(params["gatePrincipalId"]) == "identity.outputs.principalId"
+    assert render(params["runnerPrincipalId"]) == "runnerIdentity.outputs.principalId"
+
+    query = (INFRA / "queries" / "alert-foreign-secret-read.kql").read_text(encoding="utf-8")
+    lines = [line for line in query.splitlines() if not line.startswith("//")]
+    # the table the vault's Dedicated AuditEvent setting writes
+    assert lines[0] == "AZKVAuditLogs"
+    assert '| where OperationName == "SecretGet"' in lines
+    assert "| where caller !in (gateCallers) or HttpStatusCode == 403" in lines
 
 
 # -- promotion by push, downstream tasks, the walkthrough's gate.yaml -----------------------

@@ -470,7 +470,7 @@ def test_every_query_file_is_loaded_once_by_the_monitoring_template() -> None:
     files = sorted(p.name for p in QUERIES.glob("*.kql"))
     loaded = sorted([*workbook_queries(), *alert_queries()])
     assert files == loaded
-    assert len(files) == 8
+    assert len(files) == 9
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in QUERIES.glob("workbook-*.kql")))

@@ -20,6 +20,12 @@ param actionGroupId string = ''
 @description('Resource id of the upstream registry\'s Event Grid system topic whose dead letters raise an alert; empty: no such alert.')
 param deadLetterTopicId string = ''
 
+@description('Principal (object) id of the gate\'s identity: one of the two callers that may read the vault\'s secrets.')
+param gatePrincipalId string
+
+@description('Principal (object) id of the runner identity: the other.')
+param runnerPrincipalId string
+
 resource workspace 'Microsoft.OperationalInsights/workspaces@2025-07-01' = {
   name: workspaceName
   location: location
@@ -173,10 +179,15 @@ resource workbook 'Microsoft.Insights/workbooks@2023-06-01' = {
 }
 
 // -- alert rules --------------------------------------------------------------------------------
-// Log search alerts over the same Application Insights resource
-// (learn.microsoft.com/azure/templates/microsoft.insights/scheduledqueryrules): the query runs every
-// evaluationFrequency over the last windowSize; Count counts its rows per dimension value and the
-// alert fires when that is above the threshold.
+// Log search alerts (learn.microsoft.com/azure/templates/microsoft.insights/scheduledqueryrules):
+// the query runs every evaluationFrequency over the last windowSize; Count counts its rows per
+// dimension value and the alert fires when that is above the threshold. Each rule's scope is
+// where its table is: the gate's lines (traces) in Application Insights, the vault's audit log
+// (AZKVAuditLogs, from its diagnostic setting) in the workspace. An alert query has no parameters,
+// so what a query needs from the deployment is a `let` the rule puts before it (prelude).
+
+// the two identities that may read secrets; Key Vault logs a caller by its object id
+var gateCallers = 'let gateCallers = dynamic(["${gatePrincipalId}", "${runnerPrincipalId}"]);\n'
 
 var actionGroups = empty(actionGroupId) ? [] : [
   actionGroupId
@@ -185,6 +196,8 @@ var actionGroups = empty(actionGroupId) ? [] : [
 var logAlerts = [
   {
     name: 'gate-rejected-or-failed'
+    scope: insights.id
+    prelude: ''
     displayName: 'Gate: a watched rule rejected or failed'
     description: 'A GATE_DECISION with verdict rejected, failed, failing or broken (one alert per rule).'
     severity: 2
@@ -197,6 +210,8 @@ var logAlerts = [
   }
   {
     name: 'gate-poisoned-request'
+    scope: insights.id
+    prelude: ''
     displayName: 'Gate: a request was poisoned'
     description: 'A trigger or the worker dropped a message it could not read, or the gate recorded a request it gave up on (reason poisoned: ...).'
     severity: 2
@@ -207,6 +222,8 @@ var logAlerts = [
   }
   {
     name: 'gate-poll-unreachable'
+    scope: insights.id
+    prelude: ''
     displayName: 'Gate: a watched registry was not reached for an hour'
     description: 'Every poll pass of the last hour (at least two) had errors or skipped tags for this registry (GATE_POLL lines).'
     severity: 2
@@ -215,6 +232,20 @@ var logAlerts = [
     query: loadTextContent('../queries/alert-poll-unreachable.kql')
     dimensions: [
       'registry'
+    ]
+  }
+  {
+    name: 'gate-foreign-secret-read'
+    scope: workspace.id
+    prelude: gateCallers
+    displayName: 'Gate: a Key Vault secret was read by someone else'
+    description: 'A secret of the gate\'s vault was read by an identity other than the gate\'s and the runner\'s, or a read was refused (a validation run trying a secret the runner may not read).'
+    severity: 1
+    frequency: 'PT5M'
+    window: 'PT5M'
+    query: loadTextContent('../queries/alert-foreign-secret-read.kql')
+    dimensions: [
+      'caller'
     ]
   }
 ]
@@ -230,14 +261,14 @@ resource alerts 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = [for alert
     severity: alert.severity
     enabled: true
     scopes: [
-      insights.id
+      alert.scope
     ]
     evaluationFrequency: alert.frequency
     windowSize: alert.window
     criteria: {
       allOf: [
         {
-          query: alert.query
+          query: '${alert.prelude}${alert.query}'
           timeAggregation: 'Count'
           operator: 'GreaterThan'
           threshold: 0
