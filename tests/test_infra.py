@@ -597,6 +597,22 @@ def test_runner_reads_one_secret_per_listed_name_each_by_its_own_assignment() ->
     assert given["parameters"]["runnerSecretNames"] == {"value": []}
 
 
+def test_deploy_docs_list_the_secret_names_and_say_the_vault_outlives_azd_down() -> None:
+    page = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    parameters = page[page.index("## Parameters") : page.index("## Roles, and why each is needed")]
+    assert "| `runnerSecretNames` |" in parameters
+    (vault,) = (
+        body(r)
+        for _, r in resources(bicep("core/keyvault.bicep"))
+        if r["type"] == "Microsoft.KeyVault/vaults"
+    )
+    assert vault["properties"]["enablePurgeProtection"] is True
+    teardown = page[page.index("## Teardown") :]
+    assert "purge protection" in teardown and "getKeyVaultsToPurge" in teardown
+    retention = vault["properties"]["softDeleteRetentionInDays"]
+    assert f"`softDeleteRetentionInDays` ({retention}" in teardown
+
+
 def test_the_app_keeps_its_vault_wide_secrets_grant_for_its_own_code() -> None:
     granted = [
         (name, render(a["scope"]))

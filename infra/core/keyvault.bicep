@@ -31,7 +31,9 @@ resource vault 'Microsoft.KeyVault/vaults@2026-02-01' = {
     // in the deleted state cannot be purged until the retention period has passed":
     // learn.microsoft.com/azure/key-vault/general/soft-delete-overview). It cannot be turned off
     // again. So `azd down --purge` leaves this vault soft-deleted for the 7 days below (the
-    // minimum), its name reserved; a new azd environment gets a new name (resourceToken).
+    // minimum), its name reserved: azd purges only vaults without purge protection
+    // (Azure/azure-dev, cli/azd/pkg/infra/provisioning/bicep/bicep_provider.go,
+    // getKeyVaultsToPurge). A new azd environment gets a new name (resourceToken).
     enablePurgeProtection: true
     softDeleteRetentionInDays: 7
     publicNetworkAccess: 'Enabled'
