@@ -16,6 +16,7 @@ import httpx
 import pytest
 from azure.containerregistry import ContainerRegistryClient
 
+from devstack.acr import AcrEmulator, EmulatedRegistry
 from devstack.images import ImageBuilder
 from devstack.registry import RegistryProcess
 from gate.adapters.registry.acr_import import AcrImportRegistry
@@ -32,7 +33,6 @@ from gate.errors import (
     RegistryUnavailable,
 )
 from gate.ports import Secrets
-from tests.acr_emulator import AcrEmulator, EmulatedRegistry
 
 # Fast retries: the emulator's faults are immediate, the SDK's default backoff is not.
 FAST = {"retry_backoff_factor": 0.01, "retry_backoff_max": 0.05}

@@ -21,6 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
+from devstack.acr import AcrEmulator, EmulatedRegistry
+from devstack.acr.downstream import pushes, task_runs
+from devstack.acr.tasks import runs_of, wait_for_runs
 from devstack.azurite import AzuriteProcess
 from devstack.images import ImageBuilder, tag_digests
 from gate.adapters.downstream.acr_task import AcrTaskDownstream
@@ -34,9 +37,6 @@ from gate.domain.ref import ImageRef
 from gate.entrypoints import audit
 from gate.errors import AuthenticationError, ConfigError, Conflict
 from gate.service import Gatekeeper, gate_image, retry_downstream, rollback
-from tests.acr_emulator import AcrEmulator, EmulatedRegistry
-from tests.acr_emulator.downstream import pushes, task_runs
-from tests.acr_emulator.tasks import runs_of, wait_for_runs
 from tests.test_azure_gate import quick, tables  # noqa: F401  (tables is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -415,7 +415,7 @@ def test_downstream_adapter_names_the_task_by_arm_id(acr_emulator: AcrEmulator) 
 def test_push_with_an_identity_acr_does_not_know_is_an_authentication_error(
     acr_emulator: AcrEmulator, image_builder: ImageBuilder
 ) -> None:
-    from tests.acr_emulator.core import TestCredential, TokenBook
+    from devstack.acr.core import TestCredential, TokenBook
 
     up = acr_emulator.add_registry("upstreamacr")
     base = acr_emulator.add_registry("targetacr")

@@ -25,7 +25,7 @@ Import semantics (``ImportMode`` documentation in the specification):
 Events: an import records no push and, by default, fires no base-image trigger: whether ACR
 does either for an import is not documented (Azure/acr issue #459 is an open request for
 triggers after ``az acr import``). ``AcrEmulator.import_fires_base_image_triggers = True``
-models the other possibility (:mod:`tests.acr_emulator.downstream`).
+models the other possibility (:mod:`devstack.acr.downstream`).
 
 Not confirmed against the service: the code and HTTP status of a failed operation's final GET
 (the emulator answers the operation's error with 409 for conflicts and 400 otherwise), and the
@@ -46,18 +46,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gate.adapters.registry.oci import HostSettings, OciRegistry
-from gate.domain.ref import ImageRef, is_loopback_registry
-from gate.errors import GateError, ManifestUnknown
-from tests.acr_emulator import downstream
-from tests.acr_emulator.core import (
+from devstack.acr import downstream
+from devstack.acr.core import (
     AcrEmulator,
     EmulatedRegistry,
     Request,
     Response,
     arm_error,
 )
-from tests.acr_emulator.schema import IMPORT_IMAGE_PARAMETERS, check_body
+from devstack.acr.schema import IMPORT_IMAGE_PARAMETERS, check_body
+from gate.adapters.registry.oci import HostSettings, OciRegistry
+from gate.domain.ref import ImageRef, is_loopback_registry
+from gate.errors import GateError, ManifestUnknown
 
 IMPORT_API_VERSIONS = frozenset({"2025-11-01"})
 """api-versions of ``importImage`` the emulator accepts: what the pinned SDK sends."""
@@ -398,7 +398,7 @@ def _copy(emulator: AcrEmulator, plan: ImportPlan) -> None:
                     state = target.tag(repo, tag)
                     state.updated = _now()
                     # no push event; base-image triggers only if the emulator is told that
-                    # imports fire them (undocumented: see tests.acr_emulator.downstream)
+                    # imports fire them (undocumented: see devstack.acr.downstream)
                     downstream.tag_written(
                         emulator, target, repo, tag, digest, previous.get((repo, tag)), via="import"
                     )

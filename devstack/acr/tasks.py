@@ -12,7 +12,7 @@ take ``2019-06-01-preview``), all under ``…/registries/{name}``:
   ``timeout`` 300…28800, enums for OS/architecture/variant/secret type), plus what the service
   must check for the run to make sense: base64 that decodes, a ``Vaultsecret`` whose value is a
   Key Vault secret URI and whose credential names an ``identity``. Anything else is the 400
-  ``InvalidRequestContent`` of :mod:`tests.acr_emulator.schema`; only ``EncodedTaskRunRequest``
+  ``InvalidRequestContent`` of :mod:`devstack.acr.schema`; only ``EncodedTaskRunRequest``
   is implemented (other run request types get a 400 saying so).
 * ``GET runs/{runId}``, ``GET runs`` (``$filter`` with clauses joined by ``and``: ``RunType``,
   ``Status``, ``TaskName``, ``RunId`` ``eq '…'`` and ``CreateTime``/``FinishTime``
@@ -23,7 +23,7 @@ take ``2019-06-01-preview``), all under ``…/registries/{name}``:
 
 A scheduled run really runs, in a background thread: the uploaded source is downloaded and
 unpacked, custom-registry credentials are resolved (a credential's ``identity`` only as a
-user-assigned identity attached to the run — a task run's, see :mod:`tests.acr_emulator.
+user-assigned identity attached to the run — a task run's, see :mod:`devstack.acr.
 task_runs`; a quick run has none — ``Vaultsecret`` through :meth:`AcrEmulator.secret_by_uri`
 only if that identity may read the vault, an emulated ACR only if it has AcrPull there;
 anything else fails the run at login, before any step; the exact wording of ACR's login errors
@@ -69,14 +69,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from gate.adapters.validation.local import host_architecture
-from gate.adapters.validation.taskfile import RunContext, load_task
-from gate.domain.records import Outcome
-from gate.domain.ref import ImageRef
-from gate.errors import GateError
-from gate.ports import ValidationRequest
-from tests.acr_emulator.arm import REGISTRY_PATH
-from tests.acr_emulator.core import (
+from devstack.acr.arm import REGISTRY_PATH
+from devstack.acr.core import (
     AcrEmulator,
     EmulatedIdentity,
     EmulatedRegistry,
@@ -84,7 +78,13 @@ from tests.acr_emulator.core import (
     Response,
     arm_error,
 )
-from tests.acr_emulator.schema import SET_VALUE, Field, check_body, string
+from devstack.acr.schema import SET_VALUE, Field, check_body, string
+from gate.adapters.validation.local import host_architecture
+from gate.adapters.validation.taskfile import RunContext, load_task
+from gate.domain.records import Outcome
+from gate.domain.ref import ImageRef
+from gate.errors import GateError
+from gate.ports import ValidationRequest
 
 TASKS_API_VERSIONS = frozenset({"2025-03-01-preview"})
 RUNS_API_VERSIONS = frozenset({"2025-03-01-preview", "2019-06-01-preview"})
@@ -143,7 +143,7 @@ ENCODED_TASK_RUN_REQUEST = Field(
         ),
     },
 )
-# (a TaskRunRequest is answered by tests.acr_emulator.downstream)
+# (a TaskRunRequest is answered by devstack.acr.downstream)
 _OTHER_RUN_REQUESTS = ("DockerBuildRequest", "FileTaskRunRequest", "TaskRunRequest")
 _MIN_TIMEOUT, _MAX_TIMEOUT, _DEFAULT_TIMEOUT = 300, 28800, 3600
 
@@ -182,7 +182,7 @@ class EmulatedRun:
     identities: tuple[EmulatedIdentity, ...] = ()  # a task run's user-assigned identities
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
-    # a run of a persistent task (tests.acr_emulator.downstream): its name, and the
+    # a run of a persistent task (devstack.acr.downstream): its name, and the
     # imageUpdateTrigger of a run a base-image update started
     run_type: str = "QuickRun"
     task: str | None = None
@@ -356,7 +356,7 @@ def install(emulator: AcrEmulator) -> None:
         if isinstance(registry, Response):
             return registry
         if _request_type(req) == "TaskRunRequest":
-            from tests.acr_emulator import downstream
+            from devstack.acr import downstream
 
             return downstream.schedule_task_run(emulator, registry, req)
         refused = _check_type(req)

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.acr_emulator.core import Request, Response, arm_error
+from devstack.acr.core import Request, Response, arm_error
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),

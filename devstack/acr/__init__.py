@@ -2,11 +2,11 @@
 
 ARM (ACR import, quick runs, task runs with user-assigned identities), the ACR data plane and
 Key Vault, served over HTTPS on loopback with a test CA, backed by real ``docker-registry``
-processes; see :mod:`tests.acr_emulator.core`. Persistent tasks, their base-image triggers and
-the data-plane pushes that fire them: :mod:`tests.acr_emulator.downstream`.
+processes; see :mod:`devstack.acr.core`. Persistent tasks, their base-image triggers and
+the data-plane pushes that fire them: :mod:`devstack.acr.downstream`.
 """
 
-from tests.acr_emulator.core import (
+from devstack.acr.core import (
     AcrEmulator,
     BlobStore,
     Call,
