@@ -1031,11 +1031,10 @@ class AcrEmulator(Service):
             return None
         return found
 
-    def oci_hosts(self) -> dict[str, Any]:
-        """``HostSettings`` for every backing registry (plain HTTP, loopback)."""
-        from gate.adapters.registry.oci import HostSettings
-
-        return {r.backing.host: HostSettings(insecure=True) for r in self.registries.values()}
+    @property
+    def backing_hosts(self) -> tuple[str, ...]:
+        """``127.0.0.1:PORT`` of every backing registry (plain HTTP, loopback)."""
+        return tuple(r.backing.host for r in self.registries.values())
 
     @property
     def validator(self) -> Any:
