@@ -1036,19 +1036,6 @@ class AcrEmulator(Service):
         """``127.0.0.1:PORT`` of every backing registry (plain HTTP, loopback)."""
         return tuple(r.backing.host for r in self.registries.values())
 
-    @property
-    def validator(self) -> Any:
-        """A ``LocalValidator`` that pulls from every backing registry over plain HTTP."""
-        from gate.adapters.validation.local import LocalValidator
-
-        work_dir = self.workdir / "runs"
-        work_dir.mkdir(parents=True, exist_ok=True)
-        return LocalValidator(
-            insecure_registries=frozenset(r.backing.host for r in self.registries.values()),
-            network="none",
-            work_dir=work_dir,
-        )
-
     # -- managed identities ----------------------------------------------------------------
 
     def add_identity(
