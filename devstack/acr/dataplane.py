@@ -111,7 +111,8 @@ class _Backing:
         response = self.get(f"/v2/{repo}/manifests/{quote(reference)}", method="HEAD")
         if response.status_code != 200:
             return None
-        return response.headers.get("Docker-Content-Digest")
+        digest: str | None = response.headers.get("Docker-Content-Digest")
+        return digest
 
     def tags(self, repo: str) -> list[str] | None:
         response = self.get(f"/v2/{repo}/tags/list")
