@@ -19,8 +19,9 @@ base-image triggers (or webhooks, or Event Grid ``ImagePushed``). By default it 
 
 A trigger fires when a tag is written at a digest other than the one it pointed at before (a
 base image that did not change is no update). A task's steps really run, like a quick run's
-(:func:`devstack.acr.tasks.start_run`, podman through the local runner), with the
-task's values; runs are kept with the quick runs, so ``runs.get`` answers for them.
+(:func:`devstack.acr.tasks.start_run`, podman through the emulated agent of
+:mod:`devstack.acr.runner`), with the task's values; runs are kept with the quick runs, so
+``runs.get`` answers for them.
 Not confirmed: ``runType`` of a task run (``AutoRun`` here, for manual and triggered runs
 alike; the enum has ``QuickBuild``, ``QuickRun``, ``AutoBuild``, ``AutoRun``).
 """
