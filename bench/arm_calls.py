@@ -19,13 +19,13 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
+from devstack.acr import AcrEmulator
+from devstack.acr.tasks import wait_for_runs
 from devstack.images import ImageBuilder
 from devstack.podman import podman_env
 from gate.compose import build_gatekeeper
 from gate.config.model import load_config
 from gate.service import gate_image
-from tests.acr_emulator import AcrEmulator
-from tests.acr_emulator.tasks import wait_for_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 from bench.ledger import realistic_records
+from devstack.configs import promotion_of, unreachable_target_gate_yaml
 from devstack.proxy import push_tiny_images
 from devstack.registry import RegistryProcess
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.domain.records import GateRecord
-from tests.configs import promotion_of, unreachable_target_gate_yaml
 
 # the console script pip installs next to the interpreter, as a user runs it
 _SCRIPT = Path(sys.executable).with_name("gate")

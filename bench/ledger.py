@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import random
 import shutil
 import sqlite3
@@ -43,11 +42,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from devstack.azurite import AzuriteProcess
+from devstack.ledgers import fill_table
 from gate.adapters.ledger.sqlite import SqliteLedger
-from gate.adapters.ledger.table import _PARTITION, TableLedger, _claim_key
+from gate.adapters.ledger.table import TableLedger
 from gate.domain.records import GateRecord, State
 from gate.ports import Ledger
 
@@ -132,34 +131,6 @@ def realistic_records(count: int, seed: int = 15) -> list[GateRecord]:
             )
         )
     return records
-
-
-def fill_table(ledger: TableLedger, records: Iterable[GateRecord]) -> None:
-    """Write ``records`` as ``add`` would, 25 records to a transaction, then their claims.
-
-    Each record goes with its id's index entity and its two listing rows (100 entities a
-    transaction, the most one may hold); the claim entity of each (rule, digest) lists the
-    gate records with that digest, as ``add`` leaves it. Logs are uploaded as ``add`` does.
-    """
-    claims: dict[str, list[str]] = {}
-    operations: list[Any] = []
-    for record in records:
-        creates = ledger._creates(record, ledger._store_log(record))
-        operations += creates
-        if record.action == "gate" and record.digest is not None:
-            key = _claim_key(record.rule, record.digest)
-            claims.setdefault(key, []).append(str(creates[0][1]["RowKey"]))
-        if len(operations) == 100:
-            ledger._table.submit_transaction(operations)
-            operations = []
-    if operations:
-        ledger._table.submit_transaction(operations)
-    entities = [
-        ("create", {"PartitionKey": _PARTITION, "RowKey": key, "records": json.dumps(sorted(rows))})
-        for key, rows in claims.items()
-    ]
-    for start in range(0, len(entities), 100):
-        ledger._table.submit_transaction(entities[start : start + 100])
 
 
 def fill_sqlite(ledger: SqliteLedger, records: Iterable[GateRecord]) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from devstack.acr import AcrEmulator, TestCredential
 from devstack.images import ImageBuilder
 from devstack.podman import podman_env as _podman_env
 from devstack.registry import RegistryProcess
-from tests.acr_emulator import AcrEmulator, TestCredential
 
 # ---------------------------------------------------------------------------------------------
 # devstack fixtures: real registries, daemonless image builds, podman configuration.
@@ -97,7 +97,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteProcess
 
 @pytest.fixture
 def acr_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AcrEmulator]:
-    """A started :class:`~tests.acr_emulator.AcrEmulator`, its CA trusted through the env.
+    """A started :class:`~devstack.acr.AcrEmulator`, its CA trusted through the env.
 
     ``REQUESTS_CA_BUNDLE`` (azure-core's requests transport) and ``SSL_CERT_FILE`` (httpx) point
     at the emulator's test CA for the duration of the test. Add registries with

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from devstack.configs import local_gate_yaml
 from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
 from gate.adapters.signers import generate_key_pair
@@ -35,7 +36,6 @@ from gate.domain.records import State
 from gate.domain.ref import ImageRef
 from gate.errors import RegistryError
 from gate.service import Gatekeeper, gate_image, rollback
-from tests.configs import local_gate_yaml
 from tests.fakes import FakeValidator
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from devstack.acr import AcrEmulator, TestCredential
 from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
 from gate.adapters.registry.oci import HostSettings, OciRegistry
@@ -27,7 +28,6 @@ from gate.domain.records import State
 from gate.domain.ref import ImageRef
 from gate.entrypoints import cli
 from gate.service import gate_image
-from tests.acr_emulator import AcrEmulator, TestCredential
 from tests.fakes import FakeValidator
 from tests.test_attest import SEED_VALIDATION as SEED
 from tests.test_attest import independent_check

@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 
+from devstack.acr import AcrEmulator, EmulatedIdentity, EmulatedRegistry
+from devstack.acr.task_runs import task_runs_of
+from devstack.acr.tasks import runs_of, wait_for_runs
 from devstack.azurite import AzuriteProcess
 from devstack.images import ImageBuilder, tag_digests
 from gate.adapters.validation.acr_task_run import AcrQuickRunValidator
@@ -21,9 +24,6 @@ from gate.compose import build_gatekeeper
 from gate.config.model import load_config
 from gate.domain.records import GateRecord, State, utcnow
 from gate.service import Gatekeeper, gate_image
-from tests.acr_emulator import AcrEmulator, EmulatedIdentity, EmulatedRegistry
-from tests.acr_emulator.task_runs import task_runs_of
-from tests.acr_emulator.tasks import runs_of, wait_for_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed" / "validation"

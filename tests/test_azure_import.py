@@ -16,6 +16,7 @@ import httpx
 import pytest
 from azure.containerregistry import ContainerRegistryClient
 
+from devstack.acr import AcrEmulator, EmulatedRegistry
 from devstack.images import ImageBuilder
 from devstack.registry import RegistryProcess
 from gate.adapters.registry.acr_import import AcrImportRegistry
@@ -32,7 +33,7 @@ from gate.errors import (
     RegistryUnavailable,
 )
 from gate.ports import Secrets
-from tests.acr_emulator import AcrEmulator, EmulatedRegistry
+from tests.emulated import oci_hosts
 
 # Fast retries: the emulator's faults are immediate, the SDK's default backoff is not.
 FAST = {"retry_backoff_factor": 0.01, "retry_backoff_max": 0.05}
@@ -91,7 +92,7 @@ def make_registry(
 def setup(acr_emulator: AcrEmulator) -> Iterator[Setup]:
     source = acr_emulator.add_registry("sourceacr", resource_group="shared")
     target = acr_emulator.add_registry("gateacr")
-    with OciRegistry(acr_emulator.oci_hosts()) as oci:
+    with OciRegistry(oci_hosts(acr_emulator)) as oci:
         registry = make_registry(
             acr_emulator, target, oci, acr_sources={source.login_server: source.resource_id}
         )
@@ -273,7 +274,7 @@ def test_copy_from_an_oci_upstream_uses_credentials_read_from_key_vault(
         ) as upstream,
     ):
         hosts = {
-            **acr_emulator.oci_hosts(),
+            **oci_hosts(acr_emulator),
             open_registry.host: HostSettings(insecure=True),
             upstream.host: HostSettings(
                 insecure=True, username="puller", password=UPSTREAM_PASSWORD
@@ -331,7 +332,7 @@ def test_upstream_secret_unreadable_because_key_vault_is_down_fails_before_any_i
         verify_challenge_resource=False,
         **FAST,
     )
-    with OciRegistry(acr_emulator.oci_hosts()) as oci:
+    with OciRegistry(oci_hosts(acr_emulator)) as oci:
         registry = make_registry(
             acr_emulator,
             target,

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
+from devstack.acr import AcrEmulator
 from gate.adapters.secrets.keyvault import KeyVaultSecrets, SecretStoreUnavailable
 from gate.errors import ConfigError, InfrastructureError
-from tests.acr_emulator import AcrEmulator
 
 SECRET_VALUE = "v4ult-s3cret-value-1234"
 FAST = {"retry_backoff_factor": 0.01, "retry_backoff_max": 0.05}

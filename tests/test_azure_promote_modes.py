@@ -21,6 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
+from devstack.acr import AcrEmulator, EmulatedRegistry
+from devstack.acr.downstream import pushes, task_runs
+from devstack.acr.tasks import runs_of, wait_for_runs
 from devstack.azurite import AzuriteProcess
 from devstack.images import ImageBuilder, tag_digests
 from gate.adapters.downstream.acr_task import AcrTaskDownstream
@@ -34,9 +37,7 @@ from gate.domain.ref import ImageRef
 from gate.entrypoints import audit
 from gate.errors import AuthenticationError, ConfigError, Conflict
 from gate.service import Gatekeeper, gate_image, retry_downstream, rollback
-from tests.acr_emulator import AcrEmulator, EmulatedRegistry
-from tests.acr_emulator.downstream import pushes, task_runs
-from tests.acr_emulator.tasks import runs_of, wait_for_runs
+from tests.emulated import oci_hosts
 from tests.test_azure_gate import quick, tables  # noqa: F401  (tables is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,7 +328,7 @@ def _push_registry(
         arm_endpoint=emulator.arm_endpoint,
         acr_sources={up.login_server: up.resource_id},
         secrets=LocalSecrets(env={}),
-        oci=OciRegistry(emulator.oci_hosts()),
+        oci=OciRegistry(oci_hosts(emulator)),
     )
 
 
@@ -352,7 +353,7 @@ def test_push_copies_a_multi_arch_index_whole(
         f"{up.backing.url}/v2/tools/manifests/{index}",
         headers={"Accept": "application/vnd.oci.image.index.v1+json"},
     ).json()["manifests"]
-    with OciRegistry(acr_emulator.oci_hosts()) as oci:
+    with OciRegistry(oci_hosts(acr_emulator)) as oci:
         for child in children:
             wanted = ImageRef(base.backing.host, "tools", digest=child["digest"])
             assert oci.resolve(wanted) == child["digest"]
@@ -415,7 +416,7 @@ def test_downstream_adapter_names_the_task_by_arm_id(acr_emulator: AcrEmulator) 
 def test_push_with_an_identity_acr_does_not_know_is_an_authentication_error(
     acr_emulator: AcrEmulator, image_builder: ImageBuilder
 ) -> None:
-    from tests.acr_emulator.core import TestCredential, TokenBook
+    from devstack.acr.core import TestCredential, TokenBook
 
     up = acr_emulator.add_registry("upstreamacr")
     base = acr_emulator.add_registry("targetacr")

@@ -27,6 +27,9 @@ from typing import Any
 import httpx
 import pytest
 
+from devstack.acr import AcrEmulator, EmulatedIdentity, EmulatedRegistry
+from devstack.acr.task_runs import task_runs_of
+from devstack.acr.tasks import runs_of, wait_for_runs
 from devstack.images import build_image
 from gate.adapters.validation.acr_task_run import (
     TASK_RUN_NAME,
@@ -40,9 +43,6 @@ from gate.domain.records import Outcome
 from gate.domain.ref import ImageRef
 from gate.errors import ConfigError, ValidatorError
 from gate.ports import Resume, ValidationRequest
-from tests.acr_emulator import AcrEmulator, EmulatedIdentity, EmulatedRegistry
-from tests.acr_emulator.task_runs import task_runs_of
-from tests.acr_emulator.tasks import runs_of, wait_for_runs
 
 SEED = Path(__file__).resolve().parent / "data" / "cmd-validation"  # cmd steps only
 API = "2025-03-01-preview"

@@ -14,6 +14,7 @@ from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devstack.configs import empty_task_gate_yaml
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.config.model import load_config
 from gate.domain.records import DownstreamRun, GateRecord, State, new_record_id
@@ -22,7 +23,6 @@ from gate.entrypoints.cli import main, who_rolls_back
 from gate.errors import NotFound, UsageError
 from gate.logsafe import clean
 from gate.service import Gatekeeper, gate_image
-from tests.configs import empty_task_gate_yaml
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 
 UP = "up.example.com"

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from devstack.configs import promotion_of, unreachable_target_gate_yaml
 from devstack.proxy import push_tiny_images
 from devstack.registry import RegistryProcess
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.domain.records import GateRecord
-from tests.configs import promotion_of, unreachable_target_gate_yaml
 
 HEAVY = (
     "httpx",

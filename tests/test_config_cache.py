@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from devstack.configs import local_gate_yaml
 from gate.config.model import load_config
 from gate.config.parse_cache import cache_dir, cached_parse
 from gate.errors import ConfigError
-from tests.configs import local_gate_yaml
 
 
 def entries(folder: Path) -> dict[str, dict[str, object]]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from devstack.azurite import AzuriteProcess
+from devstack.configs import empty_task_gate_yaml
 from devstack.images import ImageBuilder
 from devstack.registry import RegistryProcess
 from gate.adapters.ledger.sqlite import SqliteLedger
@@ -29,7 +30,6 @@ from gate.entrypoints.render import history_table
 from gate.entrypoints.worker import handle, poll
 from gate.errors import ConfigError
 from gate.service import Gatekeeper, gate_image, gate_record, watch_once
-from tests.configs import empty_task_gate_yaml
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 from tests.test_end_to_end import gate_cli, push, tags_of, validation_starts
 

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from devstack.configs import local_gate_yaml
 from devstack.images import ImageBuilder, tag_digests
 from devstack.podman import started_containers
 from devstack.registry import RegistryProcess, free_port
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.domain.records import GateRecord, State
-from tests.configs import local_gate_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP = "check-candidate"

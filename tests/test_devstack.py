@@ -70,3 +70,42 @@ def test_podman_runs_pushed_image_with_its_env(
         text=True,
     )
     assert run.stdout.strip() == "blue"
+
+
+def _imported_modules(folder: Path) -> dict[Path, set[str]]:
+    """Every module each Python file under ``folder`` imports (absolute imports)."""
+    import ast
+
+    found: dict[Path, set[str]] = {}
+    for path in sorted(folder.rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module)
+        found[path] = names
+    return found
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _offenders(folder: str, *forbidden: str) -> list[str]:
+    return [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path, names in _imported_modules(ROOT / folder).items()
+        for name in sorted(names)
+        if any(name == f or name.startswith(f + ".") for f in forbidden)
+    ]
+
+
+def test_the_acr_emulator_imports_no_gate_module() -> None:
+    # what it fakes is written from the specifications, so a gate bug cannot hide in it
+    assert _offenders("devstack/acr", "gate", "tests", "bench") == []
+
+
+def test_devstack_tests_and_bench_do_not_import_each_other() -> None:
+    assert _offenders("devstack", "tests", "bench") == []
+    assert _offenders("bench", "tests") == []
+    assert _offenders("tests", "bench") == []

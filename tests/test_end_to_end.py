@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devstack.configs import local_gate_yaml
 from devstack.images import MANIFEST_ACCEPT, ImageBuilder, tag_digests
 from devstack.podman import started_containers
 from devstack.registry import RegistryProcess, free_port
@@ -22,7 +23,6 @@ from gate.config.model import load_config
 from gate.domain.records import ValidationResult
 from gate.ports import Resume, ValidationRequest
 from gate.service import Gatekeeper, gate_image
-from tests.configs import local_gate_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_VALIDATION = ROOT / "examples" / "seed" / "validation"

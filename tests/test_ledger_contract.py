@@ -27,8 +27,8 @@ from azure.core.credentials import AccessToken
 from azure.data.tables import TableServiceClient, UpdateMode
 from azure.storage.blob import ContainerClient
 
-from bench.ledger import fill_table
 from devstack.azurite import AzuriteProcess
+from devstack.ledgers import fill_table
 from devstack.registry import free_port
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.adapters.ledger.table import (

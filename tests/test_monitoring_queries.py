@@ -30,13 +30,13 @@ from azure.functions.timer import TimerRequest
 from pycep import BicepParser
 
 import function_app
+from devstack.configs import empty_task_gate_yaml, local_gate_yaml
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.config.model import load_config
 from gate.domain.records import GateRecord, Outcome, State, new_record_id
 from gate.entrypoints import audit
 from gate.entrypoints.messages import GateRequest
 from gate.service import Gatekeeper, gate_image, rollback
-from tests.configs import empty_task_gate_yaml, local_gate_yaml
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 from tests.test_function_events import Collect
 

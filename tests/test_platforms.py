@@ -23,6 +23,9 @@ import jsonschema
 import pytest
 import yaml
 
+from devstack.acr import AcrEmulator, EmulatedRegistry
+from devstack.acr.tasks import runs_of, wait_for_runs
+from devstack.configs import local_gate_yaml
 from devstack.images import MANIFEST_ACCEPT, ImageBuilder, busybox_for, tag_digests
 from devstack.registry import RegistryProcess
 from gate.adapters.validation.acr_task_run import AcrQuickRunValidator
@@ -35,9 +38,6 @@ from gate.entrypoints import audit
 from gate.errors import ConfigError
 from gate.ports import ValidationRequest
 from gate.service import gate_image, revalidate
-from tests.acr_emulator import AcrEmulator, EmulatedRegistry
-from tests.acr_emulator.tasks import runs_of, wait_for_runs
-from tests.configs import local_gate_yaml
 from tests.test_azure_gate import azure_config, quick
 
 ROOT = Path(__file__).resolve().parents[1]

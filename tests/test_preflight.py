@@ -16,6 +16,8 @@ import httpx
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
 
+from devstack.acr import AcrEmulator
+from devstack.acr.core import TestCredential, TokenBook
 from devstack.images import ImageBuilder
 from devstack.podman import started_containers
 from devstack.registry import RegistryProcess
@@ -28,8 +30,7 @@ from gate.domain.records import State
 from gate.domain.ref import ImageRef
 from gate.errors import AuthenticationError, ConfigError, RegistryUnavailable
 from gate.service import Gatekeeper, gate_image
-from tests.acr_emulator import AcrEmulator
-from tests.acr_emulator.core import TestCredential, TokenBook
+from tests.emulated import oci_hosts
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 from tests.test_azure_promote_modes import _push_registry
 from tests.test_end_to_end import SEED_VALIDATION, gate_cli
@@ -333,7 +334,7 @@ def _import_registry(acr_emulator: AcrEmulator, credential: Any) -> AcrImportReg
         target_login_server=base.login_server,
         arm_endpoint=acr_emulator.arm_endpoint,
         secrets=LocalSecrets(env={}),
-        oci=OciRegistry(acr_emulator.oci_hosts()),
+        oci=OciRegistry(oci_hosts(acr_emulator)),
     )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.configs import empty_task_gate_yaml
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.config.model import load_config
 from gate.domain.records import GateRecord, Outcome, State, utcnow
@@ -23,7 +24,6 @@ from gate.service import (
     revalidation_due,
     rollback,
 )
-from tests.configs import empty_task_gate_yaml
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 
 UP = "upstream.example.com"

@@ -19,6 +19,7 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 import function_app
+from devstack.configs import local_gate_yaml
 from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
 from gate.adapters.ledger.sqlite import SqliteLedger
@@ -26,7 +27,6 @@ from gate.config.model import Revalidation
 from gate.domain.records import Outcome, State
 from gate.ports import ValidationRequest
 from gate.service import gate_image, revalidate
-from tests.configs import local_gate_yaml
 from tests.fakes import FakeValidator
 from tests.test_attest import Setup, push_upstream
 from tests.test_function_events import Collect

@@ -19,6 +19,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from devstack.acr import AcrEmulator, TestCredential
+from devstack.configs import local_gate_yaml
 from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
 from gate.adapters.registry.oci import HostSettings, OciRegistry
@@ -29,8 +31,6 @@ from gate.config.model import load_config
 from gate.domain.records import State
 from gate.errors import ConfigError
 from gate.service import Gatekeeper, gate_image
-from tests.acr_emulator import AcrEmulator, TestCredential
-from tests.configs import local_gate_yaml
 from tests.fakes import FakeValidator
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from tests.acr_emulator.core import Request, Response, arm_error
+from devstack.acr.core import Request, Response, arm_error
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -89,20 +89,22 @@ def check(value: Any, shape: Field, path: str = "") -> None:
             f"Error converting value \"{value}\" to type 'enum'. The allowed values are "
             f"{', '.join(repr(e) for e in shape.enum)}. Path '{path}'."
         )
+    # (isinstance against a looked-up tuple of types narrows to object: say what was checked)
     if shape.type == "object":
+        members = cast(dict[str, Any], value)
         for name, sub in shape.properties.items():
-            if sub.required and name not in value:
+            if sub.required and name not in members:
                 raise ShapeError(f"Required property '{name}' not found in JSON. Path '{path}'.")
-        for name, item in value.items():
+        for name, item in members.items():
             sub_path = f"{path}.{name}" if path else name
-            sub = shape.properties.get(name) or shape.additional
-            if sub is None:
+            member = shape.properties.get(name) or shape.additional
+            if member is None:
                 raise ShapeError(
                     f"Could not find member '{name}' on the request type. Path '{sub_path}'."
                 )
-            check(item, sub, sub_path)
+            check(item, member, sub_path)
     if shape.type == "array" and shape.items is not None:
-        for index, item in enumerate(value):
+        for index, item in enumerate(cast(list[Any], value)):
             check(item, shape.items, f"{path}[{index}]")
 
 

@@ -29,7 +29,7 @@ Pushes (the OCI distribution API, as ``docker push`` makes them): ``POST
 the token may also pull ``from``, else a plain upload starts, as distribution does),
 ``PATCH|PUT /v2/{repo}/blobs/uploads/{id}`` and ``PUT /v2/{repo}/manifests/{ref}``, passed to
 the backing registry. A manifest written under a tag is a push: it is recorded and fires the
-base-image triggers of tasks (:mod:`tests.acr_emulator.downstream`). A manifest with a
+base-image triggers of tasks (:mod:`devstack.acr.downstream`). A manifest with a
 ``subject`` is listed by ``GET /v2/{repo}/referrers/{digest}`` (OCI distribution spec v1.1
 "Listing Referrers": 200 with an image index, empty when nothing refers to the digest,
 ``artifactType`` filter with ``OCI-Filters-Applied``), and its push is answered with
@@ -51,7 +51,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 import httpx
 
-from tests.acr_emulator.core import (
+from devstack.acr.core import (
     ACR_EXCHANGE_AUDIENCES,
     AcrEmulator,
     EmulatedRegistry,
@@ -111,7 +111,8 @@ class _Backing:
         response = self.get(f"/v2/{repo}/manifests/{quote(reference)}", method="HEAD")
         if response.status_code != 200:
             return None
-        return response.headers.get("Docker-Content-Digest")
+        digest: str | None = response.headers.get("Docker-Content-Digest")
+        return digest
 
     def tags(self, repo: str) -> list[str] | None:
         response = self.get(f"/v2/{repo}/tags/list")
@@ -525,7 +526,7 @@ def router(emulator: AcrEmulator, registry: EmulatedRegistry) -> Router:
         api_versions=None,
     )
     def put_manifest(req: Request, m: re.Match[str]) -> Response:
-        from tests.acr_emulator import downstream
+        from devstack.acr import downstream
 
         repo, ref = m["repo"], m["ref"]
         is_tag = not ref.startswith("sha256:")

@@ -30,7 +30,7 @@ import secrets
 import time
 from typing import Any
 
-from tests.acr_emulator.core import (
+from devstack.acr.core import (
     VAULT_AUDIENCE,
     AcrEmulator,
     Request,

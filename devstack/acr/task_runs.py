@@ -24,7 +24,7 @@ sends), under ``…/registries/{name}/taskRuns/{taskRunName}``:
 Platform: ``runRequest.platform`` (``os``, ``architecture``, ``variant``; the specification's
 enums are checked as for ``scheduleRun``) is kept with the task run and its run, and the run
 executes on it: the emulated agent is this machine, so another architecture runs under QEMU
-user emulation (:func:`tests.acr_emulator.tasks._agent_platform`). acr-builder passes the
+user emulation (:func:`devstack.acr.tasks._agent_platform`). acr-builder passes the
 platform only to ``build`` steps (a ``cmd`` step is ``docker run <cmd>``); the gate names each
 platform's child manifest by digest in ``cmd`` steps, which runs that child either way where the
 agent can execute it. Whether ACR's agents can execute arm64 is not documented.
@@ -49,8 +49,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.acr_emulator.arm import REGISTRY_PATH
-from tests.acr_emulator.core import (
+from devstack.acr.arm import REGISTRY_PATH
+from devstack.acr.core import (
     AcrEmulator,
     EmulatedIdentity,
     EmulatedRegistry,
@@ -58,8 +58,8 @@ from tests.acr_emulator.core import (
     Response,
     arm_error,
 )
-from tests.acr_emulator.schema import Field, check_body, string
-from tests.acr_emulator.tasks import (
+from devstack.acr.schema import Field, check_body, string
+from devstack.acr.tasks import (
     ENCODED_TASK_RUN_REQUEST,
     TASKS_API_VERSIONS,
     EmulatedRun,

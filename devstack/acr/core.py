@@ -7,8 +7,8 @@ One :class:`AcrEmulator` runs, in daemon threads of the test process:
   ``api-version`` the route supports, and is recorded in ``calls``; it also serves the SAS blob
   store under ``/_blobs/`` (no bearer token there: the signature is the authorisation);
 * one data-plane server per emulated registry (``EmulatedRegistry.login_server``), backed by
-  a real ``docker-registry`` process (see :mod:`tests.acr_emulator.dataplane`);
-* a Key Vault server (``key_vault_url``, see :mod:`tests.acr_emulator.keyvault`).
+  a real ``docker-registry`` process (see :mod:`devstack.acr.dataplane`);
+* a Key Vault server (``key_vault_url``, see :mod:`devstack.acr.keyvault`).
 
 Every server is HTTPS with a certificate for ``127.0.0.1`` and ``localhost`` from a
 ``trustme`` CA written to ``ca_path``, so the real SDK clients run their real bearer-token
@@ -915,7 +915,7 @@ class AcrEmulator(Service):
             return self
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._ca.cert_pem.write_to_path(str(self.ca_path))
-        from tests.acr_emulator import arm, keyvault
+        from devstack.acr import arm, keyvault
 
         arm.install(self)
         self.blobs.install(self.arm)
@@ -923,7 +923,7 @@ class AcrEmulator(Service):
         self.blobs.base_url = self._arm_service.url
         vault_router = keyvault.router(self)
         self._vault_service = self._serve(vault_router, "keyvault")
-        from tests.acr_emulator import task_runs, tasks
+        from devstack.acr import task_runs, tasks
 
         tasks.install(self)
         task_runs.install(self)
@@ -990,7 +990,7 @@ class AcrEmulator(Service):
         """Start a backing registry and its TLS data plane; register it under ``name``."""
         if name in self.registries:
             raise ValueError(f"registry {name!r} exists already")
-        from tests.acr_emulator import dataplane
+        from devstack.acr import dataplane
 
         backing = RegistryProcess(self.workdir / "registries" / name).start()
         registry = EmulatedRegistry(
@@ -1031,24 +1031,10 @@ class AcrEmulator(Service):
             return None
         return found
 
-    def oci_hosts(self) -> dict[str, Any]:
-        """``HostSettings`` for every backing registry (plain HTTP, loopback)."""
-        from gate.adapters.registry.oci import HostSettings
-
-        return {r.backing.host: HostSettings(insecure=True) for r in self.registries.values()}
-
     @property
-    def validator(self) -> Any:
-        """A ``LocalValidator`` that pulls from every backing registry over plain HTTP."""
-        from gate.adapters.validation.local import LocalValidator
-
-        work_dir = self.workdir / "runs"
-        work_dir.mkdir(parents=True, exist_ok=True)
-        return LocalValidator(
-            insecure_registries=frozenset(r.backing.host for r in self.registries.values()),
-            network="none",
-            work_dir=work_dir,
-        )
+    def backing_hosts(self) -> tuple[str, ...]:
+        """``127.0.0.1:PORT`` of every backing registry (plain HTTP, loopback)."""
+        return tuple(r.backing.host for r in self.registries.values())
 
     # -- managed identities ----------------------------------------------------------------
 
@@ -1082,11 +1068,11 @@ class AcrEmulator(Service):
         """The identity with this ARM id (case-insensitive, as ARM ids are)."""
         return self.identities.get(resource_id.rstrip("/").lower())
 
-    # -- persistent tasks (see tests.acr_emulator.downstream) -------------------------------
+    # -- persistent tasks (see devstack.acr.downstream) -------------------------------
 
     def add_task(self, registry: str, name: str, task_yaml: str, **options: Any) -> Any:
         """Create persistent task ``name`` on ``registry``; see ``downstream.add_task``."""
-        from tests.acr_emulator import downstream
+        from devstack.acr import downstream
 
         return downstream.add_task(self, registry, name, task_yaml, **options)
 

@@ -19,8 +19,9 @@ base-image triggers (or webhooks, or Event Grid ``ImagePushed``). By default it 
 
 A trigger fires when a tag is written at a digest other than the one it pointed at before (a
 base image that did not change is no update). A task's steps really run, like a quick run's
-(:func:`tests.acr_emulator.tasks.start_run`, podman through the local runner), with the
-task's values; runs are kept with the quick runs, so ``runs.get`` answers for them.
+(:func:`devstack.acr.tasks.start_run`, podman through the emulated agent of
+:mod:`devstack.acr.runner`), with the task's values; runs are kept with the quick runs, so
+``runs.get`` answers for them.
 Not confirmed: ``runType`` of a task run (``AutoRun`` here, for manual and triggered runs
 alike; the enum has ``QuickBuild``, ``QuickRun``, ``AutoBuild``, ``AutoRun``).
 """
@@ -34,8 +35,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.acr_emulator.core import AcrEmulator, EmulatedRegistry, Request, Response, arm_error
-from tests.acr_emulator.schema import SET_VALUE, Field, check_body, string
+from devstack.acr.core import AcrEmulator, EmulatedRegistry, Request, Response, arm_error
+from devstack.acr.schema import SET_VALUE, Field, check_body, string
 
 TASK_RUN_REQUEST = Field(
     "object",
@@ -225,7 +226,7 @@ def schedule_task_run(emulator: AcrEmulator, registry: EmulatedRegistry, req: Re
     overrides = body.get("overrideTaskStepProperties") or {}
     values = {v["name"]: v["value"] for v in overrides.get("values") or []}
     record = _start(emulator, task, trigger="Manual", extra_values=values)
-    from tests.acr_emulator.tasks import RunBook
+    from devstack.acr.tasks import RunBook
 
     runs: RunBook = emulator.state["quick_runs"]
     with runs.lock:
@@ -240,7 +241,7 @@ def _start(
     image_update: dict[str, Any] | None = None,
     extra_values: dict[str, str] | None = None,
 ) -> TaskRunRecord:
-    from tests.acr_emulator.tasks import RunBook, start_run
+    from devstack.acr.tasks import RunBook, start_run
 
     values = {**task.values, **(extra_values or {})}
     body = {

@@ -1,12 +1,14 @@
-"""An in-process emulator of the Azure services the gate uses, for tests (never shipped).
+"""An in-process emulator of the Azure services the gate uses, for tests and benchmarks (never
+shipped). It imports no ``gate`` module: the registry copy (:mod:`devstack.acr.oci`) and the
+task runner (:mod:`devstack.acr.runner`) are its own, so a gate bug cannot pass through it.
 
 ARM (ACR import, quick runs, task runs with user-assigned identities), the ACR data plane and
 Key Vault, served over HTTPS on loopback with a test CA, backed by real ``docker-registry``
-processes; see :mod:`tests.acr_emulator.core`. Persistent tasks, their base-image triggers and
-the data-plane pushes that fire them: :mod:`tests.acr_emulator.downstream`.
+processes; see :mod:`devstack.acr.core`. Persistent tasks, their base-image triggers and
+the data-plane pushes that fire them: :mod:`devstack.acr.downstream`.
 """
 
-from tests.acr_emulator.core import (
+from devstack.acr.core import (
     AcrEmulator,
     BlobStore,
     Call,

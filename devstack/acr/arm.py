@@ -4,8 +4,8 @@
 azure-mgmt-containerregistry 15.0.0 sends) checks ``ImportImageParameters`` against the REST
 specification's shape, answers ``202`` with ``Azure-AsyncOperation`` (…/operationStatuses/{id})
 and ``Location`` (…/operationResults/{id}) plus ``Retry-After``, and copies in a background
-thread with :class:`gate.adapters.registry.oci.OciRegistry`, from the source's backing registry to the
-target's, by digest when ``sourceImage`` is ``repo@sha256:…``.
+thread with the emulator's own registry client (:mod:`devstack.acr.oci`), from the source's backing
+registry to the target's, by digest when ``sourceImage`` is ``repo@sha256:…``.
 
 The SDK's ``ARMPolling`` then polls ``Azure-AsyncOperation`` (``{"status": "InProgress" |
 "Succeeded" | "Failed", "error": {...}}``, ``Retry-After`` while in progress) and, because the
@@ -25,7 +25,7 @@ Import semantics (``ImportMode`` documentation in the specification):
 Events: an import records no push and, by default, fires no base-image trigger: whether ACR
 does either for an import is not documented (Azure/acr issue #459 is an open request for
 triggers after ``az acr import``). ``AcrEmulator.import_fires_base_image_triggers = True``
-models the other possibility (:mod:`tests.acr_emulator.downstream`).
+models the other possibility (:mod:`devstack.acr.downstream`).
 
 Not confirmed against the service: the code and HTTP status of a failed operation's final GET
 (the emulator answers the operation's error with 409 for conflicts and 400 otherwise), and the
@@ -37,6 +37,7 @@ usual practice and what the SDK polls first.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import threading
 import traceback
@@ -46,18 +47,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gate.adapters.registry.oci import HostSettings, OciRegistry
-from gate.domain.ref import ImageRef, is_loopback_registry
-from gate.errors import GateError, ManifestUnknown
-from tests.acr_emulator import downstream
-from tests.acr_emulator.core import (
+from devstack.acr import downstream
+from devstack.acr.core import (
     AcrEmulator,
     EmulatedRegistry,
     Request,
     Response,
     arm_error,
 )
-from tests.acr_emulator.schema import IMPORT_IMAGE_PARAMETERS, check_body
+from devstack.acr.oci import Distribution, Endpoint, RegistryFailure
+from devstack.acr.schema import IMPORT_IMAGE_PARAMETERS, check_body
 
 IMPORT_API_VERSIONS = frozenset({"2025-11-01"})
 """api-versions of ``importImage`` the emulator accepts: what the pinned SDK sends."""
@@ -75,6 +74,18 @@ _TARGET_TAG = re.compile(
     r"(?P<repo>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
 )
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (``name[:port]``) is this machine, which serves plain HTTP here."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.strip("[]")
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _now() -> str:
@@ -125,8 +136,7 @@ class ImportPlan:
     """A checked import request."""
 
     target: EmulatedRegistry
-    source_host: str
-    source_settings: HostSettings
+    source: Endpoint
     repository: str
     tag: str | None
     digest: str | None
@@ -271,17 +281,17 @@ def _plan(
         if found is None:
             parts = resource_id.rstrip("/").split("/")
             return _not_found(parts[4] if len(parts) > 4 else "?", parts[-1])
-        host, settings = found.backing.host, HostSettings(insecure=True)
+        endpoint = Endpoint(found.backing.host)
     else:
         uri = str(registry_uri).removeprefix("https://").removeprefix("http://").rstrip("/")
         emulated = emulator.registry_by_login_server(uri)
         credentials = source.get("credentials") or {}
         if emulated is not None:
-            host, settings = emulated.backing.host, HostSettings(insecure=True)
+            endpoint = Endpoint(emulated.backing.host)
         else:
-            host = uri
-            settings = HostSettings(
-                insecure=is_loopback_registry(uri),
+            endpoint = Endpoint(
+                uri,
+                insecure=_loopback(uri),
                 username=credentials.get("username"),
                 password=credentials.get("password"),
             )
@@ -303,8 +313,7 @@ def _plan(
     mode = str(body.get("mode") or "NoForce").lower()
     return ImportPlan(
         target=target,
-        source_host=host,
-        source_settings=settings,
+        source=endpoint,
         repository=image["repo"],
         tag=image["tag"],
         digest=image["digest"],
@@ -335,30 +344,27 @@ def _by_repository(tags: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
 
 def _copy(emulator: AcrEmulator, plan: ImportPlan) -> None:
     target = plan.target
-    dest_host = target.backing.host
-    hosts = {plan.source_host: plan.source_settings, dest_host: HostSettings(insecure=True)}
-    if plan.source_host == dest_host:
-        hosts[dest_host] = HostSettings(insecure=True)
+    dest = Endpoint(target.backing.host)
     source_label = f"{plan.repository}{':' + plan.tag if plan.tag else ''}{'@' + plan.digest if plan.digest else ''}"
-    with OciRegistry(hosts, max_attempts=2, backoff_initial=0.05, timeout=60.0) as oci:
-        source = ImageRef(plan.source_host, plan.repository, plan.tag, plan.digest)
+    with Distribution(timeout=60.0) as registry:
         try:
-            digest = oci.resolve(source)
-        except ManifestUnknown:
-            raise ImportFailed(
-                404, "NotFound", f"Image '{source_label}' was not found in the source registry."
-            ) from None
-        except GateError as exc:
+            digest = registry.resolve(
+                plan.source, plan.repository, plan.digest or plan.tag or "latest"
+            )
+        except RegistryFailure as exc:
             raise ImportFailed(
                 400, "SourceRegistryError", f"Could not read the source image: {exc.message}"
             ) from None
-        pinned = ImageRef(plan.source_host, plan.repository, digest=digest)
+        if digest is None:
+            raise ImportFailed(
+                404, "NotFound", f"Image '{source_label}' was not found in the source registry."
+            )
         # The target's tags are checked and written under the registry's lock: two imports
         # into one registry cannot both see a tag free and both write it.
         with target.lock:
             previous: dict[tuple[str, str], str | None] = {}
             for repo, tag in plan.target_tags:
-                current = _head(oci, dest_host, repo, tag)
+                current = registry.resolve(dest, repo, tag)
                 previous[(repo, tag)] = current
                 if current is None:
                     continue
@@ -379,11 +385,10 @@ def _copy(emulator: AcrEmulator, plan: ImportPlan) -> None:
             grouped = _by_repository(plan.target_tags)
             repositories = list(dict.fromkeys([*grouped, *plan.untagged]))
             for repo in repositories:
-                dest = ImageRef(dest_host, repo)
                 tags = () if midway else tuple(grouped.get(repo, ()))
                 try:
-                    oci.copy(pinned, dest, tags=tags)
-                except GateError as exc:
+                    registry.copy(plan.source, plan.repository, digest, dest, repo, tags)
+                except RegistryFailure as exc:
                     raise ImportFailed(
                         500, "InternalServerError", f"Copying {source_label} failed: {exc.message}"
                     ) from None
@@ -398,14 +403,7 @@ def _copy(emulator: AcrEmulator, plan: ImportPlan) -> None:
                     state = target.tag(repo, tag)
                     state.updated = _now()
                     # no push event; base-image triggers only if the emulator is told that
-                    # imports fire them (undocumented: see tests.acr_emulator.downstream)
+                    # imports fire them (undocumented: see devstack.acr.downstream)
                     downstream.tag_written(
                         emulator, target, repo, tag, digest, previous.get((repo, tag)), via="import"
                     )
-
-
-def _head(oci: OciRegistry, host: str, repo: str, tag: str) -> str | None:
-    try:
-        return oci.resolve(ImageRef(host, repo, tag))
-    except ManifestUnknown:
-        return None

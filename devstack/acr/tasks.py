@@ -12,7 +12,7 @@ take ``2019-06-01-preview``), all under ``…/registries/{name}``:
   ``timeout`` 300…28800, enums for OS/architecture/variant/secret type), plus what the service
   must check for the run to make sense: base64 that decodes, a ``Vaultsecret`` whose value is a
   Key Vault secret URI and whose credential names an ``identity``. Anything else is the 400
-  ``InvalidRequestContent`` of :mod:`tests.acr_emulator.schema`; only ``EncodedTaskRunRequest``
+  ``InvalidRequestContent`` of :mod:`devstack.acr.schema`; only ``EncodedTaskRunRequest``
   is implemented (other run request types get a 400 saying so).
 * ``GET runs/{runId}``, ``GET runs`` (``$filter`` with clauses joined by ``and``: ``RunType``,
   ``Status``, ``TaskName``, ``RunId`` ``eq '…'`` and ``CreateTime``/``FinishTime``
@@ -23,13 +23,13 @@ take ``2019-06-01-preview``), all under ``…/registries/{name}``:
 
 A scheduled run really runs, in a background thread: the uploaded source is downloaded and
 unpacked, custom-registry credentials are resolved (a credential's ``identity`` only as a
-user-assigned identity attached to the run — a task run's, see :mod:`tests.acr_emulator.
+user-assigned identity attached to the run — a task run's, see :mod:`devstack.acr.
 task_runs`; a quick run has none — ``Vaultsecret`` through :meth:`AcrEmulator.secret_by_uri`
 only if that identity may read the vault, an emulated ACR only if it has AcrPull there;
 anything else fails the run at login, before any step; the exact wording of ACR's login errors
 is not confirmed), a private emulated registry the run did not log in to refuses the pull of a
-step's image (exit status 125), the task file runs with
-:attr:`AcrEmulator.validator` (podman) with the request's values, and the log is written to the
+step's image (exit status 125), the task file runs on the emulated agent
+(:mod:`devstack.acr.runner`, podman) with the request's values, and the log is written to the
 blob store in ACR's format (runner lines ``YYYY/MM/DD HH:MM:SS …``, ``Executing step ID: …``,
 ``Container failed during run: …``, ``failed to run step ID: …: exit status N``, ``Run ID: …
 was successful after …`` / ``failed after … Error: …``). The backing registries are loopback
@@ -69,14 +69,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from gate.adapters.validation.local import host_architecture
-from gate.adapters.validation.taskfile import RunContext, load_task
-from gate.domain.records import Outcome
-from gate.domain.ref import ImageRef
-from gate.errors import GateError
-from gate.ports import ValidationRequest
-from tests.acr_emulator.arm import REGISTRY_PATH
-from tests.acr_emulator.core import (
+from devstack.acr.arm import REGISTRY_PATH
+from devstack.acr.core import (
     AcrEmulator,
     EmulatedIdentity,
     EmulatedRegistry,
@@ -84,12 +78,12 @@ from tests.acr_emulator.core import (
     Response,
     arm_error,
 )
-from tests.acr_emulator.schema import SET_VALUE, Field, check_body, string
+from devstack.acr.runner import Agent, RunVariables, TaskError, host_architecture, parse_task
+from devstack.acr.schema import SET_VALUE, Field, check_body, string
 
 TASKS_API_VERSIONS = frozenset({"2025-03-01-preview"})
 RUNS_API_VERSIONS = frozenset({"2025-03-01-preview", "2019-06-01-preview"})
 TERMINAL = frozenset({"Succeeded", "Failed", "Canceled", "Error", "Timeout"})
-_PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
 
 # -- EncodedTaskRunRequest, from the REST specification (2025-03-01-preview) -------------------
 
@@ -143,7 +137,7 @@ ENCODED_TASK_RUN_REQUEST = Field(
         ),
     },
 )
-# (a TaskRunRequest is answered by tests.acr_emulator.downstream)
+# (a TaskRunRequest is answered by devstack.acr.downstream)
 _OTHER_RUN_REQUESTS = ("DockerBuildRequest", "FileTaskRunRequest", "TaskRunRequest")
 _MIN_TIMEOUT, _MAX_TIMEOUT, _DEFAULT_TIMEOUT = 300, 28800, 3600
 
@@ -182,7 +176,7 @@ class EmulatedRun:
     identities: tuple[EmulatedIdentity, ...] = ()  # a task run's user-assigned identities
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
-    # a run of a persistent task (tests.acr_emulator.downstream): its name, and the
+    # a run of a persistent task (devstack.acr.downstream): its name, and the
     # imageUpdateTrigger of a run a base-image update started
     run_type: str = "QuickRun"
     task: str | None = None
@@ -356,7 +350,7 @@ def install(emulator: AcrEmulator) -> None:
         if isinstance(registry, Response):
             return registry
         if _request_type(req) == "TaskRunRequest":
-            from tests.acr_emulator import downstream
+            from devstack.acr import downstream
 
             return downstream.schedule_task_run(emulator, registry, req)
         refused = _check_type(req)
@@ -748,16 +742,10 @@ def _values(run: EmulatedRun) -> tuple[dict[str, str], frozenset[str]]:
     return values, frozenset(secret)
 
 
-def _image(values: dict[str, str]) -> ImageRef:
-    # The local validator wants the candidate pinned; a task that does not use IMAGE gets a
-    # placeholder it never pulls.
-    try:
-        ref = ImageRef.parse(values.get("IMAGE", ""))
-    except GateError:
-        ref = None
-    if ref is None or ref.digest is None:
-        return ImageRef("localhost", "emulator/no-image", digest=_PLACEHOLDER_DIGEST)
-    return ref
+def _platform_parts(raw: Any) -> list[str]:
+    if not isinstance(raw, dict):
+        return []
+    return [str(raw.get(k) or "").lower() for k in ("os", "architecture", "variant")]
 
 
 def _agent_platform(raw: Any) -> str:
@@ -766,18 +754,27 @@ def _agent_platform(raw: Any) -> str:
     '' when that is this host's own platform (podman's default): the emulator's agent is this
     machine, and another architecture runs under QEMU user emulation.
     """
-    if not isinstance(raw, dict):
-        return ""
-    parts = [str(raw.get(k) or "").lower() for k in ("os", "architecture", "variant")]
-    platform = "/".join(p for p in parts if p)
+    platform = "/".join(p for p in _platform_parts(raw) if p)
     return "" if platform in ("", "linux", f"linux/{host_architecture()}") else platform
 
 
+def _run_variables(run: EmulatedRun) -> RunVariables:
+    parts = [*_platform_parts(run.body.get("platform")), "", ""]
+    return RunVariables(
+        run_id=run.run_id,
+        registry=run.registry.login_server,
+        date=_now(),
+        os=parts[0] or "linux",
+        architecture=parts[1] or host_architecture(),
+    )
+
+
 def _registry_of(image: str) -> str:
-    try:
-        return ImageRef.parse(image).registry
-    except GateError:
-        return ""
+    """The registry part of an image name ('' for a Docker Hub short name)."""
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return ""
 
 
 def _fake_outcome(run: EmulatedRun, task_path: Path, runner: Any, write: Any, finish: Any) -> None:
@@ -786,9 +783,9 @@ def _fake_outcome(run: EmulatedRun, task_path: Path, runner: Any, write: Any, fi
         step = "acb_step_0"
         try:
             values, _ = _values(run)
-            task = load_task(task_path, RunContext(run_id=run.run_id, date=_now(), values=values))
+            task = parse_task(task_path.read_text("utf-8"), values, _run_variables(run))
             step = task.steps[0].id
-        except (GateError, IndexError):
+        except (TaskError, IndexError):
             pass
         runner(
             f"Executing step ID: {step}. Timeout(sec): 600, Working directory: '', "
@@ -804,17 +801,6 @@ def _fake_outcome(run: EmulatedRun, task_path: Path, runner: Any, write: Any, fi
     else:
         message = "The run encountered an internal error (injected fault). Please retry."
         finish("Error", message, message)
-
-
-_LOCAL_STEP = re.compile(r"^----- step: (?P<id>.+?) \(image (?P<image>.+)\) -----$")
-_LOCAL_STEP_END = re.compile(
-    r"^----- step: (?P<id>.+?): (?P<ending>.+) after (?P<secs>[\d.]+) s -----$"
-)
-_LOCAL_EXIT = re.compile(r"^exit code (?P<code>-?\d+)$")
-_LOCAL_REASON = re.compile(
-    r"^step '(?P<id>[^']+)' (?:exited with code (?P<code>-?\d+)|timed out after)"
-)
-_LOCAL_IGNORED = re.compile(r"^step '(?P<id>[^']+)' (?P<what>.+); ignored \(ignoreErrors\)$")
 
 
 def _run_steps(
@@ -845,21 +831,13 @@ def _run_steps(
         for login, backing in agent_hosts.items():
             value = value.replace(f"{login}/", f"{backing}/")
         values[name] = value
-    image = _image(values)
     timeout = float(run.body.get("timeout") or _DEFAULT_TIMEOUT)
-    context = RunContext(
-        run_id=run.run_id,
-        date=_now(),
-        values={"IMAGE": str(image), **values},
-        registry=run.registry.login_server,
-    )
     try:
-        task = load_task(task_path, context)
-    except GateError as exc:
+        task = parse_task(task_path.read_text("utf-8"), values, _run_variables(run))
+    except TaskError as exc:
         write(f"failed to parse the task file: {exc.message}\n")
         finish("Failed", "failed to initialize the task")
         return
-    steps = {step.id: step for step in task.steps}
     for step in task.steps:
         if _registry_of(step.image) in refused:
             runner(
@@ -880,81 +858,20 @@ def _run_steps(
     # What docker run prints when the agent has not got an image yet (always, on a fresh agent).
     for name in task.images:
         write(f"Unable to find image '{name}' locally\n")
-    request = ValidationRequest(
-        image=image,
-        folder=source,
-        task_file=str(task_path),
-        values=values,
-        # Nothing masked here: whether ACR masks what steps print of secret values is not
-        # documented, so the emulator assumes it does not and the client must.
-        secret_values=frozenset(),
-        timeout_seconds=timeout,
-        run_registry=run.registry.login_server,
+    # Nothing masked here: whether ACR masks what steps print of secret values is not
+    # documented, so the emulator assumes it does not and the client must.
+    agent = Agent(
+        write,
+        insecure=frozenset(r.backing.host for r in emulator.registries.values()),
         platform=_agent_platform(run.body.get("platform")),
+        scratch=task_path.parent,
+        cancel=run.cancel,
     )
-    validator = emulator.validator
-    # The validator makes each run's scratch folder under its work_dir, which must exist.
-    (emulator.workdir / "runs").mkdir(parents=True, exist_ok=True)
     try:
-        result = validator.validate(request, lambda _run_id: None)
-    except GateError as exc:
+        ending = agent.run(task, source, timeout)
+    except TaskError as exc:
         write(f"failed to initialize the task: {exc.message}\n")
         finish("Failed", "failed to initialize the task")
         return
-    elapsed: dict[str, float] = {}
-    for line in result.log.splitlines():
-        start = _LOCAL_STEP.match(line)
-        end = _LOCAL_STEP_END.match(line)
-        ignored = _LOCAL_IGNORED.match(line)
-        if start is not None:
-            step = steps.get(start["id"])
-            timeout_s = step.timeout if step else 600
-            workdir = step.working_directory if step and step.working_directory else ""
-            runner(
-                f"Executing step ID: {start['id']}. Timeout(sec): {timeout_s}, Working "
-                f"directory: '{workdir}', Network: 'acb_default_network'"
-            )
-            runner(f"Launching container with name: {start['id']}")
-        elif end is not None:
-            elapsed[end["id"]] = float(end["secs"])
-            code = _LOCAL_EXIT.match(end["ending"])
-            if code is not None and code["code"] == "0":
-                runner(f"Successfully executed container: {end['id']}")
-            else:
-                runner(f"Container failed during run: {end['id']}. No retries remaining.")
-        elif ignored is not None:
-            runner(
-                f"Step ID: {ignored['id']} encountered an error: {ignored['what']}, but is set "
-                "to ignore errors. Continuing..."
-            )
-        elif (
-            line.startswith("----- pull: ")
-            or line.startswith("Run ID: ")
-            or re.match(r"^step .+: skipped, the run stopped at step ", line)
-            or re.match(r"^(entrypoint|args): ", line)
-            or re.match(r"^sha256:[0-9a-f]{64}$|^[0-9a-f]{64}$", line)
-        ):
-            continue  # the local runner's own bookkeeping: ACR prints none of it
-        else:
-            write(line + "\n")
-    if result.outcome is Outcome.PASSED:
-        for step_id, seconds in elapsed.items():
-            runner(
-                f"Step ID: {step_id} marked as successful (elapsed time in seconds: {seconds:f})"
-            )
-        finish("Succeeded", "")
-    elif result.outcome is Outcome.REJECTED:
-        reason = _LOCAL_REASON.match(result.reason)
-        if reason is not None:
-            error = (
-                f"exit status {reason['code']}"
-                if reason["code"] is not None
-                else "context deadline exceeded"
-            )
-            write(f"failed to run step ID: {reason['id']}: {error}\n")
-        finish("Failed", "failed during run, err: exit status 1")
-    elif "total timeout" in result.reason:
-        finish("Timeout", "context deadline exceeded")
-    else:
-        write(result.reason + "\n")
-        finish("Error", result.reason, result.reason)
+    if ending.status != "Canceled":
+        finish(ending.status, ending.closing, ending.error)
