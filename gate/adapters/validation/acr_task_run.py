@@ -350,7 +350,7 @@ def _run_id_of(task_run: TaskRun) -> str | None:
     return run_props.run_id if run_props is not None and run_props.run_id else None
 
 
-class AcrQuickRunValidator:
+class AcrTaskRunValidator:
     """Runs a rule's ACR task file as an ACR task run; see the module documentation.
 
     ``credential`` is any ``TokenCredential`` (``DefaultAzureCredential`` in production);
@@ -388,7 +388,7 @@ class AcrQuickRunValidator:
     ) -> None:
         if poll_initial <= 0 or poll_max < poll_initial:
             raise ConfigError(
-                f"quick-run polling interval {poll_initial:g}..{poll_max:g} s is invalid; use "
+                f"task-run polling interval {poll_initial:g}..{poll_max:g} s is invalid; use "
                 "0 < poll_initial <= poll_max"
             )
         self.subscription_id = subscription_id
@@ -429,7 +429,7 @@ class AcrQuickRunValidator:
             "https://storage.invalid",
             policies=[
                 HeadersPolicy(),
-                UserAgentPolicy(sdk_moniker="gate-quick-run"),
+                UserAgentPolicy(sdk_moniker="gate-task-run"),
                 RetryPolicy(**retry),
             ],
             transport=RequestsTransport(**transport),
@@ -440,7 +440,7 @@ class AcrQuickRunValidator:
         self._client.close()
         self._blobs.close()
 
-    def __enter__(self) -> AcrQuickRunValidator:
+    def __enter__(self) -> AcrTaskRunValidator:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -458,7 +458,7 @@ class AcrQuickRunValidator:
         on_started: Callable[[str], None],
         resume: Resume | None = None,
     ) -> ValidationResult:
-        """Run (or follow) the quick run of ``request``; see the module documentation.
+        """Run (or follow) the task run of ``request``; see the module documentation.
 
         Raises ConfigError (nothing scheduled, ``on_started`` not called) for a missing folder
         or task file or a timeout ACR cannot take, InvalidReference for an image without a
@@ -872,8 +872,12 @@ class AcrQuickRunValidator:
             ) from None
 
 
+AcrQuickRunValidator = AcrTaskRunValidator
+"""The former name of :class:`AcrTaskRunValidator`, kept for callers not yet renamed."""
+
 __all__ = [
     "AcrQuickRunValidator",
+    "AcrTaskRunValidator",
     "StepFailure",
     "pack_folder",
     "parse_step_failure",

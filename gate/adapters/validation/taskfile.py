@@ -1,8 +1,9 @@
 """ACR task files (``acr-task.yaml``): load, render and check them the way ACR Tasks does.
 
-The local validator runs the very file an ACR quick run (``az acr run -f acr-task.yaml .``) runs
-in Azure, so this module reproduces what ACR Tasks does to the file before it runs a step, and
-refuses, before anything runs, whatever the local runner cannot reproduce.
+The local validator runs the very file an ACR run (the gate's task run, or ``az acr run -f
+acr-task.yaml .``) runs in Azure, so this module reproduces what ACR Tasks does to the file
+before it runs a step, and refuses, before anything runs, whatever the local runner cannot
+reproduce.
 
 What it relies on:
 
@@ -95,6 +96,8 @@ _UNSUPPORTED_RUN_VARIABLES = frozenset(
      "OSVersion"}
 )  # fmt: skip
 
+# The advice of every refusal names ``az acr run`` (which is an ACR quick run) because that is
+# what a user can run by hand; the text is part of the messages users and tests see, so it stays.
 _FIX = "run it as an ACR quick run (az acr run), or replace it with a cmd step"
 
 _TASK_SUPPORTED = frozenset({"version", "stepTimeout", "workingDirectory", "env", "steps"})
