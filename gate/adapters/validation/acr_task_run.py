@@ -98,7 +98,7 @@ import stat
 import tarfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,14 +128,13 @@ from azure.mgmt.containerregistrytasks.models import (
     UserIdentityProperties,
 )
 
+from gate.adapters.validation.masking import ANSI, Masker
 from gate.domain.records import Outcome, ValidationResult
 from gate.errors import ConfigError, ValidatorError
 from gate.logsafe import get_logger
 from gate.ports import Resume, ValidationRequest
 
 log = get_logger(__name__)
-
-MASK = "***"
 
 TERMINAL_STATUSES = frozenset({"Succeeded", "Failed", "Canceled", "Error", "Timeout"})
 """Run statuses after which nothing more happens (``Queued``, ``Started``, ``Running`` go on)."""
@@ -163,7 +162,6 @@ _TRANSPORT_KEYS = ("connection_verify", "connection_cert", "connection_timeout",
 _RETRY_KEYS = ("retry_total", "retry_backoff_factor", "retry_backoff_max", "retry_mode")
 _REASON_LINES = 3
 _REASON_CHARS = 400
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 _ACB_LINE = re.compile(r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} ")
 _STEP_FAILED = re.compile(r"^failed to run step ID: (?P<step>.+?): (?P<error>.+)$", re.M)
 _EXIT_STATUS = re.compile(r"^exit status (?P<code>-?\d+)$")
@@ -210,18 +208,6 @@ def pack_folder(folder: Path) -> bytes:
     return raw.getvalue()
 
 
-class _Masker:
-    """Replaces secret values by ``***``, longest first (a secret inside another goes too)."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, MASK)
-        return text
-
-
 @dataclass(frozen=True)
 class StepFailure:
     """The step a failed ACR run stopped at, as its log tells: ``error`` is ACR's words
@@ -257,7 +243,7 @@ def parse_step_failure(log_text: str) -> StepFailure | None:
     ``Launching container with name: STEP`` and the failure, without the runner's timestamped
     lines, the last few joined by `` / ``.
     """
-    text = _ANSI.sub("", log_text)
+    text = ANSI.sub("", log_text)
     failures = list(_STEP_FAILED.finditer(text))
     if not failures:
         return None
@@ -466,7 +452,7 @@ class AcrTaskRunValidator:
         """
         pinned = request.image.pinned()
         values = {"IMAGE": str(pinned), **request.values}
-        mask = _Masker(values[name] for name in request.secret_values if name in values)
+        mask = Masker(values[name] for name in request.secret_values if name in values)
         folder = Path(request.folder)
         task_path = folder / request.task_file
         if not folder.is_dir():
@@ -500,7 +486,7 @@ class AcrTaskRunValidator:
         on_started: Callable[[str], None],
         resume: Resume | None,
         values: dict[str, str],
-        mask: _Masker,
+        mask: Masker,
         run_timeout: int,
         platform: PlatformProperties,
     ) -> ValidationResult:
@@ -709,7 +695,7 @@ class AcrTaskRunValidator:
         run_id: str,
         run: Run,
         request: ValidationRequest,
-        mask: _Masker,
+        mask: Masker,
         *,
         log_link: str | None = None,
     ) -> ValidationResult:
@@ -755,7 +741,7 @@ class AcrTaskRunValidator:
         )
 
     def _overdue(
-        self, run_id: str, request: ValidationRequest, mask: _Masker, log_link: str | None
+        self, run_id: str, request: ValidationRequest, mask: Masker, log_link: str | None
     ) -> ValidationResult:
         canceled = "it was cancelled"
         try:

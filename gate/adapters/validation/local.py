@@ -66,6 +66,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+from gate.adapters.validation.masking import ANSI, Masker
 from gate.adapters.validation.taskfile import (
     WORKSPACE,
     AcrTask,
@@ -94,14 +95,11 @@ _RUNTIME_EXITS = frozenset({126, 127})
 # podman's own error line when the OCI runtime (runc, crun) could not start the step's process
 _RUNTIME_REFUSED = re.compile(r"^Error: .*\bOCI\b", re.MULTILINE)
 
-MASK = "***"
-
 _TAIL_BYTES = 16 << 10
 _REASON_LINES = 3
 _REASON_CHARS = 400
 _KILL_WAIT_SECONDS = 10.0
 _ENGINE_CALL_SECONDS = 60.0
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
 _STEP_START = re.compile(r"^----- step: .+ \(image .*\) -----$")
 _STEP_END = re.compile(r"^----- step: .+: .+ after [\d.]+ s -----$")
@@ -124,18 +122,6 @@ def host_architecture() -> str:
     """This machine's architecture as Go (and so ACR's ``{{.Run.Architecture}}``) names it."""
     machine = platform.machine().lower()
     return _GOARCH.get(machine, machine)
-
-
-class _Masker:
-    """Replaces secret values by ``***``; longest first, so a secret inside another goes too."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, MASK)
-        return text
 
 
 class _Capped:
@@ -268,7 +254,7 @@ class LocalValidator:
             )
         task = load_task(folder / request.task_file, context)
         check_sources(task, folder)
-        mask = _Masker(values[name] for name in request.secret_values if name in values)
+        mask = Masker(values[name] for name in request.secret_values if name in values)
         on_started(run_id)
         run = _Run(
             engine=self.engine_path(),
@@ -315,7 +301,7 @@ class _Run:
         task: AcrTask,
         run_id: str,
         deadline: float,
-        mask: _Masker,
+        mask: Masker,
         keep_images: bool = False,
     ) -> None:
         self.engine = engine
@@ -757,7 +743,7 @@ def _pump(stream: IO[bytes], sinks: tuple[_Capped, ...]) -> None:
 
 def _last_lines(text: str, mask: Callable[[str], str]) -> str:
     """The last few non-blank lines of ``text``, without colour codes, on one line."""
-    lines = [line.strip() for line in _ANSI.sub("", mask(text)).splitlines()]
+    lines = [line.strip() for line in ANSI.sub("", mask(text)).splitlines()]
     meaningful = [line for line in lines if line][-_REASON_LINES:]
     joined = " / ".join(meaningful)
     if len(joined) > _REASON_CHARS:
@@ -785,7 +771,7 @@ def last_step_output(log: str) -> str:
     start = max((i for i, line in enumerate(lines[:end]) if _STEP_START.match(line)), default=0)
     # the line after the header is the step's settings, not its output
     output = [line.strip() for line in lines[start + 2 : end] if line.strip()]
-    return _ANSI.sub("", output[-1]) if output else ""
+    return ANSI.sub("", output[-1]) if output else ""
 
 
 def _container_name(run_id: str, step_id: str, taken: set[str]) -> str:
