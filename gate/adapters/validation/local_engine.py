@@ -473,6 +473,7 @@ def _layout_name(image: str) -> str:
 
 
 def container_name(run_id: str, step_id: str, taken: set[str]) -> str:
+    """``<run-id>-<step>``, made safe and unique among ``taken`` (which it joins)."""
     base = f"{run_id}-{_NAME_UNSAFE.sub('-', step_id)}"
     name, n = base, 1
     while name in taken:
