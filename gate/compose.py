@@ -3,7 +3,7 @@
 Without an ``azure:`` section the gate runs on its embedded local default (OCI registries over
 HTTP, podman/docker, a SQLite ledger, secrets from the environment). With one, promotion is an
 ACR import (or, with ``azure.registry.promote: push``, a data-plane push), validation an ACR
-quick run, a rule's ``downstream`` tasks are queued as ACR task runs (locally, downstream task
+task run, a rule's ``downstream`` tasks are queued as ACR task runs (locally, downstream task
 files run on the local validator), secrets come from Key Vault and, when ``azure.ledger`` is
 set, records live in Table Storage. Adapters are imported here, only when
 chosen, so a process that never touches Azure never loads an Azure SDK.
@@ -241,7 +241,7 @@ def azure_gatekeeper(
     secrets: Secrets | None = None,
     signer: Signer | None = None,
 ) -> Gatekeeper:
-    """ACR import, ACR quick runs, Key Vault and (optionally) Table Storage.
+    """ACR import, ACR task runs, Key Vault and (optionally) Table Storage.
 
     The ACR clients are built on first use (an HTTP ``GET`` of records never needs them).
     """
@@ -257,7 +257,7 @@ def azure_gatekeeper(
         from gate.adapters.secrets.local import LocalSecrets
 
         secrets = LocalSecrets(config.secrets_dir)
-    # quick runs get Key Vault secret *URIs* (read by the runner's identity), never values
+    # task runs get Key Vault secret *URIs* (read by the runner's identity), never values
     secret_uri = getattr(secrets, "secret_uri", None)
 
     acr_sources = {h: s.resource_id for h, s in config.registries.items() if s.resource_id}
@@ -305,10 +305,10 @@ def azure_gatekeeper(
         )
 
     def make_validator() -> Validator:
-        from gate.adapters.validation.acr_task_run import AcrQuickRunValidator
+        from gate.adapters.validation.acr_task_run import AcrTaskRunValidator
 
         identity = azure.runner_identity
-        return AcrQuickRunValidator(
+        return AcrTaskRunValidator(
             credential=credential,
             subscription_id=azure.subscription_id,
             resource_group=azure.runner.resource_group,

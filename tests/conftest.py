@@ -90,7 +90,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteProcess
 
 
 # ---------------------------------------------------------------------------------------------
-# Azure fixtures: the emulator of ARM (ACR import, quick runs), ACR data planes and Key Vault.
+# Azure fixtures: the emulator of ARM (ACR import, quick and task runs), ACR data planes, Key Vault.
 # Shared by every Azure adapter test; function scope (each test gets fresh state).
 # ---------------------------------------------------------------------------------------------
 

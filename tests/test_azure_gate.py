@@ -19,7 +19,7 @@ from devstack.acr.task_runs import task_runs_of
 from devstack.acr.tasks import runs_of, wait_for_runs
 from devstack.azurite import AzuriteProcess
 from devstack.images import ImageBuilder, tag_digests
-from gate.adapters.validation.acr_task_run import AcrQuickRunValidator
+from gate.adapters.validation.acr_task_run import AcrTaskRunValidator
 from gate.compose import build_gatekeeper
 from gate.config.model import load_config
 from gate.domain.records import GateRecord, State, utcnow
@@ -58,7 +58,7 @@ class Cloud:
     def arm(self) -> list[str]:
         return [c.name for c in self.emulator.calls]
 
-    def quick_runs(self) -> int:
+    def runs(self) -> int:
         wait_for_runs(self.emulator, self.base.name)
         return len(runs_of(self.emulator, self.base.name))
 
@@ -120,10 +120,10 @@ azure:
 
 
 def quick(keeper: Gatekeeper, emulator: AcrEmulator, base: EmulatedRegistry) -> Gatekeeper:
-    """The keeper with a test-speed poll interval on its quick-run validator."""
+    """The keeper with a test-speed poll interval on its task-run validator."""
     built = keeper.validator
-    assert isinstance(built, AcrQuickRunValidator)
-    validator = AcrQuickRunValidator(
+    assert isinstance(built, AcrTaskRunValidator)
+    validator = AcrTaskRunValidator(
         custom_registries=built.custom_registries,
         identity_resource_id=built.identity_resource_id,
         identity_client_id=built.identity_client_id,
@@ -185,7 +185,7 @@ def test_walkthrough_on_azure_promotes_green_and_stops_red(cloud: Cloud) -> None
         State.PROMOTED,
         State.PROMOTED,
     ]
-    assert cloud.quick_runs() == 3
+    assert cloud.runs() == 3
 
 
 def test_duplicate_costs_no_arm_call(cloud: Cloud) -> None:
@@ -197,7 +197,7 @@ def test_duplicate_costs_no_arm_call(cloud: Cloud) -> None:
 
     assert again.duplicate and again.record.state is State.PROMOTED
     assert len(cloud.emulator.calls) == before
-    assert cloud.quick_runs() == 1
+    assert cloud.runs() == 1
 
 
 class Crash(BaseException):
@@ -225,14 +225,14 @@ def test_crash_between_scheduling_and_recording_resumes_the_same_run(cloud: Clou
         cloud.gate(replace(cloud.keeper, ledger=CrashAfterScheduling(cloud.keeper.ledger)))
     (stuck,) = cloud.keeper.ledger.history()
     assert stuck.state is State.VALIDATING and stuck.run_id is None
-    assert cloud.quick_runs() == 1
+    assert cloud.runs() == 1
 
     # a new worker, once the dead worker's lease has lapsed
     assert cloud.keeper.ledger.renew(stuck.id, stuck.lease_holder, utcnow())
     record = cloud.gate()
 
     assert record.id == stuck.id and record.state is State.PROMOTED and record.attempts == 2
-    assert cloud.quick_runs() == 1  # the run was found by its task run's name and followed
+    assert cloud.runs() == 1  # the run was found by its task run's name and followed
     assert record.run_id == runs_of(cloud.emulator, cloud.base.name)[0].run_id
     assert cloud.target_tags()["15-alpine"] == green
     names = cloud.arm()
@@ -241,7 +241,7 @@ def test_crash_between_scheduling_and_recording_resumes_the_same_run(cloud: Clou
 
 
 @pytest.mark.parametrize(
-    ("fault", "verdict", "moved", "quick_runs"),
+    ("fault", "verdict", "moved", "extra_runs"),
     [
         (
             {"route": "importImage", "status": 429, "retry_after": 1, "times": 1},
@@ -281,7 +281,7 @@ def test_crash_between_scheduling_and_recording_resumes_the_same_run(cloud: Clou
     ],
 )
 def test_fault_matrix(
-    cloud: Cloud, fault: dict[str, Any], verdict: State, moved: bool, quick_runs: int
+    cloud: Cloud, fault: dict[str, Any], verdict: State, moved: bool, extra_runs: int
 ) -> None:
     green = cloud.push("Green")
     assert cloud.gate().state is State.PROMOTED
@@ -299,7 +299,7 @@ def test_fault_matrix(
         assert tags[tag] == digest or tag == "15-alpine"
     if not moved:
         assert blue not in tags.values()
-    assert cloud.quick_runs() == 1 + quick_runs
+    assert cloud.runs() == 1 + extra_runs
 
 
 def test_functions_gate_redelivered_events_once_on_azure_adapters(
@@ -350,7 +350,7 @@ def test_functions_gate_redelivered_events_once_on_azure_adapters(
 
     (record,) = cloud.keeper.ledger.history()
     assert record.state is State.PROMOTED and record.digest == green and record.trigger == "event"
-    assert cloud.quick_runs() == 1
+    assert cloud.runs() == 1
     imports = [c for c in cloud.emulator.calls[before:] if c.name == "importImage"]
     assert len(imports) == 2  # the run-ID tag, then the stable tag: once, not five times
     assert cloud.target_tags()["15-alpine"] == green
@@ -373,7 +373,7 @@ def test_the_azure_gate_reads_upstream_signatures_through_the_acr_data_plane(
     )
     unsigned = cloud.push("Green")
     refused = cloud.gate(keeper)
-    runs_after_refusal = cloud.quick_runs()
+    runs_after_refusal = cloud.runs()
     signed = cloud.push("Orange")
     cosign_sign(cloud.upstream.backing.host, "node", signed, key)
     passed = cloud.gate(keeper)

@@ -28,7 +28,7 @@ from devstack.acr.tasks import runs_of, wait_for_runs
 from devstack.configs import local_gate_yaml
 from devstack.images import MANIFEST_ACCEPT, ImageBuilder, busybox_for, tag_digests
 from devstack.registry import RegistryProcess
-from gate.adapters.validation.acr_task_run import AcrQuickRunValidator
+from gate.adapters.validation.acr_task_run import AcrTaskRunValidator
 from gate.compose import build_gatekeeper, local_gatekeeper
 from gate.config.model import load_config
 from gate.domain.platforms import Platform, PlatformError, select_platforms
@@ -444,8 +444,8 @@ def test_records_keep_their_platform_results_and_older_records_load() -> None:
 # -- Azure: the task runs carry each platform ---------------------------------------------------
 
 
-def quick_run_validator(emulator: AcrEmulator, registry: EmulatedRegistry) -> AcrQuickRunValidator:
-    return AcrQuickRunValidator(
+def task_run_validator(emulator: AcrEmulator, registry: EmulatedRegistry) -> AcrTaskRunValidator:
+    return AcrTaskRunValidator(
         credential=emulator.credential(),
         subscription_id=emulator.subscription_id,
         resource_group=registry.resource_group,
@@ -472,7 +472,7 @@ def test_acr_task_runs_carry_each_platform_and_the_emulated_agent_runs_it(
     folder = validation_folder(tmp_path)
 
     results = {}
-    with quick_run_validator(acr_emulator, runner) as validator:
+    with task_run_validator(acr_emulator, runner) as validator:
         for arch in ("amd64", "arm64"):
             request = ValidationRequest(
                 image=ImageRef.parse(f"{host}/node@{children[arch]}"),
@@ -507,7 +507,7 @@ def test_a_platform_acr_tasks_cannot_run_is_refused_before_any_task_run(
     )
 
     with (
-        quick_run_validator(acr_emulator, runner) as validator,
+        task_run_validator(acr_emulator, runner) as validator,
         pytest.raises(ConfigError, match="linux/ppc64le cannot run as an ACR task run"),
     ):
         validator.validate(request, lambda _run_id: None)

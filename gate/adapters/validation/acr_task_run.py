@@ -83,23 +83,19 @@ to its end unobserved).
 Secrets: values named in ``request.secret_values`` are sent with ``isSecret`` (ACR keeps them
 out of its own displays), and replaced by ``***`` in the returned log, reason and every error
 message of this module.
+
+This module holds the validator: the ARM and Storage calls, polling, cancelling, log reading and
+deleting. What it sends (the archive, task run names, the request body) is built in
+:mod:`~gate.adapters.validation.acr_run_request`; how a run's log and end status become an
+outcome is in :mod:`~gate.adapters.validation.acr_run_log`. The public names of both stay
+importable from here.
 """
 
 from __future__ import annotations
 
-import base64
 import enum
-import gzip
-import hashlib
-import io
-import math
-import re
-import stat
-import tarfile
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -114,20 +110,28 @@ from azure.core.pipeline.policies import HeadersPolicy, RetryPolicy, UserAgentPo
 from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest, HttpResponse
 from azure.mgmt.containerregistrytasks import ContainerRegistryTasksMgmtClient
-from azure.mgmt.containerregistrytasks.models import (
-    Credentials,
-    CustomRegistryCredentials,
-    EncodedTaskRunRequest,
-    IdentityProperties,
-    PlatformProperties,
-    Run,
-    SecretObject,
-    SetValue,
-    TaskRun,
-    TaskRunProperties,
-    UserIdentityProperties,
-)
+from azure.mgmt.containerregistrytasks.models import PlatformProperties, Run, TaskRun
 
+from gate.adapters.validation.acr_run_log import (
+    ENGINE_ERROR_EXIT,
+    StepFailure,
+    judge,
+    parse_step_failure,
+    redact_urls,
+)
+from gate.adapters.validation.acr_run_request import (
+    MAX_RUN_TIMEOUT,
+    MIN_RUN_TIMEOUT,
+    TAR_MTIME,
+    TASK_RUN_NAME,
+    pack_folder,
+    platform_properties,
+    registry_credentials,
+    run_timeout_of,
+    task_run,
+    task_run_name,
+)
+from gate.adapters.validation.masking import Masker
 from gate.domain.records import Outcome, ValidationResult
 from gate.errors import ConfigError, ValidatorError
 from gate.logsafe import get_logger
@@ -135,163 +139,15 @@ from gate.ports import Resume, ValidationRequest
 
 log = get_logger(__name__)
 
-MASK = "***"
-
 TERMINAL_STATUSES = frozenset({"Succeeded", "Failed", "Canceled", "Error", "Timeout"})
 """Run statuses after which nothing more happens (``Queued``, ``Started``, ``Running`` go on)."""
-
-MIN_RUN_TIMEOUT = 300
-MAX_RUN_TIMEOUT = 28800
-"""The run timeout bounds of ``EncodedTaskRunRequest.timeout`` in the REST specification."""
 
 MAX_EARLIER_ATTEMPTS = 5
 """A resumed validation looks up the task runs of at most this many earlier attempts."""
 
-TASK_RUN_NAME = re.compile(r"^[a-zA-Z0-9-]{5,50}$")
-"""The ``taskRunName`` grammar of the REST specification (5-50 characters)."""
-
-_NAME_PREFIX = "gate-"
-
-ENGINE_ERROR_EXIT = 125
-"""The exit status docker uses when it, not the container, failed (pull errors and the like)."""
-
-TAR_MTIME = 0
-"""Every entry of the source archive carries this mtime, so equal folders give equal bytes."""
-
 _BLOB_API_VERSION = "2021-08-06"
 _TRANSPORT_KEYS = ("connection_verify", "connection_cert", "connection_timeout", "read_timeout")
 _RETRY_KEYS = ("retry_total", "retry_backoff_factor", "retry_backoff_max", "retry_mode")
-_REASON_LINES = 3
-_REASON_CHARS = 400
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
-_ACB_LINE = re.compile(r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} ")
-_STEP_FAILED = re.compile(r"^failed to run step ID: (?P<step>.+?): (?P<error>.+)$", re.M)
-_EXIT_STATUS = re.compile(r"^exit status (?P<code>-?\d+)$")
-_URL_QUERY = re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\"]*")
-_RUN_END = re.compile(
-    r"^Run ID: \S+ (?:was successful|failed) after \S+?(?:\. Error: (?P<error>.*))?$", re.M
-)
-
-
-# PlatformProperties' enums in the 2025-03-01-preview specification (OS, Architecture, Variant)
-_ACR_OS = {"linux": "Linux", "windows": "Windows"}
-_ACR_ARCHITECTURES = frozenset({"amd64", "x86", "386", "arm", "arm64"})
-_ACR_VARIANTS = frozenset({"v6", "v7", "v8"})
-
-
-def pack_folder(folder: Path) -> bytes:
-    """The folder as a deterministic ``tar.gz``: what ACR unpacks into ``/workspace``.
-
-    Entries are sorted by path; mtimes are ``TAR_MTIME``; owners are 0 without names; modes
-    are 0755 for folders and executables, 0644 for other files (only the executable bit means
-    anything to a run). Symbolic links are kept as links; sockets, fifos and devices are left
-    out. The gzip header carries no name and a zero mtime.
-    """
-    root = Path(folder)
-    raw = io.BytesIO()
-    with (
-        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped,
-        tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        for path in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
-            info = tar.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
-            if not (info.isfile() or info.isdir() or info.issym()):
-                continue
-            info.mtime = TAR_MTIME
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            executable = info.isdir() or bool(info.mode & stat.S_IXUSR)
-            info.mode = 0o755 if executable else 0o644
-            if info.isfile():
-                with path.open("rb") as handle:
-                    tar.addfile(info, handle)
-            else:
-                tar.addfile(info)
-    return raw.getvalue()
-
-
-class _Masker:
-    """Replaces secret values by ``***``, longest first (a secret inside another goes too)."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, MASK)
-        return text
-
-
-@dataclass(frozen=True)
-class StepFailure:
-    """The step a failed ACR run stopped at, as its log tells: ``error`` is ACR's words
-    (``exit status 1``, ``context deadline exceeded``), ``tail`` the step's last output lines."""
-
-    step: str
-    error: str
-    tail: str
-
-    @property
-    def exit_code(self) -> int | None:
-        """The step's exit status, when the error is one."""
-        match = _EXIT_STATUS.match(self.error.strip())
-        return int(match["code"]) if match else None
-
-    def describe(self) -> str:
-        """``step 'X' exited with code N: <last lines>`` (the local validator's wording)."""
-        code = self.exit_code
-        what = (
-            f"step '{self.step}' exited with code {code}"
-            if code is not None
-            else f"step '{self.step}' failed: {self.error.strip()}"
-        )
-        return f"{what}: {self.tail}" if self.tail else what
-
-
-def parse_step_failure(log_text: str) -> StepFailure | None:
-    """The failing step of an ACR run log, or None if no step failed in it.
-
-    ACR's runner logs ``failed to run step ID: STEP: ERROR`` when a step fails (after
-    ``Container failed during run: STEP. No retries remaining.`` for a container that exited
-    non-zero). The tail is the step's own output: the non-blank lines between
-    ``Launching container with name: STEP`` and the failure, without the runner's timestamped
-    lines, the last few joined by `` / ``.
-    """
-    text = _ANSI.sub("", log_text)
-    failures = list(_STEP_FAILED.finditer(text))
-    if not failures:
-        return None
-    failure = failures[-1]
-    step, error = failure["step"].strip(), failure["error"].strip()
-    lines = text[: failure.start()].splitlines()
-    end = len(lines)
-    for index in range(len(lines) - 1, -1, -1):
-        if f"Container failed during run: {step}." in lines[index]:
-            end = index
-            break
-    start = 0
-    for index in range(end - 1, -1, -1):
-        if f"Launching container with name: {step}" in lines[index]:
-            start = index + 1
-            break
-    output = [
-        line.strip() for line in lines[start:end] if line.strip() and not _ACB_LINE.match(line)
-    ]
-    tail = " / ".join(output[-_REASON_LINES:])
-    if len(tail) > _REASON_CHARS:
-        tail = "..." + tail[-_REASON_CHARS:]
-    return StepFailure(step=step, error=error, tail=tail)
-
-
-def _run_error(log_text: str) -> str:
-    """The ``Error: ...`` of ACR's closing ``Run ID: X failed after Ns. Error: ...`` line."""
-    found = [m["error"] for m in _RUN_END.finditer(log_text) if m["error"]]
-    return found[-1].strip() if found else ""
-
-
-def redact_urls(text: str) -> str:
-    """``text`` with the query of every URL cut (a SAS token is a credential)."""
-    return _URL_QUERY.sub(r"\1?<redacted>", text)
 
 
 def _arm_detail(exc: AzureError) -> str:
@@ -316,26 +172,6 @@ def _status(run: Run) -> str:
     return _text(run.properties.status) if run.properties else ""
 
 
-def task_run_name(key: str, attempt: int) -> str:
-    """The task run name of attempt ``attempt`` of the validation ``key``: ``gate-{key}-{n}``.
-
-    Deterministic, so a later attempt finds an earlier one's task run by name. A key that is not
-    already lower-case letters, digits and single inner hyphens, or that would make the name
-    longer than 50 characters, is replaced by a SHA-256 prefix of itself (equal keys give equal
-    names, different keys different ones). An empty key gives a random name (nothing to find).
-    """
-    if attempt < 1:
-        raise ValueError(f"attempt numbers start at 1, got {attempt}")
-    suffix = f"-{attempt}"
-    if not key:
-        return f"{_NAME_PREFIX}{uuid.uuid4().hex}{suffix}"
-    name = f"{_NAME_PREFIX}{key}{suffix}"
-    if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", key) or not TASK_RUN_NAME.match(name):
-        room = 50 - len(_NAME_PREFIX) - len(suffix)
-        name = f"{_NAME_PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:room]}{suffix}"
-    return name
-
-
 def _run_result(task_run: TaskRun) -> Run:
     """The run a task run started, as the task run last saw it (``_follow`` polls it on)."""
     result = task_run.properties.run_result if task_run.properties is not None else None
@@ -350,7 +186,7 @@ def _run_id_of(task_run: TaskRun) -> str | None:
     return run_props.run_id if run_props is not None and run_props.run_id else None
 
 
-class AcrQuickRunValidator:
+class AcrTaskRunValidator:
     """Runs a rule's ACR task file as an ACR task run; see the module documentation.
 
     ``credential`` is any ``TokenCredential`` (``DefaultAzureCredential`` in production);
@@ -388,7 +224,7 @@ class AcrQuickRunValidator:
     ) -> None:
         if poll_initial <= 0 or poll_max < poll_initial:
             raise ConfigError(
-                f"quick-run polling interval {poll_initial:g}..{poll_max:g} s is invalid; use "
+                f"task-run polling interval {poll_initial:g}..{poll_max:g} s is invalid; use "
                 "0 < poll_initial <= poll_max"
             )
         self.subscription_id = subscription_id
@@ -429,7 +265,7 @@ class AcrQuickRunValidator:
             "https://storage.invalid",
             policies=[
                 HeadersPolicy(),
-                UserAgentPolicy(sdk_moniker="gate-quick-run"),
+                UserAgentPolicy(sdk_moniker="gate-task-run"),
                 RetryPolicy(**retry),
             ],
             transport=RequestsTransport(**transport),
@@ -440,7 +276,7 @@ class AcrQuickRunValidator:
         self._client.close()
         self._blobs.close()
 
-    def __enter__(self) -> AcrQuickRunValidator:
+    def __enter__(self) -> AcrTaskRunValidator:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -458,7 +294,7 @@ class AcrQuickRunValidator:
         on_started: Callable[[str], None],
         resume: Resume | None = None,
     ) -> ValidationResult:
-        """Run (or follow) the quick run of ``request``; see the module documentation.
+        """Run (or follow) the task run of ``request``; see the module documentation.
 
         Raises ConfigError (nothing scheduled, ``on_started`` not called) for a missing folder
         or task file or a timeout ACR cannot take, InvalidReference for an image without a
@@ -466,7 +302,7 @@ class AcrQuickRunValidator:
         """
         pinned = request.image.pinned()
         values = {"IMAGE": str(pinned), **request.values}
-        mask = _Masker(values[name] for name in request.secret_values if name in values)
+        mask = Masker(values[name] for name in request.secret_values if name in values)
         folder = Path(request.folder)
         task_path = folder / request.task_file
         if not folder.is_dir():
@@ -478,8 +314,10 @@ class AcrQuickRunValidator:
             raise ConfigError(
                 f"task file {task_path} does not exist; add it, or fix the rule's task_file"
             )
-        run_timeout = self._run_timeout(request.timeout_seconds)
-        platform = self._platform(request.platform)
+        run_timeout = run_timeout_of(request.timeout_seconds)
+        platform = platform_properties(
+            request.platform, default_os=self.os, default_architecture=self.architecture
+        )
         try:
             return self._validate(request, on_started, resume, values, mask, run_timeout, platform)
         except AzureError as exc:
@@ -500,7 +338,7 @@ class AcrQuickRunValidator:
         on_started: Callable[[str], None],
         resume: Resume | None,
         values: dict[str, str],
-        mask: _Masker,
+        mask: Masker,
         run_timeout: int,
         platform: PlatformProperties,
     ) -> ValidationResult:
@@ -536,31 +374,19 @@ class AcrQuickRunValidator:
         name = task_run_name(request.key, attempt)
         relative_path = self._upload(pack_folder(Path(request.folder)))
         task = (Path(request.folder) / request.task_file).read_bytes()
-        identity = None
-        if self.identity_resource_id:
-            identity = IdentityProperties(
-                type="UserAssigned",
-                user_assigned_identities={self.identity_resource_id: UserIdentityProperties()},
-            )
         poller = self._client.task_runs.begin_create(
             self.resource_group,
             self.registry,
             name,
-            TaskRun(
-                identity=identity,
-                properties=TaskRunProperties(
-                    run_request=EncodedTaskRunRequest(
-                        encoded_task_content=base64.b64encode(task).decode("ascii"),
-                        values_property=[
-                            SetValue(name=key, value=value, is_secret=key in request.secret_values)
-                            for key, value in values.items()
-                        ],
-                        platform=platform,
-                        timeout=run_timeout,
-                        source_location=relative_path,
-                        credentials=self._credentials(),
-                    ),
-                ),
+            task_run(
+                task=task,
+                values=values,
+                secret_values=request.secret_values,
+                platform=platform,
+                timeout=run_timeout,
+                source_location=relative_path,
+                credentials=registry_credentials(self.custom_registries, self.identity_client_id),
+                identity_resource_id=self.identity_resource_id,
             ),
             # without a Retry-After from ARM, poll the creation at our own pace
             polling_interval=self.poll_initial,
@@ -620,59 +446,6 @@ class AcrQuickRunValidator:
 
     # -- scheduling --------------------------------------------------------------------------
 
-    def _platform(self, text: str) -> PlatformProperties:
-        """The run's ``PlatformProperties``: the request's platform, else the default one.
-
-        Only the values the 2025-03-01-preview specification enumerates (``OS``: Windows,
-        Linux; ``Architecture``: amd64, x86, 386, arm, arm64; ``Variant``: v6, v7, v8) are sent;
-        another platform is refused before anything is scheduled.
-        """
-        if not text:
-            return PlatformProperties(os=self.os, architecture=self.architecture)
-        os_name, _, rest = text.partition("/")
-        architecture, _, variant = rest.partition("/")
-        acr_os = _ACR_OS.get(os_name)
-        if (
-            acr_os is None
-            or architecture not in _ACR_ARCHITECTURES
-            or (variant and variant not in _ACR_VARIANTS)
-        ):
-            raise ConfigError(
-                f"platform {text} cannot run as an ACR task run, whose platforms are "
-                f"{'/'.join(sorted(_ACR_OS))} on {', '.join(sorted(_ACR_ARCHITECTURES))} "
-                f"(variants {', '.join(sorted(_ACR_VARIANTS))}); remove it from the rule's "
-                "platforms"
-            )
-        return PlatformProperties(os=acr_os, architecture=architecture, variant=variant or None)
-
-    def _run_timeout(self, seconds: float) -> int:
-        if seconds > MAX_RUN_TIMEOUT:
-            raise ConfigError(
-                f"validation timeout {seconds:g} s is longer than an ACR run may take "
-                f"({MAX_RUN_TIMEOUT} s); lower the rule's validation timeout_seconds"
-            )
-        # ACR refuses shorter run timeouts; our own deadline still applies the shorter one.
-        return max(MIN_RUN_TIMEOUT, math.ceil(seconds))
-
-    def _credentials(self) -> Credentials | None:
-        if not self.custom_registries:
-            return None
-        registries: dict[str, CustomRegistryCredentials] = {}
-        for host, secret_uris in sorted(self.custom_registries.items()):
-            if secret_uris is None:
-                # an ACR: the runner identity logs in itself (needs AcrPull there)
-                registries[host] = CustomRegistryCredentials(identity=self.identity_client_id)
-                continue
-            username_uri, password_uri = secret_uris
-            registries[host] = CustomRegistryCredentials(
-                user_name=SecretObject(type="Vaultsecret", value=username_uri),
-                password=SecretObject(type="Vaultsecret", value=password_uri),
-                # the identity that reads the secrets: the client ID of the user-assigned
-                # identity attached to the task run (Azure/acr quickdockerbuildusingidentitykeyvault)
-                identity=self.identity_client_id,
-            )
-        return Credentials(custom_registries=registries)
-
     def _upload(self, archive: bytes) -> str:
         source = self._client.registries.get_build_source_upload_url(
             self.resource_group, self.registry
@@ -709,7 +482,7 @@ class AcrQuickRunValidator:
         run_id: str,
         run: Run,
         request: ValidationRequest,
-        mask: _Masker,
+        mask: Masker,
         *,
         log_link: str | None = None,
     ) -> ValidationResult:
@@ -745,7 +518,9 @@ class AcrQuickRunValidator:
             status = _status(run)
         text, fetched = self._fetch_log(run_id, log_link)
         text = mask(text)
-        outcome, reason = self._judge(run_id, status, run, text, fetched, request)
+        outcome, reason = judge(
+            run_id, status, run, text, fetched, timeout_seconds=request.timeout_seconds
+        )
         return ValidationResult(
             outcome=outcome,
             run_id=run_id,
@@ -755,7 +530,7 @@ class AcrQuickRunValidator:
         )
 
     def _overdue(
-        self, run_id: str, request: ValidationRequest, mask: _Masker, log_link: str | None
+        self, run_id: str, request: ValidationRequest, mask: Masker, log_link: str | None
     ) -> ValidationResult:
         canceled = "it was cancelled"
         try:
@@ -775,59 +550,6 @@ class AcrQuickRunValidator:
             reason=mask(reason),
             log=mask(text),
             log_location=self.log_location(run_id),
-        )
-
-    def _judge(
-        self,
-        run_id: str,
-        status: str,
-        run: Run,
-        text: str,
-        fetched: bool,
-        request: ValidationRequest,
-    ) -> tuple[Outcome, str]:
-        run_error = (run.properties.run_error_message if run.properties else None) or ""
-        if status == "Succeeded":
-            return Outcome.PASSED, f"run {run_id} succeeded"
-        if status == "Failed":
-            failure = parse_step_failure(text)
-            if failure is not None and failure.exit_code != ENGINE_ERROR_EXIT:
-                return Outcome.REJECTED, failure.describe()
-            if failure is not None:
-                return (
-                    Outcome.FAILED,
-                    f"the container engine could not run step '{failure.step}' "
-                    f"({failure.error}): {failure.tail or 'no output'}; check that the step's "
-                    "images exist and the runner identity may pull them (AcrPull), then retry",
-                )
-            why = (
-                _run_error(text)
-                or run_error
-                or ("its log could not be read" if not fetched else "no step failed in its log")
-            )
-            return (
-                Outcome.FAILED,
-                f"run {run_id} failed before any step failed ({why}); check that the runner "
-                "identity has AcrPull on the registries it logs in to and may read their Key "
-                "Vault secrets, and the run log (az acr task logs), then retry",
-            )
-        if status == "Canceled":
-            return (
-                Outcome.FAILED,
-                f"run {run_id} was cancelled before it finished; gate the image again",
-            )
-        if status == "Timeout":
-            return (
-                Outcome.FAILED,
-                f"run {run_id} passed its ACR run timeout of "
-                f"{self._run_timeout(request.timeout_seconds)} s; raise the rule's validation "
-                "timeout_seconds, or make the steps faster",
-            )
-        detail = f": {run_error}" if run_error else ""
-        return (
-            Outcome.FAILED,
-            f"ACR could not carry out run {run_id} (status {status or 'unknown'}){detail}; "
-            "retry later",
         )
 
     def _fetch_log(self, run_id: str, log_link: str | None) -> tuple[str, bool]:
@@ -872,8 +594,19 @@ class AcrQuickRunValidator:
             ) from None
 
 
+AcrQuickRunValidator = AcrTaskRunValidator
+"""The former name of :class:`AcrTaskRunValidator`, kept for callers not yet renamed."""
+
 __all__ = [
+    "ENGINE_ERROR_EXIT",
+    "MAX_EARLIER_ATTEMPTS",
+    "MAX_RUN_TIMEOUT",
+    "MIN_RUN_TIMEOUT",
+    "TAR_MTIME",
+    "TASK_RUN_NAME",
+    "TERMINAL_STATUSES",
     "AcrQuickRunValidator",
+    "AcrTaskRunValidator",
     "StepFailure",
     "pack_folder",
     "parse_step_failure",

@@ -1,8 +1,9 @@
 """ACR task files (``acr-task.yaml``): load, render and check them the way ACR Tasks does.
 
-The local validator runs the very file an ACR quick run (``az acr run -f acr-task.yaml .``) runs
-in Azure, so this module reproduces what ACR Tasks does to the file before it runs a step, and
-refuses, before anything runs, whatever the local runner cannot reproduce.
+The local validator runs the very file an ACR run (the gate's task run, or ``az acr run -f
+acr-task.yaml .``) runs in Azure, so this module reproduces what ACR Tasks does to the file
+before it runs a step, and refuses, before anything runs, whatever the local runner cannot
+reproduce.
 
 What it relies on:
 
@@ -41,6 +42,13 @@ a ``build`` value may use only the flags ``-f``, ``-t``, ``--build-arg``, ``--ta
 ``--no-cache``, ``--platform`` and a context inside the source context; a ``push`` step may push
 only images a ``build`` step of the same file tags (the local runner pushes them to the run's
 scratch store, never to a registry).
+
+This module reads the file's structure (properties, steps, dependencies) and is the import path
+of everything the validators use. The values it builds (run context, steps, the task) and the
+constants of the reference are in :mod:`~gate.adapters.validation.taskfile_model`; the text
+stages before YAML (comments, version, aliases, templates) in
+:mod:`~gate.adapters.validation.taskfile_render`; ``build`` and ``push`` values and the
+``FROM`` images of a Dockerfile in :mod:`~gate.adapters.validation.taskfile_build`.
 """
 
 from __future__ import annotations
@@ -49,53 +57,44 @@ import posixpath
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from gate.adapters.validation.taskfile_build import (
+    base_images,
+    parse_build_step,
+    parse_push_step,
+)
+from gate.adapters.validation.taskfile_model import (
+    ALIAS_VERSION,
+    DATE_FORMAT,
+    DEFAULT_STEP_TIMEOUT,
+    DEFAULT_VERSION,
+    ENV_KEY,
+    IMAGE_ALIASES,
+    IMMEDIATE,
+    RUN_VARIABLES,
+    SUPPORTED_VERSIONS,
+    WORKSPACE,
+    AcrTask,
+    BuildStep,
+    CmdStep,
+    PushStep,
+    RunContext,
+    Step,
+)
+from gate.adapters.validation.taskfile_model import LOCAL_FIX as _FIX
+from gate.adapters.validation.taskfile_render import (
+    expand_aliases,
+    find_version,
+    render,
+    strip_comment_lines,
+)
 from gate.domain.ref import ImageRef
 from gate.errors import ConfigError, InvalidReference, UnsupportedTask
-
-SUPPORTED_VERSIONS = ("v1.0.0", "v1.1.0", "1.0-preview-1")
-"""The task file versions ACR Tasks accepts (compared case-insensitively, as ACR does)."""
-
-DEFAULT_VERSION = "v1.0.0"
-DEFAULT_STEP_TIMEOUT = 600
-"""Seconds a step may run unless ``timeout`` or ``stepTimeout`` says otherwise (ACR's default)."""
-
-WORKSPACE = "/workspace"
-"""Where the source context (the rule's validation folder) is mounted, and the default workdir."""
-
-IMMEDIATE = "-"
-"""The ``when`` token that means "no dependency"."""
-
-ALIAS_VERSION = "v1.1.0"
-"""Aliases (``$ID``, ``bash``...) apply from this version on."""
-
-DATE_FORMAT = "%Y%m%d-%H%M%Sz"
-"""``{{.Run.Date}}``: the run's start in UTC, as ACR Tasks formats it."""
-
-IMAGE_ALIASES: Mapping[str, str] = {
-    "acr": "mcr.microsoft.com/acr/acr-cli:0.14",
-    "az": "mcr.microsoft.com/acr/azure-cli:9fb281c",
-    "bash": "mcr.microsoft.com/acr/bash:9fb281c",
-    "curl": "mcr.microsoft.com/acr/curl:9fb281c",
-    "cssc": "mcr.microsoft.com/acr/cssc:9fb281c",
-}
-"""The image aliases of the reference: a ``cmd`` whose first word is one runs that image."""
-
-RUN_VARIABLES = ("ID", "Registry", "RegistryName", "Date", "OS", "Architecture")
-"""The Run variables the local runner provides (``{{.Run.X}}``, and ``$X`` from v1.1.0)."""
-
-_UNSUPPORTED_RUN_VARIABLES = frozenset(
-    {"SharedVolume", "Commit", "Branch", "TaskName", "Repository", "GitTag", "TriggeredBy",
-     "OSVersion"}
-)  # fmt: skip
-
-_FIX = "run it as an ACR quick run (az acr run), or replace it with a cmd step"
 
 _TASK_SUPPORTED = frozenset({"version", "stepTimeout", "workingDirectory", "env", "steps"})
 _TASK_UNSUPPORTED = {
@@ -139,274 +138,6 @@ _STEP_TYPES = ("cmd", "build", "push")
 # entryPoint or env shape a container these steps do not have locally).
 _BUILD_SUPPORTED = frozenset({"id", "build", "workingDirectory", "when", "timeout", "ignoreErrors"})
 _PUSH_SUPPORTED = frozenset({"id", "push", "when", "timeout", "ignoreErrors"})
-# docker build flags the local runner reproduces: the ones that take a value, and switches.
-_BUILD_VALUE_FLAGS = {
-    "-f": "file",
-    "--file": "file",
-    "-t": "tag",
-    "--tag": "tag",
-    "--build-arg": "build-arg",
-    "--target": "target",
-    "--platform": "platform",
-}
-_BUILD_SWITCHES = frozenset({"--no-cache"})
-_REMOTE_CONTEXT = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|git@)|\.git(?:#.*)?$", re.IGNORECASE)
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ACTION = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
-_EXPRESSION = re.compile(r"\.(Values|Run)\.([A-Za-z_][A-Za-z0-9_]*)")
-_ENV_KEY = re.compile(r"[^=\s]+")
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What a task file is rendered with: the run's variables and the rule's values.
-
-    ``values`` feed ``{{.Values.NAME}}``; ``registry`` is ``{{.Run.Registry}}`` (the registry the
-    run belongs to, the promotion target); ``date`` is the run's start (UTC).
-    """
-
-    run_id: str
-    date: datetime
-    values: Mapping[str, str] = field(default_factory=dict)
-    registry: str = ""
-    os: str = "linux"
-    architecture: str = "amd64"
-
-    def run_variable(self, name: str) -> str | None:
-        """The value of ``{{.Run.<name>}}``, or None if the local runner does not provide it."""
-        variables = {
-            "ID": self.run_id,
-            "Registry": self.registry,
-            "RegistryName": self.registry.split(".", 1)[0],
-            "Date": self.date.strftime(DATE_FORMAT),
-            "OS": self.os,
-            "Architecture": self.architecture,
-        }
-        return variables.get(name)
-
-
-@dataclass(frozen=True)
-class CmdStep:
-    """One ``cmd`` step, resolved: defaults applied, env merged, dependencies explicit.
-
-    ``working_directory`` is None when ``disableWorkingDirectoryOverride`` leaves the image's
-    own; ``after`` holds the ids this step waits for (empty: it may start at once).
-    """
-
-    id: str
-    image: str
-    args: tuple[str, ...]
-    env: tuple[str, ...]
-    entry_point: str | None
-    working_directory: str | None
-    after: tuple[str, ...]
-    timeout: int
-    ignore_errors: bool
-    index: int
-
-
-@dataclass(frozen=True)
-class BuildStep:
-    """One ``build`` step, resolved: ``docker build`` with the flags the local runner supports.
-
-    ``dockerfile`` and ``context`` are paths inside the source context (``/workspace``), already
-    joined with the step's working directory; ``tags`` are the normalized image names it tags
-    (``-t``), ``build_args`` the ``KEY=value`` pairs (``--build-arg``).
-    """
-
-    id: str
-    tags: tuple[str, ...]
-    dockerfile: str
-    context: str
-    build_args: tuple[str, ...]
-    target: str | None
-    no_cache: bool
-    platform: str | None
-    working_directory: str
-    after: tuple[str, ...]
-    timeout: int
-    ignore_errors: bool
-    index: int
-
-    @property
-    def image(self) -> str:
-        """The first name the step tags (what a log header shows), or '' when it tags none."""
-        return self.tags[0] if self.tags else ""
-
-
-@dataclass(frozen=True)
-class PushStep:
-    """One ``push`` step: the image names (built in this run) it pushes."""
-
-    id: str
-    images: tuple[str, ...]
-    after: tuple[str, ...]
-    timeout: int
-    ignore_errors: bool
-    index: int
-    working_directory: str | None = None
-
-    @property
-    def image(self) -> str:
-        """The first image it pushes."""
-        return self.images[0]
-
-
-Step = CmdStep | BuildStep | PushStep
-"""Any step of a task file."""
-
-
-@dataclass(frozen=True)
-class AcrTask:
-    """A checked task file: its version and its steps in the order they are to run."""
-
-    version: str
-    steps: tuple[Step, ...]
-    source: str = "acr-task.yaml"
-
-    @property
-    def built(self) -> tuple[str, ...]:
-        """Every image name a build step of the file tags, once each."""
-        return tuple(
-            dict.fromkeys(t for s in self.steps if isinstance(s, BuildStep) for t in s.tags)
-        )
-
-    @property
-    def images(self) -> tuple[str, ...]:
-        """Every image the cmd steps run and no build step makes, once each, in first-use order.
-
-        These are pulled before the first step; images built in the run are not.
-        """
-        built = set(self.built)
-        return tuple(
-            dict.fromkeys(
-                s.image for s in self.steps if isinstance(s, CmdStep) and s.image not in built
-            )
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# text stages: comments, version, aliases, templates
-
-
-def strip_comment_lines(text: str) -> str:
-    """Drop the lines whose first non-blank character is ``#``, as ACR does before rendering."""
-    return "\n".join(line for line in text.split("\n") if not line.strip().startswith("#"))
-
-
-def find_version(text: str) -> str:
-    """The version ACR's alias switch sees: the value of a ``version:`` first line, else ''."""
-    for line in text.split("\n"):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if line.startswith("version"):
-            key, colon, value = line.partition(":")
-            if colon and key.strip() == "version":
-                return value.strip()
-        return ""
-    return ""
-
-
-def expand_aliases(text: str, *, source: str) -> str:
-    """Replace ``$Name`` Run aliases by their ``{{.Run.Name}}`` and ``$$`` by ``$``.
-
-    An unknown ``$name`` (``$HOME``) is left as it is, as ACR does. A Run alias the local runner
-    does not provide raises UnsupportedTask.
-    """
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        char = text[i]
-        if char != "$":
-            out.append(char)
-            i += 1
-            continue
-        if i + 1 < n and text[i + 1] == "$":
-            out.append("$")
-            i += 2
-            continue
-        j = i + 1
-        while j < n and text[j].isascii() and text[j].isalnum():
-            j += 1
-        name = text[i + 1 : j]
-        if name in RUN_VARIABLES:
-            out.append("{{.Run." + name + "}}")
-        elif name in _UNSUPPORTED_RUN_VARIABLES:
-            raise UnsupportedTask(
-                f"{source}: the alias ${name} ({{{{.Run.{name}}}}}) has no local value; "
-                f"{_FIX}, or write the value out (use $${name} for a literal '${name}')"
-            )
-        else:
-            out.append("$" + name)
-        i = j
-    return "".join(out)
-
-
-def render(text: str, context: RunContext, *, source: str = "acr-task.yaml") -> str:
-    """Render the Go-template actions ``{{.Values.X}}`` and ``{{.Run.X}}`` of ``text``.
-
-    Whitespace inside the braces and the trim markers ``{{-`` / ``-}}`` are allowed. A value
-    that is not given raises ConfigError; any other action raises UnsupportedTask.
-    """
-    pieces: list[str] = []
-    position = 0
-    trim_next = False
-    for match in _ACTION.finditer(text):
-        before = text[position : match.start()]
-        if trim_next:
-            before = before.lstrip()
-        inner = match.group(1)
-        if re.match(r"-[ \t\r\n]", inner):
-            before = before.rstrip()
-            inner = inner[2:]
-        trim_next = bool(re.search(r"[ \t\r\n]-$", inner))
-        if trim_next:
-            inner = inner[:-2]
-        pieces.append(before)
-        pieces.append(_evaluate(inner.strip(), context, source))
-        position = match.end()
-    rest = text[position:]
-    if "{{" in rest:
-        line = text.count("\n", 0, position + rest.index("{{")) + 1
-        raise ConfigError(f"{source}, line {line}: '{{{{' opens a template action never closed")
-    pieces.append(rest.lstrip() if trim_next else rest)
-    return "".join(pieces)
-
-
-def _evaluate(expression: str, context: RunContext, source: str) -> str:
-    match = _EXPRESSION.fullmatch(expression)
-    if match is None:
-        raise UnsupportedTask(
-            f"{source}: the template action {{{{ {expression[:80]} }}}} is not supported locally; "
-            "only {{.Values.NAME}} and {{.Run.ID}}, {{.Run.Registry}}, {{.Run.RegistryName}}, "
-            "{{.Run.Date}}, {{.Run.OS}}, {{.Run.Architecture}} are; "
-            f"{_FIX}, or simplify the template"
-        )
-    kind, name = match.groups()
-    if kind == "Values":
-        if name not in context.values:
-            known = ", ".join(sorted(context.values)) or "none"
-            raise ConfigError(
-                f"{source} uses {{{{.Values.{name}}}}} but no value {name} is given (given: "
-                f"{known}); add {name} to the rule's validation values, or fix the name"
-            )
-        return context.values[name]
-    value = context.run_variable(name)
-    if value is None:
-        raise UnsupportedTask(
-            f"{source}: {{{{.Run.{name}}}}} has no local value; {_FIX}, or write the value out"
-        )
-    if name in ("Registry", "RegistryName") and not value:
-        raise ConfigError(
-            f"{source} uses {{{{.Run.{name}}}}} but the run has no registry; set the rule's "
-            "target registry"
-        )
-    return value
-
-
-# ---------------------------------------------------------------------------------------------
-# structure: properties, steps, dependencies
 
 
 def parse_task(text: str, context: RunContext, *, source: str = "acr-task.yaml") -> AcrTask:
@@ -529,67 +260,6 @@ def check_sources(task: AcrTask, folder: Path) -> None:
             )
 
 
-_DOCKERFILE_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-
-
-def base_images(dockerfile: str, build_args: Sequence[str]) -> tuple[tuple[str, ...], bool]:
-    """The images a Dockerfile's ``FROM`` lines name, with ARGs declared before them resolved.
-
-    Returns the normalized names (build stages and ``scratch`` left out) and whether every
-    ``FROM`` could be resolved (False when one uses an ARG without value or is not a valid
-    reference: the engine then resolves it itself). ACR scans the same lines for the run's
-    image dependencies before it builds.
-    """
-    given = dict(arg.partition("=")[::2] for arg in build_args)
-    defaults: dict[str, str] = {}
-    stages: set[str] = set()
-    images: list[str] = []
-    complete = True
-    logical = re.sub(r"\\\r?\n", " ", dockerfile)
-    seen_from = False
-    for line in logical.splitlines():
-        words = line.split()
-        if not words or words[0].startswith("#"):
-            continue
-        instruction = words[0].upper()
-        if instruction == "ARG" and not seen_from:
-            for word in words[1:]:
-                name, _, default = word.partition("=")
-                defaults[name] = default.strip("\"'")
-            continue
-        if instruction != "FROM":
-            continue
-        seen_from = True
-        rest = [w for w in words[1:] if not w.startswith("--")]
-        if not rest:
-            complete = False
-            continue
-        if len(rest) >= 3 and rest[1].upper() == "AS":
-            stages.add(rest[2].lower())
-        values = {**defaults, **given}
-        unresolved = False
-
-        def substitute(match: re.Match[str], values: dict[str, str] = values) -> str:
-            nonlocal unresolved
-            name = match.group(1) or match.group(2)
-            if name not in values:
-                unresolved = True
-                return ""
-            return values[name]
-
-        name = _DOCKERFILE_VARIABLE.sub(substitute, rest[0])
-        if unresolved:
-            complete = False
-            continue
-        if name.lower() in stages or name.lower() == "scratch":
-            continue
-        try:
-            images.append(str(ImageRef.parse(name)))
-        except InvalidReference:
-            complete = False
-    return tuple(dict.fromkeys(images)), complete
-
-
 def _kind(value: object) -> str:
     return "nothing" if value is None else f"a {type(value).__name__}"
 
@@ -638,7 +308,7 @@ def _env_list(value: object, source: str, step: str) -> list[str]:
 
 def _check_env(entry: str, source: str, step: str) -> tuple[str, str]:
     key, equals, value = entry.partition("=")
-    if not equals or not _ENV_KEY.fullmatch(key):
+    if not equals or not ENV_KEY.fullmatch(key):
         raise ConfigError(
             f"{_where(source, step)}: env entry {entry.split('=', 1)[0]!r} is not KEY=value"
         )
@@ -729,9 +399,9 @@ def _step(
     if kind == "build":
         workdir = _str(raw, "workingDirectory", source, step_id) or task_workdir or ""
         build_dir = posixpath.normpath(posixpath.join(WORKSPACE, workdir))
-        return _build(raw["build"], where, build_dir, common)
+        return parse_build_step(raw["build"], where, build_dir, common)
     if kind == "push":
-        return _push(raw["push"], where, common)
+        return parse_push_step(raw["push"], where, common)
 
     command = raw["cmd"]
     if not isinstance(command, str):
@@ -765,122 +435,6 @@ def _step(
         working_directory=working_directory,
         **common,
     )
-
-
-def _inside(path: str, where: str, what: str) -> str:
-    """``path`` (absolute, under /workspace) normalized; refused when it leaves /workspace."""
-    normal = posixpath.normpath(path)
-    if normal != WORKSPACE and not normal.startswith(WORKSPACE + "/"):
-        raise UnsupportedTask(
-            f"{where}: the {what} {normal} is outside the source context ({WORKSPACE}); the "
-            "local runner builds only from the validation folder: move the files into it"
-        )
-    return normal
-
-
-def _build(value: object, where: str, workdir: str, common: dict[str, Any]) -> BuildStep:
-    """Parse a ``build`` value the way ``docker build`` (and so ACR) reads it."""
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: 'build' must be a string of docker build arguments")
-    try:
-        words = shlex.split(value)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: 'build' cannot be split into words ({exc})") from None
-    options: dict[str, list[str]] = {name: [] for name in set(_BUILD_VALUE_FLAGS.values())}
-    no_cache = False
-    positional: list[str] = []
-    i = 0
-    while i < len(words):
-        word = words[i]
-        i += 1
-        if not word.startswith("-") or word == "-":
-            positional.append(word)
-            continue
-        flag, equals, inline = word.partition("=")
-        if flag in _BUILD_SWITCHES:
-            if equals and inline.lower() not in ("true", "false"):
-                raise ConfigError(f"{where}: '{word}' must be {flag}, {flag}=true or =false")
-            no_cache = not equals or inline.lower() == "true"
-            continue
-        if flag not in _BUILD_VALUE_FLAGS:
-            raise UnsupportedTask(
-                f"{where}: the build flag '{flag}' is not supported locally (supported: -f, -t, "
-                f"--build-arg, --target, --no-cache, --platform); {_FIX}, or remove it"
-            )
-        if equals:
-            argument = inline
-        elif i < len(words):
-            argument = words[i]
-            i += 1
-        else:
-            raise ConfigError(f"{where}: the build flag '{flag}' needs a value")
-        options[_BUILD_VALUE_FLAGS[flag]].append(argument)
-    if len(positional) != 1:
-        found = ", ".join(repr(p) for p in positional) or "none"
-        raise ConfigError(
-            f"{where}: 'build' needs exactly one build context (e.g. '.') after its flags "
-            f"(found: {found})"
-        )
-    if _REMOTE_CONTEXT.search(positional[0]) or positional[0] == "-":
-        raise UnsupportedTask(
-            f"{where}: the build context {positional[0]!r} is not a local folder; the local "
-            f"runner builds from the validation folder only; {_FIX}"
-        )
-    context = _inside(posixpath.join(workdir, positional[0]), where, "build context")
-    files = options["file"]
-    if len(files) > 1:
-        raise ConfigError(f"{where}: 'build' names more than one Dockerfile (-f)")
-    # docker build reads a relative -f from its working directory, the default from the context
-    dockerfile = posixpath.join(workdir, files[0]) if files else f"{context}/Dockerfile"
-    dockerfile = _inside(dockerfile, where, "Dockerfile")
-    tags = []
-    for tag in options["tag"]:
-        try:
-            tags.append(str(ImageRef.parse(tag)))
-        except InvalidReference as exc:
-            raise ConfigError(
-                f"{where}: the build tag {tag!r} is not valid: {exc.message}"
-            ) from None
-    for arg in options["build-arg"]:
-        key, equals, rest = arg.partition("=")
-        if not equals or not _ENV_KEY.fullmatch(key):
-            raise ConfigError(
-                f"{where}: --build-arg {key!r} has no value; write --build-arg KEY=value (the "
-                "local runner does not read build arguments from its own environment)"
-            )
-        if "\n" in rest or "\r" in rest:
-            raise UnsupportedTask(f"{where}: the value of --build-arg {key} spans lines")
-    for name in ("target", "platform"):
-        if len(options[name]) > 1:
-            raise ConfigError(f"{where}: 'build' gives --{name} more than once")
-    return BuildStep(
-        tags=tuple(dict.fromkeys(tags)),
-        dockerfile=dockerfile,
-        context=context,
-        build_args=tuple(options["build-arg"]),
-        target=options["target"][0] if options["target"] else None,
-        no_cache=no_cache,
-        platform=options["platform"][0] if options["platform"] else None,
-        working_directory=workdir,
-        **common,
-    )
-
-
-def _push(value: object, where: str, common: dict[str, Any]) -> PushStep:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{where}: 'push' must be a list of image names (registry/repo:tag)")
-    images = []
-    for name in value:
-        try:
-            ref = ImageRef.parse(name)
-        except InvalidReference as exc:
-            raise ConfigError(
-                f"{where}: the image {name!r} to push is not valid: {exc.message}"
-            ) from None
-        if ref.tag is None:
-            raise ConfigError(f"{where}: the image {name!r} to push needs a tag")
-        images.append(str(ref))
-    return PushStep(images=tuple(dict.fromkeys(images)), **common)
 
 
 _PREVIOUS = "\0previous"  # placeholder resolved in _ordered: "after the step above"
@@ -933,3 +487,30 @@ def _ordered(steps: list[Step], source: str) -> tuple[Step, ...]:
         done.add(ready.id)
         pending.remove(ready)
     return tuple(order)
+
+
+__all__ = [
+    "ALIAS_VERSION",
+    "DATE_FORMAT",
+    "DEFAULT_STEP_TIMEOUT",
+    "DEFAULT_VERSION",
+    "IMAGE_ALIASES",
+    "IMMEDIATE",
+    "RUN_VARIABLES",
+    "SUPPORTED_VERSIONS",
+    "WORKSPACE",
+    "AcrTask",
+    "BuildStep",
+    "CmdStep",
+    "PushStep",
+    "RunContext",
+    "Step",
+    "base_images",
+    "check_sources",
+    "expand_aliases",
+    "find_version",
+    "load_task",
+    "parse_task",
+    "render",
+    "strip_comment_lines",
+]

@@ -33,7 +33,7 @@ from devstack.acr.tasks import runs_of, wait_for_runs
 from devstack.images import build_image
 from gate.adapters.validation.acr_task_run import (
     TASK_RUN_NAME,
-    AcrQuickRunValidator,
+    AcrTaskRunValidator,
     pack_folder,
     parse_step_failure,
     redact_urls,
@@ -66,7 +66,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, podman_env: dict[str, str]) -> Iterator[Env]:
-    root = tmp_path_factory.mktemp("quick-run")
+    root = tmp_path_factory.mktemp("task-run")
     saved = {key: os.environ.get(key) for key in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
     # No Retry-After on task run creation: the SDK then polls at the validator's own pace.
     with AcrEmulator(root / "emulator", lro_retry_after=0) as emulator:
@@ -110,7 +110,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, podman_env: dict[str, str]) ->
 
 @pytest.fixture
 def runner(env: Env) -> Iterator[EmulatedRegistry]:
-    """A registry of this test's own that runs its quick runs; faults cleared afterwards."""
+    """A registry of this test's own that runs its task runs; faults cleared afterwards."""
     env.emulator.faults.clear()
     registry = env.emulator.add_registry(f"runner{next(_names)}")
     yield registry
@@ -118,14 +118,14 @@ def runner(env: Env) -> Iterator[EmulatedRegistry]:
     wait_for_runs(env.emulator, registry.name)
 
 
-def make_validator(env: Env, registry: EmulatedRegistry, **options: Any) -> AcrQuickRunValidator:
+def make_validator(env: Env, registry: EmulatedRegistry, **options: Any) -> AcrTaskRunValidator:
     settings: dict[str, Any] = {
         "poll_initial": 0.05,
         "poll_max": 0.5,
         "client_kwargs": {"retry_backoff_factor": 0.01},
     }
     settings.update(options)
-    return AcrQuickRunValidator(
+    return AcrTaskRunValidator(
         credential=env.emulator.credential(),
         subscription_id=env.emulator.subscription_id,
         resource_group=registry.resource_group,
@@ -661,7 +661,7 @@ def test_missing_task_file_is_refused_before_anything_is_uploaded(
 
 
 def test_unknown_registry_is_a_validator_error_naming_the_registry(env: Env) -> None:
-    validator = AcrQuickRunValidator(
+    validator = AcrTaskRunValidator(
         credential=env.emulator.credential(),
         subscription_id=env.emulator.subscription_id,
         resource_group="rg",
