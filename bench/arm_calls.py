@@ -1,6 +1,6 @@
 """Benchmark: ARM calls per gated image on the Azure adapters (a pass, a rejection, a duplicate).
 
-Runs the gate through the real SDK clients against the ACR emulator (tests/acr_emulator: ARM,
+Runs the gate through the real SDK clients against the ACR emulator (devstack/acr: ARM,
 the ACR data plane, task runs really executed with podman, with the runner's user-assigned
 identity pulling the candidate from a private upstream ACR) and counts, per case, the ARM
 requests by operation and the ACR data-plane requests. A validation costs: the source upload
