@@ -408,13 +408,8 @@ class OciRegistry:
         tags: Sequence[str] = (),
         progress: ProgressCallback | None = None,
     ) -> CopyReport:
-        """Copy ``source`` (which must carry a digest) into ``target``'s repository, whole.
-
-        Content first (blobs, child manifests, then the manifest with its bytes unchanged), then
-        ``immutable_tags`` (refused with :class:`~gate.errors.Conflict` if one already points at
-        another digest, before anything is written), then ``tags`` in order (moved if they
-        exist).
-        """
+        """:meth:`gate.ports.Registry.copy` over the distribution API: blobs stream from source
+        to target, are skipped when the target has them and mounted within one registry."""
         if source.digest is None:
             raise InvalidReference(
                 f"cannot copy {source}: the source must be pinned by digest; "
