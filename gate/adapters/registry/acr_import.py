@@ -79,6 +79,7 @@ class UpstreamRegistry(Registry, ManifestReader, Protocol):
     """What ``oci`` must be: the port for every registry that is not an ACR, and a reader of
     its manifests and small blobs (a rule's ``platforms:`` reads the candidate's index)."""
 
+
 T = TypeVar("T")
 
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
