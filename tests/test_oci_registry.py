@@ -851,3 +851,82 @@ def test_a_known_realm_gets_its_token_before_the_first_request() -> None:
     assert len(fake.registry_requests) == 3
     assert fake.registry_requests[2].headers["Authorization"] == f"Bearer {TOKEN}"
     assert fake.token_requests[1].headers["User-Agent"] == "gated-import-gate"
+
+
+class Streamed(httpx.SyncByteStream):
+    """A body that arrives as a stream, as from the network (``content=`` would be read)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.data
+
+
+class Unbuffered(httpx.BaseTransport):
+    """httpx.MockTransport, but leaving a streamed request body to the handler (MockTransport
+    reads it into memory first, which makes any body replayable)."""
+
+    def __init__(self, handler: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.handler = handler
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.handler(request)
+
+
+def test_a_token_refused_midway_through_a_streamed_upload_restarts_that_blob(
+    retries: list[RetryDetails],
+) -> None:
+    layer = b"layer bytes " * 1000
+    config = b'{"architecture": "amd64", "os": "linux"}'
+    blobs = {"sha256:" + hashlib.sha256(b).hexdigest(): b for b in (config, layer)}
+    config_digest, layer_digest = blobs
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"digest": config_digest, "size": len(config)},
+            "layers": [{"digest": layer_digest, "size": len(layer)}],
+        }
+    ).encode()
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    token_requests: list[httpx.Request] = []
+    uploaded: list[bytes] = []
+    refusals = [1]  # the first blob PUT is refused once, its body already read
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.url.host == "auth.example":
+            token_requests.append(request)
+            return httpx.Response(200, json={"token": TOKEN, "expires_in": 300})
+        if request.url.host == "source.example":
+            if "/manifests/" in path:
+                return httpx.Response(
+                    200, content=manifest, headers={"Content-Type": "application/json"}
+                )
+            return httpx.Response(200, stream=Streamed(blobs[path.rsplit("/", 1)[1]]))
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            challenge = 'Bearer realm="https://auth.example/token",service="target.example"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        if request.method == "HEAD":
+            return httpx.Response(404)
+        if request.method == "POST":
+            return httpx.Response(202, headers={"Location": "/v2/b/app/blobs/uploads/1"})
+        if "/blobs/uploads/" in path:
+            assert isinstance(request.stream, httpx.SyncByteStream)
+            body = b"".join(request.stream)  # as a server reads it: the stream, not a copy
+            if refusals:
+                refusals.pop()
+                challenge = 'Bearer realm="https://auth.example/token",error="invalid_token"'
+                return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+            uploaded.append(body)
+        return httpx.Response(201)
+
+    with OciRegistry(transport=Unbuffered(handler)) as oci:
+        report = oci.copy(ref(f"source.example/team/app@{digest}"), ref("target.example/b/app"))
+    assert report.blobs_copied == 2
+    assert len(retries) == 1
+    assert "401 during an upload" in str(retries[0].caused_by)
+    assert sorted(uploaded) == sorted(blobs.values())
+    # the refused token was dropped: the restart asked the realm for a fresh one up front
+    assert len(token_requests) == 3
