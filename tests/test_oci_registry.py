@@ -17,6 +17,8 @@ from stamina.instrumentation import RetryDetails, get_on_retry_hooks, set_on_ret
 
 from devstack.images import MANIFEST_ACCEPT, ImageBuilder
 from devstack.registry import RegistryProcess, free_port
+from gate.adapters.registry.auth import RegistryAuth, TokenCache
+from gate.adapters.registry.endpoint import Endpoint
 from gate.adapters.registry.http import RetryPolicy
 from gate.adapters.registry.oci import HostSettings, OciRegistry, parse_challenge, parse_retry_after
 from gate.domain.ref import ImageRef
@@ -930,3 +932,57 @@ def test_a_token_refused_midway_through_a_streamed_upload_restarts_that_blob(
     assert sorted(uploaded) == sorted(blobs.values())
     # the refused token was dropped: the restart asked the realm for a fresh one up front
     assert len(token_requests) == 3
+
+
+# -- bounds on what is read ---------------------------------------------------------------------
+
+
+class Endless(httpx.SyncByteStream):
+    """A body of 1 MiB chunks that never ends; counts the chunks taken from it."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            self.taken += 1
+            yield b" " * (1 << 20)
+
+
+def test_an_oversized_manifest_is_refused_after_reading_just_past_the_bound() -> None:
+    body = Endless()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=body, headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+
+    with (
+        OciRegistry(transport=Unbuffered(handler)) as oci,
+        pytest.raises(RegistryError, match="larger than 4 MiB"),
+    ):
+        oci.fetch_manifest(ref("registry.example/team/app"), "1")
+    assert body.taken == 5
+
+
+def test_a_blob_over_the_limit_is_refused_after_reading_just_past_it() -> None:
+    body = Endless()
+    with (
+        OciRegistry(transport=Unbuffered(lambda r: httpx.Response(200, stream=body))) as oci,
+        pytest.raises(RegistryError, match="is over 3145728 bytes"),
+    ):
+        oci.fetch_blob(ref("registry.example/team/app"), DIGEST, limit=3 << 20)
+    assert body.taken == 4
+
+
+def test_the_auth_flow_serves_any_httpx_client() -> None:
+    fake = BearerRegistry()
+    ep = Endpoint("registry.example", "registry.example", "https://registry.example", HostSettings())
+    cache = TokenCache()
+    with httpx.Client(transport=httpx.MockTransport(fake)) as client:
+        for _ in range(2):
+            auth = RegistryAuth(
+                cache, ep, ("repository:team/app:pull",), build_request=client.build_request
+            )
+            answer = client.head("https://registry.example/v2/team/app/manifests/1", auth=auth)
+            assert answer.status_code == 200
+    assert len(fake.token_requests) == 1  # the second request used the cached token
+    assert len(fake.registry_requests) == 3

@@ -117,11 +117,16 @@ class Blobs:
         def attempt() -> bytes:
             url = f"{ep.base}/v2/{repo}/blobs/{digest}"
             response = http.request(
-                ep, "GET", url, scopes=(f"repository:{repo}:pull",), follow_redirects=True
+                ep,
+                "GET",
+                url,
+                scopes=(f"repository:{repo}:pull",),
+                stream=True,
+                follow_redirects=True,
             )
             with closing(response):
                 http.expect(response, (200,), ep, f"reading blob {digest} of {repo}")
-                data = response.read()
+                data = http.read_at_most(ep, response, limit)
             if len(data) > limit:
                 raise RegistryError(f"blob {digest} of {repository.name} is over {limit} bytes")
             return data

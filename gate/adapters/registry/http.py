@@ -267,6 +267,19 @@ class RegistryHttp:
                 raise Transient(ep.host, f"{type(exc).__name__} ({exc})") from exc
         return response
 
+    def read_at_most(self, ep: Endpoint, response: httpx.Response, limit: int) -> bytes:
+        """The body of a streamed ``response``, but no more than ``limit`` + 1 bytes of it:
+        enough for the caller to refuse an oversized one without holding all of it."""
+        data = bytearray()
+        try:
+            for chunk in response.iter_bytes():
+                data += chunk
+                if len(data) > limit:
+                    break
+        except (httpx.TimeoutException, httpx.NetworkError) as exc:
+            raise Transient(ep.host, f"{type(exc).__name__} ({exc})") from exc
+        return bytes(data[: limit + 1])
+
     def expect(
         self,
         response: httpx.Response,

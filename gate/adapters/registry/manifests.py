@@ -156,7 +156,12 @@ class Manifests:
         """One GET of manifest ``repo:reference``: its bytes (at most 4 MiB) and media type."""
         url = f"{ep.base}/v2/{repo}/manifests/{reference}"
         response = self._http.request(
-            ep, "GET", url, scopes=(f"repository:{repo}:pull",), headers={"Accept": ACCEPT}
+            ep,
+            "GET",
+            url,
+            scopes=(f"repository:{repo}:pull",),
+            headers={"Accept": ACCEPT},
+            stream=True,
         )
         with closing(response):
             if response.status_code == 404:
@@ -165,7 +170,7 @@ class Manifests:
                     "the image was not deleted from the source registry"
                 )
             self._http.expect(response, (200,), ep, f"fetching manifest {repo}@{reference}")
-            data = response.read()
+            data = self._http.read_at_most(ep, response, MAX_MANIFEST_BYTES)
         if len(data) > MAX_MANIFEST_BYTES:
             raise RegistryError(
                 f"manifest {ep.name}/{repo}@{reference} is larger than 4 MiB; refusing it"
