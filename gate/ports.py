@@ -68,8 +68,12 @@ class Registry(Protocol):
         """Copy ``source`` (which must carry a digest) into ``target``'s repository, whole.
 
         Content first (blobs, child manifests, then the manifest with its bytes unchanged), then
-        ``immutable_tags`` (refused with :class:`~gate.errors.Conflict` if one already points at
-        another digest), then ``tags`` in order (moved if they exist).
+        ``immutable_tags`` (run-ID tags: one already at the same digest is accepted, a resumed
+        promotion; one at another digest is :class:`~gate.errors.Conflict` before anything is
+        written and before any of ``tags`` moves), then ``tags`` in order (moved if they
+        exist). ``progress`` hears of the bytes of each blob the adapter moves itself. A
+        source not pinned by digest is :class:`~gate.errors.InvalidReference`; the report
+        counts what was written and names the tags in the order they were set.
         """
         ...
 

@@ -24,6 +24,7 @@ HEAVY = (
     "httpx",
     "rich",
     "gate.adapters.registry.oci",
+    "stamina",
     "gate.adapters.validation.local",
     "gate.service",
     "azure.core",

@@ -12,9 +12,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import stamina
+from stamina.instrumentation import RetryDetails, get_on_retry_hooks, set_on_retry_hooks
 
 from devstack.images import MANIFEST_ACCEPT, ImageBuilder
 from devstack.registry import RegistryProcess, free_port
+from gate.adapters.registry.auth import RegistryAuth, TokenCache
+from gate.adapters.registry.endpoint import Endpoint
+from gate.adapters.registry.http import RetryPolicy
 from gate.adapters.registry.oci import HostSettings, OciRegistry, parse_challenge, parse_retry_after
 from gate.domain.ref import ImageRef
 from gate.errors import (
@@ -29,11 +34,23 @@ from gate.errors import (
 Registries = tuple[RegistryProcess, RegistryProcess]
 
 
-class Sleeps(list[float]):
-    """Records backoff waits instead of sleeping."""
+@pytest.fixture(autouse=True)
+def no_backoff() -> Iterator[None]:
+    """Retries without waiting (stamina's test mode), as many as each client is set to make."""
+    with stamina.set_testing(True, attempts=1000, cap=True):
+        yield
 
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
+
+@pytest.fixture
+def retries() -> Iterator[list[RetryDetails]]:
+    """The retries stamina schedules while the test runs (what failed, how long it waits)."""
+    scheduled: list[RetryDetails] = []
+    before = get_on_retry_hooks()
+    set_on_retry_hooks([scheduled.append])
+    try:
+        yield scheduled
+    finally:
+        set_on_retry_hooks(before)
 
 
 def oci_for(*processes: RegistryProcess, **options: object) -> OciRegistry:
@@ -347,16 +364,15 @@ class FailingUploads(httpx.BaseTransport):
 
 
 def test_copy_restarts_a_failed_streaming_upload_cleanly(
-    registries: Registries, image_builder: ImageBuilder
+    registries: Registries, image_builder: ImageBuilder, retries: list[RetryDetails]
 ) -> None:
     source, target = registries
     digest = image_builder.image(f"{source.host}/team/app:1", extra_layer_bytes=2_000_000)
     transport = FailingUploads(failures=2)
-    sleeps = Sleeps()
-    with oci_for(source, target, transport=transport, sleep=sleeps, chunk_size=65536) as oci:
+    with oci_for(source, target, transport=transport, chunk_size=65536) as oci:
         report = oci.copy(ref(f"{source.host}/team/app@{digest}"), ref(f"{target.host}/b/app"))
         assert oci.resolve(ref(f"{target.host}/b/app@{digest}")) == digest
-    assert len(sleeps) == 2
+    assert len(retries) == 2
     assert transport.posts == report.blobs_copied + 2  # a fresh upload session per attempt
     manifest = raw_manifest(target, "b/app", digest).json()
     for blob in manifest["layers"]:
@@ -460,15 +476,16 @@ def test_basic_auth_refusal_names_host_but_not_password(tmp_path: Path) -> None:
 # -- unreachable ------------------------------------------------------------------------------
 
 
-def test_unreachable_registry_raises_registry_unavailable_after_bounded_attempts() -> None:
+def test_unreachable_registry_raises_registry_unavailable_after_bounded_attempts(
+    retries: list[RetryDetails],
+) -> None:
     host = f"127.0.0.1:{free_port()}"  # nothing listens there
-    sleeps = Sleeps()
     with (
-        OciRegistry({host: HostSettings(insecure=True)}, max_attempts=3, sleep=sleeps) as oci,
+        OciRegistry({host: HostSettings(insecure=True)}, max_attempts=3) as oci,
         pytest.raises(RegistryUnavailable) as raised,
     ):
         oci.resolve(ref(f"{host}/team/app:1"))
-    assert len(sleeps) == 2
+    assert len(retries) == 2
     assert host in raised.value.message
     assert "3 attempts" in raised.value.message
     assert raised.value.retryable
@@ -593,22 +610,34 @@ def status(code: int, **headers: str) -> Callable[[httpx.Request], httpx.Respons
     return lambda request: httpx.Response(code, headers=headers)
 
 
-def test_429_with_retry_after_is_honoured_then_succeeds() -> None:
+def test_429_with_retry_after_is_honoured_then_succeeds(retries: list[RetryDetails]) -> None:
     handler, seen = sequence(status(429, **{"Retry-After": "7"}), manifest_ok)
-    sleeps = Sleeps()
-    with OciRegistry(transport=httpx.MockTransport(handler), sleep=sleeps) as oci:
+    with OciRegistry(transport=httpx.MockTransport(handler)) as oci:
         assert oci.resolve(ref("registry.example/team/app:1")) == DIGEST
-    assert sleeps == [7.0]
+    assert len(retries) == 1
+    # the wait the policy gives stamina for that failure (test mode skips the wait itself)
+    assert RetryPolicy().backoff(retries[0].caused_by) == 7.0
     assert len(seen) == 2
 
 
-def test_retry_after_longer_than_the_cap_is_capped() -> None:
+def test_retry_after_longer_than_the_cap_is_capped(retries: list[RetryDetails]) -> None:
     handler, _ = sequence(status(503, **{"Retry-After": "86400"}), manifest_ok)
-    sleeps = Sleeps()
     transport = httpx.MockTransport(handler)
-    with OciRegistry(transport=transport, sleep=sleeps, retry_after_max=30) as oci:
+    with OciRegistry(transport=transport, retry_after_max=30) as oci:
         oci.resolve(ref("registry.example/team/app:1"))
-    assert sleeps == [30.0]
+    assert len(retries) == 1
+    assert RetryPolicy(retry_after_max=30).backoff(retries[0].caused_by) == 30.0
+
+
+def test_retry_after_cap_is_the_wait_stamina_makes(retries: list[RetryDetails]) -> None:
+    # out of test mode, with a cap of 10 ms: the wait scheduled is the capped Retry-After
+    handler, _ = sequence(status(503, **{"Retry-After": "86400"}), manifest_ok)
+    with (
+        stamina.set_testing(False),
+        OciRegistry(transport=httpx.MockTransport(handler), retry_after_max=0.01) as oci,
+    ):
+        oci.resolve(ref("registry.example/team/app:1"))
+    assert [r.wait_for for r in retries] == [0.01]
 
 
 def test_retry_after_accepts_seconds_and_http_dates() -> None:
@@ -620,49 +649,88 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert parse_retry_after(None) is None
 
 
-def test_server_errors_are_retried_then_raise_registry_unavailable() -> None:
+def test_server_errors_are_retried_then_raise_registry_unavailable(
+    retries: list[RetryDetails],
+) -> None:
     handler, seen = sequence(*[status(500)] * 4)
-    sleeps = Sleeps()
     transport = httpx.MockTransport(handler)
     with (
-        OciRegistry(transport=transport, sleep=sleeps, max_attempts=4) as oci,
+        OciRegistry(transport=transport, max_attempts=4) as oci,
         pytest.raises(RegistryUnavailable) as raised,
     ):
         oci.resolve(ref("registry.example/team/app:1"))
     assert len(seen) == 4
-    assert len(sleeps) == 3
-    # exponential: each ceiling doubles, the jitter stays within it
-    assert 0.25 <= sleeps[0] <= 0.5
-    assert 0.5 <= sleeps[1] <= 1.0
-    assert 1.0 <= sleeps[2] <= 2.0
+    assert len(retries) == 3
     assert "registry.example" in raised.value.message
     assert "HTTP 500" in raised.value.message
+    assert "4 attempts" in raised.value.message
 
 
-def test_connection_errors_are_retried() -> None:
+def test_backoff_is_exponential_with_jitter_within_each_ceiling(
+    retries: list[RetryDetails],
+) -> None:
+    # out of test mode, scaled down (backoff_initial 8 ms) so that the real waits are short
+    handler, _ = sequence(*[status(500)] * 4)
+    with (
+        stamina.set_testing(False),
+        OciRegistry(
+            transport=httpx.MockTransport(handler), max_attempts=4, backoff_initial=0.008
+        ) as oci,
+        pytest.raises(RegistryUnavailable),
+    ):
+        oci.resolve(ref("registry.example/team/app:1"))
+    waits = [r.wait_for for r in retries]
+    assert len(waits) == 3
+    # each ceiling doubles (8, 16, 32 ms), the wait lies in its upper half
+    assert 0.004 <= waits[0] <= 0.008
+    assert 0.008 <= waits[1] <= 0.016
+    assert 0.016 <= waits[2] <= 0.032
+
+
+def test_backoff_never_exceeds_backoff_max(retries: list[RetryDetails]) -> None:
+    # out of test mode, scaled down: ceilings 4, 8, 16 ms against a maximum of 6 ms
+    handler, _ = sequence(*[status(503)] * 4)
+    with (
+        stamina.set_testing(False),
+        OciRegistry(
+            transport=httpx.MockTransport(handler),
+            max_attempts=4,
+            backoff_initial=0.004,
+            backoff_max=0.006,
+        ) as oci,
+        pytest.raises(RegistryUnavailable),
+    ):
+        oci.resolve(ref("registry.example/team/app:1"))
+    waits = [r.wait_for for r in retries]
+    assert len(waits) == 3
+    assert all(w <= 0.006 for w in waits)
+    assert waits[-1] == 0.006
+
+
+def test_connection_errors_are_retried(retries: list[RetryDetails]) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
     handler, seen = sequence(refuse, manifest_ok)
-    sleeps = Sleeps()
-    with OciRegistry(transport=httpx.MockTransport(handler), sleep=sleeps) as oci:
+    with OciRegistry(transport=httpx.MockTransport(handler)) as oci:
         assert oci.resolve(ref("registry.example/team/app:1")) == DIGEST
     assert len(seen) == 2
-    assert len(sleeps) == 1
+    assert len(retries) == 1
 
 
 @pytest.mark.parametrize(("code", "error"), [(404, ManifestUnknown), (400, RegistryError)])
-def test_client_errors_are_not_retried(code: int, error: type[Exception]) -> None:
+def test_client_errors_are_not_retried(
+    code: int, error: type[Exception], retries: list[RetryDetails]
+) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(code, json={"errors": [{"code": "X", "message": "no"}]})
 
-    calls = Sleeps()
     with (
-        OciRegistry(transport=httpx.MockTransport(handler), sleep=calls) as oci,
+        OciRegistry(transport=httpx.MockTransport(handler)) as oci,
         pytest.raises(error),
     ):
         oci.resolve(ref("registry.example/team/app:1"))
-    assert calls == []
+    assert retries == []
 
 
 def test_copy_refuses_manifest_whose_bytes_do_not_match_the_digest() -> None:
@@ -698,3 +766,223 @@ def test_parse_challenge_reads_quoted_and_plain_parameters() -> None:
         "service": "registry.example",
         "scope": "repository:a/b:pull,push",
     }
+
+
+# -- credentials go only to the host they are for ----------------------------------------------
+
+BASIC = "Basic " + base64.b64encode(b"robot:hunter2-pass").decode()
+ROBOT = {"registry.example": HostSettings(username="robot", password="hunter2-pass")}
+
+
+def test_credentials_are_not_sent_to_an_upload_location_on_another_host() -> None:
+    elsewhere: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "uploads.example":
+            elsewhere.append(request)
+            return httpx.Response(201)
+        if request.headers.get("Authorization") != BASIC:
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+        if request.method == "HEAD":
+            return httpx.Response(404)
+        return httpx.Response(202, headers={"Location": "https://uploads.example/u?_state=s"})
+
+    with OciRegistry(ROBOT, transport=httpx.MockTransport(handler)) as oci:
+        digest = oci.push_blob(ref("registry.example/team/app"), b"{}")
+    assert digest == "sha256:" + hashlib.sha256(b"{}").hexdigest()
+    assert [r.method for r in elsewhere] == ["PUT"]
+    assert "Authorization" not in elsewhere[0].headers
+    assert elsewhere[0].url.params["digest"] == digest
+
+
+def test_a_challenge_from_where_a_blob_redirects_is_not_answered() -> None:
+    fake = BearerRegistry()
+    content = b'{"architecture": "amd64"}'
+    digest = "sha256:" + hashlib.sha256(content).hexdigest()
+    storage: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "storage.example":
+            storage.append(request)
+            challenge = 'Bearer realm="https://elsewhere.example/token",service="s"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        if request.url.host == "elsewhere.example":
+            raise AssertionError("a realm named by another host was asked for a token")
+        answer = fake(request)
+        if answer.status_code == 200 and request.url.host == "registry.example":
+            return httpx.Response(307, headers={"Location": "https://storage.example/b?sig=x"})
+        return answer
+
+    with (
+        OciRegistry(transport=httpx.MockTransport(handler)) as oci,
+        pytest.raises(AuthenticationError) as raised,
+    ):
+        oci.fetch_blob(ref("registry.example/team/app"), digest)
+    assert len(storage) == 1
+    assert "Authorization" not in storage[0].headers
+    assert "registry.example" in raised.value.message
+    assert TOKEN not in str(raised.value)
+
+
+def test_an_unreachable_token_service_is_retried_and_named(
+    retries: list[RetryDetails],
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            raise httpx.ConnectError("connection refused", request=request)
+        challenge = 'Bearer realm="https://auth.example/token",service="registry.example"'
+        return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+
+    with (
+        OciRegistry(transport=httpx.MockTransport(handler), max_attempts=3) as oci,
+        pytest.raises(RegistryUnavailable) as raised,
+    ):
+        oci.resolve(ref("registry.example/team/app:1"))
+    assert len(retries) == 2
+    assert "auth.example" in raised.value.message
+    assert "ConnectError at its token service" in raised.value.message
+
+
+def test_a_known_realm_gets_its_token_before_the_first_request() -> None:
+    fake = BearerRegistry()
+    with OciRegistry(transport=httpx.MockTransport(fake)) as oci:
+        oci.resolve(ref("registry.example/team/app:1"))
+        oci.resolve(ref("registry.example/team/other:1"))  # another scope: a new token
+    assert len(fake.token_requests) == 2
+    # a 401 and its retry, then the second repository's request already with its token
+    assert len(fake.registry_requests) == 3
+    assert fake.registry_requests[2].headers["Authorization"] == f"Bearer {TOKEN}"
+    assert fake.token_requests[1].headers["User-Agent"] == "gated-import-gate"
+
+
+class Streamed(httpx.SyncByteStream):
+    """A body that arrives as a stream, as from the network (``content=`` would be read)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.data
+
+
+class Unbuffered(httpx.BaseTransport):
+    """httpx.MockTransport, but leaving a streamed request body to the handler (MockTransport
+    reads it into memory first, which makes any body replayable)."""
+
+    def __init__(self, handler: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.handler = handler
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.handler(request)
+
+
+def test_a_token_refused_midway_through_a_streamed_upload_restarts_that_blob(
+    retries: list[RetryDetails],
+) -> None:
+    layer = b"layer bytes " * 1000
+    config = b'{"architecture": "amd64", "os": "linux"}'
+    blobs = {"sha256:" + hashlib.sha256(b).hexdigest(): b for b in (config, layer)}
+    config_digest, layer_digest = blobs
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"digest": config_digest, "size": len(config)},
+            "layers": [{"digest": layer_digest, "size": len(layer)}],
+        }
+    ).encode()
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    token_requests: list[httpx.Request] = []
+    uploaded: list[bytes] = []
+    refusals = [1]  # the first blob PUT is refused once, its body already read
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.url.host == "auth.example":
+            token_requests.append(request)
+            return httpx.Response(200, json={"token": TOKEN, "expires_in": 300})
+        if request.url.host == "source.example":
+            if "/manifests/" in path:
+                return httpx.Response(
+                    200, content=manifest, headers={"Content-Type": "application/json"}
+                )
+            return httpx.Response(200, stream=Streamed(blobs[path.rsplit("/", 1)[1]]))
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            challenge = 'Bearer realm="https://auth.example/token",service="target.example"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        if request.method == "HEAD":
+            return httpx.Response(404)
+        if request.method == "POST":
+            return httpx.Response(202, headers={"Location": "/v2/b/app/blobs/uploads/1"})
+        if "/blobs/uploads/" in path:
+            assert isinstance(request.stream, httpx.SyncByteStream)
+            body = b"".join(request.stream)  # as a server reads it: the stream, not a copy
+            if refusals:
+                refusals.pop()
+                challenge = 'Bearer realm="https://auth.example/token",error="invalid_token"'
+                return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+            uploaded.append(body)
+        return httpx.Response(201)
+
+    with OciRegistry(transport=Unbuffered(handler)) as oci:
+        report = oci.copy(ref(f"source.example/team/app@{digest}"), ref("target.example/b/app"))
+    assert report.blobs_copied == 2
+    assert len(retries) == 1
+    assert "401 during an upload" in str(retries[0].caused_by)
+    assert sorted(uploaded) == sorted(blobs.values())
+    # the refused token was dropped: the restart asked the realm for a fresh one up front
+    assert len(token_requests) == 3
+
+
+# -- bounds on what is read ---------------------------------------------------------------------
+
+
+class Endless(httpx.SyncByteStream):
+    """A body of 1 MiB chunks that never ends; counts the chunks taken from it."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            self.taken += 1
+            yield b" " * (1 << 20)
+
+
+def test_an_oversized_manifest_is_refused_after_reading_just_past_the_bound() -> None:
+    body = Endless()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=body, headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+
+    with (
+        OciRegistry(transport=Unbuffered(handler)) as oci,
+        pytest.raises(RegistryError, match="larger than 4 MiB"),
+    ):
+        oci.fetch_manifest(ref("registry.example/team/app"), "1")
+    assert body.taken == 5
+
+
+def test_a_blob_over_the_limit_is_refused_after_reading_just_past_it() -> None:
+    body = Endless()
+    with (
+        OciRegistry(transport=Unbuffered(lambda r: httpx.Response(200, stream=body))) as oci,
+        pytest.raises(RegistryError, match="is over 3145728 bytes"),
+    ):
+        oci.fetch_blob(ref("registry.example/team/app"), DIGEST, limit=3 << 20)
+    assert body.taken == 4
+
+
+def test_the_auth_flow_serves_any_httpx_client() -> None:
+    fake = BearerRegistry()
+    ep = Endpoint("registry.example", "registry.example", "https://registry.example", HostSettings())
+    cache = TokenCache()
+    with httpx.Client(transport=httpx.MockTransport(fake)) as client:
+        for _ in range(2):
+            auth = RegistryAuth(
+                cache, ep, ("repository:team/app:pull",), build_request=client.build_request
+            )
+            answer = client.head("https://registry.example/v2/team/app/manifests/1", auth=auth)
+            assert answer.status_code == 200
+    assert len(fake.token_requests) == 1  # the second request used the cached token
+    assert len(fake.registry_requests) == 3

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import stamina
 from azure.core.exceptions import ClientAuthenticationError
 
 from devstack.acr import AcrEmulator
@@ -127,9 +128,8 @@ def test_push_check_of_a_registry_that_is_down_is_retryable(tmp_path: Path) -> N
     with RegistryProcess(tmp_path / "gone") as process:
         host = process.host
     with (
-        OciRegistry(
-            {host: HostSettings(insecure=True)}, max_attempts=2, sleep=lambda s: None
-        ) as oci,
+        stamina.set_testing(True, attempts=2, cap=True),  # both attempts, no backoff
+        OciRegistry({host: HostSettings(insecure=True)}, max_attempts=2) as oci,
         pytest.raises(RegistryUnavailable) as caught,
     ):
         oci.check_push(ImageRef(host, "node"))

@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from azure.containerregistry import ContainerRegistryClient
 from azure.core.credentials import TokenCredential
@@ -70,9 +70,15 @@ from gate.errors import (
 from gate.logsafe import get_logger
 from gate.ports import CopyReport, ManifestReader, ProgressCallback, Registry, Secrets
 
-__all__ = ["AcrImportRegistry"]
+__all__ = ["AcrImportRegistry", "UpstreamRegistry"]
 
 log = get_logger(__name__)
+
+
+class UpstreamRegistry(Registry, ManifestReader, Protocol):
+    """What ``oci`` must be: the port for every registry that is not an ACR, and a reader of
+    its manifests and small blobs (a rule's ``platforms:`` reads the candidate's index)."""
+
 
 T = TypeVar("T")
 
@@ -118,7 +124,7 @@ class AcrImportRegistry:
         target_registry: str,
         target_login_server: str,
         secrets: Secrets,
-        oci: Registry,
+        oci: UpstreamRegistry,
         arm_endpoint: str = DEFAULT_ARM_ENDPOINT,
         acr_sources: Mapping[str, str] | None = None,
         upstream_credentials: Mapping[str, tuple[str, str]] | None = None,
@@ -205,7 +211,7 @@ class AcrImportRegistry:
         the SDK keeps no raw body. Other registries: the OCI adapter, which returns the bytes.
         """
         if not self._is_acr(repository.registry):
-            return _reader(self._oci).fetch_manifest(repository, reference)
+            return self._oci.fetch_manifest(repository, reference)
         client = self._data_plane(repository.registry)
         try:
             got = self._call(
@@ -221,7 +227,7 @@ class AcrImportRegistry:
         """A small blob (an image config), checked against ``digest`` (ACR: the data plane's
         ``download_blob``, which checks it; others: the OCI adapter)."""
         if not self._is_acr(repository.registry):
-            return _reader(self._oci).fetch_blob(repository, digest, limit=limit)
+            return self._oci.fetch_blob(repository, digest, limit=limit)
         client = self._data_plane(repository.registry)
 
         def read() -> bytes:
@@ -274,13 +280,9 @@ class AcrImportRegistry:
         tags: Sequence[str] = (),
         progress: ProgressCallback | None = None,
     ) -> CopyReport:
-        """Import ``source`` (pinned by digest) into ``target``'s repository with its tags.
-
-        Run-ID tags (``immutable_tags``) are imported with ``NoForce`` and locked; an existing
-        one at the same digest is accepted (a resumed promotion), at another digest it is
-        :class:`~gate.errors.Conflict` before any stable tag moves. Then ``tags`` are imported
-        with ``Force``. ``progress`` is not called: ACR moves the bytes, not the gate.
-        """
+        """:meth:`gate.ports.Registry.copy` by ACR import: the run-ID tags with ``NoForce``,
+        then locked, then ``tags`` with ``Force``. ``progress`` is not called: ACR moves the
+        bytes, not the gate."""
         if source.digest is None:
             raise InvalidReference(
                 f"cannot import {source}: the source must be pinned by digest; "
@@ -503,16 +505,6 @@ class _ImportFailed(Exception):
     def __init__(self, error: RegistryError) -> None:
         super().__init__(error.message)
         self.error = error
-
-
-def _reader(oci: Registry) -> ManifestReader:
-    """The OCI adapter as the manifest reader it is (the constructor types it as a Registry)."""
-    if not callable(getattr(oci, "fetch_manifest", None)):
-        raise ConfigError(
-            "the gate's OCI registry client cannot read manifests, which a rule with "
-            "platforms: needs"
-        )
-    return cast(ManifestReader, oci)
 
 
 def _no_scrub(text: str) -> str:

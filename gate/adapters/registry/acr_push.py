@@ -98,12 +98,8 @@ class AcrPushRegistry(AcrImportRegistry):
         tags: Sequence[str] = (),
         progress: ProgressCallback | None = None,
     ) -> CopyReport:
-        """Push ``source`` (pinned by digest) into ``target``'s repository with its tags.
-
-        The content and the run-ID tags (``immutable_tags``: an existing one at the same digest
-        is accepted, at another digest it is :class:`~gate.errors.Conflict` before anything is
-        written), then the run-ID tags are locked, then ``tags`` are pushed (moved).
-        """
+        """:meth:`gate.ports.Registry.copy` as a push through the OCI adapter with ACR
+        tokens; the run-ID tags are locked before ``tags`` are pushed."""
         if source.digest is None:
             raise InvalidReference(
                 f"cannot push {source}: the source must be pinned by digest; "

@@ -1,0 +1,322 @@
+"""The HTTP layer of the OCI registry client: one ``httpx`` client, its bounds, and retries.
+
+Every request of the client goes through :meth:`RegistryHttp.request`, which authenticates it
+(:class:`~gate.adapters.registry.auth.RegistryAuth`) and sorts the answer: transient failures
+(connection errors, timeouts, 429, 500/502/503/504) raise :class:`Transient`, every other
+status is returned for the caller to judge (:meth:`RegistryHttp.expect`). A unit of work that
+may be repeated as a whole runs under :meth:`RegistryHttp.retry`: a bounded number of attempts
+with exponential backoff and jitter (``stamina``), or the wait the registry's ``Retry-After``
+asks for, capped.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import quote, urljoin, urlsplit
+
+import httpx
+import stamina
+
+from gate.adapters.registry.auth import RegistryAuth, TokenCache, refused
+from gate.adapters.registry.endpoint import (
+    RETRY_STATUSES,
+    Endpoint,
+    HostSettings,
+    Transient,
+    parse_retry_after,
+)
+from gate.errors import AuthenticationError, ManifestUnknown, RegistryError, RegistryUnavailable
+from gate.ports import RateLimited
+
+T = TypeVar("T")
+
+__all__ = [
+    "RETRY_STATUSES",
+    "Endpoint",
+    "HostSettings",
+    "RegistryHttp",
+    "RetryPolicy",
+    "Transient",
+    "append_query",
+    "error_detail",
+    "parse_retry_after",
+]
+
+_DOCKER_HUB = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+_USER_AGENT = "gated-import-gate"
+_NETWORK_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+# stamina logs every scheduled retry at WARNING through its default hook; the gate reports a
+# registry that stays unavailable in its own error, and a retry that succeeds is no news.
+stamina.instrumentation.set_on_retry_hooks(())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a unit of work is tried and how long the gate waits in between.
+
+    Attempt ``n`` that fails transiently is followed by a wait of
+    ``min(backoff_max, backoff_initial / 2 * 2 ** (n - 1) + jitter)``, the jitter drawn from
+    ``[0, backoff_initial / 2]`` (so the first wait lies in ``[initial / 2, initial]``), or by
+    the registry's ``Retry-After``, capped at ``retry_after_max``.
+    """
+
+    max_attempts: int = 5
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    retry_after_max: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+    def backoff(self, exc: Exception, *, wait_limits: bool = True) -> bool | float:
+        """The stamina backoff hook: False (final), True (exponential backoff) or the seconds
+        ``Retry-After`` asks for. ``wait_limits=False`` makes a 429 final (polls)."""
+        if not isinstance(exc, Transient):
+            return False
+        if exc.status == 429 and not wait_limits:
+            return False
+        if exc.retry_after is not None:
+            return min(exc.retry_after, self.retry_after_max)
+        return True
+
+    def attempts(self, *, wait_limits: bool) -> Iterator[stamina.Attempt]:
+        """The attempts of one unit of work (``stamina.retry_context``), bounded by count only:
+        a ``Retry-After`` may legitimately ask for longer than stamina's default timeout."""
+        return iter(
+            stamina.retry_context(
+                on=lambda exc: self.backoff(exc, wait_limits=wait_limits),
+                attempts=self.max_attempts,
+                timeout=None,
+                wait_initial=self.backoff_initial / 2,
+                wait_jitter=self.backoff_initial / 2,
+                wait_max=self.backoff_max,
+                wait_exp_base=2,
+            )
+        )
+
+
+def error_detail(response: httpx.Response) -> str:
+    """The registry's own error codes and messages (the distribution JSON error body)."""
+    try:
+        body = json.loads(response.read() or b"{}")
+    except (ValueError, httpx.HTTPError):
+        return ""
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(errors, list):
+        return ""
+    parts = [
+        f"{e.get('code', '?')}: {e.get('message', '')}".strip()
+        for e in errors
+        if isinstance(e, dict)
+    ]
+    return "; ".join(parts)
+
+
+def append_query(url: str, key: str, value: str) -> str:
+    """``url`` with ``key=value`` appended to whatever query it has."""
+    # The upload Location carries opaque state in its query (e.g. ``_state=``); httpx's
+    # ``params=`` would replace that query, so the parameter is appended by hand.
+    separator = "&" if urlsplit(url).query else "?"
+    return f"{url}{separator}{key}={quote(value, safe=':')}"
+
+
+class _TlsOnFirstUse(httpx.BaseTransport):
+    """Plain-HTTP requests through a transport with no TLS set-up; the TLS transport, whose
+    set-up loads the CA bundle (about 20 ms of a command's start-up), is made on the first
+    ``https://`` request. Both are httpx's own :class:`httpx.HTTPTransport` with its defaults
+    (certificates verified, ``SSL_CERT_FILE``/``SSL_CERT_DIR`` honoured)."""
+
+    def __init__(self) -> None:
+        # a plain-HTTP request never reaches TLS; verify=False only skips loading the bundle
+        self._plain = httpx.HTTPTransport(verify=False)
+        self._tls: httpx.HTTPTransport | None = None
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme == "http":
+            return self._plain.handle_request(request)
+        with self._lock:
+            if self._tls is None:
+                self._tls = httpx.HTTPTransport()
+        return self._tls.handle_request(request)
+
+    def close(self) -> None:
+        self._plain.close()
+        if self._tls is not None:
+            self._tls.close()
+
+
+class RegistryHttp:
+    """The connection pool, the token cache and the retry policy shared by every operation.
+
+    ``hosts`` maps a registry name as written in references to its :class:`HostSettings`;
+    unlisted hosts are reached over HTTPS anonymously. ``transport`` replaces the network
+    (tests); ``timeout`` bounds every connect, read, write and pool wait.
+    """
+
+    def __init__(
+        self,
+        hosts: Mapping[str, HostSettings] | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self._hosts = dict(hosts or {})
+        self.policy = policy or RetryPolicy()
+        self._client = httpx.Client(
+            transport=transport or _TlsOnFirstUse(),
+            timeout=httpx.Timeout(timeout),
+            headers={"User-Agent": _USER_AGENT},
+        )
+        self._tokens = TokenCache()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def endpoint(self, registry: str) -> Endpoint:
+        """Where the API of ``registry`` (as references name it) lives, and how to reach it."""
+        settings = self._hosts.get(registry)
+        host = registry
+        if registry in _DOCKER_HUB:
+            host = "registry-1.docker.io"
+            if settings is None:
+                settings = next(
+                    (self._hosts[h] for h in sorted(_DOCKER_HUB) if h in self._hosts), None
+                )
+        settings = settings or HostSettings()
+        scheme = "http" if settings.insecure else "https"
+        return Endpoint(name=registry, host=host, base=f"{scheme}://{host}", settings=settings)
+
+    def retry(self, what: str, attempt: Callable[[], T], *, wait_limits: bool = True) -> T:
+        """Run ``attempt`` until it succeeds, retrying transient failures as the
+        :class:`RetryPolicy` says; :class:`RegistryUnavailable` when they persist.
+
+        ``wait_limits=False`` (polls) raises :class:`RateLimited` at the first ``429`` instead.
+        """
+        try:
+            for trial in self.policy.attempts(wait_limits=wait_limits):
+                with trial:
+                    return attempt()
+        except Transient as exc:
+            if exc.status == 429 and not wait_limits:
+                after = "" if exc.retry_after is None else f" for {exc.retry_after:g} s"
+                raise RateLimited(
+                    f"{what}: registry {exc.host} answered HTTP 429 (too many requests), "
+                    f"asking for a pause{after}; polling it resumes after that",
+                    registry=exc.host,
+                    retry_after=exc.retry_after,
+                ) from None
+            attempts = self.policy.max_attempts
+            raise RegistryUnavailable(
+                f"{what} failed: registry {exc.host} answered {exc.reason} on all "
+                f"{attempts} attempts. Check that {exc.host} is reachable "
+                "from here (network, proxy, DNS, TLS) and healthy, then retry later."
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def request(
+        self,
+        ep: Endpoint,
+        method: str,
+        url: str,
+        *,
+        scopes: tuple[str, ...],
+        headers: Mapping[str, str] | None = None,
+        content: bytes | Iterator[bytes] | None = None,
+        stream: bool = False,
+        follow_redirects: bool = False,
+    ) -> httpx.Response:
+        """Send one request, authenticated for ``scopes``. Transient failures raise
+        :class:`Transient`; any other status but a final 401 is returned for the caller."""
+        request = self._client.build_request(method, url, headers=headers, content=content)
+        auth = RegistryAuth(self._tokens, ep, scopes, build_request=self._client.build_request)
+        try:
+            # Streamed so that a blob GET is read chunk by chunk; small bodies are read below
+            # or discarded by closing.
+            response = self._client.send(
+                request, auth=auth, stream=True, follow_redirects=follow_redirects
+            )
+        except _NETWORK_ERRORS as exc:
+            if auth.token_request is not None and _request_of(exc) is auth.token_request:
+                host = auth.token_request.url.netloc.decode("ascii")
+                raise Transient(host, f"{type(exc).__name__} at its token service") from exc
+            raise Transient(ep.host, f"{type(exc).__name__} ({exc})") from exc
+        if response.status_code in RETRY_STATUSES:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            response.close()
+            raise Transient(
+                ep.host, f"HTTP {response.status_code}", retry_after, response.status_code
+            )
+        if response.status_code == 401:
+            # The auth flow answered the challenge once already: this refusal is final.
+            response.close()
+            raise refused(ep, scopes)
+        if not stream:
+            try:
+                response.read()
+            except (httpx.TimeoutException, httpx.NetworkError) as exc:
+                response.close()
+                raise Transient(ep.host, f"{type(exc).__name__} ({exc})") from exc
+        return response
+
+    def read_at_most(self, ep: Endpoint, response: httpx.Response, limit: int) -> bytes:
+        """The body of a streamed ``response``, but no more than ``limit`` + 1 bytes of it:
+        enough for the caller to refuse an oversized one without holding all of it."""
+        data = bytearray()
+        try:
+            for chunk in response.iter_bytes():
+                data += chunk
+                if len(data) > limit:
+                    break
+        except (httpx.TimeoutException, httpx.NetworkError) as exc:
+            raise Transient(ep.host, f"{type(exc).__name__} ({exc})") from exc
+        return bytes(data[: limit + 1])
+
+    def expect(
+        self,
+        response: httpx.Response,
+        statuses: tuple[int, ...],
+        ep: Endpoint,
+        what: str,
+    ) -> None:
+        """Raise the matching gate error unless ``response`` has one of ``statuses``."""
+        if response.status_code in statuses:
+            return
+        detail = error_detail(response)
+        suffix = f" ({detail})" if detail else ""
+        if response.status_code == 403:
+            raise AuthenticationError(
+                f"registry {ep.name} denied {what}{suffix}; check that the account configured "
+                f"for host '{ep.name}' has that permission"
+            )
+        if response.status_code == 404:
+            raise ManifestUnknown(f"{what}: registry {ep.name} answered 404 not found{suffix}")
+        raise RegistryError(
+            f"{what} failed: registry {ep.name} answered HTTP {response.status_code}{suffix}"
+        )
+
+    def location(self, ep: Endpoint, response: httpx.Response) -> str:
+        """The absolute upload URL a ``202`` names in its ``Location``."""
+        location = str(response.headers.get("Location", ""))
+        if not location:
+            raise RegistryError(
+                f"registry {ep.name} started an upload without a Location header; "
+                "it does not follow the distribution API"
+            )
+        # Registries may answer with a relative Location (``http.relativeurls``).
+        return urljoin(f"{ep.base}/", location)
+
+
+def _request_of(exc: httpx.RequestError) -> httpx.Request | None:
+    try:
+        return exc.request
+    except RuntimeError:  # an error raised outside a request context carries none
+        return None
