@@ -31,7 +31,7 @@ if TYPE_CHECKING:
         Signer,
         Validator,
     )
-    from gate.service import Gatekeeper, Notify
+    from gate.usecases.keeper import Gatekeeper, Notify
 
 
 class _Lazy[T]:
@@ -217,7 +217,7 @@ def local_gatekeeper(config: GateConfig, *, notify: Notify | None = None) -> Gat
             return LocalTaskDownstream(validator.get())
 
         downstream = lazy(make_downstream)
-    from gate.service import Gatekeeper, quiet
+    from gate.usecases.keeper import Gatekeeper, quiet
 
     return Gatekeeper(
         config=config,
@@ -335,7 +335,7 @@ def azure_gatekeeper(
     attestor = None
     if config.attestation is not None and config.attestation.key_vault_key is not None:
         attestor = lazy(lambda: _azure_attestor(config, registry.get(), credential, signer))
-    from gate.service import Gatekeeper, quiet
+    from gate.usecases.keeper import Gatekeeper, quiet
 
     return Gatekeeper(
         config=config,

@@ -614,7 +614,7 @@ def test_gate_history_actor_lists_only_that_callers_records(tmp_path: Path) -> N
     from click.testing import CliRunner
 
     from gate.entrypoints.cli import main
-    from gate.service import rollback
+    from gate.usecases.rollback import rollback
     from tests.test_cli_edges import ART, _promoted_twice
 
     keeper = _promoted_twice(tmp_path)

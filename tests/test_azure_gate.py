@@ -20,7 +20,8 @@ from gate.adapters.validation.acr_task_run import AcrQuickRunValidator
 from gate.compose import build_gatekeeper
 from gate.config.model import load_config
 from gate.domain.records import GateRecord, State, utcnow
-from gate.service import Gatekeeper, gate_image
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper
 from tests.acr_emulator import AcrEmulator, EmulatedIdentity, EmulatedRegistry
 from tests.acr_emulator.task_runs import task_runs_of
 from tests.acr_emulator.tasks import runs_of, wait_for_runs

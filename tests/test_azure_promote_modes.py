@@ -33,7 +33,10 @@ from gate.domain.records import GateRecord, State
 from gate.domain.ref import ImageRef
 from gate.entrypoints import audit
 from gate.errors import AuthenticationError, ConfigError, Conflict
-from gate.service import Gatekeeper, gate_image, retry_downstream, rollback
+from gate.usecases.downstream import retry_downstream
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper
+from gate.usecases.rollback import rollback
 from tests.acr_emulator import AcrEmulator, EmulatedRegistry
 from tests.acr_emulator.downstream import pushes, task_runs
 from tests.acr_emulator.tasks import runs_of, wait_for_runs

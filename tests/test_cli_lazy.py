@@ -25,7 +25,9 @@ HEAVY = (
     "rich",
     "gate.adapters.registry.oci",
     "gate.adapters.validation.local",
-    "gate.service",
+    "gate.usecases.keeper",
+    "gate.usecases.gating",
+    "gate.usecases.revalidation",
     "azure.core",
 )
 

@@ -28,7 +28,9 @@ from gate.entrypoints.messages import GateRequest
 from gate.entrypoints.render import history_table
 from gate.entrypoints.worker import handle, poll
 from gate.errors import ConfigError
-from gate.service import Gatekeeper, gate_image, gate_record, watch_once
+from gate.usecases.gating import gate_image, gate_record
+from gate.usecases.keeper import Gatekeeper
+from gate.usecases.watch import watch_once
 from tests.configs import empty_task_gate_yaml
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 from tests.test_end_to_end import gate_cli, push, tags_of, validation_starts

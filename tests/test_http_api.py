@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.config.model import load_config
 from gate.entrypoints.http_api import ApiResponse, get_gate, list_gates, post_gate, post_rollback
-from gate.service import Gatekeeper
+from gate.usecases.keeper import Gatekeeper
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 from tests.test_service import ART, UP, write_config
 

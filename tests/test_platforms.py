@@ -34,7 +34,8 @@ from gate.domain.ref import ImageRef
 from gate.entrypoints import audit
 from gate.errors import ConfigError
 from gate.ports import ValidationRequest
-from gate.service import gate_image, revalidate
+from gate.usecases.gating import gate_image
+from gate.usecases.revalidation import revalidate
 from tests.acr_emulator import AcrEmulator, EmulatedRegistry
 from tests.acr_emulator.tasks import runs_of, wait_for_runs
 from tests.configs import local_gate_yaml

@@ -15,8 +15,10 @@ from gate.domain.records import GateRecord, Outcome, State, new_record_id, utcno
 from gate.domain.ref import ImageRef
 from gate.entrypoints import cli
 from gate.errors import ConfigError
-from gate.service import Gatekeeper, gate_image, rollback
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper
 from gate.usecases.retention import prune_records
+from gate.usecases.rollback import rollback
 from tests.fakes import FakeRegistry, FakeValidator, digest_of
 from tests.test_service import ART, UP, keeper_with, write_config
 

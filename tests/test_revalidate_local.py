@@ -25,7 +25,8 @@ from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.config.model import Revalidation
 from gate.domain.records import Outcome, State
 from gate.ports import ValidationRequest
-from gate.service import gate_image, revalidate
+from gate.usecases.gating import gate_image
+from gate.usecases.revalidation import revalidate
 from tests.configs import local_gate_yaml
 from tests.fakes import FakeValidator
 from tests.test_attest import Setup, push_upstream

@@ -17,7 +17,10 @@ from gate.domain.records import GateRecord, Outcome, State, new_record_id, utcno
 from gate.domain.ref import ImageRef
 from gate.errors import Conflict, NoMatchingRule, NotFound, RegistryUnavailable, UsageError
 from gate.ports import CopyReport, ValidationRequest
-from gate.service import Gatekeeper, admit, gate_image, gate_record, rollback, watch_once
+from gate.usecases.gating import admit, gate_image, gate_record
+from gate.usecases.keeper import Gatekeeper
+from gate.usecases.rollback import rollback
+from gate.usecases.watch import watch_once
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator, digest_of
 
 UP = "upstream.example.com"

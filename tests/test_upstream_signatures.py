@@ -28,7 +28,8 @@ from gate.compose import local_gatekeeper
 from gate.config.model import load_config
 from gate.domain.records import State
 from gate.errors import ConfigError
-from gate.service import Gatekeeper, gate_image
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper
 from tests.acr_emulator import AcrEmulator, TestCredential
 from tests.configs import local_gate_yaml
 from tests.fakes import FakeValidator

@@ -39,7 +39,9 @@ from gate.errors import (
     NotFound,
     UsageError,
 )
-from gate.service import Gatekeeper, admit, rollback
+from gate.usecases.gating import admit
+from gate.usecases.keeper import Gatekeeper
+from gate.usecases.rollback import rollback
 
 _LIMIT = re.compile(r"[0-9]{1,4}")
 
