@@ -69,6 +69,7 @@ def one_pass(work: Path, proxy: LatencyProxy, concurrency: int) -> tuple[float, 
         keeper = Gatekeeper(
             config=config,
             registry=registry,
+            polling=registry,
             validator=_NoValidator(),  # type: ignore[arg-type]
             ledger=SqliteLedger(config.data_dir / "gate.db"),
             secrets=_NoSecrets(),

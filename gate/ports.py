@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
-from gate.config.model import DownstreamTask
+from gate.config.model import DownstreamTask, Rule
 from gate.domain.records import Claim, DownstreamRun, GateRecord, State, ValidationResult
 from gate.domain.ref import ImageRef
 from gate.errors import RegistryUnavailable
@@ -91,7 +91,6 @@ class PolledDigest:
     quota_spent: str = ""
 
 
-@runtime_checkable
 class PollingRegistry(Protocol):
     """A registry a poll pass can ask without waiting out rate limits (an optional capability).
 
@@ -109,7 +108,6 @@ class PollingRegistry(Protocol):
         ...
 
 
-@runtime_checkable
 class ManifestReader(Protocol):
     """Reads manifests and small blobs (an optional capability of a registry adapter).
 
@@ -292,6 +290,30 @@ class Secrets(Protocol):
 
     def get(self, name: str) -> str:
         """Return the secret ``name``; :class:`~gate.errors.ConfigError` if it does not exist."""
+        ...
+
+
+class SecretUris(Protocol):
+    """Names a secret by a URI that a validation run reads itself (an optional capability of a
+    secret store: Key Vault), so that its value never passes through the gate."""
+
+    def secret_uri(self, name: str) -> str:
+        """The URI of secret ``name`` (no value is read)."""
+        ...
+
+
+class Attester(Protocol):
+    """Writes the gate's signed evidence: a promotion, and a stable tag moved off a digest
+    (:class:`gate.domain.attestation.Attestor`)."""
+
+    def promotion(self, rule: Rule, image: ImageRef, record: GateRecord) -> str:
+        """Attest that ``image`` (target repository @ digest) passed ``record``'s validation;
+        returns the attestation's digest."""
+        ...
+
+    def demotion(self, image: ImageRef, record: GateRecord, reason: str) -> str:
+        """Attest that ``image`` is no longer the gate's verdict for its stable tag; returns the
+        attestation's digest."""
         ...
 
 

@@ -17,7 +17,7 @@ import pytest
 from devstack.azurite import AzuriteProcess
 from devstack.images import ImageBuilder, tag_digests
 from gate.adapters.validation.acr_task_run import AcrQuickRunValidator
-from gate.compose import build_gatekeeper
+from gate.compose import LazyValidator, build_gatekeeper
 from gate.config.model import load_config
 from gate.domain.records import GateRecord, State, utcnow
 from gate.usecases.gating import gate_image
@@ -122,7 +122,9 @@ azure:
 
 def quick(keeper: Gatekeeper, emulator: AcrEmulator, base: EmulatedRegistry) -> Gatekeeper:
     """The keeper with a test-speed poll interval on its quick-run validator."""
-    built = keeper.validator
+    # the composition root builds the validator on first use: this builds it now
+    assert isinstance(keeper.validator, LazyValidator)
+    built = keeper.validator.port()
     assert isinstance(built, AcrQuickRunValidator)
     validator = AcrQuickRunValidator(
         custom_registries=built.custom_registries,

@@ -77,6 +77,7 @@ def keeper_for(
     return Gatekeeper(
         config=config,
         registry=registry,
+        polling=registry,
         validator=FakeValidator(),
         ledger=SqliteLedger(config.data_dir / "gate.db"),
         secrets=FakeSecrets(),

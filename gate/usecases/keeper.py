@@ -18,17 +18,22 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from gate.config.model import GateConfig
 from gate.domain.records import GateRecord, State, utcnow
 from gate.domain.ref import ImageRef
 from gate.logsafe import get_logger
-from gate.ports import DownstreamRunner, Ledger, Registry, Secrets, SignatureStore, Validator
-
-if TYPE_CHECKING:
-    # the attestor is built (and attest imported) by the composition root, when configured
-    from gate.domain.attestation import Attestor
+from gate.ports import (
+    Attester,
+    DownstreamRunner,
+    Ledger,
+    ManifestReader,
+    PollingRegistry,
+    Registry,
+    Secrets,
+    SignatureStore,
+    Validator,
+)
 
 # the logger name is what log queries select by; it stays the one from before the split
 _log = get_logger("gate.service")
@@ -87,7 +92,13 @@ class PollMemory:
 
 @dataclass(frozen=True)
 class Gatekeeper:
-    """The gate's ports and configuration, bundled for the use cases."""
+    """The gate's ports and configuration, bundled for the use cases.
+
+    ``manifests`` and ``polling`` are the registry's optional capabilities, given explicitly by
+    whoever builds the gatekeeper (usually the registry adapter itself, when it has them):
+    without ``manifests`` a rule with ``platforms:`` cannot be validated; without ``polling`` a
+    poll pass asks ``registry`` one request at a time.
+    """
 
     config: GateConfig
     registry: Registry
@@ -96,11 +107,13 @@ class Gatekeeper:
     secrets: Secrets
     notify: Notify = field(default=quiet)
     downstream: DownstreamRunner | None = None
-    attestor: Attestor | None = None
+    attestor: Attester | None = None
     signatures: SignatureStore | None = None
     poll_memory: PollMemory = field(default_factory=PollMemory, compare=False)
     # the clock cooldowns are measured by (first sightings, eligible times); a seam for tests
     clock: Callable[[], datetime] = field(default=utcnow)
+    manifests: ManifestReader | None = None
+    polling: PollingRegistry | None = None
 
 
 @dataclass(frozen=True)

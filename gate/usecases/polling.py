@@ -14,7 +14,7 @@ from gate.config.model import Rule
 from gate.domain.ref import ImageRef
 from gate.errors import GateError
 from gate.logsafe import get_logger
-from gate.ports import PolledDigest, PollingRegistry, RateLimited
+from gate.ports import PolledDigest, RateLimited
 from gate.usecases.keeper import Gatekeeper, GateOutcome
 
 # the logger name is what log queries select by; it stays the one from before the split
@@ -110,7 +110,7 @@ def poll_upstreams(keeper: Gatekeeper) -> list[WatchItem]:
     for host, (until, why) in paused.items():
         run.stopped[host] = f"{why} (paused until {_clock(until)})"
     registry = keeper.registry
-    polling = registry if isinstance(registry, PollingRegistry) else None
+    polling = keeper.polling
     # Adapters without the polling capability (their thread safety unknown) are asked one
     # request at a time.
     limit = settings.concurrency_per_registry if polling is not None else 0

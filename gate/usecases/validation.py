@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from copy import replace
-from typing import cast
 
 from gate.config.model import Rule
 from gate.domain.records import GateRecord, Outcome, PlatformResult, State, ValidationResult
 from gate.domain.ref import ImageRef
 from gate.errors import GateError, NotFound, UsageError
-from gate.ports import ManifestReader, Registry, Resume, ValidationRequest
+from gate.ports import Resume, ValidationRequest
 from gate.usecases.keeper import Gatekeeper
 
 
@@ -84,7 +83,7 @@ def validate_platforms(
     """
     from gate.domain.platforms import select_platforms
 
-    reader = _manifest_reader(keeper.registry)
+    reader = keeper.manifests
     if reader is None:
         raise UsageError(
             f"rule '{rule.name}' lists platforms, but this gate's registry adapter cannot read "
@@ -171,18 +170,6 @@ def validate_platforms(
             f"{result.run_id} {result.outcome.value} =====\n{result.log}"
         )
     return _platform_verdict(list(results.values()), "\n".join(logs)), record
-
-
-def _manifest_reader(registry: Registry) -> ManifestReader | None:
-    """``registry`` as a :class:`ManifestReader` when it reads manifests, else None.
-
-    Asked by attribute, not ``isinstance``: a protocol check looks at the class alone
-    (``inspect.getattr_static``), which a port built on first use does not pass.
-    """
-    methods = ("fetch_manifest", "fetch_blob")
-    if all(callable(getattr(registry, name, None)) for name in methods):
-        return cast(ManifestReader, registry)
-    return None
 
 
 def _platform_verdict(results: list[PlatformResult], log: str) -> ValidationResult:
