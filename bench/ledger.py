@@ -49,7 +49,7 @@ from devstack.azurite import AzuriteProcess
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.adapters.ledger.table import _PARTITION, TableLedger, _claim_key
 from gate.domain.records import GateRecord, State
-from gate.ports import Ledger
+from gate.ports import HistoryQuery, Ledger
 
 RULES = 20
 RARE_RULE = "rare-base"
@@ -198,9 +198,11 @@ def queries(ledger: Ledger, probe: Probe) -> dict[str, Callable[[], object]]:
     """The queries the benchmark times, by name."""
     return {
         "dedupe (decided)": lambda: ledger.decided(probe.rule, probe.digest),
-        "first page": lambda: ledger.history(limit=50),
-        "filtered page": lambda: ledger.history(rule=FILTERED_RULE, state=State.PROMOTED, limit=50),
-        "rare rule page": lambda: ledger.history(rule=RARE_RULE, limit=50),
+        "first page": lambda: ledger.history(HistoryQuery(limit=50)),
+        "filtered page": lambda: ledger.history(
+            HistoryQuery(rule=FILTERED_RULE, state=State.PROMOTED, limit=50)
+        ),
+        "rare rule page": lambda: ledger.history(HistoryQuery(rule=RARE_RULE, limit=50)),
         "get(id) with log": lambda: ledger.get(probe.record_id),
     }
 

@@ -180,6 +180,28 @@ class Validator(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class HistoryQuery:
+    """Which records :meth:`Ledger.history` lists: each filter set narrows it (None: any).
+
+    ``since`` and ``before`` bound the creation time (``before`` strictly: it pages, given the
+    last record of the previous page); ``actor`` matches a record's ``actor_id`` (an object id)
+    or ``actor`` (a name) exactly; ``limit`` caps the page (negative: no limit).
+    """
+
+    rule: str | None = None
+    target: str | None = None
+    state: State | None = None
+    since: datetime | None = None
+    before: datetime | None = None
+    actor: str | None = None
+    limit: int = 50
+
+
+FIRST_PAGE = HistoryQuery()
+"""The newest 50 records, unfiltered."""
+
+
 class Ledger(Protocol):
     """Durable gate records: the audit trail and the (rule, digest) dedupe."""
 
@@ -236,22 +258,11 @@ class Ledger(Protocol):
         """Return one record; :class:`~gate.errors.NotFound` if there is none."""
         ...
 
-    def history(
-        self,
-        *,
-        rule: str | None = None,
-        target: str | None = None,
-        state: State | None = None,
-        since: datetime | None = None,
-        before: datetime | None = None,
-        actor: str | None = None,
-        limit: int = 50,
-    ) -> list[GateRecord]:
-        """Return records, newest first, filtered; ``before`` pages (created strictly earlier).
+    def history(self, query: HistoryQuery = FIRST_PAGE) -> list[GateRecord]:
+        """Return the records ``query`` selects, newest first (see :class:`HistoryQuery`).
 
         Records come without their logs (``log`` is empty; :meth:`get` reads it): a page of
-        history never reads validation logs. ``actor`` matches a record's ``actor_id`` (an
-        object id) or ``actor`` (a name) exactly.
+        history never reads validation logs.
         """
         ...
 

@@ -24,7 +24,7 @@ from devstack.registry import RegistryProcess
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.config.model import Revalidation
 from gate.domain.records import Outcome, State
-from gate.ports import ValidationRequest
+from gate.ports import HistoryQuery, ValidationRequest
 from gate.usecases.gating import gate_image
 from gate.usecases.revalidation import revalidate
 from tests.configs import local_gate_yaml
@@ -179,7 +179,7 @@ def revalidation_records(tmp_path: Path) -> list[tuple[str, str]]:
     ledger = SqliteLedger(tmp_path / "data" / "gate.db")
     return [
         (r.action, r.state.value)
-        for r in reversed(ledger.history(limit=100))
+        for r in reversed(ledger.history(HistoryQuery(limit=100)))
         if r.action in ("revalidate", "demote")
     ]
 

@@ -394,7 +394,9 @@ def history_cmd(
     stdout is not one, or with --plain)."""
     try:
         after = _since(since)
-        records = _ledger(config).history(
+        from gate.ports import HistoryQuery
+
+        query = HistoryQuery(
             rule=rule,
             target=target,
             state=_state(state),
@@ -402,6 +404,7 @@ def history_cmd(
             actor=actor or None,
             limit=limit,
         )
+        records = _ledger(config).history(query)
     except GateError as exc:
         _fail(exc)
     if as_json:

@@ -39,6 +39,7 @@ from gate.errors import (
     NotFound,
     UsageError,
 )
+from gate.ports import HistoryQuery
 from gate.usecases.gating import admit
 from gate.usecases.keeper import Gatekeeper
 from gate.usecases.rollback import rollback
@@ -222,13 +223,15 @@ def list_gates(keeper: Gatekeeper, query: Mapping[str, str], *, page_size: int) 
     limit = int(limit_text)
     try:
         records = keeper.ledger.history(
-            rule=query.get("rule") or None,
-            target=query.get("repository") or None,
-            state=State(state) if state else None,
-            since=times["since"],
-            before=times["before"],
-            actor=query.get("actor") or None,
-            limit=limit,
+            HistoryQuery(
+                rule=query.get("rule") or None,
+                target=query.get("repository") or None,
+                state=State(state) if state else None,
+                since=times["since"],
+                before=times["before"],
+                actor=query.get("actor") or None,
+                limit=limit,
+            )
         )
     except GateError as exc:
         return from_gate_error(exc)

@@ -9,6 +9,7 @@ from gate.config.model import Rule
 from gate.domain.records import GateRecord, State
 from gate.domain.ref import ImageRef
 from gate.errors import GateError
+from gate.ports import HistoryQuery
 from gate.usecases.keeper import Gatekeeper
 
 
@@ -85,6 +86,6 @@ def waiting_records(keeper: Gatekeeper, *, limit: int = 1000) -> list[GateRecord
     """The records waiting out a cooldown (for gate watch and the timer to check again)."""
     return [
         r
-        for r in keeper.ledger.history(state=State.WAITING, limit=limit)
+        for r in keeper.ledger.history(HistoryQuery(state=State.WAITING, limit=limit))
         if r.action == "gate" and r.digest
     ]

@@ -12,6 +12,7 @@ from gate.domain.records import GateRecord, Outcome, State, new_record_id, utcno
 from gate.domain.ref import ImageRef
 from gate.errors import GateError, NotFound, UsageError
 from gate.logsafe import get_logger
+from gate.ports import HistoryQuery
 from gate.usecases.keeper import Gatekeeper
 from gate.usecases.rollback import move_stable_tag
 from gate.usecases.validation import validate_platforms, validation_request
@@ -52,7 +53,7 @@ def revalidation_due(keeper: Gatekeeper, rule: Rule, now: datetime | None = None
     last = [
         r.created_at
         for state in (State.REVALIDATED, State.FAILING)
-        for r in keeper.ledger.history(rule=rule.name, state=state, limit=1)
+        for r in keeper.ledger.history(HistoryQuery(rule=rule.name, state=state, limit=1))
     ]
     if not last:
         return True
@@ -113,7 +114,9 @@ def revalidate_rule(keeper: Gatekeeper, rule: Rule, *, trigger: str) -> list[Rev
     try:
         promotions = [
             r
-            for r in keeper.ledger.history(rule=rule.name, state=State.PROMOTED, limit=1000)
+            for r in keeper.ledger.history(
+                HistoryQuery(rule=rule.name, state=State.PROMOTED, limit=1000)
+            )
             if r.action == "gate" and r.digest and len(r.target_tags) > 1
         ]
     except GateError as exc:

@@ -8,6 +8,7 @@ from gate.domain.records import GateRecord, State, new_record_id
 from gate.domain.ref import ImageRef, parse_digest
 from gate.errors import Conflict, GateError, NotFound, UsageError
 from gate.logsafe import get_logger
+from gate.ports import HistoryQuery
 from gate.usecases.keeper import Gatekeeper, as_ref
 
 # the logger name is what log queries select by; it stays the one from before the split
@@ -38,7 +39,9 @@ def rollback(
         raise NotFound(f"no rule promotes into '{repo}'; check the repository name")
     promotions = [
         r
-        for r in keeper.ledger.history(target=repo.name, state=State.PROMOTED, limit=1000)
+        for r in keeper.ledger.history(
+            HistoryQuery(target=repo.name, state=State.PROMOTED, limit=1000)
+        )
         if r.action == "gate" and r.digest
     ]
     stable = _stable_tag(ref, rules, promotions)
