@@ -103,7 +103,7 @@ def poll(keeper: Gatekeeper) -> tuple[list[GateRequest], list[str]]:
         if item.error:
             errors.append(f"{item.source}: {item.error}")
         elif not item.skipped and item.digest:
-            image = str(ImageRef.parse(item.source).with_digest(item.digest))
+            image = str(item.pinned())
             requests.append(GateRequest(image=image, trigger="poll"))
     return requests + _waiting_requests(keeper, requests, errors), errors
 

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from copy import replace
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from gate.config.model import Rule
@@ -23,7 +23,11 @@ _log = get_logger("gate.service")
 
 @dataclass(frozen=True)
 class WatchItem:
-    """One watched upstream tag in one poll: its digest and what the poll did about it."""
+    """One watched upstream tag in one poll: its digest and what the poll did about it.
+
+    ``polled`` is the tag reference the poll asked (``source`` parsed), so that whoever gates
+    the digest need not parse ``source`` again.
+    """
 
     rule: str
     source: str
@@ -31,6 +35,13 @@ class WatchItem:
     outcome: GateOutcome | None = None
     skipped: str = ""
     error: str = ""
+    polled: ImageRef | None = field(default=None, compare=False, repr=False)
+
+    def pinned(self) -> ImageRef:
+        """The polled tag pinned to the digest it pointed at (``source`` when not polled)."""
+        assert self.digest is not None, "an item without a digest has nothing to pin"
+        ref = self.polled if self.polled is not None else ImageRef.parse(self.source)
+        return ref.with_digest(self.digest)
 
 
 @dataclass(frozen=True)
@@ -157,7 +168,7 @@ def poll_upstreams(keeper: Gatekeeper) -> list[WatchItem]:
             return WatchItem(job.rule.name, source, error=exc.message)
         if answer.quota_spent:
             run.stop(job.ref.registry, f"registry {job.ref.registry}: {answer.quota_spent}", None)
-        return WatchItem(job.rule.name, source, answer.digest)
+        return WatchItem(job.rule.name, source, answer.digest, polled=job.ref)
 
     items: list[WatchItem] = []
     heads: list[_PollJob] = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from copy import replace
 
-from gate.domain.ref import ImageRef
 from gate.errors import GateError
 from gate.ports import ProgressCallback
 from gate.usecases.cooldown import waiting_records
@@ -22,8 +21,9 @@ def watch_once(keeper: Gatekeeper, *, progress: ProgressCallback | None = None) 
             items.append(item)
             continue
         try:
-            ref = ImageRef.parse(item.source).with_digest(item.digest)
-            outcome = gate_image(keeper, ref, trigger="poll", wait=False, progress=progress)
+            outcome = gate_image(
+                keeper, item.pinned(), trigger="poll", wait=False, progress=progress
+            )
             items.append(replace(item, outcome=outcome))
         except GateError as exc:
             items.append(replace(item, error=exc.message))
