@@ -154,4 +154,5 @@ class GateOutcome:
 
 
 def as_ref(image: str | ImageRef) -> ImageRef:
+    """``image`` as an :class:`ImageRef` (parsed when it is text)."""
     return image if isinstance(image, ImageRef) else ImageRef.parse(image)

@@ -19,6 +19,7 @@ def has_pass(record: GateRecord) -> bool:
 
 
 def passed_at(record: GateRecord) -> datetime:
+    """When the record's validation passed."""
     # records from before validated_at: their last update is the latest the pass can be from
     return record.validated_at or record.updated_at
 

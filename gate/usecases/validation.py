@@ -37,6 +37,8 @@ def preflight(keeper: Gatekeeper, rule: Rule, record: GateRecord) -> None:
 def validation_request(
     keeper: Gatekeeper, rule: Rule, source: ImageRef, record: GateRecord
 ) -> ValidationRequest:
+    """What the validator runs for ``record``: the rule's task on ``source`` (pinned), with the
+    rule's values, its secrets read now, and the record's id as the run's key."""
     pinned = source.pinned()
     values = {
         **rule.validation.values,
