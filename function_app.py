@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from gate.config.model import GateConfig
     from gate.entrypoints.http_api import ApiResponse
     from gate.entrypoints.principal import Principal
-    from gate.service import Gatekeeper
+    from gate.usecases.keeper import Gatekeeper
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 # library log lines (httpx's request URLs, azure-core's) lose their credentials before any
@@ -189,7 +189,7 @@ def post_rollback(req: func.HttpRequest) -> func.HttpResponse:
     """Move a stable tag back to an earlier validated digest, recorded with who and why."""
     from gate.domain.records import GateRecord
     from gate.entrypoints import http_api
-    from gate.service import GateOutcome
+    from gate.usecases.keeper import GateOutcome
 
     who = _authorized("post_rollback", req)
     if isinstance(who, func.HttpResponse):

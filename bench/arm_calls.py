@@ -25,7 +25,7 @@ from devstack.images import ImageBuilder
 from devstack.podman import podman_env
 from gate.compose import build_gatekeeper
 from gate.config.model import load_config
-from gate.service import gate_image
+from gate.usecases.gating import gate_image
 
 ROOT = Path(__file__).resolve().parents[1]
 

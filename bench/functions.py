@@ -87,7 +87,9 @@ def main() -> None:
         args.rounds,
     )
     print(f"  msgspec (schema)  {schema * 1000:7.1f} ms   (not imported by function_app)")
-    print(f"  first load_config {first_load * 1000:7.1f} ms   (gate.config.model + schema + seed file)")
+    print(
+        f"  first load_config {first_load * 1000:7.1f} ms   (gate.config.model + schema + seed file)"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "validation"

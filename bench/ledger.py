@@ -48,7 +48,7 @@ from devstack.ledgers import fill_table
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.adapters.ledger.table import TableLedger
 from gate.domain.records import GateRecord, State
-from gate.ports import Ledger
+from gate.ports import HistoryQuery, Ledger
 
 RULES = 20
 RARE_RULE = "rare-base"
@@ -169,9 +169,11 @@ def queries(ledger: Ledger, probe: Probe) -> dict[str, Callable[[], object]]:
     """The queries the benchmark times, by name."""
     return {
         "dedupe (decided)": lambda: ledger.decided(probe.rule, probe.digest),
-        "first page": lambda: ledger.history(limit=50),
-        "filtered page": lambda: ledger.history(rule=FILTERED_RULE, state=State.PROMOTED, limit=50),
-        "rare rule page": lambda: ledger.history(rule=RARE_RULE, limit=50),
+        "first page": lambda: ledger.history(HistoryQuery(limit=50)),
+        "filtered page": lambda: ledger.history(
+            HistoryQuery(rule=FILTERED_RULE, state=State.PROMOTED, limit=50)
+        ),
+        "rare rule page": lambda: ledger.history(HistoryQuery(rule=RARE_RULE, limit=50)),
         "get(id) with log": lambda: ledger.get(probe.record_id),
     }
 

@@ -22,7 +22,8 @@ from devstack.registry import RegistryProcess
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.adapters.registry.oci import HostSettings, OciRegistry
 from gate.config.model import load_config
-from gate.service import Gatekeeper, poll_upstreams
+from gate.usecases.keeper import Gatekeeper
+from gate.usecases.polling import poll_upstreams
 
 REPOSITORIES = 100
 TAGS = 10
@@ -68,6 +69,7 @@ def one_pass(work: Path, proxy: LatencyProxy, concurrency: int) -> tuple[float, 
         keeper = Gatekeeper(
             config=config,
             registry=registry,
+            polling=registry,
             validator=_NoValidator(),  # type: ignore[arg-type]
             ledger=SqliteLedger(config.data_dir / "gate.db"),
             secrets=_NoSecrets(),

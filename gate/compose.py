@@ -16,30 +16,47 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from gate.adapters.registry.acr_import import AcrImportRegistry
     from gate.adapters.registry.oci import HostSettings, OciRegistry
     from gate.adapters.registry.referrers import OciAttestationStore
     from gate.adapters.validation.local import LocalValidator
-    from gate.config.model import AzureSettings, GateConfig
+    from gate.config.model import AzureSettings, DownstreamTask, GateConfig, Rule
     from gate.domain.attestation import Attestor
+    from gate.domain.records import DownstreamRun, GateRecord, ValidationResult
+    from gate.domain.ref import ImageRef
     from gate.ports import (
+        AttestationStore,
+        CopyReport,
+        CosignSignature,
         DownstreamRunner,
         Ledger,
         ManifestReader,
-        Registry,
+        PolledDigest,
+        ProgressCallback,
+        Resume,
         Secrets,
+        SecretUris,
         SignatureStore,
         Signer,
+        StoredAttestation,
+        ValidationRequest,
         Validator,
     )
-    from gate.service import Gatekeeper, Notify
+    from gate.usecases.keeper import Gatekeeper, Notify
+
+if TYPE_CHECKING:
+    # named in string form by the bases of the Deferred subclasses (bases run at import time)
+    from gate.ports import Attester, PollingRegistry, Registry  # noqa: F401
 
 
-class _Lazy[T]:
-    """A port built on its first use, then used as itself (attribute access goes through).
+class Once[T]:
+    """Builds a port on its first call, then returns that same port (thread-safe).
 
     ``gate history`` never touches the registry or the validator, and an HTTP ``GET`` never
-    the ACR clients: with their ports lazy, such commands import no HTTP client, create no
-    TLS context and probe no container engine.
+    the ACR clients: with their ports built on first use, such commands import no HTTP client,
+    create no TLS context and probe no container engine.
     """
 
     def __init__(self, build: Callable[[], T]) -> None:
@@ -47,8 +64,7 @@ class _Lazy[T]:
         self._port: T | None = None
         self._lock = threading.Lock()
 
-    def get(self) -> T:
-        """The port itself (built now if it was not yet)."""
+    def __call__(self) -> T:
         if self._build is not None:
             with self._lock:  # watch passes poll from several threads
                 if self._build is not None:
@@ -56,19 +72,132 @@ class _Lazy[T]:
                     self._build = None
         return cast(T, self._port)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.get(), name)
 
-    # isinstance() consults __class__ when type() does not match (so do runtime-checkable
-    # protocols, through the class's members): a check is a use, and sees the port's own class
-    @property  # type: ignore[misc]
-    def __class__(self) -> type:
-        return type(self.get())
+class Deferred[P]:
+    """A port whose adapter is built on its first use; :meth:`port` is that adapter.
+
+    The subclasses below implement one port each by handing every call to the adapter, so that
+    the gatekeeper holds a real implementation of the port (type-checked) before anything is
+    built.
+    """
+
+    def __init__(self, port: Callable[[], P]) -> None:
+        self._port = port
+
+    def port(self) -> P:
+        """The adapter itself (built now if it was not yet)."""
+        return self._port()
 
 
-def lazy[T](build: Callable[[], T]) -> T:
-    """``build()``'s port, built when first used (the composition root's only deferral)."""
-    return cast(T, _Lazy(build))
+class LazyRegistry(Deferred["Registry"]):
+    """A :class:`~gate.ports.Registry` built on first use."""
+
+    def resolve(self, ref: ImageRef) -> str:
+        """See :meth:`gate.ports.Registry.resolve`."""
+        return self.port().resolve(ref)
+
+    def list_tags(self, repository: ImageRef) -> list[str]:
+        """See :meth:`gate.ports.Registry.list_tags`."""
+        return self.port().list_tags(repository)
+
+    def check_push(self, target: ImageRef) -> None:
+        """See :meth:`gate.ports.Registry.check_push`."""
+        self.port().check_push(target)
+
+    def copy(
+        self,
+        source: ImageRef,
+        target: ImageRef,
+        *,
+        immutable_tags: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        progress: ProgressCallback | None = None,
+    ) -> CopyReport:
+        """See :meth:`gate.ports.Registry.copy`."""
+        return self.port().copy(
+            source, target, immutable_tags=immutable_tags, tags=tags, progress=progress
+        )
+
+
+class LazyPolling(Deferred["PollingRegistry"]):
+    """A :class:`~gate.ports.PollingRegistry` built on first use."""
+
+    def poll_digest(self, ref: ImageRef) -> PolledDigest:
+        """See :meth:`gate.ports.PollingRegistry.poll_digest`."""
+        return self.port().poll_digest(ref)
+
+    def poll_tags(self, repository: ImageRef) -> list[str]:
+        """See :meth:`gate.ports.PollingRegistry.poll_tags`."""
+        return self.port().poll_tags(repository)
+
+
+class LazyManifests(Deferred["ManifestReader"]):
+    """A :class:`~gate.ports.ManifestReader` built on first use."""
+
+    def fetch_manifest(self, repository: ImageRef, reference: str) -> tuple[bytes, str] | None:
+        """See :meth:`gate.ports.ManifestReader.fetch_manifest`."""
+        return self.port().fetch_manifest(repository, reference)
+
+    def fetch_blob(self, repository: ImageRef, digest: str, *, limit: int = 4 << 20) -> bytes:
+        """See :meth:`gate.ports.ManifestReader.fetch_blob`."""
+        return self.port().fetch_blob(repository, digest, limit=limit)
+
+
+class LazyValidator(Deferred["Validator"]):
+    """A :class:`~gate.ports.Validator` built on first use."""
+
+    def validate(
+        self,
+        request: ValidationRequest,
+        on_started: Callable[[str], None],
+        resume: Resume | None = None,
+    ) -> ValidationResult:
+        """See :meth:`gate.ports.Validator.validate`."""
+        return self.port().validate(request, on_started, resume)
+
+
+class LazyDownstream(Deferred["DownstreamRunner"]):
+    """A :class:`~gate.ports.DownstreamRunner` built on first use."""
+
+    def start(self, task: DownstreamTask, image: ImageRef) -> DownstreamRun:
+        """See :meth:`gate.ports.DownstreamRunner.start`."""
+        return self.port().start(task, image)
+
+
+class LazySignatures(Deferred["SignatureStore"]):
+    """A :class:`~gate.ports.SignatureStore` built on first use."""
+
+    def cosign_signatures(self, image: ImageRef) -> list[CosignSignature]:
+        """See :meth:`gate.ports.SignatureStore.cosign_signatures`."""
+        return self.port().cosign_signatures(image)
+
+    def public_keys(self, sources: Sequence[str]) -> list[Any]:
+        """See :meth:`gate.ports.SignatureStore.public_keys`."""
+        return self.port().public_keys(sources)
+
+
+class LazyAttestationStore(Deferred["AttestationStore"]):
+    """An :class:`~gate.ports.AttestationStore` built on first use."""
+
+    def attach(self, subject: ImageRef, bundle: bytes, *, predicate_type: str, created: str) -> str:
+        """See :meth:`gate.ports.AttestationStore.attach`."""
+        return self.port().attach(subject, bundle, predicate_type=predicate_type, created=created)
+
+    def find(self, subject: ImageRef) -> list[StoredAttestation]:
+        """See :meth:`gate.ports.AttestationStore.find`."""
+        return self.port().find(subject)
+
+
+class LazyAttester(Deferred["Attester"]):
+    """An :class:`~gate.ports.Attester` built on first use."""
+
+    def promotion(self, rule: Rule, image: ImageRef, record: GateRecord) -> str:
+        """See :meth:`gate.ports.Attester.promotion`."""
+        return self.port().promotion(rule, image, record)
+
+    def demotion(self, image: ImageRef, record: GateRecord, reason: str) -> str:
+        """See :meth:`gate.ports.Attester.demotion`."""
+        return self.port().demotion(image, record, reason)
 
 
 def build_ledger(config: GateConfig, *, credential: Any = None) -> Ledger:
@@ -85,19 +214,27 @@ def build_gatekeeper(
     notify: Notify | None = None,
     credential: Any = None,
     secrets: Secrets | None = None,
+    secret_uris: SecretUris | None = None,
     signer: Signer | None = None,
 ) -> Gatekeeper:
     """The gatekeeper the configuration asks for (local, or Azure when it has ``azure:``).
 
     ``credential`` is for Azure (anything with ``get_token``); the default is
     ``DefaultAzureCredential`` (managed identity in Azure, ``az login`` on a laptop).
-    ``secrets`` replaces the secret store the configuration implies (Key Vault or local);
-    ``signer`` the attestation signer (Azure: the Key Vault key of ``attestation:``).
+    ``secrets`` replaces the secret store the configuration implies (Key Vault or local), and
+    ``secret_uris`` names its secrets for quick runs (see :func:`azure_gatekeeper`); ``signer``
+    the attestation signer (Azure: the Key Vault key of ``attestation:``).
     """
     if config.azure is None:
         return local_gatekeeper(config, notify=notify)
     return azure_gatekeeper(
-        config, config.azure, notify=notify, credential=credential, secrets=secrets, signer=signer
+        config,
+        config.azure,
+        notify=notify,
+        credential=credential,
+        secrets=secrets,
+        secret_uris=secret_uris,
+        signer=signer,
     )
 
 
@@ -129,24 +266,33 @@ def _sqlite(config: GateConfig) -> Ledger:
     return SqliteLedger(config.data_dir / "gate.db")
 
 
-def _attestor(config: GateConfig, registry: OciRegistry) -> Attestor | None:
-    """The promotion attestor the ``attestation:`` section asks for (None without one)."""
-    if config.attestation is None:
+def _attestor(config: GateConfig, registry: Callable[[], OciRegistry]) -> Attestor | None:
+    """The promotion attestor the ``attestation:`` section asks for (None without one).
+
+    The key is read now (a bad key stops the gate before it does anything); the store, which
+    needs the registry client, is built on first use.
+    """
+    settings = config.attestation
+    if settings is None:
         return None
-    from gate.adapters.registry.referrers import OciAttestationStore
     from gate.adapters.signers import KeyFileSigner
     from gate.domain.attestation import Attestor
 
-    assert config.attestation.key is not None  # the configuration requires it locally
+    def make_store() -> AttestationStore:
+        from gate.adapters.registry.referrers import OciAttestationStore
+
+        return OciAttestationStore(registry(), use_referrers_api=settings.referrers_api)
+
+    assert settings.key is not None  # the configuration requires it locally
     return Attestor(
-        signer=KeyFileSigner(config.attestation.key),
-        store=OciAttestationStore(registry, use_referrers_api=config.attestation.referrers_api),
-        verifier_id=config.attestation.verifier_id,
+        signer=KeyFileSigner(settings.key),
+        store=LazyAttestationStore(Once(make_store)),
+        verifier_id=settings.verifier_id,
     )
 
 
 def _signatures(
-    config: GateConfig, registry: Registry, credential: Any = None
+    config: GateConfig, manifests: ManifestReader, credential: Any = None
 ) -> SignatureStore | None:
     """The upstream signature reader, when a rule requires signatures (built on first use).
 
@@ -169,9 +315,9 @@ def _signatures(
     def make() -> SignatureStore:
         from gate.adapters.registry.referrers import CosignSignatureReader
 
-        return CosignSignatureReader(cast("ManifestReader", registry), read_key_vault_key)
+        return CosignSignatureReader(manifests, read_key_vault_key)
 
-    return lazy(make)
+    return LazySignatures(Once(make))
 
 
 def attestation_reader(config: GateConfig) -> tuple[OciRegistry, OciAttestationStore]:
@@ -187,12 +333,12 @@ def attestation_reader(config: GateConfig) -> tuple[OciRegistry, OciAttestationS
 def local_gatekeeper(config: GateConfig, *, notify: Notify | None = None) -> Gatekeeper:
     """The embedded local default: OCI registries over HTTP, podman/docker, a SQLite ledger.
 
-    The registry client and the validator are built on first use (see :class:`_Lazy`).
+    The registry client and the validator are built on first use (see :class:`Deferred`).
     """
     from gate.adapters.secrets.local import LocalSecrets
 
     secrets = LocalSecrets(config.secrets_dir)
-    registry = lazy(lambda: _oci(config, secrets))
+    oci = Once(lambda: _oci(config, secrets))
 
     def make_validator() -> LocalValidator:
         from gate.adapters.validation.local import LocalValidator
@@ -205,7 +351,7 @@ def local_gatekeeper(config: GateConfig, *, notify: Notify | None = None) -> Gat
             keep_images=config.validator.keep_images,
         )
 
-    validator = _Lazy(make_validator)
+    validator = Once(make_validator)
     downstream: DownstreamRunner | None = None
     if any(task.local for rule in config.rules for task in rule.downstream):
 
@@ -214,17 +360,19 @@ def local_gatekeeper(config: GateConfig, *, notify: Notify | None = None) -> Gat
             # validations
             from gate.adapters.downstream.local import LocalTaskDownstream
 
-            return LocalTaskDownstream(validator.get())
+            return LocalTaskDownstream(validator())
 
-        downstream = lazy(make_downstream)
-    from gate.service import Gatekeeper, quiet
+        downstream = LazyDownstream(Once(make_downstream))
+    from gate.usecases.keeper import Gatekeeper, quiet
 
     return Gatekeeper(
         config=config,
-        registry=registry,
-        attestor=_attestor(config, registry),
-        signatures=_signatures(config, registry),
-        validator=cast("Validator", validator),
+        registry=LazyRegistry(oci),
+        manifests=LazyManifests(oci),
+        polling=LazyPolling(oci),
+        attestor=_attestor(config, oci),
+        signatures=_signatures(config, LazyManifests(oci)),
+        validator=LazyValidator(validator),
         ledger=_sqlite(config),
         secrets=secrets,
         notify=notify or quiet,
@@ -239,11 +387,15 @@ def azure_gatekeeper(
     notify: Notify | None = None,
     credential: Any = None,
     secrets: Secrets | None = None,
+    secret_uris: SecretUris | None = None,
     signer: Signer | None = None,
 ) -> Gatekeeper:
     """ACR import, ACR task runs, Key Vault and (optionally) Table Storage.
 
     The ACR clients are built on first use (an HTTP ``GET`` of records never needs them).
+    Quick runs read upstream registry credentials themselves, by the URIs ``secret_uris``
+    gives (default: the Key Vault store built here); without them such credentials are not
+    handed to quick runs.
     """
     if credential is None:
         from azure.identity import DefaultAzureCredential
@@ -252,13 +404,15 @@ def azure_gatekeeper(
     if secrets is None and azure.key_vault_url:
         from gate.adapters.secrets.keyvault import KeyVaultSecrets
 
-        secrets = KeyVaultSecrets(azure.key_vault_url, credential)
+        vault = KeyVaultSecrets(azure.key_vault_url, credential)
+        secrets = vault
+        if secret_uris is None:
+            secret_uris = vault
     elif secrets is None:
         from gate.adapters.secrets.local import LocalSecrets
 
         secrets = LocalSecrets(config.secrets_dir)
     # task runs get Key Vault secret *URIs* (read by the runner's identity), never values
-    secret_uri = getattr(secrets, "secret_uri", None)
 
     acr_sources = {h: s.resource_id for h, s in config.registries.items() if s.resource_id}
     upstream_credentials: dict[str, tuple[str, str]] = {}
@@ -272,17 +426,17 @@ def azure_gatekeeper(
         if user_secret is None or settings.password_secret is None:
             continue  # anonymous (the configuration refuses a literal username with azure:)
         upstream_credentials[host] = (user_secret, settings.password_secret)
-        if secret_uri is not None:
+        if secret_uris is not None:
             # the runner identity reads these itself: no secret passes through us
             custom_registries[host] = (
-                secret_uri(user_secret),
-                secret_uri(settings.password_secret),
+                secret_uris.secret_uri(user_secret),
+                secret_uris.secret_uri(settings.password_secret),
             )
 
-    def make_registry() -> Registry:
+    def make_registry() -> AcrImportRegistry:
         from gate.adapters.registry.acr_import import AcrImportRegistry
 
-        registry_class = AcrImportRegistry
+        registry_class: type[AcrImportRegistry] = AcrImportRegistry
         push_options: dict[str, Any] = {}
         if azure.registry.promote == "push":
             # the gate pushes (docker push's calls): push triggers, webhooks and events follow
@@ -331,22 +485,27 @@ def azure_gatekeeper(
         )
 
     checked_secrets: Secrets = secrets
-    registry = _Lazy(make_registry)
+    acr = Once(make_registry)
     attestor = None
     if config.attestation is not None and config.attestation.key_vault_key is not None:
-        attestor = lazy(lambda: _azure_attestor(config, registry.get(), credential, signer))
-    from gate.service import Gatekeeper, quiet
+        attestor = LazyAttester(Once(lambda: _azure_attestor(config, acr(), credential, signer)))
+    downstream = None
+    if any(r.downstream for r in config.rules):
+        downstream = LazyDownstream(Once(make_downstream))
+    from gate.usecases.keeper import Gatekeeper, quiet
 
     return Gatekeeper(
         config=config,
-        registry=cast("Registry", registry),
-        validator=lazy(make_validator),
+        registry=LazyRegistry(acr),
+        # the ACR adapters read manifests; they have no polling capability (polled one at a time)
+        manifests=LazyManifests(acr),
+        validator=LazyValidator(Once(make_validator)),
         ledger=build_ledger(config, credential=credential),
         secrets=secrets,
         notify=notify or quiet,
-        downstream=lazy(make_downstream) if any(r.downstream for r in config.rules) else None,
+        downstream=downstream,
         attestor=attestor,
-        signatures=_signatures(config, cast("Registry", registry), credential),
+        signatures=_signatures(config, LazyManifests(acr), credential),
     )
 
 

@@ -46,7 +46,9 @@ _SECRET_QUERY = re.compile(
 )
 # user:password@ in a URL, and the credential of an Authorization header or bearer token
 _URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/@\s:'\"]+:[^/@\s'\"]*@")
-_AUTHORIZATION = re.compile(r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?(?:bearer|basic)\s+)[^\s'\",]+")
+_AUTHORIZATION = re.compile(
+    r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?(?:bearer|basic)\s+)[^\s'\",]+"
+)
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[a-z0-9._~+/=-]{16,}")
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 

@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
-from gate.config.model import DownstreamTask
+from gate.config.model import DownstreamTask, Rule
 from gate.domain.records import Claim, DownstreamRun, GateRecord, State, ValidationResult
 from gate.domain.ref import ImageRef
 from gate.errors import RegistryUnavailable
@@ -95,7 +95,6 @@ class PolledDigest:
     quota_spent: str = ""
 
 
-@runtime_checkable
 class PollingRegistry(Protocol):
     """A registry a poll pass can ask without waiting out rate limits (an optional capability).
 
@@ -113,7 +112,6 @@ class PollingRegistry(Protocol):
         ...
 
 
-@runtime_checkable
 class ManifestReader(Protocol):
     """Reads manifests and small blobs (an optional capability of a registry adapter).
 
@@ -186,6 +184,28 @@ class Validator(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class HistoryQuery:
+    """Which records :meth:`Ledger.history` lists: each filter set narrows it (None: any).
+
+    ``since`` and ``before`` bound the creation time (``before`` strictly: it pages, given the
+    last record of the previous page); ``actor`` matches a record's ``actor_id`` (an object id)
+    or ``actor`` (a name) exactly; ``limit`` caps the page (negative: no limit).
+    """
+
+    rule: str | None = None
+    target: str | None = None
+    state: State | None = None
+    since: datetime | None = None
+    before: datetime | None = None
+    actor: str | None = None
+    limit: int = 50
+
+
+FIRST_PAGE = HistoryQuery()
+"""The newest 50 records, unfiltered."""
+
+
 class Ledger(Protocol):
     """Durable gate records: the audit trail and the (rule, digest) dedupe."""
 
@@ -242,22 +262,11 @@ class Ledger(Protocol):
         """Return one record; :class:`~gate.errors.NotFound` if there is none."""
         ...
 
-    def history(
-        self,
-        *,
-        rule: str | None = None,
-        target: str | None = None,
-        state: State | None = None,
-        since: datetime | None = None,
-        before: datetime | None = None,
-        actor: str | None = None,
-        limit: int = 50,
-    ) -> list[GateRecord]:
-        """Return records, newest first, filtered; ``before`` pages (created strictly earlier).
+    def history(self, query: HistoryQuery = FIRST_PAGE) -> list[GateRecord]:
+        """Return the records ``query`` selects, newest first (see :class:`HistoryQuery`).
 
         Records come without their logs (``log`` is empty; :meth:`get` reads it): a page of
-        history never reads validation logs. ``actor`` matches a record's ``actor_id`` (an
-        object id) or ``actor`` (a name) exactly.
+        history never reads validation logs.
         """
         ...
 
@@ -296,6 +305,30 @@ class Secrets(Protocol):
 
     def get(self, name: str) -> str:
         """Return the secret ``name``; :class:`~gate.errors.ConfigError` if it does not exist."""
+        ...
+
+
+class SecretUris(Protocol):
+    """Names a secret by a URI that a validation run reads itself (an optional capability of a
+    secret store: Key Vault), so that its value never passes through the gate."""
+
+    def secret_uri(self, name: str) -> str:
+        """The URI of secret ``name`` (no value is read)."""
+        ...
+
+
+class Attester(Protocol):
+    """Writes the gate's signed evidence: a promotion, and a stable tag moved off a digest
+    (:class:`gate.domain.attestation.Attestor`)."""
+
+    def promotion(self, rule: Rule, image: ImageRef, record: GateRecord) -> str:
+        """Attest that ``image`` (target repository @ digest) passed ``record``'s validation;
+        returns the attestation's digest."""
+        ...
+
+    def demotion(self, image: ImageRef, record: GateRecord, reason: str) -> str:
+        """Attest that ``image`` is no longer the gate's verdict for its stable tag; returns the
+        attestation's digest."""
         ...
 
 

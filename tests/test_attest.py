@@ -35,7 +35,9 @@ from gate.domain.attestation import load_public_key, verify_image
 from gate.domain.records import State
 from gate.domain.ref import ImageRef
 from gate.errors import RegistryError
-from gate.service import Gatekeeper, gate_image, rollback
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper
+from gate.usecases.rollback import rollback
 from tests.fakes import FakeValidator
 
 ROOT = Path(__file__).resolve().parents[1]

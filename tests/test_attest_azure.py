@@ -27,7 +27,7 @@ from gate.domain.attestation import PASSED, Attestor, Evidence, load_public_key,
 from gate.domain.records import State
 from gate.domain.ref import ImageRef
 from gate.entrypoints import cli
-from gate.service import gate_image
+from gate.usecases.gating import gate_image
 from tests.fakes import FakeValidator
 from tests.test_attest import SEED_VALIDATION as SEED
 from tests.test_attest import independent_check

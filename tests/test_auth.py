@@ -421,9 +421,7 @@ def test_an_operators_gate_request_names_them_through_the_queue_and_in_the_audit
 def _operator_with(claim: str, value: str) -> dict[str, str]:
     """An operator's principal with one claim changed (another tenant, another audience)."""
     payload = principal_payload(OPERATOR_ID, "mallory@fabrikam", (GATE_OPERATE,))
-    payload["claims"] = [
-        {**c, "val": value} if c["typ"] == claim else c for c in payload["claims"]
-    ]
+    payload["claims"] = [{**c, "val": value} if c["typ"] == claim else c for c in payload["claims"]]
     return {"X-MS-CLIENT-PRINCIPAL": encode(payload)}
 
 
@@ -614,7 +612,7 @@ def test_gate_history_actor_lists_only_that_callers_records(tmp_path: Path) -> N
     from click.testing import CliRunner
 
     from gate.entrypoints.cli import main
-    from gate.service import rollback
+    from gate.usecases.rollback import rollback
     from tests.test_cli_edges import ART, _promoted_twice
 
     keeper = _promoted_twice(tmp_path)

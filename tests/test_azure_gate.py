@@ -20,10 +20,11 @@ from devstack.acr.tasks import runs_of, wait_for_runs
 from devstack.azurite import AzuriteProcess
 from devstack.images import ImageBuilder, tag_digests
 from gate.adapters.validation.acr_task_run import AcrTaskRunValidator
-from gate.compose import build_gatekeeper
+from gate.compose import LazyValidator, build_gatekeeper
 from gate.config.model import load_config
 from gate.domain.records import GateRecord, State, utcnow
-from gate.service import Gatekeeper, gate_image
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed" / "validation"
@@ -121,7 +122,9 @@ azure:
 
 def quick(keeper: Gatekeeper, emulator: AcrEmulator, base: EmulatedRegistry) -> Gatekeeper:
     """The keeper with a test-speed poll interval on its task-run validator."""
-    built = keeper.validator
+    # the composition root builds the validator on first use: this builds it now
+    assert isinstance(keeper.validator, LazyValidator)
+    built = keeper.validator.port()
     assert isinstance(built, AcrTaskRunValidator)
     validator = AcrTaskRunValidator(
         custom_registries=built.custom_registries,

@@ -36,7 +36,10 @@ from gate.domain.records import GateRecord, State
 from gate.domain.ref import ImageRef
 from gate.entrypoints import audit
 from gate.errors import AuthenticationError, ConfigError, Conflict
-from gate.service import Gatekeeper, gate_image, retry_downstream, rollback
+from gate.usecases.downstream import retry_downstream
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper
+from gate.usecases.rollback import rollback
 from tests.emulated import oci_hosts
 from tests.test_azure_gate import quick, tables  # noqa: F401  (tables is a fixture)
 

@@ -22,7 +22,8 @@ from gate.entrypoints import http_api
 from gate.entrypoints.cli import main, who_rolls_back
 from gate.errors import NotFound, UsageError
 from gate.logsafe import clean
-from gate.service import Gatekeeper, gate_image
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 
 UP = "up.example.com"

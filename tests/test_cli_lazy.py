@@ -26,7 +26,9 @@ HEAVY = (
     "gate.adapters.registry.oci",
     "stamina",
     "gate.adapters.validation.local",
-    "gate.service",
+    "gate.usecases.keeper",
+    "gate.usecases.gating",
+    "gate.usecases.revalidation",
     "azure.core",
 )
 

@@ -29,7 +29,10 @@ from gate.entrypoints.messages import GateRequest
 from gate.entrypoints.render import history_table
 from gate.entrypoints.worker import handle, poll
 from gate.errors import ConfigError
-from gate.service import Gatekeeper, gate_image, gate_record, watch_once
+from gate.ports import HistoryQuery
+from gate.usecases.gating import gate_image, gate_record
+from gate.usecases.keeper import Gatekeeper
+from gate.usecases.watch import watch_once
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 from tests.test_end_to_end import gate_cli, push, tags_of, validation_starts
 
@@ -369,7 +372,7 @@ def test_waiting_and_superseded_records_live_in_either_ledger(
     stored = keeper.ledger.get(old.id)
     assert stored.state is State.WAITING and stored.first_seen == clock.now
     assert stored.eligible_at == clock.now + timedelta(hours=6)
-    assert [r.id for r in keeper.ledger.history(state=State.WAITING)] == [old.id]
+    assert [r.id for r in keeper.ledger.history(HistoryQuery(state=State.WAITING))] == [old.id]
 
     registry.push(TAG, "blue")
     clock.advance(hours=7)
@@ -378,7 +381,7 @@ def test_waiting_and_superseded_records_live_in_either_ledger(
     watch_once(keeper)  # the new one is promoted
 
     assert keeper.ledger.get(old.id).state is State.SUPERSEDED
-    assert keeper.ledger.history(state=State.WAITING) == []
+    assert keeper.ledger.history(HistoryQuery(state=State.WAITING)) == []
     again = gate_image(keeper, f"{UP}/node@{first}")
     assert again.duplicate and again.record.id == old.id
     assert [r.state for r in keeper.ledger.history()] == [

@@ -62,7 +62,9 @@ def app() -> Iterator[App]:
     served.server.server_close()
 
 
-def run_hook(tmp_path: Path, app: App, *, enabled: str = "true") -> subprocess.CompletedProcess[str]:
+def run_hook(
+    tmp_path: Path, app: App, *, enabled: str = "true"
+) -> subprocess.CompletedProcess[str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     az = bin_dir / "az"

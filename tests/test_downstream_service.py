@@ -16,7 +16,9 @@ from gate.config.model import DownstreamTask, load_config
 from gate.domain.records import DownstreamRun, GateRecord, Outcome, State
 from gate.domain.ref import ImageRef
 from gate.errors import AuthenticationError, UsageError
-from gate.service import Gatekeeper, gate_image, retry_downstream
+from gate.usecases.downstream import retry_downstream
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 
 UP = "upstream.example.com"
@@ -199,6 +201,7 @@ def test_cli_downstream_retries_and_show_lists_the_runs(
     from click.testing import CliRunner
 
     from gate.entrypoints import cli
+
     keeper = make_keeper(tmp_path)
     registry, runner = parts(keeper)
     registry.push(f"{UP}/node:15-alpine", "green")

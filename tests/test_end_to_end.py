@@ -22,7 +22,8 @@ from gate.compose import local_gatekeeper
 from gate.config.model import load_config
 from gate.domain.records import ValidationResult
 from gate.ports import Resume, ValidationRequest
-from gate.service import Gatekeeper, gate_image
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_VALIDATION = ROOT / "examples" / "seed" / "validation"

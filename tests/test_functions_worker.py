@@ -25,7 +25,7 @@ from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
 from gate.compose import build_gatekeeper
 from gate.domain.records import State, new_record_id
-from gate.ports import Ledger
+from gate.ports import HistoryQuery, Ledger
 from tests.functions_host import FunctionsHost, Invocation, WorkerFailure
 from tests.functions_host.checks import host_problems
 from tests.functions_host.payloads import event_grid_event, http_request, queue_message, timer
@@ -457,7 +457,7 @@ def test_the_prune_timer_deletes_old_records_but_not_a_promotion_behind_a_live_t
     pruned = world.host.invoke("prune", timer(function="prune"))
 
     assert pruned.ok, pruned.error
-    left = {r.id for r in world.ledger.history(limit=-1)}
+    left = {r.id for r in world.ledger.history(HistoryQuery(limit=-1))}
     assert left == {record_id, kept.id}
     assert promoted.state is State.PROMOTED
 

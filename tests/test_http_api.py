@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.config.model import load_config
 from gate.entrypoints.http_api import ApiResponse, get_gate, list_gates, post_gate, post_rollback
-from gate.service import Gatekeeper
+from gate.ports import HistoryQuery
+from gate.usecases.keeper import Gatekeeper
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 from tests.test_service import ART, UP, write_config
 
@@ -140,7 +141,7 @@ queries = st.dictionaries(
 def test_no_input_gets_a_5xx_or_leaves_a_trace(
     keeper: Gatekeeper, body: bytes, query: dict[str, str], record_id: str
 ) -> None:
-    before = keeper.ledger.history(limit=500)
+    before = keeper.ledger.history(HistoryQuery(limit=500))
 
     response, queued = post_gate(keeper, body, max_body_bytes=LIMIT)
     answer(response)
@@ -150,7 +151,7 @@ def test_no_input_gets_a_5xx_or_leaves_a_trace(
 
     # only an admitted request (a watched, resolvable image) records and queues anything
     if response.status != 202:
-        assert queued is None and keeper.ledger.history(limit=500) == before
+        assert queued is None and keeper.ledger.history(HistoryQuery(limit=500)) == before
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,7 @@ from gate.domain.records import (
     utcnow,
 )
 from gate.errors import ConfigError, LedgerError, NotFound
-from gate.ports import Ledger
+from gate.ports import HistoryQuery, Ledger
 
 OpenLedger = Callable[[], Ledger]
 STALE = 600.0
@@ -572,39 +572,44 @@ def test_history_lists_records_newest_first(ledger: Ledger) -> None:
     records = history_fixture(ledger)
 
     assert [r.id for r in ledger.history()] == [r.id for r in reversed(records)]
-    assert [r.id for r in ledger.history(limit=2)] == [records[4].id, records[3].id]
+    assert [r.id for r in ledger.history(HistoryQuery(limit=2))] == [records[4].id, records[3].id]
 
 
 def test_history_filters_by_rule_target_state_and_since(ledger: Ledger) -> None:
     records = history_fixture(ledger)
     ids = [r.id for r in records]
 
-    assert [r.id for r in ledger.history(rule="node")] == [ids[3], ids[1], ids[0]]
-    assert [r.id for r in ledger.history(target="artifacts.example.com/python")] == [
+    assert [r.id for r in ledger.history(HistoryQuery(rule="node"))] == [ids[3], ids[1], ids[0]]
+    assert [r.id for r in ledger.history(HistoryQuery(target="artifacts.example.com/python"))] == [
         ids[4],
         ids[2],
     ]
-    assert [r.id for r in ledger.history(state=State.PROMOTED)] == [ids[2], ids[0]]
-    assert [r.id for r in ledger.history(since=T0 + timedelta(minutes=2))] == ids[:1:-1]
-    assert [r.id for r in ledger.history(rule="node", state=State.PROMOTED, since=T0, limit=5)] == [
-        ids[0]
+    assert [r.id for r in ledger.history(HistoryQuery(state=State.PROMOTED))] == [ids[2], ids[0]]
+    assert [r.id for r in ledger.history(HistoryQuery(since=T0 + timedelta(minutes=2)))] == ids[
+        :1:-1
     ]
-    assert ledger.history(rule="go") == []
+    assert [
+        r.id
+        for r in ledger.history(HistoryQuery(rule="node", state=State.PROMOTED, since=T0, limit=5))
+    ] == [ids[0]]
+    assert ledger.history(HistoryQuery(rule="go")) == []
 
 
 def test_history_pages_with_before(ledger: Ledger) -> None:
     records = history_fixture(ledger)
     ids = [r.id for r in records]
 
-    first_page = ledger.history(limit=2)
-    second_page = ledger.history(before=first_page[-1].created_at, limit=2)
-    third_page = ledger.history(before=second_page[-1].created_at, limit=2)
+    first_page = ledger.history(HistoryQuery(limit=2))
+    second_page = ledger.history(HistoryQuery(before=first_page[-1].created_at, limit=2))
+    third_page = ledger.history(HistoryQuery(before=second_page[-1].created_at, limit=2))
 
     assert [r.id for r in first_page + second_page + third_page] == ids[::-1]
     assert [
         r.id
         for r in ledger.history(
-            since=T0 + timedelta(minutes=1), before=T0 + timedelta(minutes=3), rule="node"
+            HistoryQuery(
+                since=T0 + timedelta(minutes=1), before=T0 + timedelta(minutes=3), rule="node"
+            )
         )
     ] == [ids[1]]
 
@@ -680,7 +685,7 @@ def test_filtered_history_returns_what_the_full_listing_filtered_in_python_does(
     for record in records:
         ledger.add(record)
 
-    everything = ledger.history(limit=-1)
+    everything = ledger.history(HistoryQuery(limit=-1))
 
     assert everything == [replace(r, log="") for r in newest_first(records)]
     windows = [
@@ -696,10 +701,10 @@ def test_filtered_history_returns_what_the_full_listing_filtered_in_python_does(
                     for window in windows:
                         query = {"rule": rule, "target": target, "state": state, "actor": actor}
                         query.update(window)
-                        listed = ledger.history(**query, limit=-1)  # type: ignore[arg-type]
+                        listed = ledger.history(HistoryQuery(**query, limit=-1))  # type: ignore[arg-type]
                         expected = [r for r in everything if matches(r, query)]
                         assert listed == expected, query
-    assert [r.id for r in ledger.history(rule="rare")] == [
+    assert [r.id for r in ledger.history(HistoryQuery(rule="rare"))] == [
         r.id for r in newest_first(records) if r.rule == "rare"
     ]
 
@@ -713,7 +718,7 @@ def test_filtered_history_pages_with_before_to_the_same_records(ledger: Ledger) 
         pages: list[GateRecord] = []
         before = None
         while True:
-            page = ledger.history(**query, before=before, limit=7)  # type: ignore[arg-type]
+            page = ledger.history(HistoryQuery(**query, before=before, limit=7))  # type: ignore[arg-type]
             if not page:
                 break
             assert len(page) <= 7
@@ -730,9 +735,9 @@ def test_history_records_come_without_their_logs(ledger: Ledger) -> None:
 
     listings = [
         ledger.history(),
-        ledger.history(rule="node"),
-        ledger.history(target=record.target, state=State.REJECTED),
-        ledger.history(actor="alice"),
+        ledger.history(HistoryQuery(rule="node")),
+        ledger.history(HistoryQuery(target=record.target, state=State.REJECTED)),
+        ledger.history(HistoryQuery(actor="alice")),
     ]
 
     for listed in listings:
@@ -751,15 +756,15 @@ def test_every_listing_shows_a_records_latest_write(ledger: Ledger) -> None:
     stored = ledger.get(held.id)
     for listed in (
         ledger.history(),
-        ledger.history(rule="node", state=State.VALIDATING),
-        ledger.history(target=held.target),
-        ledger.history(actor="bob"),
-        ledger.history(rule="node", actor="b0b"),
+        ledger.history(HistoryQuery(rule="node", state=State.VALIDATING)),
+        ledger.history(HistoryQuery(target=held.target)),
+        ledger.history(HistoryQuery(actor="bob")),
+        ledger.history(HistoryQuery(rule="node", actor="b0b")),
     ):
         assert listed == [stored]
     assert stored.lease_until == until and stored.run_id == "run-1"
-    assert ledger.history(rule="node", state=State.RECEIVED) == []
-    assert ledger.history(actor="event-grid") == []
+    assert ledger.history(HistoryQuery(rule="node", state=State.RECEIVED)) == []
+    assert ledger.history(HistoryQuery(actor="event-grid")) == []
 
 
 def test_prune_deletes_exactly_the_old_final_records_keep_declines(ledger: Ledger) -> None:
@@ -785,7 +790,7 @@ def test_prune_deletes_exactly_the_old_final_records_keep_declines(ledger: Ledge
     deleted = ledger.prune(created_before=cutoff, keep=keep)
 
     assert deleted == 3
-    assert {r.id for r in ledger.history(limit=-1)} == {
+    assert {r.id for r in ledger.history(HistoryQuery(limit=-1))} == {
         kept.id,
         working.id,
         at_cutoff.id,
@@ -845,8 +850,8 @@ def test_a_duplicate_record_id_is_refused_and_the_first_record_is_unchanged(
         claim(ledger, gate_record(first.id, digest=digest_of("third"), log="third log\n"))
 
     assert ledger.get(first.id) == first and ledger.get(first.id).log == "first log\n"
-    assert [r.id for r in ledger.history(limit=-1)] == [first.id]
-    assert ledger.history(rule="python") == []
+    assert [r.id for r in ledger.history(HistoryQuery(limit=-1))] == [first.id]
+    assert ledger.history(HistoryQuery(rule="python")) == []
     assert ledger.decided("node", DIGEST) == first
 
 
@@ -1037,7 +1042,9 @@ def counted(store: TableStore) -> tuple[TableLedger, RequestCounter]:
         log_container=store.container,
         response_hook=counter,
     )
-    ledger.history(limit=1)  # a handle reads the layout marker once, at its first listing
+    ledger.history(
+        HistoryQuery(limit=1)
+    )  # a handle reads the layout marker once, at its first listing
     return ledger, counter
 
 
@@ -1046,8 +1053,10 @@ def request_costs(
 ) -> dict[str, int]:
     """The HTTP requests of each query the gate makes, on ``ledger``."""
     return {
-        "rare rule page": counter.of(lambda: ledger.history(rule="rare")),
-        "filtered page": counter.of(lambda: ledger.history(rule="node", state=State.PROMOTED)),
+        "rare rule page": counter.of(lambda: ledger.history(HistoryQuery(rule="rare"))),
+        "filtered page": counter.of(
+            lambda: ledger.history(HistoryQuery(rule="node", state=State.PROMOTED))
+        ),
         "first page": counter.of(lambda: ledger.history()),
         "decided": counter.of(lambda: ledger.decided("node", records[0].digest or "")),
         "get with log": counter.of(lambda: ledger.get(records[3].id)),
@@ -1076,8 +1085,8 @@ def test_a_rare_rules_page_costs_the_same_few_requests_however_large_the_ledger(
         ]
         fill_table(store.open(), [*records, *rare])
         ledger, counter = counted(store)
-        page = ledger.history(rule="rare")
-        filtered = ledger.history(rule="node", state=State.PROMOTED)
+        page = ledger.history(HistoryQuery(rule="rare"))
+        filtered = ledger.history(HistoryQuery(rule="node", state=State.PROMOTED))
         assert [r.id for r in page] == [r.id for r in reversed(rare)]
         assert (
             filtered
@@ -1129,13 +1138,13 @@ def test_an_older_ledger_lists_by_scanning_until_migrated_then_by_listing_rows(
     ]
 
     older = table_store.open()
-    assert [older.history(**q, limit=-1) for q in queries] == expected  # type: ignore[arg-type]
+    assert [older.history(HistoryQuery(**q, limit=-1)) for q in queries] == expected  # type: ignore[arg-type]
 
     assert older.migrate() == 60
     assert older.migrate() == 0
     ledger, counter = counted(table_store)
-    assert [ledger.history(**q, limit=-1) for q in queries] == expected  # type: ignore[arg-type]
-    assert counter.of(lambda: ledger.history(rule="rare")) == 1
+    assert [ledger.history(HistoryQuery(**q, limit=-1)) for q in queries] == expected  # type: ignore[arg-type]
+    assert counter.of(lambda: ledger.history(HistoryQuery(rule="rare"))) == 1
 
 
 def test_prune_migrates_an_older_ledger_first_and_deletes_its_records_whole(
@@ -1159,7 +1168,7 @@ def test_prune_migrates_an_older_ledger_first_and_deletes_its_records_whole(
     }
     assert not [key for key in keys if _descending(old.id) in key or old.id in key]
     assert sum(1 for key in keys if _descending(new.id) in key) == 3  # its row, R| and T| rows
-    assert table_store.open().history(rule="node") == [new]
+    assert table_store.open().history(HistoryQuery(rule="node")) == [new]
 
 
 def test_prune_deletes_the_log_blobs_of_the_records_it_deletes(table_store: TableStore) -> None:
@@ -1225,8 +1234,11 @@ def test_a_record_too_long_to_copy_into_its_listing_rows_is_listed_through_its_r
     ledger.save(long)
     other = claim(ledger, gate_record(digest=digest_of("short"), created_at=T0 - WEEK)).record
 
-    assert ledger.history(rule="node") == [ledger.get(record.id), other]
-    assert ledger.history(target=record.target, state=State.FAILED)[0].reason == long.reason
+    assert ledger.history(HistoryQuery(rule="node")) == [ledger.get(record.id), other]
+    assert (
+        ledger.history(HistoryQuery(target=record.target, state=State.FAILED))[0].reason
+        == long.reason
+    )
     listing_row = ledger._table.get_entity("ledger", _listing_keys(long)[0])
     assert listing_row["data_parts"] == 0  # the copy points at the record instead
 
@@ -1242,7 +1254,7 @@ def test_rules_and_digests_with_characters_keys_refuse_still_deduplicate(
 
     assert not result.acquired and result.record.id == odd.id
     assert ledger.decided("team/app #1?", "sha256:\\weird|digest%") is not None
-    assert [r.id for r in ledger.history(rule="team/app #1?")] == [odd.id]
+    assert [r.id for r in ledger.history(HistoryQuery(rule="team/app #1?"))] == [odd.id]
 
 
 def test_a_wrong_account_key_is_a_ledger_error_that_does_not_show_the_key(

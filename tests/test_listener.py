@@ -22,7 +22,7 @@ from gate.domain.records import State
 from gate.entrypoints.events import parse_notifications
 from gate.entrypoints.listener import PushListener, read_token
 from gate.errors import UsageError
-from gate.service import GateOutcome
+from gate.usecases.keeper import GateOutcome
 from tests.test_end_to_end import write_config
 
 DATA = Path(__file__).parent / "data" / "events"

@@ -137,7 +137,11 @@ SAS_URL = (
     [
         (f'HTTP Request: GET {SAS_URL} "HTTP/1.1 200 OK"', "Zm9vYmFyYmF6cXV4", "sp=r&spr=https"),
         ("GET https://ci:hunter2@registry.example/v2/", "hunter2", "registry.example/v2/"),
-        ("headers: {'Authorization': 'Bearer eyJ0eXAiOiJKV1Qi.eyJzdWIi.c2ln'}", "eyJ0eXAi", "Authorization"),
+        (
+            "headers: {'Authorization': 'Bearer eyJ0eXAiOiJKV1Qi.eyJzdWIi.c2ln'}",
+            "eyJ0eXAi",
+            "Authorization",
+        ),
         ("Authorization: Basic Y2k6aHVudGVyMg==", "Y2k6aHVudGVyMg", "Authorization: Basic"),
         ("POST /oauth2/token?grant_type=x&refresh_token=abc.def", "abc.def", "grant_type=x"),
         ("POST /oauth2/token;password=pa55&user=ci", "pa55", "user=ci"),

@@ -36,7 +36,9 @@ from gate.config.model import load_config
 from gate.domain.records import GateRecord, Outcome, State, new_record_id
 from gate.entrypoints import audit
 from gate.entrypoints.messages import GateRequest
-from gate.service import Gatekeeper, gate_image, rollback
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper
+from gate.usecases.rollback import rollback
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 from tests.test_function_events import Collect
 

@@ -953,7 +953,9 @@ def test_an_oversized_manifest_is_refused_after_reading_just_past_the_bound() ->
     body = Endless()
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, stream=body, headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+        return httpx.Response(
+            200, stream=body, headers={"Content-Type": "application/vnd.oci.image.index.v1+json"}
+        )
 
     with (
         OciRegistry(transport=Unbuffered(handler)) as oci,
@@ -975,7 +977,9 @@ def test_a_blob_over_the_limit_is_refused_after_reading_just_past_it() -> None:
 
 def test_the_auth_flow_serves_any_httpx_client() -> None:
     fake = BearerRegistry()
-    ep = Endpoint("registry.example", "registry.example", "https://registry.example", HostSettings())
+    ep = Endpoint(
+        "registry.example", "registry.example", "https://registry.example", HostSettings()
+    )
     cache = TokenCache()
     with httpx.Client(transport=httpx.MockTransport(fake)) as client:
         for _ in range(2):

@@ -37,7 +37,8 @@ from gate.domain.ref import ImageRef
 from gate.entrypoints import audit
 from gate.errors import ConfigError
 from gate.ports import ValidationRequest
-from gate.service import gate_image, revalidate
+from gate.usecases.gating import gate_image
+from gate.usecases.revalidation import revalidate
 from tests.test_azure_gate import azure_config, quick
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,7 +30,8 @@ from gate.config.model import load_config
 from gate.domain.records import State
 from gate.domain.ref import ImageRef
 from gate.errors import AuthenticationError, ConfigError, RegistryUnavailable
-from gate.service import Gatekeeper, gate_image
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper
 from tests.emulated import oci_hosts
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 from tests.test_azure_promote_modes import _push_registry

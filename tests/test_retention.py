@@ -15,8 +15,11 @@ from gate.domain.records import GateRecord, Outcome, State, new_record_id, utcno
 from gate.domain.ref import ImageRef
 from gate.entrypoints import cli
 from gate.errors import ConfigError
-from gate.service import Gatekeeper, gate_image, rollback
+from gate.ports import HistoryQuery
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper
 from gate.usecases.retention import prune_records
+from gate.usecases.rollback import rollback
 from tests.fakes import FakeRegistry, FakeValidator, digest_of
 from tests.test_service import ART, UP, keeper_with, write_config
 
@@ -33,7 +36,7 @@ def promote(keeper: Gatekeeper, name: str) -> GateRecord:
 
 
 def ids(keeper: Gatekeeper) -> set[str]:
-    return {r.id for r in keeper.ledger.history(limit=-1)}
+    return {r.id for r in keeper.ledger.history(HistoryQuery(limit=-1))}
 
 
 def test_old_records_go_but_every_promotion_whose_run_id_tag_is_live_stays(
@@ -85,7 +88,9 @@ def test_a_rollback_is_kept_while_the_stable_tag_is_where_it_put_it(tmp_path: Pa
     kept = prune_records(keeper, now=utcnow() + LATER)
     orange = promote(keeper, "orange")  # the stable tag moves on: the rollback is history now
     assert isinstance(keeper.registry, FakeRegistry)
-    for record in keeper.ledger.history(limit=-1):  # only the stable tag is left to judge by
+    for record in keeper.ledger.history(
+        HistoryQuery(limit=-1)
+    ):  # only the stable tag is left to judge by
         if record.action == "gate":
             del keeper.registry.tags[(ART, "node")][record.target_tags[0]]
     gone = prune_records(keeper, now=utcnow() + LATER)

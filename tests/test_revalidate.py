@@ -16,14 +16,10 @@ from gate.domain.records import GateRecord, Outcome, State, utcnow
 from gate.entrypoints.worker import revalidate as timer_revalidate
 from gate.errors import ConfigError, NotFound, UsageError
 from gate.ports import ValidationRequest
-from gate.service import (
-    Gatekeeper,
-    gate_image,
-    revalidate,
-    revalidate_due,
-    revalidation_due,
-    rollback,
-)
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper
+from gate.usecases.revalidation import revalidate, revalidate_due, revalidation_due
+from gate.usecases.rollback import rollback
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator
 
 UP = "upstream.example.com"

@@ -25,8 +25,9 @@ from devstack.registry import RegistryProcess
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.config.model import Revalidation
 from gate.domain.records import Outcome, State
-from gate.ports import ValidationRequest
-from gate.service import gate_image, revalidate
+from gate.ports import HistoryQuery, ValidationRequest
+from gate.usecases.gating import gate_image
+from gate.usecases.revalidation import revalidate
 from tests.fakes import FakeValidator
 from tests.test_attest import Setup, push_upstream
 from tests.test_function_events import Collect
@@ -178,7 +179,7 @@ def revalidation_records(tmp_path: Path) -> list[tuple[str, str]]:
     ledger = SqliteLedger(tmp_path / "data" / "gate.db")
     return [
         (r.action, r.state.value)
-        for r in reversed(ledger.history(limit=100))
+        for r in reversed(ledger.history(HistoryQuery(limit=100)))
         if r.action in ("revalidate", "demote")
     ]
 

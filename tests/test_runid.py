@@ -35,9 +35,7 @@ def test_run_id_encodes_its_creation_millisecond() -> None:
 
 
 def test_run_ids_are_unique_across_concurrent_processes() -> None:
-    script = (
-        "from gate.domain.runid import new_run_id\nprint('\\n'.join(new_run_id() for _ in range(3000)))"
-    )
+    script = "from gate.domain.runid import new_run_id\nprint('\\n'.join(new_run_id() for _ in range(3000)))"
     procs = [
         subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
         for _ in range(4)

@@ -16,8 +16,11 @@ from gate.config.model import load_config
 from gate.domain.records import GateRecord, Outcome, State, new_record_id, utcnow
 from gate.domain.ref import ImageRef
 from gate.errors import Conflict, NoMatchingRule, NotFound, RegistryUnavailable, UsageError
-from gate.ports import CopyReport, ValidationRequest
-from gate.service import Gatekeeper, admit, gate_image, gate_record, rollback, watch_once
+from gate.ports import CopyReport, HistoryQuery, ValidationRequest
+from gate.usecases.gating import admit, gate_image, gate_record
+from gate.usecases.keeper import Gatekeeper
+from gate.usecases.rollback import rollback
+from gate.usecases.watch import watch_once
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator, digest_of
 
 UP = "upstream.example.com"
@@ -454,7 +457,7 @@ def test_rollback_moves_stable_tag_to_previous_promotion_and_records_why(
     assert registry.tag_of(f"{ART}/node:15-alpine") == orange
     assert record.state is State.ROLLED_BACK and record.actor == "alice"
     assert "green breaks app X" in record.reason and green in record.reason
-    assert keeper.ledger.history(limit=1)[0].id == record.id
+    assert keeper.ledger.history(HistoryQuery(limit=1))[0].id == record.id
 
 
 def test_rollback_to_named_run_or_digest(keeper: Gatekeeper) -> None:

@@ -15,6 +15,7 @@ import pytest
 from gate.adapters.ledger.sqlite import SqliteLedger, history_queries
 from gate.domain.records import GateRecord, State, new_record_id
 from gate.errors import LedgerError
+from gate.ports import HistoryQuery
 
 FILTERS = {
     "rule": "node",
@@ -59,7 +60,7 @@ def plan(ledger: SqliteLedger, sql: str, params: list[object]) -> list[str]:
 def test_every_filtered_page_walks_an_index_newest_first_without_sorting(
     ledger: SqliteLedger, names: tuple[str, ...]
 ) -> None:
-    queries = history_queries(**{name: FILTERS[name] for name in names}, limit=50)  # type: ignore[arg-type]
+    queries = history_queries(HistoryQuery(**{name: FILTERS[name] for name in names}, limit=50))  # type: ignore[arg-type]
 
     for sql, params in queries:
         steps = plan(ledger, sql, params)
@@ -84,9 +85,12 @@ def test_the_actor_filter_matches_an_object_id_or_a_name_newest_first(
     for r in (by_id, other, by_name):
         ledger.add(r)
 
-    assert [r.id for r in ledger.history(actor="0b8f-alice")] == [by_name.id, by_id.id]
-    assert [r.id for r in ledger.history(actor="Alice Example")] == [by_id.id]
-    assert [r.id for r in ledger.history(actor="0b8f-alice", limit=1)] == [by_name.id]
+    assert [r.id for r in ledger.history(HistoryQuery(actor="0b8f-alice"))] == [
+        by_name.id,
+        by_id.id,
+    ]
+    assert [r.id for r in ledger.history(HistoryQuery(actor="Alice Example"))] == [by_id.id]
+    assert [r.id for r in ledger.history(HistoryQuery(actor="0b8f-alice", limit=1))] == [by_name.id]
 
 
 def test_a_duplicate_record_id_is_refused_and_the_first_record_kept(
@@ -133,7 +137,7 @@ def test_a_ledger_written_before_actor_columns_is_upgraded_in_place(tmp_path: Pa
     ledger = SqliteLedger(path)
     again = SqliteLedger(path)  # a second opening finds it done
 
-    assert [r.id for r in ledger.history(actor="carol")] == [old.id]
+    assert [r.id for r in ledger.history(HistoryQuery(actor="carol"))] == [old.id]
     assert again.get("0190a1b2c3").log == old.log
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2

@@ -30,7 +30,8 @@ from gate.compose import local_gatekeeper
 from gate.config.model import load_config
 from gate.domain.records import State
 from gate.errors import ConfigError
-from gate.service import Gatekeeper, gate_image
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper
 from tests.fakes import FakeValidator
 
 ROOT = Path(__file__).resolve().parents[1]

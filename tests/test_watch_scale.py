@@ -21,7 +21,8 @@ from gate.adapters.registry.oci import HostSettings, OciRegistry, quota_spent
 from gate.config.model import load_config
 from gate.entrypoints.worker import poll_carrying
 from gate.errors import ConfigError
-from gate.service import Gatekeeper, WatchItem, poll_upstreams
+from gate.usecases.keeper import Gatekeeper
+from gate.usecases.polling import WatchItem, poll_upstreams
 from tests.fakes import FakeSecrets, FakeValidator
 
 TAGS = [f"v{n}" for n in range(6)]
@@ -76,6 +77,7 @@ def keeper_for(
     return Gatekeeper(
         config=config,
         registry=registry,
+        polling=registry,
         validator=FakeValidator(),
         ledger=SqliteLedger(config.data_dir / "gate.db"),
         secrets=FakeSecrets(),

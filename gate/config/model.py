@@ -326,6 +326,7 @@ def load_config(
     # the schema is imported here, not with this module: the Functions app's cold start
     # imports gate.config.model but loads a file only on its first invocation
     from gate.config import schema as config_schema
+
     try:
         checked = config_schema.check(
             config_schema.substitute(raw, os.environ if env is None else env)
@@ -853,7 +854,9 @@ _IDENTITY_ID = re.compile(
 )
 _GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 # a Key Vault key URI: https://{vault host}/keys/{name}[/{version}] (names: 1-127 of [0-9a-zA-Z-])
-_KEY_VAULT_KEY = re.compile(r"https://[A-Za-z0-9.-]+(?::[0-9]+)?/keys/[0-9A-Za-z-]{1,127}(?:/[0-9A-Za-z]+)?")
+_KEY_VAULT_KEY = re.compile(
+    r"https://[A-Za-z0-9.-]+(?::[0-9]+)?/keys/[0-9A-Za-z-]{1,127}(?:/[0-9A-Za-z]+)?"
+)
 _ACR_ID = re.compile(
     r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
     r"Microsoft\.ContainerRegistry/registries/[A-Za-z0-9]+",

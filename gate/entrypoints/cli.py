@@ -1,4 +1,4 @@
-"""The ``gate`` command line: a thin shell over :mod:`gate.service`.
+"""The ``gate`` command line: a thin shell over the use cases (:mod:`gate.usecases`).
 
 Exit codes: 0 promoted (or already promoted), 1 rejected by validation, 2 usage or
 configuration error, 3 infrastructure error worth retrying.
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from gate.config.model import GateConfig
     from gate.domain.records import GateRecord, State
     from gate.ports import Ledger
-    from gate.service import Gatekeeper, Revalidated
+    from gate.usecases.keeper import Gatekeeper
+    from gate.usecases.revalidation import Revalidated
 
 
 def _fail(exc: GateError) -> NoReturn:
@@ -95,7 +96,7 @@ def main() -> None:
 def run_cmd(image: str, config: str | None, force: bool, as_json: bool) -> None:
     """Gate one upstream IMAGE (a tag, or a digest: node:15-alpine, node@sha256:...)."""
     try:
-        from gate.service import gate_image
+        from gate.usecases.gating import gate_image
 
         keeper = _keeper(config, quiet=as_json)
         if as_json:
@@ -137,8 +138,9 @@ def watch_cmd(config: str | None, once: bool, interval: float) -> None:
     """Poll every watched upstream tag (HEAD only) and gate digests not decided yet; re-validate
     what is due, and (once a day) delete records older than ledger.keep."""
     from gate.entrypoints.render import Text, err, out, plain, print_outcome
-    from gate.service import revalidate_due, watch_once
     from gate.usecases.retention import prune_records
+    from gate.usecases.revalidation import revalidate_due
+    from gate.usecases.watch import watch_once
 
     try:
         keeper = _keeper(config)
@@ -186,7 +188,7 @@ def revalidate_cmd(rule: str | None, config: str | None, as_json: bool) -> None:
     Exit 0 when every stable digest passes (or was demoted to one that does), 1 when one fails
     and nothing moved (alert, or the rule is broken), 3 when one could not be checked.
     """
-    from gate.service import revalidate
+    from gate.usecases.revalidation import revalidate
 
     try:
         results = revalidate(_keeper(config, quiet=as_json), rule)
@@ -393,7 +395,9 @@ def history_cmd(
     stdout is not one, or with --plain)."""
     try:
         after = _since(since)
-        records = _ledger(config).history(
+        from gate.ports import HistoryQuery
+
+        query = HistoryQuery(
             rule=rule,
             target=target,
             state=_state(state),
@@ -401,6 +405,7 @@ def history_cmd(
             actor=actor or None,
             limit=limit,
         )
+        records = _ledger(config).history(query)
     except GateError as exc:
         _fail(exc)
     if as_json:
@@ -440,7 +445,7 @@ def show_cmd(record_id: str, config: str | None, as_json: bool) -> None:
 def downstream_cmd(record_id: str, config: str | None) -> None:
     """Queue the downstream tasks of promotion RECORD_ID that were not queued (e.g. ARM failed)."""
     from gate.entrypoints.render import Text, out, plain, print_downstream
-    from gate.service import retry_downstream
+    from gate.usecases.downstream import retry_downstream
 
     try:
         record = retry_downstream(_keeper(config), record_id)
@@ -468,7 +473,7 @@ def rollback_cmd(
 ) -> None:
     """Move TARGET's stable tag back to an earlier validated digest (TARGET: registry/repo[:tag])."""
     from gate.entrypoints.render import Text, out, plain
-    from gate.service import rollback
+    from gate.usecases.rollback import rollback
 
     try:
         who = who_rolls_back(actor)

@@ -39,7 +39,10 @@ from gate.errors import (
     NotFound,
     UsageError,
 )
-from gate.service import Gatekeeper, admit, rollback
+from gate.ports import HistoryQuery
+from gate.usecases.gating import admit
+from gate.usecases.keeper import Gatekeeper
+from gate.usecases.rollback import rollback
 
 _LIMIT = re.compile(r"[0-9]{1,4}")
 
@@ -220,13 +223,15 @@ def list_gates(keeper: Gatekeeper, query: Mapping[str, str], *, page_size: int) 
     limit = int(limit_text)
     try:
         records = keeper.ledger.history(
-            rule=query.get("rule") or None,
-            target=query.get("repository") or None,
-            state=State(state) if state else None,
-            since=times["since"],
-            before=times["before"],
-            actor=query.get("actor") or None,
-            limit=limit,
+            HistoryQuery(
+                rule=query.get("rule") or None,
+                target=query.get("repository") or None,
+                state=State(state) if state else None,
+                since=times["since"],
+                before=times["before"],
+                actor=query.get("actor") or None,
+                limit=limit,
+            )
         )
     except GateError as exc:
         return from_gate_error(exc)

@@ -29,7 +29,8 @@ from gate.entrypoints.events import Ignored, MalformedEvent, parse_notifications
 from gate.entrypoints.messages import GateRequest
 from gate.errors import GateError, UsageError
 from gate.logsafe import get_logger
-from gate.service import Gatekeeper, GateOutcome, gate_image
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper, GateOutcome
 
 # arguments from outside (event ids, names, messages) are escaped and capped: gate/logsafe.py
 log = get_logger("gate.listener")

@@ -24,7 +24,8 @@ from gate.entrypoints.views import downstream_status
 from gate.entrypoints.views import plain as plain  # the commands clean their lines with it too
 
 if TYPE_CHECKING:
-    from gate.service import GateOutcome, Revalidated
+    from gate.usecases.keeper import GateOutcome
+    from gate.usecases.revalidation import Revalidated
 
 # when output goes to a file or a pipe, do not squeeze it to rich's default 80 columns
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)

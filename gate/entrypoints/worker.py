@@ -13,15 +13,11 @@ from gate.domain.records import GateRecord, State, new_record_id, utcnow
 from gate.domain.ref import ImageRef
 from gate.entrypoints.messages import GateRequest
 from gate.errors import GateError, InfrastructureError
-from gate.service import (
-    Gatekeeper,
-    GateOutcome,
-    gate_image,
-    gate_record,
-    lease_seconds,
-    poll_upstreams,
-    waiting_records,
-)
+from gate.usecases.cooldown import waiting_records
+from gate.usecases.gating import gate_image, gate_record
+from gate.usecases.keeper import Gatekeeper, GateOutcome
+from gate.usecases.leases import lease_seconds
+from gate.usecases.polling import poll_upstreams
 
 
 class RetryLater(InfrastructureError):
@@ -107,7 +103,7 @@ def poll(keeper: Gatekeeper) -> tuple[list[GateRequest], list[str]]:
         if item.error:
             errors.append(f"{item.source}: {item.error}")
         elif not item.skipped and item.digest:
-            image = str(ImageRef.parse(item.source).with_digest(item.digest))
+            image = str(item.pinned())
             requests.append(GateRequest(image=image, trigger="poll"))
     return requests + _waiting_requests(keeper, requests, errors), errors
 
@@ -117,7 +113,7 @@ def poll_carrying(
 ) -> tuple[list[GateRequest], list[str], str]:
     """:func:`poll` on a host that may not keep its process until the next timer run.
 
-    ``state`` is what the previous pass left (:meth:`~gate.service.PollMemory.snapshot`: the
+    ``state`` is what the previous pass left (:meth:`~gate.usecases.keeper.PollMemory.snapshot`: the
     tags it did not reach, the registries paused and until when); the third value is what this
     pass leaves, to store until the next run.
     """
@@ -161,7 +157,7 @@ def revalidate(
     the records stand.
     """
     from gate.entrypoints.audit import EVENT_TYPES
-    from gate.service import revalidate_due
+    from gate.usecases.revalidation import revalidate_due
 
     records: list[GateRecord] = []
     errors: list[str] = []

@@ -22,7 +22,7 @@ from gate.domain.records import GateRecord
 from gate.domain.ref import ImageRef
 from gate.errors import GateError
 from gate.logsafe import get_logger
-from gate.service import Gatekeeper
+from gate.usecases.keeper import Gatekeeper
 
 log = get_logger("gate.retention")
 

@@ -29,6 +29,7 @@ from gate.domain.records import (
     utcnow,
 )
 from gate.errors import LedgerError, NotFound
+from gate.ports import FIRST_PAGE, HistoryQuery
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -94,18 +95,11 @@ def _load(data: str, log: str) -> GateRecord:
     return GateRecord.from_dict(json.loads(data), log=log)
 
 
-def history_queries(
-    *,
-    rule: str | None = None,
-    target: str | None = None,
-    state: State | None = None,
-    since: datetime | None = None,
-    before: datetime | None = None,
-    actor: str | None = None,
-    limit: int = 50,
-) -> list[tuple[str, list[object]]]:
+def history_queries(query: HistoryQuery = FIRST_PAGE) -> list[tuple[str, list[object]]]:
     """The statements (with their parameters) a history page runs: each selects
     ``created_at, id, data`` newest first; the page is their rows merged, newest first."""
+    rule, target, state = query.rule, query.target, query.state
+    since, before, actor, limit = query.since, query.before, query.actor, query.limit
     clauses: list[str] = []
     params: list[object] = []
     for column, value in (("rule", rule), ("target", target)):
@@ -383,17 +377,7 @@ class SqliteLedger:
             raise NotFound(f"no record '{record_id}' in {self.path}; list them with 'gate history'")
         return _load(row[0], row[1])
 
-    def history(
-        self,
-        *,
-        rule: str | None = None,
-        target: str | None = None,
-        state: State | None = None,
-        since: datetime | None = None,
-        before: datetime | None = None,
-        actor: str | None = None,
-        limit: int = 50,
-    ) -> list[GateRecord]:
+    def history(self, query: HistoryQuery = FIRST_PAGE) -> list[GateRecord]:
         """Records newest first, filtered by rule, target repository, state, time and actor.
 
         Served by the index that starts with the filter's columns and ends in (created_at, id),
@@ -403,18 +387,11 @@ class SqliteLedger:
             return []  # nothing was ever recorded here
         rows: dict[str, tuple[str, str, str]] = {}
         with self._read() as db:
-            for sql, params in history_queries(
-                rule=rule,
-                target=target,
-                state=state,
-                since=since,
-                before=before,
-                actor=actor,
-                limit=limit,
-            ):
+            for sql, params in history_queries(query):
                 for row in db.execute(sql, params):
                     rows[row[1]] = row
         newest = sorted(rows.values(), reverse=True)
+        limit = query.limit
         return [_load(data, "") for _, _, data in (newest[:limit] if limit >= 0 else newest)]
 
     def prune(self, *, created_before: datetime, keep: Callable[[GateRecord], bool]) -> int:

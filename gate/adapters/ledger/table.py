@@ -83,6 +83,7 @@ from gate.domain.records import (
     utcnow,
 )
 from gate.errors import ConfigError, LedgerError, NotFound
+from gate.ports import FIRST_PAGE, HistoryQuery
 
 _PARTITION = "ledger"
 _CLAIM_PREFIX = "c|"
@@ -761,17 +762,7 @@ class TableLedger:
                 )
             return self._with_log(entity)
 
-    def history(
-        self,
-        *,
-        rule: str | None = None,
-        target: str | None = None,
-        state: State | None = None,
-        since: datetime | None = None,
-        before: datetime | None = None,
-        actor: str | None = None,
-        limit: int = 50,
-    ) -> list[GateRecord]:
+    def history(self, query: HistoryQuery = FIRST_PAGE) -> list[GateRecord]:
         """Records newest first, filtered by rule, target repository, state, time and actor.
 
         One range query on the narrowest listing range (the rule's rows, else the target's,
@@ -780,6 +771,8 @@ class TableLedger:
         A ledger from before listing rows is scanned as before (see the module docstring). A
         negative ``limit`` means no limit, as in SQLite.
         """
+        rule, target, state = query.rule, query.target, query.state
+        since, before, actor, limit = query.since, query.before, query.actor, query.limit
         if limit == 0:
             return []
         with self._errors(f"listing records of {self._where}"):

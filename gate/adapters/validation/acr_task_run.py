@@ -594,9 +594,6 @@ class AcrTaskRunValidator:
             ) from None
 
 
-AcrQuickRunValidator = AcrTaskRunValidator
-"""The former name of :class:`AcrTaskRunValidator`, kept for callers not yet renamed."""
-
 __all__ = [
     "ENGINE_ERROR_EXIT",
     "MAX_EARLIER_ATTEMPTS",
@@ -605,7 +602,6 @@ __all__ = [
     "TAR_MTIME",
     "TASK_RUN_NAME",
     "TERMINAL_STATUSES",
-    "AcrQuickRunValidator",
     "AcrTaskRunValidator",
     "StepFailure",
     "pack_folder",

@@ -1,0 +1,238 @@
+"""Polling upstreams: HEAD every watched tag, concurrently per registry, within a budget, and
+say which digests are new. Nothing is gated here."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from copy import replace
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from gate.config.model import Rule
+from gate.domain.ref import ImageRef
+from gate.errors import GateError
+from gate.logsafe import get_logger
+from gate.ports import PolledDigest, RateLimited
+from gate.usecases.keeper import Gatekeeper, GateOutcome
+
+# the logger name is what log queries select by; it stays the one from before the split
+_log = get_logger("gate.service")
+
+
+@dataclass(frozen=True)
+class WatchItem:
+    """One watched upstream tag in one poll: its digest and what the poll did about it.
+
+    ``polled`` is the tag reference the poll asked (``source`` parsed), so that whoever gates
+    the digest need not parse ``source`` again.
+    """
+
+    rule: str
+    source: str
+    digest: str | None = None
+    outcome: GateOutcome | None = None
+    skipped: str = ""
+    error: str = ""
+    polled: ImageRef | None = field(default=None, compare=False, repr=False)
+
+    def pinned(self) -> ImageRef:
+        """The polled tag pinned to the digest it pointed at (``source`` when not polled)."""
+        assert self.digest is not None, "an item without a digest has nothing to pin"
+        ref = self.polled if self.polled is not None else ImageRef.parse(self.source)
+        return ref.with_digest(self.digest)
+
+
+@dataclass(frozen=True)
+class _PollJob:
+    rule: Rule
+    ref: ImageRef
+
+
+class _Pass:
+    """One poll pass's shared state: its deadline, and the registries told to stop."""
+
+    def __init__(self, deadline: float, paused: dict[str, tuple[float, str]]) -> None:
+        self.deadline = deadline
+        self.lock = threading.Lock()
+        # registry -> why it is not polled any more in this pass (a 429, a spent quota)
+        self.stopped: dict[str, str] = {}
+        self.paused = paused
+
+    def stop(self, registry: str, why: str, retry_after: float | None) -> None:
+        with self.lock:
+            self.stopped.setdefault(registry, why)
+            if retry_after is not None:
+                self.paused[registry] = (time.time() + retry_after, why)
+
+    def blocked(self, registry: str) -> str:
+        """Why ``registry`` is not to be asked now (empty: go ahead)."""
+        if time.monotonic() >= self.deadline:
+            return "budget"
+        with self.lock:
+            return self.stopped.get(registry, "")
+
+
+def _run_per_registry[R](
+    jobs: list[_PollJob], limit: int, work: Callable[[_PollJob], R]
+) -> list[R]:
+    """``work`` on every job, at most ``limit`` at a time per registry; results in job order.
+
+    ``limit`` 0: one job at a time in this thread, whatever the registry.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    if limit == 0:
+        return [work(job) for job in jobs]
+
+    registries = sorted({job.ref.registry for job in jobs})
+    pools = {
+        r: ThreadPoolExecutor(max_workers=limit, thread_name_prefix="poll") for r in registries
+    }
+    try:
+        futures: list[Future[R]] = [pools[j.ref.registry].submit(work, j) for j in jobs]
+        return [f.result() for f in futures]
+    finally:
+        for pool in pools.values():
+            pool.shutdown(wait=True)
+
+
+def poll_upstreams(keeper: Gatekeeper) -> list[WatchItem]:
+    """HEAD every watched upstream tag; items without ``skipped``/``error`` are new digests.
+
+    Glob selectors list the repository's tags first (following the tag list's pagination).
+    Requests run concurrently, at most ``poll.concurrency_per_registry`` in flight per
+    registry; a ``429`` (its ``Retry-After``) or a spent Docker Hub pull quota stops that
+    registry for the window (the rest of the pass without one); a pass stops starting requests
+    after ``poll.budget`` seconds. What a pass did not reach comes back as an item with an
+    ``error`` saying why, and is polled first by the next pass. One tag's error does not stop
+    the others. Nothing is gated here: :func:`watch_once` gates inline, the timer enqueues.
+    """
+    settings = keeper.config.poll
+    memory = keeper.poll_memory
+    started = time.monotonic()
+    with memory.lock:
+        now = time.time()
+        memory.paused = {r: p for r, p in memory.paused.items() if p[0] > now}
+        paused = dict(memory.paused)
+        carried = set(memory.pending)
+    run = _Pass(started + settings.budget_seconds, paused)
+    for host, (until, why) in paused.items():
+        run.stopped[host] = f"{why} (paused until {_clock(until)})"
+    registry = keeper.registry
+    polling = keeper.polling
+    # Adapters without the polling capability (their thread safety unknown) are asked one
+    # request at a time.
+    limit = settings.concurrency_per_registry if polling is not None else 0
+
+    def skipped_item(job: _PollJob, source: str, why: str) -> WatchItem:
+        if why == "budget":
+            why = (
+                f"not polled: the pass's budget of {settings.budget_seconds:g} s ran out; "
+                "it is polled first next pass"
+            )
+        else:
+            why = f"not polled: registry {job.ref.registry} is paused: {why}"
+        return WatchItem(job.rule.name, source, error=why)
+
+    def list_job(job: _PollJob) -> list[str] | WatchItem:
+        source = job.rule.source.name
+        why = run.blocked(job.ref.registry)
+        if why:
+            return skipped_item(job, source, why)
+        try:
+            if polling is not None:
+                return polling.poll_tags(job.rule.source)
+            return registry.list_tags(job.rule.source)
+        except RateLimited as exc:
+            run.stop(job.ref.registry, exc.message, exc.retry_after)
+            return WatchItem(job.rule.name, source, error=exc.message)
+        except GateError as exc:
+            return WatchItem(job.rule.name, source, error=exc.message)
+
+    def head_job(job: _PollJob) -> WatchItem:
+        source = str(job.ref)
+        why = run.blocked(job.ref.registry)
+        if why:
+            return skipped_item(job, source, why)
+        try:
+            if polling is not None:
+                answer = polling.poll_digest(job.ref)
+            else:
+                answer = PolledDigest(registry.resolve(job.ref))
+        except RateLimited as exc:
+            run.stop(job.ref.registry, exc.message, exc.retry_after)
+            return WatchItem(job.rule.name, source, error=exc.message)
+        except GateError as exc:
+            return WatchItem(job.rule.name, source, error=exc.message)
+        if answer.quota_spent:
+            run.stop(job.ref.registry, f"registry {job.ref.registry}: {answer.quota_spent}", None)
+        return WatchItem(job.rule.name, source, answer.digest, polled=job.ref)
+
+    items: list[WatchItem] = []
+    heads: list[_PollJob] = []
+    listings: list[_PollJob] = []
+    for rule in keeper.config.rules:
+        heads += [_PollJob(rule, rule.source.with_tag(t)) for t in rule.exact_tags]
+        if len(rule.exact_tags) != len(rule.tags):
+            listings.append(_PollJob(rule, rule.source))
+    for job, listed in zip(listings, _run_per_registry(listings, limit, list_job), strict=True):
+        if isinstance(listed, WatchItem):
+            items.append(listed)
+            continue
+        exact = set(job.rule.exact_tags)
+        selected = sorted(t for t in listed if job.rule.selects(t))
+        heads += [
+            _PollJob(job.rule, job.rule.source.with_tag(t)) for t in selected if t not in exact
+        ]
+    # what the last pass did not reach goes first (a stable sort keeps the others in order)
+    heads.sort(key=lambda j: (j.rule.name, str(j.ref)) not in carried)
+    polled = _run_per_registry(heads, limit, head_job)
+    not_reached: list[tuple[str, str]] = []
+    for job, item in zip(heads, polled, strict=True):
+        if item.error or item.digest is None:
+            if item.error.startswith("not polled") or job.ref.registry in run.stopped:
+                not_reached.append((job.rule.name, str(job.ref)))
+            items.append(item)
+            continue
+        try:
+            decided = keeper.ledger.decided(job.rule.name, item.digest)
+        except GateError as exc:
+            items.append(replace(item, error=exc.message))
+            continue
+        items.append(replace(item, skipped=f"already {decided.state}" if decided else ""))
+    with memory.lock:
+        memory.pending = not_reached
+        memory.paused.update(run.paused)
+    _log_pass(items, heads, run, time.monotonic() - started)
+    return items
+
+
+def _clock(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).strftime("%H:%M:%S UTC")
+
+
+def _log_pass(
+    items: list[WatchItem],
+    heads: list[_PollJob],
+    run: _Pass,
+    elapsed: float,
+) -> None:
+    """One line per pass: what was polled, how long it took, and what it skipped and why."""
+    skipped = [i.source for i in items if i.error.startswith("not polled")]
+    errors = sum(1 for i in items if i.error) - len(skipped)
+    line = "poll pass: %d tag(s) in %.1f s, %d error(s)"
+    args: list[object] = [len(heads), elapsed, errors]
+    if skipped:
+        shown = ", ".join(skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        line += "; not polled %d (tags among them are polled first next pass): %s%s"
+        args += [len(skipped), shown, more]
+    for registry, why in sorted(run.stopped.items()):
+        line += "; registry %s stopped: %s"
+        args += [registry, why]
+    if skipped or run.stopped:
+        _log.warning(line, *args)
+    else:
+        _log.info(line, *args)
