@@ -122,7 +122,9 @@ def _authorized(function: str, req: func.HttpRequest) -> Principal | func.HttpRe
     who = authorize(function, req.headers, entra=settings().entra)
     if isinstance(who, ApiResponse):
         # recorded: who was refused and why (the detail names no secret; logsafe escapes it)
-        log.warning("refused %s: %d %s: %s", function, who.status, who.body["error"], who.body["detail"])
+        log.warning(
+            "refused %s: %d %s: %s", function, who.status, who.body["error"], who.body["detail"]
+        )
         return _respond(who)
     return who
 
@@ -143,6 +145,7 @@ def _too_large(req: func.HttpRequest) -> func.HttpResponse | None:
 def post_gate(req: func.HttpRequest, requests: func.Out[str]) -> func.HttpResponse:
     """Re-gate an image by hand: 202 + Location of its record (or the decided record)."""
     from gate.entrypoints import http_api
+
     who = _authorized("post_gate", req)
     if isinstance(who, func.HttpResponse):
         return who
@@ -166,6 +169,7 @@ def post_gate(req: func.HttpRequest, requests: func.Out[str]) -> func.HttpRespon
 def get_gate(req: func.HttpRequest) -> func.HttpResponse:
     """One record: state, digest, run ID, log, reason, tags."""
     from gate.entrypoints import http_api
+
     who = _authorized("get_gate", req)
     if isinstance(who, func.HttpResponse):
         return who
@@ -177,6 +181,7 @@ def get_gate(req: func.HttpRequest) -> func.HttpResponse:
 def list_gates(req: func.HttpRequest) -> func.HttpResponse:
     """History, newest first, paged (``?actor=`` an object id or a name: who acted)."""
     from gate.entrypoints import http_api
+
     who = _authorized("list_gates", req)
     if isinstance(who, func.HttpResponse):
         return who
@@ -226,7 +231,7 @@ def watch(timer: func.TimerRequest, requests: func.Out[typing.List[str]]) -> Non
     found, errors = poll(keeper())
     for problem in errors:
         log.warning("poll: %s", problem)
-    from gate.entrypoints.audit import log_poll
+    from gate.usecases.audit import log_poll
 
     # one structured line per watched registry: the alert on a registry unreached for an hour
     log_poll((rule.source.registry for rule in config().rules), errors)
@@ -268,13 +273,15 @@ def _revalidate() -> None:
 
 
 def _audit(outcome: Any, began: float) -> None:
-    from gate.entrypoints import audit
+    from gate.usecases import audit
+
     audit.log_decision(
         outcome.record, duplicate=outcome.duplicate, duration=time.monotonic() - began
     )
     endpoint = settings().outcome_topic_endpoint
-    if endpoint and not outcome.duplicate:
-        publisher(endpoint).publish(outcome.record)
+    event = audit.outcome_event(outcome.record)
+    if endpoint and event and not outcome.duplicate:
+        publisher(endpoint).publish(*event)
 
 
 @cache
@@ -282,7 +289,7 @@ def publisher(endpoint: str) -> Any:
     """The outcome-event publisher (Event Grid custom topic), built on first use."""
     from azure.identity import DefaultAzureCredential
 
-    from gate.entrypoints.audit import OutcomePublisher
+    from gate.adapters.outcomes import OutcomePublisher
 
     return OutcomePublisher(endpoint, DefaultAzureCredential())
 
@@ -314,7 +321,8 @@ def gate_worker(msg: func.QueueMessage) -> None:
             log.error("dropped gate request %s: %s (%s)", msg.id, exc.message, unrecordable.message)
             return
         log.error("gate request %s refused: %s (record %s)", msg.id, exc.message, record.id)
-        from gate.entrypoints import audit
+        from gate.usecases import audit
+
         # the refusal is a decision: the poisoned-request alert reads its GATE_DECISION line
         audit.log_decision(record)
         return
@@ -334,5 +342,6 @@ def gate_poison(msg: func.QueueMessage) -> None:
         log.error("dropped malformed poisoned message %s: %s", msg.id, exc.message)
         return
     record = poisoned(keeper(), request, "the worker failed on every delivery (see its log lines)")
-    from gate.entrypoints import audit
+    from gate.usecases import audit
+
     audit.log_decision(record)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from pathlib import Path
 
     from gate.adapters.registry.acr_import import AcrImportRegistry
     from gate.adapters.registry.oci import HostSettings, OciRegistry
@@ -26,10 +27,10 @@ if TYPE_CHECKING:
     from gate.domain.attestation import Attestor
     from gate.domain.records import DownstreamRun, GateRecord, ValidationResult
     from gate.domain.ref import ImageRef
+    from gate.domain.signatures import CosignSignature
     from gate.ports import (
         AttestationStore,
         CopyReport,
-        CosignSignature,
         DownstreamRunner,
         Ledger,
         ManifestReader,
@@ -200,12 +201,33 @@ class LazyAttester(Deferred["Attester"]):
         return self.port().demotion(image, record, reason)
 
 
-def build_ledger(config: GateConfig, *, credential: Any = None) -> Ledger:
-    """The ledger alone (``gate history`` and ``gate show`` need nothing else)."""
+def build_ledger(config: GateConfig, *, credential: Any = None, existing: bool = False) -> Ledger:
+    """The ledger alone (``gate history`` and ``gate show`` need nothing else); with
+    ``existing``, a local ledger that is not there yet is refused instead of created (a reading
+    command pointed at the wrong ``data_dir`` would otherwise report an empty history)."""
     azure = config.azure
     if azure is None or azure.ledger is None:
-        return _sqlite(config)
+        from gate.adapters.ledger.sqlite import SqliteLedger
+
+        ledger = _sqlite(config)
+        if existing and isinstance(ledger, SqliteLedger):
+            ledger.require()
+        return ledger
     return _table(azure, credential)
+
+
+def write_key_pair(private_key: Path, *, force: bool = False) -> Path:
+    """Write a new attestation key pair (``gate keygen``); returns the public key's path."""
+    from gate.adapters.signers import generate_key_pair
+
+    return generate_key_pair(private_key, force=force)
+
+
+def vault_public_key(key_id: str, credential: object, **client_options: object) -> Any:
+    """The public key of the Key Vault key ``key_id`` (``gate verify --key-vault-key``)."""
+    from gate.adapters.signers import key_vault_public_key
+
+    return key_vault_public_key(key_id, credential, **client_options)
 
 
 def build_gatekeeper(

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from gate.config.model import DownstreamTask, Rule
 from gate.domain.records import Claim, DownstreamRun, GateRecord, State, ValidationResult
 from gate.domain.ref import ImageRef
+from gate.domain.signatures import CosignSignature
 from gate.errors import RegistryUnavailable
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -373,14 +374,6 @@ class Signer(Protocol):
     def sign_dsse(self, payload_type: str, payload: bytes) -> dict[str, object]:
         """The DSSE envelope (JSON object) of ``payload``, signed over its PAE."""
         ...
-
-
-@dataclass(frozen=True)
-class CosignSignature:
-    """One cosign signature as stored: the signed payload and its base64 signature."""
-
-    payload: bytes
-    signature: str
 
 
 class SignatureStore(Protocol):

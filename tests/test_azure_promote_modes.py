@@ -34,8 +34,8 @@ from gate.compose import build_gatekeeper
 from gate.config.model import DownstreamTask, load_config
 from gate.domain.records import GateRecord, State
 from gate.domain.ref import ImageRef
-from gate.entrypoints import audit
 from gate.errors import AuthenticationError, ConfigError, Conflict
+from gate.usecases import audit
 from gate.usecases.downstream import retry_downstream
 from gate.usecases.gating import gate_image
 from gate.usecases.keeper import Gatekeeper

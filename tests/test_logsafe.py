@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gate.domain.records import GateRecord, State, new_record_id
-from gate.entrypoints.audit import log_decision
 from gate.logsafe import clean, redact
+from gate.usecases.audit import log_decision
 from tests.test_function_events import (  # noqa: F401  (app_config is a fixture)
     FIELDS,
     app_config,

@@ -34,8 +34,8 @@ from devstack.configs import empty_task_gate_yaml, local_gate_yaml
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.config.model import load_config
 from gate.domain.records import GateRecord, Outcome, State, new_record_id
-from gate.entrypoints import audit
 from gate.entrypoints.messages import GateRequest
+from gate.usecases import audit
 from gate.usecases.gating import gate_image
 from gate.usecases.keeper import Gatekeeper
 from gate.usecases.rollback import rollback

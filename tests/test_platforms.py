@@ -34,9 +34,9 @@ from gate.config.model import load_config
 from gate.domain.platforms import Platform, PlatformError, select_platforms
 from gate.domain.records import GateRecord, Outcome, PlatformResult, State, utcnow
 from gate.domain.ref import ImageRef
-from gate.entrypoints import audit
 from gate.errors import ConfigError
 from gate.ports import ValidationRequest
+from gate.usecases import audit
 from gate.usecases.gating import gate_image
 from gate.usecases.revalidation import revalidate
 from tests.test_azure_gate import azure_config, quick

@@ -204,7 +204,7 @@ def test_alert_moves_nothing_and_says_the_stable_digest_fails(
 
 
 def test_timer_pass_publishes_demotion_as_image_demoted_event(tmp_path: Path) -> None:
-    from gate.entrypoints.audit import EVENT_TYPES
+    from gate.usecases.audit import EVENT_TYPES
 
     keeper = keeper_for(tmp_path)
     registry, _, verdicts = parts(keeper)

@@ -15,16 +15,24 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gate.domain.ref import ImageRef
 from gate.errors import ConfigError
-from gate.ports import CosignSignature
 
 COSIGN_TYPE = "cosign container image signature"
 UNSIGNED = "unsigned"
 DOES_NOT_VERIFY = "signature does not verify"
+
+
+@dataclass(frozen=True)
+class CosignSignature:
+    """One cosign signature as stored: the signed payload and its base64 signature."""
+
+    payload: bytes
+    signature: str
 
 
 def signature_tag(digest: str) -> str:

@@ -64,13 +64,9 @@ def _keeper(config: str | None, quiet: bool = False) -> Gatekeeper:
 def _ledger(config: str | None) -> Ledger:
     """The ledger alone, refusing a local one that does not exist (a wrong --config or
     data_dir): reading commands need nothing else."""
-    from gate.adapters.ledger.sqlite import SqliteLedger
     from gate.compose import build_ledger
 
-    ledger = build_ledger(_config(config))
-    if isinstance(ledger, SqliteLedger):
-        ledger.require()
-    return ledger
+    return build_ledger(_config(config), existing=True)
 
 
 config_option = click.option(
@@ -195,7 +191,7 @@ def revalidate_cmd(rule: str | None, config: str | None, as_json: bool) -> None:
     except GateError as exc:
         _fail(exc)
     if as_json:
-        from gate.entrypoints.audit import EVENT_TYPES
+        from gate.usecases.audit import EVENT_TYPES
 
         for result in results:
             print(
@@ -517,11 +513,11 @@ def keygen_cmd(private_key: str, force: bool) -> None:
     """Write a new ECDSA P-256 attestation key pair: KEY_FILE (private, 0600) and its .pub."""
     from pathlib import Path
 
-    from gate.adapters.signers import generate_key_pair
+    from gate.compose import write_key_pair
     from gate.entrypoints.render import Text, out, plain
 
     try:
-        public = generate_key_pair(Path(private_key), force=force)
+        public = write_key_pair(Path(private_key), force=force)
     except GateError as exc:
         _fail(exc)
     out.print(Text(plain(f"private key {private_key}\n public key {public}")), soft_wrap=True)
@@ -593,10 +589,10 @@ def _verification_key(cfg: GateConfig, key: str | None, vault_key: str | None) -
     if key is not None and vault_key is not None:
         raise UsageError("pass --key or --key-vault-key, not both")
     if vault_key is not None:
-        from gate.adapters.signers import key_vault_public_key
+        from gate.compose import vault_public_key
 
         credential, options = _key_vault_access()
-        return verification_key(key_vault_public_key(vault_key, credential, **options), vault_key)
+        return verification_key(vault_public_key(vault_key, credential, **options), vault_key)
     if key is None:
         if cfg.attestation is None or cfg.attestation.key is None:
             raise UsageError(

@@ -156,7 +156,7 @@ def revalidate(
     rule marked broken, a failing re-validation). A publishing error is reported, not raised:
     the records stand.
     """
-    from gate.entrypoints.audit import EVENT_TYPES
+    from gate.usecases.audit import EVENT_TYPES
     from gate.usecases.revalidation import revalidate_due
 
     records: list[GateRecord] = []

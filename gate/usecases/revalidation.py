@@ -302,7 +302,7 @@ def _demote_to(
 
 def _record_revalidation(keeper: Gatekeeper, record: GateRecord) -> None:
     """Add a re-validation's record, write its audit line and tell whoever watches."""
-    from gate.entrypoints import audit
+    from gate.usecases import audit
 
     keeper.ledger.add(record)
     audit.log_decision(record)

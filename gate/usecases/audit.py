@@ -1,5 +1,5 @@
-"""The audit trail beside the ledger: one structured log line per decision, and optionally a
-CloudEvent per outcome on an Event Grid custom topic.
+"""The audit trail beside the ledger: one structured log line per decision, and the CloudEvent
+that announces an outcome (published by :mod:`gate.adapters.outcomes` on an Event Grid topic).
 
 Log lines start with ``GATE_DECISION`` followed by JSON, so Application Insights can query them:
 ``traces | where message startswith "GATE_DECISION" | extend d = parse_json(substring(message, 14))``.
@@ -146,27 +146,9 @@ def log_poll(registries: Iterable[str], errors: Iterable[str]) -> None:
         logger.info("GATE_POLL %s", json.dumps(entry))
 
 
-class OutcomePublisher:
-    """Publishes a CloudEvent per final outcome to an Event Grid custom topic (identity auth)."""
-
-    def __init__(self, endpoint: str, credential: Any, *, source: str = "/gated-import") -> None:
-        from azure.eventgrid import EventGridPublisherClient
-
-        self._client = EventGridPublisherClient(endpoint, credential)
-        self._source = source
-
-    def publish(self, record: GateRecord) -> None:
-        """Send the outcome; only final states are published."""
-        from azure.core.messaging import CloudEvent
-
-        event_type = EVENT_TYPES.get(record.state)
-        if event_type is None:
-            return
-        self._client.send(
-            CloudEvent(
-                source=self._source,
-                type=event_type,
-                subject=f"{record.target}@{record.digest}",
-                data=decision(record),
-            )
-        )
+def outcome_event(record: GateRecord) -> tuple[str, str, dict[str, Any]] | None:
+    """The CloudEvent (type, subject, data) announcing a final outcome; None for other states."""
+    event_type = EVENT_TYPES.get(record.state)
+    if event_type is None:
+        return None
+    return event_type, f"{record.target}@{record.digest}", decision(record)
