@@ -141,6 +141,13 @@ SAS_URL = (
         ("Authorization: Basic Y2k6aHVudGVyMg==", "Y2k6aHVudGVyMg", "Authorization: Basic"),
         ("POST /oauth2/token?grant_type=x&refresh_token=abc.def", "abc.def", "grant_type=x"),
         ("POST /oauth2/token;password=pa55&user=ci", "pa55", "user=ci"),
+        # httpcore's DEBUG record of a redirect's response headers (bytes, as it logs them)
+        (
+            "receive_response_headers.complete return_value=(b'HTTP/1.1', 307, "
+            f"b'Temporary Redirect', [(b'Location', b'{SAS_URL}'), (b'Content-Length', b'0')])",
+            "Zm9vYmFyYmF6cXV4",
+            "(b'Content-Length', b'0')",
+        ),
     ],
 )
 def test_redact_removes_the_credential_and_keeps_what_was_called(
