@@ -91,7 +91,8 @@ _installed = False
 
 
 def redact_library_logs() -> None:
-    """Redact (:func:`redact`) every log record as it is created (a library's or ours).
+    """Redact (:func:`redact`) every log record as it is created (a library's or ours): its
+    message, and the traceback and stack it carries.
 
     A filter on a library's logger would only see that logger's own records, not its
     children's (Python docs, logging, "Logger.filter": filters are consulted by the logger the
@@ -108,6 +109,7 @@ def redact_library_logs() -> None:
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
+        _redact_traceback(record)
         try:
             message = record.getMessage()
         except Exception:  # a library's broken format string: leave it to the handler
@@ -119,6 +121,30 @@ def redact_library_logs() -> None:
 
     logging.setLogRecordFactory(factory)
     _installed = True
+
+
+def _redact_traceback(record: logging.LogRecord) -> None:
+    """Redact the traceback and stack a record carries (``exc_info``, ``stack_info``).
+
+    An exception's text can quote a URL (httpx's status errors name theirs) and azure-identity
+    logs its credentials' failures with ``exc_info`` at DEBUG. A handler formats ``exc_info``
+    only when ``exc_text`` is empty (logging.Formatter.format), so a traceback that held a
+    credential is kept as its redacted text alone: ``exc_info`` is dropped, or a handler that
+    reads the exception itself would still write the credential.
+    """
+    import logging
+
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+    if not record.exc_info:
+        return
+    try:
+        text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+    except Exception:  # an exception whose str() fails: leave it to the handler
+        return
+    cleaned = redact(text)
+    if cleaned != text:
+        record.exc_info, record.exc_text = None, cleaned
 
 
 def _cleaned(arg: Any) -> Any:

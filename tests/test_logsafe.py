@@ -145,6 +145,13 @@ SAS_URL = (
         ("Authorization: Basic Y2k6aHVudGVyMg==", "Y2k6aHVudGVyMg", "Authorization: Basic"),
         ("POST /oauth2/token?grant_type=x&refresh_token=abc.def", "abc.def", "grant_type=x"),
         ("POST /oauth2/token;password=pa55&user=ci", "pa55", "user=ci"),
+        # httpcore's DEBUG record of a redirect's response headers (bytes, as it logs them)
+        (
+            "receive_response_headers.complete return_value=(b'HTTP/1.1', 307, "
+            f"b'Temporary Redirect', [(b'Location', b'{SAS_URL}'), (b'Content-Length', b'0')])",
+            "Zm9vYmFyYmF6cXV4",
+            "(b'Content-Length', b'0')",
+        ),
     ],
 )
 def test_redact_removes_the_credential_and_keeps_what_was_called(
@@ -184,3 +191,26 @@ def test_a_library_logger_cannot_write_a_sas_signature_at_any_level(
     assert any("blob.core.windows.net" in line for line in lines if "HTTP Request" in line)
     assert len([line for line in lines if "sig=REDACTED" in line]) >= 3
     assert not any("Zm9vYmFyYmF6cXV4" in line for line in lines)
+
+
+def test_a_traceback_or_stack_on_a_record_loses_its_credentials_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import gate.adapters  # noqa: F401  (installs the redaction)
+
+    caplog.set_level(logging.DEBUG)
+    try:
+        raise RuntimeError(f"Client error '403 Forbidden' for url '{SAS_URL}'")
+    except RuntimeError:
+        # azure-identity logs the failures of its credentials so, at DEBUG
+        logging.getLogger("azure.identity").debug("credential failed", exc_info=True)
+    stack = logging.getLogger("gate").makeRecord(
+        "gate", logging.DEBUG, __file__, 1, "x", None, None, sinfo=f"Stack: {SAS_URL}"
+    )
+
+    (failed,) = caplog.records
+    written = logging.Formatter().format(failed)
+    assert "RuntimeError" in written and "credential failed" in written
+    assert "sig=REDACTED" in written and "Zm9vYmFyYmF6cXV4" not in written
+    assert "Zm9vYmFyYmF6cXV4" not in caplog.text
+    assert stack.stack_info is not None and "Zm9vYmFyYmF6cXV4" not in stack.stack_info

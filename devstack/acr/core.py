@@ -330,6 +330,11 @@ class TokenBook:
             )
         return token
 
+    def issued(self) -> tuple[str, ...]:
+        """Every token issued so far, expired ones included (what must never be logged)."""
+        with self._lock:
+            return tuple(self._tokens)
+
     def lookup(self, token: str) -> IssuedToken | None:
         """The issued token, if it is known and not expired."""
         with self._lock:
@@ -637,7 +642,10 @@ class BlobStore:
 
     ``sas_url(container, name, write=...)`` signs ``sp`` (``r`` or ``rcw``) and ``se`` with a
     key only the emulator knows; a request whose signature, permission or expiry does not hold
-    gets the 403 ``AuthenticationFailed`` Blob Storage gives.
+    gets the 403 ``AuthenticationFailed`` Blob Storage gives. Every signature issued is kept
+    (:meth:`signatures`), and so is the path of every blob request that came with an
+    ``Authorization`` header (``authorized``): a client must not send the credential of the
+    host that redirected it here.
     """
 
     def __init__(self, root: Path) -> None:
@@ -645,6 +653,8 @@ class BlobStore:
         self.base_url = ""  # set when the ARM server is up
         self._key = secrets.token_bytes(32)
         self._lock = threading.Lock()
+        self._signatures: set[str] = set()
+        self.authorized: list[str] = []
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, container: str, name: str) -> Path:
@@ -660,14 +670,24 @@ class BlobStore:
         permissions = "rcw" if write else "r"
         expiry = (datetime.now(UTC) + timedelta(seconds=lifetime)).strftime("%Y-%m-%dT%H:%M:%SZ")
         sig = self._sign(container, name, permissions, expiry)
+        with self._lock:
+            self._signatures.add(sig)
         query = (
             f"sv=2021-08-06&sr=b&sp={permissions}&se={quote(expiry, safe='')}"
             f"&sig={quote(sig, safe='')}"
         )
         return f"{self.base_url}/_blobs/{quote(container)}/{quote(name)}?{query}"
 
+    def signatures(self) -> frozenset[str]:
+        """Every ``sig`` value :meth:`sas_url` signed so far (as signed, before URL quoting)."""
+        with self._lock:
+            return frozenset(self._signatures)
+
     def check(self, req: Request, container: str, name: str, need: str) -> Response | None:
         """None if the request's SAS grants ``need`` (a letter of ``sp``), else the 403."""
+        if "authorization" in req.headers:
+            with self._lock:
+                self.authorized.append(req.path)
         sig = req.query.get("sig", "")
         permissions = req.query.get("sp", "")
         expiry = req.query.get("se", "")
@@ -711,6 +731,10 @@ class BlobStore:
         path = self._path(container, name)
         with self._lock:
             return path.read_bytes() if path.is_file() else None
+
+    def has(self, container: str, name: str) -> bool:
+        """Whether the blob exists."""
+        return self._path(container, name).is_file()
 
     def install(self, router: Router) -> None:
         """Register the blob routes (public: the SAS is the authorisation)."""

@@ -20,9 +20,11 @@ reads, ``push`` for ``/v2`` writes):
 ``GET /acr/v1/{repo}/_tags`` (``n``, ``last``, ``orderby`` = ``timedesc``/``timeasc``,
 ``digest``; ``Link: <…>; rel="next"``), ``GET|PATCH /acr/v1/{repo}/_tags/{tag}``,
 ``GET /acr/v1/{repo}/_manifests/{digest}``, ``HEAD|GET /v2/{repo}/manifests/{ref}``,
-``GET /v2/{repo}/tags/list``, ``GET /v2/{repo}/blobs/{digest}`` (passed to the backing
-registry). Tags and manifests come from the backing registry; the changeable attributes (lock
-flags) are kept by the emulator. Errors use ACR's ``{"errors": [{"code", "message"}]}``.
+``GET /v2/{repo}/tags/list``, ``HEAD /v2/{repo}/blobs/{digest}`` (passed to the backing
+registry) and ``GET /v2/{repo}/blobs/{digest}``: a ``307`` to a SAS URL of the emulator's blob
+store, as ACR redirects blob downloads to its storage (see ``v2_blob``). Tags and manifests come
+from the backing registry; the changeable attributes (lock flags) are kept by the emulator.
+Errors use ACR's ``{"errors": [{"code", "message"}]}``.
 
 Pushes (the OCI distribution API, as ``docker push`` makes them): ``POST
 /v2/{repo}/blobs/uploads/`` (with ``mount``/``from``: a cross-repository mount, tried only when
@@ -78,6 +80,10 @@ _INDEX_TYPES = {
     "application/vnd.docker.distribution.manifest.list.v2+json",
 }
 _TAG_WRITABLE = {"deleteEnabled", "writeEnabled", "listEnabled", "readEnabled"}
+# How long a download link of ACR stays valid: 20 minutes, as the dedicated data endpoints page
+# says of its links (in its docs.azure.cn version; whether the storage links live as long is not
+# documented)
+_BLOB_LINK_LIFETIME = 20 * 60
 _REPO = r"(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+|__[a-z0-9]+)*)"
 
 
@@ -127,6 +133,7 @@ def router(emulator: AcrEmulator, registry: EmulatedRegistry) -> Router:
     routes = Router(f"acr-{registry.name}", emulator.faults)
     backing = _Backing(registry)
     book = emulator.tokens
+    store = emulator.blobs
     # (repository, subject digest) -> descriptors of the manifests pushed with that subject
     referrers: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
@@ -423,15 +430,15 @@ def router(emulator: AcrEmulator, registry: EmulatedRegistry) -> Router:
     # -- /v2 passed through -----------------------------------------------------------------
 
     def passthrough(req: Request, path: str) -> Response:
-        # a blob GET with Range (RFC 7233) answers 206 and Content-Range: azure-containerregistry's
-        # download_blob asks for chunks that way and accepts only 206 (the generated get_chunk,
-        # from the REST spec's "Get blob chunk"); the backing distribution registry serves ranges
         response = backing.get(
             path,
             method=req.method,
             accept=req.headers.get("accept"),
             range_=req.headers.get("range"),
         )
+        return relay(req, response)
+
+    def relay(req: Request, response: httpx.Response) -> Response:
         kept = ("content-type", "docker-content-digest", "link", "etag", "content-range")
         headers = {key: value for key, value in response.headers.items() if key.lower() in kept}
         if req.method == "HEAD":
@@ -456,7 +463,40 @@ def router(emulator: AcrEmulator, registry: EmulatedRegistry) -> Router:
         api_versions=None,
     )
     def v2_blob(req: Request, m: re.Match[str]) -> Response:
-        return passthrough(req, f"/v2/{m['repo']}/blobs/{m['digest']}")
+        # ACR does not serve a blob download from its login server: it answers with a 307 to
+        # a short-lived download link on its storage (learn.microsoft.com, "Dedicated data
+        # endpoints in Azure Container Registry", "How container image downloads work: login
+        # server and 307 redirect to data endpoints"; without dedicated data endpoints the link
+        # is on the registry's storage account, *.blob.core.windows.net, the endpoint that
+        # "Configure rules to access an Azure container registry behind a firewall" has
+        # clients allow). The link here is a read SAS of the emulator's blob store (its query
+        # ends in sig=, as a Blob Storage SAS does; that ACR's link has exactly this query is
+        # not documented), on another host:port, so a client that sends the registry's token
+        # on is seen (BlobStore.authorized) and the SAS is checked when the bytes are read.
+        # Range (RFC 7233) goes with the redirected request: azure-containerregistry's
+        # download_blob asks for chunks that way and accepts only 206 (the generated get_chunk,
+        # from the REST spec's "Get blob chunk"), which the blob store answers.
+        path = f"/v2/{m['repo']}/blobs/{m['digest']}"
+        if req.method == "HEAD":
+            return passthrough(req, path)
+        container = f"{registry.name}-data"
+        # per repository, as distribution links blobs: a blob of another repository is unknown
+        name = f"{m['repo']}/blobs/{m['digest'].replace(':', '/')}/data"
+        if not store.has(container, name):
+            response = backing.get(path, accept="*/*")
+            if response.status_code != 200:
+                return relay(req, response)
+            store.put(container, name, response.content)
+        return Response(
+            307,
+            None,
+            {
+                "Location": store.sas_url(
+                    container, name, write=False, lifetime=_BLOB_LINK_LIFETIME
+                ),
+                "Docker-Content-Digest": m["digest"],
+            },
+        )
 
     # -- pushes (OCI distribution API) -------------------------------------------------------
 
