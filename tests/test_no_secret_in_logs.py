@@ -30,7 +30,8 @@ from gate.config.model import load_config
 from gate.domain.records import GateRecord, State
 from gate.domain.ref import ImageRef
 from gate.logsafe import REDACTED
-from gate.service import Gatekeeper, gate_image
+from gate.usecases.gating import gate_image
+from gate.usecases.keeper import Gatekeeper
 from tests.test_azure_gate import quick, tables  # noqa: F401  (tables is a fixture)
 
 SECRET_NAME = "validation-token"
