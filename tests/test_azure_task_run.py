@@ -32,6 +32,7 @@ from devstack.acr.task_runs import task_runs_of
 from devstack.acr.tasks import runs_of, wait_for_runs
 from devstack.images import build_image
 from gate.adapters.validation.acr_task_run import (
+    DELETE_ATTEMPTS,
     TASK_RUN_NAME,
     AcrTaskRunValidator,
     pack_folder,
@@ -123,6 +124,7 @@ def make_validator(env: Env, registry: EmulatedRegistry, **options: Any) -> AcrT
         "poll_initial": 0.05,
         "poll_max": 0.5,
         "client_kwargs": {"retry_backoff_factor": 0.01},
+        "login_server": registry.login_server,  # what {{.Run.Registry}} is in its runs
     }
     settings.update(options)
     return AcrTaskRunValidator(
@@ -197,7 +199,8 @@ def test_seed_green_image_passes_with_the_minimum_arm_calls(
     # PUT the task run, follow its creation (one status poll, the SDK's final GET)...
     assert calls(env, runner, "createTaskRun") == [201]
     assert calls(env, runner, "taskRunOperationStatus") == [200]
-    assert calls(env, runner, "getTaskRun") == [200]
+    # ...and, after the delete, the GET that checks the task run is gone (404)
+    assert calls(env, runner, "getTaskRun") == [200, 404]
     # ...follow the run, read its log, delete the task run
     assert calls(env, runner, "getRun") and set(calls(env, runner, "getRun")) == {200}
     assert calls(env, runner, "listLogSasUrl") == [200]
@@ -245,7 +248,9 @@ def test_task_run_request_carries_task_values_platform_timeout_and_source(
     ]
     assert body["platform"] == {"os": "Linux", "architecture": "amd64"}
     assert body["timeout"] == 300  # ACR's minimum; our own deadline keeps the 42 s
-    assert body["sourceLocation"].startswith("source/") and "credentials" not in body
+    assert body["sourceLocation"].startswith("source/")
+    # no registry to log in to, and no login to the runner registry: the file never uses it
+    assert body["credentials"] == {"sourceRegistry": {"loginMode": "None"}}
     uploaded = env.emulator.blobs.get(f"acr-{runner.name}", body["sourceLocation"])
     assert uploaded == pack_folder(SEED)
 
@@ -284,18 +289,23 @@ def test_failed_run_without_a_failing_step_fails_rather_than_rejects(
     env: Env, runner: EmulatedRegistry
 ) -> None:
     # The identity cannot read a secret that does not exist: ACR fails the run at login, before
-    # any step; that says nothing about the image.
+    # any step; that says nothing about the image. (The candidate's own registry: a run logs in
+    # only to its rule's registries.)
     missing = f"{env.emulator.key_vault_url}/secrets/no-such-secret"
     with make_validator(
         env,
         runner,
-        custom_registries={"private.example.io": (missing, missing)},
+        custom_registries={env.green.registry: (missing, missing)},
         **with_identity(env.runner_identity),
     ) as validator:
         result = validator.validate(request_for(env.green), lambda _: None)
     assert result.outcome is Outcome.FAILED, result.log
     assert result.reason.startswith("run ca1 failed before any step failed (failed during run")
-    assert "Logging in to registry: private.example.io" in result.log
+    assert f"Logging in to registry: {env.green.registry}" in result.log
+
+
+MIRROR = {"MIRROR": "registry.example.io/mirror"}
+"""A rule value naming the non-ACR registry of :func:`private_credentials`: its run gets it."""
 
 
 def private_credentials(env: Env) -> dict[str, tuple[str, str] | None]:
@@ -314,7 +324,7 @@ def test_private_upstream_and_vault_secrets_are_reached_through_the_task_runs_id
     with make_validator(
         env, runner, custom_registries=custom, **with_identity(identity)
     ) as validator:
-        result = validator.validate(request_for(env.private_green), lambda _: None)
+        result = validator.validate(request_for(env.private_green, values=MIRROR), lambda _: None)
     assert result.outcome is Outcome.PASSED, result.log
     (run,) = runs_of(env.emulator, runner.name)
     assert run.identities == (identity,)  # attached by its ARM id
@@ -327,7 +337,8 @@ def test_private_upstream_and_vault_secrets_are_reached_through_the_task_runs_id
                 "password": {"type": "Vaultsecret", "value": password},
                 "identity": identity.client_id,
             },
-        }
+        },
+        "sourceRegistry": {"loginMode": "None"},
     }
     assert run.to_json()["properties"]["customRegistries"] == [
         env.private.login_server,
@@ -371,7 +382,7 @@ def test_task_run_whose_identity_lacks_a_grant_fails_at_login(
     with make_validator(
         env, runner, custom_registries=private_credentials(env), **with_identity(identity)
     ) as validator:
-        result = validator.validate(request_for(env.private_green), lambda _: None)
+        result = validator.validate(request_for(env.private_green, values=MIRROR), lambda _: None)
     assert result.outcome is Outcome.FAILED, result.log
     assert result.reason.startswith("run ca1 failed before any step failed"), result.reason
     assert "AcrPull" in result.reason  # the fix: grant the runner identity
@@ -567,8 +578,9 @@ def test_worker_that_died_after_the_put_is_resumed_by_following_its_task_runs_ru
     assert started == [result.run_id] == ["ca1"]
     assert calls(env, runner, "createTaskRun") == [201]  # nothing created the second time
     assert len(runs_of(env.emulator, runner.name)) == 1
-    # found by name (the SDK's final GET of the creation, then the lookup), then deleted
-    assert calls(env, runner, "getTaskRun") == [200, 200]
+    # found by name (the SDK's final GET of the creation, then the lookup), then deleted and
+    # checked gone (404)
+    assert calls(env, runner, "getTaskRun") == [200, 200, 404]
     assert task_runs_of(env.emulator, runner.name) == {}
     assert calls(env, runner, "listRuns") == []  # no search among the registry's runs
 
@@ -586,15 +598,16 @@ def test_worker_that_died_before_the_put_is_resumed_by_a_new_task_run(
         )
     assert result.outcome is Outcome.PASSED, result.log
     assert started == ["ca1"]
-    # attempts 2 and 1 looked up (404), then attempt 3's own task run created and read back
-    assert calls(env, runner, "getTaskRun") == [404, 404, 200]
+    # attempts 2 and 1 looked up (404), then attempt 3's own task run created and read back,
+    # then checked gone after its delete (404)
+    assert calls(env, runner, "getTaskRun") == [404, 404, 200, 404]
     (put,) = [c for c in env.emulator.arm_calls("createTaskRun") if runner.name in c.path]
     assert put.path.endswith("/taskRuns/gate-rec4-3")
 
 
 @pytest.mark.podman
 def test_a_task_run_that_cannot_be_deleted_leaves_the_verdict_alone(
-    env: Env, runner: EmulatedRegistry
+    env: Env, runner: EmulatedRegistry, caplog: pytest.LogCaptureFixture
 ) -> None:
     env.emulator.faults.add(route="deleteTaskRun", status=500, times=1000)
     with make_validator(
@@ -602,8 +615,24 @@ def test_a_task_run_that_cannot_be_deleted_leaves_the_verdict_alone(
     ) as validator:
         result = validator.validate(request_for(env.green, key="rec5"), lambda _: None)
     assert result.outcome is Outcome.PASSED, result.log
-    assert calls(env, runner, "deleteTaskRun") == [500, 500]
+    # DELETE_ATTEMPTS tries, each retried once by the SDK (retry_total=1)
+    assert calls(env, runner, "deleteTaskRun") == [500] * 2 * DELETE_ATTEMPTS
     assert set(task_runs_of(env.emulator, runner.name)) == {"gate-rec5-1"}
+    # reported, with the command that removes it, in the result, its log and our log
+    command = (
+        f"az acr taskrun delete --registry {runner.name} --name gate-rec5-1 "
+        f"--resource-group {runner.resource_group} --yes"
+    )
+    notice = (
+        f"task run gate-rec5-1 on registry {runner.name} could not be deleted (500 "
+        "InternalServerError: Encountered internal server error. Please try again later.); its "
+        "registry credentials and secret values may remain in it: delete it with "
+        f"'{command}'"
+    )
+    assert result.reason == f"run {result.run_id} succeeded; {notice}"
+    assert result.log.endswith(f"\n{notice}\n")
+    assert notice in caplog.text
+    assert "holds no secret values" not in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------
