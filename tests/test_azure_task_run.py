@@ -960,3 +960,215 @@ def test_task_run_names_are_deterministic_and_fit_the_name_grammar() -> None:
     assert task_run_name("", 1) != task_run_name("", 1)  # no key: nothing to find later
     with pytest.raises(ValueError):
         task_run_name("x", 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# what a candidate can reach: its rule's credentials, the runner login, leftover task runs
+# ---------------------------------------------------------------------------------------------
+
+OTHER_UPSTREAM = "other-upstream.example.io"
+"""Rule B's upstream: configured with the gate, named by nothing of rule A."""
+
+
+def two_rules(env: Env, *, broken: bool = False) -> dict[str, tuple[str, str] | None]:
+    """Rule A's upstream (the candidates' registry) and rule B's, by Key Vault secrets."""
+    user = env.emulator.set_secret("a-user", "reader")
+    password = env.emulator.set_secret("a-password", "pa55-w0rd")
+    missing = f"{env.emulator.key_vault_url}/secrets/no-such-secret"
+    other = (
+        (missing, missing)
+        if broken
+        else (
+            env.emulator.set_secret("b-user", "b-reader"),
+            env.emulator.set_secret("b-password", "b-pa55"),
+        )
+    )
+    return {env.green.registry: (user, password), OTHER_UPSTREAM: other}
+
+
+@pytest.mark.podman
+def test_a_rules_run_carries_no_credential_of_another_rules_upstream(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    custom = two_rules(env)
+    # a delete that never succeeds leaves the task run for TaskRuns_GetDetails to show
+    env.emulator.faults.add(route="deleteTaskRun", status=500, times=1000)
+    with make_validator(
+        env,
+        runner,
+        custom_registries=custom,
+        client_kwargs={"retry_total": 0},
+        **with_identity(env.runner_identity),
+    ) as validator:
+        result = validator.validate(request_for(env.green, key="rule-a"), lambda _: None)
+    assert result.outcome is Outcome.PASSED, result.log
+    user, password = custom[env.green.registry] or ("", "")
+    expected = {
+        "customRegistries": {
+            env.green.registry: {
+                "userName": {"type": "Vaultsecret", "value": user},
+                "password": {"type": "Vaultsecret", "value": password},
+                "identity": env.runner_identity.client_id,
+            }
+        },
+        "sourceRegistry": {"loginMode": "None"},
+    }
+    (run,) = runs_of(env.emulator, runner.name)
+    assert run.body["credentials"] == expected
+    assert run.logged_in == [env.green.registry]
+    # what ARM keeps in the task run, read as TaskRuns_GetDetails answers it (with secrets)
+    path = f"{runner.resource_id}/taskRuns/gate-rule-a-1"
+    details = arm(env)("POST", f"{path}/listDetails?api-version={API}")
+    assert details.status_code == 200, details.text
+    assert details.json()["properties"]["runRequest"]["credentials"] == expected
+    assert OTHER_UPSTREAM not in details.text
+    assert calls(env, runner, "getTaskRunDetails") == [200]
+
+
+@pytest.mark.podman
+def test_a_broken_secret_of_another_rules_upstream_does_not_fail_this_rule(
+    env: Env, runner: EmulatedRegistry, tmp_path: Path
+) -> None:
+    custom = two_rules(env, broken=True)
+    with make_validator(
+        env, runner, custom_registries=custom, **with_identity(env.runner_identity)
+    ) as validator:
+        mine = validator.validate(request_for(env.green, key="rule-a"), lambda _: None)
+        # rule B's own run (its task file names its upstream) does fail at that login
+        folder = folder_with(
+            tmp_path,
+            f"""\
+            version: v1.1.0
+            steps:
+              - cmd: {OTHER_UPSTREAM}/tools/check:1 true
+            """,
+        )
+        theirs = validator.validate(request_for(env.green, folder, key="rule-b"), lambda _: None)
+    assert mine.outcome is Outcome.PASSED, mine.log
+    assert f"Logging in to registry: {OTHER_UPSTREAM}" not in mine.log
+    assert theirs.outcome is Outcome.FAILED, theirs.log
+    assert f"Logging in to registry: {OTHER_UPSTREAM}" in theirs.log
+    assert "failed to get the credentials" in theirs.log
+
+
+@pytest.mark.podman
+def test_a_task_file_that_pushes_to_the_runner_registry_keeps_its_login(
+    env: Env, runner: EmulatedRegistry, tmp_path: Path
+) -> None:
+    folder = folder_with(
+        tmp_path,
+        """\
+        version: v1.1.0
+        steps:
+          - id: make
+            build: -t {{.Run.Registry}}/checked:{{.Run.ID}} --build-arg BASE={{.Values.IMAGE}} .
+          - id: test
+            cmd: "{{.Run.Registry}}/checked:{{.Run.ID}} true"
+          - id: ship
+            push: ["{{.Run.Registry}}/checked:{{.Run.ID}}"]
+        """,
+    )
+    (folder / "Dockerfile").write_text("ARG BASE\nFROM $BASE\n")
+    with make_validator(env, runner) as validator:
+        result = validator.validate(request_for(env.green, folder), lambda _: None)
+    assert result.outcome is Outcome.PASSED, result.log
+    (run,) = runs_of(env.emulator, runner.name)
+    assert run.body["credentials"] == {"sourceRegistry": {"loginMode": "Default"}}
+    assert run.to_json()["properties"]["sourceRegistryAuth"] == "Default"
+
+
+def test_a_run_without_a_runner_login_cannot_push_there(env: Env, runner: EmulatedRegistry) -> None:
+    # What the emulator does with loginMode None: the push to its own registry is refused
+    # (ACR's agents push with the run's login), before anything is built.
+    task = (
+        "version: v1.1.0\nsteps:\n"
+        "  - {id: make, build: -t $Registry/app:1 .}\n"
+        '  - {id: ship, push: ["$Registry/app:1"]}\n'
+    )
+    body = {
+        **good_body(),
+        "encodedTaskContent": base64.b64encode(task.encode()).decode(),
+        "credentials": {"sourceRegistry": {"loginMode": "None"}},
+    }
+    response = arm(env)("POST", f"{runner.resource_id}/scheduleRun?api-version={API}", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["properties"]["sourceRegistryAuth"] == "None"
+    wait_for_runs(env.emulator, runner.name)
+    (run,) = runs_of(env.emulator, runner.name)
+    assert run.status == "Failed"
+    stored = (env.emulator.blobs.get(f"acr-{runner.name}", run.log_name) or b"").decode()
+    assert f"unauthorized: authentication required for {runner.login_server}" in stored
+    assert "failed to run step ID: ship: exit status 1" in stored
+    assert "Executing step ID: make" not in stored
+
+
+def test_a_private_runner_registry_refuses_pulls_to_a_run_without_its_login(
+    env: Env,
+) -> None:
+    private_runner = env.emulator.add_registry(f"privaterunner{next(_names)}", private=True)
+    task = f"version: v1.1.0\nsteps:\n  - cmd: {private_runner.login_server}/tools/check:1 true\n"
+    body = {
+        **good_body(),
+        "encodedTaskContent": base64.b64encode(task.encode()).decode(),
+        "credentials": {"sourceRegistry": {"loginMode": "None"}},
+    }
+    path = f"{private_runner.resource_id}/scheduleRun?api-version={API}"
+    response = arm(env)("POST", path, json=body)
+    assert response.status_code == 200, response.text
+    wait_for_runs(env.emulator, private_runner.name)
+    (run,) = runs_of(env.emulator, private_runner.name)
+    assert run.status == "Failed"
+    stored = (env.emulator.blobs.get(f"acr-{private_runner.name}", run.log_name) or b"").decode()
+    assert "unauthorized: authentication required" in stored
+    assert "exit status 125" in stored
+
+
+def test_task_run_get_hides_secrets_that_get_details_returns(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    identity = env.runner_identity
+    credentials = {
+        "customRegistries": {
+            "registry.example.io": {
+                "userName": {"type": "Opaque", "value": "reader"},
+                "password": {"type": "Opaque", "value": "pa55-w0rd"},
+            }
+        },
+        "sourceRegistry": {"loginMode": "None"},
+    }
+    values = [{"name": "TOKEN", "value": "s3cr3t", "isSecret": True}]
+    body = {
+        "identity": {"type": "UserAssigned", "userAssignedIdentities": {identity.resource_id: {}}},
+        "properties": {"runRequest": {**good_body(), "credentials": credentials, "values": values}},
+    }
+    path = f"{runner.resource_id}/taskRuns/gate-secrets-1"
+    created = arm(env)("PUT", f"{path}?api-version={API}", json=body)
+    assert created.status_code == 201, created.text
+    shown = arm(env)("GET", f"{path}?api-version={API}")
+    details = arm(env)("POST", f"{path}/listDetails?api-version={API}")
+    assert shown.status_code == details.status_code == 200
+    for answer in (created.text, shown.text):
+        assert "pa55-w0rd" not in answer and "s3cr3t" not in answer
+    request = details.json()["properties"]["runRequest"]
+    assert request["credentials"] == credentials and request["values"] == values
+    gone = arm(env)(
+        "POST", f"{runner.resource_id}/taskRuns/nosuchrun/listDetails?api-version={API}"
+    )
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "ResourceNotFound"
+    wait_for_runs(env.emulator, runner.name)
+
+
+@pytest.mark.podman
+def test_a_delete_that_fails_twice_is_retried_and_verified(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    env.emulator.faults.add(route="deleteTaskRun", status=500, times=2)
+    with make_validator(env, runner, client_kwargs={"retry_total": 0}) as validator:
+        result = validator.validate(request_for(env.green, key="rec6"), lambda _: None)
+    assert result.outcome is Outcome.PASSED, result.log
+    assert result.reason == f"run {result.run_id} succeeded"  # nothing left to report
+    assert calls(env, runner, "deleteTaskRun") == [500, 500, 200]
+    # the SDK's final GET of the creation, then the check after the delete that worked
+    assert calls(env, runner, "getTaskRun") == [200, 404]
+    assert task_runs_of(env.emulator, runner.name) == {}
+    assert "could not be deleted" not in result.log
