@@ -74,6 +74,8 @@ def run_registries(
     registry named nowhere is one it never logs in to, and a broken secret of another rule's
     upstream cannot fail this run.
     """
+    if not custom_registries:
+        return {}  # nothing to choose from: the folder need not be read
     wanted = candidate_host.lower()
     texts = [*values.values(), *_folder_texts(folder)]
     return {
