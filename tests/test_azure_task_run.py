@@ -1172,3 +1172,18 @@ def test_a_delete_that_fails_twice_is_retried_and_verified(
     assert calls(env, runner, "getTaskRun") == [200, 404]
     assert task_runs_of(env.emulator, runner.name) == {}
     assert "could not be deleted" not in result.log
+
+
+@pytest.mark.podman
+def test_a_delete_answered_as_done_is_checked_and_repeated_while_the_task_run_stays(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    env.emulator.faults.add(task_run_survives_delete=True, times=1)
+    with make_validator(env, runner) as validator:
+        result = validator.validate(request_for(env.green, key="rec7"), lambda _: None)
+    assert result.outcome is Outcome.PASSED, result.log
+    assert result.reason == f"run {result.run_id} succeeded"
+    assert calls(env, runner, "deleteTaskRun") == [200, 200]
+    # the creation's final GET, the check that found it still there, the check after the retry
+    assert calls(env, runner, "getTaskRun") == [200, 200, 404]
+    assert task_runs_of(env.emulator, runner.name) == {}

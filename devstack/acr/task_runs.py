@@ -24,7 +24,10 @@ sends), under ``…/registries/{name}/taskRuns/{taskRunName}``:
   specification's examples carry none, so which fields ARM hides is not confirmed).
 * ``DELETE`` (TaskRuns_Delete, synchronous in 2025-03-01-preview): ``200``, or ``204`` when
   there is no such task run. The run record stays (``runs.get`` still answers). A test makes
-  it fail ``N`` times with ``faults.add(route="deleteTaskRun", status=500, times=N)``.
+  it fail ``N`` times with ``faults.add(route="deleteTaskRun", status=500, times=N)``, or
+  answer ``200`` ``N`` times and keep the task run with
+  ``faults.add(task_run_survives_delete=True, times=N)`` (what a client that trusts the answer
+  instead of checking with a ``GET`` would miss).
 * ``GET …/taskRuns/{name}/operationStatuses/{id}``: the async operation of a PUT.
 
 Platform: ``runRequest.platform`` (``os``, ``architecture``, ``variant``; the specification's
@@ -329,6 +332,8 @@ def install(emulator: AcrEmulator) -> None:
         registry = registry_of(m)
         if isinstance(registry, Response):
             return registry
+        if emulator.faults.take("task_run_survives_delete"):
+            return Response(200)  # answered as done, yet the task run is still there
         with book.lock:
             gone = book.task_runs.pop((registry.name, m["task_run"].lower()), None)
         return Response(200 if gone is not None else 204)
