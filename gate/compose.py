@@ -490,7 +490,10 @@ def azure_gatekeeper(
             resource_group=azure.runner.resource_group,
             registry=azure.runner.name,
             arm_endpoint=azure.arm_endpoint,
+            # every upstream's; each run carries only its own rule's (acr_run_scope)
             custom_registries=custom_registries,
+            # what {{.Run.Registry}} is in a run: whether its task file uses the runner registry
+            login_server=azure.runner.login_server,
             # the user-assigned identity every validation task run carries (config requires
             # it when a run logs in anywhere)
             identity_resource_id=identity.resource_id if identity else None,

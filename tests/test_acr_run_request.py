@@ -91,6 +91,17 @@ def test_a_task_run_without_identity_or_registries_carries_neither() -> None:
     assert request["platform"] == {"os": "Linux", "architecture": "arm64", "variant": "v8"}
 
 
+@pytest.mark.parametrize("mode", ["None", "Default"])
+def test_the_login_mode_of_the_runner_registry_is_sent_as_source_registry(mode: str) -> None:
+    alone = registry_credentials({}, None, login_mode=mode)
+    assert alone is not None and alone.as_dict() == {"sourceRegistry": {"loginMode": mode}}
+    both = registry_credentials({"acr.example.io": None}, "client-id", login_mode=mode)
+    assert both is not None and both.as_dict() == {
+        "customRegistries": {"acr.example.io": {"identity": "client-id"}},
+        "sourceRegistry": {"loginMode": mode},
+    }
+
+
 def test_a_platform_acr_has_no_agent_for_is_refused() -> None:
     with pytest.raises(ConfigError, match="platform linux/riscv64 cannot run as an ACR task run"):
         platform_properties("linux/riscv64", default_os="Linux", default_architecture="amd64")

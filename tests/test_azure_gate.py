@@ -126,8 +126,10 @@ def quick(keeper: Gatekeeper, emulator: AcrEmulator, base: EmulatedRegistry) -> 
     assert isinstance(keeper.validator, LazyValidator)
     built = keeper.validator.port()
     assert isinstance(built, AcrTaskRunValidator)
+    assert built.login_server == base.login_server  # azure.runner.login_server
     validator = AcrTaskRunValidator(
         custom_registries=built.custom_registries,
+        login_server=built.login_server,
         identity_resource_id=built.identity_resource_id,
         identity_client_id=built.identity_client_id,
         credential=emulator.credential(),

@@ -32,6 +32,7 @@ from devstack.acr.task_runs import task_runs_of
 from devstack.acr.tasks import runs_of, wait_for_runs
 from devstack.images import build_image
 from gate.adapters.validation.acr_task_run import (
+    DELETE_ATTEMPTS,
     TASK_RUN_NAME,
     AcrTaskRunValidator,
     pack_folder,
@@ -123,6 +124,7 @@ def make_validator(env: Env, registry: EmulatedRegistry, **options: Any) -> AcrT
         "poll_initial": 0.05,
         "poll_max": 0.5,
         "client_kwargs": {"retry_backoff_factor": 0.01},
+        "login_server": registry.login_server,  # what {{.Run.Registry}} is in its runs
     }
     settings.update(options)
     return AcrTaskRunValidator(
@@ -197,7 +199,8 @@ def test_seed_green_image_passes_with_the_minimum_arm_calls(
     # PUT the task run, follow its creation (one status poll, the SDK's final GET)...
     assert calls(env, runner, "createTaskRun") == [201]
     assert calls(env, runner, "taskRunOperationStatus") == [200]
-    assert calls(env, runner, "getTaskRun") == [200]
+    # ...and, after the delete, the GET that checks the task run is gone (404)
+    assert calls(env, runner, "getTaskRun") == [200, 404]
     # ...follow the run, read its log, delete the task run
     assert calls(env, runner, "getRun") and set(calls(env, runner, "getRun")) == {200}
     assert calls(env, runner, "listLogSasUrl") == [200]
@@ -245,7 +248,9 @@ def test_task_run_request_carries_task_values_platform_timeout_and_source(
     ]
     assert body["platform"] == {"os": "Linux", "architecture": "amd64"}
     assert body["timeout"] == 300  # ACR's minimum; our own deadline keeps the 42 s
-    assert body["sourceLocation"].startswith("source/") and "credentials" not in body
+    assert body["sourceLocation"].startswith("source/")
+    # no registry to log in to, and no login to the runner registry: the file never uses it
+    assert body["credentials"] == {"sourceRegistry": {"loginMode": "None"}}
     uploaded = env.emulator.blobs.get(f"acr-{runner.name}", body["sourceLocation"])
     assert uploaded == pack_folder(SEED)
 
@@ -284,18 +289,23 @@ def test_failed_run_without_a_failing_step_fails_rather_than_rejects(
     env: Env, runner: EmulatedRegistry
 ) -> None:
     # The identity cannot read a secret that does not exist: ACR fails the run at login, before
-    # any step; that says nothing about the image.
+    # any step; that says nothing about the image. (The candidate's own registry: a run logs in
+    # only to its rule's registries.)
     missing = f"{env.emulator.key_vault_url}/secrets/no-such-secret"
     with make_validator(
         env,
         runner,
-        custom_registries={"private.example.io": (missing, missing)},
+        custom_registries={env.green.registry: (missing, missing)},
         **with_identity(env.runner_identity),
     ) as validator:
         result = validator.validate(request_for(env.green), lambda _: None)
     assert result.outcome is Outcome.FAILED, result.log
     assert result.reason.startswith("run ca1 failed before any step failed (failed during run")
-    assert "Logging in to registry: private.example.io" in result.log
+    assert f"Logging in to registry: {env.green.registry}" in result.log
+
+
+MIRROR = {"MIRROR": "registry.example.io/mirror"}
+"""A rule value naming the non-ACR registry of :func:`private_credentials`: its run gets it."""
 
 
 def private_credentials(env: Env) -> dict[str, tuple[str, str] | None]:
@@ -314,7 +324,7 @@ def test_private_upstream_and_vault_secrets_are_reached_through_the_task_runs_id
     with make_validator(
         env, runner, custom_registries=custom, **with_identity(identity)
     ) as validator:
-        result = validator.validate(request_for(env.private_green), lambda _: None)
+        result = validator.validate(request_for(env.private_green, values=MIRROR), lambda _: None)
     assert result.outcome is Outcome.PASSED, result.log
     (run,) = runs_of(env.emulator, runner.name)
     assert run.identities == (identity,)  # attached by its ARM id
@@ -327,7 +337,8 @@ def test_private_upstream_and_vault_secrets_are_reached_through_the_task_runs_id
                 "password": {"type": "Vaultsecret", "value": password},
                 "identity": identity.client_id,
             },
-        }
+        },
+        "sourceRegistry": {"loginMode": "None"},
     }
     assert run.to_json()["properties"]["customRegistries"] == [
         env.private.login_server,
@@ -371,7 +382,7 @@ def test_task_run_whose_identity_lacks_a_grant_fails_at_login(
     with make_validator(
         env, runner, custom_registries=private_credentials(env), **with_identity(identity)
     ) as validator:
-        result = validator.validate(request_for(env.private_green), lambda _: None)
+        result = validator.validate(request_for(env.private_green, values=MIRROR), lambda _: None)
     assert result.outcome is Outcome.FAILED, result.log
     assert result.reason.startswith("run ca1 failed before any step failed"), result.reason
     assert "AcrPull" in result.reason  # the fix: grant the runner identity
@@ -567,8 +578,9 @@ def test_worker_that_died_after_the_put_is_resumed_by_following_its_task_runs_ru
     assert started == [result.run_id] == ["ca1"]
     assert calls(env, runner, "createTaskRun") == [201]  # nothing created the second time
     assert len(runs_of(env.emulator, runner.name)) == 1
-    # found by name (the SDK's final GET of the creation, then the lookup), then deleted
-    assert calls(env, runner, "getTaskRun") == [200, 200]
+    # found by name (the SDK's final GET of the creation, then the lookup), then deleted and
+    # checked gone (404)
+    assert calls(env, runner, "getTaskRun") == [200, 200, 404]
     assert task_runs_of(env.emulator, runner.name) == {}
     assert calls(env, runner, "listRuns") == []  # no search among the registry's runs
 
@@ -586,15 +598,16 @@ def test_worker_that_died_before_the_put_is_resumed_by_a_new_task_run(
         )
     assert result.outcome is Outcome.PASSED, result.log
     assert started == ["ca1"]
-    # attempts 2 and 1 looked up (404), then attempt 3's own task run created and read back
-    assert calls(env, runner, "getTaskRun") == [404, 404, 200]
+    # attempts 2 and 1 looked up (404), then attempt 3's own task run created and read back,
+    # then checked gone after its delete (404)
+    assert calls(env, runner, "getTaskRun") == [404, 404, 200, 404]
     (put,) = [c for c in env.emulator.arm_calls("createTaskRun") if runner.name in c.path]
     assert put.path.endswith("/taskRuns/gate-rec4-3")
 
 
 @pytest.mark.podman
 def test_a_task_run_that_cannot_be_deleted_leaves_the_verdict_alone(
-    env: Env, runner: EmulatedRegistry
+    env: Env, runner: EmulatedRegistry, caplog: pytest.LogCaptureFixture
 ) -> None:
     env.emulator.faults.add(route="deleteTaskRun", status=500, times=1000)
     with make_validator(
@@ -602,8 +615,24 @@ def test_a_task_run_that_cannot_be_deleted_leaves_the_verdict_alone(
     ) as validator:
         result = validator.validate(request_for(env.green, key="rec5"), lambda _: None)
     assert result.outcome is Outcome.PASSED, result.log
-    assert calls(env, runner, "deleteTaskRun") == [500, 500]
+    # DELETE_ATTEMPTS tries, each retried once by the SDK (retry_total=1)
+    assert calls(env, runner, "deleteTaskRun") == [500] * 2 * DELETE_ATTEMPTS
     assert set(task_runs_of(env.emulator, runner.name)) == {"gate-rec5-1"}
+    # reported, with the command that removes it, in the result, its log and our log
+    command = (
+        f"az acr taskrun delete --registry {runner.name} --name gate-rec5-1 "
+        f"--resource-group {runner.resource_group} --yes"
+    )
+    notice = (
+        f"task run gate-rec5-1 on registry {runner.name} could not be deleted (500 "
+        "InternalServerError: Encountered internal server error. Please try again later.); its "
+        "registry credentials and secret values may remain in it: delete it with "
+        f"'{command}'"
+    )
+    assert result.reason == f"run {result.run_id} succeeded; {notice}"
+    assert result.log.endswith(f"\n{notice}\n")
+    assert notice in caplog.text
+    assert "holds no secret values" not in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -931,3 +960,230 @@ def test_task_run_names_are_deterministic_and_fit_the_name_grammar() -> None:
     assert task_run_name("", 1) != task_run_name("", 1)  # no key: nothing to find later
     with pytest.raises(ValueError):
         task_run_name("x", 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# what a candidate can reach: its rule's credentials, the runner login, leftover task runs
+# ---------------------------------------------------------------------------------------------
+
+OTHER_UPSTREAM = "other-upstream.example.io"
+"""Rule B's upstream: configured with the gate, named by nothing of rule A."""
+
+
+def two_rules(env: Env, *, broken: bool = False) -> dict[str, tuple[str, str] | None]:
+    """Rule A's upstream (the candidates' registry) and rule B's, by Key Vault secrets."""
+    user = env.emulator.set_secret("a-user", "reader")
+    password = env.emulator.set_secret("a-password", "pa55-w0rd")
+    missing = f"{env.emulator.key_vault_url}/secrets/no-such-secret"
+    other = (
+        (missing, missing)
+        if broken
+        else (
+            env.emulator.set_secret("b-user", "b-reader"),
+            env.emulator.set_secret("b-password", "b-pa55"),
+        )
+    )
+    return {env.green.registry: (user, password), OTHER_UPSTREAM: other}
+
+
+@pytest.mark.podman
+def test_a_rules_run_carries_no_credential_of_another_rules_upstream(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    custom = two_rules(env)
+    # a delete that never succeeds leaves the task run for TaskRuns_GetDetails to show
+    env.emulator.faults.add(route="deleteTaskRun", status=500, times=1000)
+    with make_validator(
+        env,
+        runner,
+        custom_registries=custom,
+        client_kwargs={"retry_total": 0},
+        **with_identity(env.runner_identity),
+    ) as validator:
+        result = validator.validate(request_for(env.green, key="rule-a"), lambda _: None)
+    assert result.outcome is Outcome.PASSED, result.log
+    user, password = custom[env.green.registry] or ("", "")
+    expected = {
+        "customRegistries": {
+            env.green.registry: {
+                "userName": {"type": "Vaultsecret", "value": user},
+                "password": {"type": "Vaultsecret", "value": password},
+                "identity": env.runner_identity.client_id,
+            }
+        },
+        "sourceRegistry": {"loginMode": "None"},
+    }
+    (run,) = runs_of(env.emulator, runner.name)
+    assert run.body["credentials"] == expected
+    assert run.logged_in == [env.green.registry]
+    # what ARM keeps in the task run, read as TaskRuns_GetDetails answers it (with secrets)
+    path = f"{runner.resource_id}/taskRuns/gate-rule-a-1"
+    details = arm(env)("POST", f"{path}/listDetails?api-version={API}")
+    assert details.status_code == 200, details.text
+    assert details.json()["properties"]["runRequest"]["credentials"] == expected
+    assert OTHER_UPSTREAM not in details.text
+    assert calls(env, runner, "getTaskRunDetails") == [200]
+
+
+@pytest.mark.podman
+def test_a_broken_secret_of_another_rules_upstream_does_not_fail_this_rule(
+    env: Env, runner: EmulatedRegistry, tmp_path: Path
+) -> None:
+    custom = two_rules(env, broken=True)
+    with make_validator(
+        env, runner, custom_registries=custom, **with_identity(env.runner_identity)
+    ) as validator:
+        mine = validator.validate(request_for(env.green, key="rule-a"), lambda _: None)
+        # rule B's own run (its task file names its upstream) does fail at that login
+        folder = folder_with(
+            tmp_path,
+            f"""\
+            version: v1.1.0
+            steps:
+              - cmd: {OTHER_UPSTREAM}/tools/check:1 true
+            """,
+        )
+        theirs = validator.validate(request_for(env.green, folder, key="rule-b"), lambda _: None)
+    assert mine.outcome is Outcome.PASSED, mine.log
+    assert f"Logging in to registry: {OTHER_UPSTREAM}" not in mine.log
+    assert theirs.outcome is Outcome.FAILED, theirs.log
+    assert f"Logging in to registry: {OTHER_UPSTREAM}" in theirs.log
+    assert "failed to get the credentials" in theirs.log
+
+
+@pytest.mark.podman
+def test_a_task_file_that_pushes_to_the_runner_registry_keeps_its_login(
+    env: Env, runner: EmulatedRegistry, tmp_path: Path
+) -> None:
+    folder = folder_with(
+        tmp_path,
+        """\
+        version: v1.1.0
+        steps:
+          - id: make
+            build: -t {{.Run.Registry}}/checked:{{.Run.ID}} --build-arg BASE={{.Values.IMAGE}} .
+          - id: test
+            cmd: "{{.Run.Registry}}/checked:{{.Run.ID}} true"
+          - id: ship
+            push: ["{{.Run.Registry}}/checked:{{.Run.ID}}"]
+        """,
+    )
+    (folder / "Dockerfile").write_text("ARG BASE\nFROM $BASE\n")
+    with make_validator(env, runner) as validator:
+        result = validator.validate(request_for(env.green, folder), lambda _: None)
+    assert result.outcome is Outcome.PASSED, result.log
+    (run,) = runs_of(env.emulator, runner.name)
+    assert run.body["credentials"] == {"sourceRegistry": {"loginMode": "Default"}}
+    assert run.to_json()["properties"]["sourceRegistryAuth"] == "Default"
+
+
+def test_a_run_without_a_runner_login_cannot_push_there(env: Env, runner: EmulatedRegistry) -> None:
+    # What the emulator does with loginMode None: the push to its own registry is refused
+    # (ACR's agents push with the run's login), before anything is built.
+    task = (
+        "version: v1.1.0\nsteps:\n"
+        "  - {id: make, build: -t $Registry/app:1 .}\n"
+        '  - {id: ship, push: ["$Registry/app:1"]}\n'
+    )
+    body = {
+        **good_body(),
+        "encodedTaskContent": base64.b64encode(task.encode()).decode(),
+        "credentials": {"sourceRegistry": {"loginMode": "None"}},
+    }
+    response = arm(env)("POST", f"{runner.resource_id}/scheduleRun?api-version={API}", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["properties"]["sourceRegistryAuth"] == "None"
+    wait_for_runs(env.emulator, runner.name)
+    (run,) = runs_of(env.emulator, runner.name)
+    assert run.status == "Failed"
+    stored = (env.emulator.blobs.get(f"acr-{runner.name}", run.log_name) or b"").decode()
+    assert f"unauthorized: authentication required for {runner.login_server}" in stored
+    assert "failed to run step ID: ship: exit status 1" in stored
+    assert "Executing step ID: make" not in stored
+
+
+def test_a_private_runner_registry_refuses_pulls_to_a_run_without_its_login(
+    env: Env,
+) -> None:
+    private_runner = env.emulator.add_registry(f"privaterunner{next(_names)}", private=True)
+    task = f"version: v1.1.0\nsteps:\n  - cmd: {private_runner.login_server}/tools/check:1 true\n"
+    body = {
+        **good_body(),
+        "encodedTaskContent": base64.b64encode(task.encode()).decode(),
+        "credentials": {"sourceRegistry": {"loginMode": "None"}},
+    }
+    path = f"{private_runner.resource_id}/scheduleRun?api-version={API}"
+    response = arm(env)("POST", path, json=body)
+    assert response.status_code == 200, response.text
+    wait_for_runs(env.emulator, private_runner.name)
+    (run,) = runs_of(env.emulator, private_runner.name)
+    assert run.status == "Failed"
+    stored = (env.emulator.blobs.get(f"acr-{private_runner.name}", run.log_name) or b"").decode()
+    assert "unauthorized: authentication required" in stored
+    assert "exit status 125" in stored
+
+
+def test_task_run_get_hides_secrets_that_get_details_returns(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    identity = env.runner_identity
+    credentials = {
+        "customRegistries": {
+            "registry.example.io": {
+                "userName": {"type": "Opaque", "value": "reader"},
+                "password": {"type": "Opaque", "value": "pa55-w0rd"},
+            }
+        },
+        "sourceRegistry": {"loginMode": "None"},
+    }
+    values = [{"name": "TOKEN", "value": "s3cr3t", "isSecret": True}]
+    body = {
+        "identity": {"type": "UserAssigned", "userAssignedIdentities": {identity.resource_id: {}}},
+        "properties": {"runRequest": {**good_body(), "credentials": credentials, "values": values}},
+    }
+    path = f"{runner.resource_id}/taskRuns/gate-secrets-1"
+    created = arm(env)("PUT", f"{path}?api-version={API}", json=body)
+    assert created.status_code == 201, created.text
+    shown = arm(env)("GET", f"{path}?api-version={API}")
+    details = arm(env)("POST", f"{path}/listDetails?api-version={API}")
+    assert shown.status_code == details.status_code == 200
+    for answer in (created.text, shown.text):
+        assert "pa55-w0rd" not in answer and "s3cr3t" not in answer
+    request = details.json()["properties"]["runRequest"]
+    assert request["credentials"] == credentials and request["values"] == values
+    gone = arm(env)(
+        "POST", f"{runner.resource_id}/taskRuns/nosuchrun/listDetails?api-version={API}"
+    )
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "ResourceNotFound"
+    wait_for_runs(env.emulator, runner.name)
+
+
+@pytest.mark.podman
+def test_a_delete_that_fails_twice_is_retried_and_verified(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    env.emulator.faults.add(route="deleteTaskRun", status=500, times=2)
+    with make_validator(env, runner, client_kwargs={"retry_total": 0}) as validator:
+        result = validator.validate(request_for(env.green, key="rec6"), lambda _: None)
+    assert result.outcome is Outcome.PASSED, result.log
+    assert result.reason == f"run {result.run_id} succeeded"  # nothing left to report
+    assert calls(env, runner, "deleteTaskRun") == [500, 500, 200]
+    # the SDK's final GET of the creation, then the check after the delete that worked
+    assert calls(env, runner, "getTaskRun") == [200, 404]
+    assert task_runs_of(env.emulator, runner.name) == {}
+    assert "could not be deleted" not in result.log
+
+
+@pytest.mark.podman
+def test_a_delete_answered_as_done_is_checked_and_repeated_while_the_task_run_stays(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    env.emulator.faults.add(task_run_survives_delete=True, times=1)
+    with make_validator(env, runner) as validator:
+        result = validator.validate(request_for(env.green, key="rec7"), lambda _: None)
+    assert result.outcome is Outcome.PASSED, result.log
+    assert result.reason == f"run {result.run_id} succeeded"
+    assert calls(env, runner, "deleteTaskRun") == [200, 200]
+    # the creation's final GET, the check that found it still there, the check after the retry
+    assert calls(env, runner, "getTaskRun") == [200, 200, 404]
+    assert task_runs_of(env.emulator, runner.name) == {}

@@ -17,8 +17,17 @@ sends), under ``…/registries/{name}/taskRuns/{taskRunName}``:
   (``200``), which is how the specification describes ``forceUpdateTag``.
 * ``GET`` (TaskRuns_Get): ``200`` with the resource (``provisioningState`` ``Succeeded``,
   ``runResult`` the run as it stands now), ``404`` ``ResourceNotFound`` for an unknown name.
+* ``POST …/taskRuns/{name}/listDetails`` (TaskRuns_GetDetails, "Gets the detailed information
+  for a given task run that includes all secrets"): ``200`` with the resource and its
+  ``runRequest`` as it was sent, credentials and secret values included. ``GET`` and the PUT's
+  answer leave out the ``value`` of secret values and of the credentials' secret objects (the
+  specification's examples carry none, so which fields ARM hides is not confirmed).
 * ``DELETE`` (TaskRuns_Delete, synchronous in 2025-03-01-preview): ``200``, or ``204`` when
-  there is no such task run. The run record stays (``runs.get`` still answers).
+  there is no such task run. The run record stays (``runs.get`` still answers). A test makes
+  it fail ``N`` times with ``faults.add(route="deleteTaskRun", status=500, times=N)``, or
+  answer ``200`` ``N`` times and keep the task run with
+  ``faults.add(task_run_survives_delete=True, times=N)`` (what a client that trusts the answer
+  instead of checking with a ``GET`` would miss).
 * ``GET …/taskRuns/{name}/operationStatuses/{id}``: the async operation of a PUT.
 
 Platform: ``runRequest.platform`` (``os``, ``architecture``, ``variant``; the specification's
@@ -118,15 +127,21 @@ class EmulatedTaskRun:
         """The task run's ARM id."""
         return f"{self.registry.resource_id}/taskRuns/{self.name}"
 
-    def to_json(self, run_json: dict[str, Any]) -> dict[str, Any]:
-        """The ``TaskRun`` resource as ARM answers it."""
+    def to_json(self, run_json: dict[str, Any], *, details: bool = False) -> dict[str, Any]:
+        """The ``TaskRun`` resource as ARM answers it; with ``details``, secrets included.
+
+        Without ``details`` (``TaskRuns_Get``, the PUT's answer) the values of secret values
+        and of the credentials' secret objects are left out; ``TaskRuns_GetDetails`` answers
+        the request as it was sent.
+        """
+        request = self.run_request if details else _without_secrets(self.run_request)
         body: dict[str, Any] = {
             "id": self.resource_id(),
             "name": self.name,
             "type": "Microsoft.ContainerRegistry/registries/TaskRuns",
             "properties": {
                 "provisioningState": self.provisioning,
-                "runRequest": {**self.run_request, "isArchiveEnabled": False},
+                "runRequest": {**request, "isArchiveEnabled": False},
                 "runResult": run_json,
             },
         }
@@ -143,6 +158,28 @@ class EmulatedTaskRun:
                 }
             body["identity"] = identity
         return body
+
+
+def _without_secrets(run_request: dict[str, Any]) -> dict[str, Any]:
+    """``run_request`` without the values of its secret values and credential secret objects."""
+    values = [
+        {k: v for k, v in item.items() if k != "value"} if item.get("isSecret") else item
+        for item in run_request.get("values") or []
+    ]
+    credentials = run_request.get("credentials")
+    custom = (credentials or {}).get("customRegistries") or {}
+    hidden: dict[str, Any] = {}
+    for host, creds in custom.items():
+        hidden[host] = {
+            key: ({"type": part.get("type")} if isinstance(part, dict) else part)
+            for key, part in creds.items()
+        }
+    answer = {**run_request, "values": values}
+    if credentials is not None:
+        answer["credentials"] = (
+            {**credentials, "customRegistries": hidden} if custom else credentials
+        )
+    return answer
 
 
 @dataclass
@@ -182,9 +219,9 @@ def install(emulator: AcrEmulator) -> None:
             )
         return name
 
-    def current(task_run: EmulatedTaskRun) -> dict[str, Any]:
+    def current(task_run: EmulatedTaskRun, *, details: bool = False) -> dict[str, Any]:
         with runs.lock:
-            return task_run.to_json(task_run.run.to_json())
+            return task_run.to_json(task_run.run.to_json(), details=details)
 
     @router.route("PUT", path, name="createTaskRun", api_versions=TASKS_API_VERSIONS)
     def create(req: Request, m: re.Match[str]) -> Response:
@@ -272,11 +309,31 @@ def install(emulator: AcrEmulator) -> None:
             )
         return Response(200, current(task_run))
 
+    @router.route(
+        "POST", path + r"/listDetails", name="getTaskRunDetails", api_versions=TASKS_API_VERSIONS
+    )
+    def details(req: Request, m: re.Match[str]) -> Response:
+        registry = registry_of(m)
+        if isinstance(registry, Response):
+            return registry
+        with book.lock:
+            task_run = book.task_runs.get((registry.name, m["task_run"].lower()))
+        if task_run is None:
+            return arm_error(
+                404,
+                "ResourceNotFound",
+                f"The Resource 'Microsoft.ContainerRegistry/registries/{registry.name}/taskRuns/"
+                f"{m['task_run']}' under resource group '{m['rg']}' was not found.",
+            )
+        return Response(200, current(task_run, details=True))
+
     @router.route("DELETE", path, name="deleteTaskRun", api_versions=TASKS_API_VERSIONS)
     def delete(req: Request, m: re.Match[str]) -> Response:
         registry = registry_of(m)
         if isinstance(registry, Response):
             return registry
+        if emulator.faults.take("task_run_survives_delete"):
+            return Response(200)  # answered as done, yet the task run is still there
         with book.lock:
             gone = book.task_runs.pop((registry.name, m["task_run"].lower()), None)
         return Response(200 if gone is not None else 204)

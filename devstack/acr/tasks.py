@@ -27,8 +27,12 @@ user-assigned identity attached to the run — a task run's, see :mod:`devstack.
 task_runs`; a quick run has none — ``Vaultsecret`` through :meth:`AcrEmulator.secret_by_uri`
 only if that identity may read the vault, an emulated ACR only if it has AcrPull there;
 anything else fails the run at login, before any step; the exact wording of ACR's login errors
-is not confirmed), a private emulated registry the run did not log in to refuses the pull of a
-step's image (exit status 125), the task file runs on the emulated agent
+is not confirmed), the run is logged in to its own registry unless
+``credentials.sourceRegistry.loginMode`` is ``None`` (the run's ``sourceRegistryAuth`` says
+which), a private emulated registry the run did not log in to refuses the pull of a ``cmd``
+step's image that no build step of the file makes (exit status 125), a ``push`` step to an
+emulated registry the run did not log in to (its own, with ``loginMode`` ``None``) fails with
+``unauthorized`` (exit status 1), the task file runs on the emulated agent
 (:mod:`devstack.acr.runner`, podman) with the request's values, and the log is written to the
 blob store in ACR's format (runner lines ``YYYY/MM/DD HH:MM:SS …``, ``Executing step ID: …``,
 ``Container failed during run: …``, ``failed to run step ID: …: exit status N``, ``Run ID: …
@@ -192,7 +196,7 @@ class EmulatedRun:
             "createTime": _rfc3339(self.create_time),
             "platform": self.body.get("platform"),
             "agentConfiguration": self.body.get("agentConfiguration") or {"cpu": 2},
-            "sourceRegistryAuth": "Default",
+            "sourceRegistryAuth": login_mode(self.body),
             "customRegistries": list(self.logged_in),
             "provisioningState": "Succeeded",
             "isArchiveEnabled": bool(self.body.get("isArchiveEnabled", False)),
@@ -246,6 +250,12 @@ def wait_for_runs(emulator: AcrEmulator, registry: str, timeout: float = 300.0) 
     """Block until every run of ``registry`` has finished (its thread included)."""
     for run in runs_of(emulator, registry):
         run.done.wait(timeout)
+
+
+def login_mode(body: dict[str, Any]) -> str:
+    """``credentials.sourceRegistry.loginMode`` of a run request (``Default`` when absent)."""
+    source = (body.get("credentials") or {}).get("sourceRegistry") or {}
+    return str(source.get("loginMode") or "Default")
 
 
 def _container(registry: EmulatedRegistry) -> str:
@@ -813,19 +823,28 @@ def _run_steps(
     finish: Any,
 ) -> None:
     values, _secret = _values(run)
-    # The agent pulls from its own registry, and from registries it logged in to, with
-    # credentials; the emulated ones serve their content from their backing registries, so
-    # references to them are pointed there. Any other registry is pulled anonymously.
+    # The agent pulls from its own registry (unless loginMode is None: no login there), and
+    # from registries it logged in to, with credentials; the emulated ones serve their content
+    # from their backing registries, so references to them are pointed there. Any other
+    # registry is pulled anonymously.
+    logged = set(run.logged_in)
+    if login_mode(run.body).lower() != "none":
+        logged.add(run.registry.login_server)
     agent_hosts = {
         r.login_server: r.backing.host
         for r in emulator.registries.values()
-        if r is run.registry or r.login_server in run.logged_in or not r.private
+        if r.login_server in logged or not r.private
     }
     # A private registry the run did not log in to refuses the agent's pull (docker exits 125).
     refused = {
         r.login_server
         for r in emulator.registries.values()
-        if r.private and r is not run.registry and r.login_server not in run.logged_in
+        if r.private and r.login_server not in logged
+    }
+    # Any emulated registry the run did not log in to refuses a push (ACR's agents push with
+    # the run's login; an anonymous push is refused even where anonymous pull is allowed).
+    unpushable = {
+        r.login_server for r in emulator.registries.values() if r.login_server not in logged
     }
     for name, value in list(values.items()):
         for login, backing in agent_hosts.items():
@@ -839,6 +858,19 @@ def _run_steps(
         finish("Failed", "failed to initialize the task")
         return
     for step in task.steps:
+        denied = [i for i in step.images if _registry_of(i) in unpushable]
+        if step.kind == "push" and denied:
+            runner(
+                f"Executing step ID: {step.id}. Timeout(sec): {step.timeout}, Working "
+                "directory: '', Network: ''"
+            )
+            runner(f"Pushing image: {denied[0]}, attempt 1")
+            write(f"unauthorized: authentication required for {_registry_of(denied[0])}\n")
+            write(f"failed to run step ID: {step.id}: exit status 1\n")
+            finish("Failed", "failed during run, err: exit status 1")
+            return
+        if step.kind != "cmd" or step.image in task.built:
+            continue  # a push is checked above; a build tags, and a built image is not pulled
         if _registry_of(step.image) in refused:
             runner(
                 f"Executing step ID: {step.id}. Timeout(sec): {step.timeout}, Working "

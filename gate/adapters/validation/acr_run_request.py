@@ -28,6 +28,7 @@ from azure.mgmt.containerregistrytasks.models import (
     PlatformProperties,
     SecretObject,
     SetValue,
+    SourceRegistryCredentials,
     TaskRun,
     TaskRunProperties,
     UserIdentityProperties,
@@ -144,14 +145,19 @@ def run_timeout_of(seconds: float) -> int:
 
 
 def registry_credentials(
-    custom_registries: Mapping[str, tuple[str, str] | None], identity_client_id: str | None
+    custom_registries: Mapping[str, tuple[str, str] | None],
+    identity_client_id: str | None,
+    *,
+    login_mode: str | None = None,
 ) -> Credentials | None:
-    """``credentials.customRegistries`` of the run: each host the task logs in to.
+    """The run's ``credentials``: each host the task logs in to, and its runner-registry login.
 
-    None maps to an ACR the identity pulls from itself; a (username, password) pair of Key Vault
-    secret URIs to a registry whose credentials that identity reads.
+    In ``customRegistries``, None maps to an ACR the identity pulls from itself; a (username,
+    password) pair of Key Vault secret URIs to a registry whose credentials that identity reads.
+    ``login_mode`` (``None`` or ``Default``, see :mod:`~gate.adapters.validation.acr_run_scope`)
+    becomes ``sourceRegistry.loginMode``; without it ACR applies its own default.
     """
-    if not custom_registries:
+    if not custom_registries and login_mode is None:
         return None
     registries: dict[str, CustomRegistryCredentials] = {}
     for host, secret_uris in sorted(custom_registries.items()):
@@ -167,7 +173,8 @@ def registry_credentials(
             # identity attached to the task run (Azure/acr quickdockerbuildusingidentitykeyvault)
             identity=identity_client_id,
         )
-    return Credentials(custom_registries=registries)
+    source = None if login_mode is None else SourceRegistryCredentials(login_mode=login_mode)
+    return Credentials(custom_registries=registries or None, source_registry=source)
 
 
 def task_run(

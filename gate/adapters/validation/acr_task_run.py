@@ -18,16 +18,24 @@ resource, with the ``azure-mgmt-containerregistrytasks`` client (api-version
    validator's default), the run timeout, the uploaded ``relativePath`` as the source location, and
    ``credentials.customRegistries[host]`` naming that identity by its **client ID**, alone for an
    ACR it may pull from, with ``Vaultsecret`` user name and password URIs it reads from Key Vault
-   for any other registry. The created task run's ``runResult.runId`` is the run;
+   for any other registry — only for the registries of the request's own rule (the candidate's
+   upstream, and a configured registry the rule's folder or values name) — and
+   ``credentials.sourceRegistry.loginMode`` ``None`` unless the task file uses the runner
+   registry (:mod:`~gate.adapters.validation.acr_run_scope`). The created task run's
+   ``runResult.runId`` is the run;
 4. ``on_started(run_id)``, then ``runs.get`` with exponential backoff (``poll_initial``
    doubling up to ``poll_max``) until the run ends. Past our own deadline (the request's
    timeout plus ``deadline_margin``, which covers time queued for an agent) the run is
    cancelled and the validation FAILS; ACR's own run timeout normally ends it first;
 5. ``runs.get_log_sas_url`` and a GET of that blob: the log, secrets masked, is returned;
    ``log_location`` is ``acr://{registry}/runs/{run_id}``, never the SAS URL;
-6. ``task_runs.delete`` of the task run resource, best effort: a failed delete is logged and
-   never changes the verdict (the run and its log were read already; whether deleting a task run
-   also removes its run record is not documented, hence the order).
+6. ``task_runs.delete`` of the task run resource, then ``task_runs.get``, which must answer
+   404: a task run keeps its request, and ``TaskRuns_GetDetails`` answers it "with all
+   secrets" (REST specification), so it must not stay. Tried ``DELETE_ATTEMPTS`` times; a task
+   run still there never changes the verdict (the run and its log were read already; whether
+   deleting a task run also removes its run record is not documented, hence the order), but its
+   notice, with the ``az acr taskrun delete`` command that removes it, is added to the result's
+   reason and log and logged.
 
 Why a task run and not ``scheduleRun`` (sources in the README, "Why taskRuns"): a run that must
 log in to a registry or read Key Vault with a managed identity needs that identity *on the run*.
@@ -52,8 +60,9 @@ was lost names the same resource again instead of scheduling a second run.
 
 ARM calls per validation: upload URL 1, PUT 1, one ``Azure-AsyncOperation`` poll per
 ``Retry-After`` until the creation ends, the SDK's final GET of the task run 1, one ``runs.get``
-per poll, log URL 1, DELETE 1 (the blob PUT and GET go to Storage, not ARM). A run of ``T``
-seconds takes about ``log2(T)`` polls while the interval grows, then one per ``poll_max``.
+per poll, log URL 1, DELETE 1 and its verifying GET 1 (the blob PUT and GET go to Storage, not
+ARM). A run of ``T`` seconds takes about ``log2(T)`` polls while the interval grows, then one per
+``poll_max``.
 
 Outcomes: ``Succeeded`` is PASSED. ``Failed`` with a failing step in the log is REJECTED, the
 reason naming the step and its last output lines, parsed from ACR's log lines
@@ -111,6 +120,7 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest, HttpResponse
 from azure.mgmt.containerregistrytasks import ContainerRegistryTasksMgmtClient
 from azure.mgmt.containerregistrytasks.models import PlatformProperties, Run, TaskRun
+from msgspec.structs import replace
 
 from gate.adapters.validation.acr_run_log import (
     ENGINE_ERROR_EXIT,
@@ -131,6 +141,7 @@ from gate.adapters.validation.acr_run_request import (
     task_run,
     task_run_name,
 )
+from gate.adapters.validation.acr_run_scope import run_registries, runner_login_mode
 from gate.adapters.validation.masking import Masker
 from gate.domain.records import Outcome, ValidationResult
 from gate.errors import ConfigError, ValidatorError
@@ -144,6 +155,9 @@ TERMINAL_STATUSES = frozenset({"Succeeded", "Failed", "Canceled", "Error", "Time
 
 MAX_EARLIER_ATTEMPTS = 5
 """A resumed validation looks up the task runs of at most this many earlier attempts."""
+
+DELETE_ATTEMPTS = 3
+"""Deleting a task run is tried this many times (each verified by a GET) before it is reported."""
 
 _BLOB_API_VERSION = "2021-08-06"
 _TRANSPORT_KEYS = ("connection_verify", "connection_cert", "connection_timeout", "read_timeout")
@@ -186,6 +200,19 @@ def _run_id_of(task_run: TaskRun) -> str | None:
     return run_props.run_id if run_props is not None and run_props.run_id else None
 
 
+def _noting(result: ValidationResult, notices: list[str | None]) -> ValidationResult:
+    """``result`` with the notices of task runs left behind added to its reason and log."""
+    said = [n for n in notices if n]
+    if not said:
+        return result
+    text = "; ".join(said)
+    return replace(
+        result,
+        reason=f"{result.reason}; {text}" if result.reason else text,
+        log=f"{result.log.rstrip()}\n{text}\n" if result.log else f"{text}\n",
+    )
+
+
 class AcrTaskRunValidator:
     """Runs a rule's ACR task file as an ACR task run; see the module documentation.
 
@@ -195,8 +222,12 @@ class AcrTaskRunValidator:
     (its ARM id, attached to every task run, and its client ID, which the run's registry
     credentials name); ``custom_registries`` maps registry login servers the task pulls from to
     Key Vault secret URIs of their (username, password), read by that identity, or to None for
-    an ACR the identity may pull from itself (AcrPull). Custom registries need the identity;
-    without any, the identity is optional (a task run without one pulls anonymously).
+    an ACR the identity may pull from itself (AcrPull): each run carries only those of its own
+    rule (:func:`~gate.adapters.validation.acr_run_scope.run_registries`). ``login_server``
+    is the runner registry's (what ``{{.Run.Registry}}`` is in a run): a run logs in there only
+    when its task file uses it (``loginMode``, see :mod:`~gate.adapters.validation.
+    acr_run_scope`). Custom registries need the identity; without any, the identity is optional
+    (a task run without one pulls anonymously).
     ``client_kwargs`` go to the SDK client (``connection_verify``, ``retry_total``, ``credential_scopes``…);
     the transport and retry settings among them apply to the blob upload and download too.
     ``sleep`` and ``clock`` are injectable for tests.
@@ -211,6 +242,7 @@ class AcrTaskRunValidator:
         registry: str,
         arm_endpoint: str = "https://management.azure.com",
         custom_registries: Mapping[str, tuple[str, str] | None] | None = None,
+        login_server: str | None = None,
         identity_resource_id: str | None = None,
         identity_client_id: str | None = None,
         os: str = "Linux",
@@ -231,6 +263,7 @@ class AcrTaskRunValidator:
         self.resource_group = resource_group
         self.registry = registry
         self.custom_registries = dict(custom_registries or {})
+        self.login_server = login_server or None
         if bool(identity_resource_id) != bool(identity_client_id):
             raise ConfigError(
                 "the runner identity needs both its ARM resource id and its client id; give "
@@ -356,9 +389,8 @@ class AcrTaskRunValidator:
                 log.info("following run %s started earlier", resume.run_id)
                 result = self._follow(resume.run_id, run, request, mask)
                 # The attempt that started it may have left its task run behind.
-                for name in self._earlier_names(request.key, attempt):
-                    self._delete(name)
-                return result
+                left = [self._delete(name) for name in self._earlier_names(request.key, attempt)]
+                return _noting(result, left)
         elif resume is not None:
             found = self._earlier_run(request.key, attempt)
             if found is not None:
@@ -368,12 +400,23 @@ class AcrTaskRunValidator:
                 )
                 on_started(run_id)
                 result = self._follow(run_id, run, request, mask)
-                self._delete(name)
-                return result
+                return _noting(result, [self._delete(name)])
 
         name = task_run_name(request.key, attempt)
         relative_path = self._upload(pack_folder(Path(request.folder)))
         task = (Path(request.folder) / request.task_file).read_bytes()
+        plain = {k: v for k, v in values.items() if k not in request.secret_values}
+        # Only this rule's registries: another rule's broken secret cannot fail this run, and
+        # this candidate gets no credential of another rule's upstream.
+        registries = run_registries(
+            self.custom_registries,
+            candidate_host=request.image.registry,
+            folder=Path(request.folder),
+            values=plain,
+        )
+        login_mode = runner_login_mode(
+            Path(request.folder), request.task_file, plain, self.login_server
+        )
         poller = self._client.task_runs.begin_create(
             self.resource_group,
             self.registry,
@@ -385,7 +428,9 @@ class AcrTaskRunValidator:
                 platform=platform,
                 timeout=run_timeout,
                 source_location=relative_path,
-                credentials=registry_credentials(self.custom_registries, self.identity_client_id),
+                credentials=registry_credentials(
+                    registries, self.identity_client_id, login_mode=login_mode
+                ),
                 identity_resource_id=self.identity_resource_id,
             ),
             # without a Retry-After from ARM, poll the creation at our own pace
@@ -403,8 +448,7 @@ class AcrTaskRunValidator:
         log.info("task run %s started run %s on registry %s", name, new_id, self.registry)
         on_started(new_id)
         result = self._follow(new_id, _run_result(created), request, mask)
-        self._delete(name)
-        return result
+        return _noting(result, [self._delete(name)])
 
     # -- task runs ---------------------------------------------------------------------------
 
@@ -431,18 +475,49 @@ class AcrTaskRunValidator:
             log.info("no earlier attempt of %s left a task run; starting a new run", key)
         return None
 
-    def _delete(self, name: str) -> None:
-        """Delete task run ``name``, best effort: a failure is logged, nothing else."""
-        try:
-            self._client.task_runs.delete(self.resource_group, self.registry, name)
-        except AzureError as exc:
-            log.warning(
-                "could not delete task run %s on registry %s (%s); delete it with "
-                "'az acr taskrun delete' (it holds no secret values)",
-                name,
-                self.registry,
-                _arm_detail(exc),
-            )
+    def delete_command(self, name: str) -> str:
+        """The ``az`` command that deletes task run ``name`` by hand."""
+        return (
+            f"az acr taskrun delete --registry {self.registry} --name {name} "
+            f"--resource-group {self.resource_group} --yes"
+        )
+
+    def _delete(self, name: str) -> str | None:
+        """Delete task run ``name`` and check it is gone; None, or the notice of a leftover.
+
+        A task run keeps its run request, and ``TaskRuns_GetDetails`` answers it with its
+        credentials and secret values, so it must not outlive the validation: the DELETE is
+        tried ``DELETE_ATTEMPTS`` times (besides the SDK's own retries), each followed by a GET
+        that must answer 404. A task run still there is logged and returned as a notice with
+        the command that deletes it; the verdict stands either way.
+        """
+        why = ""
+        for attempt in range(1, DELETE_ATTEMPTS + 1):
+            try:
+                self._client.task_runs.delete(self.resource_group, self.registry, name)
+                self._client.task_runs.get(self.resource_group, self.registry, name)
+            except ResourceNotFoundError:
+                return None  # the GET's 404: gone
+            except AzureError as exc:
+                why = _arm_detail(exc)
+            else:
+                why = "it still exists after its deletion"
+            if attempt < DELETE_ATTEMPTS:
+                self._sleep(self.poll_initial * 2 ** (attempt - 1))
+        command = self.delete_command(name)
+        # one argument each: the log's cap on an argument's length must not cut the command
+        log.warning(
+            "task run %s on registry %s could not be deleted (%s); its registry credentials "
+            "and secret values may remain in it: delete it with '%s'",
+            name,
+            self.registry,
+            why,
+            command,
+        )
+        return (
+            f"task run {name} on registry {self.registry} could not be deleted ({why}); its "
+            f"registry credentials and secret values may remain in it: delete it with '{command}'"
+        )
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -595,6 +670,7 @@ class AcrTaskRunValidator:
 
 
 __all__ = [
+    "DELETE_ATTEMPTS",
     "ENGINE_ERROR_EXIT",
     "MAX_EARLIER_ATTEMPTS",
     "MAX_RUN_TIMEOUT",
