@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from gate.domain.durations import CONFIG, parse_duration
 from gate.domain.platforms import PLATFORM_PATTERN
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -27,7 +28,7 @@ _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Text = Annotated[str, msgspec.Meta(min_length=1)]
 _REGISTRY_NAME = "^[A-Za-z0-9]{5,50}$"
 _TASK_NAME = "^[A-Za-z0-9_-]{5,50}$"
-DURATION_PATTERN = "^[0-9]{1,9}(s|m|h|d)$"
+DURATION_PATTERN = CONFIG.pattern
 Duration = Annotated[
     str,
     msgspec.Meta(
@@ -36,12 +37,11 @@ Duration = Annotated[
         examples=["30m", "6h", "2d"],
     ),
 ]
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def duration_seconds(text: str) -> int:
     """Seconds in a :data:`Duration` the schema has checked (``6h`` is 21600)."""
-    return int(text[:-1]) * _DURATION_UNITS[text[-1]]
+    return parse_duration(text, CONFIG)
 
 
 def _doc(text: str) -> msgspec.Meta:
