@@ -27,28 +27,38 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from msgspec.structs import replace
 
+from gate.config.schema import (
+    AzureLedger,
+    LeaseSettings,
+    PollSettings,
+    RegistrySettings,
+    RetentionSettings,
+    Revalidation,
+    RunnerIdentity,
+    ValidatorSettings,
+)
 from gate.domain.platforms import Platform, PlatformError
-from gate.domain.ref import ImageRef, is_loopback_registry
+from gate.domain.ref import ImageRef
 from gate.errors import ConfigError, InvalidReference, NoMatchingRule, UsageError
 
 if TYPE_CHECKING:
     from gate.config import schema as schema
+
+__all__ = [
+    "AzureLedger",
+    "LeaseSettings",
+    "PollSettings",
+    "RegistrySettings",
+    "RetentionSettings",
+    "Revalidation",
+    "RunnerIdentity",
+    "ValidatorSettings",
+]
 DEFAULT_STABLE_TAG = "{tag}"
 DEFAULT_UNIQUE_TAG = "{tag}-{run_id}"
 TEMPLATE_FIELDS = frozenset({"tag", "run_id", "date"})
 _TAG_PATTERN = re.compile(r"^[\w][\w.-]{0,127}$")
 _GLOB_CHARS = frozenset("*?[")
-
-
-class RegistrySettings(msgspec.Struct, frozen=True):
-    """How to reach one registry host: plain HTTP (loopback only) and credential references."""
-
-    host: str
-    insecure: bool = False
-    username: str | None = None
-    username_secret: str | None = None
-    password_secret: str | None = None
-    resource_id: str | None = None
 
 
 class ValidationSettings(msgspec.Struct, frozen=True):
@@ -98,14 +108,6 @@ class DownstreamTask(msgspec.Struct, frozen=True):
             f"/subscriptions/{subscription_id}/resourceGroups/{self.resource_group}"
             f"/providers/Microsoft.ContainerRegistry/registries/{self.registry}/tasks/{self.task}"
         )
-
-
-class Revalidation(msgspec.Struct, frozen=True):
-    """A rule's scheduled re-validation: how often, what a failure does, how far back to look."""
-
-    every_seconds: float
-    on_failure: str = "demote"  # or "alert"
-    candidates: int = 5
 
 
 class Rule(msgspec.Struct, frozen=True):
@@ -166,14 +168,6 @@ class Rule(msgspec.Struct, frozen=True):
         return rendered
 
 
-class ValidatorSettings(msgspec.Struct, frozen=True):
-    """The local validator: which container engine and which network its steps get."""
-
-    engine: str | None = None
-    network: str = "none"
-    keep_images: bool = False
-
-
 class AzureRegistry(msgspec.Struct, frozen=True):
     """An Azure Container Registry by ARM coordinates.
 
@@ -187,32 +181,6 @@ class AzureRegistry(msgspec.Struct, frozen=True):
     promote: str = "import"
 
 
-class AzureLedger(msgspec.Struct, frozen=True):
-    """Where records live in Azure: Table Storage (and a blob container for validation logs)."""
-
-    table_endpoint: str | None = None
-    connection_string: str | None = None
-    table: str = "gaterecords"
-    log_container: str = "gatelogs"
-
-    def __repr__(self) -> str:  # a connection string holds the account key: never in a repr
-        return (
-            f"AzureLedger(table_endpoint={self.table_endpoint!r}, table={self.table!r}, "
-            f"log_container={self.log_container!r})"
-        )
-
-
-class RunnerIdentity(msgspec.Struct, frozen=True):
-    """The user-assigned identity attached to every validation run (ACR task run).
-
-    ``resource_id`` (its ARM id) attaches it to the run; ``client_id`` is how the run's registry
-    credentials name it. It pulls upstream ACRs (AcrPull) and reads their Key Vault secrets.
-    """
-
-    resource_id: str
-    client_id: str
-
-
 class AzureSettings(msgspec.Struct, frozen=True):
     """The Azure side: where promotions are imported, where quick runs run, secrets, records."""
 
@@ -223,26 +191,6 @@ class AzureSettings(msgspec.Struct, frozen=True):
     key_vault_url: str | None = None
     ledger: AzureLedger | None = None
     runner_identity: RunnerIdentity | None = None
-
-
-class LeaseSettings(msgspec.Struct, frozen=True):
-    """A lease on a record in progress: how long it lasts, how often its holder renews it."""
-
-    seconds: float = 60.0
-    heartbeat_seconds: float = 10.0
-
-
-class RetentionSettings(msgspec.Struct, frozen=True):
-    """Seconds the ledger keeps final records (None: forever); see :mod:`gate.usecases.retention`."""
-
-    keep_seconds: int | None = 400 * 86400
-
-
-class PollSettings(msgspec.Struct, frozen=True):
-    """A watch pass: requests in flight per registry host, and the seconds the pass may take."""
-
-    concurrency_per_registry: int = 8
-    budget_seconds: float = 240.0
 
 
 class AttestationSettings(msgspec.Struct, frozen=True):
@@ -326,6 +274,7 @@ def load_config(
     # the schema is imported here, not with this module: the Functions app's cold start
     # imports gate.config.model but loads a file only on its first invocation
     from gate.config import schema as config_schema
+
     try:
         checked = config_schema.check(
             config_schema.substitute(raw, os.environ if env is None else env)
@@ -386,13 +335,6 @@ class _Builder:
         data_dir = self.path(top.data_dir or os.environ.get("GATE_DATA_DIR") or ".gate")
         registries = self.registries(top.registries)
         rules = tuple(self.rule(r, top.validation_fresh_for) for r in top.rules)
-        if top.lease.heartbeat * 2 > top.lease.seconds:
-            raise self.fail(
-                "lease.heartbeat",
-                f"{top.lease.heartbeat:g} s is more than half of lease.seconds "
-                f"({top.lease.seconds:g} s): one late renewal would lose the lease; renew at "
-                "least twice per lease",
-            )
         names = [r.name for r in rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -417,38 +359,19 @@ class _Builder:
                         f"{azure.registry.login_server} (azure.registry) the gate imports into",
                     )
             self.need_runner_identity(registries, azure)
-        engine = top.validator.engine
         return GateConfig(
             path=self.file,
             data_dir=data_dir,
             registries=registries,
             rules=rules,
-            validator=ValidatorSettings(
-                engine=None if engine == "auto" else engine,
-                network=top.validator.network,
-                keep_images=top.validator.keep_images,
-            ),
+            validator=top.validator,
             secrets_dir=self.path(top.secrets_dir) if top.secrets_dir else None,
             azure=azure,
-            lease=LeaseSettings(seconds=top.lease.seconds, heartbeat_seconds=top.lease.heartbeat),
-            poll=PollSettings(
-                concurrency_per_registry=top.poll.concurrency_per_registry,
-                budget_seconds=top.poll.budget,
-            ),
+            lease=top.lease,
+            poll=top.poll,
             attestation=self.attestation(top.attestation, azure),
-            retention=self.retention(top.ledger),
+            retention=top.ledger,
         )
-
-    def retention(self, entry: schema.LedgerSection) -> RetentionSettings:
-        from gate.config.schema import duration_seconds
-
-        if entry.keep is None:
-            return RetentionSettings(keep_seconds=None)
-        seconds = duration_seconds(entry.keep)
-        if seconds < 86400:
-            # records are the audit trail: a typo like 40s must not empty it overnight
-            raise self.fail("ledger.keep", f"is {entry.keep}: keep records at least 1d (or null)")
-        return RetentionSettings(keep_seconds=seconds)
 
     def attestation(
         self, entry: schema.AttestationSection | None, azure: AzureSettings | None
@@ -500,47 +423,10 @@ class _Builder:
             key=key, verifier_id=entry.verifier_id, referrers_api=entry.referrers_api
         )
 
-    def registries(self, entries: list[schema.RegistryEntry]) -> dict[str, RegistrySettings]:
-        result: dict[str, RegistrySettings] = {}
-        for i, entry in enumerate(entries):
-            where = f"registries[{i}]"
-            try:
-                probe = ImageRef.parse(f"{entry.host}/probe")
-            except InvalidReference:
-                probe = None
-            # a name without '.' or ':port' (and not localhost) would read as a Docker Hub path
-            if probe is None or probe.repository not in ("probe", "library/probe"):
-                raise self.fail(
-                    f"{where}.host",
-                    f"'{entry.host}' is not a registry host[:port]; write e.g. "
-                    "registry.example.com or 127.0.0.1:5000",
-                )
-            host = probe.registry
-            if entry.insecure and not is_loopback_registry(host):
-                raise self.fail(
-                    f"{where}.insecure",
-                    f"plain HTTP is allowed for loopback registries only, not '{host}'; "
-                    "serve it over TLS",
-                )
-            if entry.username and entry.username_secret:
-                raise self.fail(where, "give username or username_secret, not both")
-            if (entry.username or entry.username_secret) and not entry.password_secret:
-                raise self.fail(f"{where}.password_secret", "a username needs a password_secret")
-            if entry.resource_id and not _ACR_ID.fullmatch(entry.resource_id):
-                raise self.fail(
-                    f"{where}.resource_id",
-                    "expected /subscriptions/…/resourceGroups/…/providers/"
-                    "Microsoft.ContainerRegistry/registries/NAME",
-                )
-            result[host] = RegistrySettings(
-                host=host,
-                insecure=entry.insecure,
-                username=entry.username or None,
-                username_secret=entry.username_secret or None,
-                password_secret=entry.password_secret or None,
-                resource_id=entry.resource_id or None,
-            )
-        return result
+    @staticmethod
+    def registries(entries: list[RegistrySettings]) -> dict[str, RegistrySettings]:
+        # the entries have checked and normalised their hosts; a host listed twice: the last
+        return {entry.host: entry for entry in entries}
 
     def rule(self, entry: schema.RuleEntry, fresh_for: float) -> Rule:
         label = f"rule '{entry.name}'"
@@ -575,7 +461,7 @@ class _Builder:
             ),
             signature_keys=self.signature_keys(entry.require_signature, label),
             cooldown_seconds=self.cooldown(entry.cooldown),
-            revalidate=self.revalidation(entry.revalidate),
+            revalidate=entry.revalidate,
             platforms=self.platforms(entry.platforms, f"{label}.platforms"),
         )
 
@@ -590,18 +476,6 @@ class _Builder:
                 raise self.fail(f"{where}[{i}]", f"lists {text} twice; list each platform once")
             parsed.append(platform)
         return tuple(parsed)
-
-    @staticmethod
-    def revalidation(entry: schema.RevalidateEntry | None) -> Revalidation | None:
-        if entry is None:
-            return None
-        from gate.config.schema import duration_seconds
-
-        return Revalidation(
-            every_seconds=float(duration_seconds(entry.every)),
-            on_failure=entry.on_failure,
-            candidates=entry.candidates,
-        )
 
     @staticmethod
     def cooldown(text: str | None) -> float:
@@ -765,22 +639,14 @@ class _Builder:
     def azure(self, entry: schema.AzureSection) -> AzureSettings:
         registry = replace(self.acr(entry.registry), promote=entry.registry.promote)
         runner = self.acr(entry.runner) if entry.runner is not None else registry
-        ledger = None
-        if entry.ledger is not None:
-            led = entry.ledger
-            if bool(led.table_endpoint) == bool(led.connection_string):
-                raise self.fail(
-                    "azure.ledger",
-                    "give exactly one of table_endpoint (identity-based, for Azure) or "
-                    "connection_string (for Azurite)",
-                )
-            ledger = AzureLedger(
-                table_endpoint=self.url(led.table_endpoint, "azure.ledger.table_endpoint")
-                if led.table_endpoint
-                else None,
-                connection_string=led.connection_string or None,
-                table=led.table,
-                log_container=led.log_container,
+        ledger = entry.ledger
+        if ledger is not None and (ledger.table_endpoint is None) == (
+            ledger.connection_string is None
+        ):
+            raise self.fail(
+                "azure.ledger",
+                "give exactly one of table_endpoint (identity-based, for Azure) or "
+                "connection_string (for Azurite)",
             )
         return AzureSettings(
             subscription_id=entry.subscription_id,
@@ -816,27 +682,10 @@ class _Builder:
                 "their Key Vault secrets",
             )
 
-    def runner_identity(self, runner: schema.RunnerEntry | None) -> RunnerIdentity | None:
-        """``azure.runner.identity``: a user-assigned identity's ARM id and client id."""
-        entry = runner.identity if runner is not None else None
-        if entry is None:
-            return None
-        where = "azure.runner.identity"
-        if not _IDENTITY_ID.fullmatch(entry.resource_id):
-            raise self.fail(
-                f"{where}.resource_id",
-                f"'{entry.resource_id}' is not the ARM id of a user-assigned identity "
-                "(/subscriptions/<sub>/resourceGroups/<rg>/providers/"
-                "Microsoft.ManagedIdentity/userAssignedIdentities/<name>); ACR task runs take "
-                "user-assigned identities only",
-            )
-        if not _GUID.fullmatch(entry.client_id):
-            raise self.fail(
-                f"{where}.client_id",
-                f"'{entry.client_id}' is not a client id (a GUID); copy it from "
-                "'az identity show --query clientId'",
-            )
-        return RunnerIdentity(resource_id=entry.resource_id, client_id=entry.client_id)
+    @staticmethod
+    def runner_identity(runner: schema.RunnerEntry | None) -> RunnerIdentity | None:
+        """``azure.runner.identity`` (its entry has checked the ARM id and client id)."""
+        return runner.identity if runner is not None else None
 
     def acr(self, entry: schema.AcrEntry) -> AzureRegistry:
         return AzureRegistry(
@@ -846,16 +695,7 @@ class _Builder:
         )
 
 
-_IDENTITY_ID = re.compile(
-    r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
-    r"Microsoft\.ManagedIdentity/userAssignedIdentities/[^/]+",
-    flags=re.IGNORECASE,
-)
-_GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 # a Key Vault key URI: https://{vault host}/keys/{name}[/{version}] (names: 1-127 of [0-9a-zA-Z-])
-_KEY_VAULT_KEY = re.compile(r"https://[A-Za-z0-9.-]+(?::[0-9]+)?/keys/[0-9A-Za-z-]{1,127}(?:/[0-9A-Za-z]+)?")
-_ACR_ID = re.compile(
-    r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
-    r"Microsoft\.ContainerRegistry/registries/[A-Za-z0-9]+",
-    flags=re.IGNORECASE,
+_KEY_VAULT_KEY = re.compile(
+    r"https://[A-Za-z0-9.-]+(?::[0-9]+)?/keys/[0-9A-Za-z-]{1,127}(?:/[0-9A-Za-z]+)?"
 )

@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec.structs import force_setattr
 
-from gate.domain.durations import CONFIG, parse_duration
+from gate.domain.durations import CONFIG, DurationError, parse_duration
 from gate.domain.platforms import PLATFORM_PATTERN
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -44,8 +45,48 @@ def duration_seconds(text: str) -> int:
     return parse_duration(text, CONFIG)
 
 
+def _seconds(text: str, key: str) -> int:
+    """Seconds in a :data:`Duration` field; its pattern lets a trailing newline through."""
+    try:
+        return parse_duration(text, CONFIG)
+    except DurationError as exc:
+        raise Refusal(exc.message, key) from None
+
+
+def _url(text: str, key: str) -> str:
+    if not text.startswith("https://"):
+        raise Refusal(f"'{text}' must be an https:// URL", key)
+    return text.rstrip("/")
+
+
+_IDENTITY_ID = re.compile(
+    r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+    r"Microsoft\.ManagedIdentity/userAssignedIdentities/[^/]+",
+    flags=re.IGNORECASE,
+)
+_GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+_ACR_ID = re.compile(
+    r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+    r"Microsoft\.ContainerRegistry/registries/[A-Za-z0-9]+",
+    flags=re.IGNORECASE,
+)
+
+
 def _doc(text: str) -> msgspec.Meta:
     return msgspec.Meta(description=text)
+
+
+class Refusal(ValueError):
+    """A problem a ``__post_init__`` finds: its message, and the keys below the struct it is in.
+
+    msgspec reports it as a :class:`msgspec.ValidationError` at the struct's path, with this
+    exception as its cause; the loader reads both to say where.
+    """
+
+    def __init__(self, message: str, *at: str | int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.at = at
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -73,15 +114,67 @@ class RegistryEntry(_Section, frozen=True, kw_only=True):
         _doc("ARM id of an Azure Container Registry upstream (pulled by identity, no secret)."),
     ] = None
 
+    def __post_init__(self) -> None:
+        from gate.domain.ref import ImageRef, is_loopback_registry
+        from gate.errors import InvalidReference
+
+        try:
+            probe = ImageRef.parse(f"{self.host}/probe")
+        except InvalidReference:
+            probe = None
+        # a name without '.' or ':port' (and not localhost) would read as a Docker Hub path
+        if probe is None or probe.repository not in ("probe", "library/probe"):
+            raise Refusal(
+                f"'{self.host}' is not a registry host[:port]; write e.g. "
+                "registry.example.com or 127.0.0.1:5000",
+                "host",
+            )
+        host = probe.registry
+        if self.insecure and not is_loopback_registry(host):
+            raise Refusal(
+                f"plain HTTP is allowed for loopback registries only, not '{host}'; "
+                "serve it over TLS",
+                "insecure",
+            )
+        if self.username and self.username_secret:
+            raise Refusal("give username or username_secret, not both")
+        if (self.username or self.username_secret) and not self.password_secret:
+            raise Refusal("a username needs a password_secret", "password_secret")
+        if self.resource_id and not _ACR_ID.fullmatch(self.resource_id):
+            raise Refusal(
+                "expected /subscriptions/…/resourceGroups/…/providers/"
+                "Microsoft.ContainerRegistry/registries/NAME",
+                "resource_id",
+            )
+        # the settings name the host as references do, and an empty value is no value
+        force_setattr(self, "host", host)
+        for name in ("username", "username_secret", "password_secret", "resource_id"):
+            if getattr(self, name) == "":
+                force_setattr(self, name, None)
+
+
+RegistrySettings = RegistryEntry
+"""How to reach one registry host, as the use cases read it (the same struct)."""
+
 
 class ValidatorSection(_Section, frozen=True, kw_only=True):
     """The local validator: the container engine and the network its steps get."""
 
-    engine: Annotated[Text, _doc("podman, docker or auto (the first found).")] = "auto"
+    engine_choice: Annotated[Text, _doc("podman, docker or auto (the first found).")] = (
+        msgspec.field(default="auto", name="engine")
+    )
     network: Annotated[Text, _doc("Network of the steps' containers (none by default).")] = "none"
     keep_images: Annotated[
         bool, _doc("Keep the images a run pulled or built in the engine's store (debugging).")
     ] = False
+
+    @property
+    def engine(self) -> str | None:
+        """The engine to use; None: the first found (``auto``)."""
+        return None if self.engine_choice == "auto" else self.engine_choice
+
+
+ValidatorSettings = ValidatorSection
 
 
 class ValidationEntry(_Section, frozen=True, kw_only=True):
@@ -162,6 +255,17 @@ class RevalidateEntry(_Section, frozen=True, kw_only=True):
             "looking for one to demote to.",
         ),
     ] = 5
+
+    def __post_init__(self) -> None:
+        _seconds(self.every, "every")
+
+    @property
+    def every_seconds(self) -> float:
+        """Seconds between re-validations."""
+        return float(parse_duration(self.every, CONFIG))
+
+
+Revalidation = RevalidateEntry
 
 
 class RuleEntry(_Section, frozen=True, kw_only=True):
@@ -261,6 +365,26 @@ class RunnerIdentityEntry(_Section, frozen=True, kw_only=True):
     resource_id: Annotated[Text, _doc("ARM id of the user-assigned identity.")]
     client_id: Annotated[Text, _doc("Client id of that identity.")]
 
+    def __post_init__(self) -> None:
+        if not _IDENTITY_ID.fullmatch(self.resource_id):
+            raise Refusal(
+                f"'{self.resource_id}' is not the ARM id of a user-assigned identity "
+                "(/subscriptions/<sub>/resourceGroups/<rg>/providers/"
+                "Microsoft.ManagedIdentity/userAssignedIdentities/<name>); ACR task runs take "
+                "user-assigned identities only",
+                "resource_id",
+            )
+        if not _GUID.fullmatch(self.client_id):
+            raise Refusal(
+                f"'{self.client_id}' is not a client id (a GUID); copy it from "
+                "'az identity show --query clientId'",
+                "client_id",
+            )
+
+
+RunnerIdentity = RunnerIdentityEntry
+"""The user-assigned identity attached to every validation run (ACR task run)."""
+
 
 class RunnerEntry(AcrEntry, frozen=True, kw_only=True):
     """The registry validation runs execute in, and the identity they carry."""
@@ -278,6 +402,24 @@ class LedgerEntry(_Section, frozen=True, kw_only=True):
     table: Annotated[Text, _doc("Table name.")] = "gaterecords"
     log_container: Annotated[Text, _doc("Blob container of validation logs.")] = "gatelogs"
 
+    def __post_init__(self) -> None:
+        # "exactly one of" is the azure section's rule: AzureLedger() names the defaults
+        if self.table_endpoint:
+            force_setattr(self, "table_endpoint", _url(self.table_endpoint, "table_endpoint"))
+        else:
+            force_setattr(self, "table_endpoint", None)
+        if not self.connection_string:
+            force_setattr(self, "connection_string", None)
+
+    def __repr__(self) -> str:  # a connection string holds the account key: never in a repr
+        return (
+            f"AzureLedger(table_endpoint={self.table_endpoint!r}, table={self.table!r}, "
+            f"log_container={self.log_container!r})"
+        )
+
+
+AzureLedger = LedgerEntry
+
 
 class LeaseSection(_Section, frozen=True, kw_only=True):
     """How a worker holds a record while it validates or promotes it."""
@@ -290,14 +432,26 @@ class LeaseSection(_Section, frozen=True, kw_only=True):
             "(it died) is taken over by the next attempt.",
         ),
     ] = 60.0
-    heartbeat: Annotated[
+    heartbeat_seconds: Annotated[
         float,
         msgspec.Meta(
             gt=0,
             description="Seconds between lease renewals while a worker works (at most half of "
             "seconds).",
         ),
-    ] = 10.0
+    ] = msgspec.field(default=10.0, name="heartbeat")
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_seconds * 2 > self.seconds:
+            raise Refusal(
+                f"{self.heartbeat_seconds:g} s is more than half of lease.seconds "
+                f"({self.seconds:g} s): one late renewal would lose the lease; renew at "
+                "least twice per lease",
+                "heartbeat",
+            )
+
+
+LeaseSettings = LeaseSection
 
 
 class PollSection(_Section, frozen=True, kw_only=True):
@@ -311,14 +465,17 @@ class PollSection(_Section, frozen=True, kw_only=True):
             description="Requests in flight at once to one registry host during a poll pass.",
         ),
     ] = 8
-    budget: Annotated[
+    budget_seconds: Annotated[
         float,
         msgspec.Meta(
             gt=0,
             description="Seconds a poll pass may take (keep it under the timer's interval); tags "
             "not reached in time are polled first by the next pass.",
         ),
-    ] = 240.0
+    ] = msgspec.field(default=240.0, name="budget")
+
+
+PollSettings = PollSection
 
 
 class LedgerSection(_Section, frozen=True, kw_only=True):
@@ -331,6 +488,19 @@ class LedgerSection(_Section, frozen=True, kw_only=True):
             "run-ID tag are kept whatever their age. null keeps every record."
         ),
     ] = "400d"
+
+    def __post_init__(self) -> None:
+        # records are the audit trail: a typo like 40s must not empty it overnight
+        if self.keep is not None and _seconds(self.keep, "keep") < 86400:
+            raise Refusal(f"is {self.keep}: keep records at least 1d (or null)", "keep")
+
+    @property
+    def keep_seconds(self) -> int | None:
+        """Seconds the ledger keeps final records; None: forever."""
+        return None if self.keep is None else parse_duration(self.keep, CONFIG)
+
+
+RetentionSettings = LedgerSection
 
 
 class AzureSection(_Section, frozen=True, kw_only=True):
@@ -486,7 +656,7 @@ def check(data: Any) -> ConfigFile:
     try:
         return msgspec.convert(data, ConfigFile, strict=False)
     except msgspec.ValidationError as exc:
-        raise SchemaError(_explain(str(exc), data)) from None
+        raise SchemaError(_explain(str(exc), data, exc.__cause__)) from None
 
 
 # -- msgspec's messages in the file's own terms ---------------------------------------------------
@@ -513,16 +683,19 @@ _KIND = {
 }
 
 
-def _explain(text: str, data: Any) -> SchemaProblem:
+def _explain(text: str, data: Any, cause: BaseException | None = None) -> SchemaProblem:
     # msgspec.inspect is imported where a problem is explained: a check that passes needs none
     import msgspec.inspect as mi
 
     matched = _AT.match(text)
+    # "[...]" (a mapping's value) is dropped: the path then names the mapping
+    path = tuple(int(i) if i else k for k, i in _STEP.findall(matched["path"])) if matched else ()
+    if isinstance(cause, Refusal):
+        # a __post_init__'s own words: msgspec knows the struct's path, the refusal the rest
+        return SchemaProblem((*path, *cause.at), cause.message)
     if matched is None:
         return SchemaProblem((), text)
     what = matched["what"]
-    # "[...]" (a mapping's value) is dropped: the path then names the mapping
-    path = tuple(int(i) if i else k for k, i in _STEP.findall(matched["path"]))
     if unknown := re.search(r"unknown field `([^`]*)`", what):
         if moved := _MOVED.get((*path, unknown[1])):
             return SchemaProblem((*path, unknown[1]), moved)
