@@ -29,6 +29,8 @@ from msgspec.structs import replace
 
 from gate.config.schema import (
     AzureLedger,
+    AzureRegistry,
+    AzureSettings,
     LeaseSettings,
     PollSettings,
     RegistrySettings,
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AzureLedger",
+    "AzureRegistry",
+    "AzureSettings",
     "LeaseSettings",
     "PollSettings",
     "RegistrySettings",
@@ -166,31 +170,6 @@ class Rule(msgspec.Struct, frozen=True):
                 f"for upstream tag '{tag}'; shorten the template or the tag"
             )
         return rendered
-
-
-class AzureRegistry(msgspec.Struct, frozen=True):
-    """An Azure Container Registry by ARM coordinates.
-
-    ``promote`` (the target registry only) is how promotions get there: ``import`` (ACR's
-    import API) or ``push`` (the gate copies over the data plane, like ``docker push``).
-    """
-
-    name: str
-    resource_group: str
-    login_server: str
-    promote: str = "import"
-
-
-class AzureSettings(msgspec.Struct, frozen=True):
-    """The Azure side: where promotions are imported, where quick runs run, secrets, records."""
-
-    subscription_id: str
-    registry: AzureRegistry
-    runner: AzureRegistry
-    arm_endpoint: str = "https://management.azure.com"
-    key_vault_url: str | None = None
-    ledger: AzureLedger | None = None
-    runner_identity: RunnerIdentity | None = None
 
 
 class AttestationSettings(msgspec.Struct, frozen=True):
@@ -341,7 +320,7 @@ class _Builder:
             raise self.fail(
                 "rules", f"rule names must be unique; repeated: {', '.join(duplicates)}"
             )
-        azure = self.azure(top.azure) if top.azure is not None else None
+        azure = top.azure
         rules = tuple(self.downstream_defaults(rule, azure) for rule in rules)
         if azure is not None:
             for i, settings in enumerate(registries.values()):
@@ -636,30 +615,6 @@ class _Builder:
             secret_values=dict(entry.secret_values),
         )
 
-    def azure(self, entry: schema.AzureSection) -> AzureSettings:
-        registry = replace(self.acr(entry.registry), promote=entry.registry.promote)
-        runner = self.acr(entry.runner) if entry.runner is not None else registry
-        ledger = entry.ledger
-        if ledger is not None and (ledger.table_endpoint is None) == (
-            ledger.connection_string is None
-        ):
-            raise self.fail(
-                "azure.ledger",
-                "give exactly one of table_endpoint (identity-based, for Azure) or "
-                "connection_string (for Azurite)",
-            )
-        return AzureSettings(
-            subscription_id=entry.subscription_id,
-            registry=registry,
-            runner=runner,
-            arm_endpoint=self.url(entry.arm_endpoint, "azure.arm_endpoint"),
-            key_vault_url=self.url(entry.key_vault_url, "azure.key_vault_url")
-            if entry.key_vault_url
-            else None,
-            ledger=ledger,
-            runner_identity=self.runner_identity(entry.runner),
-        )
-
     def need_runner_identity(
         self, registries: Mapping[str, RegistrySettings], azure: AzureSettings
     ) -> None:
@@ -681,18 +636,6 @@ class _Builder:
                 "resource_group), and grant it AcrPull on those registries and read access to "
                 "their Key Vault secrets",
             )
-
-    @staticmethod
-    def runner_identity(runner: schema.RunnerEntry | None) -> RunnerIdentity | None:
-        """``azure.runner.identity`` (its entry has checked the ARM id and client id)."""
-        return runner.identity if runner is not None else None
-
-    def acr(self, entry: schema.AcrEntry) -> AzureRegistry:
-        return AzureRegistry(
-            name=entry.name,
-            resource_group=entry.resource_group,
-            login_server=entry.login_server or f"{entry.name.lower()}.azurecr.io",
-        )
 
 
 # a Key Vault key URI: https://{vault host}/keys/{name}[/{version}] (names: 1-127 of [0-9a-zA-Z-])

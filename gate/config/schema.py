@@ -347,7 +347,18 @@ class AcrEntry(_Section, frozen=True, kw_only=True):
         ),
     ]
     resource_group: Annotated[Text, _doc("Resource group of the registry.")]
-    login_server: Annotated[str | None, _doc("Login server (default NAME.azurecr.io).")] = None
+    login_server_given: Annotated[str | None, _doc("Login server (default NAME.azurecr.io).")] = (
+        msgspec.field(default=None, name="login_server")
+    )
+
+    @property
+    def login_server(self) -> str:
+        """The registry's login server: as given, else ``NAME.azurecr.io``."""
+        return self.login_server_given or f"{self.name.lower()}.azurecr.io"
+
+
+AzureRegistry = AcrEntry
+"""An Azure Container Registry by ARM coordinates, as the use cases read it."""
 
 
 class TargetRegistryEntry(AcrEntry, frozen=True, kw_only=True):
@@ -508,12 +519,41 @@ class AzureSection(_Section, frozen=True, kw_only=True):
 
     subscription_id: Annotated[Text, _doc("Subscription of the registries.")]
     registry: Annotated[TargetRegistryEntry, _doc("The base-artifacts registry.")]
-    runner: Annotated[
+    runner_entry: Annotated[
         RunnerEntry | None, _doc("Registry of validation runs (default registry).")
-    ] = None
+    ] = msgspec.field(default=None, name="runner")
     arm_endpoint: Annotated[Text, _doc("ARM endpoint.")] = "https://management.azure.com"
     key_vault_url: Annotated[str | None, _doc("Key Vault of registry credentials.")] = None
     ledger: Annotated[LedgerEntry | None, _doc("Table Storage ledger (else local SQLite).")] = None
+
+    def __post_init__(self) -> None:
+        ledger = self.ledger
+        if ledger is not None and (ledger.table_endpoint is None) == (
+            ledger.connection_string is None
+        ):
+            raise Refusal(
+                "give exactly one of table_endpoint (identity-based, for Azure) or "
+                "connection_string (for Azurite)",
+                "ledger",
+            )
+        force_setattr(self, "arm_endpoint", _url(self.arm_endpoint, "arm_endpoint"))
+        if self.key_vault_url:
+            force_setattr(self, "key_vault_url", _url(self.key_vault_url, "key_vault_url"))
+        else:
+            force_setattr(self, "key_vault_url", None)
+
+    @property
+    def runner(self) -> AcrEntry:
+        """The registry validation runs execute in: ``runner``, else ``registry``."""
+        return self.runner_entry if self.runner_entry is not None else self.registry
+
+    @property
+    def runner_identity(self) -> RunnerIdentityEntry | None:
+        """The user-assigned identity validation runs carry (``runner.identity``)."""
+        return self.runner_entry.identity if self.runner_entry is not None else None
+
+
+AzureSettings = AzureSection
 
 
 class AttestationSection(_Section, frozen=True, kw_only=True):
