@@ -28,6 +28,7 @@ import msgspec
 from msgspec.structs import replace
 
 from gate.config.schema import (
+    AttestationSettings,
     AzureLedger,
     AzureRegistry,
     AzureSettings,
@@ -37,6 +38,7 @@ from gate.config.schema import (
     RetentionSettings,
     Revalidation,
     RunnerIdentity,
+    ValidationSettings,
     ValidatorSettings,
 )
 from gate.domain.platforms import Platform, PlatformError
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from gate.config import schema as schema
 
 __all__ = [
+    "AttestationSettings",
     "AzureLedger",
     "AzureRegistry",
     "AzureSettings",
@@ -56,6 +59,7 @@ __all__ = [
     "RetentionSettings",
     "Revalidation",
     "RunnerIdentity",
+    "ValidationSettings",
     "ValidatorSettings",
 ]
 DEFAULT_STABLE_TAG = "{tag}"
@@ -63,16 +67,6 @@ DEFAULT_UNIQUE_TAG = "{tag}-{run_id}"
 TEMPLATE_FIELDS = frozenset({"tag", "run_id", "date"})
 _TAG_PATTERN = re.compile(r"^[\w][\w.-]{0,127}$")
 _GLOB_CHARS = frozenset("*?[")
-
-
-class ValidationSettings(msgspec.Struct, frozen=True):
-    """A rule's validation: the folder sent as context, its task file, values and timeout."""
-
-    folder: Path
-    task: str = "acr-task.yaml"
-    timeout_seconds: float = 600.0
-    values: Mapping[str, str] = msgspec.field(default_factory=dict)
-    secret_values: Mapping[str, str] = msgspec.field(default_factory=dict)
 
 
 PROMOTE_MODES = ("import", "push")
@@ -172,15 +166,6 @@ class Rule(msgspec.Struct, frozen=True):
         return rendered
 
 
-class AttestationSettings(msgspec.Struct, frozen=True):
-    """The promotion attestation: the signing key file, the verifier id, referrers API use."""
-
-    key: Path | None
-    verifier_id: str
-    referrers_api: bool = True
-    key_vault_key: str | None = None
-
-
 class GateConfig(msgspec.Struct, frozen=True):
     """A loaded, checked gate configuration."""
 
@@ -255,9 +240,10 @@ def load_config(
     from gate.config import schema as config_schema
 
     try:
-        checked = config_schema.check(
-            config_schema.substitute(raw, os.environ if env is None else env)
-        )
+        with config_schema.relative_to(file.parent):
+            checked = config_schema.check(
+                config_schema.substitute(raw, os.environ if env is None else env)
+            )
     except config_schema.SchemaError as exc:
         raise ConfigError(
             f"{file}: {_label(exc.problem.path, raw)}: {exc.problem.message}"
@@ -357,7 +343,7 @@ class _Builder:
     ) -> AttestationSettings | None:
         if entry is None:
             return None
-        if (entry.key is None) == (entry.key_vault_key is None):
+        if (entry.key_text is None) == (entry.key_vault_key is None):
             raise self.fail(
                 "attestation",
                 "name exactly one signing key: key (a PEM file, local gate) or key_vault_key "
@@ -378,12 +364,8 @@ class _Builder:
                     "attestations need azure.registry.promote: push (the gate pushes the "
                     "attestation artifact; import mode's role cannot push)",
                 )
-            return AttestationSettings(
-                key=None,
-                key_vault_key=self.url(entry.key_vault_key, "attestation.key_vault_key"),
-                verifier_id=entry.verifier_id,
-                referrers_api=entry.referrers_api,
-            )
+            self.url(entry.key_vault_key, "attestation.key_vault_key")
+            return entry
         assert entry.key is not None
         if azure is not None:
             # a private key file must not be shipped to a Function app: Key Vault signs there
@@ -392,15 +374,13 @@ class _Builder:
                 "with azure:, sign with a Key Vault key (key_vault_key: its URI) instead of a "
                 "key file",
             )
-        key = self.path(entry.key)
-        if not key.is_file():
+        if not entry.key.is_file():
             raise self.fail(
                 "attestation.key",
-                f"{key} does not exist; create a key pair with 'gate keygen {entry.key}'",
+                f"{entry.key} does not exist; create a key pair with 'gate keygen "
+                f"{entry.key_text}'",
             )
-        return AttestationSettings(
-            key=key, verifier_id=entry.verifier_id, referrers_api=entry.referrers_api
-        )
+        return entry
 
     @staticmethod
     def registries(entries: list[RegistrySettings]) -> dict[str, RegistrySettings]:
@@ -430,7 +410,7 @@ class _Builder:
             source=self.ref(entry.source, f"{label}.source"),
             tags=tags,
             target=self.ref(entry.target, f"{label}.target"),
-            validation=self.validation(entry.validation, f"{label}.validation"),
+            validation=entry.validation,
             stable_tag=stable,
             unique_tag=unique,
             untagged=entry.untagged,
@@ -438,7 +418,7 @@ class _Builder:
             validation_fresh_for=(
                 entry.validation_fresh_for if entry.validation_fresh_for is not None else fresh_for
             ),
-            signature_keys=self.signature_keys(entry.require_signature, label),
+            signature_keys=(tuple(entry.require_signature.keys) if entry.require_signature else ()),
             cooldown_seconds=self.cooldown(entry.cooldown),
             revalidate=entry.revalidate,
             platforms=self.platforms(entry.platforms, f"{label}.platforms"),
@@ -461,29 +441,6 @@ class _Builder:
         from gate.config.schema import duration_seconds
 
         return float(duration_seconds(text)) if text else 0.0
-
-    def signature_keys(
-        self, entry: schema.RequireSignatureEntry | None, label: str
-    ) -> tuple[str, ...]:
-        if entry is None:
-            return ()
-        keys = []
-        for i, text in enumerate(entry.keys):
-            where = f"{label}.require_signature.keys[{i}]"
-            if text.startswith("https://"):
-                if not _KEY_VAULT_KEY.fullmatch(text):
-                    raise self.fail(
-                        where,
-                        f"'{text}' is not a Key Vault key URI "
-                        "(https://VAULT.vault.azure.net/keys/NAME[/VERSION])",
-                    )
-                keys.append(text)
-                continue
-            path = self.path(text)
-            if not path.is_file():
-                raise self.fail(where, f"{path} does not exist; name the signer's PEM public key")
-            keys.append(str(path))
-        return tuple(keys)
 
     def downstream(
         self, entries: list[str | schema.DownstreamEntry], where: str
@@ -598,23 +555,6 @@ class _Builder:
             )
         return text
 
-    def validation(self, entry: schema.ValidationEntry, where: str) -> ValidationSettings:
-        folder = self.path(entry.folder)
-        if not folder.is_dir():
-            raise self.fail(f"{where}.folder", f"{folder} is not a directory")
-        if not (folder / entry.task).is_file():
-            raise self.fail(f"{where}.task", f"{folder / entry.task} does not exist")
-        clash = sorted(set(entry.values) & set(entry.secret_values))
-        if clash:
-            raise self.fail(where, f"{', '.join(clash)} given in both values and secret_values")
-        return ValidationSettings(
-            folder=folder,
-            task=entry.task,
-            timeout_seconds=entry.timeout,
-            values=dict(entry.values),
-            secret_values=dict(entry.secret_values),
-        )
-
     def need_runner_identity(
         self, registries: Mapping[str, RegistrySettings], azure: AzureSettings
     ) -> None:
@@ -636,9 +576,3 @@ class _Builder:
                 "resource_group), and grant it AcrPull on those registries and read access to "
                 "their Key Vault secrets",
             )
-
-
-# a Key Vault key URI: https://{vault host}/keys/{name}[/{version}] (names: 1-127 of [0-9a-zA-Z-])
-_KEY_VAULT_KEY = re.compile(
-    r"https://[A-Za-z0-9.-]+(?::[0-9]+)?/keys/[0-9A-Za-z-]{1,127}(?:/[0-9A-Za-z]+)?"
-)

@@ -15,7 +15,11 @@ Functions app does not pay for building these records.
 # no ``from __future__ import annotations``: msgspec reads these classes' annotations on the
 # first check, and text annotations would have it compile each one then (a third of the check)
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -45,6 +49,24 @@ def duration_seconds(text: str) -> int:
     return parse_duration(text, CONFIG)
 
 
+_FOLDER: ContextVar[Path | None] = ContextVar("gate_config_folder", default=None)
+
+
+@contextmanager
+def relative_to(folder: Path) -> Iterator[None]:
+    """Within: relative paths in the file being checked are relative to ``folder`` (its own)."""
+    token = _FOLDER.set(folder)
+    try:
+        yield
+    finally:
+        _FOLDER.reset(token)
+
+
+def resolve(text: str) -> Path:
+    """``text`` as an absolute path, relative to the configuration file's folder (else cwd)."""
+    return ((_FOLDER.get() or Path()) / Path(text).expanduser()).resolve()
+
+
 def _seconds(text: str, key: str) -> int:
     """Seconds in a :data:`Duration` field; its pattern lets a trailing newline through."""
     try:
@@ -63,6 +85,10 @@ _IDENTITY_ID = re.compile(
     r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
     r"Microsoft\.ManagedIdentity/userAssignedIdentities/[^/]+",
     flags=re.IGNORECASE,
+)
+# a Key Vault key URI: https://{vault host}/keys/{name}[/{version}] (names: 1-127 of [0-9a-zA-Z-])
+_KEY_VAULT_KEY = re.compile(
+    r"https://[A-Za-z0-9.-]+(?::[0-9]+)?/keys/[0-9A-Za-z-]{1,127}(?:/[0-9A-Za-z]+)?"
 )
 _GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 _ACR_ID = re.compile(
@@ -180,17 +206,38 @@ ValidatorSettings = ValidatorSection
 class ValidationEntry(_Section, frozen=True, kw_only=True):
     """A rule's validation: the folder sent as context, its ACR task file, values, timeout."""
 
-    folder: Annotated[Text, _doc("Folder with the task file, relative to this file.")]
+    folder_text: Annotated[Text, _doc("Folder with the task file, relative to this file.")] = (
+        msgspec.field(name="folder")
+    )
     task: Annotated[Text, _doc("Task file inside the folder.")] = "acr-task.yaml"
-    timeout: Annotated[
+    timeout_seconds: Annotated[
         float, msgspec.Meta(gt=0, description="Seconds the validation may take.")
-    ] = 600.0
+    ] = msgspec.field(default=600.0, name="timeout")
     values: Annotated[
         dict[str, str], _doc("Task values ({{.Values.NAME}}); IMAGE is set by the gate.")
     ] = {}
     secret_values: Annotated[
         dict[str, str], _doc("Task values read from secrets: NAME: secret name.")
     ] = {}
+
+    def __post_init__(self) -> None:
+        folder = resolve(self.folder_text)
+        if not folder.is_dir():
+            raise Refusal(f"{folder} is not a directory", "folder")
+        if not (folder / self.task).is_file():
+            raise Refusal(f"{folder / self.task} does not exist", "task")
+        clash = sorted(set(self.values) & set(self.secret_values))
+        if clash:
+            raise Refusal(f"{', '.join(clash)} given in both values and secret_values")
+        force_setattr(self, "folder_text", str(folder))
+
+    @property
+    def folder(self) -> Path:
+        """The folder sent as the validation's context (absolute)."""
+        return Path(self.folder_text)
+
+
+ValidationSettings = ValidationEntry
 
 
 class DownstreamEntry(_Section, frozen=True, kw_only=True):
@@ -230,6 +277,25 @@ class RequireSignatureEntry(_Section, frozen=True, kw_only=True):
             description="PEM public key files (ECDSA P-256), relative to this file.",
         ),
     ]
+
+    def __post_init__(self) -> None:
+        keys = []
+        for i, text in enumerate(self.keys):
+            if text.startswith("https://"):
+                if not _KEY_VAULT_KEY.fullmatch(text):
+                    raise Refusal(
+                        f"'{text}' is not a Key Vault key URI "
+                        "(https://VAULT.vault.azure.net/keys/NAME[/VERSION])",
+                        "keys",
+                        i,
+                    )
+                keys.append(text)
+                continue
+            path = resolve(text)
+            if not path.is_file():
+                raise Refusal(f"{path} does not exist; name the signer's PEM public key", "keys", i)
+            keys.append(str(path))
+        force_setattr(self, "keys", keys)
 
 
 class RevalidateEntry(_Section, frozen=True, kw_only=True):
@@ -556,13 +622,13 @@ class AzureSection(_Section, frozen=True, kw_only=True):
 AzureSettings = AzureSection
 
 
-class AttestationSection(_Section, frozen=True, kw_only=True):
+class AttestationSection(_Section, frozen=True, kw_only=True, dict=True):
     """Signed evidence on every promoted digest (an in-toto attestation, DSSE, ECDSA P-256)."""
 
-    key: Annotated[
+    key_text: Annotated[
         Text | None,
         _doc("PEM private key file (ECDSA P-256) that signs; 'gate keygen' writes one (local)."),
-    ] = None
+    ] = msgspec.field(default=None, name="key")
     key_vault_key: Annotated[
         Text | None,
         _doc("Key Vault EC P-256 key URI that signs instead (with azure:, promote: push)."),
@@ -573,6 +639,21 @@ class AttestationSection(_Section, frozen=True, kw_only=True):
     referrers_api: Annotated[
         bool, _doc("Use the registry's OCI referrers API when it has one (else the tag schema).")
     ] = True
+
+    def __post_init__(self) -> None:
+        # the checks need the azure section, so the whole file's (gate.config.model); the key
+        # is resolved now, while the file's folder is known, and kept as written for messages
+        _ = self.key
+        if self.key_vault_key is not None and self.key_vault_key.startswith("https://"):
+            force_setattr(self, "key_vault_key", self.key_vault_key.rstrip("/"))
+
+    @cached_property
+    def key(self) -> Path | None:
+        """The signing key file (absolute), for the local gate; None: a Key Vault key signs."""
+        return None if self.key_text is None else resolve(self.key_text)
+
+
+AttestationSettings = AttestationSection
 
 
 class ConfigFile(_Section, frozen=True, kw_only=True):
