@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,24 +21,17 @@ from msgspec.structs import replace
 
 from gate.config import model
 from gate.config.model import (
-    _GLOB_CHARS,
-    DOWNSTREAM_VALUES,
-    LOCAL_DOWNSTREAM,
-    TEMPLATE_FIELDS,
     AttestationSettings,
     AzureSettings,
     ConfigFile,
-    DownstreamTask,
+    DownstreamEntry,
     GateConfig,
     Refusal,
     RegistrySettings,
     Rule,
     relative_to,
 )
-from gate.domain.durations import CONFIG, parse_duration
-from gate.domain.platforms import Platform, PlatformError
-from gate.domain.ref import ImageRef
-from gate.errors import ConfigError, InvalidReference
+from gate.errors import ConfigError
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -107,7 +99,8 @@ def _label(path: tuple[str | int, ...], raw: Any) -> str:
 
 
 class _Builder:
-    """Turns a schema-checked file into a GateConfig: the checks that span fields or the disk."""
+    """Turns a decoded file into a GateConfig: the checks that span sections, and the defaults
+    a section takes from another (a rule's validation_fresh_for, its ACR tasks' registry)."""
 
     def __init__(self, file: Path) -> None:
         self.file = file
@@ -119,15 +112,6 @@ class _Builder:
     def path(self, value: str) -> Path:
         return (self.base / Path(value).expanduser()).resolve()
 
-    def ref(self, text: str, where: str) -> ImageRef:
-        try:
-            ref = ImageRef.parse(text)
-        except InvalidReference as exc:
-            raise self.fail(where, exc.message) from None
-        if ref.tag or ref.digest:
-            raise self.fail(where, f"'{text}' must name a repository only, without tag or digest")
-        return ref
-
     def url(self, text: str, where: str) -> str:
         if not text.startswith("https://"):
             raise self.fail(where, f"'{text}' must be an https:// URL")
@@ -136,7 +120,13 @@ class _Builder:
     def build(self, top: model.ConfigFile) -> GateConfig:
         data_dir = self.path(top.data_dir or os.environ.get("GATE_DATA_DIR") or ".gate")
         registries = self.registries(top.registries)
-        rules = tuple(self.rule(r, top.validation_fresh_for) for r in top.rules)
+        # a rule without its own validation_fresh_for has the file's
+        rules = tuple(
+            r
+            if r.fresh_for_given is not None
+            else replace(r, fresh_for_given=top.validation_fresh_for)
+            for r in top.rules
+        )
         names = [r.name for r in rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -224,117 +214,6 @@ class _Builder:
         # the entries have checked and normalised their hosts; a host listed twice: the last
         return {entry.host: entry for entry in entries}
 
-    def rule(self, entry: model.RuleEntry, fresh_for: float) -> Rule:
-        label = f"rule '{entry.name}'"
-        tags = (entry.tags,) if isinstance(entry.tags, str) else tuple(entry.tags)
-        stable = self.template(entry.stable_tag, f"{label}.stable_tag")
-        unique = self.template(entry.unique_tag, f"{label}.unique_tag")
-        if "{run_id}" not in unique:
-            raise self.fail(
-                f"{label}.unique_tag",
-                f"'{unique}' must contain {{run_id}} so every promotion gets its own tag",
-            )
-        if stable == unique:
-            raise self.fail(f"{label}.stable_tag", "must differ from unique_tag")
-        if entry.untagged and (len(tags) != 1 or set(tags[0]) & _GLOB_CHARS):
-            raise self.fail(
-                f"{label}.untagged",
-                "gating untagged pushes needs exactly one exact tag in 'tags' (it names the "
-                "stable tag)",
-            )
-        return Rule(
-            name=entry.name,
-            source=self.ref(entry.source, f"{label}.source"),
-            tags=tags,
-            target=self.ref(entry.target, f"{label}.target"),
-            validation=entry.validation,
-            stable_tag=stable,
-            unique_tag=unique,
-            untagged=entry.untagged,
-            downstream=self.downstream(entry.downstream, f"{label}.downstream"),
-            validation_fresh_for=(
-                entry.validation_fresh_for if entry.validation_fresh_for is not None else fresh_for
-            ),
-            signature_keys=(tuple(entry.require_signature.keys) if entry.require_signature else ()),
-            cooldown_seconds=self.cooldown(entry.cooldown),
-            revalidate=entry.revalidate,
-            platforms=self.platforms(entry.platforms, f"{label}.platforms"),
-        )
-
-    def platforms(self, texts: list[str], where: str) -> tuple[Platform, ...]:
-        parsed: list[Platform] = []
-        for i, text in enumerate(texts):
-            try:
-                platform = Platform.parse(text)
-            except PlatformError as exc:
-                raise self.fail(f"{where}[{i}]", str(exc)) from None
-            if platform in parsed:
-                raise self.fail(f"{where}[{i}]", f"lists {text} twice; list each platform once")
-            parsed.append(platform)
-        return tuple(parsed)
-
-    @staticmethod
-    def cooldown(text: str | None) -> float:
-        return float(parse_duration(text, CONFIG)) if text else 0.0
-
-    def downstream(
-        self, entries: list[str | model.DownstreamEntry], where: str
-    ) -> tuple[DownstreamTask, ...]:
-        """``downstream:`` as written: task names, {task, registry, resource_group}, {file}."""
-        tasks = tuple(self.downstream_task(e, f"{where}[{i}]") for i, e in enumerate(entries))
-        keys = [(t.registry.lower(), t.task.lower()) for t in tasks]
-        if len(set(keys)) != len(keys):
-            raise self.fail(where, "lists the same task twice; each task runs once per promotion")
-        return tasks
-
-    def downstream_task(self, entry: str | model.DownstreamEntry, where: str) -> DownstreamTask:
-        if isinstance(entry, str):
-            return DownstreamTask(task=entry)
-        if (entry.task is None) == (entry.file is None):
-            raise self.fail(
-                where,
-                "give either task (an ACR task, Azure) or file (a local task file), not "
-                f"{'both' if entry.task else 'neither'}",
-            )
-        if entry.task is not None:
-            if entry.values or entry.timeout != 600.0:
-                raise self.fail(
-                    where,
-                    "values and timeout are for local task files (file:); an ACR task has its "
-                    "own values and timeout in Azure",
-                )
-            return DownstreamTask(
-                task=entry.task,
-                registry=entry.registry or "",
-                resource_group=entry.resource_group or "",
-            )
-        if entry.registry or entry.resource_group:
-            raise self.fail(
-                where, "registry and resource_group are for ACR tasks (task:), not for file:"
-            )
-        assert entry.file is not None
-        path = self.path(entry.file)
-        if path.is_dir():
-            path = path / "acr-task.yaml"
-        if not path.is_file():
-            raise self.fail(
-                f"{where}.file",
-                f"{path} does not exist; write the task file, or point file at it (or at the "
-                "folder that holds its acr-task.yaml)",
-            )
-        reserved = sorted(set(entry.values) & set(DOWNSTREAM_VALUES))
-        if reserved:
-            raise self.fail(
-                f"{where}.values", f"{', '.join(reserved)} are set by the gate; rename them"
-            )
-        return DownstreamTask(
-            task=entry.file,
-            registry=LOCAL_DOWNSTREAM,
-            file=path,
-            values=dict(entry.values),
-            timeout_seconds=entry.timeout,
-        )
-
     def downstream_defaults(self, rule: Rule, azure: AzureSettings | None) -> Rule:
         """Fill a rule's ACR downstream tasks from ``azure.registry``; check where each runs.
 
@@ -344,8 +223,10 @@ class _Builder:
         if not rule.downstream:
             return rule
         where = f"rule '{rule.name}'.downstream"
-        filled = []
-        for i, task in enumerate(rule.downstream):
+        filled: list[str | DownstreamEntry] = []
+        for i, (entry, task) in enumerate(
+            zip(rule.downstream_entries, rule.downstream, strict=True)
+        ):
             if task.local:
                 if azure is not None:
                     raise self.fail(
@@ -353,7 +234,7 @@ class _Builder:
                         "local task files run downstream in the local gate only; with azure:, "
                         "name an ACR task (task:) instead",
                     )
-                filled.append(task)
+                filled.append(entry)
                 continue
             if azure is None:
                 raise self.fail(
@@ -373,22 +254,8 @@ class _Builder:
                         f"azure.registry: say its resource_group",
                     )
                 group = home.resource_group
-            filled.append(DownstreamTask(task=task.task, registry=registry, resource_group=group))
-        return replace(rule, downstream=tuple(filled))
-
-    def template(self, text: str, where: str) -> str:
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
-        except ValueError as exc:
-            raise self.fail(where, f"'{text}' is not a valid template ({exc})") from None
-        unknown = sorted(fields - TEMPLATE_FIELDS)
-        if unknown:
-            raise self.fail(
-                where,
-                f"unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)}; "
-                f"use {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))}",
-            )
-        return text
+            filled.append(DownstreamEntry(task=task.task, registry=registry, resource_group=group))
+        return replace(rule, downstream_entries=filled)
 
     def need_runner_identity(
         self, registries: Mapping[str, RegistrySettings], azure: AzureSettings

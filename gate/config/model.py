@@ -25,6 +25,7 @@ are built in C.
 import fnmatch
 import os
 import re
+import string
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -36,7 +37,7 @@ import msgspec
 from msgspec.structs import force_setattr
 
 from gate.domain.durations import CONFIG, DurationError, parse_duration
-from gate.domain.platforms import PLATFORM_PATTERN, Platform
+from gate.domain.platforms import PLATFORM_PATTERN, Platform, PlatformError
 from gate.domain.ref import ImageRef, is_loopback_registry
 from gate.errors import InvalidReference, NoMatchingRule, UsageError
 
@@ -242,7 +243,53 @@ class ValidationEntry(_Section, frozen=True, kw_only=True):
 ValidationSettings = ValidationEntry
 
 
-class DownstreamEntry(_Section, frozen=True, kw_only=True):
+DEFAULT_STABLE_TAG = "{tag}"
+DEFAULT_UNIQUE_TAG = "{tag}-{run_id}"
+TEMPLATE_FIELDS = frozenset({"tag", "run_id", "date"})
+_TAG_PATTERN = re.compile(r"^[\w][\w.-]{0,127}$")
+_GLOB_CHARS = frozenset("*?[")
+
+
+PROMOTE_MODES = ("import", "push")
+
+
+DOWNSTREAM_VALUES = ("BASE_IMAGE", "BASE_DIGEST", "BASE_IMAGE_PINNED", "REGISTRY_FROM_URL")
+"""Values the gate sets for a local downstream task file (see gate.adapters.downstream.local)."""
+
+LOCAL_DOWNSTREAM = "local"
+"""The ``registry`` of a downstream task that is a local task file."""
+
+
+class DownstreamTask(msgspec.Struct, frozen=True):
+    """A task the gate runs after each promotion of a rule (``downstream:``).
+
+    An ACR task: ``registry`` / ``resource_group`` locate the registry the task lives in (by
+    default the registry the gate promotes into); ``task`` is the task's name there. A local
+    task file: ``file`` is its path, ``registry`` is ``local`` and ``task`` the path as
+    written; ``values`` and ``timeout_seconds`` are its run's.
+    """
+
+    task: str
+    registry: str = ""
+    resource_group: str = ""
+    file: Path | None = None
+    values: Mapping[str, str] = msgspec.field(default_factory=dict)
+    timeout_seconds: float = 600.0
+
+    @property
+    def local(self) -> bool:
+        """True for a local task file, run by the local gate."""
+        return self.file is not None
+
+    def task_id(self, subscription_id: str) -> str:
+        """The task's ARM id (what a ``TaskRunRequest`` names)."""
+        return (
+            f"/subscriptions/{subscription_id}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.ContainerRegistry/registries/{self.registry}/tasks/{self.task}"
+        )
+
+
+class DownstreamEntry(_Section, frozen=True, kw_only=True, dict=True):
     """A task the gate runs itself after a promotion (e.g. an application's rebuild).
 
     Either an ACR task (``task``, Azure) or a local ACR task file (``file``, the local gate).
@@ -267,6 +314,55 @@ class DownstreamEntry(_Section, frozen=True, kw_only=True):
     resource_group: Annotated[
         str | None, _doc("Resource group of that registry (default azure.registry's).")
     ] = None
+
+    def __post_init__(self) -> None:
+        if (self.task is None) == (self.file is None):
+            raise Refusal(
+                "give either task (an ACR task, Azure) or file (a local task file), not "
+                f"{'both' if self.task else 'neither'}"
+            )
+        if self.task is not None:
+            if self.values or self.timeout != 600.0:
+                raise Refusal(
+                    "values and timeout are for local task files (file:); an ACR task has its "
+                    "own values and timeout in Azure"
+                )
+            return
+        if self.registry or self.resource_group:
+            raise Refusal("registry and resource_group are for ACR tasks (task:), not for file:")
+        path = self.path
+        if path is None or not path.is_file():
+            raise Refusal(
+                f"{path} does not exist; write the task file, or point file at it (or at the "
+                "folder that holds its acr-task.yaml)",
+                "file",
+            )
+        reserved = sorted(set(self.values) & set(DOWNSTREAM_VALUES))
+        if reserved:
+            raise Refusal(f"{', '.join(reserved)} are set by the gate; rename them", "values")
+
+    @cached_property
+    def path(self) -> Path | None:
+        """The local task file (absolute; a folder's acr-task.yaml); None for an ACR task."""
+        if self.file is None:
+            return None
+        path = resolve(self.file)
+        return path / "acr-task.yaml" if path.is_dir() else path
+
+    def as_task(self) -> DownstreamTask:
+        """The task the gate runs (an ACR task's registry still empty when it is the default)."""
+        if self.task is None:
+            assert self.file is not None  # __post_init__: one of them
+            return DownstreamTask(
+                task=self.file,
+                registry=LOCAL_DOWNSTREAM,
+                file=self.path,
+                values=dict(self.values),
+                timeout_seconds=self.timeout,
+            )
+        return DownstreamTask(
+            task=self.task, registry=self.registry or "", resource_group=self.resource_group or ""
+        )
 
 
 class RequireSignatureEntry(_Section, frozen=True, kw_only=True):
@@ -336,16 +432,20 @@ class RevalidateEntry(_Section, frozen=True, kw_only=True):
 Revalidation = RevalidateEntry
 
 
-class RuleEntry(_Section, frozen=True, kw_only=True):
+class RuleEntry(_Section, frozen=True, kw_only=True, dict=True):
     """One watched upstream repository: which tags, where they go, how they are validated."""
 
     name: Annotated[Text, _doc("Unique rule name.")]
-    source: Annotated[Text, _doc("Upstream repository, without tag, e.g. docker.io/library/node.")]
-    tags: Annotated[
+    source_text: Annotated[
+        Text, _doc("Upstream repository, without tag, e.g. docker.io/library/node.")
+    ] = msgspec.field(name="source")
+    tags_given: Annotated[
         Text | Annotated[list[Text], msgspec.Meta(min_length=1)],
         _doc("Upstream tags or glob patterns, e.g. ['15-alpine', '16-*']."),
-    ]
-    target: Annotated[Text, _doc("Target repository, without tag.")]
+    ] = msgspec.field(name="tags")
+    target_text: Annotated[Text, _doc("Target repository, without tag.")] = msgspec.field(
+        name="target"
+    )
     validation: Annotated[ValidationEntry, _doc("How a candidate is validated.")]
     stable_tag: Annotated[Text, _doc("Template of the moving tag: {tag}, {run_id}, {date}.")] = (
         "{tag}"
@@ -354,20 +454,20 @@ class RuleEntry(_Section, frozen=True, kw_only=True):
         "{tag}-{run_id}"
     )
     untagged: Annotated[bool, _doc("Also gate untagged pushes (needs one exact tag).")] = False
-    downstream: Annotated[
+    downstream_entries: Annotated[
         list[Annotated[str, msgspec.Meta(pattern=_TASK_NAME)] | DownstreamEntry],
         _doc(
             "Tasks to run after each promotion: ACR task names or {task, registry, ...} "
             "(Azure), or {file: local task file or folder} (local)."
         ),
-    ] = []
-    validation_fresh_for: Annotated[
+    ] = msgspec.field(default=[], name="downstream")
+    fresh_for_given: Annotated[
         Annotated[float, msgspec.Meta(ge=0)] | None,
         _doc(
             "Seconds a passing validation whose promotion did not finish stays good for "
             "promoting without validating again (default: the top-level setting)."
         ),
-    ] = None
+    ] = msgspec.field(default=None, name="validation_fresh_for")
     require_signature: Annotated[
         RequireSignatureEntry | None,
         _doc("Reject candidates without a valid cosign signature, before validating."),
@@ -385,7 +485,7 @@ class RuleEntry(_Section, frozen=True, kw_only=True):
         RevalidateEntry | None,
         _doc("Validate the promoted digest again on a schedule; demote or alert on failure."),
     ] = None
-    platforms: Annotated[
+    platform_texts: Annotated[
         list[
             Annotated[
                 str,
@@ -402,7 +502,151 @@ class RuleEntry(_Section, frozen=True, kw_only=True):
             "index lacks is a rejection. Default: empty, one run on the runtime's default "
             "platform."
         ),
-    ] = []
+    ] = msgspec.field(default=[], name="platforms")
+
+    def __post_init__(self) -> None:
+        stable = _template(self.stable_tag, "stable_tag")
+        unique = _template(self.unique_tag, "unique_tag")
+        if "{run_id}" not in unique:
+            raise Refusal(
+                f"'{unique}' must contain {{run_id}} so every promotion gets its own tag",
+                "unique_tag",
+            )
+        if stable == unique:
+            raise Refusal("must differ from unique_tag", "stable_tag")
+        tags = self.tags
+        if self.untagged and (len(tags) != 1 or set(tags[0]) & _GLOB_CHARS):
+            raise Refusal(
+                "gating untagged pushes needs exactly one exact tag in 'tags' (it names the "
+                "stable tag)",
+                "untagged",
+            )
+        # parsed now, so that a bad value is the file's error, not a later command's
+        _ = self.source, self.target, self.platforms, self.cooldown_seconds
+        keys = [(t.registry.lower(), t.task.lower()) for t in self.downstream]
+        if len(set(keys)) != len(keys):
+            raise Refusal(
+                "lists the same task twice; each task runs once per promotion", "downstream"
+            )
+
+    @cached_property
+    def source(self) -> ImageRef:
+        """The upstream repository (no tag)."""
+        return _repository(self.source_text, "source")
+
+    @cached_property
+    def target(self) -> ImageRef:
+        """The repository promotions go to (no tag)."""
+        return _repository(self.target_text, "target")
+
+    @cached_property
+    def tags(self) -> tuple[str, ...]:
+        """The upstream tags and glob patterns."""
+        given = self.tags_given
+        return (given,) if isinstance(given, str) else tuple(given)
+
+    @cached_property
+    def downstream(self) -> tuple[DownstreamTask, ...]:
+        """The tasks run after each promotion (ACR tasks' registry filled by the loader)."""
+        return tuple(
+            DownstreamTask(task=e) if isinstance(e, str) else e.as_task()
+            for e in self.downstream_entries
+        )
+
+    @property
+    def validation_fresh_for(self) -> float:
+        """Seconds a passing validation stays good (the loader fills the file's default)."""
+        return 86400.0 if self.fresh_for_given is None else self.fresh_for_given
+
+    @cached_property
+    def signature_keys(self) -> tuple[str, ...]:
+        """Public key files (absolute) or Key Vault key URIs a candidate's signature must match."""
+        return () if self.require_signature is None else tuple(self.require_signature.keys)
+
+    @cached_property
+    def cooldown_seconds(self) -> float:
+        """Minimum age (seconds since the gate first saw a digest) before a promotion; 0: none."""
+        return 0.0 if not self.cooldown else float(_seconds(self.cooldown, "cooldown"))
+
+    @cached_property
+    def platforms(self) -> tuple[Platform, ...]:
+        """Validated one by one, each on its child manifest of the upstream index; (): one run
+        on the runtime's default platform."""
+        parsed: list[Platform] = []
+        for i, text in enumerate(self.platform_texts):
+            try:
+                platform = Platform.parse(text)
+            except PlatformError as exc:
+                raise Refusal(str(exc), "platforms", i) from None
+            if platform in parsed:
+                raise Refusal(f"lists {text} twice; list each platform once", "platforms", i)
+            parsed.append(platform)
+        return tuple(parsed)
+
+    @property
+    def exact_tags(self) -> tuple[str, ...]:
+        """The selectors that are plain tags (no glob characters)."""
+        return tuple(t for t in self.tags if not _GLOB_CHARS & set(t))
+
+    def watches(self, ref: ImageRef) -> bool:
+        """True when ``ref`` is in this rule's upstream repository and, if tagged, its tag matches."""
+        if (ref.registry, ref.repository) != (self.source.registry, self.source.repository):
+            return False
+        return ref.tag is None or self.selects(ref.tag)
+
+    def selects(self, tag: str) -> bool:
+        """True when ``tag`` matches one of the rule's exact tags or glob patterns."""
+        return any(fnmatch.fnmatchcase(tag, pattern) for pattern in self.tags)
+
+    def gated_tag(self, ref: ImageRef) -> str:
+        """The upstream tag a request stands for: its own, or the rule's only exact tag."""
+        if ref.tag is not None:
+            return ref.tag
+        if len(self.tags) == 1 and self.exact_tags:
+            return self.tags[0]
+        raise UsageError(
+            f"'{ref}' names no tag and rule '{self.name}' watches several "
+            f"({', '.join(self.tags)}): say which, e.g. '{ref.with_tag(self.exact_tags[0] if self.exact_tags else 'TAG')}'"
+        )
+
+    def render(self, template: str, *, tag: str, run_id: str, date: str) -> str:
+        """Render a tag template; the result is checked against the tag grammar."""
+        rendered = template.format(tag=tag, run_id=run_id, date=date)
+        if not _TAG_PATTERN.match(rendered):
+            raise UsageError(
+                f"rule '{self.name}': template '{template}' renders the invalid tag '{rendered}' "
+                f"for upstream tag '{tag}'; shorten the template or the tag"
+            )
+        return rendered
+
+
+Rule = RuleEntry
+"""A rule, as the use cases read it (the same struct)."""
+
+
+def _repository(text: str, key: str) -> ImageRef:
+    try:
+        ref = ImageRef.parse(text)
+    except InvalidReference as exc:
+        raise Refusal(exc.message, key) from None
+    if ref.tag or ref.digest:
+        raise Refusal(f"'{text}' must name a repository only, without tag or digest", key)
+    return ref
+
+
+def _template(text: str, key: str) -> str:
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+    except ValueError as exc:
+        raise Refusal(f"'{text}' is not a valid template ({exc})", key) from None
+    unknown = sorted(fields - TEMPLATE_FIELDS)
+    if unknown:
+        raise Refusal(
+            f"unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)}; "
+            f"use {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))}",
+            key,
+        )
+    return text
 
 
 class AcrEntry(_Section, frozen=True, kw_only=True):
@@ -684,110 +928,6 @@ class ConfigFile(_Section, frozen=True, kw_only=True):
             "for promoting without validating again (a rule may set its own).",
         ),
     ] = 86400.0
-
-
-DEFAULT_STABLE_TAG = "{tag}"
-DEFAULT_UNIQUE_TAG = "{tag}-{run_id}"
-TEMPLATE_FIELDS = frozenset({"tag", "run_id", "date"})
-_TAG_PATTERN = re.compile(r"^[\w][\w.-]{0,127}$")
-_GLOB_CHARS = frozenset("*?[")
-
-
-PROMOTE_MODES = ("import", "push")
-
-
-DOWNSTREAM_VALUES = ("BASE_IMAGE", "BASE_DIGEST", "BASE_IMAGE_PINNED", "REGISTRY_FROM_URL")
-"""Values the gate sets for a local downstream task file (see gate.adapters.downstream.local)."""
-
-LOCAL_DOWNSTREAM = "local"
-"""The ``registry`` of a downstream task that is a local task file."""
-
-
-class DownstreamTask(msgspec.Struct, frozen=True):
-    """A task the gate runs after each promotion of a rule (``downstream:``).
-
-    An ACR task: ``registry`` / ``resource_group`` locate the registry the task lives in (by
-    default the registry the gate promotes into); ``task`` is the task's name there. A local
-    task file: ``file`` is its path, ``registry`` is ``local`` and ``task`` the path as
-    written; ``values`` and ``timeout_seconds`` are its run's.
-    """
-
-    task: str
-    registry: str = ""
-    resource_group: str = ""
-    file: Path | None = None
-    values: Mapping[str, str] = msgspec.field(default_factory=dict)
-    timeout_seconds: float = 600.0
-
-    @property
-    def local(self) -> bool:
-        """True for a local task file, run by the local gate."""
-        return self.file is not None
-
-    def task_id(self, subscription_id: str) -> str:
-        """The task's ARM id (what a ``TaskRunRequest`` names)."""
-        return (
-            f"/subscriptions/{subscription_id}/resourceGroups/{self.resource_group}"
-            f"/providers/Microsoft.ContainerRegistry/registries/{self.registry}/tasks/{self.task}"
-        )
-
-
-class Rule(msgspec.Struct, frozen=True):
-    """One watched upstream repository: which tags, where they go, how they are validated."""
-
-    name: str
-    source: ImageRef
-    tags: tuple[str, ...]
-    target: ImageRef
-    validation: ValidationSettings
-    stable_tag: str = DEFAULT_STABLE_TAG
-    unique_tag: str = DEFAULT_UNIQUE_TAG
-    untagged: bool = False
-    downstream: tuple[DownstreamTask, ...] = ()
-    validation_fresh_for: float = 86400.0
-    signature_keys: tuple[str, ...] = ()
-    # minimum age (seconds since the gate first saw a digest) before a promotion; 0: none
-    cooldown_seconds: float = 0.0
-    revalidate: Revalidation | None = None
-    # validated one by one, each on its child manifest of the upstream index; (): one run on
-    # the runtime's default platform
-    platforms: tuple[Platform, ...] = ()
-
-    @property
-    def exact_tags(self) -> tuple[str, ...]:
-        """The selectors that are plain tags (no glob characters)."""
-        return tuple(t for t in self.tags if not _GLOB_CHARS & set(t))
-
-    def watches(self, ref: ImageRef) -> bool:
-        """True when ``ref`` is in this rule's upstream repository and, if tagged, its tag matches."""
-        if (ref.registry, ref.repository) != (self.source.registry, self.source.repository):
-            return False
-        return ref.tag is None or self.selects(ref.tag)
-
-    def selects(self, tag: str) -> bool:
-        """True when ``tag`` matches one of the rule's exact tags or glob patterns."""
-        return any(fnmatch.fnmatchcase(tag, pattern) for pattern in self.tags)
-
-    def gated_tag(self, ref: ImageRef) -> str:
-        """The upstream tag a request stands for: its own, or the rule's only exact tag."""
-        if ref.tag is not None:
-            return ref.tag
-        if len(self.tags) == 1 and self.exact_tags:
-            return self.tags[0]
-        raise UsageError(
-            f"'{ref}' names no tag and rule '{self.name}' watches several "
-            f"({', '.join(self.tags)}): say which, e.g. '{ref.with_tag(self.exact_tags[0] if self.exact_tags else 'TAG')}'"
-        )
-
-    def render(self, template: str, *, tag: str, run_id: str, date: str) -> str:
-        """Render a tag template; the result is checked against the tag grammar."""
-        rendered = template.format(tag=tag, run_id=run_id, date=date)
-        if not _TAG_PATTERN.match(rendered):
-            raise UsageError(
-                f"rule '{self.name}': template '{template}' renders the invalid tag '{rendered}' "
-                f"for upstream tag '{tag}'; shorten the template or the tag"
-            )
-        return rendered
 
 
 class GateConfig(msgspec.Struct, frozen=True):
