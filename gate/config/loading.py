@@ -151,25 +151,20 @@ class _Builder:
                         f"{azure.registry.login_server} (azure.registry) the gate imports into",
                     )
             self.need_runner_identity(registries, azure)
+        self.attestation(top.attestation, azure)
         return GateConfig(
             path=self.file,
             data_dir=data_dir,
             registries=registries,
             rules=rules,
-            validator=top.validator,
+            file=top,
             secrets_dir=self.path(top.secrets_dir) if top.secrets_dir else None,
-            azure=azure,
-            lease=top.lease,
-            poll=top.poll,
-            attestation=self.attestation(top.attestation, azure),
-            retention=top.ledger,
         )
 
-    def attestation(
-        self, entry: model.AttestationSection | None, azure: AzureSettings | None
-    ) -> AttestationSettings | None:
+    def attestation(self, entry: AttestationSettings | None, azure: AzureSettings | None) -> None:
+        """The attestation's checks that need the azure section."""
         if entry is None:
-            return None
+            return
         if (entry.key_text is None) == (entry.key_vault_key is None):
             raise self.fail(
                 "attestation",
@@ -192,7 +187,7 @@ class _Builder:
                     "attestation artifact; import mode's role cannot push)",
                 )
             self.url(entry.key_vault_key, "attestation.key_vault_key")
-            return entry
+            return
         assert entry.key is not None
         if azure is not None:
             # a private key file must not be shipped to a Function app: Key Vault signs there
@@ -207,7 +202,6 @@ class _Builder:
                 f"{entry.key} does not exist; create a key pair with 'gate keygen "
                 f"{entry.key_text}'",
             )
-        return entry
 
     @staticmethod
     def registries(entries: list[RegistrySettings]) -> dict[str, RegistrySettings]:

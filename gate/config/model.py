@@ -931,19 +931,49 @@ class ConfigFile(_Section, frozen=True, kw_only=True):
 
 
 class GateConfig(msgspec.Struct, frozen=True):
-    """A loaded, checked gate configuration."""
+    """A loaded, checked gate configuration: the file's sections, and what only its place says.
+
+    ``path`` is the file, ``data_dir`` and ``secrets_dir`` its folders resolved against it (and
+    ``$GATE_DATA_DIR``); ``registries`` are the file's by host; ``rules`` the file's with the
+    defaults other sections give them. The other sections are the decoded file's own.
+    """
 
     path: Path
     data_dir: Path
     registries: Mapping[str, RegistrySettings]
     rules: tuple[Rule, ...]
-    validator: ValidatorSettings = ValidatorSettings()
+    file: ConfigFile
     secrets_dir: Path | None = None
-    azure: AzureSettings | None = None
-    attestation: AttestationSettings | None = None
-    lease: LeaseSettings = LeaseSettings()
-    poll: PollSettings = PollSettings()
-    retention: RetentionSettings = RetentionSettings()
+
+    @property
+    def validator(self) -> ValidatorSettings:
+        """The local validator."""
+        return self.file.validator
+
+    @property
+    def azure(self) -> AzureSettings | None:
+        """The Azure side; None: all local."""
+        return self.file.azure
+
+    @property
+    def attestation(self) -> AttestationSettings | None:
+        """How promotions are attested; None: not at all."""
+        return self.file.attestation
+
+    @property
+    def lease(self) -> LeaseSettings:
+        """Leases on records in progress."""
+        return self.file.lease
+
+    @property
+    def poll(self) -> PollSettings:
+        """How watch passes poll upstreams."""
+        return self.file.poll
+
+    @property
+    def retention(self) -> RetentionSettings:
+        """How long the ledger keeps records (the file's ``ledger:``)."""
+        return self.file.ledger
 
     def match(self, ref: ImageRef) -> Rule:
         """The first rule that watches ``ref``; :class:`NoMatchingRule` (nothing happens) if none."""
