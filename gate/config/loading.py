@@ -3,9 +3,9 @@
 :mod:`gate.config.model` holds the types, which check their own fields; this module reads the
 file (its parse cached by :mod:`gate.config.parse_cache`), substitutes ``${NAME}`` /
 ``${NAME:-default}``, decodes it into a :class:`~gate.config.model.ConfigFile` within the file's
-folder (relative paths), adds the checks that span sections, and turns every problem into a
-:class:`~gate.errors.ConfigError` that names the file, the rule and the field, and says what a
-valid value looks like.
+folder (relative paths), places it (:class:`~gate.config.model.GateConfig`), and turns every
+problem into a :class:`~gate.errors.ConfigError` that names the file, the rule and the field, and
+says what a valid value looks like.
 """
 
 from __future__ import annotations
@@ -17,18 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from msgspec.structs import replace
 
-from gate.config import model
 from gate.config.model import (
-    AttestationSettings,
-    AzureSettings,
     ConfigFile,
-    DownstreamEntry,
     GateConfig,
     Refusal,
-    RegistrySettings,
-    Rule,
     relative_to,
 )
 from gate.errors import ConfigError
@@ -77,7 +70,7 @@ def load_config(
         raise ConfigError(
             f"{file}: {_label(exc.problem.path, raw)}: {exc.problem.message}"
         ) from None
-    return _Builder(file).build(checked)
+    return _placed(file, checked)
 
 
 def _label(path: tuple[str | int, ...], raw: Any) -> str:
@@ -98,180 +91,20 @@ def _label(path: tuple[str | int, ...], raw: Any) -> str:
     return text
 
 
-class _Builder:
-    """Turns a decoded file into a GateConfig: the checks that span sections, and the defaults
-    a section takes from another (a rule's validation_fresh_for, its ACR tasks' registry)."""
+def _placed(file: Path, top: ConfigFile) -> GateConfig:
+    """The decoded file in its place: its folders resolved against it, registries by host."""
 
-    def __init__(self, file: Path) -> None:
-        self.file = file
-        self.base = file.parent
+    def path(value: str) -> Path:
+        return (file.parent / Path(value).expanduser()).resolve()
 
-    def fail(self, where: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.file}: {where}: {message}")
-
-    def path(self, value: str) -> Path:
-        return (self.base / Path(value).expanduser()).resolve()
-
-    def url(self, text: str, where: str) -> str:
-        if not text.startswith("https://"):
-            raise self.fail(where, f"'{text}' must be an https:// URL")
-        return text.rstrip("/")
-
-    def build(self, top: model.ConfigFile) -> GateConfig:
-        data_dir = self.path(top.data_dir or os.environ.get("GATE_DATA_DIR") or ".gate")
-        registries = self.registries(top.registries)
-        # a rule without its own validation_fresh_for has the file's
-        rules = tuple(
-            r
-            if r.fresh_for_given is not None
-            else replace(r, fresh_for_given=top.validation_fresh_for)
-            for r in top.rules
-        )
-        names = [r.name for r in rules]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise self.fail(
-                "rules", f"rule names must be unique; repeated: {', '.join(duplicates)}"
-            )
-        azure = top.azure
-        rules = tuple(self.downstream_defaults(rule, azure) for rule in rules)
-        if azure is not None:
-            for i, settings in enumerate(registries.values()):
-                if settings.username is not None:
-                    raise self.fail(
-                        f"registries[{i}].username",
-                        "with azure:, name the username by secret (username_secret): ACR "
-                        "import and quick runs take credentials from Key Vault only",
-                    )
-            for rule in rules:
-                if rule.target.registry != azure.registry.login_server:
-                    raise self.fail(
-                        f"rule '{rule.name}'.target",
-                        f"'{rule.target.registry}' is not the Azure registry "
-                        f"{azure.registry.login_server} (azure.registry) the gate imports into",
-                    )
-            self.need_runner_identity(registries, azure)
-        self.attestation(top.attestation, azure)
-        return GateConfig(
-            path=self.file,
-            data_dir=data_dir,
-            registries=registries,
-            rules=rules,
-            file=top,
-            secrets_dir=self.path(top.secrets_dir) if top.secrets_dir else None,
-        )
-
-    def attestation(self, entry: AttestationSettings | None, azure: AzureSettings | None) -> None:
-        """The attestation's checks that need the azure section."""
-        if entry is None:
-            return
-        if (entry.key_text is None) == (entry.key_vault_key is None):
-            raise self.fail(
-                "attestation",
-                "name exactly one signing key: key (a PEM file, local gate) or key_vault_key "
-                "(a Key Vault key URI, with azure:)",
-            )
-        if entry.key_vault_key is not None:
-            if azure is None:
-                raise self.fail(
-                    "attestation.key_vault_key",
-                    "a Key Vault key signs for the Azure gate (azure:); locally use key: with "
-                    "a file from 'gate keygen'",
-                )
-            if azure.registry.promote != "push":
-                # the attestation is an artifact pushed into the target repository: import
-                # mode's role has no push right there (README, "Roles")
-                raise self.fail(
-                    "attestation",
-                    "attestations need azure.registry.promote: push (the gate pushes the "
-                    "attestation artifact; import mode's role cannot push)",
-                )
-            self.url(entry.key_vault_key, "attestation.key_vault_key")
-            return
-        assert entry.key is not None
-        if azure is not None:
-            # a private key file must not be shipped to a Function app: Key Vault signs there
-            raise self.fail(
-                "attestation.key",
-                "with azure:, sign with a Key Vault key (key_vault_key: its URI) instead of a "
-                "key file",
-            )
-        if not entry.key.is_file():
-            raise self.fail(
-                "attestation.key",
-                f"{entry.key} does not exist; create a key pair with 'gate keygen "
-                f"{entry.key_text}'",
-            )
-
-    @staticmethod
-    def registries(entries: list[RegistrySettings]) -> dict[str, RegistrySettings]:
-        # the entries have checked and normalised their hosts; a host listed twice: the last
-        return {entry.host: entry for entry in entries}
-
-    def downstream_defaults(self, rule: Rule, azure: AzureSettings | None) -> Rule:
-        """Fill a rule's ACR downstream tasks from ``azure.registry``; check where each runs.
-
-        ACR tasks run only with azure:, local task files only without it (a Function app has
-        no container engine).
-        """
-        if not rule.downstream:
-            return rule
-        where = f"rule '{rule.name}'.downstream"
-        filled: list[str | DownstreamEntry] = []
-        for i, (entry, task) in enumerate(
-            zip(rule.downstream_entries, rule.downstream, strict=True)
-        ):
-            if task.local:
-                if azure is not None:
-                    raise self.fail(
-                        f"{where}[{i}].file",
-                        "local task files run downstream in the local gate only; with azure:, "
-                        "name an ACR task (task:) instead",
-                    )
-                filled.append(entry)
-                continue
-            if azure is None:
-                raise self.fail(
-                    f"{where}[{i}]",
-                    f"'{task.task}' is an ACR task, and ACR tasks need the azure: section; "
-                    "locally, name a task file instead ({file: path/to/acr-task.yaml}), or add "
-                    "azure:",
-                )
-            home = azure.registry
-            registry = task.registry or home.name
-            group = task.resource_group
-            if not group:
-                if registry.lower() != home.name.lower():
-                    raise self.fail(
-                        f"{where}[{i}].resource_group",
-                        f"task '{task.task}' lives in registry '{registry}', not in "
-                        f"azure.registry: say its resource_group",
-                    )
-                group = home.resource_group
-            filled.append(DownstreamEntry(task=task.task, registry=registry, resource_group=group))
-        return replace(rule, downstream_entries=filled)
-
-    def need_runner_identity(
-        self, registries: Mapping[str, RegistrySettings], azure: AzureSettings
-    ) -> None:
-        """Validation runs that log in to a registry do it as the runner identity: require it."""
-        if azure.runner_identity is not None:
-            return
-        logins = sorted(
-            host
-            for host, settings in registries.items()
-            if settings.resource_id
-            or (azure.key_vault_url and (settings.username_secret or settings.password_secret))
-        )
-        if logins:
-            raise self.fail(
-                "azure.runner.identity",
-                f"validation runs log in to {', '.join(logins)}, and ACR task runs do that only "
-                "as a user-assigned identity: add azure.runner.identity: {resource_id: <ARM id "
-                "of the identity>, client_id: <its client id>} (with azure.runner's name and "
-                "resource_group), and grant it AcrPull on those registries and read access to "
-                "their Key Vault secrets",
-            )
+    return GateConfig(
+        path=file,
+        data_dir=path(top.data_dir or os.environ.get("GATE_DATA_DIR") or ".gate"),
+        registries=top.registries_by_host,
+        rules=tuple(top.rules),
+        file=top,
+        secrets_dir=path(top.secrets_dir) if top.secrets_dir else None,
+    )
 
 
 class SchemaProblem(msgspec.Struct, frozen=True):

@@ -7,8 +7,8 @@ use cases want a value in another form than the file writes it, the field keeps 
 file's ``heartbeat``, :attr:`Rule.source` the parsed ``source``); the model's older names are
 aliases (:data:`LeaseSettings` is :class:`LeaseSection`). A struct checks what spans its own
 fields in ``__post_init__`` and raises :class:`Refusal`, which the decoder reports at the struct's
-path; :mod:`gate.config.loading` reads the file, decodes it and words the problems, and adds the
-checks that span sections.
+path (:class:`ConfigFile` checks what spans sections); :mod:`gate.config.loading` reads the file,
+decodes it and words the problems.
 
 Values reach the types after ``${NAME}`` / ``${NAME:-default}`` substitution, so every scalar
 may come from the environment as text: numbers are turned into text before conversion and the
@@ -81,9 +81,9 @@ def _seconds(text: str, key: str) -> int:
         raise Refusal(exc.message, key) from None
 
 
-def _url(text: str, key: str) -> str:
+def _url(text: str, key: str, *within: str) -> str:
     if not text.startswith("https://"):
-        raise Refusal(f"'{text}' must be an https:// URL", key)
+        raise Refusal(f"'{text}' must be an https:// URL", *within, key)
     return text.rstrip("/")
 
 
@@ -887,7 +887,7 @@ class AttestationSection(_Section, frozen=True, kw_only=True, dict=True):
     ] = True
 
     def __post_init__(self) -> None:
-        # the checks need the azure section, so the whole file's (gate.config.loading); the key
+        # the checks need the azure section, so the whole file's (ConfigFile); the key
         # is resolved now, while the file's folder is known, and kept as written for messages
         _ = self.key
         if self.key_vault_key is not None and self.key_vault_key.startswith("https://"):
@@ -928,6 +928,159 @@ class ConfigFile(_Section, frozen=True, kw_only=True):
             "for promoting without validating again (a rule may set its own).",
         ),
     ] = 86400.0
+
+    def __post_init__(self) -> None:
+        names = [r.name for r in self.rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise Refusal(f"rule names must be unique; repeated: {', '.join(duplicates)}", "rules")
+        azure = self.azure
+        # a rule takes what it does not say from the file: validation_fresh_for, and its ACR
+        # tasks' registry from azure.registry
+        rules = [
+            _placed(i, rule, self.validation_fresh_for, azure) for i, rule in enumerate(self.rules)
+        ]
+        force_setattr(self, "rules", rules)
+        if azure is not None:
+            for i, settings in enumerate(self.registries_by_host.values()):
+                if settings.username is not None:
+                    raise Refusal(
+                        "with azure:, name the username by secret (username_secret): ACR "
+                        "import and quick runs take credentials from Key Vault only",
+                        "registries",
+                        i,
+                        "username",
+                    )
+            for i, rule in enumerate(rules):
+                if rule.target.registry != azure.registry.login_server:
+                    raise Refusal(
+                        f"'{rule.target.registry}' is not the Azure registry "
+                        f"{azure.registry.login_server} (azure.registry) the gate imports into",
+                        "rules",
+                        i,
+                        "target",
+                    )
+            _need_runner_identity(self.registries_by_host, azure)
+        if self.attestation is not None:
+            _check_attestation(self.attestation, azure)
+
+    @property
+    def registries_by_host(self) -> dict[str, RegistryEntry]:
+        """The registries by (normalised) host; of a host listed twice, the last."""
+        return {entry.host: entry for entry in self.registries}
+
+
+def _placed(i: int, rule: RuleEntry, fresh_for: float, azure: AzureSection | None) -> RuleEntry:
+    """``rule`` with the file's validation_fresh_for and azure.registry where it says neither.
+
+    ACR tasks run only with azure:, local task files only without it (a Function app has no
+    container engine).
+    """
+    filled: list[str | DownstreamEntry] = []
+    for j, (entry, task) in enumerate(zip(rule.downstream_entries, rule.downstream, strict=True)):
+        at = ("rules", i, "downstream", j)
+        if task.local:
+            if azure is not None:
+                raise Refusal(
+                    "local task files run downstream in the local gate only; with azure:, "
+                    "name an ACR task (task:) instead",
+                    *at,
+                    "file",
+                )
+            filled.append(entry)
+            continue
+        if azure is None:
+            raise Refusal(
+                f"'{task.task}' is an ACR task, and ACR tasks need the azure: section; "
+                "locally, name a task file instead ({file: path/to/acr-task.yaml}), or add "
+                "azure:",
+                *at,
+            )
+        home = azure.registry
+        registry = task.registry or home.name
+        group = task.resource_group
+        if not group:
+            if registry.lower() != home.name.lower():
+                raise Refusal(
+                    f"task '{task.task}' lives in registry '{registry}', not in "
+                    f"azure.registry: say its resource_group",
+                    *at,
+                    "resource_group",
+                )
+            group = home.resource_group
+        filled.append(DownstreamEntry(task=task.task, registry=registry, resource_group=group))
+    if rule.fresh_for_given is not None and not filled:
+        return rule
+    return msgspec.structs.replace(
+        rule,
+        downstream_entries=filled,
+        fresh_for_given=fresh_for if rule.fresh_for_given is None else rule.fresh_for_given,
+    )
+
+
+def _need_runner_identity(registries: Mapping[str, RegistryEntry], azure: AzureSection) -> None:
+    """Validation runs that log in to a registry do it as the runner identity: require it."""
+    if azure.runner_identity is not None:
+        return
+    logins = sorted(
+        host
+        for host, settings in registries.items()
+        if settings.resource_id
+        or (azure.key_vault_url and (settings.username_secret or settings.password_secret))
+    )
+    if logins:
+        raise Refusal(
+            f"validation runs log in to {', '.join(logins)}, and ACR task runs do that only "
+            "as a user-assigned identity: add azure.runner.identity: {resource_id: <ARM id "
+            "of the identity>, client_id: <its client id>} (with azure.runner's name and "
+            "resource_group), and grant it AcrPull on those registries and read access to "
+            "their Key Vault secrets",
+            "azure",
+            "runner",
+            "identity",
+        )
+
+
+def _check_attestation(entry: AttestationSection, azure: AzureSection | None) -> None:
+    """The attestation's checks that need the azure section."""
+    if (entry.key_text is None) == (entry.key_vault_key is None):
+        raise Refusal(
+            "name exactly one signing key: key (a PEM file, local gate) or key_vault_key "
+            "(a Key Vault key URI, with azure:)",
+            "attestation",
+        )
+    if entry.key_vault_key is not None:
+        if azure is None:
+            raise Refusal(
+                "a Key Vault key signs for the Azure gate (azure:); locally use key: with "
+                "a file from 'gate keygen'",
+                "attestation",
+                "key_vault_key",
+            )
+        if azure.registry.promote != "push":
+            # the attestation is an artifact pushed into the target repository: import
+            # mode's role has no push right there (README, "Roles")
+            raise Refusal(
+                "attestations need azure.registry.promote: push (the gate pushes the "
+                "attestation artifact; import mode's role cannot push)",
+                "attestation",
+            )
+        _url(entry.key_vault_key, "key_vault_key", "attestation")
+        return
+    assert entry.key is not None
+    if azure is not None:
+        # a private key file must not be shipped to a Function app: Key Vault signs there
+        raise Refusal(
+            "with azure:, sign with a Key Vault key (key_vault_key: its URI) instead of a key file",
+            "attestation",
+            "key",
+        )
+    if not entry.key.is_file():
+        raise Refusal(
+            f"{entry.key} does not exist; create a key pair with 'gate keygen {entry.key_text}'",
+            "attestation",
+            "key",
+        )
 
 
 class GateConfig(msgspec.Struct, frozen=True):
