@@ -39,7 +39,7 @@ from msgspec.structs import force_setattr
 from gate.domain.durations import CONFIG, DurationError, parse_duration
 from gate.domain.platforms import PLATFORM_PATTERN, Platform, PlatformError
 from gate.domain.ref import ImageRef, is_loopback_registry
-from gate.errors import InvalidReference, NoMatchingRule, UsageError
+from gate.errors import ConfigError, InvalidReference, NoMatchingRule, UsageError
 
 Text = Annotated[str, msgspec.Meta(min_length=1)]
 _REGISTRY_NAME = "^[A-Za-z0-9]{5,50}$"
@@ -108,16 +108,16 @@ def _doc(text: str) -> msgspec.Meta:
     return msgspec.Meta(description=text)
 
 
-class Refusal(ValueError):
+class Refusal(ConfigError, ValueError):
     """A problem a ``__post_init__`` finds: its message, and the keys below the struct it is in.
 
-    msgspec reports it as a :class:`msgspec.ValidationError` at the struct's path, with this
-    exception as its cause; the loader reads both to say where.
+    While a file is decoded, msgspec reports it (a ValueError) as a
+    :class:`msgspec.ValidationError` at the struct's path, with this exception as its cause; the
+    loader reads both to say where. A struct built in code raises it as it is.
     """
 
     def __init__(self, message: str, *at: str | int) -> None:
         super().__init__(message)
-        self.message = message
         self.at = at
 
 
