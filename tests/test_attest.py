@@ -438,7 +438,7 @@ def test_consumer_examples_ask_for_what_the_gate_writes() -> None:
     assert wanted["type"] == attest.PREDICATE_TYPE
     checks = {c["key"]: c["value"] for c in wanted["conditions"][0]["all"]}
     assert checks["{{ verificationResult }}"] == attest.PASSED
-    assert checks["{{ verifier.id }}"] == AttestationSection(key="k").verifier_id
+    assert checks["{{ verifier.id }}"] == AttestationSection(key_text="k").verifier_id
     workflow = yaml.safe_load((examples / "ci-verify.yml").read_text())
     steps = " ".join(str(s.get("run", "")) for s in workflow["jobs"]["build"]["steps"])
     assert "gate verify" in steps and "--key" in steps and "--max-age" in steps

@@ -530,3 +530,11 @@ def test_attestation_names_exactly_one_key_and_a_vault_key_needs_azure(tmp_path:
     vault_only = f"    attestation: {{key_vault_key: '{KV_KEY}'}}\n"
     with pytest.raises(ConfigError, match=r"attestation\.key_vault_key: a Key Vault key signs"):
         load_config(make(tmp_path, GOOD.rstrip(" ") + vault_only), env={"UP": "127.0.0.1:5001"})
+
+
+def test_a_duration_with_a_trailing_newline_is_the_files_error_at_its_field(tmp_path: Path) -> None:
+    # the schema's pattern lets "6h\n" (a YAML block scalar) through; the parser does not
+    body = GOOD.rstrip(" ") + '        cooldown: "6h\\n"\n'
+
+    with pytest.raises(ConfigError, match=r"rule 'node'\.cooldown: '6h\n' is not a duration"):
+        load_config(make(tmp_path, body), env={"UP": "127.0.0.1:5001"})

@@ -250,7 +250,7 @@ def test_a_demotion_is_attested_so_the_demoted_digest_no_longer_verifies(
     def decide(request: ValidationRequest) -> Outcome:
         return Outcome.REJECTED if request.image.digest in failing else Outcome.PASSED
 
-    rule = replace(setup.keeper.config.rules[0], revalidate=Revalidation(every_seconds=86400))
+    rule = replace(setup.keeper.config.rules[0], revalidate=Revalidation(every="1d"))
     keeper = replace(
         setup.keeper,
         config=replace(setup.keeper.config, rules=(rule,)),

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gate.domain.durations import AGE, DurationError, parse_duration
 from gate.domain.ref import ImageRef
 from gate.errors import UsageError
 
@@ -47,16 +47,17 @@ FAILED = "FAILED"
 # VSA v1 requires verifiedLevels; the gate checks a validation run, not SLSA build provenance,
 # so it claims the level that promises nothing about the build (SLSA v1.0 "Build L0").
 _LEVELS = ("SLSA_BUILD_LEVEL_0",)
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_age(text: str) -> timedelta:
     """``30d``, ``12h``, ``90m``, ``2w`` or ``45s`` as a span; :class:`UsageError` otherwise."""
-    match = _DURATION.match(text)
-    if not match or int(match.group(1)) <= 0:
-        raise UsageError(f"'{text}' is not an age; write a positive number and a unit: 30d, 12h")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        seconds = parse_duration(text, AGE)
+    except DurationError:
+        raise UsageError(
+            f"'{text}' is not an age; write a positive number and a unit: 30d, 12h"
+        ) from None
+    return timedelta(seconds=seconds)
 
 
 def folder_digest(folder: Path) -> str:

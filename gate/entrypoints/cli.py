@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import sys
 import threading
@@ -342,11 +341,15 @@ def _state(value: str | None) -> State | None:
 def _since(value: str | None) -> datetime | None:
     if not value:
         return None
-    units = {"m": 60, "h": 3600, "d": 86400}
-    span = re.fullmatch(r"([0-9]{1,7})([mhd])", value)
-    if span:
+    from gate.domain.durations import SPAN, DurationError, parse_duration
+
+    try:
+        seconds = parse_duration(value, SPAN)
+    except DurationError:
+        pass  # not a span: an instant
+    else:
         try:
-            return datetime.now(UTC) - timedelta(seconds=int(span[1]) * units[span[2]])
+            return datetime.now(UTC) - timedelta(seconds=seconds)
         except OverflowError:
             raise click.BadParameter(
                 f"{value} reaches back before year 1", param_hint="'--since'"

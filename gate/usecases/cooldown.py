@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from gate.config.model import Rule
+from gate.domain.durations import format_duration
 from gate.domain.records import GateRecord, State
 from gate.domain.ref import ImageRef
 from gate.errors import GateError
@@ -38,7 +39,7 @@ def cooldown_hold(
             State.SUPERSEDED,
             eligible_at=eligible,
             reason=f"superseded: {upstream} moved on to {current} during the cooldown "
-            f"({_duration(rule.cooldown_seconds)}); validation run {record.run_id} passed, "
+            f"({format_duration(rule.cooldown_seconds)}); validation run {record.run_id} passed, "
             "but this digest is never promoted",
         )
         keeper.ledger.save(held)
@@ -51,7 +52,7 @@ def cooldown_hold(
         why = f"{upstream} could not be checked ({asked}); the next check tries again"
     else:
         why = (
-            f"cooldown {_duration(rule.cooldown_seconds)} since first seen "
+            f"cooldown {format_duration(rule.cooldown_seconds)} since first seen "
             f"{seen.isoformat(timespec='seconds')}: promoted from "
             f"{eligible.isoformat(timespec='seconds')} (gate watch or the timer) if {upstream} "
             "still points at it"
@@ -71,15 +72,8 @@ def cooldown_note(rule: Rule, record: GateRecord) -> str:
     if not rule.cooldown_seconds:
         return ""
     if record.forced:
-        return f"; cooldown ({_duration(rule.cooldown_seconds)}) skipped: forced"
-    return f"; cooldown ({_duration(rule.cooldown_seconds)}) passed"
-
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
+        return f"; cooldown ({format_duration(rule.cooldown_seconds)}) skipped: forced"
+    return f"; cooldown ({format_duration(rule.cooldown_seconds)}) passed"
 
 
 def waiting_records(keeper: Gatekeeper, *, limit: int = 1000) -> list[GateRecord]:
