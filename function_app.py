@@ -46,7 +46,7 @@ def settings() -> Settings:
 @cache
 def config() -> GateConfig:
     """The gate configuration (``GATE_CONFIG``), loaded once per process."""
-    from gate.config.model import load_config
+    from gate.config.loading import load_config
 
     return load_config(settings().config_path)
 

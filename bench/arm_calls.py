@@ -24,7 +24,7 @@ from devstack.acr.tasks import wait_for_runs
 from devstack.images import ImageBuilder
 from devstack.podman import podman_env
 from gate.compose import build_gatekeeper
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.usecases.gating import gate_image
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -83,7 +83,7 @@ def main() -> None:
     seed = ROOT / "examples" / "seed" / "gate.yaml"
     first_load = cold_run(
         "import os; os.environ.update(GATE_UPSTREAM='127.0.0.1:5001', GATE_TARGET='127.0.0.1:5002');"
-        f"from gate.config.model import load_config; load_config({str(seed)!r})",
+        f"from gate.config.loading import load_config; load_config({str(seed)!r})",
         args.rounds,
     )
     print(f"  msgspec (schema)  {schema * 1000:7.1f} ms   (not imported by function_app)")

@@ -142,7 +142,8 @@ def _attestation_cost(
 
     from gate.adapters.registry.referrers import OciAttestationStore
     from gate.adapters.signers import KeyFileSigner, generate_key_pair
-    from gate.domain.attestation import PASSED, Attestor, Evidence
+    from gate.domain.attestation import PASSED, Evidence
+    from gate.usecases.attestation import Attestor
 
     key = work / "bench.key"
     generate_key_pair(key)

@@ -21,7 +21,7 @@ from devstack.proxy import LatencyProxy, push_tiny_images
 from devstack.registry import RegistryProcess
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.adapters.registry.oci import HostSettings, OciRegistry
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.usecases.keeper import Gatekeeper
 from gate.usecases.polling import poll_upstreams
 

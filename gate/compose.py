@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from gate.adapters.registry.referrers import OciAttestationStore
     from gate.adapters.validation.local import LocalValidator
     from gate.config.model import AzureSettings, DownstreamTask, GateConfig, Rule
-    from gate.domain.attestation import Attestor
+    from gate.domain.attestation import StoredAttestation
     from gate.domain.records import DownstreamRun, GateRecord, ValidationResult
     from gate.domain.ref import ImageRef
     from gate.domain.signatures import CosignSignature
@@ -41,10 +41,10 @@ if TYPE_CHECKING:
         SecretUris,
         SignatureStore,
         Signer,
-        StoredAttestation,
         ValidationRequest,
         Validator,
     )
+    from gate.usecases.attestation import Attestor
     from gate.usecases.keeper import Gatekeeper, Notify
 
 if TYPE_CHECKING:
@@ -298,7 +298,7 @@ def _attestor(config: GateConfig, registry: Callable[[], OciRegistry]) -> Attest
     if settings is None:
         return None
     from gate.adapters.signers import KeyFileSigner
-    from gate.domain.attestation import Attestor
+    from gate.usecases.attestation import Attestor
 
     def make_store() -> AttestationStore:
         from gate.adapters.registry.referrers import OciAttestationStore
@@ -561,7 +561,7 @@ def _azure_attestor(
     from gate.adapters.registry.oci import HostSettings, OciRegistry
     from gate.adapters.registry.referrers import SessionAttestationStore
     from gate.adapters.signers import KeyVaultSigner
-    from gate.domain.attestation import Attestor
+    from gate.usecases.attestation import Attestor
 
     # the configuration requires promote: push for attestations (the artifact is pushed)
     assert isinstance(registry, AcrPushRegistry)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gate.config.model import DownstreamTask, Rule
+from gate.domain.attestation import StoredAttestation
 from gate.domain.records import Claim, DownstreamRun, GateRecord, State, ValidationResult
 from gate.domain.ref import ImageRef
 from gate.domain.signatures import CosignSignature
@@ -331,20 +332,6 @@ class Attester(Protocol):
         """Attest that ``image`` is no longer the gate's verdict for its stable tag; returns the
         attestation's digest."""
         ...
-
-
-@dataclass(frozen=True)
-class StoredAttestation:
-    """One attestation found attached to a manifest: where it is and what it holds.
-
-    ``digest`` is the attestation manifest's; ``subject_digest`` what its ``subject`` names;
-    ``bundle`` the stored bytes (a Sigstore bundle), unverified.
-    """
-
-    digest: str
-    subject_digest: str
-    bundle: bytes
-    created: str = ""
 
 
 class AttestationStore(Protocol):

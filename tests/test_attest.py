@@ -30,11 +30,12 @@ from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
 from gate.adapters.signers import generate_key_pair
 from gate.compose import attestation_reader, local_gatekeeper
-from gate.config.model import load_config
-from gate.domain.attestation import load_public_key, verify_image
+from gate.config.loading import load_config
+from gate.domain.attestation import load_public_key
 from gate.domain.records import State
 from gate.domain.ref import ImageRef
 from gate.errors import RegistryError
+from gate.usecases.attestation import verify_image
 from gate.usecases.gating import gate_image
 from gate.usecases.keeper import Gatekeeper
 from gate.usecases.rollback import rollback

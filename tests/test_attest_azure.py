@@ -22,11 +22,12 @@ from gate.adapters.registry.oci import HostSettings, OciRegistry
 from gate.adapters.registry.referrers import OciAttestationStore, tag_schema_tag
 from gate.adapters.signers import KeyVaultSigner
 from gate.compose import build_gatekeeper
-from gate.config.model import load_config
-from gate.domain.attestation import PASSED, Attestor, Evidence, load_public_key, verify
+from gate.config.loading import load_config
+from gate.domain.attestation import PASSED, Evidence, load_public_key, verify
 from gate.domain.records import State
 from gate.domain.ref import ImageRef
 from gate.entrypoints import cli
+from gate.usecases.attestation import Attestor
 from gate.usecases.gating import gate_image
 from tests.fakes import FakeValidator
 from tests.test_attest import SEED_VALIDATION as SEED

@@ -21,7 +21,7 @@ from devstack.azurite import AzuriteProcess
 from devstack.images import ImageBuilder, tag_digests
 from gate.adapters.validation.acr_task_run import AcrTaskRunValidator
 from gate.compose import LazyValidator, build_gatekeeper
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.domain.records import GateRecord, State, utcnow
 from gate.usecases.gating import gate_image
 from gate.usecases.keeper import Gatekeeper

@@ -31,7 +31,8 @@ from gate.adapters.registry.acr_push import AcrPushRegistry
 from gate.adapters.registry.oci import OciRegistry
 from gate.adapters.secrets.local import LocalSecrets
 from gate.compose import build_gatekeeper
-from gate.config.model import DownstreamTask, load_config
+from gate.config.loading import load_config
+from gate.config.model import DownstreamTask
 from gate.domain.records import GateRecord, State
 from gate.domain.ref import ImageRef
 from gate.errors import AuthenticationError, ConfigError, Conflict

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from devstack.configs import empty_task_gate_yaml
 from gate.adapters.ledger.sqlite import SqliteLedger
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.domain.records import DownstreamRun, GateRecord, State, new_record_id
 from gate.entrypoints import http_api
 from gate.entrypoints.cli import main, who_rolls_back

@@ -15,7 +15,7 @@ from gate.compose import (
     Once,
     local_gatekeeper,
 )
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.ports import FIRST_PAGE, HistoryQuery
 from tests.configs import unreachable_target_gate_yaml
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.domain.ref import ImageRef
 from gate.errors import ConfigError, NoMatchingRule, UsageError
 

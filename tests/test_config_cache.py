@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from devstack.configs import local_gate_yaml
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.config.parse_cache import cache_dir, cached_parse
 from gate.errors import ConfigError
 

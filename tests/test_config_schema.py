@@ -12,7 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.entrypoints.cli import main
 from gate.errors import ConfigError
 

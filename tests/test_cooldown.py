@@ -22,7 +22,7 @@ from devstack.images import ImageBuilder
 from devstack.registry import RegistryProcess
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.adapters.ledger.table import TableLedger
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.domain.records import State
 from gate.entrypoints import http_api
 from gate.entrypoints.messages import GateRequest

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from gate.adapters.ledger.sqlite import SqliteLedger
-from gate.config.model import DownstreamTask, load_config
+from gate.config.loading import load_config
+from gate.config.model import DownstreamTask
 from gate.domain.records import DownstreamRun, GateRecord, Outcome, State
 from gate.domain.ref import ImageRef
 from gate.errors import AuthenticationError, UsageError

@@ -19,7 +19,7 @@ from devstack.images import MANIFEST_ACCEPT, ImageBuilder, tag_digests
 from devstack.podman import started_containers
 from devstack.registry import RegistryProcess, free_port
 from gate.compose import local_gatekeeper
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.domain.records import ValidationResult
 from gate.ports import Resume, ValidationRequest
 from gate.usecases.gating import gate_image

@@ -125,7 +125,7 @@ def booted_app(
 ) -> Iterator[tuple[FunctionsHost, StorageQueues, Ledger]]:
     """The app under the real worker with ``config`` and ``storage`` (its queues emptied), and
     the ledger the configuration names."""
-    from gate.config.model import load_config
+    from gate.config.loading import load_config
 
     # app settings: the sample's, with this test's config and storage (as local.settings.json)
     settings = {

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gate.adapters.ledger.sqlite import SqliteLedger
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.entrypoints.http_api import ApiResponse, get_gate, list_gates, post_gate, post_rollback
 from gate.ports import HistoryQuery
 from gate.usecases.keeper import Gatekeeper

@@ -36,7 +36,8 @@ from pycep import BicepParser
 
 import function_app
 from gate.config.app_settings import STORAGE_CONNECTION
-from gate.config.model import AzureLedger, load_config
+from gate.config.loading import load_config
+from gate.config.model import AzureLedger
 from gate.entrypoints.events import IMAGE_PUSHED
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ import pytest
 from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess, free_port
 from gate.compose import local_gatekeeper
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.domain.records import State
 from gate.entrypoints.events import parse_notifications
 from gate.entrypoints.listener import PushListener, read_token

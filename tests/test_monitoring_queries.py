@@ -32,7 +32,7 @@ from pycep import BicepParser
 import function_app
 from devstack.configs import empty_task_gate_yaml, local_gate_yaml
 from gate.adapters.ledger.sqlite import SqliteLedger
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.domain.records import GateRecord, Outcome, State, new_record_id
 from gate.entrypoints.messages import GateRequest
 from gate.usecases import audit

@@ -26,7 +26,7 @@ from devstack.azurite import AzuriteProcess
 from devstack.images import ImageBuilder, tag_digests
 from gate.adapters.secrets.local import LocalSecrets, env_name
 from gate.compose import build_gatekeeper
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.domain.records import GateRecord, State
 from gate.domain.ref import ImageRef
 from gate.logsafe import REDACTED

@@ -30,7 +30,7 @@ from devstack.images import MANIFEST_ACCEPT, ImageBuilder, busybox_for, tag_dige
 from devstack.registry import RegistryProcess
 from gate.adapters.validation.acr_task_run import AcrTaskRunValidator
 from gate.compose import build_gatekeeper, local_gatekeeper
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.domain.platforms import Platform, PlatformError, select_platforms
 from gate.domain.records import GateRecord, Outcome, PlatformResult, State, utcnow
 from gate.domain.ref import ImageRef

@@ -26,7 +26,7 @@ from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.adapters.registry.acr_import import AcrImportRegistry
 from gate.adapters.registry.oci import HostSettings, OciRegistry
 from gate.adapters.secrets.local import LocalSecrets
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.domain.records import State
 from gate.domain.ref import ImageRef
 from gate.errors import AuthenticationError, ConfigError, RegistryUnavailable

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.domain.records import GateRecord, Outcome, State, new_record_id, utcnow
 from gate.domain.ref import ImageRef
 from gate.entrypoints import cli

@@ -11,7 +11,7 @@ import pytest
 
 from devstack.configs import empty_task_gate_yaml
 from gate.adapters.ledger.sqlite import SqliteLedger
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.domain.records import GateRecord, Outcome, State, utcnow
 from gate.entrypoints.worker import revalidate as timer_revalidate
 from gate.errors import ConfigError, NotFound, UsageError

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gate.adapters.ledger.sqlite import SqliteLedger
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.domain.records import GateRecord, Outcome, State, new_record_id, utcnow
 from gate.domain.ref import ImageRef
 from gate.errors import Conflict, NoMatchingRule, NotFound, RegistryUnavailable, UsageError

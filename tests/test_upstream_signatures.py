@@ -27,7 +27,7 @@ from gate.adapters.registry.oci import HostSettings, OciRegistry
 from gate.adapters.registry.referrers import CosignSignatureReader
 from gate.adapters.signers import key_vault_public_key
 from gate.compose import local_gatekeeper
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.domain.records import State
 from gate.errors import ConfigError
 from gate.usecases.gating import gate_image

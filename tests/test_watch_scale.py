@@ -18,7 +18,7 @@ from devstack.proxy import LatencyProxy, push_tiny_images
 from devstack.registry import RegistryProcess
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.adapters.registry.oci import HostSettings, OciRegistry, quota_spent
-from gate.config.model import load_config
+from gate.config.loading import load_config
 from gate.entrypoints.worker import poll_carrying
 from gate.errors import ConfigError
 from gate.usecases.keeper import Gatekeeper

@@ -23,7 +23,6 @@ are built in C.
 # no ``from __future__ import annotations``: msgspec reads these classes' annotations on the
 # first check, and text annotations would have it compile each one then (a third of the check)
 import fnmatch
-import os
 import re
 import string
 from collections.abc import Iterator, Mapping
@@ -1146,22 +1145,3 @@ class GateConfig(msgspec.Struct, frozen=True):
     def registry(self, host: str) -> RegistrySettings:
         """Settings of ``host`` (defaults when the file does not list it)."""
         return self.registries.get(host, RegistrySettings(host=host))
-
-
-def config_path(explicit: "str | os.PathLike[str] | None") -> Path:
-    """The configuration file to use: ``explicit``, else ``$GATE_CONFIG``, else ``gate.yaml``."""
-    from gate.config.loading import config_path as chosen
-
-    return chosen(explicit)
-
-
-def load_config(
-    path: "str | os.PathLike[str]",
-    env: Mapping[str, str] | None = None,
-    *,
-    parse_cache: Path | None = None,
-) -> GateConfig:
-    """Read and check the configuration at ``path`` (see :func:`gate.config.loading.load_config`)."""
-    from gate.config.loading import load_config as load
-
-    return load(path, env, parse_cache=parse_cache)

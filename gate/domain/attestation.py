@@ -27,16 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gate.domain.durations import AGE, DurationError, parse_duration
 from gate.domain.ref import ImageRef
 from gate.errors import UsageError
-
-if TYPE_CHECKING:
-    from gate.config.model import Rule
-    from gate.domain.records import GateRecord
-    from gate.ports import AttestationStore, Registry, Signer, StoredAttestation
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/verification_summary/v1"
@@ -47,6 +42,20 @@ FAILED = "FAILED"
 # VSA v1 requires verifiedLevels; the gate checks a validation run, not SLSA build provenance,
 # so it claims the level that promises nothing about the build (SLSA v1.0 "Build L0").
 _LEVELS = ("SLSA_BUILD_LEVEL_0",)
+
+
+@dataclass(frozen=True)
+class StoredAttestation:
+    """One attestation found attached to a manifest: where it is and what it holds.
+
+    ``digest`` is the attestation manifest's; ``subject_digest`` what its ``subject`` names;
+    ``bundle`` the stored bytes (a Sigstore bundle), unverified.
+    """
+
+    digest: str
+    subject_digest: str
+    bundle: bytes
+    created: str = ""
 
 
 def parse_age(text: str) -> timedelta:
@@ -76,7 +85,7 @@ def folder_digest(folder: Path) -> str:
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
-def _now_text(when: datetime) -> str:
+def now_text(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -120,7 +129,7 @@ def statement(evidence: Evidence, verifier_id: str) -> bytes:
     algorithm, hexdigest = subject.digest.split(":", 1)
     predicate: dict[str, Any] = {
         "verifier": {"id": verifier_id, "version": {"gated-import-gate": gate.__version__}},
-        "timeVerified": _now_text(evidence.time),
+        "timeVerified": now_text(evidence.time),
         "resourceUri": f"{subject.name}@{subject.digest}",
         "policy": {"uri": evidence.policy_uri, "digest": {"sha256": evidence.policy_digest}},
         "verificationResult": evidence.result,
@@ -161,66 +170,6 @@ def bundle(envelope: dict[str, Any], key_hint: str) -> bytes:
         "dsseEnvelope": envelope,
     }
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
-@dataclass(frozen=True)
-class Attestor:
-    """Signs and attaches the gate's evidence: a signer, a store, and who the verifier is."""
-
-    signer: Signer
-    store: AttestationStore
-    verifier_id: str
-
-    def attach(self, evidence: Evidence) -> str:
-        """Sign ``evidence`` and attach it to its subject; return the attestation's digest."""
-        payload = statement(evidence, self.verifier_id)
-        envelope = self.signer.sign_dsse(PAYLOAD_TYPE, payload)
-        return self.store.attach(
-            evidence.subject,
-            bundle(envelope, self.signer.key_hint),
-            predicate_type=PREDICATE_TYPE,
-            created=_now_text(evidence.time),
-        )
-
-    def promotion(self, rule: Rule, image: ImageRef, record: GateRecord) -> str:
-        """Attest that ``image`` (target repository @ digest) passed ``record``'s validation."""
-        folder = rule.validation.folder
-        task = folder / rule.validation.task
-        upstream = ImageRef.parse(record.source)
-        return self.attach(
-            Evidence(
-                subject=image,
-                result=PASSED,
-                status="promoted",
-                reason=f"passed validation run {record.run_id}",
-                rule=rule.name,
-                record_id=record.id,
-                run_id=record.run_id,
-                stable_tag=record.target_tags[-1],
-                upstream=upstream.name,
-                upstream_digest=record.digest or "",
-                policy_uri=f"gate-rule:{rule.name}/{rule.validation.task}",
-                policy_digest=folder_digest(folder),
-                task_digest=hashlib.sha256(task.read_bytes()).hexdigest() if task.is_file() else "",
-                log_sha256=hashlib.sha256(record.log.encode()).hexdigest(),
-            )
-        )
-
-    def demotion(self, image: ImageRef, record: GateRecord, reason: str) -> str:
-        """Attest that ``image`` is no longer the gate's verdict for its stable tag."""
-        return self.attach(
-            Evidence(
-                subject=image,
-                result=FAILED,
-                status="demoted",
-                reason=reason,
-                rule=record.rule,
-                record_id=record.id,
-                # the rollback record's run is the restored digest's, not this one's
-                run_id=None,
-                stable_tag=record.target_tags[-1] if record.target_tags else "",
-            )
-        )
 
 
 # -- verification ------------------------------------------------------------------------------
@@ -391,21 +340,3 @@ def verify(
     if gate_part.get("runId"):
         reason += f" (validation run {gate_part['runId']}, record {gate_part.get('recordId')})"
     return verdict(True, reason, newest)
-
-
-def verify_image(
-    registry: Registry,
-    store: AttestationStore,
-    image: str | ImageRef,
-    keys: Sequence[Any],
-    *,
-    max_age: timedelta | None = None,
-    now: datetime | None = None,
-) -> Verdict:
-    """Resolve ``image`` to its digest (once), find its attestations and judge them."""
-    ref = image if isinstance(image, ImageRef) else ImageRef.parse(image)
-    digest = ref.digest or registry.resolve(ref)
-    if ref.digest:
-        registry.resolve(ref.pinned())
-    pinned = ImageRef(ref.registry, ref.repository, ref.tag, digest)
-    return verify(pinned, store.find(pinned), keys, max_age=max_age, now=now)

@@ -40,7 +40,7 @@ def _fail(exc: GateError) -> NoReturn:
 
 
 def _config(config: str | None) -> GateConfig:
-    from gate.config.model import config_path, load_config
+    from gate.config.loading import config_path, load_config
     from gate.config.parse_cache import cache_dir
 
     return load_config(config_path(config), parse_cache=cache_dir())
@@ -553,8 +553,9 @@ def verify_cmd(
     Exit 0 verified, 1 not verified (the reason is printed), 2 usage, 3 infrastructure.
     """
     from gate.compose import attestation_reader
-    from gate.domain.attestation import parse_age, verify_image
+    from gate.domain.attestation import parse_age
     from gate.entrypoints.render import Text, out, plain
+    from gate.usecases.attestation import verify_image
 
     try:
         cfg = _config(config)

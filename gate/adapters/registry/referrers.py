@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from gate.adapters.registry.oci import OCI_INDEX, OCI_MANIFEST, OciRegistry
+from gate.domain.attestation import StoredAttestation
 from gate.domain.ref import ImageRef
 from gate.domain.signatures import CosignSignature, check_signer_key
 from gate.errors import ConfigError, RegistryError
-from gate.ports import ManifestReader, StoredAttestation
+from gate.ports import ManifestReader
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
