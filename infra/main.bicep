@@ -90,10 +90,10 @@ param outcomeTopicEndpoint string = ''
 @description('The gate configuration file, relative to the app folder (GATE_CONFIG).')
 param gateConfigPath string = 'gate.yaml'
 
-@description('Resource id of an action group the audit alert rules notify (README, "Auditing in Azure Monitor"); empty: the alerts fire in Azure Monitor only.')
+@description('Resource id of an action group the audit alert rules notify (docs/monitoring.md); empty: the alerts fire in Azure Monitor only.')
 param alertActionGroupId string = ''
 
-@description('Application (client) id of the gate\'s Microsoft Entra app registration with the app roles Gate.Read and Gate.Operate (README, "Who may call the API"). Set: App Service authentication refuses unauthenticated HTTP calls with 401 and the functions authorise by app role (GATE_AUTH_MODE=entra). Empty: function keys only.')
+@description('Application (client) id of the gate\'s Microsoft Entra app registration with the app roles Gate.Read and Gate.Operate (docs/guide/functions.md, "Who may call the API"). Set: App Service authentication refuses unauthenticated HTTP calls with 401 and the functions authorise by app role (GATE_AUTH_MODE=entra). Empty: function keys only.')
 param authClientId string = ''
 
 @description('Directory (tenant) id (a GUID) of that app registration; empty: this deployment\'s tenant. Not \'common\' or \'organizations\': the functions accept callers of this one tenant only.')
@@ -508,14 +508,14 @@ module pushSubscription 'app/push-subscription.bicep' = if (hasUpstream && subsc
   ]
 }
 
-// What gate.yaml's azure: section and registries need (README, "Deploying to Azure").
+// What gate.yaml's azure: section and registries need (docs/deploy.md).
 output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId
 output AZURE_SUBSCRIPTION_ID string = subscription().subscriptionId
 output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
 output AZURE_FUNCTION_URL string = functionApp.outputs.uri
-// what an operator asks a token for (README, "Who may call the API"); empty: no sign-in
+// what an operator asks a token for (docs/guide/functions.md, "Who may call the API"); empty: no sign-in
 // the postdeploy hook proves the deployed API refuses unauthenticated and forged calls when true
 output AZURE_GATE_AUTH_ENABLED bool = !empty(authClientId)
 output AZURE_GATE_AUTH_RESOURCE string = empty(authClientId) ? '' : (empty(authApplicationIdUri) ? 'api://${authClientId}' : authApplicationIdUri)

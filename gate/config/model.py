@@ -1058,7 +1058,7 @@ def _check_attestation(entry: AttestationSection, azure: AzureSection | None) ->
             )
         if azure.registry.promote != "push":
             # the attestation is an artifact pushed into the target repository: import
-            # mode's role has no push right there (README, "Roles")
+            # mode's role has no push right there (docs/deploy.md, "Roles, and why each is needed")
             raise Refusal(
                 "attestations need azure.registry.promote: push (the gate pushes the "
                 "attestation artifact; import mode's role cannot push)",

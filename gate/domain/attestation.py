@@ -162,7 +162,7 @@ def bundle(envelope: dict[str, Any], key_hint: str) -> bytes:
 
     Shape per sigstore/protobuf-specs ``sigstore_bundle.proto`` (``verificationMaterial.publicKey``
     with a ``hint``; ``dsseEnvelope``). Without transparency-log entries a cosign verifier needs
-    its "ignore the log" option (README: Evidence).
+    its "ignore the log" option (docs/guide/evidence.md).
     """
     body = {
         "mediaType": BUNDLE_MEDIA_TYPE,

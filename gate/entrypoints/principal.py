@@ -42,7 +42,7 @@ GATE_READ = "Gate.Read"
 GATE_OPERATE = "Gate.Operate"
 """App role that may also re-gate and roll back (``POST`` routes); it includes reading."""
 APP_ROLES = (GATE_READ, GATE_OPERATE)
-"""The app roles the app registration defines (the README's deployer steps create them)."""
+"""The app roles the app registration defines (the deployer steps in docs/guide/functions.md, "Who may call the API", create them)."""
 
 ROUTE_ROLES: dict[str, tuple[str, ...]] = {
     "get_gate": (GATE_READ, GATE_OPERATE),

@@ -1,5 +1,5 @@
 // The Key Vault of upstream credentials (e.g. a Docker Hub user and token). Nothing here writes a
-// secret: you set them after deployment (README, "Deploying to Azure"). Access is Azure RBAC only,
+// secret: you set them after deployment (docs/deploy.md). Access is Azure RBAC only,
 // no access policies, so who may read which secret is a role assignment like every other grant.
 
 @description('Key Vault name (3-24 letters, digits and dashes, globally unique).')
@@ -8,7 +8,7 @@ param name string
 param location string
 param tags object = {}
 
-@description('Name of the EC P-256 key that signs promotion attestations (README, "Evidence").')
+@description('Name of the EC P-256 key that signs promotion attestations (docs/guide/evidence.md).')
 param attestationKeyName string = 'gate-attestation'
 
 @description('Resource id of the Log Analytics workspace the vault\'s audit log goes to.')

@@ -2,7 +2,7 @@
 // Local authentication is off: telemetry is accepted only with an Entra token of an identity that
 // holds Monitoring Metrics Publisher, so the connection string in the app settings is no secret.
 //
-// Over those logs: the audit workbook and the alert rules (README, "Auditing in Azure Monitor").
+// Over those logs: the audit workbook and the alert rules (docs/monitoring.md).
 // Their Kusto queries are the files in ../queries, loaded here so there is one copy; tests/
 // test_monitoring_queries.py checks that they read only fields and lines the code writes.
 

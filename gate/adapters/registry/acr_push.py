@@ -32,7 +32,7 @@ one exists at another digest, checked before anything is written), then locked
 
 Push rights: the identity needs ``AcrPush`` on the target registry, or, on a registry in
 "RBAC Registry + ABAC Repository Permissions" mode, ``Container Registry Repository Writer``
-with a condition on the gated repositories (the README's role table).
+with a condition on the gated repositories (docs/deploy.md, "Roles, and why each is needed").
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ resource, with the ``azure-mgmt-containerregistrytasks`` client (api-version
    notice, with the ``az acr taskrun delete`` command that removes it, is added to the result's
    reason and log and logged.
 
-Why a task run and not ``scheduleRun`` (sources in the README, "Why taskRuns"): a run that must
+Why a task run and not ``scheduleRun`` (sources in docs/design/task-runs.md): a run that must
 log in to a registry or read Key Vault with a managed identity needs that identity *on the run*.
 ``scheduleRun`` takes a ``RunRequest``, which has no identity (REST specification
 ``containerregistry_build.json``, 2019-06-01-preview and 2025-03-01-preview), and nothing

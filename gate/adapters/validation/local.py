@@ -26,7 +26,7 @@ A request with a ``platform`` (``os/arch[/variant]``) runs as on an agent of tha
 pull and every cmd step gets ``--platform`` (podman-run(1), podman-pull(1)), and so does a build
 step without a platform of its own; ``{{.Run.Architecture}}`` is that architecture. On a host of
 another architecture the engine runs the image's binaries through QEMU user emulation, which
-the kernel must have registered in binfmt_misc (``scripts/setup`` does; see the README).
+the kernel must have registered in binfmt_misc (``scripts/setup`` does; see docs/guide/configuration.md, "Multi-platform images").
 
 Outcomes: every step passing (or failing with ``ignoreErrors``) is PASSED. A step that exits
 non-zero or outlives its timeout is REJECTED (the image failed its validation) and the run stops
