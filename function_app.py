@@ -223,7 +223,7 @@ def watch(timer: func.TimerRequest, requests: func.Out[typing.List[str]]) -> Non
     # typing.List, not list: the worker (azure-functions-runtime 1.3, functions.py,
     # Registry.validate_function_params) accepts an Out[...] argument only if it is a class or a
     # typing generic; list[str] is neither, and it refuses to index the whole app
-    # ("binding requests has invalid non-type annotation"). tests/test_functions_worker.py.
+    # ("binding requests has invalid non-type annotation"). tests/e2e/test_functions_worker.py.
     """Poll upstreams without events (HEAD only) and queue digests not decided yet, and the
     digests whose cooldown ended (the worker promotes or supersedes them; nothing sleeps)."""
     from gate.entrypoints.worker import poll

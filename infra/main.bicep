@@ -13,7 +13,7 @@
 //
 // No secret is written here or into app settings: every connection is identity-based and every
 // grant is a role assignment named guid(scope, principal, role) on one resource, never on the
-// subscription or a resource group. tests/test_infra.py checks these promises.
+// subscription or a resource group. tests/unit/test_infra.py checks these promises.
 
 targetScope = 'subscription'
 
@@ -131,7 +131,7 @@ var walkthroughResourceGroupName = '${gateResourceGroupName}-walkthrough'
 
 // Names the app binds to or reads by default: the queue bindings of function_app.py
 // (gate.config.app_settings.QUEUE and POISON_QUEUE), the Table ledger's table and log container
-// (azure.ledger in gate.yaml), the Event Grid triggered function. tests/test_infra.py holds
+// (azure.ledger in gate.yaml), the Event Grid triggered function. tests/unit/test_infra.py holds
 // them against the code.
 var queueNames = [
   'gate-requests'

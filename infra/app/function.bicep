@@ -135,7 +135,7 @@ resource site 'Microsoft.Web/sites@2025-03-01' = {
 
 // App Service authentication with Microsoft Entra ID in front of the HTTP API (main.bicep sets
 // GATE_AUTH_MODE=entra with it, from the same parameter). Properties as in
-// Microsoft.Web/sites/config authsettingsV2 (Bicep types; tests/test_infra_auth.py checks them
+// Microsoft.Web/sites/config authsettingsV2 (Bicep types; tests/unit/test_infra_auth.py checks them
 // against the SDK's SiteAuthSettingsV2):
 // - an unauthenticated call gets 401, not a login redirect: callers are tools with tokens;
 // - the issuer is <login endpoint>/<tenant>/v2.0; the client id is "always implicitly" an
