@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Unpack, cast
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -30,12 +30,13 @@ if TYPE_CHECKING:
     from gate.domain.signatures import CosignSignature
     from gate.ports import (
         AttestationStore,
+        CopyOptions,
         CopyReport,
         DownstreamRunner,
         Ledger,
         ManifestReader,
+        OnStarted,
         PolledDigest,
-        ProgressCallback,
         Resume,
         Secrets,
         SecretUris,
@@ -106,18 +107,10 @@ class LazyRegistry(Deferred["Registry"]):
         self.port().check_push(target)
 
     def copy(
-        self,
-        source: ImageRef,
-        target: ImageRef,
-        *,
-        immutable_tags: Sequence[str] = (),
-        tags: Sequence[str] = (),
-        progress: ProgressCallback | None = None,
+        self, source: ImageRef, target: ImageRef, **options: Unpack[CopyOptions]
     ) -> CopyReport:
         """See :meth:`gate.ports.Registry.copy`."""
-        return self.port().copy(
-            source, target, immutable_tags=immutable_tags, tags=tags, progress=progress
-        )
+        return self.port().copy(source, target, **options)
 
 
 class LazyPolling(Deferred["PollingRegistry"]):
@@ -148,10 +141,7 @@ class LazyValidator(Deferred["Validator"]):
     """A :class:`~gate.ports.Validator` built on first use."""
 
     def validate(
-        self,
-        request: ValidationRequest,
-        on_started: Callable[[str], None],
-        resume: Resume | None = None,
+        self, request: ValidationRequest, on_started: OnStarted, resume: Resume | None = None
     ) -> ValidationResult:
         """See :meth:`gate.ports.Validator.validate`."""
         return self.port().validate(request, on_started, resume)

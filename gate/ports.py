@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 from gate.config.model import DownstreamTask, Rule
 from gate.domain.attestation import StoredAttestation
@@ -21,6 +21,8 @@ from gate.domain.signatures import CosignSignature
 from gate.errors import RegistryUnavailable
 
 ProgressCallback = Callable[[str, int, int], None]
+# a validator calls it with the run's ID as soon as the run has one
+OnStarted = Callable[[str], None]
 """``progress(what, done_bytes, total_bytes)``: called while blobs are copied."""
 
 
@@ -35,6 +37,21 @@ class CopyReport:
     blobs_mounted: int = 0
     bytes_copied: int = 0
     tags: tuple[str, ...] = ()
+
+
+class CopyOptions(TypedDict, total=False):
+    """What :meth:`Registry.copy` takes besides source and target (each optional)."""
+
+    immutable_tags: Sequence[str]
+    tags: Sequence[str]
+    progress: ProgressCallback | None
+
+
+def copy_options(
+    options: CopyOptions,
+) -> tuple[Sequence[str], Sequence[str], ProgressCallback | None]:
+    """``options`` with their defaults: (immutable_tags, tags, progress)."""
+    return options.get("immutable_tags", ()), options.get("tags", ()), options.get("progress")
 
 
 class Registry(Protocol):
@@ -59,13 +76,7 @@ class Registry(Protocol):
         ...
 
     def copy(
-        self,
-        source: ImageRef,
-        target: ImageRef,
-        *,
-        immutable_tags: Sequence[str] = (),
-        tags: Sequence[str] = (),
-        progress: ProgressCallback | None = None,
+        self, source: ImageRef, target: ImageRef, **options: Unpack[CopyOptions]
     ) -> CopyReport:
         """Copy ``source`` (which must carry a digest) into ``target``'s repository, whole.
 
@@ -172,10 +183,7 @@ class Validator(Protocol):
     """Runs a validation and reports pass, reject (the image is bad) or fail (we could not tell)."""
 
     def validate(
-        self,
-        request: ValidationRequest,
-        on_started: Callable[[str], None],
-        resume: Resume | None = None,
+        self, request: ValidationRequest, on_started: OnStarted, resume: Resume | None = None
     ) -> ValidationResult:
         """Run the validation; call ``on_started(run_id)`` as soon as the run has an ID.
 

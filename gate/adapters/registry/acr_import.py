@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar, Unpack
 
 from azure.containerregistry import ContainerRegistryClient
 from azure.core.credentials import TokenCredential
@@ -68,7 +68,14 @@ from gate.errors import (
     RegistryUnavailable,
 )
 from gate.logsafe import get_logger
-from gate.ports import CopyReport, ManifestReader, ProgressCallback, Registry, Secrets
+from gate.ports import (
+    CopyOptions,
+    CopyReport,
+    ManifestReader,
+    Registry,
+    Secrets,
+    copy_options,
+)
 
 __all__ = ["AcrImportRegistry", "UpstreamRegistry"]
 
@@ -272,17 +279,12 @@ class AcrImportRegistry:
             ) from None
 
     def copy(
-        self,
-        source: ImageRef,
-        target: ImageRef,
-        *,
-        immutable_tags: Sequence[str] = (),
-        tags: Sequence[str] = (),
-        progress: ProgressCallback | None = None,
+        self, source: ImageRef, target: ImageRef, **options: Unpack[CopyOptions]
     ) -> CopyReport:
         """:meth:`gate.ports.Registry.copy` by ACR import: the run-ID tags with ``NoForce``,
         then locked, then ``tags`` with ``Force``. ``progress`` is not called: ACR moves the
         bytes, not the gate."""
+        immutable_tags, tags, _ = copy_options(options)  # ACR moves the bytes: no progress
         if source.digest is None:
             raise InvalidReference(
                 f"cannot import {source}: the source must be pinned by digest; "

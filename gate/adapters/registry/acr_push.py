@@ -37,8 +37,8 @@ with a condition on the gated repositories (docs/deploy.md, "Roles, and why each
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Unpack
 
 import httpx
 
@@ -53,7 +53,7 @@ from gate.errors import (
     RegistryUnavailable,
 )
 from gate.logsafe import get_logger
-from gate.ports import CopyReport, ProgressCallback
+from gate.ports import CopyOptions, CopyReport, copy_options
 
 __all__ = ["ACR_TOKEN_USER", "AcrPushRegistry"]
 
@@ -90,16 +90,11 @@ class AcrPushRegistry(AcrImportRegistry):
         self._oci_options = dict(oci_options or {})
 
     def copy(
-        self,
-        source: ImageRef,
-        target: ImageRef,
-        *,
-        immutable_tags: Sequence[str] = (),
-        tags: Sequence[str] = (),
-        progress: ProgressCallback | None = None,
+        self, source: ImageRef, target: ImageRef, **options: Unpack[CopyOptions]
     ) -> CopyReport:
         """:meth:`gate.ports.Registry.copy` as a push through the OCI adapter with ACR
         tokens; the run-ID tags are locked before ``tags`` are pushed."""
+        immutable_tags, tags, progress = copy_options(options)
         if source.digest is None:
             raise InvalidReference(
                 f"cannot push {source}: the source must be pinned by digest; "

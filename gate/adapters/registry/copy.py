@@ -7,10 +7,10 @@ manifest with its blobs), then the manifest with its bytes unchanged; then the t
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Unpack
 
 from gate.adapters.registry.blobs import Blobs
 from gate.adapters.registry.endpoint import Endpoint
@@ -25,7 +25,7 @@ from gate.adapters.registry.manifests import (
 )
 from gate.domain.ref import ImageRef
 from gate.errors import Conflict, InvalidReference, RegistryError
-from gate.ports import CopyReport, ProgressCallback
+from gate.ports import CopyOptions, CopyReport, ProgressCallback, copy_options
 
 # Foreign (e.g. Windows base) layers live outside the registry; they are never copied.
 _FOREIGN_LAYER_TYPES = frozenset(
@@ -58,15 +58,10 @@ class Copier:
         self._blobs = blobs
 
     def copy(
-        self,
-        source: ImageRef,
-        target: ImageRef,
-        *,
-        immutable_tags: Sequence[str] = (),
-        tags: Sequence[str] = (),
-        progress: ProgressCallback | None = None,
+        self, source: ImageRef, target: ImageRef, **options: Unpack[CopyOptions]
     ) -> CopyReport:
         """:meth:`gate.ports.Registry.copy` over the distribution API."""
+        immutable_tags, tags, progress = copy_options(options)
         if source.digest is None:
             raise InvalidReference(
                 f"cannot copy {source}: the source must be pinned by digest; "

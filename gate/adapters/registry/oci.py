@@ -21,8 +21,9 @@ source and target share a registry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from types import TracebackType
+from typing import Unpack
 
 import httpx
 
@@ -44,7 +45,7 @@ from gate.adapters.registry.manifests import (
 )
 from gate.adapters.registry.tags import Tags
 from gate.domain.ref import ImageRef
-from gate.ports import CopyReport, PolledDigest, ProgressCallback
+from gate.ports import CopyOptions, CopyReport, PolledDigest
 
 __all__ = [
     "DOCKER_LIST",
@@ -152,19 +153,11 @@ class OciRegistry:
         self._blobs.check_push(target)
 
     def copy(
-        self,
-        source: ImageRef,
-        target: ImageRef,
-        *,
-        immutable_tags: Sequence[str] = (),
-        tags: Sequence[str] = (),
-        progress: ProgressCallback | None = None,
+        self, source: ImageRef, target: ImageRef, **options: Unpack[CopyOptions]
     ) -> CopyReport:
         """:meth:`gate.ports.Registry.copy` over the distribution API: blobs stream from source
         to target, are skipped when the target has them and mounted within one registry."""
-        return self._copier.copy(
-            source, target, immutable_tags=immutable_tags, tags=tags, progress=progress
-        )
+        return self._copier.copy(source, target, **options)
 
     # -- artifacts (attestations): small blobs and manifests by value -----------------------
 

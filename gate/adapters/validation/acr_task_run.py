@@ -146,7 +146,7 @@ from gate.adapters.validation.masking import Masker
 from gate.domain.records import Outcome, ValidationResult
 from gate.errors import ConfigError, ValidatorError
 from gate.logsafe import get_logger
-from gate.ports import Resume, ValidationRequest
+from gate.ports import OnStarted, Resume, ValidationRequest
 
 log = get_logger(__name__)
 
@@ -322,10 +322,7 @@ class AcrTaskRunValidator:
     # -- the port ----------------------------------------------------------------------------
 
     def validate(
-        self,
-        request: ValidationRequest,
-        on_started: Callable[[str], None],
-        resume: Resume | None = None,
+        self, request: ValidationRequest, on_started: OnStarted, resume: Resume | None = None
     ) -> ValidationResult:
         """Run (or follow) the task run of ``request``; see the module documentation.
 

@@ -58,7 +58,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -83,7 +83,7 @@ from gate.adapters.validation.taskfile import (
 from gate.domain.records import Outcome, ValidationResult
 from gate.domain.runid import DEFAULT_PREFIX, new_run_id
 from gate.errors import ConfigError
-from gate.ports import Resume, ValidationRequest
+from gate.ports import OnStarted, Resume, ValidationRequest
 
 MAX_LOG_BYTES = 1 << 20
 """The log keeps this many bytes, the last ones."""
@@ -158,10 +158,7 @@ class LocalValidator:
         return self._extra_env.get("PATH", os.environ.get("PATH"))
 
     def validate(
-        self,
-        request: ValidationRequest,
-        on_started: Callable[[str], None],
-        resume: Resume | None = None,
+        self, request: ValidationRequest, on_started: OnStarted, resume: Resume | None = None
     ) -> ValidationResult:
         """Check the task file, call ``on_started(run_id)``, pull, run the steps, report.
 
