@@ -400,9 +400,7 @@ def cooling_config(
     """The end-to-end tests' gate.yaml, its rule held back by ``cooldown``."""
     from tests.test_end_to_end import write_config
 
-    config = write_config(tmp_path, upstream.host, target.host)
-    config.write_text(config.read_text() + f"    cooldown: {cooldown}\n")
-    return config
+    return write_config(tmp_path, upstream.host, target.host, rule=[f"cooldown: {cooldown}"])
 
 
 @pytest.mark.usefixtures("podman_env")
