@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gate.domain.records import GateRecord, State, new_record_id
@@ -117,10 +117,6 @@ class GateYaml:
     registries: tuple[Registry, ...] = ()
     top: tuple[str, ...] = ()
 
-    def with_top(self, *lines: str) -> GateYaml:
-        """This file with ``lines`` added at the top level."""
-        return replace(self, top=(*self.top, *lines))
-
     def text(self) -> str:
         """The file's text."""
         lines = [f"data_dir: {_scalar(self.data_dir)}", *self.top]
@@ -171,14 +167,21 @@ def local_gate_yaml(
 
 
 def empty_task_gate_yaml(
-    folder: Path, upstream: str, target: str, *, rule: Sequence[str] = ()
+    folder: Path,
+    upstream: str,
+    target: str,
+    *,
+    rule: Sequence[str] = (),
+    top: Sequence[str] = (),
 ) -> Path:
     """Write ``folder/gate.yaml`` for tests over fakes: rule ``node`` from ``upstream`` into
     ``target``, its validation an empty task file in ``folder/validation``, the ledger in
-    ``folder/data``; ``rule`` adds lines to the rule."""
+    ``folder/data``; ``rule`` adds lines to the rule, ``top`` top-level lines."""
     write_empty_task(folder)
     return GateYaml(
-        data_dir="data", rules=(Rule(f"{upstream}/node", f"{target}/node", lines=(*rule,)),)
+        data_dir="data",
+        rules=(Rule(f"{upstream}/node", f"{target}/node", lines=(*rule,)),),
+        top=(*top,),
     ).write(folder)
 
 
