@@ -24,17 +24,12 @@ def _scalar(value: str | Path) -> str:
     return json.dumps(str(value))
 
 
-def _flow(pairs: Mapping[str, str | int | float | bool]) -> str:
-    """A YAML flow mapping of ``pairs`` (strings quoted, numbers and booleans as they are)."""
-    items = []
-    for key, value in pairs.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, int | float):
-            text = f"{value:g}" if isinstance(value, float) else str(value)
-        else:
-            text = _scalar(value)
-        items.append(f"{key}: {text}")
+def _flow(pairs: Mapping[str, str | bool]) -> str:
+    """A YAML flow mapping of ``pairs``: strings quoted, booleans as YAML writes them."""
+    items = (
+        f"{key}: {('true' if value else 'false') if isinstance(value, bool) else _scalar(value)}"
+        for key, value in pairs.items()
+    )
     return "{" + ", ".join(items) + "}"
 
 
