@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from devstack.configs import GateYaml, Registry, Rule, write_empty_task
 from devstack.proxy import LatencyProxy, push_tiny_images
 from devstack.registry import RegistryProcess
 from gate.adapters.ledger.sqlite import SqliteLedger
@@ -42,24 +43,19 @@ class _NoSecrets:
 
 def write_config(work: Path, upstream: str, concurrency: int) -> Path:
     """One rule per repository, each watching ``v*``; targets on a host never contacted."""
-    (work / "validation").mkdir(exist_ok=True)
-    (work / "validation" / "acr-task.yaml").write_text("version: v1.1.0\nsteps: []\n")
-    rules = "".join(
-        f"  - name: r{i:03d}\n"
-        f"    source: {upstream}/lib/repo{i:03d}\n"
-        '    tags: ["v*"]\n'
-        f"    target: 127.0.0.1:9/base/repo{i:03d}\n"
-        "    validation: {folder: validation}\n"
+    write_empty_task(work)
+    rules = tuple(
+        Rule(
+            f"{upstream}/lib/repo{i:03d}",
+            f"127.0.0.1:9/base/repo{i:03d}",
+            name=f"r{i:03d}",
+            tags=("v*",),
+        )
         for i in range(REPOSITORIES)
     )
-    path = work / f"gate-{concurrency}.yaml"
-    path.write_text(
-        f"data_dir: {work / 'data'}\n"
-        f"registries:\n  - {{host: '{upstream}', insecure: true}}\n"
-        f"poll: {{concurrency_per_registry: {concurrency}, budget: 240}}\n"
-        f"rules:\n{rules}"
-    )
-    return path
+    poll = f"poll: {{concurrency_per_registry: {concurrency}, budget: 240}}"
+    config = GateYaml(work / "data", rules, (Registry(upstream),), top=(poll,))
+    return config.write(work, f"gate-{concurrency}.yaml")
 
 
 def one_pass(work: Path, proxy: LatencyProxy, concurrency: int) -> tuple[float, int, int, int]:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from devstack.configs import local_gate_yaml
+from devstack.configs import Validation, local_gate_yaml
 from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
 from gate.adapters.signers import generate_key_pair
@@ -54,7 +54,7 @@ def write_config(tmp_path: Path, upstream: str, target: str, key: Path | None) -
         tmp_path,
         upstream,
         target,
-        validation=f'{{folder: "{SEED_VALIDATION}", timeout: 120}}',
+        validation=Validation(SEED_VALIDATION, timeout=120),
         top=[attestation] if key else [],
     )
 

@@ -55,8 +55,8 @@ class Clock:
         self.now += timedelta(**delta)
 
 
-def write_config(tmp_path: Path, cooldown: str = "6h") -> Path:
-    return empty_task_gate_yaml(tmp_path, UP, ART, rule=[f"cooldown: {cooldown}"])
+def write_config(tmp_path: Path, cooldown: str = "6h", top: tuple[str, ...] = ()) -> Path:
+    return empty_task_gate_yaml(tmp_path, UP, ART, rule=[f"cooldown: {cooldown}"], top=top)
 
 
 @pytest.fixture
@@ -314,9 +314,7 @@ def test_history_shows_when_a_waiting_digest_becomes_eligible(
 def test_pass_waiting_longer_than_fresh_for_is_still_promoted_once(
     tmp_path: Path, clock: Clock
 ) -> None:
-    path = write_config(tmp_path)
-    path.write_text(path.read_text() + "validation_fresh_for: 3600\n")
-    config = load_config(path)
+    config = load_config(write_config(tmp_path, top=("validation_fresh_for: 3600",)))
     keeper = Gatekeeper(
         config=config,
         registry=FakeRegistry(),
@@ -400,9 +398,7 @@ def cooling_config(
     """The end-to-end tests' gate.yaml, its rule held back by ``cooldown``."""
     from tests.e2e.test_end_to_end import write_config
 
-    config = write_config(tmp_path, upstream.host, target.host)
-    config.write_text(config.read_text() + f"    cooldown: {cooldown}\n")
-    return config
+    return write_config(tmp_path, upstream.host, target.host, rule=[f"cooldown: {cooldown}"])
 
 
 @pytest.mark.usefixtures("podman_env")

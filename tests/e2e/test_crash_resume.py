@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.configs import local_gate_yaml
+from devstack.configs import Validation, local_gate_yaml
 from devstack.images import ImageBuilder, tag_digests
 from devstack.podman import started_containers
 from devstack.registry import RegistryProcess, free_port
@@ -53,7 +53,7 @@ def write_config(tmp_path: Path, upstream: str, target: str, *, sleep: float) ->
         tmp_path,
         upstream,
         target,
-        validation=f'{{folder: "{folder}", timeout: 60}}',
+        validation=Validation(folder, timeout=60),
         top=[f"lease: {{seconds: {LEASE:g}, heartbeat: 0.4}}"],
     )
 

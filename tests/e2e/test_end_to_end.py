@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack.configs import local_gate_yaml
+from devstack.configs import Validation, local_gate_yaml
 from devstack.images import MANIFEST_ACCEPT, ImageBuilder, tag_digests
 from devstack.podman import started_containers
 from devstack.registry import RegistryProcess, free_port
@@ -36,14 +36,12 @@ def write_config(
     target: str,
     folder: Path = SEED_VALIDATION,
     downstream: str = "",
+    rule: Sequence[str] = (),
 ) -> Path:
-    return local_gate_yaml(
-        tmp_path,
-        upstream,
-        target,
-        validation=f'{{folder: "{folder}", timeout: 120}}',
-        rule=[f"downstream: {downstream}"] if downstream else [],
-    )
+    """Both registries local, the rule validated by ``folder``; ``rule`` adds lines to it."""
+    lines = [*([f"downstream: {downstream}"] if downstream else []), *rule]
+    validation = Validation(folder, timeout=120)
+    return local_gate_yaml(tmp_path, upstream, target, validation=validation, rule=lines)
 
 
 def validation_starts(since: str) -> list[str]:

@@ -7,7 +7,6 @@ real CLI; the Azure adapters through the real SDK clients against the ACR emulat
 from __future__ import annotations
 
 import json
-import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from azure.core.exceptions import ClientAuthenticationError
 
 from devstack.acr import AcrEmulator
 from devstack.acr.core import TestCredential, TokenBook
+from devstack.configs import GateYaml, Registry, Rule, Validation, empty_task_gate_yaml
 from devstack.images import ImageBuilder
 from devstack.podman import started_containers
 from devstack.registry import RegistryProcess
@@ -68,26 +68,11 @@ def _uploads(registry: RegistryProcess, repo: str = "node") -> list[Path]:
 def _config(tmp_path: Path, upstream: str, target: str, locked: str) -> Path:
     """A gate.yaml gating upstream/node into target/node; ``locked`` gets USER's credentials."""
 
-    def host(name: str) -> str:
-        login = ", username: gate, password_secret: locked-password" if name == locked else ""
-        return f'  - {{host: "{name}", insecure: true{login}}}'
-
-    path = tmp_path / "gate.yaml"
-    path.write_text(
-        f"data_dir: {tmp_path / 'data'}\n"
-        f"registries:\n{host(upstream)}\n{host(target)}\n"
-        + textwrap.dedent(
-            f"""\
-            rules:
-              - name: node
-                source: {upstream}/node
-                tags: ["15-alpine"]
-                target: {target}/node
-                validation: {{folder: "{SEED_VALIDATION}", timeout: 120}}
-            """
-        )
-    )
-    return path
+    login = Registry(locked, username=USER, password_secret="locked-password")
+    registries = tuple(login if host == locked else Registry(host) for host in (upstream, target))
+    validation = Validation(SEED_VALIDATION, timeout=120)
+    rule = Rule(f"{upstream}/node", f"{target}/node", validation=validation)
+    return GateYaml(tmp_path / "data", (rule,), registries).write(tmp_path)
 
 
 # -- the OCI adapter's push check against a real registry -------------------------------------
@@ -231,22 +216,7 @@ def test_right_target_password_validates_and_promotes(
 
 
 def _fake_keeper(tmp_path: Path, registry: FakeRegistry, validator: FakeValidator) -> Gatekeeper:
-    (tmp_path / "validation").mkdir()
-    (tmp_path / "validation" / "acr-task.yaml").write_text("version: v1.1.0\nsteps: []\n")
-    (tmp_path / "gate.yaml").write_text(
-        textwrap.dedent(
-            """\
-            data_dir: data
-            rules:
-              - name: node
-                source: up.example.com/node
-                tags: ["15-alpine"]
-                target: art.example.com/node
-                validation: {folder: validation}
-            """
-        )
-    )
-    config = load_config(tmp_path / "gate.yaml")
+    config = load_config(empty_task_gate_yaml(tmp_path, "up.example.com", "art.example.com"))
     return Gatekeeper(
         config=config,
         registry=registry,

@@ -19,7 +19,7 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 import function_app
-from devstack.configs import local_gate_yaml
+from devstack.configs import Validation, local_gate_yaml
 from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
 from gate.adapters.ledger.sqlite import SqliteLedger
@@ -80,8 +80,7 @@ def write_config(tmp_path: Path, upstream: str, target: str, on_failure: str) ->
         tmp_path,
         upstream,
         target,
-        validation="{folder: validation, timeout: 120, "
-        'values: {FORBIDDEN: "${FORBIDDEN_COLOR:-none}"}}',
+        validation=Validation(timeout=120, values={"FORBIDDEN": "${FORBIDDEN_COLOR:-none}"}),
         rule=[f"revalidate: {{every: 24h, on_failure: {on_failure}, candidates: 3}}"],
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from devstack.configs import unreachable_target_gate_yaml
 from gate.compose import (
     Deferred,
     LazyManifests,
@@ -17,7 +18,6 @@ from gate.compose import (
 )
 from gate.config.loading import load_config
 from gate.ports import FIRST_PAGE, HistoryQuery
-from tests.configs import unreachable_target_gate_yaml
 
 
 def test_once_builds_its_port_on_the_first_call_only_even_from_several_threads() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 import time
 from copy import replace
 from datetime import timedelta
@@ -11,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from devstack.configs import GateYaml, Rule, Validation, write_empty_task
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.config.loading import load_config
 from gate.domain.records import GateRecord, Outcome, State, new_record_id, utcnow
@@ -27,28 +27,15 @@ UP = "upstream.example.com"
 ART = "artifacts.example.com"
 
 
-def write_config(tmp_path: Path, tags: str = '["15-alpine"]', extra_rule: str = "") -> Path:
-    (tmp_path / "validation").mkdir(exist_ok=True)
-    (tmp_path / "validation" / "acr-task.yaml").write_text("version: v1.1.0\nsteps: []\n")
-    path = tmp_path / "gate.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            data_dir: data
-            rules:
-              - name: node
-                source: {UP}/node
-                tags: {tags}
-                target: {ART}/node
-                validation:
-                  folder: validation
-                  values: {{EXTRA: "yes"}}
-                  secret_values: {{TOKEN: test-token}}
-            """
-        )
-        + extra_rule
-    )
-    return path
+def write_config(
+    tmp_path: Path, tags: tuple[str, ...] = ("15-alpine",), extra_rule: str = ""
+) -> Path:
+    """Rule ``node`` over fakes, with a value and a secret value; ``extra_rule`` is top-level
+    YAML text added to the file."""
+    write_empty_task(tmp_path)
+    validation = Validation(values={"EXTRA": "yes"}, secret_values={"TOKEN": "test-token"})
+    rule = Rule(f"{UP}/node", f"{ART}/node", tags=tags, validation=validation)
+    return GateYaml("data", (rule,), top=tuple(extra_rule.splitlines())).write(tmp_path)
 
 
 @pytest.fixture
@@ -406,7 +393,7 @@ def test_watch_gates_only_new_digests(keeper: Gatekeeper) -> None:
 
 
 def test_watch_expands_glob_selectors_from_the_tag_list(tmp_path: Path) -> None:
-    config = load_config(write_config(tmp_path, tags='["15-*", "lts"]'))
+    config = load_config(write_config(tmp_path, tags=("15-*", "lts")))
     registry = FakeRegistry()
     for tag in ("15-alpine", "15-slim", "16-alpine", "lts"):
         registry.push(f"{UP}/node:{tag}", tag)
