@@ -7,7 +7,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from gate.adapters.ledger.table import _PARTITION, TableLedger, _claim_key
+from gate.adapters.ledger.table import TableLedger
+from gate.adapters.ledger.table_keys import _PARTITION, _claim_key
 from gate.domain.records import GateRecord
 
 

@@ -31,13 +31,9 @@ from devstack.azurite import AzuriteProcess
 from devstack.ledgers import fill_table
 from devstack.registry import free_port
 from gate.adapters.ledger.sqlite import SqliteLedger
-from gate.adapters.ledger.table import (
-    TableLedger,
-    _blob_endpoint_for,
-    _descending,
-    _listing_keys,
-    _record_key,
-)
+from gate.adapters.ledger.table import TableLedger
+from gate.adapters.ledger.table_base import _blob_endpoint_for
+from gate.adapters.ledger.table_keys import _descending, _listing_keys, _record_key
 from gate.domain.records import (
     Claim,
     DownstreamRun,
@@ -956,7 +952,9 @@ def test_ten_workers_taking_one_admitted_record_take_it_exactly_once(
 CLAIMANT = textwrap.dedent(
     """\
     import json, pathlib, sys, time
-    from gate.adapters.ledger.table import TableLedger, _blob_endpoint_for, _record_key
+    from gate.adapters.ledger.table import TableLedger
+    from gate.adapters.ledger.table_base import _blob_endpoint_for
+    from gate.adapters.ledger.table_keys import _record_key
     from gate.domain.records import GateRecord, new_record_id
     connection_string, table, container, digest, go = sys.argv[1:]
     ledger = TableLedger(connection_string=connection_string, table=table, log_container=container)

@@ -9,15 +9,12 @@ another write came first), so a heartbeat and its holder's save never lose each 
 and a worker whose record was taken over cannot write it. One partition serves
 about 2,000 entities a second, far more than a gate writes.
 
-Row keys (``PartitionKey`` is always ``ledger``)::
-
-    c|{rule}|{digest}   claim entity: the row keys of the gate records of (rule, digest)
-    i|{id}              index entity: the row key of record ``id`` (lookup by id and id prefix)
-    r|{time}|{id}       record: ``time`` counts down from the end of the calendar and ``id`` is
-                        byte-inverted, so ascending row keys are newest first (created_at, then id)
-    R|{rule}|{time}|{id}    listing rows: a copy of the record (its JSON and filter properties,
-    T|{target}|{time}|{id}  never its log) under its rule and under its target, newest first
-    v|layout            the key layout's version: present when every record has listing rows
+The row keys (:mod:`gate.adapters.ledger.table_keys`) give each (rule, digest) a claim entity
+(``c|``), each record id an index entity (``i|``), each record its row (``r|``, newest first) and
+two listing rows, copies under its rule (``R|``) and under its target (``T|``); ``v|layout``
+says every record has its listing rows. The entities and their mapping to records are
+:mod:`gate.adapters.ledger.table_entities`'s; the clients, error wording and storage primitives
+:mod:`gate.adapters.ledger.table_base`'s (:class:`TableLedger`'s base class).
 
 A page of ``history`` is one range query on the narrowest of these ranges (a rule's, else a
 target's, else every record's), ``since``/``before`` bounding its keys and the other filters
@@ -29,12 +26,6 @@ listing rows in the same entity-group transaction (at most 100 entities and 4 Mi
 partition: learn.microsoft.com/rest/api/storageservices/performing-entity-group-transactions;
 a record is written with at most four other entities, a prune deletes 20 records a batch).
 
-A string property holds at most 32K UTF-16 characters and an entity at most 1 MiB, so the
-validation log goes to the blob ``{record id}.log`` of the log container and the record keeps its
-name; the record's JSON is split over ``data_0``, ``data_1`` … when it is long. A listing row
-copies the JSON of a record up to 32,000 characters; a longer one (a huge reason) is listed by
-pointing at the record row (``row``), read when that record is listed.
-
 A table written before listing rows existed has no ``v|layout``: ``history`` then scans the
 records as it always did (correct, not bounded) until :meth:`TableLedger.migrate` has written
 every record's listing rows; the first :meth:`TableLedger.prune` (the retention timer) does so.
@@ -44,32 +35,38 @@ rows.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-import string
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from copy import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from itertools import batched, islice
-from typing import Any, NoReturn
-from urllib.parse import urlsplit
+from typing import Any
 
-from azure.core import MatchConditions
-from azure.core.credentials import TokenCredential
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TableEntity, TableTransactionError
+
+from gate.adapters.ledger.table_base import TableLedgerBase
+from gate.adapters.ledger.table_entities import (
+    Operation,
+    _actor_properties,
+    _etag,
+    _record_entity,
+    _record_from,
+    _unless_changed,
 )
-from azure.data.tables import TableClient, TableEntity, TableTransactionError, UpdateMode
-from azure.storage.blob import ContainerClient, ContentSettings
-
+from gate.adapters.ledger.table_keys import (
+    _CLAIM_PREFIX,
+    _PARTITION,
+    _RECORD_PREFIX,
+    _RULE_PREFIX,
+    _TARGET_PREFIX,
+    _claim_key,
+    _index_key,
+    _key_part,
+    _listing_keys,
+    _range,
+)
 from gate.domain.records import (
     Claim,
     GateRecord,
@@ -82,191 +79,18 @@ from gate.domain.records import (
     renew_lease,
     utcnow,
 )
-from gate.errors import ConfigError, LedgerError, NotFound
+from gate.errors import LedgerError, NotFound
 from gate.ports import FIRST_PAGE, HistoryQuery
 
-_PARTITION = "ledger"
-_CLAIM_PREFIX = "c|"
-_INDEX_PREFIX = "i|"
-_RECORD_PREFIX = "r|"
-_RULE_PREFIX = "R|"
-_TARGET_PREFIX = "T|"
-_LAYOUT_KEY = "v|layout"
-_LAYOUT_VERSION = 2
-# a listing row copies a record's JSON up to this many characters (two properties); a longer
-# record is listed by reading its row, so that a write stays far below a transaction's 4 MiB
-_INLINE_DATA = 32_000
 # a prune deletes 4 entities per record plus the claim entities it rewrites: 100 at most
 _PRUNE_BATCH = 20
 # a migration rewrites 3 entities per record (the record and its two listing rows)
 _MIGRATE_BATCH = 33
 # a lost race costs one more read and decision; this many in a row means something is wrong
 _CLAIM_ATTEMPTS = 20
-# 16,000 code points are at most 32,000 UTF-16 units: below the 32K limit of a string property
-_CHUNK = 16_000
-_KEY_SAFE = frozenset(string.ascii_letters + string.digits + "-_.:@+=")
-_TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
-_CONTAINER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
-_EPOCH = datetime(1, 1, 1, tzinfo=UTC)
-_MAX_MICROSECONDS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
-
-Operation = tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict[str, Any]]
 
 
-def _key_part(text: str) -> str:
-    """``text`` escaped for a row key (which refuses ``/ \\ # ?`` and control characters).
-
-    Character by character, so the escape of a prefix is a prefix of the escape.
-    """
-    return "".join(
-        char if char in _KEY_SAFE else "".join(f"~{byte:02x}" for byte in char.encode())
-        for char in text
-    )
-
-
-def _microseconds(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def _time_key(moment: datetime) -> str:
-    """A fixed-width key that sorts later moments first."""
-    return f"{_MAX_MICROSECONDS - _microseconds(moment):018d}"
-
-
-def _descending(text: str) -> str:
-    """A key that sorts in the reverse order of ``text`` (bytes inverted, then a terminator
-    above every hex digit, so that a prefix sorts after the longer texts it starts)."""
-    return "".join(f"{255 - byte:02x}" for byte in text.encode()) + "z"
-
-
-def _newest_first(record: GateRecord) -> str:
-    return f"{_time_key(record.created_at)}|{_descending(record.id)}"
-
-
-def _record_key(record: GateRecord) -> str:
-    return f"{_RECORD_PREFIX}{_newest_first(record)}"
-
-
-def _listing_keys(record: GateRecord) -> tuple[str, str]:
-    """The row keys of ``record``'s listing rows: under its rule, under its target."""
-    tail = _newest_first(record)
-    return (
-        f"{_RULE_PREFIX}{_key_part(record.rule)}|{tail}",
-        f"{_TARGET_PREFIX}{_key_part(record.target)}|{tail}",
-    )
-
-
-def _range(prefix: str, since: datetime | None, before: datetime | None) -> tuple[str, str]:
-    """The exclusive row-key bounds of the rows under ``prefix`` created in [since, before).
-
-    Under a prefix, keys are ``{prefix}{time key}|…`` and time keys fall as created_at rises;
-    ``}`` sorts just after ``|``, so ``{prefix}{key}}`` lies past every row of that time key
-    and ``{prefix minus its "|"}}`` past every row under the prefix.
-    """
-    low, high = prefix, prefix[:-1] + "}"
-    if before is not None:
-        low = f"{prefix}{_time_key(before)}}}"  # created_at < before
-    if since is not None:
-        high = f"{prefix}{_time_key(since)}}}"  # created_at >= since
-    return low, high
-
-
-def _index_key(record_id: str) -> str:
-    return f"{_INDEX_PREFIX}{_key_part(record_id)}"
-
-
-def _claim_key(rule: str, digest: str) -> str:
-    return f"{_CLAIM_PREFIX}{_key_part(rule)}|{_key_part(digest)}"
-
-
-def _record_entity(record: GateRecord, log_blob: str) -> dict[str, Any]:
-    data = json.dumps(record.to_dict(), sort_keys=True)
-    chunks = [data[i : i + _CHUNK] for i in range(0, len(data), _CHUNK)] or [""]
-    entity: dict[str, Any] = {
-        "PartitionKey": _PARTITION,
-        "RowKey": _record_key(record),
-        # plain properties for $filter; the JSON in data_* is what is read back
-        "id": record.id,
-        "action": record.action,
-        "rule": record.rule,
-        "digest": record.digest or "",
-        "target": record.target,
-        "state": record.state.value,
-        "created_at": record.created_at.isoformat(),
-        "updated_at": record.updated_at.isoformat(),
-        "log": log_blob,
-        "data_parts": len(chunks),
-    }
-    entity.update(_actor_properties(record))
-    entity.update({f"data_{i}": chunk for i, chunk in enumerate(chunks)})
-    return entity
-
-
-def _actor_properties(record: GateRecord) -> dict[str, str]:
-    # "" for no actor: the Table service stores no null properties
-    return {"actor": record.actor or "", "actor_id": record.actor_id}
-
-
-def _listing_rows(entity: dict[str, Any], record: GateRecord) -> list[dict[str, Any]]:
-    """``record``'s listing rows for its record entity ``entity``: its copies under its rule
-    and its target (filter properties, and the JSON unless it is long), pointing at the row."""
-    data = {key: value for key, value in entity.items() if key.startswith("data_")}
-    inline = sum(len(str(value)) for key, value in data.items() if key != "data_parts")
-    rows = []
-    for key in _listing_keys(record):
-        row = {
-            name: value
-            for name, value in entity.items()
-            if not name.startswith("data_") and name not in ("log", "etag", "Timestamp")
-        }
-        row.update(RowKey=key, row=entity["RowKey"])
-        row.update(data if inline <= _INLINE_DATA else {"data_parts": 0})
-        rows.append(row)
-    return rows
-
-
-def _record_from(entity: TableEntity, log: str = "") -> GateRecord:
-    data = "".join(str(entity[f"data_{i}"]) for i in range(int(entity["data_parts"])))
-    return GateRecord.from_dict(json.loads(data), log=log)
-
-
-def _etag(entity: TableEntity) -> str:
-    return str(entity.metadata["etag"])
-
-
-def _if_unchanged(etag: str) -> dict[str, Any]:
-    return {
-        "mode": UpdateMode.REPLACE,
-        "etag": etag,
-        "match_condition": MatchConditions.IfNotModified,
-    }
-
-
-def _unless_changed(etag: str) -> dict[str, Any]:
-    """A delete's condition: the entity is as read (``etag``), else 412 and nothing deleted."""
-    return {"etag": etag, "match_condition": MatchConditions.IfNotModified}
-
-
-def _blob_endpoint_for(table_endpoint: str) -> str | None:
-    """``https://ACCOUNT.blob.SUFFIX`` for ``https://ACCOUNT.table.SUFFIX``, else None."""
-    parts = urlsplit(table_endpoint)
-    labels = (parts.hostname or "").split(".")
-    if len(labels) < 3 or labels[1] != "table":
-        return None
-    host = ".".join([labels[0], "blob", *labels[2:]])
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}"
-
-
-def _public_url(url: str) -> str:
-    # a client URL can carry a SAS token in its query: never show that
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
-
-
-class TableLedger:
+class TableLedger(TableLedgerBase):
     """Gate records in an Azure Storage table, with validation logs in a blob container.
 
     Give ``endpoint`` (the account's table URL, ``https://ACCOUNT.table.core.windows.net``) and a
@@ -277,257 +101,6 @@ class TableLedger:
     the table and blob clients receive (azure-core's ``raw_response_hook``: how the tests and
     the benchmark count requests).
     """
-
-    def __init__(
-        self,
-        *,
-        endpoint: str | None = None,
-        credential: TokenCredential | None = None,
-        connection_string: str | None = None,
-        table: str = "gaterecords",
-        log_container: str = "gatelogs",
-        blob_endpoint: str | None = None,
-        response_hook: Callable[[Any], None] | None = None,
-    ) -> None:
-        if (endpoint is None) == (connection_string is None):
-            raise ConfigError(
-                "the Table ledger needs exactly one of a table endpoint (with a credential) or a "
-                "connection string; set one of azure.ledger.table_endpoint or "
-                "azure.ledger.connection_string"
-            )
-        if not _TABLE_NAME.fullmatch(table):
-            raise ConfigError(
-                f"'{table}' cannot name a storage table: use 3 to 63 letters and digits, "
-                "starting with a letter (e.g. gaterecords)"
-            )
-        if not _CONTAINER_NAME.fullmatch(log_container) or "--" in log_container:
-            raise ConfigError(
-                f"'{log_container}' cannot name a blob container: use 3 to 63 lowercase letters, "
-                "digits and single hyphens, starting and ending with a letter or digit "
-                "(e.g. gatelogs)"
-            )
-        self._log_hashes: dict[str, str] = {}
-        self._rows: dict[str, str] = {}  # record id -> row key, which never changes
-        self._indexed = False  # every record has its listing rows (v|layout seen)
-        hooks: dict[str, Any] = (
-            {} if response_hook is None else {"raw_response_hook": response_hook}
-        )
-        try:
-            if connection_string is not None:
-                self._table = TableClient.from_connection_string(connection_string, table, **hooks)
-                self._logs = ContainerClient.from_connection_string(
-                    connection_string, log_container, **hooks
-                )
-            else:
-                assert endpoint is not None
-                if credential is None:
-                    raise ConfigError(
-                        f"the Table ledger at {_public_url(endpoint)} needs a credential; pass "
-                        "one (DefaultAzureCredential in Azure) or use a connection string"
-                    )
-                blobs = blob_endpoint or _blob_endpoint_for(endpoint)
-                if blobs is None:
-                    raise ConfigError(
-                        f"cannot tell the blob endpoint of {_public_url(endpoint)} (validation "
-                        "logs go to blobs); pass blob_endpoint, or use a connection string"
-                    )
-                self._table = TableClient(endpoint, table, credential=credential, **hooks)
-                self._logs = ContainerClient(blobs, log_container, credential=credential, **hooks)
-        except ValueError:
-            # the SDK's message may quote the connection string: keep it out of ours
-            raise ConfigError(
-                "the Table ledger's connection string or endpoint is malformed; check the "
-                "connection string's format (AccountName=…;AccountKey=…;TableEndpoint=…) or "
-                "the endpoint URL (https://ACCOUNT.table.core.windows.net)"
-            ) from None
-        self._where = f"table '{table}' at {_public_url(self._table.url)}"
-        # either may exist already, or another worker may have just created it
-        with self._errors(f"creating {self._where}"):
-            try:
-                self._table.create_table()
-            except ResourceExistsError:
-                pass
-            else:
-                # a new table has no record without listing rows: mark its layout current
-                self._mark_layout()
-        container = f"the log container at {_public_url(self._logs.url)}"
-        with self._errors(f"creating {container}"), suppress(ResourceExistsError):
-            self._logs.create_container()
-
-    def close(self) -> None:
-        """Close the HTTP sessions of the table and blob clients."""
-        self._table.close()
-        self._logs.close()
-
-    # -- errors -------------------------------------------------------------------------------
-
-    @contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        """Turn SDK errors into LedgerError: the cause (status, error code) and a fix.
-
-        Only the status, the service's error code and the (key-free) URL go into the message:
-        a service message or a connection string could carry a signature or a key.
-        """
-        try:
-            yield
-        except (ConfigError, NotFound, LedgerError):
-            raise
-        except AzureError as exc:
-            self._fail(what, exc)
-
-    def _fail(self, what: str, exc: AzureError) -> NoReturn:
-        if isinstance(exc, HttpResponseError) and exc.status_code is not None:
-            code = getattr(exc, "error_code", None) or (exc.reason or "")
-            code = getattr(code, "value", code)
-            if code == "TableNotFound":
-                raise self._no_table() from None
-            if exc.status_code in (401, 403):
-                raise LedgerError(
-                    f"{what} failed: the storage account refused the credential "
-                    f"({exc.status_code} {code}); check the account key of the connection string, "
-                    "or give the identity the Storage Table Data Contributor and Storage Blob "
-                    "Data Contributor roles on the account"
-                ) from None
-            if 400 <= exc.status_code < 500 and exc.status_code not in (408, 429):
-                raise LedgerError(
-                    f"{what} failed: the storage service refused the request "
-                    f"({exc.status_code} {code}); check the ledger settings against the account"
-                ) from None
-            raise LedgerError(
-                f"{what} failed: the storage service answered {exc.status_code} {code}; "
-                "retry later, and check the storage account if it persists"
-            ) from None
-        if isinstance(exc, ClientAuthenticationError):
-            # no HTTP answer: the credential could not sign the request or get a token
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise LedgerError(
-                f"{what} failed: the credential could not authenticate the request ({first}); "
-                "check the account key of the connection string, or the managed identity and "
-                "the credential configuration"
-            ) from None
-        if isinstance(exc, ServiceRequestError | ServiceResponseError):
-            raise LedgerError(
-                f"{what} failed: the storage service could not be reached "
-                f"({type(exc).__name__}); check the endpoint and the network, then retry"
-            ) from None
-        raise LedgerError(f"{what} failed ({type(exc).__name__}); retry later") from None
-
-    def _no_table(self) -> LedgerError:
-        # the constructor creates the table: a missing one was deleted, records and all
-        return LedgerError(
-            f"no ledger at {self._where}: the table does not exist any more; create it (or "
-            "restart the gate, which creates it) and restore the records from a backup, or "
-            "check the azure.ledger settings of --config"
-        )
-
-    # -- storage primitives -------------------------------------------------------------------
-
-    def _read(self, row_key: str) -> TableEntity | None:
-        try:
-            return self._table.get_entity(_PARTITION, row_key)
-        except ResourceNotFoundError as exc:
-            if getattr(getattr(exc, "error_code", None), "value", None) == "TableNotFound":
-                raise self._no_table() from None
-            return None
-
-    def _commit(self, operations: list[Operation], *, first_may_race: bool) -> bool:
-        """Run ``operations`` as one transaction; False if it lost a race worth re-deciding.
-
-        Races: an entity we update or delete was changed since we read it (412), or, with
-        ``first_may_race``, the first operation's entity (a claim entity, or the record a save
-        rewrites) was created or deleted meanwhile (409, 404). Any other 409 is a duplicate
-        record id: refused, nothing written.
-        """
-        try:
-            self._table.submit_transaction(operations)
-            return True
-        except TableTransactionError as exc:
-            if exc.status_code == 412 or (
-                first_may_race and exc.index == 0 and exc.status_code in (404, 409)
-            ):
-                return False
-            if exc.status_code == 409:
-                created = (op[1] for op in operations if op[0] == "create" and "id" in op[1])
-                raise self._duplicate(str(next(created, {}).get("id", "?"))) from None
-            raise
-
-    def _store_log(self, record: GateRecord, *, new: bool = False) -> str:
-        """Upload the record's log (unless this ledger uploaded the same text); its blob name.
-
-        For a ``new`` record the blob must not exist: one that does belongs to a record with
-        the same id (refused: :class:`LedgerError`, its log left as it was), or was left by an
-        insert that never committed (no such record: replaced).
-        """
-        if not record.log:
-            return ""
-        name = f"{record.id}.log"
-        digest = hashlib.sha256(record.log.encode()).hexdigest()
-        if self._log_hashes.get(record.id) != digest:
-            data = record.log.encode()
-            settings = ContentSettings(content_type="text/plain; charset=utf-8")
-            try:
-                self._logs.upload_blob(name, data, overwrite=not new, content_settings=settings)
-            except ResourceExistsError:
-                if self._read(_index_key(record.id)) is not None:
-                    raise self._duplicate(record.id) from None
-                self._logs.upload_blob(name, data, overwrite=True, content_settings=settings)
-            self._log_hashes[record.id] = digest
-        return name
-
-    def _duplicate(self, record_id: str) -> LedgerError:
-        return LedgerError(
-            f"a record with id {record_id} is already in {self._where}; record ids must be "
-            "unique: create the record with a new id (nothing was written)"
-        )
-
-    def _with_log(self, entity: TableEntity) -> GateRecord:
-        name = str(entity.get("log") or "")
-        if not name:
-            return _record_from(entity)
-        try:
-            log = self._logs.download_blob(name).readall().decode()
-        except ResourceNotFoundError:
-            log = ""  # deleted by a retention policy: the record stands without it
-        record = _record_from(entity, log)
-        self._log_hashes[record.id] = hashlib.sha256(log.encode()).hexdigest()
-        return record
-
-    def _creates(self, record: GateRecord, log_blob: str) -> list[Operation]:
-        """Insert ``record``: its row, its id's index entity, its listing rows (4 entities).
-
-        All are inserts, which the service refuses (409) when the row key exists: a duplicate
-        id never overwrites the record it names.
-        """
-        entity = _record_entity(record, log_blob)
-        index = {
-            "PartitionKey": _PARTITION,
-            "RowKey": _index_key(record.id),
-            "row": entity["RowKey"],
-        }
-        listed: list[Operation] = [("create", row) for row in _listing_rows(entity, record)]
-        return [("create", entity), ("create", index), *listed]
-
-    @staticmethod
-    def _rewrites(entity: dict[str, Any], record: GateRecord, etag: str) -> list[Operation]:
-        """Replace record row ``entity`` if unchanged since ``etag``, and its listing rows with it.
-
-        The listing rows are upserts (a record from before them has none yet); the record's
-        ETag condition guards them too: the transaction is all or nothing.
-        """
-        rows: list[Operation] = [
-            ("upsert", row, {"mode": UpdateMode.REPLACE}) for row in _listing_rows(entity, record)
-        ]
-        return [("update", entity, _if_unchanged(etag)), *rows]
-
-    def _claim_write(self, claim_key: str, claim: TableEntity | None, keys: list[str]) -> Operation:
-        entity = {
-            "PartitionKey": _PARTITION,
-            "RowKey": claim_key,
-            "records": json.dumps(sorted(keys)),
-        }
-        if claim is None:
-            return ("create", entity)
-        return ("update", entity, _if_unchanged(_etag(claim)))
 
     # -- the port -----------------------------------------------------------------------------
 
@@ -854,19 +427,7 @@ class TableLedger:
             records = (r for r in records if actor in (r.actor_id, r.actor))
         return list(islice(records, limit) if limit > 0 else records)
 
-    # -- layout and migration -----------------------------------------------------------------
-
-    def _mark_layout(self) -> None:
-        entity = {"PartitionKey": _PARTITION, "RowKey": _LAYOUT_KEY, "version": _LAYOUT_VERSION}
-        self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
-        self._indexed = True
-
-    def _layout_current(self) -> bool:
-        """True when every record has its listing rows (one read until it is; then none)."""
-        if not self._indexed:
-            marker = self._read(_LAYOUT_KEY)
-            self._indexed = marker is not None and int(marker["version"]) >= _LAYOUT_VERSION
-        return self._indexed
+    # -- migration to listing rows ------------------------------------------------------------
 
     def migrate(self) -> int:
         """Give every record of a ledger from before listing rows its listing rows.
