@@ -11,19 +11,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Unpack
 
-from gate.config.model import DownstreamTask, Rule
-from gate.domain.attestation import StoredAttestation
-from gate.domain.records import Claim, DownstreamRun, GateRecord, State, ValidationResult
+from gate.domain.records import (
+    FIRST_PAGE,
+    Claim,
+    DownstreamRun,
+    GateRecord,
+    HistoryQuery,
+    ValidationResult,
+)
 from gate.domain.ref import ImageRef
-from gate.domain.signatures import CosignSignature
 from gate.errors import RegistryUnavailable
 
+if TYPE_CHECKING:  # annotations only: a command that reads the ledger loads none of them
+    from gate.config.model import DownstreamTask, Rule
+    from gate.domain.attestation import StoredAttestation
+    from gate.domain.signatures import CosignSignature
+
 ProgressCallback = Callable[[str, int, int], None]
-# a validator calls it with the run's ID as soon as the run has one
-OnStarted = Callable[[str], None]
 """``progress(what, done_bytes, total_bytes)``: called while blobs are copied."""
+OnStarted = Callable[[str], None]
+"""``on_started(run_id)``: a validator calls it as soon as the run has an ID."""
 
 
 @dataclass(frozen=True)
@@ -192,28 +201,6 @@ class Validator(Protocol):
         process that started them (local containers) starts a new run.
         """
         ...
-
-
-@dataclass(frozen=True)
-class HistoryQuery:
-    """Which records :meth:`Ledger.history` lists: each filter set narrows it (None: any).
-
-    ``since`` and ``before`` bound the creation time (``before`` strictly: it pages, given the
-    last record of the previous page); ``actor`` matches a record's ``actor_id`` (an object id)
-    or ``actor`` (a name) exactly; ``limit`` caps the page (negative: no limit).
-    """
-
-    rule: str | None = None
-    target: str | None = None
-    state: State | None = None
-    since: datetime | None = None
-    before: datetime | None = None
-    actor: str | None = None
-    limit: int = 50
-
-
-FIRST_PAGE = HistoryQuery()
-"""The newest 50 records, unfiltered."""
 
 
 class Ledger(Protocol):

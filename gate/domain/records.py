@@ -511,3 +511,24 @@ def renew_lease(stored: GateRecord, holder: str, until: datetime) -> GateRecord 
     if not holder or stored.lease_holder != holder or stored.state.final:
         return None
     return replace(stored, lease_until=until)
+
+
+class HistoryQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Which records :meth:`Ledger.history` lists: each filter set narrows it (None: any).
+
+    ``since`` and ``before`` bound the creation time (``before`` strictly: it pages, given the
+    last record of the previous page); ``actor`` matches a record's ``actor_id`` (an object id)
+    or ``actor`` (a name) exactly; ``limit`` caps the page (negative: no limit).
+    """
+
+    rule: str | None = None
+    target: str | None = None
+    state: State | None = None
+    since: datetime | None = None
+    before: datetime | None = None
+    actor: str | None = None
+    limit: int = 50
+
+
+FIRST_PAGE = HistoryQuery()
+"""The newest 50 records, unfiltered."""

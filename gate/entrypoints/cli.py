@@ -394,7 +394,7 @@ def history_cmd(
     stdout is not one, or with --plain)."""
     try:
         after = _since(since)
-        from gate.ports import HistoryQuery
+        from gate.domain.records import HistoryQuery
 
         query = HistoryQuery(
             rule=rule,

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from gate.config.app_settings import EntraTrust
-from gate.domain.records import GateRecord, State, parse_instant
+from gate.domain.records import GateRecord, HistoryQuery, State, parse_instant
 from gate.entrypoints.messages import GateRequest
 from gate.entrypoints.principal import (
     FUNCTION_KEY,
@@ -39,7 +39,6 @@ from gate.errors import (
     NotFound,
     UsageError,
 )
-from gate.ports import HistoryQuery
 from gate.usecases.gating import admit
 from gate.usecases.keeper import Gatekeeper
 from gate.usecases.rollback import rollback

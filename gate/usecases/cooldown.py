@@ -7,10 +7,9 @@ from datetime import timedelta
 
 from gate.config.model import Rule
 from gate.domain.durations import format_duration
-from gate.domain.records import GateRecord, State
+from gate.domain.records import GateRecord, HistoryQuery, State
 from gate.domain.ref import ImageRef
 from gate.errors import GateError
-from gate.ports import HistoryQuery
 from gate.usecases.keeper import Gatekeeper
 
 

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gate.config.model import Rule
-from gate.domain.records import GateRecord, Outcome, State, new_record_id, utcnow
+from gate.domain.records import GateRecord, HistoryQuery, Outcome, State, new_record_id, utcnow
 from gate.domain.ref import ImageRef
 from gate.errors import GateError, NotFound, UsageError
 from gate.logsafe import get_logger
-from gate.ports import HistoryQuery
 from gate.usecases.keeper import Gatekeeper
 from gate.usecases.rollback import move_stable_tag
 from gate.usecases.validation import validate_platforms, validation_request

@@ -4,11 +4,10 @@ who and why."""
 from __future__ import annotations
 
 from gate.config.model import Rule
-from gate.domain.records import GateRecord, State, new_record_id
+from gate.domain.records import GateRecord, HistoryQuery, State, new_record_id
 from gate.domain.ref import ImageRef, parse_digest
 from gate.errors import Conflict, GateError, NotFound, UsageError
 from gate.logsafe import get_logger
-from gate.ports import HistoryQuery
 from gate.usecases.keeper import Gatekeeper, as_ref
 
 # the logger name is what log queries select by; it stays the one from before the split

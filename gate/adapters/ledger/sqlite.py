@@ -17,8 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gate.domain.records import (
+    FIRST_PAGE,
     Claim,
     GateRecord,
+    HistoryQuery,
     State,
     claim_insert,
     claim_step,
@@ -29,7 +31,6 @@ from gate.domain.records import (
     utcnow,
 )
 from gate.errors import LedgerError, NotFound
-from gate.ports import FIRST_PAGE, HistoryQuery
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (

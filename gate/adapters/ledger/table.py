@@ -68,8 +68,10 @@ from gate.adapters.ledger.table_keys import (
     _range,
 )
 from gate.domain.records import (
+    FIRST_PAGE,
     Claim,
     GateRecord,
+    HistoryQuery,
     State,
     claim_insert,
     claim_step,
@@ -80,7 +82,6 @@ from gate.domain.records import (
     utcnow,
 )
 from gate.errors import LedgerError, NotFound
-from gate.ports import FIRST_PAGE, HistoryQuery
 
 # a prune deletes 4 entities per record plus the claim entities it rewrites: 100 at most
 _PRUNE_BATCH = 20
