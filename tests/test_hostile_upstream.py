@@ -1,0 +1,104 @@
+"""What a hostile upstream registry gets from the gate: nothing it should not.
+
+Each test puts :class:`devstack.hostile.HostileRegistry` in front of a real docker-registry
+(the upstream), switches on one misbehaviour and copies or lists through the gate's OCI
+client. The outcome is checked where it matters: a clean gate error, the target registry's
+real contents (the stable tag did not move) and what the hostile server and a foreign witness
+were sent (no credential, no request where it does not belong).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from devstack.hostile import HostileRegistry
+from devstack.images import tag_digests
+from devstack.proxy import push_tiny_images
+from devstack.registry import RegistryProcess
+from gate.adapters.registry.oci import HostSettings, OciRegistry
+from gate.domain.ref import ImageRef
+from gate.errors import GateError, RegistryError
+
+
+@dataclass(frozen=True)
+class Stage:
+    """An upstream behind a hostile front, a target with ``node:15-alpine`` on ``old``, and
+    the image ``new`` the gate is asked to promote."""
+
+    hostile: HostileRegistry
+    witness: HostileRegistry
+    target: RegistryProcess
+    old: str
+    new: str
+
+    def client(self, **options: object) -> OciRegistry:
+        hosts = {
+            self.hostile.host: HostSettings(insecure=True, username="u", password="p"),
+            self.target.host: HostSettings(insecure=True),
+        }
+        defaults: dict[str, object] = {"max_attempts": 2, "backoff_initial": 0.01}
+        return OciRegistry(hosts, **{**defaults, **options})  # type: ignore[arg-type]
+
+    def promote(self, digest: str | None = None, **options: object) -> None:
+        """Copy ``digest`` (default: ``new``) from the hostile upstream as ``15-alpine``."""
+        with self.client(**options) as registry:
+            registry.copy(
+                ImageRef(self.hostile.host, "node", digest=digest or self.new),
+                ImageRef(self.target.host, "node"),
+                tags=["15-alpine"],
+            )
+
+    def stable_tag_unmoved(self) -> bool:
+        return tag_digests(self.target.host, "node").get("15-alpine") == self.old
+
+    def credentials_leaked(self) -> bool:
+        return any(seen.authorization for seen in self.witness.seen)
+
+
+@pytest.fixture
+def stage(registries: tuple[RegistryProcess, RegistryProcess]) -> Iterator[Stage]:
+    upstream, target = registries
+    seeded = push_tiny_images(upstream.host, ["node"], ["14-alpine", "15-alpine"])
+    old, new = seeded["node:14-alpine"], seeded["node:15-alpine"]
+    with OciRegistry(
+        {upstream.host: HostSettings(insecure=True), target.host: HostSettings(insecure=True)}
+    ) as registry:
+        registry.copy(
+            ImageRef(upstream.host, "node", digest=old),
+            ImageRef(target.host, "node"),
+            tags=["15-alpine"],
+        )
+    with HostileRegistry(upstream.host) as hostile, HostileRegistry() as witness:
+        hostile.foreign = witness.host
+        yield Stage(hostile, witness, target, old, new)
+
+
+def refused(stage: Stage, behaviour: str, *, digest: str | None = None) -> GateError:
+    """Promote through ``behaviour``; the gate error it ends in (asserted: stable tag kept)."""
+    stage.hostile.misbehave(behaviour)
+    with pytest.raises(GateError) as caught:
+        stage.promote(digest)
+    assert stage.stable_tag_unmoved()
+    assert not stage.credentials_leaked()
+    return caught.value
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("behaviour", ["endless-manifest", "huge-manifest"])
+def test_an_endless_or_huge_manifest_is_refused_past_4_mib(stage: Stage, behaviour: str) -> None:
+    error = refused(stage, behaviour)
+
+    assert isinstance(error, RegistryError)
+    assert "larger than 4 MiB" in error.message
+
+
+def test_an_honest_upstream_through_the_hostile_front_promotes(stage: Stage) -> None:
+    stage.promote()
+
+    assert tag_digests(stage.target.host, "node")["15-alpine"] == stage.new
+    assert not stage.credentials_leaked()
