@@ -41,7 +41,7 @@ BEHAVIOURS = frozenset(
         "realm-foreign",  # bearer challenge with a realm on ``foreign``
         "realm-link-local",  # bearer challenge with a realm at 169.254.169.254
         "realm-file",  # bearer challenge with a file:// realm
-        "error-endless",  # upload POSTs answer 400 with an endless error body
+        "error-endless",  # a manifest GET answers 400 with an endless error body
     }
 )
 
@@ -227,6 +227,9 @@ class HostileRegistry:
                     if mode == "trickle-manifest":
                         self._trickle()
                         return True
+                    if mode == "error-endless":
+                        self._endless("application/json", status=400)
+                        return True
                 if manifest and mode in ("retry-after-seconds", "retry-after-date"):
                     after = (
                         "999999"
@@ -245,9 +248,6 @@ class HostileRegistry:
                     if mode == "blob-redirect-file":
                         self._answer(307, b"", {"Location": "file:///etc/passwd"})
                         return True
-                if mode == "error-endless" and "/blobs/uploads/" in path and method == "POST":
-                    self._endless("application/json", status=400)
-                    return True
                 return False
 
             def _tags(self, mode: str) -> bool:

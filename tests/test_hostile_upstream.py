@@ -20,7 +20,7 @@ from devstack.proxy import push_tiny_images
 from devstack.registry import RegistryProcess
 from gate.adapters.registry.oci import HostSettings, OciRegistry
 from gate.domain.ref import ImageRef
-from gate.errors import GateError, RegistryError
+from gate.errors import GateError, RegistryError, RegistryMisbehaved, RetryLater
 
 
 @dataclass(frozen=True)
@@ -102,3 +102,38 @@ def test_an_honest_upstream_through_the_hostile_front_promotes(stage: Stage) -> 
 
     assert tag_digests(stage.target.host, "node")["15-alpine"] == stage.new
     assert not stage.credentials_leaked()
+
+
+def test_an_endless_error_body_is_not_read_past_its_bound(stage: Stage) -> None:
+    error = refused(stage, "error-endless")
+
+    assert isinstance(error, RegistryError)
+    assert "answered HTTP 400" in error.message
+
+
+# -- time -----------------------------------------------------------------------------------
+
+
+def test_a_trickling_manifest_is_cut_at_the_deadline(stage: Stage) -> None:
+    stage.hostile.misbehave("trickle-manifest")
+    with pytest.raises(RegistryMisbehaved) as caught:
+        stage.promote(deadline=1.5)
+
+    assert "took longer than 1.5 s" in caught.value.message
+    assert caught.value.exit_code == 3
+    assert stage.stable_tag_unmoved()
+
+
+@pytest.mark.parametrize("behaviour", ["retry-after-seconds", "retry-after-date"])
+def test_a_huge_retry_after_ends_in_retry_later_within_the_wait_budget(
+    stage: Stage, behaviour: str
+) -> None:
+    stage.hostile.misbehave(behaviour)
+    with pytest.raises(RetryLater) as caught:
+        stage.promote(max_attempts=5, retry_after_max=0.05, wait_budget=0.12)
+
+    assert "more than the gate waits (0.05 s a time, 0.12 s in all)" in caught.value.message
+    assert caught.value.retry_after is not None and caught.value.retry_after > 999_000
+    # the pauses waited: two of 0.05 s, then the third would pass the budget
+    assert len(stage.hostile.requests_to("/manifests/")) == 3
+    assert stage.stable_tag_unmoved()

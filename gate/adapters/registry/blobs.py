@@ -213,8 +213,10 @@ class Blobs:
         done = reported = 0
         if progress is not None:
             progress(digest, 0, size)
+        self._http.blob_deadline(body, size)
         # iter_raw: the bytes exactly as stored; a Content-Encoding must not be undone.
         for chunk in body.iter_raw(self._chunk_size):
+            self._http.check_deadline(src, body)
             done += len(chunk)
             if done > size:
                 raise RegistryError(

@@ -51,6 +51,8 @@ class Transient(Exception):
         self.reason = reason
         self.retry_after = retry_after
         self.status = status
+        # set by the retry policy when the pause asked for is longer than the gate waits
+        self.too_long = False
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -62,7 +64,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

@@ -141,6 +141,7 @@ class Manifests:
                 url,
                 scopes=(f"repository:{repo}:pull",),
                 headers={"Accept": OCI_INDEX},
+                limit=MAX_MANIFEST_BYTES,
             )
             with closing(response):
                 if response.status_code == 404:

@@ -9,6 +9,9 @@ from gate.adapters.registry.http import RegistryHttp
 from gate.domain.ref import ImageRef
 from gate.errors import ManifestUnknown
 
+PAGE_LIMIT = 4 << 20
+"""The most the gate reads of one tag-list page (a registry may ignore ``n`` and send all)."""
+
 
 class Tags:
     """``GET /v2/<name>/tags/list`` of every registry, ``page_size`` tags a page."""
@@ -30,7 +33,7 @@ class Tags:
             page_url = url
 
             def page(page_url: str = page_url) -> tuple[list[str], str | None]:
-                response = http.request(ep, "GET", page_url, scopes=scopes)
+                response = http.request(ep, "GET", page_url, scopes=scopes, limit=PAGE_LIMIT)
                 with closing(response):
                     if response.status_code == 404:
                         raise ManifestUnknown(
