@@ -41,6 +41,7 @@ BEHAVIOURS = frozenset(
         "realm-foreign",  # bearer challenge with a realm on ``foreign``
         "realm-link-local",  # bearer challenge with a realm at 169.254.169.254
         "realm-file",  # bearer challenge with a file:// realm
+        "realm-endless-token",  # bearer challenge with a realm on itself answering endlessly
         "error-endless",  # a manifest GET answers 400 with an endless error body
     }
 )
@@ -199,6 +200,9 @@ class HostileRegistry:
                     self._answer(200, data, headers)
                     return True
                 if mode.startswith("realm-"):
+                    if "/token" in path and mode == "realm-endless-token":
+                        self._endless("application/json")
+                        return True
                     if "/token" in path and mode != "realm-foreign":
                         self._answer(200, b'{"token": "t"}')
                         return True
@@ -207,6 +211,7 @@ class HostileRegistry:
                             "realm-foreign": f"http://{hostile.foreign}/token",
                             "realm-link-local": "http://169.254.169.254/token",
                             "realm-file": "file:///etc/passwd",
+                            "realm-endless-token": f"http://{hostile.host}/token",
                         }[mode]
                         challenge = f'Bearer realm="{realm}",service="hostile"'
                         self._answer(401, b"", {"WWW-Authenticate": challenge})

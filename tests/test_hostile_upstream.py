@@ -137,3 +137,31 @@ def test_a_huge_retry_after_ends_in_retry_later_within_the_wait_budget(
     # the pauses waited: two of 0.05 s, then the third would pass the budget
     assert len(stage.hostile.requests_to("/manifests/")) == 3
     assert stage.stable_tag_unmoved()
+
+
+def open_uploads(registry: RegistryProcess) -> list[str]:
+    """The upload sessions the registry keeps open: in distribution's filesystem layout, an
+    upload directory with its ``startedat`` file, without which the session cannot be resumed
+    (the handler of a PUT cut short may still write a hash state after the cancel)."""
+    uploads = registry.root / "data/docker/registry/v2/repositories/node/_uploads"
+    return sorted(p.parent.name for p in uploads.glob("*/startedat"))
+
+
+def test_an_endless_token_answer_is_cut(stage: Stage) -> None:
+    error = refused(stage, "realm-endless-token")
+
+    assert isinstance(error, RegistryMisbehaved)
+    assert "more than 1048576 bytes" in error.message
+
+
+# -- blobs ----------------------------------------------------------------------------------
+
+
+def test_a_flipped_byte_is_caught_by_the_gate_and_the_upload_cancelled(stage: Stage) -> None:
+    error = refused(stage, "blob-flip")
+
+    assert isinstance(error, RegistryMisbehaved)
+    assert "does not match that digest" in error.message
+    # the last chunk was held back: the target never saw a whole wrong blob, and the upload
+    # session the gate opened for it was cancelled
+    assert open_uploads(stage.target) == []

@@ -894,6 +894,7 @@ def test_a_token_refused_midway_through_a_streamed_upload_restarts_that_blob(
     digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
     token_requests: list[httpx.Request] = []
     uploaded: list[bytes] = []
+    cancelled: list[str] = []
     refusals = [1]  # the first blob PUT is refused once, its body already read
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -914,6 +915,9 @@ def test_a_token_refused_midway_through_a_streamed_upload_restarts_that_blob(
             return httpx.Response(404)
         if request.method == "POST":
             return httpx.Response(202, headers={"Location": "/v2/b/app/blobs/uploads/1"})
+        if request.method == "DELETE":
+            cancelled.append(path)  # the refused upload's session, cancelled before the restart
+            return httpx.Response(204)
         if "/blobs/uploads/" in path:
             assert isinstance(request.stream, httpx.SyncByteStream)
             body = b"".join(request.stream)  # as a server reads it: the stream, not a copy
@@ -930,6 +934,7 @@ def test_a_token_refused_midway_through_a_streamed_upload_restarts_that_blob(
     assert len(retries) == 1
     assert "401 during an upload" in str(retries[0].caused_by)
     assert sorted(uploaded) == sorted(blobs.values())
+    assert cancelled == ["/v2/b/app/blobs/uploads/1"]
     # the refused token was dropped: the restart asked the realm for a fresh one up front
     assert len(token_requests) == 3
 

@@ -31,6 +31,15 @@ from gate.adapters.registry.endpoint import (
     Transient,
     parse_retry_after,
 )
+from gate.adapters.registry.guard import (
+    ALLOW,
+    ALLOWED_TIME,
+    ANSWER_CEILING,
+    LIMIT,
+    STARTED,
+    GuardedTransport,
+    allow_for,
+)
 from gate.errors import (
     AuthenticationError,
     ManifestUnknown,
@@ -62,8 +71,6 @@ ANSWER_LIMIT = 1 << 20
 """The most the gate reads of an answer it buffers (uploads, tag pages, token answers)."""
 _ERROR_LIMIT = 64 << 10
 """The most the gate reads of an error body: enough for any registry's error JSON."""
-_DEADLINE = "gate.deadline"
-_STARTED = "gate.started"
 _BLOB_RATE = float(1 << 20)
 
 # stamina logs every scheduled retry at WARNING through its default hook; the gate reports a
@@ -157,20 +164,18 @@ def error_detail(response: httpx.Response) -> str:
 def _bounded_body(response: httpx.Response, limit: int) -> bytes:
     """The body of ``response`` if it is at most ``limit`` bytes (read up to that), else b""."""
     try:
-        data = response.content
+        return response.content if len(response.content) <= limit else b""
     except httpx.ResponseNotRead:
-        collected = bytearray()
+        pass
+    collected = bytearray()
+    try:
         for chunk in response.iter_bytes():
             collected += chunk
-            if len(collected) > limit or time.monotonic() > _deadline_of(response):
+            if len(collected) > limit:
                 return b""
-        data = bytes(collected)
-    return data if len(data) <= limit else b""
-
-
-def _deadline_of(response: httpx.Response) -> float:
-    deadline = response.extensions.get(_DEADLINE)
-    return float(deadline) if deadline is not None else float("inf")
+    except RegistryMisbehaved:
+        return b""  # cut by the transport guard (too slow): the status says enough
+    return bytes(collected)
 
 
 def append_query(url: str, key: str, value: str) -> str:
@@ -230,7 +235,7 @@ class RegistryHttp:
         self.deadline = timeout if deadline is None else deadline
         self.policy = policy or RetryPolicy()
         self._client = httpx.Client(
-            transport=transport or _TlsOnFirstUse(),
+            transport=GuardedTransport(transport or _TlsOnFirstUse(), deadline=self.deadline),
             timeout=httpx.Timeout(timeout),
             headers={"User-Agent": _USER_AGENT},
         )
@@ -301,15 +306,34 @@ class RegistryHttp:
         stream: bool = False,
         follow_redirects: bool = False,
         limit: int = ANSWER_LIMIT,
+        blob_size: int | None = None,
     ) -> httpx.Response:
         """Send one request, authenticated for ``scopes``. Transient failures raise
         :class:`Transient`; any other status but a final 401 is returned for the caller.
 
         Unless ``stream``, the answer is read here, at most ``limit`` bytes of it
-        (:class:`~gate.errors.RegistryMisbehaved` past that or past the deadline)."""
-        started = time.monotonic()
-        request = self._client.build_request(method, url, headers=headers, content=content)
-        auth = RegistryAuth(self._tokens, ep, scopes, build_request=self._client.build_request)
+        (:class:`~gate.errors.RegistryMisbehaved` past that). The answer must be complete
+        within :attr:`deadline`; a blob of ``blob_size`` bytes gets one second more per MiB
+        (it must arrive at 1 MiB/s at least) and may be that long (the caller checks it)."""
+        allowed_time, ceiling = self.deadline, ANSWER_CEILING
+        if blob_size is not None:
+            allowed_time += blob_size / _BLOB_RATE
+            ceiling += blob_size
+        extensions = {
+            ALLOW: allow_for(ep.host),
+            STARTED: time.monotonic(),
+            ALLOWED_TIME: allowed_time,
+            LIMIT: ceiling,
+        }
+        request = self._client.build_request(
+            method, url, headers=headers, content=content, extensions=extensions
+        )
+        auth = RegistryAuth(
+            self._tokens,
+            ep,
+            scopes,
+            build_request=self._client.build_request,
+        )
         try:
             # Streamed so that a blob GET is read chunk by chunk; small bodies are read below
             # or discarded by closing.
@@ -321,11 +345,6 @@ class RegistryHttp:
                 host = auth.token_request.url.netloc.decode("ascii")
                 raise Transient(host, f"{type(exc).__name__} at its token service") from exc
             raise Transient(ep.host, f"{type(exc).__name__} ({exc})") from exc
-        response.extensions = {
-            **response.extensions,
-            _STARTED: started,
-            _DEADLINE: started + self.deadline,
-        }
         if response.status_code in RETRY_STATUSES:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             response.close()
@@ -358,41 +377,17 @@ class RegistryHttp:
 
     def read_at_most(self, ep: Endpoint, response: httpx.Response, limit: int) -> bytes:
         """The body of a streamed ``response``, but no more than ``limit`` + 1 bytes of it:
-        enough for the caller to refuse an oversized one without holding all of it. An answer
-        still coming after the deadline is refused (:meth:`check_deadline`)."""
+        enough for the caller to refuse an oversized one without holding all of it (the
+        transport guard refuses one still coming after its deadline)."""
         data = bytearray()
         try:
             for chunk in response.iter_bytes():
                 data += chunk
                 if len(data) > limit:
                     break
-                self.check_deadline(ep, response)
         except (httpx.TimeoutException, httpx.NetworkError) as exc:
             raise Transient(ep.host, f"{type(exc).__name__} ({exc})") from exc
         return bytes(data[: limit + 1])
-
-    def blob_deadline(self, response: httpx.Response, size: int) -> None:
-        """Give the streamed blob ``response`` the deadline of its declared ``size``: one
-        second more per MiB (so a blob must arrive at 1 MiB/s at least, after the first
-        ``deadline`` seconds)."""
-        started = float(response.extensions.get(_STARTED, time.monotonic()))
-        response.extensions = {
-            **response.extensions,
-            _DEADLINE: started + self.deadline + size / _BLOB_RATE,
-        }
-
-    def check_deadline(self, ep: Endpoint, response: httpx.Response) -> None:
-        """Refuse ``response`` (:class:`~gate.errors.RegistryMisbehaved`) if its deadline
-        passed: an answer that trickles in is not waited for past it."""
-        deadline = _deadline_of(response)
-        if time.monotonic() <= deadline:
-            return
-        allowed = deadline - float(response.extensions.get(_STARTED, deadline))
-        raise RegistryMisbehaved(
-            f"registry {ep.name} took longer than {allowed:g} s to answer "
-            f"{response.request.method} {response.url.path}; the gate does not wait longer "
-            "for one answer. Check the registry's health (or the network to it), then retry."
-        )
 
     def expect(
         self,
