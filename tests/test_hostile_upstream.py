@@ -9,16 +9,19 @@ were sent (no credential, no request where it does not belong).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from devstack.hostile import HostileRegistry
+from devstack.hostile import OCI_INDEX, HostileRegistry
 from devstack.images import tag_digests
 from devstack.proxy import push_tiny_images
 from devstack.registry import RegistryProcess
-from gate.adapters.registry.oci import HostSettings, OciRegistry
+from gate.adapters.registry.copy import MAX_INDEX_DEPTH, MAX_MANIFESTS
+from gate.adapters.registry.oci import OCI_MANIFEST, HostSettings, OciRegistry
 from gate.domain.ref import ImageRef
 from gate.errors import GateError, RegistryError, RegistryMisbehaved, RetryLater
 
@@ -165,3 +168,124 @@ def test_a_flipped_byte_is_caught_by_the_gate_and_the_upload_cancelled(stage: St
     # the last chunk was held back: the target never saw a whole wrong blob, and the upload
     # session the gate opened for it was cancelled
     assert open_uploads(stage.target) == []
+
+
+# -- traversal ------------------------------------------------------------------------------
+
+
+def index(*children: str, note: str = "") -> bytes:
+    """An OCI index naming ``children`` (``note`` makes otherwise equal indexes distinct)."""
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {"mediaType": OCI_INDEX, "digest": child, "size": 100} for child in children
+            ],
+            "annotations": {"note": note},
+        }
+    ).encode()
+
+
+def fake_digest(n: int) -> str:
+    return "sha256:" + hashlib.sha256(str(n).encode()).hexdigest()
+
+
+def test_an_index_of_indexes_is_refused_once_it_names_too_many(stage: Stage) -> None:
+    # three levels of 1,000: a billion manifests, if the gate followed them all
+    second = stage.hostile.serve_manifest(index(*(fake_digest(n) for n in range(1000))))
+    top = stage.hostile.serve_manifest(
+        index(second, *(fake_digest(-n) for n in range(1, 1000)), note="top")
+    )
+
+    error = refused(stage, "honest", digest=top)
+
+    assert isinstance(error, RegistryMisbehaved)
+    assert f"name more than {MAX_MANIFESTS} manifests" in error.message
+    assert len(stage.hostile.requests_to("/manifests/")) == 2
+
+
+def test_a_1500_deep_index_chain_is_refused_at_depth_4(stage: Stage) -> None:
+    digest = stage.hostile.serve_manifest(index())
+    for level in range(1500):
+        digest = stage.hostile.serve_manifest(index(digest, note=str(level)))
+
+    error = refused(stage, "honest", digest=digest)
+
+    assert isinstance(error, RegistryMisbehaved)
+    assert f"nested more than {MAX_INDEX_DEPTH} deep" in error.message
+    assert len(stage.hostile.requests_to("/manifests/")) == MAX_INDEX_DEPTH + 1
+
+
+def test_an_index_of_10000_platforms_is_refused(stage: Stage) -> None:
+    top = stage.hostile.serve_manifest(index(*[stage.new] * 10_000))
+
+    error = refused(stage, "honest", digest=top)
+
+    assert "an index of 10000 manifests" in error.message
+    assert len(stage.hostile.requests_to("/manifests/")) == 1
+
+
+def test_a_child_named_many_times_is_fetched_once(stage: Stage) -> None:
+    top = stage.hostile.serve_manifest(index(*[stage.new] * 500))
+
+    stage.promote(top)
+
+    assert tag_digests(stage.target.host, "node")["15-alpine"] == top
+    assert len(stage.hostile.requests_to(f"/manifests/{stage.new}")) == 1
+
+
+# -- malformed answers ----------------------------------------------------------------------
+
+
+def image(config: dict[str, object], *layers: dict[str, object]) -> bytes:
+    return json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": list(layers)}
+    ).encode()
+
+
+GOOD = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": fake_digest(1)}
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (b"{not json", "content that is not JSON"),
+        (b"[1, 2]", "JSON that is not an object"),
+        (b"[" * 100_000 + b"]" * 100_000, "content that is not JSON"),
+        (image({**GOOD, "size": "12"}), "size '12' is no byte count"),
+        (image({**GOOD, "size": True}), "size 'True' is no byte count"),
+        (image({**GOOD, "size": -1}), "size '-1' is no byte count"),
+        (image(GOOD | {"size": 1}, {"digest": 7, "size": 1}), "without a digest"),
+        (
+            json.dumps({"mediaType": OCI_INDEX, "manifests": {"digest": 1}}).encode(),
+            "'manifests' that is not a list",
+        ),
+    ],
+)
+def test_a_malformed_manifest_is_a_clean_refusal(stage: Stage, data: bytes, said: str) -> None:
+    digest = stage.hostile.serve_manifest(data, OCI_MANIFEST)
+
+    error = refused(stage, "honest", digest=digest)
+
+    assert isinstance(error, RegistryMisbehaved)
+    assert said in error.message
+    assert error.exit_code == 3
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        image({**GOOD, "size": 1}, {"digest": "sha256:../../../../etc/passwd", "size": 1}),
+        index("../../etc/passwd"),
+        index("sha256:" + "a" * 63 + "/"),
+    ],
+)
+def test_a_traversal_looking_digest_never_reaches_a_url(stage: Stage, data: bytes) -> None:
+    digest = stage.hostile.serve_manifest(data, OCI_MANIFEST)
+
+    error = refused(stage, "honest", digest=digest)
+
+    assert "is not one" in error.message
+    assert not stage.hostile.requests_to("passwd")
+    assert [seen.path for seen in stage.hostile.seen] == [f"/v2/node/manifests/{digest}"]
