@@ -289,3 +289,45 @@ def test_a_traversal_looking_digest_never_reaches_a_url(stage: Stage, data: byte
     assert "is not one" in error.message
     assert not stage.hostile.requests_to("passwd")
     assert [seen.path for seen in stage.hostile.seen] == [f"/v2/node/manifests/{digest}"]
+
+
+# -- tag lists ------------------------------------------------------------------------------
+
+
+def listing(stage: Stage, behaviour: str) -> list[str]:
+    stage.hostile.misbehave(behaviour)
+    with stage.client() as registry:
+        return registry.poll_tags(ImageRef(stage.hostile.host, "node"))
+
+
+def test_a_tag_list_that_links_to_itself_is_stopped(stage: Stage) -> None:
+    with pytest.raises(RegistryMisbehaved) as caught:
+        listing(stage, "tags-self-link")
+
+    assert "in a loop through the tag list" in caught.value.message
+    assert len(stage.hostile.requests_to("/tags/list")) == 1  # the loop seen before it is taken
+
+
+def test_a_tag_list_link_to_a_foreign_host_is_not_followed(stage: Stage) -> None:
+    stage.hostile.basic = ("u", "p")
+    with pytest.raises(RegistryMisbehaved) as caught:
+        listing(stage, "tags-foreign-link")
+
+    assert "on another origin" in caught.value.message
+    assert stage.witness.seen == []
+    # the registry's own challenge was answered with its own credentials
+    assert stage.hostile.requests_to("/tags/list")[-1].authorization.startswith("Basic ")
+
+
+def test_an_endless_tag_page_is_cut(stage: Stage) -> None:
+    with pytest.raises(RegistryMisbehaved) as caught:
+        listing(stage, "tags-huge-page")
+
+    assert f"more than {4 << 20} bytes" in caught.value.message
+
+
+def test_invalid_tag_names_are_skipped_not_fatal(
+    stage: Stage, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert listing(stage, "tags-invalid-name") == ["15-alpine", "16-alpine"]
+    assert "listed 3 name(s)" in caplog.text
