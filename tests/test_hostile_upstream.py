@@ -23,7 +23,13 @@ from devstack.registry import RegistryProcess
 from gate.adapters.registry.copy import MAX_INDEX_DEPTH, MAX_MANIFESTS
 from gate.adapters.registry.oci import OCI_MANIFEST, HostSettings, OciRegistry
 from gate.domain.ref import ImageRef
-from gate.errors import GateError, RegistryError, RegistryMisbehaved, RetryLater
+from gate.errors import (
+    AuthenticationError,
+    GateError,
+    RegistryError,
+    RegistryMisbehaved,
+    RetryLater,
+)
 
 
 @dataclass(frozen=True)
@@ -331,3 +337,70 @@ def test_invalid_tag_names_are_skipped_not_fatal(
 ) -> None:
     assert listing(stage, "tags-invalid-name") == ["15-alpine", "16-alpine"]
     assert "listed 3 name(s)" in caplog.text
+
+
+# -- where requests and credentials go ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "said"),
+    [
+        ("blob-redirect-metadata", "points at 169.254.169.254, a metadata address"),
+        ("blob-redirect-file", "names file:// URL"),
+    ],
+)
+def test_a_blob_redirect_off_the_web_is_not_followed(
+    stage: Stage, behaviour: str, said: str
+) -> None:
+    error = refused(stage, behaviour)
+
+    assert isinstance(error, RegistryMisbehaved)
+    assert said in error.message
+    assert open_uploads(stage.target) == []
+
+
+def test_credentials_never_go_to_a_foreign_token_realm(stage: Stage) -> None:
+    error = refused(stage, "realm-foreign")
+
+    assert isinstance(error, AuthenticationError)
+    assert error.exit_code == 2
+    assert "add its host to token_realms" in error.message
+    assert stage.witness.seen == []
+
+
+def test_a_realm_trusted_on_purpose_gets_the_credentials(stage: Stage) -> None:
+    stage.hostile.misbehave("realm-foreign")
+    hosts = {
+        stage.hostile.host: HostSettings(
+            insecure=True, username="u", password="p", token_realms=(stage.witness.host,)
+        )
+    }
+    with OciRegistry(hosts, max_attempts=1) as registry, pytest.raises(GateError):
+        registry.poll_tags(ImageRef(stage.hostile.host, "node"))
+
+    assert [seen.path.split("?")[0] for seen in stage.witness.seen] == ["/token"]
+    assert stage.witness.seen[0].authorization.startswith("Basic ")
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "said"),
+    [
+        ("realm-link-local", "points at 169.254.169.254, a metadata address"),
+        ("realm-file", "names file:// URL"),
+    ],
+)
+def test_a_token_realm_off_the_web_is_not_contacted(
+    stage: Stage, behaviour: str, said: str
+) -> None:
+    stage.hostile.misbehave(behaviour)
+    anonymous = {stage.hostile.host: HostSettings(insecure=True)}
+    with (
+        OciRegistry(anonymous, max_attempts=1) as registry,
+        pytest.raises(RegistryMisbehaved) as caught,
+    ):
+        registry.poll_tags(ImageRef(stage.hostile.host, "node"))
+
+    assert said in caught.value.message
+    assert "asked it for no token" in caught.value.message
+    # with credentials too, and they went nowhere (``refused`` checks the witness)
+    assert "asked it for no token" in refused(stage, behaviour).message

@@ -545,20 +545,38 @@ def test_bearer_challenge_fetches_anonymous_token_once_and_caches_it() -> None:
 
 def test_bearer_challenge_uses_basic_credentials_at_the_realm() -> None:
     fake = BearerRegistry(credentials=("robot", "hunter2-pass"))
-    hosts = {"registry.example": HostSettings(username="robot", password="hunter2-pass")}
+    hosts = {"registry.example": realm_trusted("robot", "hunter2-pass")}
     with OciRegistry(hosts, transport=httpx.MockTransport(fake)) as oci:
         assert oci.resolve(ref("registry.example/team/app:1")) == DIGEST
     assert len(fake.token_requests) == 1
 
 
-def test_bearer_token_refused_raises_authentication_error_without_secrets() -> None:
-    fake = BearerRegistry(credentials=("robot", "right"))
+def realm_trusted(username: str, password: str) -> HostSettings:
+    """Credentials of registry.example, whose token realm auth.example is configured trusted."""
+    return HostSettings(username=username, password=password, token_realms=("auth.example",))
+
+
+def test_credentials_do_not_go_to_a_realm_on_another_host_unless_it_is_trusted() -> None:
+    fake = BearerRegistry(credentials=("robot", "hunter2-pass"))
     hosts = {"registry.example": HostSettings(username="robot", password="hunter2-pass")}
     with (
         OciRegistry(hosts, transport=httpx.MockTransport(fake)) as oci,
         pytest.raises(AuthenticationError) as raised,
     ):
         oci.resolve(ref("registry.example/team/app:1"))
+    assert fake.token_requests == []
+    assert "add its host to token_realms of host 'registry.example'" in raised.value.message
+
+
+def test_bearer_token_refused_raises_authentication_error_without_secrets() -> None:
+    fake = BearerRegistry(credentials=("robot", "right"))
+    hosts = {"registry.example": realm_trusted("robot", "hunter2-pass")}
+    with (
+        OciRegistry(hosts, transport=httpx.MockTransport(fake)) as oci,
+        pytest.raises(AuthenticationError) as raised,
+    ):
+        oci.resolve(ref("registry.example/team/app:1"))
+    assert len(fake.token_requests) == 1  # refused by the realm, not before asking it
     text = f"{raised.value} {raised.value!r} {raised.value.__cause__!r}"
     assert "registry.example" in raised.value.message
     assert "hunter2-pass" not in text

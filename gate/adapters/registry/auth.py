@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from gate.adapters.registry.endpoint import RETRY_STATUSES, Endpoint, Transient, parse_retry_after
-from gate.adapters.registry.guard import LIMIT
-from gate.errors import AuthenticationError, RegistryError
+from gate.adapters.registry.guard import ALLOW, LIMIT, refuse_url
+from gate.errors import AuthenticationError, RegistryError, RegistryMisbehaved
 
 # A token is renewed this long before the expiry the realm announced.
 _TOKEN_MARGIN = 10.0
@@ -139,7 +139,7 @@ class RegistryAuth(httpx.Auth):
         self._scopes = scopes
         self._build_request = build_request
         self.token_request: httpx.Request | None = None
-        self._extensions: dict[str, object] = {}
+        self._extensions: dict[str, Any] = {}
 
     def auth_flow(self, request: httpx.Request) -> _Flow:
         """Send ``request`` with what the cache knows; answer one 401 challenge, send again."""
@@ -216,6 +216,21 @@ class RegistryAuth(httpx.Auth):
     ) -> Generator[httpx.Request, httpx.Response, _Token]:
         ep = self._ep
         realm_url = realm["realm"]
+        why = refuse_url(
+            httpx.URL(realm_url),
+            self._extensions.get(ALLOW, frozenset()),
+            what=f"the token realm registry {ep.name} named",
+        )
+        if why is not None:
+            raise RegistryMisbehaved(f"{why}; the gate asked it for no token")
+        if ep.has_credentials and not ep.trusts_realm(realm_url):
+            shown = realm_url[:200]
+            raise AuthenticationError(
+                f"registry {ep.name} sends clients for tokens to {shown!r}, which is not its "
+                f"own host nor a token realm the gate trusts for it; the gate sent the "
+                f"credentials of host '{ep.name}' nowhere. If that realm is the registry's "
+                f"own token service, add its host to token_realms of host '{ep.name}'."
+            )
         if (
             ep.has_credentials
             and urlsplit(realm_url).scheme != "https"

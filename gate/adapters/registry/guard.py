@@ -99,9 +99,10 @@ def allow_for(registry_host: str) -> frozenset[str]:
 
 def refuse_url(url: httpx.URL, allowed: frozenset[str], *, what: str) -> str | None:
     """Why the gate does not send ``what`` to ``url`` (a sentence), or None if it may."""
-    if url.scheme not in ("http", "https"):
+    if url.scheme not in ("http", "https") or not url.host:
+        shape = f"{url.scheme}:// URL" if url.scheme else "URL without scheme or host"
         return (
-            f"{what} names {url.scheme}:// URL {str(url)[:200]!r}; the gate only follows "
+            f"{what} names {shape} {str(url)[:200]!r}; the gate only follows absolute "
             "http:// and https:// URLs"
         )
     host = url.host

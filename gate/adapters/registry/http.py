@@ -345,6 +345,14 @@ class RegistryHttp:
                 host = auth.token_request.url.netloc.decode("ascii")
                 raise Transient(host, f"{type(exc).__name__} at its token service") from exc
             raise Transient(ep.host, f"{type(exc).__name__} ({exc})") from exc
+        except httpx.HTTPError as exc:
+            # too many redirects, a Location that is no URL, a protocol httpx does not speak:
+            # what the registry sent, not a fault of the network
+            raise RegistryMisbehaved(
+                f"{method} {urlsplit(url).path[:200]} at registry {ep.name} failed: "
+                f"{type(exc).__name__} ({str(exc)[:300]}). The registry (or a proxy in between) "
+                "answered in a way the gate does not follow: report it."
+            ) from None
         if response.status_code in RETRY_STATUSES:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             response.close()
