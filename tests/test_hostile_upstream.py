@@ -404,3 +404,11 @@ def test_a_token_realm_off_the_web_is_not_contacted(
     assert "asked it for no token" in caught.value.message
     # with credentials too, and they went nowhere (``refused`` checks the witness)
     assert "asked it for no token" in refused(stage, behaviour).message
+
+
+def test_a_referrer_digest_that_is_a_path_never_reaches_a_url(stage: Stage) -> None:
+    with stage.client() as registry, pytest.raises(RegistryMisbehaved) as caught:
+        registry.fetch_manifest(ImageRef(stage.hostile.host, "node"), "../../../etc/passwd")
+
+    assert "neither a tag nor a digest" in caught.value.message
+    assert stage.hostile.seen == []
