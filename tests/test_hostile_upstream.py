@@ -13,18 +13,22 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from devstack.configs import empty_task_gate_yaml
 from devstack.hostile import OCI_INDEX, HostileRegistry
 from devstack.images import tag_digests
 from devstack.proxy import push_tiny_images
 from devstack.registry import RegistryProcess
 from gate.adapters.registry.copy import MAX_INDEX_DEPTH, MAX_MANIFESTS
 from gate.adapters.registry.oci import OCI_MANIFEST, HostSettings, OciRegistry
+from gate.config.model import load_config
 from gate.domain.ref import ImageRef
 from gate.errors import (
     AuthenticationError,
+    ConfigError,
     GateError,
     RegistryError,
     RegistryMisbehaved,
@@ -141,7 +145,7 @@ def test_a_huge_retry_after_ends_in_retry_later_within_the_wait_budget(
     with pytest.raises(RetryLater) as caught:
         stage.promote(max_attempts=5, retry_after_max=0.05, wait_budget=0.12)
 
-    assert "more than the gate waits (0.05 s a time, 0.12 s in all)" in caught.value.message
+    assert "the gate waits at most 0.05 s a time and 0.12 s in all" in caught.value.message
     assert caught.value.retry_after is not None and caught.value.retry_after > 999_000
     # the pauses waited: two of 0.05 s, then the third would pass the budget
     assert len(stage.hostile.requests_to("/manifests/")) == 3
@@ -412,3 +416,29 @@ def test_a_referrer_digest_that_is_a_path_never_reaches_a_url(stage: Stage) -> N
 
     assert "neither a tag nor a digest" in caught.value.message
     assert stage.hostile.seen == []
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def test_token_realms_are_configured_per_registry_host(tmp_path: Path) -> None:
+    path = empty_task_gate_yaml(tmp_path, "registry.example", "127.0.0.1:5000")
+    text = path.read_text().replace(
+        "rules:",
+        "registries:\n"
+        "  - host: registry.example\n"
+        "    username: robot\n"
+        "    password_secret: robot-password\n"
+        "    token_realms: [auth.example, tokens.example:8443]\n"
+        "rules:",
+        1,
+    )
+    path.write_text(text)
+
+    settings = load_config(path).registries["registry.example"]
+
+    assert settings.token_realms == ("auth.example", "tokens.example:8443")
+    path.write_text(text.replace("auth.example,", "https://auth.example/token,"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "registries[0].token_realms[0]" in caught.value.message

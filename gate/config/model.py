@@ -49,6 +49,7 @@ class RegistrySettings(msgspec.Struct, frozen=True):
     username_secret: str | None = None
     password_secret: str | None = None
     resource_id: str | None = None
+    token_realms: tuple[str, ...] = ()
 
 
 class ValidationSettings(msgspec.Struct, frozen=True):
@@ -532,6 +533,13 @@ class _Builder:
                     "expected /subscriptions/…/resourceGroups/…/providers/"
                     "Microsoft.ContainerRegistry/registries/NAME",
                 )
+            for j, realm in enumerate(entry.token_realms):
+                if not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]+)?", realm):
+                    raise self.fail(
+                        f"{where}.token_realms[{j}]",
+                        f"'{realm}' is not a host[:port]; write the realm's host only, e.g. "
+                        "auth.example.com (no scheme, no path)",
+                    )
             result[host] = RegistrySettings(
                 host=host,
                 insecure=entry.insecure,
@@ -539,6 +547,7 @@ class _Builder:
                 username_secret=entry.username_secret or None,
                 password_secret=entry.password_secret or None,
                 resource_id=entry.resource_id or None,
+                token_realms=tuple(entry.token_realms),
             )
         return result
 

@@ -72,6 +72,13 @@ class RegistryEntry(_Section, frozen=True, kw_only=True):
         str | None,
         _doc("ARM id of an Azure Container Registry upstream (pulled by identity, no secret)."),
     ] = None
+    token_realms: Annotated[
+        list[Text],
+        _doc(
+            "Token realm hosts (host[:port]) on another host that may receive this registry's "
+            "credentials, beyond its own host and the known ones (auth.docker.io for Docker Hub)."
+        ),
+    ] = []
 
 
 class ValidatorSection(_Section, frozen=True, kw_only=True):

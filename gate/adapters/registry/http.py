@@ -274,8 +274,9 @@ class RegistryHttp:
                 after = "" if exc.retry_after is None else f" {exc.retry_after:g} s"
                 raise RetryLater(
                     f"{what}: registry {exc.host} answered {exc.reason} and asked for a pause "
-                    f"of{after}, more than the gate waits ({self.policy.retry_after_max:g} s "
-                    f"a time, {self.policy.wait_budget:g} s in all); try again later",
+                    f"of{after}; the gate waits at most {self.policy.retry_after_max:g} s a "
+                    f"time and {self.policy.wait_budget:g} s in all for one operation, so it "
+                    "stopped here: try again later",
                     retry_after=exc.retry_after,
                 ) from None
             if exc.status == 429 and not wait_limits:
