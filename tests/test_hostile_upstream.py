@@ -106,7 +106,7 @@ def refused(stage: Stage, behaviour: str, *, digest: str | None = None) -> GateE
 def test_an_endless_or_huge_manifest_is_refused_past_4_mib(stage: Stage, behaviour: str) -> None:
     error = refused(stage, behaviour)
 
-    assert isinstance(error, RegistryError)
+    assert isinstance(error, RegistryMisbehaved)
     assert "larger than 4 MiB" in error.message
 
 

@@ -132,7 +132,9 @@ class Blobs:
                 http.expect(response, (200,), ep, f"reading blob {digest} of {repo}")
                 data = http.read_at_most(ep, response, limit)
             if len(data) > limit:
-                raise RegistryError(f"blob {digest} of {repository.name} is over {limit} bytes")
+                raise RegistryMisbehaved(
+                    f"blob {digest} of {repository.name} is over {limit} bytes"
+                )
             return data
 
         data = http.retry(f"reading blob {digest} of {repository.name}", attempt)

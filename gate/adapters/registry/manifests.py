@@ -192,7 +192,7 @@ class Manifests:
             self._http.expect(response, (200,), ep, f"fetching manifest {repo}@{reference}")
             data = self._http.read_at_most(ep, response, MAX_MANIFEST_BYTES)
         if len(data) > MAX_MANIFEST_BYTES:
-            raise RegistryError(
+            raise RegistryMisbehaved(
                 f"manifest {ep.name}/{repo}@{reference} is larger than 4 MiB; refusing it"
             )
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
