@@ -35,6 +35,7 @@ BEHAVIOURS = frozenset(
         "tags-foreign-link",  # the tag list's next page is on ``foreign``
         "tags-invalid-name",  # the tag list holds a name that is no valid tag
         "tags-huge-page",  # the tag list is an endless page
+        "tags-endless-pages",  # every tag-list page names one more next page
         "blob-redirect-metadata",  # blob GETs redirect to the cloud instance metadata address
         "blob-redirect-file",  # blob GETs redirect to file:///etc/passwd
         "blob-flip",  # blob GETs answer the right length with one byte flipped
@@ -267,6 +268,10 @@ class HostileRegistry:
                 elif mode == "tags-foreign-link":
                     link = f"http://{hostile.foreign}/v2/{repo}/tags/list?last=15-alpine"
                     headers["Link"] = f'<{link}>; rel="next"'
+                elif mode == "tags-endless-pages":
+                    page = int(self.path.rsplit("last=p", 1)[-1]) if "last=p" in self.path else 0
+                    tags = [f"p{page + 1}"]
+                    headers["Link"] = f'</v2/{repo}/tags/list?n=1&last=p{page + 1}>; rel="next"'
                 elif mode == "tags-invalid-name":
                     tags = ["15-alpine", "../../etc/passwd", "-bad", "x" * 200, "16-alpine"]
                 body = json.dumps({"name": repo, "tags": tags}).encode()

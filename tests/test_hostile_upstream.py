@@ -22,8 +22,10 @@ from devstack.hostile import OCI_INDEX, HostileRegistry
 from devstack.images import tag_digests
 from devstack.proxy import push_tiny_images
 from devstack.registry import RegistryProcess
+from gate.adapters.registry import tags as tags_module
 from gate.adapters.registry.copy import MAX_INDEX_DEPTH, MAX_MANIFESTS
 from gate.adapters.registry.oci import OCI_MANIFEST, HostSettings, OciRegistry
+from gate.adapters.registry.tags import MAX_PAGES
 from gate.config.model import load_config
 from gate.domain.ref import ImageRef
 from gate.errors import (
@@ -442,3 +444,25 @@ def test_token_realms_are_configured_per_registry_host(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert "registries[0].token_realms[0]" in caught.value.message
+
+
+def test_endless_tag_pages_stop_at_the_listing_budget(stage: Stage) -> None:
+    stage.hostile.misbehave("tags-endless-pages")
+    with stage.client() as registry, pytest.raises(RegistryMisbehaved) as caught:
+        registry.poll_tags(ImageRef(stage.hostile.host, "node"), budget=0.0)
+
+    assert "took more than 0 s (1 pages)" in caught.value.message
+    assert len(stage.hostile.requests_to("/tags/list")) == 1
+
+
+def test_endless_tag_pages_stop_at_the_page_cap(
+    stage: Stage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert MAX_PAGES == 1000
+    monkeypatch.setattr(tags_module, "MAX_PAGES", 5)  # the same check, 200 times sooner
+    stage.hostile.misbehave("tags-endless-pages")
+    with stage.client() as registry, pytest.raises(RegistryMisbehaved) as caught:
+        registry.poll_tags(ImageRef(stage.hostile.host, "node"), budget=3600.0)
+
+    assert "runs past 5 pages" in caught.value.message
+    assert len(stage.hostile.requests_to("/tags/list")) == 5

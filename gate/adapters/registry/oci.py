@@ -93,6 +93,7 @@ class OciRegistry:
         wait_budget: float = 40.0,
         chunk_size: int | None = None,
         tags_page_size: int = 1000,
+        listing_budget: float = 240.0,
     ) -> None:
         policy = RetryPolicy(
             max_attempts=max_attempts,
@@ -106,7 +107,7 @@ class OciRegistry:
         )
         self._manifests = Manifests(self._http)
         self._blobs = Blobs(self._http, chunk_size=chunk_size)
-        self._tags = Tags(self._http, page_size=tags_page_size)
+        self._tags = Tags(self._http, page_size=tags_page_size, budget=listing_budget)
         self._copier = Copier(self._http, self._manifests, self._blobs)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -148,9 +149,11 @@ class OciRegistry:
         """
         return self._manifests.poll_digest(ref)
 
-    def poll_tags(self, repository: ImageRef) -> list[str]:
-        """:meth:`list_tags`, raising :class:`RateLimited` at the first ``429``."""
-        return self._tags.list(repository, wait_limits=False)
+    def poll_tags(self, repository: ImageRef, *, budget: float | None = None) -> list[str]:
+        """:meth:`list_tags`, raising :class:`RateLimited` at the first ``429``; no page is
+        asked for after ``budget`` seconds (default ``listing_budget``), e.g. what is left of
+        a poll pass's ``poll.budget``."""
+        return self._tags.list(repository, wait_limits=False, budget=budget)
 
     def check_push(self, target: ImageRef) -> None:
         """Start a blob upload in ``target``'s repository and cancel it: proves push rights

@@ -10,6 +10,7 @@ bad name costs that name, not the listing.
 from __future__ import annotations
 
 import re
+import time
 from contextlib import closing
 from urllib.parse import urljoin
 
@@ -26,6 +27,9 @@ PAGE_LIMIT = 4 << 20
 """The most the gate reads of one tag-list page (a registry may ignore ``n`` and send all)."""
 MAX_PAGES = 1000
 """The most pages one listing follows (a million tags at the default page size)."""
+LISTING_BUDGET = 240.0
+"""The most seconds one listing takes by default (``poll.budget``'s default): pages that each
+come just within the request deadline must not add up to hours."""
 
 # the OCI distribution spec's tag grammar
 _TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
@@ -34,14 +38,22 @@ _TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 class Tags:
     """``GET /v2/<name>/tags/list`` of every registry, ``page_size`` tags a page."""
 
-    def __init__(self, http: RegistryHttp, *, page_size: int = 1000) -> None:
+    def __init__(
+        self, http: RegistryHttp, *, page_size: int = 1000, budget: float = LISTING_BUDGET
+    ) -> None:
         self._http = http
         self._page_size = page_size
+        self._budget = budget
 
-    def list(self, repository: ImageRef, *, wait_limits: bool) -> list[str]:
+    def list(
+        self, repository: ImageRef, *, wait_limits: bool, budget: float | None = None
+    ) -> list[str]:
         """Every tag of ``repository``, following ``Link: <...>; rel="next"`` page by page
         (OCI distribution spec, "Listing Tags": the ``n``/``last`` query and the ``Link``
-        header of the next page). ``wait_limits=False`` raises ``RateLimited`` at a 429."""
+        header of the next page). ``wait_limits=False`` raises ``RateLimited`` at a 429.
+        No page is asked for once ``budget`` seconds (default: the client's) have passed."""
+        allowed = self._budget if budget is None else budget
+        until = time.monotonic() + allowed
         http = self._http
         ep = http.endpoint(repository.registry)
         scopes = (f"repository:{repository.repository}:pull",)
@@ -53,6 +65,12 @@ class Tags:
         while url is not None:
             page_url = url
             self._check_page(repository, page_url, origin, visited)
+            if visited and time.monotonic() > until:
+                raise RegistryMisbehaved(
+                    f"the tag list of {repository.name} on registry {repository.registry} "
+                    f"took more than {allowed:g} s ({len(visited)} pages); the gate stopped "
+                    "listing it. Report it to the registry's operator, or list fewer tags."
+                )
             visited.add(page_url)
 
             def page(page_url: str = page_url) -> tuple[list[object], str | None]:
