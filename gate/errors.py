@@ -96,10 +96,9 @@ class RetryLater(RegistryUnavailable):
 
 class RegistryMisbehaved(RegistryError):
     """The registry's answer is refused by the gate's bounds: larger or slower than allowed,
-    malformed, or sending the gate (or its credentials) where they do not go. Retrying the same
-    request at the same registry will not help until the registry is fixed."""
-
-    retryable = False
+    malformed, or sending the gate (or its credentials) where they do not go. Retryable like
+    any registry error (a slow network or a broken proxy may pass), though a registry that
+    does this on purpose will be refused again."""
 
 
 class AuthenticationError(RegistryError):
