@@ -38,6 +38,7 @@ BEHAVIOURS = frozenset(
         "tags-endless-pages",  # every tag-list page names one more next page
         "blob-redirect-metadata",  # blob GETs redirect to the cloud instance metadata address
         "blob-redirect-file",  # blob GETs redirect to file:///etc/passwd
+        "blob-redirect-loopback",  # blob GETs redirect to the upstream itself (another port)
         "blob-flip",  # blob GETs answer the right length with one byte flipped
         "realm-foreign",  # bearer challenge with a realm on ``foreign``
         "realm-link-local",  # bearer challenge with a realm at 169.254.169.254
@@ -249,6 +250,10 @@ class HostileRegistry:
                 if "/blobs/" in path and "/uploads/" not in path and method == "GET":
                     if mode == "blob-redirect-metadata":
                         location = "http://169.254.169.254/latest/meta-data/"
+                        self._answer(307, b"", {"Location": location})
+                        return True
+                    if mode == "blob-redirect-loopback" and hostile.upstream is not None:
+                        location = f"http://{hostile.upstream}{path}"
                         self._answer(307, b"", {"Location": location})
                         return True
                     if mode == "blob-redirect-file":

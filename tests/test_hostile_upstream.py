@@ -24,6 +24,7 @@ from devstack.proxy import push_tiny_images
 from devstack.registry import RegistryProcess
 from gate.adapters.registry import tags as tags_module
 from gate.adapters.registry.copy import MAX_INDEX_DEPTH, MAX_MANIFESTS
+from gate.adapters.registry.guard import address_class
 from gate.adapters.registry.oci import OCI_MANIFEST, HostSettings, OciRegistry
 from gate.adapters.registry.tags import MAX_PAGES
 from gate.config.model import load_config
@@ -466,3 +467,36 @@ def test_endless_tag_pages_stop_at_the_page_cap(
 
     assert "runs past 5 pages" in caught.value.message
     assert len(stage.hostile.requests_to("/tags/list")) == 5
+
+
+def test_a_loopback_registry_may_redirect_to_loopback(stage: Stage) -> None:
+    # local development: a 127.0.0.1 registry whose blobs live on another loopback port
+    stage.hostile.misbehave("blob-redirect-loopback")
+
+    stage.promote()
+
+    assert tag_digests(stage.target.host, "node")["15-alpine"] == stage.new
+    assert stage.hostile.requests_to("/blobs/sha256:")
+    assert not stage.credentials_leaked()
+
+
+@pytest.mark.parametrize(
+    ("host", "kind"),
+    [
+        ("169.254.169.254", "metadata"),
+        ("169.254.169.254:80", "metadata"),
+        ("[::ffff:169.254.169.254]", "metadata"),
+        ("metadata.google.internal", "metadata"),
+        ("METADATA.GOOGLE.INTERNAL.", "metadata"),
+        ("169.254.1.2", "link-local"),
+        ("[fe80::1]:5000", "link-local"),
+        ("127.0.0.1:5000", "loopback"),
+        ("[::1]", "loopback"),
+        ("localhost", "loopback"),
+        ("0.0.0.0", "loopback"),
+        ("registry-1.docker.io", None),
+        ("10.0.0.5:5000", None),
+    ],
+)
+def test_address_classes_the_gate_does_not_visit_by_default(host: str, kind: str | None) -> None:
+    assert address_class(host) == kind
