@@ -268,6 +268,7 @@ def _oci_hosts(config: GateConfig, secrets: Secrets) -> dict[str, HostSettings]:
             insecure=settings.insecure,
             username=username,
             password=secrets.get(settings.password_secret) if settings.password_secret else None,
+            token_realms=settings.token_realms,
         )
     return hosts
 

@@ -17,6 +17,9 @@ exits with; ``retryable`` tells a caller (CLI, queue worker) whether trying agai
     └── InfrastructureError          exit 3  (worth retrying later)
         ├── RegistryError            a registry refused or failed
         │   ├── RegistryUnavailable  connection errors, 5xx, 429 after bounded retries
+        │   │   └── RetryLater       the registry asked for a longer pause than the gate waits
+        │   ├── RegistryMisbehaved   an answer the gate refuses (too big, too slow, malformed,
+        │   │                        pointing where the gate does not go)
         │   ├── AuthenticationError  credentials missing or refused (exit 2: fix the config)
         │   └── ManifestUnknown      the tag or digest is not there (exit 2: fix the request)
         ├── ValidatorError           the validation could not run (not: it ran and said no)
@@ -80,6 +83,22 @@ class RegistryError(InfrastructureError):
 
 class RegistryUnavailable(RegistryError):
     """Connection errors, 5xx or 429 answers that outlasted the bounded retries."""
+
+
+class RetryLater(RegistryUnavailable):
+    """The registry asked (``Retry-After``) for a longer pause than the gate waits; try again
+    after ``retry_after`` seconds (None when it named no time)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RegistryMisbehaved(RegistryError):
+    """The registry's answer is refused by the gate's bounds: larger or slower than allowed,
+    malformed, or sending the gate (or its credentials) where they do not go. Retryable like
+    any registry error (a slow network or a broken proxy may pass), though a registry that
+    does this on purpose will be refused again."""
 
 
 class AuthenticationError(RegistryError):

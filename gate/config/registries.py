@@ -11,6 +11,7 @@ from gate.config.common import Refusal, Section, Text, doc
 from gate.domain.ref import ImageRef, is_loopback_registry
 from gate.errors import InvalidReference
 
+_REALM = re.compile(r"[A-Za-z0-9.-]+(:[0-9]+)?")
 _ACR_ID = re.compile(
     r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
     r"Microsoft\.ContainerRegistry/registries/[A-Za-z0-9]+",
@@ -36,6 +37,13 @@ class RegistryEntry(Section, frozen=True, kw_only=True):
         str | None,
         doc("ARM id of an Azure Container Registry upstream (pulled by identity, no secret)."),
     ] = None
+    token_realms: Annotated[
+        tuple[Text, ...],
+        doc(
+            "Token realm hosts (host[:port]) on another host that may receive this registry's "
+            "credentials, beyond its own host and the known ones (auth.docker.io for Docker Hub)."
+        ),
+    ] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -66,6 +74,14 @@ class RegistryEntry(Section, frozen=True, kw_only=True):
                 "Microsoft.ContainerRegistry/registries/NAME",
                 "resource_id",
             )
+        for j, realm in enumerate(self.token_realms):
+            if not _REALM.fullmatch(realm):
+                raise Refusal(
+                    f"'{realm}' is not a host[:port]; write the realm's host only, e.g. "
+                    "auth.example.com (no scheme, no path)",
+                    "token_realms",
+                    j,
+                )
         # the settings name the host as references do, and an empty value is no value
         force_setattr(self, "host", host)
         for name in ("username", "username_secret", "password_secret", "resource_id"):

@@ -545,20 +545,38 @@ def test_bearer_challenge_fetches_anonymous_token_once_and_caches_it() -> None:
 
 def test_bearer_challenge_uses_basic_credentials_at_the_realm() -> None:
     fake = BearerRegistry(credentials=("robot", "hunter2-pass"))
-    hosts = {"registry.example": HostSettings(username="robot", password="hunter2-pass")}
+    hosts = {"registry.example": realm_trusted("robot", "hunter2-pass")}
     with OciRegistry(hosts, transport=httpx.MockTransport(fake)) as oci:
         assert oci.resolve(ref("registry.example/team/app:1")) == DIGEST
     assert len(fake.token_requests) == 1
 
 
-def test_bearer_token_refused_raises_authentication_error_without_secrets() -> None:
-    fake = BearerRegistry(credentials=("robot", "right"))
+def realm_trusted(username: str, password: str) -> HostSettings:
+    """Credentials of registry.example, whose token realm auth.example is configured trusted."""
+    return HostSettings(username=username, password=password, token_realms=("auth.example",))
+
+
+def test_credentials_do_not_go_to_a_realm_on_another_host_unless_it_is_trusted() -> None:
+    fake = BearerRegistry(credentials=("robot", "hunter2-pass"))
     hosts = {"registry.example": HostSettings(username="robot", password="hunter2-pass")}
     with (
         OciRegistry(hosts, transport=httpx.MockTransport(fake)) as oci,
         pytest.raises(AuthenticationError) as raised,
     ):
         oci.resolve(ref("registry.example/team/app:1"))
+    assert fake.token_requests == []
+    assert "add its host to token_realms of host 'registry.example'" in raised.value.message
+
+
+def test_bearer_token_refused_raises_authentication_error_without_secrets() -> None:
+    fake = BearerRegistry(credentials=("robot", "right"))
+    hosts = {"registry.example": realm_trusted("robot", "hunter2-pass")}
+    with (
+        OciRegistry(hosts, transport=httpx.MockTransport(fake)) as oci,
+        pytest.raises(AuthenticationError) as raised,
+    ):
+        oci.resolve(ref("registry.example/team/app:1"))
+    assert len(fake.token_requests) == 1  # refused by the realm, not before asking it
     text = f"{raised.value} {raised.value!r} {raised.value.__cause__!r}"
     assert "registry.example" in raised.value.message
     assert "hunter2-pass" not in text
@@ -894,6 +912,7 @@ def test_a_token_refused_midway_through_a_streamed_upload_restarts_that_blob(
     digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
     token_requests: list[httpx.Request] = []
     uploaded: list[bytes] = []
+    cancelled: list[str] = []
     refusals = [1]  # the first blob PUT is refused once, its body already read
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -914,6 +933,9 @@ def test_a_token_refused_midway_through_a_streamed_upload_restarts_that_blob(
             return httpx.Response(404)
         if request.method == "POST":
             return httpx.Response(202, headers={"Location": "/v2/b/app/blobs/uploads/1"})
+        if request.method == "DELETE":
+            cancelled.append(path)  # the refused upload's session, cancelled before the restart
+            return httpx.Response(204)
         if "/blobs/uploads/" in path:
             assert isinstance(request.stream, httpx.SyncByteStream)
             body = b"".join(request.stream)  # as a server reads it: the stream, not a copy
@@ -930,6 +952,7 @@ def test_a_token_refused_midway_through_a_streamed_upload_restarts_that_blob(
     assert len(retries) == 1
     assert "401 during an upload" in str(retries[0].caused_by)
     assert sorted(uploaded) == sorted(blobs.values())
+    assert cancelled == ["/v2/b/app/blobs/uploads/1"]
     # the refused token was dropped: the restart asked the realm for a fresh one up front
     assert len(token_requests) == 3
 

@@ -16,6 +16,7 @@ origin. No token or password is ever put in an error message.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 from collections.abc import Callable, Generator, Mapping
@@ -26,10 +27,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from gate.adapters.registry.endpoint import RETRY_STATUSES, Endpoint, Transient, parse_retry_after
-from gate.errors import AuthenticationError, RegistryError
+from gate.adapters.registry.guard import ALLOW, LIMIT, refuse_url
+from gate.errors import AuthenticationError, RegistryError, RegistryMisbehaved
 
 # A token is renewed this long before the expiry the realm announced.
 _TOKEN_MARGIN = 10.0
+TOKEN_LIMIT = 1 << 20
+"""The most the gate reads of a token answer (a JWT of a few KiB, in JSON)."""
 
 _Flow = Generator[httpx.Request, httpx.Response]
 
@@ -135,9 +139,12 @@ class RegistryAuth(httpx.Auth):
         self._scopes = scopes
         self._build_request = build_request
         self.token_request: httpx.Request | None = None
+        self._extensions: dict[str, Any] = {}
 
     def auth_flow(self, request: httpx.Request) -> _Flow:
         """Send ``request`` with what the cache knows; answer one 401 challenge, send again."""
+        # a token request goes where this request may go, within its deadline
+        self._extensions = dict(request.extensions)
         if not self._for_endpoint(request.url):
             yield request
             return
@@ -209,6 +216,21 @@ class RegistryAuth(httpx.Auth):
     ) -> Generator[httpx.Request, httpx.Response, _Token]:
         ep = self._ep
         realm_url = realm["realm"]
+        why = refuse_url(
+            httpx.URL(realm_url),
+            self._extensions.get(ALLOW, frozenset()),
+            what=f"the token realm registry {ep.name} named",
+        )
+        if why is not None:
+            raise RegistryMisbehaved(f"{why}; the gate asked it for no token")
+        if ep.has_credentials and not ep.trusts_realm(realm_url):
+            shown = realm_url[:200]
+            raise AuthenticationError(
+                f"registry {ep.name} sends clients for tokens to {shown!r}, which is not its "
+                f"own host nor a token realm the gate trusts for it; the gate sent the "
+                f"credentials of host '{ep.name}' nowhere. If that realm is the registry's "
+                f"own token service, add its host to token_realms of host '{ep.name}'."
+            )
         if (
             ep.has_credentials
             and urlsplit(realm_url).scheme != "https"
@@ -225,12 +247,22 @@ class RegistryAuth(httpx.Auth):
         # The realm is where the registry sends its clients for tokens: the host's basic
         # credentials are meant for it (the token specification's "Requesting a Token").
         headers = {"Authorization": self._basic()} if ep.has_credentials else {}
-        self.token_request = self._build_request("GET", realm_url, params=params, headers=headers)
+        self.token_request = self._build_request(
+            "GET",
+            realm_url,
+            params=params,
+            headers=headers,
+            extensions={**self._extensions, LIMIT: TOKEN_LIMIT},
+        )
         response = yield self.token_request
-        # The flow reads the small token answer itself; requires_response_body would make
-        # httpx read every answer of the request, a streamed blob included.
-        response.read()
         token_host = urlsplit(realm_url).netloc
+        # The flow reads the small token answer itself; requires_response_body would make
+        # httpx read every answer of the request, a streamed blob included. The transport
+        # guard cuts it at TOKEN_LIMIT and at the request's deadline.
+        try:
+            body = response.read()
+        except (httpx.TimeoutException, httpx.NetworkError) as exc:
+            raise Transient(token_host, f"{type(exc).__name__} at its token service") from exc
         if response.status_code in RETRY_STATUSES:
             raise Transient(
                 token_host,
@@ -244,7 +276,7 @@ class RegistryAuth(httpx.Auth):
                 f"the token service of registry {ep.name} answered HTTP {response.status_code}"
                 f" for {', '.join(scopes)}; check the registry's status"
             )
-        value, lifetime = _token_of(response)
+        value, lifetime = _token_of(body)
         if not value:
             raise RegistryError(
                 f"the token service of registry {ep.name} answered without a token; "
@@ -253,11 +285,11 @@ class RegistryAuth(httpx.Auth):
         return _Token(value, time.monotonic() + max(lifetime - _TOKEN_MARGIN, 1.0))
 
 
-def _token_of(response: httpx.Response) -> tuple[str, float]:
+def _token_of(data: bytes) -> tuple[str, float]:
     try:
-        body: Any = response.json()
+        body: Any = json.loads(data)
         value = str(body.get("token") or body.get("access_token") or "")
         lifetime = float(body.get("expires_in") or 60)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError):
         return "", 0.0
     return value, lifetime

@@ -21,7 +21,7 @@ from gate.adapters.registry.endpoint import Endpoint, Transient
 from gate.adapters.registry.http import RegistryHttp, append_query
 from gate.adapters.registry.manifests import DIGEST, check_digest
 from gate.domain.ref import ImageRef
-from gate.errors import RegistryError
+from gate.errors import RegistryError, RegistryMisbehaved
 from gate.ports import ProgressCallback
 
 _PROGRESS_STEP = 1024 * 1024
@@ -91,17 +91,21 @@ class Blobs:
             with closing(http.request(ep, "POST", uploads, scopes=push)) as started:
                 http.expect(started, (202,), ep, f"starting an upload to {repo}")
                 location = http.location(ep, started)
-            with closing(
-                http.request(
-                    ep,
-                    "PUT",
-                    append_query(location, "digest", digest),
-                    scopes=push,
-                    headers={"Content-Type": "application/octet-stream"},
-                    content=data,
-                )
-            ) as put:
-                http.expect(put, (201,), ep, f"uploading blob {digest} to {repo}")
+            try:
+                with closing(
+                    http.request(
+                        ep,
+                        "PUT",
+                        append_query(location, "digest", digest),
+                        scopes=push,
+                        headers={"Content-Type": "application/octet-stream"},
+                        content=data,
+                    )
+                ) as put:
+                    http.expect(put, (201,), ep, f"uploading blob {digest} to {repo}")
+            except BaseException:
+                self.cancel(ep, location, push)
+                raise
 
         http.retry(f"uploading a blob to {repository.name}", attempt)
         return digest
@@ -128,7 +132,9 @@ class Blobs:
                 http.expect(response, (200,), ep, f"reading blob {digest} of {repo}")
                 data = http.read_at_most(ep, response, limit)
             if len(data) > limit:
-                raise RegistryError(f"blob {digest} of {repository.name} is over {limit} bytes")
+                raise RegistryMisbehaved(
+                    f"blob {digest} of {repository.name} is over {limit} bytes"
+                )
             return data
 
         data = http.retry(f"reading blob {digest} of {repository.name}", attempt)
@@ -172,11 +178,51 @@ class Blobs:
             with closing(http.request(dst, "POST", uploads, scopes=push)) as response:
                 http.expect(response, (202,), dst, f"starting an upload to {dst_repo}")
                 location = http.location(dst, response)
+        try:
+            self._stream_into(src, src_repo, dst, dst_repo, digest, size, location, progress)
+        except BaseException:
+            # The target would keep the open session (and its partial bytes) until it purges
+            # stale uploads: cancel it now. Whatever failed is what the caller hears about.
+            self.cancel(dst, location, push)
+            raise
+        return "copied"
 
+    def cancel(self, ep: Endpoint, location: str, scopes: tuple[str, ...]) -> None:
+        """Cancel the upload session at ``location`` (``DELETE``, the Docker Registry HTTP
+        API's "Cancel blob upload"); a cancel that fails is ignored, registries purge stale
+        sessions themselves."""
+        try:
+            with closing(self._http.request(ep, "DELETE", location, scopes=scopes)):
+                pass
+        except (Transient, RegistryError):
+            pass
+
+    def _stream_into(
+        self,
+        src: Endpoint,
+        src_repo: str,
+        dst: Endpoint,
+        dst_repo: str,
+        digest: str,
+        size: int,
+        location: str,
+        progress: ProgressCallback | None,
+    ) -> None:
+        """Stream blob ``digest`` from the source into the upload session at ``location``."""
+        http = self._http
+        push = (f"repository:{dst_repo}:pull,push",)
         source_url = f"{src.base}/v2/{src_repo}/blobs/{digest}"
         pull = (f"repository:{src_repo}:pull",)
         with closing(
-            http.request(src, "GET", source_url, scopes=pull, stream=True, follow_redirects=True)
+            http.request(
+                src,
+                "GET",
+                source_url,
+                scopes=pull,
+                stream=True,
+                follow_redirects=True,
+                blob_size=size,
+            )
         ) as body:
             if body.status_code == 404:
                 raise RegistryError(
@@ -184,6 +230,13 @@ class Blobs:
                     "names it; the source image is broken upstream: pick another digest"
                 )
             http.expect(body, (200,), src, f"reading blob {digest} from {src_repo}")
+            declared = body.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > size:
+                raise RegistryMisbehaved(
+                    f"registry {src.name} answered blob {digest} of {src_repo} with "
+                    f"{declared} bytes, more than the {size} its manifest declares; the source "
+                    "image is inconsistent: pick another digest"
+                )
             chunks = self._stream(body, src, digest, size, progress)
             with closing(
                 http.request(
@@ -199,7 +252,6 @@ class Blobs:
                 )
             ) as put:
                 http.expect(put, (201,), dst, f"uploading blob {digest} to {dst_repo}")
-        return "copied"
 
     def _stream(
         self,
@@ -209,7 +261,11 @@ class Blobs:
         size: int,
         progress: ProgressCallback | None,
     ) -> Iterator[bytes]:
-        """The source blob as bounded chunks, checked against its declared size."""
+        """The source blob as bounded chunks, checked against its declared size and hashed as
+        it passes; the last chunk is held back until the hash matches ``digest``, so the target
+        never receives a whole blob that is not the one the manifest names."""
+        algorithm, _, expected = digest.partition(":")
+        hasher = hashlib.new(algorithm)
         done = reported = 0
         if progress is not None:
             progress(digest, 0, size)
@@ -217,7 +273,7 @@ class Blobs:
         for chunk in body.iter_raw(self._chunk_size):
             done += len(chunk)
             if done > size:
-                raise RegistryError(
+                raise RegistryMisbehaved(
                     f"blob {digest} from {src.name} is longer than the {size} bytes its "
                     "manifest declares; the source image is inconsistent: pick another digest"
                 )
@@ -225,6 +281,13 @@ class Blobs:
             if progress is not None and (done - reported >= _PROGRESS_STEP or done == size):
                 progress(digest, done, size)
                 reported = done
+            hasher.update(chunk)
+            if done == size and hasher.hexdigest() != expected:
+                raise RegistryMisbehaved(
+                    f"registry {src.name} served blob {digest} with content that does not "
+                    "match that digest; refusing it. The registry or a proxy in between is "
+                    "corrupting content: report it and retry once it is fixed."
+                )
             yield chunk
         if done != size:
             raise Transient(src.host, f"blob {digest} ended after {done} of {size} bytes")

@@ -2,13 +2,18 @@
 
 Immutable tags are checked before any write; then blobs (or, for an index, every child
 manifest with its blobs), then the manifest with its bytes unchanged; then the tags.
+
+What the source serves is bounded before it is followed: indexes nest at most
+:data:`MAX_INDEX_DEPTH` deep, name at most :data:`MAX_CHILDREN` children, a copy reads at most
+:data:`MAX_MANIFESTS` distinct manifests, and a child named twice is fetched once. Every
+digest and size is checked against the OCI grammar before it is used (in a URL, as a bound).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Unpack
 
@@ -16,15 +21,14 @@ from gate.adapters.registry.blobs import Blobs
 from gate.adapters.registry.endpoint import Endpoint
 from gate.adapters.registry.http import RegistryHttp
 from gate.adapters.registry.manifests import (
-    DIGEST,
     IMAGE_TYPES,
     INDEX_TYPES,
     MANIFEST_TYPES,
     Manifests,
     check_digest,
 )
-from gate.domain.ref import ImageRef
-from gate.errors import Conflict, InvalidReference, RegistryError
+from gate.domain.ref import ImageRef, parse_digest
+from gate.errors import Conflict, InvalidReference, RegistryError, RegistryMisbehaved
 from gate.ports import CopyOptions, CopyReport, ProgressCallback, copy_options
 
 # Foreign (e.g. Windows base) layers live outside the registry; they are never copied.
@@ -38,15 +42,73 @@ _FOREIGN_LAYER_TYPES = frozenset(
 )
 
 
+MAX_INDEX_DEPTH = 4
+"""How deep indexes may nest (an index of images is depth 1)."""
+MAX_CHILDREN = 1000
+"""The most children one index may name (the largest public multi-platform indexes, with an
+attestation per platform, name a few dozen)."""
+MAX_MANIFESTS = 1000
+"""The most distinct manifests the indexes of one copy may name (counted as they are read,
+so a tree of indexes too large is refused before most of it is fetched)."""
+
+
 @dataclass
 class _Stats:
-    """Counters of one copy (mutable while the copy runs, frozen into a CopyReport)."""
+    """Counters of one copy (mutable while the copy runs, frozen into a CopyReport), and the
+    manifests it has read (each fetched once)."""
 
     manifests: int = 0
     blobs_copied: int = 0
     blobs_skipped: int = 0
     blobs_mounted: int = 0
     bytes_copied: int = 0
+    read: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    named: set[str] = field(default_factory=set)
+
+
+def _malformed(where: str, what: str) -> RegistryMisbehaved:
+    return RegistryMisbehaved(
+        f"the source registry served {where} with {what}; the gate does not copy a manifest "
+        "it cannot read as the OCI image spec describes. Pick another digest, or report it "
+        "to the image's publisher."
+    )
+
+
+def _object(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(data)
+    except (ValueError, RecursionError):
+        raise _malformed(where, "content that is not JSON") from None
+    if not isinstance(manifest, dict):
+        raise _malformed(where, "JSON that is not an object")
+    return manifest
+
+
+def _digest_of(descriptor: object, where: str) -> str:
+    digest = descriptor.get("digest") if isinstance(descriptor, dict) else None
+    if not isinstance(digest, str):
+        raise _malformed(where, f"a descriptor without a digest ({str(descriptor)[:100]!r})")
+    try:
+        return parse_digest(digest)
+    except InvalidReference:
+        raise _malformed(where, f"a descriptor whose digest {digest[:150]!r} is not one") from None
+
+
+def _size_of(descriptor: Mapping[str, Any], where: str) -> int:
+    size = descriptor.get("size")
+    # bool is an int to Python, never a size to the spec
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise _malformed(where, f"a descriptor whose size {str(size)[:50]!r} is no byte count")
+    return size
+
+
+def _list_of(manifest: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    value = manifest.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _malformed(where, f"'{key}' that is not a list")
+    return value
 
 
 class Copier:
@@ -124,10 +186,13 @@ class Copier:
         digest: str,
         stats: _Stats,
         progress: ProgressCallback | None,
+        depth: int = 0,
     ) -> tuple[bytes, str]:
         """Copy one manifest (children or blobs first) by digest; return its bytes and type."""
         http, manifests = self._http, self._manifests
         where = f"{src.name}/{src_repo}@{digest}"
+        if digest in stats.read:
+            return stats.read[digest]  # named twice: copied the first time
         data, media_type = http.retry(
             f"fetching {where}", lambda: manifests.get(src, src_repo, digest)
         )
@@ -138,33 +203,58 @@ class Copier:
                 "match that digest; refusing to copy it. The registry or a proxy in between "
                 "is corrupting content: report it and retry once it is fixed."
             )
-        manifest = json.loads(data)
+        manifest = _object(data, where)
         media_type = str(manifest.get("mediaType") or media_type)
+        stats.read[digest] = (data, media_type)
+        if media_type in INDEX_TYPES:
+            children = _list_of(manifest, "manifests", where)
+            if depth + 1 > MAX_INDEX_DEPTH:
+                raise RegistryMisbehaved(
+                    f"{where} is an index nested more than {MAX_INDEX_DEPTH} deep; the gate "
+                    "copies no deeper chain of indexes. Pick another digest."
+                )
+            if len(children) > MAX_CHILDREN:
+                raise RegistryMisbehaved(
+                    f"{where} is an index of {len(children)} manifests, more than the "
+                    f"{MAX_CHILDREN} the gate copies. Pick another digest."
+                )
+            digests = [_digest_of(child, where) for child in children]
+            stats.named.update(digests)
+            if len(stats.named) > MAX_MANIFESTS:
+                raise RegistryMisbehaved(
+                    f"the indexes of the source image name more than {MAX_MANIFESTS} "
+                    f"manifests (counted up to {where}); the gate copies no image that large. "
+                    "Pick another digest."
+                )
+        elif media_type in IMAGE_TYPES:
+            descriptors = [manifest.get("config"), *_list_of(manifest, "layers", where)]
+            blobs = [
+                (_digest_of(d, where), _size_of(d, where), d)
+                for d in descriptors
+                if not (isinstance(d, dict) and d.get("mediaType") in _FOREIGN_LAYER_TYPES)
+            ]
+        else:
+            raise RegistryError(
+                f"{where} has media type '{media_type}', which the gate cannot copy; "
+                f"only {', '.join(MANIFEST_TYPES)} are supported"
+            )
         already = http.retry(
             f"checking {dst.name}/{dst_repo}@{digest}",
             lambda: manifests.head(dst, dst_repo, digest),
         )
         if media_type in INDEX_TYPES:
             # An index is copied whole: every child (recursively) before the index itself.
-            for child in manifest.get("manifests") or []:
+            for child_digest in digests:
                 self._copy_manifest(
-                    src, src_repo, dst, dst_repo, str(child["digest"]), stats, progress
+                    src, src_repo, dst, dst_repo, child_digest, stats, progress, depth + 1
                 )
-        elif media_type in IMAGE_TYPES:
+        else:
             if already is not None:
                 # The registry checked the blobs of this manifest when it was pushed.
-                stats.blobs_skipped += 1 + len(manifest.get("layers") or [])
+                stats.blobs_skipped += len(descriptors)
                 return data, media_type
-            descriptors = [manifest["config"], *(manifest.get("layers") or [])]
-            for descriptor in descriptors:
-                if descriptor.get("mediaType") in _FOREIGN_LAYER_TYPES:
-                    continue
-                self._copy_blob(src, src_repo, dst, dst_repo, descriptor, stats, progress)
-        else:
-            raise RegistryError(
-                f"{where} has media type '{media_type}', which the gate cannot copy; "
-                f"only {', '.join(MANIFEST_TYPES)} are supported"
-            )
+            for blob_digest, size, _ in blobs:
+                self._copy_blob(src, src_repo, dst, dst_repo, blob_digest, size, stats, progress)
         if already is None:
             http.retry(
                 f"writing {dst.name}/{dst_repo}@{digest}",
@@ -179,16 +269,11 @@ class Copier:
         src_repo: str,
         dst: Endpoint,
         dst_repo: str,
-        descriptor: Mapping[str, Any],
+        digest: str,
+        size: int,
         stats: _Stats,
         progress: ProgressCallback | None,
     ) -> None:
-        digest = str(descriptor["digest"])
-        size = int(descriptor["size"])
-        if not DIGEST.match(digest):
-            raise RegistryError(
-                f"a manifest of {src.name}/{src_repo} names a bad digest {digest!r}"
-            )
         what = f"copying blob {digest} to {dst.name}/{dst_repo}"
         outcome = self._http.retry(
             what,

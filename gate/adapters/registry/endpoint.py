@@ -4,11 +4,24 @@ and the internal signal of a failure worth retrying."""
 from __future__ import annotations
 
 import email.utils
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 """The answers worth retrying: too many requests and the transient server errors."""
+
+
+KNOWN_TOKEN_REALMS: Mapping[str, frozenset[str]] = {
+    # Docker Hub challenges with realm="https://auth.docker.io/token"
+    "registry-1.docker.io": frozenset({"auth.docker.io"}),
+    # GitLab.com's registry sends clients to realm="https://gitlab.com/jwt/auth"
+    "registry.gitlab.com": frozenset({"gitlab.com"}),
+}
+"""Token realms on another host that well-known registries use, trusted by default with the
+registry's credentials. ACR (``<name>.azurecr.io/oauth2/token``), GHCR (``ghcr.io/token``),
+Quay (``quay.io/v2/auth``) and distribution's usual set-ups use their own host."""
 
 
 @dataclass(frozen=True)
@@ -16,12 +29,15 @@ class HostSettings:
     """How to reach one registry host.
 
     ``insecure`` allows plain HTTP (the configuration permits it for loopback hosts only);
-    ``username``/``password`` are used for basic auth or at a bearer-token realm.
+    ``username``/``password`` are used for basic auth or at a bearer-token realm: the
+    registry's own host, a host of ``token_realms`` (``host`` or ``host:port``), or the realm
+    a well-known registry is known to use (:data:`KNOWN_TOKEN_REALMS`).
     """
 
     insecure: bool = False
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    token_realms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -32,6 +48,18 @@ class Endpoint:
     host: str
     base: str
     settings: HostSettings
+
+    def trusts_realm(self, realm: str) -> bool:
+        """Whether the credentials of this registry may go to token realm URL ``realm``: its
+        own host and port, a configured ``token_realms`` entry, or a known realm."""
+        parts = urlsplit(realm)
+        netloc, host = parts.netloc.lower(), (parts.hostname or "").lower()
+        if not host or parts.scheme not in ("http", "https"):
+            return False
+        own = urlsplit(self.base).netloc.lower()
+        trusted = {entry.lower() for entry in self.settings.token_realms}
+        trusted |= KNOWN_TOKEN_REALMS.get(self.host, frozenset())
+        return netloc == own or netloc in trusted or (host in trusted and ":" not in netloc)
 
     @property
     def has_credentials(self) -> bool:
@@ -51,6 +79,8 @@ class Transient(Exception):
         self.reason = reason
         self.retry_after = retry_after
         self.status = status
+        # set by the retry policy when the pause asked for is longer than the gate waits
+        self.too_long = False
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -62,7 +92,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

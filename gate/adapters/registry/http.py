@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import quote, urljoin, urlsplit
@@ -29,7 +31,23 @@ from gate.adapters.registry.endpoint import (
     Transient,
     parse_retry_after,
 )
-from gate.errors import AuthenticationError, ManifestUnknown, RegistryError, RegistryUnavailable
+from gate.adapters.registry.guard import (
+    ALLOW,
+    ALLOWED_TIME,
+    ANSWER_CEILING,
+    LIMIT,
+    STARTED,
+    GuardedTransport,
+    allow_for,
+)
+from gate.errors import (
+    AuthenticationError,
+    ManifestUnknown,
+    RegistryError,
+    RegistryMisbehaved,
+    RegistryUnavailable,
+    RetryLater,
+)
 from gate.ports import RateLimited
 
 T = TypeVar("T")
@@ -49,6 +67,11 @@ __all__ = [
 _DOCKER_HUB = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 _USER_AGENT = "gated-import-gate"
 _NETWORK_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+ANSWER_LIMIT = 1 << 20
+"""The most the gate reads of an answer it buffers (uploads, tag pages, token answers)."""
+_ERROR_LIMIT = 64 << 10
+"""The most the gate reads of an error body: enough for any registry's error JSON."""
+_BLOB_RATE = float(1 << 20)
 
 # stamina logs every scheduled retry at WARNING through its default hook; the gate reports a
 # registry that stays unavailable in its own error, and a retry that succeeds is no news.
@@ -62,35 +85,54 @@ class RetryPolicy:
     Attempt ``n`` that fails transiently is followed by a wait of
     ``min(backoff_max, backoff_initial / 2 * 2 ** (n - 1) + jitter)``, the jitter drawn from
     ``[0, backoff_initial / 2]`` (so the first wait lies in ``[initial / 2, initial]``), or by
-    the registry's ``Retry-After``, capped at ``retry_after_max``.
+    the registry's ``Retry-After``, capped at ``retry_after_max``. The ``Retry-After`` waits
+    of one unit of work stay within ``wait_budget``: a registry that asks for more ends it at
+    once (:class:`~gate.errors.RetryLater`), so that it cannot hold the gate past its deadline.
     """
 
     max_attempts: int = 5
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
-    retry_after_max: float = 120.0
+    retry_after_max: float = 20.0
+    wait_budget: float = 40.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
 
-    def backoff(self, exc: Exception, *, wait_limits: bool = True) -> bool | float:
+    def backoff(
+        self, exc: Exception, *, wait_limits: bool = True, waited: float = 0.0
+    ) -> bool | float:
         """The stamina backoff hook: False (final), True (exponential backoff) or the seconds
-        ``Retry-After`` asks for. ``wait_limits=False`` makes a 429 final (polls)."""
+        ``Retry-After`` asks for (capped). ``wait_limits=False`` makes a 429 final (polls). A
+        wait that would take the ``waited`` seconds of this unit of work past ``wait_budget``
+        is final too, and marks ``exc`` as ``too_long``."""
         if not isinstance(exc, Transient):
             return False
         if exc.status == 429 and not wait_limits:
             return False
         if exc.retry_after is not None:
-            return min(exc.retry_after, self.retry_after_max)
+            wait = min(exc.retry_after, self.retry_after_max)
+            if waited + wait > self.wait_budget:
+                exc.too_long = True
+                return False
+            return wait
         return True
 
     def attempts(self, *, wait_limits: bool) -> Iterator[stamina.Attempt]:
-        """The attempts of one unit of work (``stamina.retry_context``), bounded by count only:
-        a ``Retry-After`` may legitimately ask for longer than stamina's default timeout."""
+        """The attempts of one unit of work (``stamina.retry_context``), bounded by count and
+        by the ``Retry-After`` waits (:meth:`backoff`)."""
+        waited = [0.0]
+
+        def hook(exc: Exception) -> bool | float:
+            wait = self.backoff(exc, wait_limits=wait_limits, waited=waited[0])
+            if not isinstance(wait, bool):
+                waited[0] += wait
+            return wait
+
         return iter(
             stamina.retry_context(
-                on=lambda exc: self.backoff(exc, wait_limits=wait_limits),
+                on=hook,
                 attempts=self.max_attempts,
                 timeout=None,
                 wait_initial=self.backoff_initial / 2,
@@ -102,9 +144,10 @@ class RetryPolicy:
 
 
 def error_detail(response: httpx.Response) -> str:
-    """The registry's own error codes and messages (the distribution JSON error body)."""
+    """The registry's own error codes and messages (the distribution JSON error body); at
+    most 64 KiB of it is read, and a body that is cut there says nothing."""
     try:
-        body = json.loads(response.read() or b"{}")
+        body = json.loads(_bounded_body(response, _ERROR_LIMIT) or b"{}")
     except (ValueError, httpx.HTTPError):
         return ""
     errors = body.get("errors") if isinstance(body, dict) else None
@@ -116,6 +159,23 @@ def error_detail(response: httpx.Response) -> str:
         if isinstance(e, dict)
     ]
     return "; ".join(parts)
+
+
+def _bounded_body(response: httpx.Response, limit: int) -> bytes:
+    """The body of ``response`` if it is at most ``limit`` bytes (read up to that), else b""."""
+    try:
+        return response.content if len(response.content) <= limit else b""
+    except httpx.ResponseNotRead:
+        pass
+    collected = bytearray()
+    try:
+        for chunk in response.iter_bytes():
+            collected += chunk
+            if len(collected) > limit:
+                return b""
+    except RegistryMisbehaved:
+        return b""  # cut by the transport guard (too slow): the status says enough
+    return bytes(collected)
 
 
 def append_query(url: str, key: str, value: str) -> str:
@@ -157,7 +217,9 @@ class RegistryHttp:
 
     ``hosts`` maps a registry name as written in references to its :class:`HostSettings`;
     unlisted hosts are reached over HTTPS anonymously. ``transport`` replaces the network
-    (tests); ``timeout`` bounds every connect, read, write and pool wait.
+    (tests); ``timeout`` bounds every connect, read, write and pool wait, and ``deadline``
+    (default: ``timeout``) a whole answer, from sending the request to its last byte (a blob
+    gets one second more per MiB it declares, :meth:`blob_deadline`).
     """
 
     def __init__(
@@ -166,12 +228,14 @@ class RegistryHttp:
         *,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
+        deadline: float | None = None,
         policy: RetryPolicy | None = None,
     ) -> None:
         self._hosts = dict(hosts or {})
+        self.deadline = timeout if deadline is None else deadline
         self.policy = policy or RetryPolicy()
         self._client = httpx.Client(
-            transport=transport or _TlsOnFirstUse(),
+            transport=GuardedTransport(transport or _TlsOnFirstUse(), deadline=self.deadline),
             timeout=httpx.Timeout(timeout),
             headers={"User-Agent": _USER_AGENT},
         )
@@ -206,6 +270,15 @@ class RegistryHttp:
                 with trial:
                     return attempt()
         except Transient as exc:
+            if exc.too_long:
+                after = "" if exc.retry_after is None else f" {exc.retry_after:g} s"
+                raise RetryLater(
+                    f"{what}: registry {exc.host} answered {exc.reason} and asked for a pause "
+                    f"of{after}; the gate waits at most {self.policy.retry_after_max:g} s a "
+                    f"time and {self.policy.wait_budget:g} s in all for one operation, so it "
+                    "stopped here: try again later",
+                    retry_after=exc.retry_after,
+                ) from None
             if exc.status == 429 and not wait_limits:
                 after = "" if exc.retry_after is None else f" for {exc.retry_after:g} s"
                 raise RateLimited(
@@ -233,11 +306,35 @@ class RegistryHttp:
         content: bytes | Iterator[bytes] | None = None,
         stream: bool = False,
         follow_redirects: bool = False,
+        limit: int = ANSWER_LIMIT,
+        blob_size: int | None = None,
     ) -> httpx.Response:
         """Send one request, authenticated for ``scopes``. Transient failures raise
-        :class:`Transient`; any other status but a final 401 is returned for the caller."""
-        request = self._client.build_request(method, url, headers=headers, content=content)
-        auth = RegistryAuth(self._tokens, ep, scopes, build_request=self._client.build_request)
+        :class:`Transient`; any other status but a final 401 is returned for the caller.
+
+        Unless ``stream``, the answer is read here, at most ``limit`` bytes of it
+        (:class:`~gate.errors.RegistryMisbehaved` past that). The answer must be complete
+        within :attr:`deadline`; a blob of ``blob_size`` bytes gets one second more per MiB
+        (it must arrive at 1 MiB/s at least) and may be that long (the caller checks it)."""
+        allowed_time, ceiling = self.deadline, ANSWER_CEILING
+        if blob_size is not None:
+            allowed_time += blob_size / _BLOB_RATE
+            ceiling += blob_size
+        extensions = {
+            ALLOW: allow_for(ep.host),
+            STARTED: time.monotonic(),
+            ALLOWED_TIME: allowed_time,
+            LIMIT: ceiling,
+        }
+        request = self._client.build_request(
+            method, url, headers=headers, content=content, extensions=extensions
+        )
+        auth = RegistryAuth(
+            self._tokens,
+            ep,
+            scopes,
+            build_request=self._client.build_request,
+        )
         try:
             # Streamed so that a blob GET is read chunk by chunk; small bodies are read below
             # or discarded by closing.
@@ -249,6 +346,14 @@ class RegistryHttp:
                 host = auth.token_request.url.netloc.decode("ascii")
                 raise Transient(host, f"{type(exc).__name__} at its token service") from exc
             raise Transient(ep.host, f"{type(exc).__name__} ({exc})") from exc
+        except httpx.HTTPError as exc:
+            # too many redirects, a Location that is no URL, a protocol httpx does not speak:
+            # what the registry sent, not a fault of the network
+            raise RegistryMisbehaved(
+                f"{method} {urlsplit(url).path[:200]} at registry {ep.name} failed: "
+                f"{type(exc).__name__} ({str(exc)[:300]}). The registry (or a proxy in between) "
+                "answered in a way the gate does not follow: report it."
+            ) from None
         if response.status_code in RETRY_STATUSES:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             response.close()
@@ -260,16 +365,29 @@ class RegistryHttp:
             response.close()
             raise refused(ep, scopes)
         if not stream:
-            try:
-                response.read()
-            except (httpx.TimeoutException, httpx.NetworkError) as exc:
-                response.close()
-                raise Transient(ep.host, f"{type(exc).__name__} ({exc})") from exc
+            with closing(response):
+                data = self.read_at_most(ep, response, limit)
+            if len(data) > limit:
+                raise RegistryMisbehaved(
+                    f"registry {ep.name} answered {method} {response.url.path} with more than "
+                    f"{limit} bytes; the gate reads no more than that of such an answer. The "
+                    "registry (or a proxy in between) is misbehaving: report it."
+                )
+            # The bounded bytes, as a response already read (``.content``, ``.json()``).
+            response = httpx.Response(
+                response.status_code,
+                headers=response.headers,
+                content=data,
+                request=response.request,
+                extensions=response.extensions,
+                history=response.history,
+            )
         return response
 
     def read_at_most(self, ep: Endpoint, response: httpx.Response, limit: int) -> bytes:
         """The body of a streamed ``response``, but no more than ``limit`` + 1 bytes of it:
-        enough for the caller to refuse an oversized one without holding all of it."""
+        enough for the caller to refuse an oversized one without holding all of it (the
+        transport guard refuses one still coming after its deadline)."""
         data = bytearray()
         try:
             for chunk in response.iter_bytes():

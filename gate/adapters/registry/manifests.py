@@ -13,8 +13,8 @@ from contextlib import closing
 
 from gate.adapters.registry.endpoint import Endpoint
 from gate.adapters.registry.http import RegistryHttp
-from gate.domain.ref import ImageRef
-from gate.errors import ManifestUnknown, RegistryError
+from gate.domain.ref import ImageRef, parse_digest
+from gate.errors import InvalidReference, ManifestUnknown, RegistryError, RegistryMisbehaved
 from gate.ports import PolledDigest
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -27,6 +27,25 @@ IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 ACCEPT = ", ".join(MANIFEST_TYPES)
 DIGEST = re.compile(r"^(sha256|sha512):[a-f0-9]{64,128}$")
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+_TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+
+
+def manifest_url(ep: Endpoint, repo: str, reference: str) -> str:
+    """``/v2/<repo>/manifests/<reference>`` of ``ep``, once ``reference`` is checked to be a
+    tag or a digest as the OCI grammar has them: a reference read from a registry's answer
+    (an index's child, a referrer) must not become a path of its choosing."""
+    if not _TAG.fullmatch(reference):
+        try:
+            parse_digest(reference)
+        except InvalidReference:
+            raise RegistryMisbehaved(
+                f"{reference[:150]!r} is neither a tag nor a digest; the gate puts no such "
+                f"reference into a request to registry {ep.name}. If it came from a "
+                "registry's answer, that registry is misbehaving: report it."
+            ) from None
+    return f"{ep.base}/v2/{repo}/manifests/{reference}"
 
 
 def check_digest(data: bytes, digest: str) -> bool:
@@ -141,6 +160,7 @@ class Manifests:
                 url,
                 scopes=(f"repository:{repo}:pull",),
                 headers={"Accept": OCI_INDEX},
+                limit=MAX_MANIFEST_BYTES,
             )
             with closing(response):
                 if response.status_code == 404:
@@ -154,7 +174,7 @@ class Manifests:
 
     def get(self, ep: Endpoint, repo: str, reference: str) -> tuple[bytes, str]:
         """One GET of manifest ``repo:reference``: its bytes (at most 4 MiB) and media type."""
-        url = f"{ep.base}/v2/{repo}/manifests/{reference}"
+        url = manifest_url(ep, repo, reference)
         response = self._http.request(
             ep,
             "GET",
@@ -172,7 +192,7 @@ class Manifests:
             self._http.expect(response, (200,), ep, f"fetching manifest {repo}@{reference}")
             data = self._http.read_at_most(ep, response, MAX_MANIFEST_BYTES)
         if len(data) > MAX_MANIFEST_BYTES:
-            raise RegistryError(
+            raise RegistryMisbehaved(
                 f"manifest {ep.name}/{repo}@{reference} is larger than 4 MiB; refusing it"
             )
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
@@ -184,7 +204,7 @@ class Manifests:
 
     def head_answer(self, ep: Endpoint, repo: str, reference: str) -> tuple[str | None, str]:
         """:meth:`head`, and the spent-quota note of the answer (:func:`quota_spent`)."""
-        url = f"{ep.base}/v2/{repo}/manifests/{reference}"
+        url = manifest_url(ep, repo, reference)
         scopes = (f"repository:{repo}:pull",)
         with closing(
             self._http.request(ep, "HEAD", url, scopes=scopes, headers={"Accept": ACCEPT})
@@ -204,7 +224,7 @@ class Manifests:
 
     def put(self, ep: Endpoint, repo: str, reference: str, data: bytes, media_type: str) -> None:
         """One PUT of manifest ``data`` as ``repo:reference``."""
-        url = f"{ep.base}/v2/{repo}/manifests/{reference}"
+        url = manifest_url(ep, repo, reference)
         response = self._http.request(
             ep,
             "PUT",

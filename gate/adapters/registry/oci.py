@@ -68,9 +68,10 @@ class OciRegistry:
 
     ``hosts`` maps a registry name as written in references (``docker.io``, ``ghcr.io``,
     ``127.0.0.1:5000``) to its :class:`HostSettings`; unlisted hosts are reached over HTTPS
-    anonymously. ``transport`` replaces the network (tests). ``max_attempts``,
-    ``backoff_initial``, ``backoff_max`` and ``retry_after_max`` bound the retries
-    (:class:`~gate.adapters.registry.http.RetryPolicy`).
+    anonymously. ``transport`` replaces the network (tests). ``timeout`` bounds each network
+    operation and ``deadline`` (default: ``timeout``) each whole answer. ``max_attempts``,
+    ``backoff_initial``, ``backoff_max``, ``retry_after_max`` and ``wait_budget`` bound the
+    retries (:class:`~gate.adapters.registry.http.RetryPolicy`).
     ``chunk_size`` re-chunks streamed blobs; the default passes on the chunks the connection
     delivers (64 KiB), which is bounded and avoids copying every byte once more.
     The poll methods (:meth:`poll_digest`, :meth:`poll_tags`) may run on several threads at
@@ -85,23 +86,29 @@ class OciRegistry:
         *,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
+        deadline: float | None = None,
         max_attempts: int = 5,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
-        retry_after_max: float = 120.0,
+        retry_after_max: float = 20.0,
+        wait_budget: float = 40.0,
         chunk_size: int | None = None,
         tags_page_size: int = 1000,
+        listing_budget: float = 240.0,
     ) -> None:
         policy = RetryPolicy(
             max_attempts=max_attempts,
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
             retry_after_max=retry_after_max,
+            wait_budget=wait_budget,
         )
-        self._http = RegistryHttp(hosts, transport=transport, timeout=timeout, policy=policy)
+        self._http = RegistryHttp(
+            hosts, transport=transport, timeout=timeout, deadline=deadline, policy=policy
+        )
         self._manifests = Manifests(self._http)
         self._blobs = Blobs(self._http, chunk_size=chunk_size)
-        self._tags = Tags(self._http, page_size=tags_page_size)
+        self._tags = Tags(self._http, page_size=tags_page_size, budget=listing_budget)
         self._copier = Copier(self._http, self._manifests, self._blobs)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -143,9 +150,11 @@ class OciRegistry:
         """
         return self._manifests.poll_digest(ref)
 
-    def poll_tags(self, repository: ImageRef) -> list[str]:
-        """:meth:`list_tags`, raising :class:`RateLimited` at the first ``429``."""
-        return self._tags.list(repository, wait_limits=False)
+    def poll_tags(self, repository: ImageRef, *, budget: float | None = None) -> list[str]:
+        """:meth:`list_tags`, raising :class:`RateLimited` at the first ``429``; no page is
+        asked for after ``budget`` seconds (default ``listing_budget``), e.g. what is left of
+        a poll pass's ``poll.budget``."""
+        return self._tags.list(repository, wait_limits=False, budget=budget)
 
     def check_push(self, target: ImageRef) -> None:
         """Start a blob upload in ``target``'s repository and cancel it: proves push rights
