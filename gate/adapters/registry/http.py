@@ -12,16 +12,16 @@ asks for, capped.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
-import stamina
 
 from gate.adapters.registry.auth import RegistryAuth, TokenCache, refused
 from gate.adapters.registry.endpoint import (
@@ -50,6 +50,9 @@ from gate.errors import (
 )
 from gate.ports import RateLimited
 
+if TYPE_CHECKING:
+    import stamina
+
 T = TypeVar("T")
 
 __all__ = [
@@ -73,9 +76,13 @@ _ERROR_LIMIT = 64 << 10
 """The most the gate reads of an error body: enough for any registry's error JSON."""
 _BLOB_RATE = float(1 << 20)
 
-# stamina logs every scheduled retry at WARNING through its default hook; the gate reports a
-# registry that stays unavailable in its own error, and a retry that succeeds is no news.
-stamina.instrumentation.set_on_retry_hooks(())
+
+# stamina logs every scheduled retry at WARNING (its default hook logs to the "stamina" logger);
+# the gate reports a registry that stays unavailable in its own error, and a retry that succeeds
+# is no news. Quietening the logger, rather than replacing stamina's hooks, needs no import of
+# stamina here: it is imported on the first retry (RegistryHttp.retry), so a command whose
+# requests all succeed at once does not pay for it and tenacity (about 10 ms of a start).
+logging.getLogger("stamina").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,8 @@ class RetryPolicy:
             if not isinstance(wait, bool):
                 waited[0] += wait
             return wait
+
+        import stamina
 
         return iter(
             stamina.retry_context(
@@ -266,9 +275,23 @@ class RegistryHttp:
         ``wait_limits=False`` (polls) raises :class:`RateLimited` at the first ``429`` instead.
         """
         try:
+            return attempt()  # most units of work succeed at once: no retry machinery for them
+        except Transient as exc:
+            first: Transient | None = exc
+        # the first failure goes through the policy as the first attempt, as if it had run
+        # under it: the same hook decides whether and how long to wait before the second
+
+        def again() -> T:
+            nonlocal first
+            if first is not None:
+                failed, first = first, None
+                raise failed
+            return attempt()
+
+        try:
             for trial in self.policy.attempts(wait_limits=wait_limits):
                 with trial:
-                    return attempt()
+                    return again()
         except Transient as exc:
             if exc.too_long:
                 after = "" if exc.retry_after is None else f" {exc.retry_after:g} s"
