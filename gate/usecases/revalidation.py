@@ -13,7 +13,7 @@ from gate.domain.ref import ImageRef
 from gate.errors import GateError, NotFound, UsageError
 from gate.logsafe import get_logger
 from gate.usecases.keeper import Gatekeeper
-from gate.usecases.rollback import move_stable_tag
+from gate.usecases.rollback import move_back_record, move_stable_tag
 from gate.usecases.validation import validate_platforms, validation_request
 
 # the logger name is what log queries select by; it stays the one from before the split
@@ -268,19 +268,15 @@ def _demote_to(
     trigger: str,
 ) -> GateRecord:
     """Move the stable tag to ``chosen`` (which passed just now), recorded like a rollback."""
-    assert chosen.digest is not None
     repo = rule.target
-    record = GateRecord(
-        id=new_record_id(),
+    record = move_back_record(
+        repo,
+        current,
+        chosen,
+        stable,
         action="demote",
         rule=rule.name,
-        source=f"{repo.name}@{current}",
-        digest=chosen.digest,
-        target=repo.name,
         trigger=trigger,
-        state=State.RECEIVED,
-        run_id=chosen.run_id,
-        target_tags=(stable,),
         actor=REVALIDATION_ACTOR,
         of_record=failing.id,
     )

@@ -3,6 +3,8 @@ who and why."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from gate.config.model import Rule
 from gate.domain.records import GateRecord, HistoryQuery, State, new_record_id
 from gate.domain.ref import ImageRef, parse_digest
@@ -53,18 +55,14 @@ def rollback(
     chosen = _rollback_target(promotions, current, to)
     if chosen.digest == current:
         raise Conflict(f"{repo.name}:{stable} already points at {current}; nothing to do")
-    assert chosen.digest is not None
-    record = GateRecord(
-        id=new_record_id(),
+    record = move_back_record(
+        repo,
+        current,
+        chosen,
+        stable,
         action="rollback",
         rule=chosen.rule,
-        source=f"{repo.name}@{current}",
-        digest=chosen.digest,
-        target=repo.name,
         trigger="rollback",
-        state=State.RECEIVED,
-        run_id=chosen.run_id,
-        target_tags=(stable,),
         actor=actor,
         actor_id=actor_id,
     )
@@ -81,6 +79,24 @@ def rollback(
     keeper.ledger.add(record)
     keeper.notify("rolled-back", record, record.reason)
     return record
+
+
+def move_back_record(
+    repo: ImageRef, current: str, chosen: GateRecord, stable: str, **fields: Any
+) -> GateRecord:
+    """The new record of moving ``repo:stable`` from ``current`` back to the digest ``chosen``
+    promoted (a rollback or a demotion: ``fields`` say which, who and why)."""
+    assert chosen.digest is not None
+    return GateRecord(
+        id=new_record_id(),
+        source=f"{repo.name}@{current}",
+        digest=chosen.digest,
+        target=repo.name,
+        state=State.RECEIVED,
+        run_id=chosen.run_id,
+        target_tags=(stable,),
+        **fields,
+    )
 
 
 def move_stable_tag(
