@@ -49,8 +49,12 @@ def _prepare(
     force: bool,
     actor: str | None = None,
     actor_id: str = "",
+    record_failure: bool = True,
 ) -> tuple[Rule, ImageRef, GateRecord]:
-    """Match the rule and resolve the digest, once: the record every later step works on."""
+    """Match the rule and resolve the digest, once: the record every later step works on.
+
+    A failure to resolve is recorded (``record_failure``) and raised.
+    """
     ref = as_ref(image)
     rule = keeper.config.match(ref)
     tag = rule.gated_tag(ref)
@@ -61,6 +65,8 @@ def _prepare(
             # a digest request must exist upstream before we claim anything for it
             keeper.registry.resolve(ref.pinned())
     except GateError as exc:
+        if not record_failure:
+            raise
         _unresolved(
             keeper,
             GateRecord(
@@ -175,8 +181,16 @@ def admit(
     ``actor``/``actor_id`` (who asked: name and Entra object id) stay on the record the worker
     carries on, so they survive the queue hop.
     """
+    # an admission answers its caller with the error and records nothing: requests that were
+    # not admitted must not be able to fill the ledger
     _rule, _source, record = _prepare(
-        keeper, image, trigger=trigger, force=force, actor=actor, actor_id=actor_id
+        keeper,
+        image,
+        trigger=trigger,
+        force=force,
+        actor=actor,
+        actor_id=actor_id,
+        record_failure=False,
     )
     claim = keeper.ledger.claim(
         record, force=force, lease_seconds=lease_seconds(keeper), start=False

@@ -658,13 +658,19 @@ def test_a_digest_missing_upstream_is_recorded_as_failed(keeper: Gatekeeper) -> 
     missing = digest_of("never pushed")
 
     with pytest.raises(ManifestUnknown) as caught:
-        admit(keeper, f"{UP}/node@{missing}", actor="alice", actor_id="a-1")
+        gate_image(keeper, f"{UP}/node@{missing}")
 
     (failed,) = keeper.ledger.history()
     assert failed.state is State.FAILED and failed.digest is None
     assert failed.reason == caught.value.message and failed.trigger == "manual"
-    assert (failed.actor, failed.actor_id) == ("alice", "a-1")
     assert failed.source == f"{UP}/node@{missing}"
+
+
+def test_an_admission_that_cannot_resolve_records_nothing(keeper: Gatekeeper) -> None:
+    with pytest.raises(ManifestUnknown):
+        admit(keeper, f"{UP}/node@{digest_of('never pushed')}", actor="alice")
+
+    assert keeper.ledger.history() == []
 
 
 def test_a_tag_listing_is_given_what_is_left_of_the_pass_budget(tmp_path: Path) -> None:
