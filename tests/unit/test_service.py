@@ -691,3 +691,20 @@ def test_a_tag_listing_is_given_what_is_left_of_the_pass_budget(tmp_path: Path) 
     assert item.digest == registry.tags[(UP, "node")]["15-alpine"] and not item.error
     (budget,) = registry.tag_budgets
     assert budget is not None and 0 < budget <= 30
+
+
+def test_the_queue_worker_records_a_failure_to_resolve(keeper: Gatekeeper) -> None:
+    from gate.entrypoints.messages import GateRequest
+    from gate.entrypoints.worker import handle
+
+    registry, validator = fakes(keeper)
+    registry.down = True
+
+    with pytest.raises(RegistryUnavailable) as caught:
+        handle(keeper, GateRequest(image=f"{UP}/node:15-alpine", trigger="event"))
+
+    assert caught.value.retryable  # the queue delivers it again, as before
+    (failed,) = keeper.ledger.history()
+    assert failed.state is State.FAILED and failed.digest is None
+    assert failed.trigger == "event" and failed.reason == caught.value.message
+    assert validator.requests == []
