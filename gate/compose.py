@@ -120,9 +120,9 @@ class LazyPolling(Deferred["PollingRegistry"]):
         """See :meth:`gate.ports.PollingRegistry.poll_digest`."""
         return self.port().poll_digest(ref)
 
-    def poll_tags(self, repository: ImageRef) -> list[str]:
+    def poll_tags(self, repository: ImageRef, *, budget: float | None = None) -> list[str]:
         """See :meth:`gate.ports.PollingRegistry.poll_tags`."""
-        return self.port().poll_tags(repository)
+        return self.port().poll_tags(repository, budget=budget)
 
 
 class LazyManifests(Deferred["ManifestReader"]):

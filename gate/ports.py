@@ -129,8 +129,13 @@ class PollingRegistry(Protocol):
         """The digest tag ``ref`` points at now: one HEAD request, never a manifest GET."""
         ...
 
-    def poll_tags(self, repository: ImageRef) -> list[str]:
-        """Every tag of ``repository``, following the tag list's pagination."""
+    def poll_tags(self, repository: ImageRef, *, budget: float | None = None) -> list[str]:
+        """Every tag of ``repository``, following the tag list's pagination.
+
+        No page is asked for once ``budget`` seconds have passed (None: the adapter's own
+        bound); a poll pass gives what is left of ``poll.budget``, so an endless listing ends
+        as an error within the pass. An adapter that lists in one request may ignore it.
+        """
         ...
 
 
@@ -252,7 +257,7 @@ class Ledger(Protocol):
         ...
 
     def add(self, record: GateRecord) -> None:
-        """Insert a record that takes no claim (a rollback)."""
+        """Insert a record that takes no claim (a rollback; a failure to resolve a digest)."""
         ...
 
     def get(self, record_id: str) -> GateRecord:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from gate.domain.records import Outcome, ValidationResult
 from gate.domain.ref import ImageRef
 from gate.errors import AuthenticationError, Conflict, ManifestUnknown, RegistryUnavailable
-from gate.ports import CopyReport, ProgressCallback, Resume, ValidationRequest
+from gate.ports import CopyReport, PolledDigest, ProgressCallback, Resume, ValidationRequest
 
 
 def digest_of(text: str) -> str:
@@ -29,6 +29,7 @@ class FakeRegistry:
     down: bool = False
     push_refused: bool = False
     push_checks: list[str] = field(default_factory=list)
+    tag_budgets: list[float | None] = field(default_factory=list)
 
     def push(self, ref: str, name: str) -> str:
         """Put a made-up image at ``ref`` (a tagged reference); return its digest."""
@@ -57,6 +58,15 @@ class FakeRegistry:
     def list_tags(self, repository: ImageRef) -> list[str]:
         self._check()
         return sorted(self.tags.get((repository.registry, repository.repository), {}))
+
+    def poll_digest(self, ref: ImageRef) -> PolledDigest:
+        """The polling capability (:class:`gate.ports.PollingRegistry`): ``resolve``."""
+        return PolledDigest(self.resolve(ref))
+
+    def poll_tags(self, repository: ImageRef, *, budget: float | None = None) -> list[str]:
+        """``list_tags``, keeping the ``budget`` each listing was given in ``tag_budgets``."""
+        self.tag_budgets.append(budget)
+        return self.list_tags(repository)
 
     def check_push(self, target: ImageRef) -> None:
         self._check()

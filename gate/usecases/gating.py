@@ -25,6 +25,7 @@ from gate.domain.ref import ImageRef
 from gate.errors import GateError, UsageError
 from gate.logsafe import get_logger
 from gate.ports import ProgressCallback, Resume
+from gate.usecases.audit import log_decision
 from gate.usecases.cooldown import cooldown_hold
 from gate.usecases.downstream import start_downstream
 from gate.usecases.keeper import Gatekeeper, GateOutcome, as_ref
@@ -48,16 +49,42 @@ def _prepare(
     force: bool,
     actor: str | None = None,
     actor_id: str = "",
+    record_failure: bool = True,
 ) -> tuple[Rule, ImageRef, GateRecord]:
-    """Match the rule and resolve the digest, once: the record every later step works on."""
+    """Match the rule and resolve the digest, once: the record every later step works on.
+
+    A failure to resolve is recorded (``record_failure``) and raised.
+    """
     ref = as_ref(image)
     rule = keeper.config.match(ref)
     tag = rule.gated_tag(ref)
     started = time.monotonic()
-    digest = ref.digest or keeper.registry.resolve(ref)
-    if ref.digest:
-        # a digest request must exist upstream before we claim anything for it
-        keeper.registry.resolve(ref.pinned())
+    try:
+        digest = ref.digest or keeper.registry.resolve(ref)
+        if ref.digest:
+            # a digest request must exist upstream before we claim anything for it
+            keeper.registry.resolve(ref.pinned())
+    except GateError as exc:
+        if not record_failure:
+            raise
+        _unresolved(
+            keeper,
+            GateRecord(
+                id=new_record_id(),
+                rule=rule.name,
+                source=str(ref),
+                target=rule.target.name,
+                trigger=trigger,
+                forced=force,
+                actor=actor,
+                actor_id=actor_id,
+                timings={"resolve": round(time.monotonic() - started, 3)},
+                first_seen=keeper.clock(),
+                state=State.FAILED,
+                reason=exc.message,
+            ),
+        )
+        raise
     record = GateRecord(
         id=new_record_id(),
         rule=rule.name,
@@ -72,6 +99,22 @@ def _prepare(
         first_seen=keeper.clock(),
     )
     return rule, ref.with_tag(tag).with_digest(digest), record
+
+
+def _unresolved(keeper: Gatekeeper, failed: GateRecord) -> None:
+    """Record a request whose digest could not be resolved: failed, without a digest.
+
+    Without a digest the record is under no (rule, digest), so it never blocks a later gate of
+    the rule; failed records never block anyway. It gets its audit line like any decision. A
+    ledger that refuses it too is only logged: the caller raises the resolving error, which is
+    the one that says what to fix.
+    """
+    try:
+        keeper.ledger.add(failed)
+    except GateError as exc:
+        _log.warning("recording the failure to resolve %s failed: %s", failed.source, exc.message)
+        return
+    log_decision(failed)
 
 
 def gate_image(
@@ -138,8 +181,16 @@ def admit(
     ``actor``/``actor_id`` (who asked: name and Entra object id) stay on the record the worker
     carries on, so they survive the queue hop.
     """
+    # an admission answers its caller with the error and records nothing: requests that were
+    # not admitted must not be able to fill the ledger
     _rule, _source, record = _prepare(
-        keeper, image, trigger=trigger, force=force, actor=actor, actor_id=actor_id
+        keeper,
+        image,
+        trigger=trigger,
+        force=force,
+        actor=actor,
+        actor_id=actor_id,
+        record_failure=False,
     )
     claim = keeper.ledger.claim(
         record, force=force, lease_seconds=lease_seconds(keeper), start=False

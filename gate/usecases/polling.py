@@ -66,6 +66,10 @@ class _Pass:
             if retry_after is not None:
                 self.paused[registry] = (time.time() + retry_after, why)
 
+    def left(self) -> float:
+        """Seconds left of the pass's budget (0 once it is spent)."""
+        return max(0.0, self.deadline - time.monotonic())
+
     def blocked(self, registry: str) -> str:
         """Why ``registry`` is not to be asked now (empty: go ahead)."""
         if time.monotonic() >= self.deadline:
@@ -98,6 +102,48 @@ def _run_per_registry[R](
             pool.shutdown(wait=True)
 
 
+@dataclass(frozen=True)
+class _Polled:
+    """What one registry's share of a pass found, by job (``id``): per listing its selected
+    tags to HEAD (or the item saying why it failed), per HEAD its item."""
+
+    listed: dict[int, list[_PollJob] | WatchItem]
+    answers: dict[int, WatchItem]
+
+
+def _selected(job: _PollJob, listed: list[str]) -> list[_PollJob]:
+    """The tags of a listing that the rule selects and does not name exactly, as HEAD jobs."""
+    exact = set(job.rule.exact_tags)
+    chosen = sorted(t for t in listed if job.rule.selects(t))
+    return [_PollJob(job.rule, job.rule.source.with_tag(t)) for t in chosen if t not in exact]
+
+
+def _per_host(
+    listings: list[_PollJob],
+    exact: list[_PollJob],
+    pipeline: Callable[[list[_PollJob], list[_PollJob]], _Polled],
+) -> list[_Polled]:
+    """``pipeline`` for each registry host's jobs, the hosts side by side.
+
+    Each registry lists and then polls on its own: an upstream whose tag list takes the whole
+    budget delays its own HEAD requests, not those of the other registries.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    hosts = sorted({j.ref.registry for j in (*listings, *exact)})
+    if not hosts:
+        return []
+
+    def share(host: str) -> _Polled:
+        return pipeline(
+            [j for j in listings if j.ref.registry == host],
+            [j for j in exact if j.ref.registry == host],
+        )
+
+    with ThreadPoolExecutor(max_workers=len(hosts), thread_name_prefix="poll-host") as pool:
+        return list(pool.map(share, hosts))
+
+
 def poll_upstreams(keeper: Gatekeeper) -> list[WatchItem]:
     """HEAD every watched upstream tag; items without ``skipped``/``error`` are new digests.
 
@@ -105,7 +151,7 @@ def poll_upstreams(keeper: Gatekeeper) -> list[WatchItem]:
     Requests run concurrently, at most ``poll.concurrency_per_registry`` in flight per
     registry; a ``429`` (its ``Retry-After``) or a spent Docker Hub pull quota stops that
     registry for the window (the rest of the pass without one); a pass stops starting requests
-    after ``poll.budget`` seconds. What a pass did not reach comes back as an item with an
+    after ``poll.budget`` seconds, and a tag listing asks for no page past it. What a pass did not reach comes back as an item with an
     ``error`` saying why, and is polled first by the next pass. One tag's error does not stop
     the others. Nothing is gated here: :func:`watch_once` gates inline, the timer enqueues.
     """
@@ -143,7 +189,8 @@ def poll_upstreams(keeper: Gatekeeper) -> list[WatchItem]:
             return skipped_item(job, source, why)
         try:
             if polling is not None:
-                return polling.poll_tags(job.rule.source)
+                # the listing's pages stop where the pass's budget does
+                return polling.poll_tags(job.rule.source, budget=run.left())
             return registry.list_tags(job.rule.source)
         except RateLimited as exc:
             run.stop(job.ref.registry, exc.message, exc.retry_after)
@@ -171,24 +218,41 @@ def poll_upstreams(keeper: Gatekeeper) -> list[WatchItem]:
         return WatchItem(job.rule.name, source, answer.digest, polled=job.ref)
 
     items: list[WatchItem] = []
-    heads: list[_PollJob] = []
+    exact: list[_PollJob] = []
     listings: list[_PollJob] = []
     for rule in keeper.config.rules:
-        heads += [_PollJob(rule, rule.source.with_tag(t)) for t in rule.exact_tags]
+        exact += [_PollJob(rule, rule.source.with_tag(t)) for t in rule.exact_tags]
         if len(rule.exact_tags) != len(rule.tags):
             listings.append(_PollJob(rule, rule.source))
-    for job, listed in zip(listings, _run_per_registry(listings, limit, list_job), strict=True):
-        if isinstance(listed, WatchItem):
-            items.append(listed)
-            continue
-        exact = set(job.rule.exact_tags)
-        selected = sorted(t for t in listed if job.rule.selects(t))
-        heads += [
-            _PollJob(job.rule, job.rule.source.with_tag(t)) for t in selected if t not in exact
-        ]
-    # what the last pass did not reach goes first (a stable sort keeps the others in order)
-    heads.sort(key=lambda j: (j.rule.name, str(j.ref)) not in carried)
-    polled = _run_per_registry(heads, limit, head_job)
+
+    def ordered(heads: list[_PollJob]) -> list[_PollJob]:
+        # what the last pass did not reach goes first (a stable sort keeps the others in order)
+        return sorted(heads, key=lambda j: (j.rule.name, str(j.ref)) not in carried)
+
+    def pipeline(lists: list[_PollJob], tags: list[_PollJob]) -> _Polled:
+        """List the tags, then HEAD them: one registry's jobs (all, without the capability)."""
+        listed: dict[int, list[_PollJob] | WatchItem] = {}
+        found: list[_PollJob] = []
+        for job, got in zip(lists, _run_per_registry(lists, limit, list_job), strict=True):
+            chosen = got if isinstance(got, WatchItem) else _selected(job, got)
+            listed[id(job)] = chosen
+            found += [] if isinstance(chosen, WatchItem) else chosen
+        heads = ordered(tags + found)
+        answers = _run_per_registry(heads, limit, head_job)
+        return _Polled(listed, {id(j): a for j, a in zip(heads, answers, strict=True)})
+
+    parts = [pipeline(listings, exact)] if limit == 0 else _per_host(listings, exact, pipeline)
+    listed = {key: got for part in parts for key, got in part.listed.items()}
+    answers = {key: answer for part in parts for key, answer in part.answers.items()}
+    found: list[_PollJob] = []
+    for job in listings:
+        got = listed[id(job)]
+        if isinstance(got, WatchItem):
+            items.append(got)
+        else:
+            found += got
+    heads = ordered(exact + found)
+    polled = [answers[id(job)] for job in heads]
     not_reached: list[tuple[str, str]] = []
     for job, item in zip(heads, polled, strict=True):
         if item.error or item.digest is None:

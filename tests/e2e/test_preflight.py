@@ -158,7 +158,7 @@ def test_wrong_target_password_exits_2_before_any_container_runs(
 
 
 @pytestmark_podman
-def test_wrong_upstream_password_exits_2_at_the_resolve_and_records_nothing(
+def test_wrong_upstream_password_exits_2_at_the_resolve_and_records_only_the_failure(
     tmp_path: Path,
     registry: RegistryProcess,
     locked_target: RegistryProcess,
@@ -185,7 +185,11 @@ def test_wrong_upstream_password_exits_2_at_the_resolve_and_records_nothing(
     assert result.returncode == 2, result.stdout + result.stderr
     assert "refused the credentials of user 'gate'" in result.stderr
     assert started_containers(since) == []
-    assert not (tmp_path / "data" / "gate.db").exists()
+    # the failure to resolve is the one record: no digest, so it blocks no later gate
+    (failed,) = SqliteLedger(tmp_path / "data" / "gate.db").history()
+    assert failed.state is State.FAILED and failed.digest is None
+    assert "refused the credentials of user 'gate'" in failed.reason
+    assert failed.source == f"{locked_target.host}/node:15-alpine"
 
 
 @pytestmark_podman

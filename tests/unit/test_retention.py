@@ -14,7 +14,7 @@ from gate.config.loading import load_config
 from gate.domain.records import GateRecord, Outcome, State, new_record_id, utcnow
 from gate.domain.ref import ImageRef
 from gate.entrypoints import cli
-from gate.errors import ConfigError
+from gate.errors import ConfigError, RegistryUnavailable
 from gate.ports import HistoryQuery
 from gate.usecases.gating import gate_image
 from gate.usecases.keeper import Gatekeeper
@@ -182,3 +182,26 @@ def test_gate_prune_prints_what_it_did_and_exits_3_when_a_target_is_unreadable(
     assert ids(keeper) == {green.id}
     assert refused.exit_code == 3
     assert "0 record(s)" in refused.stdout and ImageRef.parse(f"{ART}/node").name in refused.stderr
+
+
+def test_a_failure_to_resolve_is_listed_then_pruned_like_any_failed_record(
+    tmp_path: Path,
+) -> None:
+    keeper = keeper_with(tmp_path)
+    registry = keeper.registry
+    assert isinstance(registry, FakeRegistry)
+    registry.down = True
+    with pytest.raises(RegistryUnavailable):
+        gate_image(keeper, f"{UP}/node:15-alpine")
+    (failed,) = keeper.ledger.history()
+    registry.down = False
+    config = str(write_config(tmp_path))
+
+    listed = CliRunner().invoke(cli.main, ["history", "--config", config])
+    shown = CliRunner().invoke(cli.main, ["show", failed.id, "--config", config])
+
+    assert listed.exit_code == 0 and failed.id[:8] in listed.output
+    assert shown.exit_code == 0 and failed.reason[:40] in shown.output
+    report = prune_records(keeper, now=utcnow() + LATER)
+    assert (report.deleted, report.errors) == (1, ())
+    assert ids(keeper) == set()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from copy import replace
 from datetime import timedelta
@@ -15,10 +17,18 @@ from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.config.loading import load_config
 from gate.domain.records import GateRecord, Outcome, State, new_record_id, utcnow
 from gate.domain.ref import ImageRef
-from gate.errors import Conflict, NoMatchingRule, NotFound, RegistryUnavailable, UsageError
+from gate.errors import (
+    Conflict,
+    ManifestUnknown,
+    NoMatchingRule,
+    NotFound,
+    RegistryUnavailable,
+    UsageError,
+)
 from gate.ports import CopyReport, HistoryQuery, ValidationRequest
 from gate.usecases.gating import admit, gate_image, gate_record
 from gate.usecases.keeper import Gatekeeper
+from gate.usecases.polling import poll_upstreams
 from gate.usecases.rollback import rollback
 from gate.usecases.watch import watch_once
 from tests.fakes import FakeRegistry, FakeSecrets, FakeValidator, digest_of
@@ -612,3 +622,89 @@ def test_poison_fails_a_record_whose_holder_died(keeper: Gatekeeper) -> None:
     failed = poisoned(keeper, GateRequest(record_id=ghost.id), "gave up")
 
     assert failed.state is State.FAILED and "gave up" in failed.reason
+
+
+def test_a_failure_to_resolve_is_recorded_and_blocks_nothing(
+    keeper: Gatekeeper, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry, validator = fakes(keeper)
+    digest = registry.push(f"{UP}/node:15-alpine", "green")
+    registry.down = True
+
+    with (
+        caplog.at_level(logging.INFO, logger="gate.audit"),
+        pytest.raises(RegistryUnavailable) as caught,
+    ):
+        gate_image(keeper, f"{UP}/node:15-alpine", trigger="poll")
+
+    (failed,) = keeper.ledger.history()
+    assert failed.state is State.FAILED and failed.digest is None
+    assert failed.reason == caught.value.message
+    assert (failed.rule, failed.source, failed.trigger) == ("node", f"{UP}/node:15-alpine", "poll")
+    assert failed.target == f"{ART}/node" and "resolve" in failed.timings
+    (line,) = [r.getMessage() for r in caplog.records if "GATE_DECISION" in r.getMessage()]
+    audited = json.loads(line.split(" ", 1)[1])
+    assert audited["record_id"] == failed.id and audited["verdict"] == "failed"
+    assert audited["digest"] is None
+    # the record holds no digest: the next gate of the rule is not blocked by it
+    registry.down = False
+    outcome = gate_image(keeper, f"{UP}/node:15-alpine")
+    assert outcome.verdict == "promoted" and not outcome.duplicate
+    assert outcome.record.digest == digest and len(validator.requests) == 1
+    assert len(keeper.ledger.history()) == 2
+
+
+def test_a_digest_missing_upstream_is_recorded_as_failed(keeper: Gatekeeper) -> None:
+    missing = digest_of("never pushed")
+
+    with pytest.raises(ManifestUnknown) as caught:
+        gate_image(keeper, f"{UP}/node@{missing}")
+
+    (failed,) = keeper.ledger.history()
+    assert failed.state is State.FAILED and failed.digest is None
+    assert failed.reason == caught.value.message and failed.trigger == "manual"
+    assert failed.source == f"{UP}/node@{missing}"
+
+
+def test_an_admission_that_cannot_resolve_records_nothing(keeper: Gatekeeper) -> None:
+    with pytest.raises(ManifestUnknown):
+        admit(keeper, f"{UP}/node@{digest_of('never pushed')}", actor="alice")
+
+    assert keeper.ledger.history() == []
+
+
+def test_a_tag_listing_is_given_what_is_left_of_the_pass_budget(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, tags=("15-*",), extra_rule="poll: {budget: 30}"))
+    registry = FakeRegistry()
+    registry.push(f"{UP}/node:15-alpine", "green")
+    keeper = Gatekeeper(
+        config=config,
+        registry=registry,
+        polling=registry,
+        validator=FakeValidator(),
+        ledger=SqliteLedger(config.data_dir / "gate.db"),
+        secrets=FakeSecrets({"test-token": "s3cret-value"}),
+    )
+
+    (item,) = poll_upstreams(keeper)
+
+    assert item.digest == registry.tags[(UP, "node")]["15-alpine"] and not item.error
+    (budget,) = registry.tag_budgets
+    assert budget is not None and 0 < budget <= 30
+
+
+def test_the_queue_worker_records_a_failure_to_resolve(keeper: Gatekeeper) -> None:
+    from gate.entrypoints.messages import GateRequest
+    from gate.entrypoints.worker import handle
+
+    registry, validator = fakes(keeper)
+    registry.down = True
+
+    with pytest.raises(RegistryUnavailable) as caught:
+        handle(keeper, GateRequest(image=f"{UP}/node:15-alpine", trigger="event"))
+
+    assert caught.value.retryable  # the queue delivers it again, as before
+    (failed,) = keeper.ledger.history()
+    assert failed.state is State.FAILED and failed.digest is None
+    assert failed.trigger == "event" and failed.reason == caught.value.message
+    assert validator.requests == []
