@@ -314,6 +314,10 @@ def gate_worker(msg: func.QueueMessage) -> None:
         if exc.retryable:
             log.warning("gate request %s will be retried: %s", msg.id, exc.message)
             raise
+        if exc.recorded:
+            # the use case recorded this failure itself (and wrote its audit line)
+            log.error("gate request %s refused: %s (record %s)", msg.id, exc.message, exc.recorded)
+            return
         # retrying cannot help (e.g. the rule is gone): record the refusal and drop the message
         try:
             record = poisoned(keeper(), request, exc.message)

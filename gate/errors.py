@@ -34,6 +34,9 @@ class GateError(Exception):
 
     exit_code: int = 3
     retryable: bool = False
+    recorded: str | None = None
+    """The id of the failed record the gate already wrote for this error, if it wrote one (a
+    failure to resolve): whoever catches it need not record it again."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -83,6 +83,7 @@ def _prepare(
                 state=State.FAILED,
                 reason=exc.message,
             ),
+            exc,
         )
         raise
     record = GateRecord(
@@ -101,7 +102,7 @@ def _prepare(
     return rule, ref.with_tag(tag).with_digest(digest), record
 
 
-def _unresolved(keeper: Gatekeeper, failed: GateRecord) -> None:
+def _unresolved(keeper: Gatekeeper, failed: GateRecord, error: GateError) -> None:
     """Record a request whose digest could not be resolved: failed, without a digest.
 
     Without a digest the record is under no (rule, digest), so it never blocks a later gate of
@@ -115,6 +116,7 @@ def _unresolved(keeper: Gatekeeper, failed: GateRecord) -> None:
         _log.warning("recording the failure to resolve %s failed: %s", failed.source, exc.message)
         return
     log_decision(failed)
+    error.recorded = failed.id
 
 
 def gate_image(

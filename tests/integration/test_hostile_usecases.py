@@ -143,6 +143,8 @@ def test_a_huge_retry_after_while_resolving_is_recorded_as_retry_later(stage: St
         (failed,) = keeper.ledger.history()
     assert caught.value.exit_code == 3
     assert failed.state is State.FAILED and failed.digest is None
+    # the error names the record, so the worker does not record the same failure again
+    assert caught.value.recorded == failed.id
     assert failed.reason == caught.value.message and "pause of 999999 s" in failed.reason
     assert not validator.requests
 
