@@ -294,7 +294,7 @@ class RegistryHttp:
                     return again()
         except Transient as exc:
             if exc.too_long:
-                after = "" if exc.retry_after is None else f" {exc.retry_after:g} s"
+                after = "" if exc.retry_after is None else f" {exc.retry_after:.0f} s"
                 raise RetryLater(
                     f"{what}: registry {exc.host} answered {exc.reason} and asked for a pause "
                     f"of{after}; the gate waits at most {self.policy.retry_after_max:g} s a "
@@ -303,7 +303,7 @@ class RegistryHttp:
                     retry_after=exc.retry_after,
                 ) from None
             if exc.status == 429 and not wait_limits:
-                after = "" if exc.retry_after is None else f" for {exc.retry_after:g} s"
+                after = "" if exc.retry_after is None else f" for {exc.retry_after:.0f} s"
                 raise RateLimited(
                     f"{what}: registry {exc.host} answered HTTP 429 (too many requests), "
                     f"asking for a pause{after}; polling it resumes after that",
