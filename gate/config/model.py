@@ -32,6 +32,7 @@ are built in C.
 # RUF012 is silenced on empty [] / {} defaults: msgspec copies them for each instance, but ruff
 # sees the Struct base only within one module (a default_factory would drop the schema's default)
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -324,6 +325,14 @@ def _check_attestation(entry: AttestationSection, azure: AzureSection | None) ->
         )
 
 
+@cache
+def _unlisted(host: str) -> RegistrySettings:
+    """The default settings of a host the file does not list, made once per host: settings
+    check their host as they are made, microseconds the Event Grid trigger would otherwise pay
+    for every event."""
+    return RegistrySettings(host=host)
+
+
 class GateConfig(msgspec.Struct, frozen=True):
     """A loaded, checked gate configuration: the file's sections, and what only its place says.
 
@@ -386,4 +395,5 @@ class GateConfig(msgspec.Struct, frozen=True):
 
     def registry(self, host: str) -> RegistrySettings:
         """Settings of ``host`` (defaults when the file does not list it)."""
-        return self.registries.get(host, RegistrySettings(host=host))
+        found = self.registries.get(host)
+        return found if found is not None else _unlisted(host)

@@ -76,7 +76,7 @@ class _Push(msgspec.Struct, frozen=True):
 
 
 class _Envelope(msgspec.Struct, frozen=True):
-    """What both event schemas carry outside ``data`` (which is read once the type is known)."""
+    """What both event schemas carry; ``data`` is read once the type is known."""
 
     id: str = "?"
     specversion: str | None = None
@@ -84,6 +84,7 @@ class _Envelope(msgspec.Struct, frozen=True):
     eventType: str | None = None  # Event Grid schema
     source: str | None = None  # CloudEvents 1.0
     topic: str | None = None  # Event Grid schema
+    data: Any = None  # read once the type is known
 
 
 class _Notifications(msgspec.Struct, frozen=True):
@@ -115,9 +116,7 @@ def parse_event(event: Mapping[str, Any]) -> PushEvent:
         raise MalformedEvent("an event must be a JSON object")
     event_id = str(event.get("id") or "?")[:100]
     try:
-        envelope = msgspec.convert(
-            {k: v for k, v in event.items() if k != "data"}, _Envelope, str_keys=True
-        )
+        envelope = msgspec.convert(event, _Envelope, str_keys=True)
     except msgspec.ValidationError as exc:
         raise MalformedEvent(f"event {event_id}: {exc}") from None
     cloud = envelope.specversion is not None
@@ -128,7 +127,7 @@ def parse_event(event: Mapping[str, Any]) -> PushEvent:
     if event_type != IMAGE_PUSHED:
         return PushEvent(event_id, event_type, source, "", "", "", None, None, None)
     try:
-        push = msgspec.convert(event.get("data"), _Push, str_keys=True)
+        push = msgspec.convert(envelope.data, _Push, str_keys=True)
     except msgspec.ValidationError as exc:
         raise MalformedEvent(f"event {event_id}: data: {exc}") from None
     return _push_event(event_id, event_type, source, push)
