@@ -3,8 +3,6 @@ who and why."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from gate.config.model import Rule
 from gate.domain.records import GateRecord, HistoryQuery, State, new_record_id
 from gate.domain.ref import ImageRef, parse_digest
@@ -82,20 +80,36 @@ def rollback(
 
 
 def move_back_record(
-    repo: ImageRef, current: str, chosen: GateRecord, stable: str, **fields: Any
+    repo: ImageRef,
+    current: str,
+    chosen: GateRecord,
+    stable: str,
+    *,
+    action: str,
+    rule: str,
+    trigger: str,
+    actor: str | None,
+    actor_id: str = "",
+    of_record: str = "",
 ) -> GateRecord:
     """The new record of moving ``repo:stable`` from ``current`` back to the digest ``chosen``
-    promoted (a rollback or a demotion: ``fields`` say which, who and why)."""
+    promoted: a rollback (``action``, who asked) or a demotion (``of_record``: the failing
+    re-validation)."""
     assert chosen.digest is not None
     return GateRecord(
         id=new_record_id(),
+        action=action,
+        rule=rule,
         source=f"{repo.name}@{current}",
         digest=chosen.digest,
         target=repo.name,
+        trigger=trigger,
         state=State.RECEIVED,
         run_id=chosen.run_id,
         target_tags=(stable,),
-        **fields,
+        actor=actor,
+        actor_id=actor_id,
+        of_record=of_record,
     )
 
 
