@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from devstack.acr import AcrEmulator, TestCredential
+from devstack.images import ImageBuilder
+from devstack.registry import RegistryProcess
 from gate.adapters.signers import KeyFileSigner, KeyVaultSigner, generate_key_pair
 from gate.domain.attestation import (
     PASSED,
@@ -41,9 +43,12 @@ from gate.domain.attestation import (
     statement,
     verify,
 )
+from gate.domain.records import State
 from gate.domain.ref import ImageRef
 from gate.ports import Signer
 from gate.usecases.attestation import Attestor
+from gate.usecases.gating import gate_image
+from tests.e2e.test_attest import Setup, push_upstream
 
 ROOT = Path(__file__).resolve().parents[2]
 SIGSTORE_JS = ROOT / ".tools" / "sigstore-js"
@@ -311,3 +316,37 @@ def test_a_key_vault_bundle_verifies_with_every_verifier(
     stored = StoredAttestation("sha256:" + "cd" * 32, DIGEST, raw)
     verdict = verify(SUBJECT, [stored], [load_public_key(pem_of(public), "vault key")])
     assert verdict.verified, verdict.reason
+
+
+@pytest.fixture
+def promoting(tmp_path: Path, registries: tuple[RegistryProcess, RegistryProcess]) -> Setup:
+    """Two local registries and a gatekeeper that attests with a key file (tests/e2e)."""
+    return Setup(tmp_path, registries)
+
+
+def test_a_promotions_stored_bundle_and_att_envelope_verify_as_consumers_read_them(
+    promoting: Setup, image_builder: ImageBuilder, tmp_path: Path
+) -> None:
+    """The bundle a promotion stored in a registry, read back as cosign reads it, and the same
+    envelope in cosign's older ``.att`` layout (go-securesystemslib there too)."""
+    digest = push_upstream(image_builder, promoting, "Green")
+    record = gate_image(promoting.keeper, f"{promoting.upstream.host}/node:15-alpine").record
+    assert record.state is State.PROMOTED
+    [descriptor] = promoting.referrers_index(digest)["manifests"]
+    _, raw = promoting.bundle_of(descriptor)
+    public = serialization.load_pem_public_key(promoting.public.read_bytes())
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+
+    assert go_securesystemslib_accepts(raw, public) == 1
+    assert securesystemslib_accepts(raw, public)
+    answer = sigstore_js(raw, promoting.public.read_bytes(), tmp_path)
+    assert answer == {"verified": True, "hint": cosign_hint(public), "exit": 0}
+
+    att = promoting.http(
+        f"manifests/{digest.replace(':', '-')}.att",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    att.raise_for_status()
+    [layer] = att.json()["layers"]
+    envelope = promoting.http(f"blobs/{layer['digest']}", follow_redirects=True).json()
+    assert go_securesystemslib_accepts(json.dumps({"dsseEnvelope": envelope}).encode(), public) == 1
