@@ -184,10 +184,12 @@ def bundle(envelope: dict[str, Any], key_hint: str) -> bytes:
     Shape per sigstore/protobuf-specs ``sigstore_bundle.proto`` (``verificationMaterial.publicKey``
     with a ``hint``; ``dsseEnvelope``). Without transparency-log entries a cosign verifier needs
     its "ignore the log" option (docs/guide/evidence.md). The envelope's signatures carry an
-    empty ``keyid``, as cosign writes them: the bundle rule that the hint equal the envelope's
-    key hint binds only a signature that names one (``sigstore_bundle.proto``, ``Bundle``), and
-    go-securesystemslib's verifier skips a signature whose ``keyid`` differs from its own id for
-    the key (``dsse/verify.go``), which sigstore-go never sets.
+    empty ``keyid`` beside this hint, the pair cosign and sigstore-go write (sigstore-go
+    ``pkg/sign/content.go`` and ``pkg/sign/signer.go``). ``sigstore_bundle.proto`` asks the
+    hint and the envelope's key hint to be the same; no keyid can be both that and accepted, as
+    go-securesystemslib skips a set ``keyid`` other than the key's SSH fingerprint
+    (``dsse/verify.go``), so the gate follows cosign, whose ``bundle inspect`` warns of a
+    mismatch only when the ``keyid`` is set.
     """
     body = {
         "mediaType": BUNDLE_MEDIA_TYPE,
