@@ -2,7 +2,9 @@
 
 Both sign DSSE envelopes through ``securesystemslib`` (``dsse.Envelope.sign`` computes the
 pre-authentication encoding and asks the signer for an ECDSA-SHA256 signature, DER-encoded, as
-cosign and ``cryptography`` expect).
+cosign and ``cryptography`` expect). Both leave the signature's ``keyid`` empty and name their key
+by the same hint (:func:`gate.domain.attestation.public_key_hint`), as cosign does: a verifier
+holding the public key then accepts either signer's envelopes alike.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gate.domain.attestation import public_key_hint
 from gate.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
@@ -19,13 +22,28 @@ if TYPE_CHECKING:
 _SCHEME = "ecdsa-sha2-nistp256"
 
 
+def _without_keyid(envelope: Any) -> dict[str, object]:
+    """The envelope's JSON with every signature's ``keyid`` empty, as cosign writes it.
+
+    sigstore-go verifies a bundle's envelope through go-securesystemslib with a key that has no
+    id of its own; go-securesystemslib then derives one (an SSH-style fingerprint) and skips any
+    signature whose ``keyid`` is set and differs from it (``dsse/verify.go``, ``Verify``), so
+    securesystemslib's key id there would leave cosign 3 with no valid signature. An empty one
+    is tried with the key, by every DSSE verifier.
+    """
+    result: dict[str, object] = envelope.to_dict()
+    signatures = result["signatures"]
+    assert isinstance(signatures, list)
+    result["signatures"] = [{**signature, "keyid": ""} for signature in signatures]
+    return result
+
+
 def _envelope(signer: SslibSigner, payload_type: str, payload: bytes) -> dict[str, object]:
     from securesystemslib.dsse import Envelope
 
     envelope = Envelope(payload=payload, payload_type=payload_type, signatures={})
     envelope.sign(signer)
-    result: dict[str, object] = envelope.to_dict()
-    return result
+    return _without_keyid(envelope)
 
 
 class KeyFileSigner:
@@ -54,11 +72,11 @@ class KeyFileSigner:
             raise ConfigError(f"{path} is not an ECDSA P-256 key; create one with 'gate keygen'")
         public = SSlibKey.from_crypto(key.public_key(), scheme=_SCHEME)
         self._signer = CryptoSigner(key, public)
-        self._hint = public.keyid
+        self._hint = public_key_hint(key.public_key())
 
     @property
     def key_hint(self) -> str:
-        """The ``securesystemslib`` key id of the public key (sha256 of its canonical form)."""
+        """The bundle's key hint: base64 SHA-256 of the public key's DER (as cosign writes)."""
         return self._hint
 
     def sign_dsse(self, payload_type: str, payload: bytes) -> dict[str, object]:
@@ -159,13 +177,23 @@ class KeyVaultSigner:
         )
         self.public_key = SSlibKey.from_crypto(public, scheme=_SCHEME)
         self._key_id = versioned  # with its version: every signature names the exact key
+        self._hint = public_key_hint(public)
         self._credential = credential
         self._options = client_options
 
     @property
-    def key_hint(self) -> str:
-        """The Key Vault key URI, version included."""
+    def key_uri(self) -> str:
+        """The Key Vault key URI, version included, that signs."""
         return self._key_id
+
+    @property
+    def key_hint(self) -> str:
+        """The bundle's key hint: base64 SHA-256 of the public key's DER, as for a key file.
+
+        Not the key URI: protobuf-specs asks a bundle's hint to equal its envelope's key hint,
+        and a hint derived from the key lets a verifier with only the PEM match it.
+        """
+        return self._hint
 
     def sign_dsse(self, payload_type: str, payload: bytes) -> dict[str, object]:
         """The DSSE envelope of ``payload``, its PAE signed by Key Vault (ES256)."""
@@ -194,5 +222,4 @@ class KeyVaultSigner:
         der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
         keyid = self.public_key.keyid
         envelope.signatures[keyid] = Signature(keyid, der.hex())
-        result: dict[str, object] = envelope.to_dict()
-        return result
+        return _without_keyid(envelope)

@@ -157,12 +157,39 @@ def statement(evidence: Evidence, verifier_id: str) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
+def public_key_hint(public_key: Any) -> str:
+    """The bundle's key hint of a ``cryptography`` public key: base64 of the SHA-256 of its DER
+    SubjectPublicKeyInfo.
+
+    protobuf-specs (``sigstore_common.proto``, ``PublicKeyIdentifier.hint``) recommends deriving
+    the hint from the key as RFC 6962 section 3.2 does (SHA-256 of the DER key); cosign
+    (``internal/key/svkeypair.go``, ``cmd/cosign/cli/verify/verify_bundle.go``) and sigstore-go
+    (``pkg/sign/keys.go``) write exactly this, base64-encoded. The same for both signers, so a
+    verifier holding the public key can match it whatever holds the private half.
+    """
+    import base64
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
 def bundle(envelope: dict[str, Any], key_hint: str) -> bytes:
     """A Sigstore bundle v0.3 around a DSSE envelope signed by a public key (no log entries).
 
     Shape per sigstore/protobuf-specs ``sigstore_bundle.proto`` (``verificationMaterial.publicKey``
     with a ``hint``; ``dsseEnvelope``). Without transparency-log entries a cosign verifier needs
-    its "ignore the log" option (docs/guide/evidence.md).
+    its "ignore the log" option (docs/guide/evidence.md). The envelope's signatures carry an
+    empty ``keyid`` beside this hint, the pair cosign and sigstore-go write (sigstore-go
+    ``pkg/sign/content.go`` and ``pkg/sign/signer.go``). ``sigstore_bundle.proto`` asks the
+    hint and the envelope's key hint to be the same; no keyid can be both that and accepted, as
+    go-securesystemslib skips a set ``keyid`` other than the key's SSH fingerprint
+    (``dsse/verify.go``), so the gate follows cosign, whose ``bundle inspect`` warns of a
+    mismatch only when the ``keyid`` is set.
     """
     body = {
         "mediaType": BUNDLE_MEDIA_TYPE,
@@ -226,12 +253,35 @@ def verification_key(key: Any, where: str) -> Any:
     return SSlibKey.from_crypto(key, scheme="ecdsa-sha2-nistp256")
 
 
+def _dsse_verifies(envelope: Any, keys: Sequence[Any]) -> bool:
+    """Whether one signature of ``envelope`` verifies with one of ``keys``.
+
+    A signature with a ``keyid`` is tried with the key of that id only (bundles written before
+    the gate left it empty carry securesystemslib's key id); one without is tried with every key,
+    as the DSSE spec and go-securesystemslib do. securesystemslib's own ``Envelope.verify`` would
+    skip it, as it matches ids only.
+    """
+    from securesystemslib.exceptions import UnverifiedSignatureError
+    from securesystemslib.signer import Signature  # type: ignore[attr-defined]
+
+    pae = envelope.pae()
+    for signature in envelope.signatures.values():
+        for key in keys:
+            if signature.keyid and signature.keyid != key.keyid:
+                continue
+            try:
+                key.verify_signature(Signature(key.keyid, signature.signature), pae)
+            except UnverifiedSignatureError:
+                continue
+            return True
+    return False
+
+
 def _check_one(
     found: StoredAttestation, digest: str, repository: str, keys: Sequence[Any]
 ) -> dict[str, Any]:
     """The predicate of an attestation that holds; ValueError says what is wrong with it."""
     from securesystemslib.dsse import Envelope
-    from securesystemslib.exceptions import VerificationError
 
     if found.subject_digest != digest:
         raise ValueError(f"its manifest's subject is {found.subject_digest}, not {digest}")
@@ -244,10 +294,8 @@ def _check_one(
         raise ValueError(f"it is not a Sigstore bundle with a DSSE envelope ({exc})") from None
     if envelope.payload_type != PAYLOAD_TYPE:
         raise ValueError(f"its payload type is {envelope.payload_type!r}, not {PAYLOAD_TYPE}")
-    try:
-        envelope.verify(list(keys), 1)
-    except VerificationError:
-        raise ValueError("its signature does not verify with the given key") from None
+    if not _dsse_verifies(envelope, keys):
+        raise ValueError("its signature does not verify with the given key")
     try:
         stmt = json.loads(envelope.payload)
     except ValueError:

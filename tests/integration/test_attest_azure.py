@@ -4,6 +4,7 @@ the emulator's vault) and the emulated ACR's referrers API finds them (no tag sc
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import textwrap
 from copy import replace
@@ -58,7 +59,7 @@ def test_a_key_vault_key_signs_and_acr_lists_the_attestation_by_referrers_api(
     vault = KeyClient(acr_emulator.key_vault_url, azure_credential, verify_challenge_resource=False)
     key = vault.create_ec_key("gate-attestation", curve="P-256")
     signer = KeyVaultSigner(str(key.id), azure_credential, verify_challenge_resource=False)
-    assert signer.key_hint.startswith(f"{acr_emulator.key_vault_url}/keys/gate-attestation/")
+    assert signer.key_uri.startswith(f"{acr_emulator.key_vault_url}/keys/gate-attestation/")
 
     subject = ImageRef(acr.login_server, "node", digest=digest)
     with acr_client(acr_emulator, acr.login_server, azure_credential) as oci:
@@ -103,6 +104,14 @@ def test_a_key_vault_key_signs_and_acr_lists_the_attestation_by_referrers_api(
     assert statement["predicate"]["verifier"]["id"] == "https://gate.example/azure"
     hint = json.loads(found[0].bundle)["verificationMaterial"]["publicKey"]["hint"]
     assert hint == signer.key_hint
+    # the hint is cosign's, derived from the key (not the key URI), and no signature names
+    # another key id
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert hint == base64.b64encode(hashlib.sha256(der).digest()).decode()
+    keyids = [s["keyid"] for s in json.loads(found[0].bundle)["dsseEnvelope"]["signatures"]]
+    assert keyids == [""]
     signature = base64.b64decode(
         json.loads(found[0].bundle)["dsseEnvelope"]["signatures"][0]["sig"]
     )
