@@ -355,7 +355,8 @@ class Signer(Protocol):
 
     @property
     def key_hint(self) -> str:
-        """Names the public key (its id), for verifiers that look keys up by hint."""
+        """The bundle's key hint: base64 of the SHA-256 of the public key's DER, as cosign and
+        sigstore-go write it, for verifiers that look keys up by hint."""
         ...
 
     def sign_dsse(self, payload_type: str, payload: bytes) -> dict[str, object]:
