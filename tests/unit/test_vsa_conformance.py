@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -212,7 +213,7 @@ class Record:
 SUBJECT = ImageRef.parse(f"contosobase.azurecr.io/base/node@{DIGEST}")
 
 
-def promotion() -> bytes:
+def promotion(verifier_id: str = "urn:gated-import-gate") -> bytes:
     """A promotion's statement, with the evidence Attestor.promotion gives."""
     return statement(
         Evidence(
@@ -232,14 +233,14 @@ def promotion() -> bytes:
             log_sha256="34" * 32,
             time=WHEN,
         ),
-        "urn:gated-import-gate",
+        verifier_id,
     )
 
 
-def demotion(why: str) -> bytes:
+def demotion(why: str, verifier_id: str = "https://gate.example/test") -> bytes:
     """The statement Attestor.demotion signs (a rollback and a re-validation's demotion)."""
     signer = RecordingSigner()
-    attestor = Attestor(signer, NoStore(), "https://gate.example/test")
+    attestor = Attestor(signer, NoStore(), verifier_id)
     attestor.demotion(SUBJECT, Record(), why)  # type: ignore[arg-type]
     [payload] = signer.payloads
     return payload
@@ -373,3 +374,33 @@ def test_gate_verify_reads_promotions_and_demotions_in_either_form(old: bool) ->
     verdict = verify(SUBJECT, [stored_failed], [key])
     assert not verdict.verified
     assert "says FAILED: demoted (rolled back: Orange breaks apps)" in verdict.reason
+
+
+# -- the consumer examples match what the gate writes ---------------------------------------------
+
+
+def _conditions_hold(conditions: list[dict[str, str]], predicate: dict[str, Any]) -> bool:
+    """Kyverno's ``Equals`` conditions over ``{{ a.b }}`` paths into the predicate."""
+    for condition in conditions:
+        assert condition["operator"] == "Equals"
+        value: Any = predicate
+        for part in condition["key"].strip("{} ").split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value != condition["value"]:
+            return False
+    return True
+
+
+def test_the_kyverno_example_admits_a_promotion_and_not_a_demotion() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "examples" / "consumers" / "kyverno-policy.yaml").read_text()
+    [policy] = yaml.safe_load_all(text)
+    [image_rule] = policy["spec"]["rules"][0]["verifyImages"]
+    [wanted] = image_rule["attestations"]
+    conditions = wanted["conditions"][0]["all"]
+    verifier = next(c["value"] for c in conditions if c["key"] == "{{ verifier.id }}")
+    assert _conditions_hold(conditions, json.loads(promotion(verifier))["predicate"])
+    demoted = json.loads(demotion("rolled back: x", verifier))["predicate"]
+    assert not _conditions_hold(conditions, demoted)
