@@ -284,7 +284,7 @@ def verification_key(key: Any, where: str) -> Any:
 
 
 def _check_one(
-    found: StoredAttestation, digest: str, repository: str, keys: Sequence[Any]
+    found: StoredAttestation, digest: str, repository: str, resource: str, keys: Sequence[Any]
 ) -> dict[str, Any]:
     """The predicate of an attestation that holds; ValueError says what is wrong with it."""
     from securesystemslib.dsse import Envelope
@@ -325,6 +325,11 @@ def _check_one(
     predicate = stmt.get("predicate")
     if not isinstance(predicate, dict) or not isinstance(predicate.get("timeVerified"), str):
         raise ValueError("its predicate has no timeVerified")
+    # VSA v1.0 "How to verify": the resourceUri must be the expected one; attestations written
+    # before it became a Package URL hold <repository>@<digest>
+    named = predicate.get("resourceUri")
+    if named is not None and named not in (resource, f"{repository}@{digest}"):
+        raise ValueError(f"its resourceUri is {named!r}, not {resource}")
     return predicate
 
 
@@ -339,16 +344,17 @@ def verify(
     """Judge ``image`` (which carries its digest) by the newest attestation that verifies.
 
     Every attestation is checked (signature with one of ``keys``, manifest subject, statement
-    subject, predicate type); of those that pass, the one with the latest ``timeVerified``
+    subject, predicate type, ``resourceUri`` in either form); of those that pass, the one with the latest ``timeVerified``
     decides: it must say ``PASSED`` and be younger than ``max_age``.
     """
     assert image.digest is not None
     digest = image.digest
+    resource = resource_uri(image)
     valid: list[tuple[datetime, StoredAttestation, dict[str, Any]]] = []
     rejected: list[str] = []
     for item in found:
         try:
-            predicate = _check_one(item, digest, image.name, keys)
+            predicate = _check_one(item, digest, image.name, resource, keys)
             valid.append((_parse_time(predicate["timeVerified"]), item, predicate))
         except ValueError as exc:
             rejected.append(f"{item.digest}: {exc}")

@@ -404,3 +404,12 @@ def test_the_kyverno_example_admits_a_promotion_and_not_a_demotion() -> None:
     assert _conditions_hold(conditions, json.loads(promotion(verifier))["predicate"])
     demoted = json.loads(demotion("rolled back: x", verifier))["predicate"]
     assert not _conditions_hold(conditions, demoted)
+
+
+def test_gate_verify_rejects_an_attestation_about_another_resource() -> None:
+    body = json.loads(promotion())
+    body["predicate"]["resourceUri"] = "pkg:oci/other@sha256%3A" + "ab" * 32
+    stored, key = _signed(json.dumps(body).encode())
+    verdict = verify(SUBJECT, [stored], [key])
+    assert not verdict.verified
+    assert "its resourceUri is 'pkg:oci/other@sha256%3A" in verdict.reason
