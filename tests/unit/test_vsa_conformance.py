@@ -413,3 +413,31 @@ def test_gate_verify_rejects_an_attestation_about_another_resource() -> None:
     verdict = verify(SUBJECT, [stored], [key])
     assert not verdict.verified
     assert "its resourceUri is 'pkg:oci/other@sha256%3A" in verdict.reason
+
+
+def test_the_statement_attestor_promotion_signs_conforms(tmp_path: Path) -> None:
+    from devstack.configs import GateYaml, Rule, write_empty_task
+    from gate.config.loading import load_config
+    from gate.domain.records import GateRecord
+
+    write_empty_task(tmp_path)
+    rule = Rule("upstream.example.com/node", "contosobase.azurecr.io/base/node", tags=("15",))
+    [loaded] = load_config(GateYaml("data", (rule,)).write(tmp_path)).rules
+    record = GateRecord(
+        id="rec-1",
+        rule=loaded.name,
+        source="upstream.example.com/node:15",
+        target="contosobase.azurecr.io/base/node",
+        digest=UPSTREAM_DIGEST,
+        run_id="ca1",
+        target_tags=("15-ca1", "15"),
+        log="fake log",
+    )
+    signer = RecordingSigner()
+    Attestor(signer, NoStore(), "urn:gated-import-gate").promotion(loaded, SUBJECT, record)
+    [payload] = signer.payloads
+    body = json.loads(payload)
+    check_vsa(body)
+    predicate = body["predicate"]
+    assert predicate["policy"]["uri"] == f"gate-rule:{loaded.name}/acr-task.yaml"
+    assert predicate[attest.EXTENSION_FIELD]["runId"] == "ca1"
