@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from gate.domain.durations import AGE, DurationError, parse_duration
 from gate.domain.ref import ImageRef
@@ -103,6 +102,16 @@ def now_text(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _pct(text: str, safe: str = "") -> str:
+    """``text`` percent-encoded per RFC 3986 2.1 (UTF-8), keeping unreserved characters and
+    ``safe``; written here because the domain imports no ``urllib`` (a network package)."""
+    keep = _UNRESERVED | frozenset(safe.encode())
+    return "".join(chr(b) if b in keep else f"%{b:02X}" for b in text.encode())
+
+
 def policy_uri(rule: str, task: str = "") -> str:
     """The ``policy.uri`` of a rule's verdict: ``gate-rule:<rule>[/<task file>]``.
 
@@ -110,8 +119,8 @@ def policy_uri(rule: str, task: str = "") -> str:
     name gives a valid RFC 3986 URI. A demotion names the rule alone: it withdraws the verdict,
     no task ran.
     """
-    uri = f"{POLICY_SCHEME}:{quote(rule or 'unnamed', safe='')}"
-    return f"{uri}/{quote(task, safe='/')}" if task else uri
+    uri = f"{POLICY_SCHEME}:{_pct(rule or 'unnamed', safe='')}"
+    return f"{uri}/{_pct(task, safe='/')}" if task else uri
 
 
 def resource_uri(image: ImageRef) -> str:
@@ -125,8 +134,8 @@ def resource_uri(image: ImageRef) -> str:
     assert image.digest is not None
     last = image.repository.rsplit("/", 1)[-1]
     return (
-        f"pkg:oci/{quote(last.lower(), safe='')}@{quote(image.digest, safe='')}"
-        f"?repository_url={quote(image.name, safe='/:')}"
+        f"pkg:oci/{_pct(last.lower(), safe='')}@{_pct(image.digest, safe='')}"
+        f"?repository_url={_pct(image.name, safe='/:')}"
     )
 
 
