@@ -353,8 +353,8 @@ def verify(
     """Judge ``image`` (which carries its digest) by the newest attestation that verifies.
 
     Every attestation is checked (signature with one of ``keys``, manifest subject, statement
-    subject, predicate type, ``resourceUri`` in either form); of those that pass, the one with the latest ``timeVerified``
-    decides: it must say ``PASSED`` and be younger than ``max_age``.
+    subject, predicate type, ``resourceUri`` in either form); of those that pass, the one with
+    the latest ``timeVerified`` decides: it must say ``PASSED`` and be younger than ``max_age``.
     """
     assert image.digest is not None
     digest = image.digest
