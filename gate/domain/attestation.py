@@ -3,11 +3,15 @@
 What is signed: an in-toto Statement v1 (https://github.com/in-toto/attestation/blob/main/spec/
 v1/statement.md) whose subject is the promoted manifest (target repository, sha256 digest) and
 whose predicate is a SLSA Verification Summary v1 (https://slsa.dev/spec/v1.0/verification_summary):
-``verifier.id``, ``timeVerified``, ``resourceUri``, ``policy`` (the validation folder's content
-digest), ``verificationResult`` (``PASSED``; ``FAILED`` once the digest is demoted) and
-``verifiedLevels``, plus the gate's own ``gate`` object (upstream, rule, run id, record id, task
-file digest, validation log digest, stable tag, status and reason). Consumers ignore fields they do
-not know (in-toto's parsing rules), so the extra object does not disturb them.
+``verifier.id``, ``timeVerified``, ``resourceUri`` (the subject as a ``pkg:oci`` Package URL),
+``policy`` (a ``gate-rule:`` URI and, for a promotion, the validation folder's content digest),
+``verificationResult`` (``PASSED``; ``FAILED`` once the digest is demoted or rolled back),
+``verifiedLevels`` (``FAILED`` with a FAILED result, as VSA v1.0 prescribes) and ``slsaVersion``,
+plus the gate's own object under the URI :data:`EXTENSION_FIELD` (upstream, rule, run id, record
+id, task file digest, validation log digest, stable tag, status and reason): VSA v1.0 lets
+producers add extension fields named by URIs, and consumers ignore fields they do not know.
+Attestations written before that object was renamed hold it under ``gate``; :func:`verify` reads
+both.
 
 How it is wrapped: a DSSE envelope (https://github.com/secure-systems-lab/dsse/blob/master/
 envelope.md, payload type ``application/vnd.in-toto+json``) inside a Sigstore bundle v0.3
@@ -42,6 +46,15 @@ FAILED = "FAILED"
 # VSA v1 requires verifiedLevels; the gate checks a validation run, not SLSA build provenance,
 # so it claims the level that promises nothing about the build (SLSA v1.0 "Build L0").
 _LEVELS = ("SLSA_BUILD_LEVEL_0",)
+# VSA v1.0: verifiedLevels holds "FAILED" if policy verification failed
+_FAILED_LEVELS = (FAILED,)
+SLSA_VERSION = "1.0"
+# VSA v1.0 parsing rules: producers MAY add extension fields using field names that are URIs. The
+# urn: namespace is the one the default verifier.id uses.
+EXTENSION_FIELD = "urn:gated-import-gate:evidence:v1"
+# what attestations written before the rename call it; verify() still reads them
+LEGACY_EXTENSION_FIELD = "gate"
+POLICY_SCHEME = "gate-rule"
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,53 @@ def now_text(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _pct(text: str, safe: str = "") -> str:
+    """``text`` percent-encoded per RFC 3986 2.1 (UTF-8), keeping unreserved characters and
+    ``safe``; written here because the domain imports no ``urllib`` (a network package)."""
+    keep = _UNRESERVED | frozenset(safe.encode())
+    return "".join(chr(b) if b in keep else f"%{b:02X}" for b in text.encode())
+
+
+def policy_uri(rule: str, task: str = "") -> str:
+    """The ``policy.uri`` of a rule's verdict: ``gate-rule:<rule>[/<task file>]``.
+
+    VSA v1.0 requires a ``uri`` in ``policy``; rule and task are percent-encoded so that any rule
+    name gives a valid RFC 3986 URI. A demotion names the rule alone: it withdraws the verdict,
+    no task ran.
+    """
+    uri = f"{POLICY_SCHEME}:{_pct(rule or 'unnamed', safe='')}"
+    return f"{uri}/{_pct(task, safe='/')}" if task else uri
+
+
+def resource_uri(image: ImageRef) -> str:
+    """``image`` (which carries its digest) as a Package URL of type ``oci``, an RFC 3986 URI.
+
+    in-toto's ResourceURI recommends Package URLs; the purl ``oci`` type names the image by the
+    last path segment of its repository, versions it by the digest (its ``:`` percent-encoded)
+    and says where it is in ``repository_url`` (registry host and repository, no scheme), as in
+    ``pkg:oci/node@sha256%3A...?repository_url=registry.example/base/node``.
+    """
+    assert image.digest is not None
+    last = image.repository.rsplit("/", 1)[-1]
+    return (
+        f"pkg:oci/{_pct(last.lower(), safe='')}@{_pct(image.digest, safe='')}"
+        f"?repository_url={_pct(image.name, safe='/:')}"
+    )
+
+
+def extension(predicate: dict[str, Any]) -> dict[str, Any]:
+    """The gate's own object in a VSA predicate, under its URI or (older attestations) ``gate``;
+    empty if there is none."""
+    for key in (EXTENSION_FIELD, LEGACY_EXTENSION_FIELD):
+        found = predicate.get(key)
+        if isinstance(found, dict):
+            return found
+    return {}
+
+
 def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
@@ -107,6 +167,7 @@ class Evidence:
     stable_tag: str
     upstream: str = ""
     upstream_digest: str = ""
+    # empty: the rule's own policy URI (policy_uri(rule))
     policy_uri: str = ""
     policy_digest: str = ""
     task_digest: str = ""
@@ -127,14 +188,19 @@ def statement(evidence: Evidence, verifier_id: str) -> bytes:
     subject = evidence.subject
     assert subject.digest is not None
     algorithm, hexdigest = subject.digest.split(":", 1)
+    policy: dict[str, Any] = {"uri": evidence.policy_uri or policy_uri(evidence.rule)}
+    if evidence.policy_digest:
+        # a DigestSet holds real digests only: a demotion has no policy content to digest
+        policy["digest"] = {"sha256": evidence.policy_digest}
     predicate: dict[str, Any] = {
         "verifier": {"id": verifier_id, "version": {"gated-import-gate": gate.__version__}},
         "timeVerified": now_text(evidence.time),
-        "resourceUri": f"{subject.name}@{subject.digest}",
-        "policy": {"uri": evidence.policy_uri, "digest": {"sha256": evidence.policy_digest}},
+        "resourceUri": resource_uri(subject),
+        "policy": policy,
         "verificationResult": evidence.result,
-        "verifiedLevels": list(_LEVELS),
-        "gate": {
+        "verifiedLevels": list(_LEVELS if evidence.result == PASSED else _FAILED_LEVELS),
+        "slsaVersion": SLSA_VERSION,
+        EXTENSION_FIELD: {
             "status": evidence.status,
             "reason": evidence.reason,
             "rule": evidence.rule,
@@ -278,7 +344,7 @@ def _dsse_verifies(envelope: Any, keys: Sequence[Any]) -> bool:
 
 
 def _check_one(
-    found: StoredAttestation, digest: str, repository: str, keys: Sequence[Any]
+    found: StoredAttestation, digest: str, repository: str, resource: str, keys: Sequence[Any]
 ) -> dict[str, Any]:
     """The predicate of an attestation that holds; ValueError says what is wrong with it."""
     from securesystemslib.dsse import Envelope
@@ -316,6 +382,11 @@ def _check_one(
     predicate = stmt.get("predicate")
     if not isinstance(predicate, dict) or not isinstance(predicate.get("timeVerified"), str):
         raise ValueError("its predicate has no timeVerified")
+    # VSA v1.0 "How to verify": the resourceUri must be the expected one; attestations written
+    # before it became a Package URL hold <repository>@<digest>
+    named = predicate.get("resourceUri")
+    if named is not None and named not in (resource, f"{repository}@{digest}"):
+        raise ValueError(f"its resourceUri is {named!r}, not {resource}")
     return predicate
 
 
@@ -330,16 +401,17 @@ def verify(
     """Judge ``image`` (which carries its digest) by the newest attestation that verifies.
 
     Every attestation is checked (signature with one of ``keys``, manifest subject, statement
-    subject, predicate type); of those that pass, the one with the latest ``timeVerified``
-    decides: it must say ``PASSED`` and be younger than ``max_age``.
+    subject, predicate type, ``resourceUri`` in either form); of those that pass, the one with
+    the latest ``timeVerified`` decides: it must say ``PASSED`` and be younger than ``max_age``.
     """
     assert image.digest is not None
     digest = image.digest
+    resource = resource_uri(image)
     valid: list[tuple[datetime, StoredAttestation, dict[str, Any]]] = []
     rejected: list[str] = []
     for item in found:
         try:
-            predicate = _check_one(item, digest, image.name, keys)
+            predicate = _check_one(item, digest, image.name, resource, keys)
             valid.append((_parse_time(predicate["timeVerified"]), item, predicate))
         except ValueError as exc:
             rejected.append(f"{item.digest}: {exc}")
@@ -365,9 +437,7 @@ def verify(
         return verdict(False, "no attached attestation verifies: " + "; ".join(rejected))
     newest = max(valid, key=lambda v: v[0])
     when, _, predicate = newest
-    gate_part = predicate.get("gate")
-    if not isinstance(gate_part, dict):
-        gate_part = {}
+    gate_part = extension(predicate)
     if predicate.get("verificationResult") != PASSED:
         reason = (
             f"the newest attestation ({predicate['timeVerified']}) says "

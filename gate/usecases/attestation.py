@@ -21,6 +21,7 @@ from gate.domain.attestation import (
     bundle,
     folder_digest,
     now_text,
+    policy_uri,
     statement,
     verify,
 )
@@ -68,7 +69,7 @@ class Attestor:
                 stable_tag=record.target_tags[-1],
                 upstream=upstream.name,
                 upstream_digest=record.digest or "",
-                policy_uri=f"gate-rule:{rule.name}/{rule.validation.task}",
+                policy_uri=policy_uri(rule.name, str(rule.validation.task)),
                 policy_digest=folder_digest(folder),
                 task_digest=hashlib.sha256(task.read_bytes()).hexdigest() if task.is_file() else "",
                 log_sha256=hashlib.sha256(record.log.encode()).hexdigest(),

@@ -219,9 +219,13 @@ def test_a_promotion_carries_an_attestation_that_verifies_independently(
     predicate = statement["predicate"]
     assert predicate["verificationResult"] == "PASSED"
     assert predicate["verifier"]["id"] == "https://gate.example/test"
-    assert predicate["resourceUri"] == f"{setup.target.host}/node@{digest}"
+    assert predicate["resourceUri"] == (
+        f"pkg:oci/node@{digest.replace(':', '%3A')}?repository_url={setup.target.host}/node"
+    )
     assert len(predicate["policy"]["digest"]["sha256"]) == 64
-    gate = predicate["gate"]
+    assert predicate["verifiedLevels"] == ["SLSA_BUILD_LEVEL_0"]
+    gate = predicate["urn:gated-import-gate:evidence:v1"]
+    assert predicate["policy"]["uri"] == f"gate-rule:{gate['rule']}/acr-task.yaml"
     assert gate["recordId"] == record.id and gate["runId"] == record.run_id
     assert gate["upstream"] == f"{setup.upstream.host}/node" and gate["upstreamDigest"] == digest
     assert gate["validationLogDigest"]["sha256"] == hashlib.sha256(b"fake log").hexdigest()

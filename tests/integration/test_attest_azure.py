@@ -201,7 +201,7 @@ def test_the_azure_gate_in_push_mode_attests_with_its_key_vault_key(
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     statement = independent_check(pem, found[0].bundle)
-    assert statement["predicate"]["gate"]["recordId"] == record.id
+    assert statement["predicate"]["urn:gated-import-gate:evidence:v1"]["recordId"] == record.id
     assert verify(subject, found, [load_public_key(pem, "vault key")]).verified
 
 
