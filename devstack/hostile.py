@@ -39,6 +39,7 @@ BEHAVIOURS = frozenset(
         "blob-redirect-metadata",  # blob GETs redirect to the cloud instance metadata address
         "blob-redirect-file",  # blob GETs redirect to file:///etc/passwd
         "blob-redirect-loopback",  # blob GETs redirect to the upstream itself (another port)
+        "blob-redirect-loop",  # blob GETs redirect to themselves, for ever
         "blob-flip",  # blob GETs answer the right length with one byte flipped
         "realm-foreign",  # bearer challenge with a realm on ``foreign``
         "realm-link-local",  # bearer challenge with a realm at 169.254.169.254
@@ -78,6 +79,7 @@ class HostileRegistry:
         self.foreign = "127.0.0.1:9"
         self.basic: tuple[str, str] | None = None
         self.seen: list[Seen] = []
+        self.loops = 0  # redirects answered in "blob-redirect-loop"
         self._canned: dict[str, tuple[bytes, str]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -258,6 +260,10 @@ class HostileRegistry:
                         return True
                     if mode == "blob-redirect-file":
                         self._answer(307, b"", {"Location": "file:///etc/passwd"})
+                        return True
+                    if mode == "blob-redirect-loop":
+                        hostile.loops += 1
+                        self._answer(307, b"", {"Location": path})
                         return True
                 return False
 

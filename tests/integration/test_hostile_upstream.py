@@ -25,6 +25,7 @@ from devstack.registry import RegistryProcess
 from gate.adapters.registry import tags as tags_module
 from gate.adapters.registry.copy import MAX_INDEX_DEPTH, MAX_MANIFESTS
 from gate.adapters.registry.guard import address_class
+from gate.adapters.registry.http import MAX_REDIRECTS
 from gate.adapters.registry.oci import OCI_MANIFEST, HostSettings, OciRegistry
 from gate.adapters.registry.tags import MAX_PAGES
 from gate.config.loading import load_config
@@ -363,6 +364,16 @@ def test_a_blob_redirect_off_the_web_is_not_followed(
 
     assert isinstance(error, RegistryMisbehaved)
     assert said in error.message
+    assert open_uploads(stage.target) == []
+
+
+def test_a_blob_redirect_loop_is_cut_after_a_few_hops(stage: Stage) -> None:
+    error = refused(stage, "blob-redirect-loop")
+
+    assert isinstance(error, RegistryMisbehaved)
+    # the blob GET and its redirects, then refused (a loop is no transient failure)
+    assert stage.hostile.loops == MAX_REDIRECTS + 1
+    assert "redirect" in error.message.lower()
     assert open_uploads(stage.target) == []
 
 

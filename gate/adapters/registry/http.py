@@ -75,6 +75,8 @@ ANSWER_LIMIT = 1 << 20
 _ERROR_LIMIT = 64 << 10
 """The most the gate reads of an error body: enough for any registry's error JSON."""
 _BLOB_RATE = float(1 << 20)
+MAX_REDIRECTS = 5
+"""The most redirects one request follows (httpx's default is 20)."""
 
 
 # stamina logs every scheduled retry at WARNING (its default hook logs to the "stamina" logger);
@@ -247,6 +249,11 @@ class RegistryHttp:
             transport=GuardedTransport(transport or _TlsOnFirstUse(), deadline=self.deadline),
             timeout=httpx.Timeout(timeout),
             headers={"User-Agent": _USER_AGENT},
+            # only blob GETs follow redirects (ACR: one 307 to its storage; Docker Hub: one to
+            # its CDN); each hop passes the guard's address policy, carries no credential (the
+            # auth flow answers only the registry's own origin) and stays within the answer's
+            # deadline; a chain longer than this is the peer's, not a registry's
+            max_redirects=MAX_REDIRECTS,
         )
         self._tokens = TokenCache()
 
