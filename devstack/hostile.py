@@ -20,8 +20,9 @@ import http.client
 import json
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
+
+from devstack.process import ThreadedServer
 
 BEHAVIOURS = frozenset(
     {
@@ -65,7 +66,7 @@ class Seen:
     authorization: str
 
 
-class HostileRegistry:
+class HostileRegistry(ThreadedServer):
     """A registry on ``127.0.0.1:PORT`` that forwards to ``upstream`` or misbehaves.
 
     ``basic`` (``(user, password)``) makes it demand those credentials itself (``realm-*``
@@ -83,14 +84,12 @@ class HostileRegistry:
         self._canned: dict[str, tuple[bytes, str]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        super().__init__(self._handler())
 
     @property
     def host(self) -> str:
         """``127.0.0.1:PORT``: the registry part of image references."""
-        return f"127.0.0.1:{self._server.server_address[1]}"
+        return f"127.0.0.1:{self.port}"
 
     def misbehave(self, behaviour: str) -> None:
         """Switch to ``behaviour`` (one of :data:`BEHAVIOURS`)."""
@@ -109,28 +108,10 @@ class HostileRegistry:
         with self._lock:
             return [seen for seen in self.seen if fragment in seen.path]
 
-    def start(self) -> HostileRegistry:
-        """Serve on a background thread."""
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
         """Stop serving (endless answers end at once) and close the listening socket."""
         self._stop.set()
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> HostileRegistry:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().stop()
 
     def _record(self, method: str, path: str, authorization: str) -> None:
         with self._lock:

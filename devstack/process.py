@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -29,6 +31,31 @@ class Service:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class ThreadedServer(Service):
+    """An HTTP server of our own on a loopback port, served by a background thread."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port it listens on."""
+        return int(self._server.server_address[1])
+
+    def start(self) -> Self:
+        """Serve on a background thread."""
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket."""
+        self._server.shutdown()
+        self._server.server_close()
 
 
 def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:

@@ -20,9 +20,10 @@ import json
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from devstack.process import ThreadedServer
 
 _HOP_BY_HOP = frozenset(
     {
@@ -37,7 +38,7 @@ _HOP_BY_HOP = frozenset(
 )
 
 
-class LatencyProxy:
+class LatencyProxy(ThreadedServer):
     """Forwards to ``upstream`` with ``latency`` seconds added per request; counts requests."""
 
     def __init__(self, upstream: str, *, latency: float = 0.05) -> None:
@@ -53,14 +54,12 @@ class LatencyProxy:
         self.page_tags = False
         self._too_many: str | None = None
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        super().__init__(self._handler())
 
     @property
     def host(self) -> str:
         """``127.0.0.1:PORT`` of the proxy: the registry part of image references."""
-        return f"127.0.0.1:{self._server.server_address[1]}"
+        return f"127.0.0.1:{self.port}"
 
     @property
     def total(self) -> int:
@@ -83,28 +82,6 @@ class LatencyProxy:
     def throttle(self, retry_after: str | None) -> None:
         """Answer every request with 429 and this ``Retry-After`` (None: forward again)."""
         self._too_many = retry_after
-
-    def start(self) -> LatencyProxy:
-        """Serve on a background thread."""
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket."""
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> LatencyProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _enter(self) -> None:
         with self._lock:
