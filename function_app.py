@@ -57,7 +57,25 @@ def keeper() -> Gatekeeper:
     """The gate's adapters, built once per process (this is where Azure SDKs get imported)."""
     from gate.compose import build_gatekeeper
 
+    _check_queue_budget()
     return build_gatekeeper(config())
+
+
+def _check_queue_budget() -> None:
+    """Say at start-up when host.json retries a failing request for less time than the
+    configuration's longest validation takes (gate/usecases/queueing.py): a request would then
+    reach the poison queue while its digest may still be validated."""
+    import json
+
+    from gate.errors import GateError
+    from gate.usecases.queueing import budget_problem
+
+    try:
+        problem = budget_problem(json.loads((HERE / "host.json").read_text()), config())
+    except (OSError, ValueError, GateError) as exc:
+        problem = f"host.json could not be checked: {exc}"
+    if problem:
+        log.error("queue retry budget: %s", problem)
 
 
 def _event_dict(event: func.EventGridEvent | func.CloudEvent) -> dict[str, Any]:

@@ -44,6 +44,16 @@ class StorageRequestQueue:
         """The queue's name."""
         return str(self._client.queue_name)
 
+    @property
+    def url(self) -> str:
+        """The queue's URL (no credential in it)."""
+        return str(self._client.url).split("?", 1)[0]
+
+    @property
+    def credential(self) -> Any:
+        """The credential the queue is reached with (None for a connection string's key)."""
+        return self._client.credential
+
     @classmethod
     def from_settings(
         cls,

@@ -148,11 +148,12 @@ def revalidate_queued(
     )
     try:
         keeper.ledger.add(marker)
-    except LedgerError:
+    except LedgerError as refused:
         try:
             taken = keeper.ledger.get(marker.id)
         except NotFound:
-            raise  # the ledger failed: the queue delivers the request again
+            # not a duplicate: the ledger failed, and the queue delivers the request again
+            raise refused from None
         return [], taken, f"record {taken.id} has this re-validation pass of rule {rule.name}"
     results = revalidate_rule(keeper, rule, trigger=trigger)
     problems = [why for r in results if (why := _unchecked(r))]

@@ -313,3 +313,24 @@ def test_the_shipped_host_json_covers_every_example_configuration(
     assert budget_problem(shipped, config) == ""
     # the worker puts requests back base64-encoded, as host.json tells the trigger to read them
     assert shipped["extensions"]["queues"]["messageEncoding"] == "base64"
+
+
+def test_config_check_refuses_a_host_json_whose_retries_are_too_short(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from gate.entrypoints.cli import main
+    from tests.unit.test_service import write_config
+
+    config = write_config(tmp_path)
+    short = tmp_path / "host.json"
+    short.write_text(json.dumps(host("00:01:00", 5)))
+
+    refused = CliRunner().invoke(main, ["config", "check", str(config), "--host-json", str(short)])
+    passed = CliRunner().invoke(
+        main, ["config", "check", str(config), "--host-json", str(ROOT / "host.json")]
+    )
+
+    assert refused.exit_code == 2 and "retries a failing gate request for 240 s" in refused.output
+    assert "raise extensions.queues.visibilityTimeout to at least 240 s" in refused.output
+    assert passed.exit_code == 0, passed.output
+    assert "queue retries cover the longest validation (960 s)" in passed.output
