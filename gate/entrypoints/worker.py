@@ -115,9 +115,8 @@ def _postpone(
     if queue is None or request.postponed >= limit:
         why = "no queue to put it back on" if queue is None else f"put back {limit} times"
         _log.warning(
-            "request for record %s settled as a duplicate (%s): record %s (%s) is its "
-            "holder's, whose outcome will be the record",
-            holder.id,
+            "a request settled as a duplicate (%s): record %s (%s) is its holder's, whose "
+            "outcome will be the record",
             why,
             holder.id,
             holder.state,
