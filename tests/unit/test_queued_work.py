@@ -334,3 +334,23 @@ def test_config_check_refuses_a_host_json_whose_retries_are_too_short(tmp_path: 
     assert "raise extensions.queues.visibilityTimeout to at least 240 s" in refused.output
     assert passed.exit_code == 0, passed.output
     assert "queue retries cover the longest validation (960 s)" in passed.output
+
+
+def test_the_function_app_logs_a_host_json_too_short_for_its_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import function_app
+    from tests.unit.test_service import write_config
+
+    config = load_config(write_config(tmp_path))
+    (tmp_path / "host.json").write_text(json.dumps(host("00:01:00", 5)))
+    monkeypatch.setattr(function_app, "HERE", tmp_path)
+    monkeypatch.setattr(function_app, "config", lambda: config)
+
+    with caplog.at_level(logging.ERROR):
+        function_app._check_queue_budget()
+
+    [line] = [r.getMessage() for r in caplog.records if "queue retry budget" in r.getMessage()]
+    assert "host.json retries a failing gate request for 240 s" in line
