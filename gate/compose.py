@@ -315,15 +315,15 @@ def _signatures(
     if not any(rule.signature_keys for rule in config.rules):
         return None
 
-    def read_key_vault_key(uri: str) -> Any:
-        from gate.adapters.signers import key_vault_public_key
+    def read_key_vault_key(uri: str) -> list[Any]:
+        from gate.adapters.signers import key_vault_public_keys
 
         nonlocal credential
         if credential is None:
             from azure.identity import DefaultAzureCredential
 
             credential = DefaultAzureCredential()
-        return key_vault_public_key(uri, credential)
+        return key_vault_public_keys(uri, credential)
 
     def make() -> SignatureStore:
         from gate.adapters.registry.referrers import CosignSignatureReader
