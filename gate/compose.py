@@ -485,6 +485,8 @@ def azure_gatekeeper(
             custom_registries=custom_registries,
             # what {{.Run.Registry}} is in a run: whether its task file uses the runner registry
             login_server=azure.runner.login_server,
+            # the location of its task runs (TaskRun.location): the runner registry's region
+            location=azure.runner.location,
             # the user-assigned identity every validation task run carries (config requires
             # it when a run logs in anywhere)
             identity_resource_id=identity.resource_id if identity else None,

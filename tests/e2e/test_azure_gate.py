@@ -107,6 +107,7 @@ azure:
     name: {base.name}
     resource_group: {base.resource_group}
     login_server: "{base.login_server}"
+    location: {emulator.location}
     identity: {{resource_id: "{runner.resource_id}", client_id: "{runner.client_id}"}}
 {ledger}rules:
   - name: node
@@ -127,9 +128,11 @@ def quick(keeper: Gatekeeper, emulator: AcrEmulator, base: EmulatedRegistry) -> 
     built = keeper.validator.port()
     assert isinstance(built, AcrTaskRunValidator)
     assert built.login_server == base.login_server  # azure.runner.login_server
+    assert built.location == emulator.location  # azure.runner.location
     validator = AcrTaskRunValidator(
         custom_registries=built.custom_registries,
         login_server=built.login_server,
+        location=built.location,
         identity_resource_id=built.identity_resource_id,
         identity_client_id=built.identity_client_id,
         credential=emulator.credential(),

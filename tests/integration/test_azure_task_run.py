@@ -1358,3 +1358,18 @@ def test_a_run_that_never_leaves_the_queue_is_cancelled_after_the_queue_bound_an
     assert calls(env, runner, "cancelRun")[:3] == [429, 200, 200]  # ours, then the blocker's
     run = next(r for r in runs_of(env.emulator, runner.name) if r.run_id == result.run_id)
     assert run.status == "Canceled" and run.start_time is None
+
+
+@pytest.mark.podman
+def test_the_task_run_carries_the_runner_registrys_location_and_arm_echoes_it(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    # kept after its deletion, so that the resource ARM stored can be looked at
+    env.emulator.faults.add(task_run_survives_delete=True, times=DELETE_ATTEMPTS)
+    with make_validator(env, runner, location=env.emulator.location) as validator:
+        result = validator.validate(request_for(env.green, key="loc1"), lambda _: None)
+    assert result.outcome is Outcome.PASSED, result.log
+    (kept,) = task_runs_of(env.emulator, runner.name).values()
+    assert kept.location == env.emulator.location == "westeurope"
+    shown = arm(env)("GET", f"{kept.resource_id()}?api-version={API}")
+    assert shown.json()["location"] == "westeurope"

@@ -246,7 +246,8 @@ class AcrTaskRunValidator:
     rule (:func:`~gate.adapters.validation.acr_run_scope.run_registries`). ``login_server``
     is the runner registry's (what ``{{.Run.Registry}}`` is in a run): a run logs in there only
     when its task file uses it (``loginMode``, see :mod:`~gate.adapters.validation.
-    acr_run_scope`). Custom registries need the identity; without any, the identity is optional
+    acr_run_scope`). ``location`` (the runner registry's region, ``runner.location`` in the
+    configuration) is each task run's ``location``. Custom registries need the identity; without any, the identity is optional
     (a task run without one pulls anonymously).
     ``client_kwargs`` go to the SDK client (``connection_verify``, ``credential_scopes``…), but
     its ``retry_*`` keys (``retry_status``, ``retry_after_max``…) configure the
@@ -265,6 +266,7 @@ class AcrTaskRunValidator:
         arm_endpoint: str = "https://management.azure.com",
         custom_registries: Mapping[str, tuple[str, str] | None] | None = None,
         login_server: str | None = None,
+        location: str | None = None,
         identity_resource_id: str | None = None,
         identity_client_id: str | None = None,
         os: str = "Linux",
@@ -301,6 +303,7 @@ class AcrTaskRunValidator:
             )
         self.identity_resource_id = identity_resource_id or None
         self.identity_client_id = identity_client_id or None
+        self.location = location or None
         self.os = os
         self.architecture = architecture
         self.poll_initial = poll_initial
@@ -463,6 +466,7 @@ class AcrTaskRunValidator:
                     registries, self.identity_client_id, login_mode=login_mode
                 ),
                 identity_resource_id=self.identity_resource_id,
+                location=self.location,
             ),
             # without a Retry-After from ARM, poll the creation at our own pace
             polling_interval=self.poll_initial,
