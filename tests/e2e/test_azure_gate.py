@@ -128,7 +128,6 @@ def quick(keeper: Gatekeeper, emulator: AcrEmulator, base: EmulatedRegistry) -> 
     built = keeper.validator.port()
     assert isinstance(built, AcrTaskRunValidator)
     assert built.login_server == base.login_server  # azure.runner.login_server
-    assert built.location == emulator.location  # azure.runner.location
     validator = AcrTaskRunValidator(
         custom_registries=built.custom_registries,
         login_server=built.login_server,
@@ -194,6 +193,18 @@ def test_walkthrough_on_azure_promotes_green_and_stops_red(cloud: Cloud) -> None
         State.PROMOTED,
     ]
     assert cloud.runs() == 3
+
+
+def test_the_runner_registrys_configured_location_is_its_task_runs_location(
+    cloud: Cloud,
+) -> None:
+    keeper = build_gatekeeper(
+        load_config(cloud.config_path), credential=cloud.emulator.credential()
+    )
+    assert isinstance(keeper.validator, LazyValidator)
+    built = keeper.validator.port()
+    assert isinstance(built, AcrTaskRunValidator)
+    assert built.location == cloud.emulator.location == "westeurope"  # azure.runner.location
 
 
 def test_duplicate_costs_no_arm_call(cloud: Cloud) -> None:
