@@ -25,7 +25,7 @@ So a ``Retry-After: 3600`` would hold a worker for an hour per retry. :class:`Bo
 keeps azure-core's decisions and counters and adds one rule: an answer asking for a wait longer
 than ``retry_after_max`` is **not** retried (retrying sooner is pointless, ARM would not process
 it); its error reaches the caller at once, which decides (a validation keeps polling until its
-own deadline, or fails retryably). Every wait is then at most ``retry_after_max``, and a request
+own deadline, or FAILS, which says nothing against the image). Every wait is then at most ``retry_after_max``, and a request
 takes at most ``retry_status`` of them: its total wait is bounded by
 ``retry_status * retry_after_max``.
 """

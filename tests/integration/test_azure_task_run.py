@@ -1348,7 +1348,7 @@ def test_a_run_that_never_leaves_the_queue_is_cancelled_after_the_queue_bound_an
             result = validator.validate(request_for(env.green, timeout_seconds=1), lambda _: None)
     finally:
         arm(env)("POST", f"{runner.resource_id}/runs/{blocker}/cancel?api-version={API}")
-    assert result.outcome is Outcome.FAILED  # retried later, never REJECTED
+    assert result.outcome is Outcome.FAILED  # says nothing about the image: never REJECTED
     assert result.reason.startswith(
         f"run {result.run_id} waited in ACR's queue on registry {runner.name} for more than "
         "30 s without starting; it was cancelled."

@@ -32,7 +32,7 @@ resource, with the ``azure-mgmt-containerregistrytasks`` client (api-version
    cancelled and the validation FAILS; ACR's own run timeout normally ends it first. The queue
    wait is bounded separately: a run still ``Queued`` ``max_queue_wait`` seconds
    (:data:`MAX_QUEUE_WAIT`) after following began is cancelled and the validation FAILS
-   (retried later, as every FAILED one), its reason saying it never started. Both clocks are
+   (not REJECTED: it says nothing about the image), its reason saying it never started. Both clocks are
    the gate's own (a resumed run starts them afresh); the run's ``createTime``/``startTime``
    are ACR's clock and are not compared with ours;
 5. ``runs.get_log_sas_url`` and a GET of that blob: the log, secrets masked, is returned;
@@ -171,7 +171,8 @@ MAX_QUEUE_WAIT = 900.0
 Half the Functions invocation limit (``functionTimeout`` 30 min in host.json), leaving the
 other half to the run itself at the default validation timeout (600 s) and its margin; a run
 that waited this long means the runner registry is saturated, and cancelling it (a FAILED
-validation, gated again later) frees its place instead of adding to the queue.
+validation, which says nothing against the image) frees its place instead of adding to the
+queue.
 """
 
 MAX_EARLIER_ATTEMPTS = 5
@@ -675,8 +676,9 @@ class AcrTaskRunValidator:
         reason = (
             f"run {run_id} waited in ACR's queue on registry {self.registry} for more than "
             f"{self.max_queue_wait:g} s without starting; {canceled}. The registry runs as many "
-            "runs at once as ACR lets it: the validation is retried later; if this recurs, "
-            "spread the rules' validations over time or over another runner registry"
+            "runs at once as ACR lets it: gate the image again later ('gate run --force'); if "
+            "this recurs, spread the rules' validations over time or over another runner "
+            "registry"
         )
         log.warning("%s", reason)
         return ValidationResult(
