@@ -70,7 +70,9 @@ ARM calls per validation: upload URL 1, PUT 1, one ``Azure-AsyncOperation`` poll
 ``Retry-After`` until the creation ends, the SDK's final GET of the task run 1, one ``runs.get``
 per poll, log URL 1, DELETE 1 and its verifying GET 1 (the blob PUT and GET go to Storage, not
 ARM). A run of ``T`` seconds takes about ``log2(T)`` polls while the interval grows, then one per
-``poll_max``.
+``poll_max``; a run waiting in ACR's queue is polled the same way. Each throttled (429) or failing
+(5xx) answer adds one retry of that request, at most ``ARM_RETRY_STATUS`` per request, none
+after a ``Retry-After`` beyond ``ARM_RETRY_AFTER_MAX`` (:mod:`gate.adapters.arm_retry`).
 
 Outcomes: ``Succeeded`` is PASSED. ``Failed`` with a failing step in the log is REJECTED, the
 reason naming the step and its last output lines, parsed from ACR's log lines
