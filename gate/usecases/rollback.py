@@ -128,7 +128,8 @@ def move_stable_tag(
     ``record`` advanced to ``state`` (a rollback or a demotion), for the caller to store.
 
     ``why`` goes into the attestation ("rolled back: …", "demoted by re-validation: …"), and
-    ``reason`` into the record, followed by what became of the attestation. A rollback or
+    ``reason`` into the record, followed by what became of the attestation and, with a
+    signatory, of the gate's signatures (``current``'s removed, ``record.digest`` signed). A rollback or
     demotion is an emergency measure: a failure to attest does not stop it, but it is logged and
     said in the record. Only the stable tag moves; the run-ID tags of both digests stay where
     they are.
@@ -146,8 +147,44 @@ def move_stable_tag(
                 "record %s: the demotion of %s was not attested: %s", record.id, image, exc.message
             )
             said = f"; the demotion of {current} could NOT be attested: {exc.message}"
+    said += _move_signature(keeper, repo, record, current)
     keeper.registry.copy(repo.with_digest(record.digest).pinned(), repo, tags=(stable,))
     return record.advance(state, attestation=attested, reason=reason + said)
+
+
+def _move_signature(keeper: Gatekeeper, repo: ImageRef, record: GateRecord, current: str) -> str:
+    """Remove the gate's signature of ``current`` and sign ``record.digest`` (the digest the
+    stable tag moves to), so that "signed by the gate" stays "currently approved"; what became of
+    each, for the record. Like the demotion attestation, neither failure stops the move: each is
+    logged and said in the record."""
+    if keeper.signatory is None:
+        return ""
+    assert record.digest is not None
+    said = ""
+    try:
+        said += f"; signature of {current}: {keeper.signatory.unsign(repo.with_digest(current))}"
+    except GateError as exc:
+        _log.warning(
+            "record %s: the gate's signature of %s@%s was NOT removed: %s",
+            record.id,
+            repo.name,
+            current,
+            exc.message,
+        )
+        said += (
+            f"; the gate's signature of {current} could NOT be removed (it still verifies as "
+            f"approved; remove it by hand or roll back again): {exc.message}"
+        )
+    try:
+        said += (
+            f"; {record.digest}: {keeper.signatory.sign(repo.with_digest(record.digest), record)}"
+        )
+    except GateError as exc:
+        _log.warning(
+            "record %s: %s@%s was NOT signed: %s", record.id, repo.name, record.digest, exc.message
+        )
+        said += f"; {record.digest} could NOT be signed: {exc.message}"
+    return said
 
 
 def _stable_tag(ref: ImageRef, rules: list[Rule], promotions: list[GateRecord]) -> str:
