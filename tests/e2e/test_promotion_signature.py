@@ -347,3 +347,23 @@ def test_gate_verify_without_a_signature_key_says_the_signature_was_not_checked(
     done = gate_cli("verify", f"{signed.target.host}/node@{digest}", config=plain)
     assert done.returncode == 0, done.stdout
     assert "gate signature not checked" in done.stdout
+
+
+def test_where_the_registry_refuses_deletes_the_signature_manifest_is_emptied_and_said_so(
+    tmp_path: Path, image_builder: ImageBuilder
+) -> None:
+    with (
+        RegistryProcess(tmp_path / "up") as upstream,
+        RegistryProcess(tmp_path / "target", delete_enabled=False) as target,
+    ):
+        signed = Signed(tmp_path, (upstream, target))
+        signed.promote(image_builder, "Green")
+        second = signed.promote(image_builder, "Orange")
+
+        record = rollback(signed.keeper, f"{target.host}/node", reason="Orange breaks apps")
+
+        assert "could not delete" in record.reason and "holding no signature" in record.reason
+        manifest = signed.sig_manifest(second)
+        assert manifest is not None and manifest["layers"] == []
+        code, verdict = signed.verify(f"{target.host}/node@{second}")
+        assert code == 1 and verdict["signed"] is False

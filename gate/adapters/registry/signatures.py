@@ -22,7 +22,8 @@ the gate's attestations are such referrers, so by hand it is ``cosign verify
 --new-bundle-format=false``.
 
 Removal rewrites the manifest without the gate's layers, or deletes it (``DELETE`` by digest,
-which removes the tag with it) when no other layer is left. Like the tag-schema index, the
+which removes the tag with it) when no other layer is left; where the registry refuses the delete,
+the tag is overwritten with a manifest without layers (and the record says so). Like the tag-schema index, the
 rewrite is read-modify-write: one gate per target repository.
 """
 
@@ -41,7 +42,7 @@ from gate.adapters.registry.referrers import (
 )
 from gate.domain.ref import ImageRef
 from gate.domain.signatures import CosignSignature, signature_tag
-from gate.errors import RegistryError
+from gate.errors import RegistryError, RegistryUnavailable
 
 _CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 
@@ -86,7 +87,20 @@ class OciSignatureStore:
                 f"({len(kept)} other signature(s) kept, now {digest})"
             )
         digest = "sha256:" + hashlib.sha256(found[0]).hexdigest()
-        self._registry.delete_manifest(repo, digest)
+        try:
+            self._registry.delete_manifest(repo, digest)
+        except RegistryUnavailable:
+            raise
+        except RegistryError as exc:
+            # deletion disabled, or the identity may push but not delete (ACR's Repository
+            # Writer has no content/delete): the tag then names a manifest without layers,
+            # which verifiers read as "no signatures" (cosign's VerifyImageSignatures fails
+            # with no signatures found); said in the record, never silently
+            emptied = self._write(repo, tag, [])
+            return (
+                f"could not delete {repo.name}:{tag} ({exc.message}); overwrote it with a "
+                f"signature manifest holding no signature ({emptied})"
+            )
         return f"deleted {repo.name}:{tag} ({digest}), which held only the gate's signature"
 
     # -- internals -----------------------------------------------------------------------------
