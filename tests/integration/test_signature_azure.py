@@ -43,9 +43,7 @@ def signed_payloads(host: str, digest: str, key: ec.EllipticCurvePublicKey) -> l
     """The ``.sig`` layers of ``digest`` in the backing registry that ``key`` signed (checked
     with ``cryptography`` over the layer's bytes, as cosign's verifier does)."""
     tag = digest.replace(":", "-") + ".sig"
-    response = httpx.get(
-        f"http://{host}/v2/node/manifests/{tag}", headers={"Accept": OCI_MANIFEST}
-    )
+    response = httpx.get(f"http://{host}/v2/node/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
     if response.status_code == 404:
         return []
     response.raise_for_status()
