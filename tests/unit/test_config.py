@@ -586,3 +586,23 @@ def test_a_key_vault_signature_key_is_another_key_of_the_azure_gate(tmp_path: Pa
         load_config(attestation("signature_key: sign.key"))
     with pytest.raises(ConfigError, match="name at most one signature key"):
         load_config(attestation(f"signature_key: sign.key, signature_key_vault_key: '{other}'"))
+
+
+def test_config_check_refuses_one_key_for_attestation_and_signature_saying_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from gate.entrypoints import cli
+
+    (tmp_path / "gate.key").write_text("one key")
+    monkeypatch.setenv("UP", "127.0.0.1:5001")
+    path = make(
+        tmp_path, GOOD.rstrip(" ") + "    attestation: {key: gate.key, signature_key: gate.key}\n"
+    )
+
+    done = CliRunner().invoke(cli.main, ["config", "check", str(path)])
+
+    assert done.exit_code == 2, done.output
+    assert "attestation.signature_key: is the attestation key" in done.stderr
+    assert "a FAILED demotion too, would count as an approval" in done.stderr
