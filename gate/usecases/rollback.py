@@ -6,6 +6,7 @@ from __future__ import annotations
 from gate.config.model import Rule
 from gate.domain.records import GateRecord, HistoryQuery, State, new_record_id
 from gate.domain.ref import ImageRef, parse_digest
+from gate.domain.signatures import signature_tag
 from gate.errors import Conflict, GateError, NotFound, UsageError
 from gate.logsafe import get_logger
 from gate.usecases.keeper import Gatekeeper, as_ref
@@ -129,8 +130,8 @@ def move_stable_tag(
 
     ``why`` goes into the attestation ("rolled back: …", "demoted by re-validation: …"), and
     ``reason`` into the record, followed by what became of the attestation and, with a
-    signatory, of the gate's signatures (``current``'s removed, ``record.digest`` signed). A rollback or
-    demotion is an emergency measure: a failure to attest does not stop it, but it is logged and
+    signatory, of the gate's signatures (``current``'s removed, ``record.digest`` signed). A
+    rollback or demotion is an emergency measure: a failure to attest does not stop it, but it is logged and
     said in the record. Only the stable tag moves; the run-ID tags of both digests stay where
     they are.
     """
@@ -173,7 +174,8 @@ def _move_signature(keeper: Gatekeeper, repo: ImageRef, record: GateRecord, curr
         )
         said += (
             f"; the gate's signature of {current} could NOT be removed (it still verifies as "
-            f"approved; remove it by hand or roll back again): {exc.message}"
+            f"approved; remove the gate's layer from {repo.name}:{signature_tag(current)} by "
+            f"hand): {exc.message}"
         )
     try:
         said += (
