@@ -8,7 +8,9 @@ already-present digest under new tags, and the memory our process used while cop
 Last, the cost of the promotion attestation: the same promotion of a digest (run-ID tag, stable
 tag) with and without signing and attaching the attestation between the two tags, as the gate
 does with ``attestation:`` configured (ECDSA P-256 key file; docker-registry has no referrers
-API, so each attestation also rewrites the referrers tag-schema index), side by side.
+API, so each attestation also rewrites the referrers tag-schema index), side by side; and with
+``attestation.signature_key`` too (the promotion signature: one more ECDSA signature and the
+``.sig`` manifest written), and what removing that signature costs (a demotion's part).
 
 Run: ``python -m bench.promote [--size-mb 200] [--rounds 3]``
 """
@@ -141,20 +143,44 @@ def _attestation_cost(
     import statistics
 
     from gate.adapters.registry.referrers import OciAttestationStore
+    from gate.adapters.registry.signatures import OciSignatureStore
     from gate.adapters.signers import KeyFileSigner, generate_key_pair
     from gate.domain.attestation import PASSED, Evidence
+    from gate.domain.records import GateRecord, State
     from gate.usecases.attestation import Attestor
+    from gate.usecases.signature import Signatory
 
     key = work / "bench.key"
     generate_key_pair(key)
+    signature_key = work / "bench-signature.key"
+    generate_key_pair(signature_key)
     attestor = Attestor(KeyFileSigner(key), OciAttestationStore(oci), "urn:gated-import-gate")
+    signatory = Signatory(
+        KeyFileSigner(signature_key), OciSignatureStore(oci), "urn:gated-import-gate"
+    )
     assert source.digest is not None
     plain_target = ImageRef.parse(f"{target_host}/plain/big")
     attested_target = ImageRef.parse(f"{target_host}/attested/big")
-    # content first, so both sides measure the promotion of a digest the target holds
+    signed_target = ImageRef.parse(f"{target_host}/signed/big")
+    # content first, so every side measures the promotion of a digest the target holds
     oci.copy(source, plain_target)
     oci.copy(source, attested_target)
-    plain, attested = [], []
+    oci.copy(source, signed_target)
+    plain, attested, signed, removed = [], [], [], []
+
+    def evidence(target: ImageRef, n: int) -> Evidence:
+        assert source.digest is not None
+        return Evidence(
+            subject=target.with_digest(source.digest),
+            result=PASSED,
+            status="promoted",
+            reason=f"bench run-{n}",
+            rule="bench",
+            record_id=f"bench-{n}",
+            run_id=f"run-{n}",
+            stable_tag="stable",
+        )
+
     for n in range(1, rounds + 1):
         started = time.perf_counter()
         oci.copy(source, plain_target, immutable_tags=[f"run-{n}"], tags=["stable"])
@@ -162,29 +188,46 @@ def _attestation_cost(
 
         started = time.perf_counter()
         oci.copy(source, attested_target, immutable_tags=[f"run-{n}"])
-        attestor.attach(
-            Evidence(
-                subject=attested_target.with_digest(source.digest),
-                result=PASSED,
-                status="promoted",
-                reason=f"bench run-{n}",
-                rule="bench",
-                record_id=f"bench-{n}",
-                run_id=f"run-{n}",
-                stable_tag="stable",
-            )
-        )
+        attestor.attach(evidence(attested_target, n))
         oci.copy(source, attested_target, tags=["stable"])
         attested.append(time.perf_counter() - started)
+
+        record = GateRecord(
+            id=f"bench-{n}",
+            rule="bench",
+            source=str(source),
+            digest=source.digest,
+            target=signed_target.name,
+            trigger="bench",
+            state=State.PROMOTING,
+            run_id=f"run-{n}",
+        )
+        started = time.perf_counter()
+        oci.copy(source, signed_target, immutable_tags=[f"run-{n}"])
+        attestor.attach(evidence(signed_target, n))
+        signatory.sign(signed_target.with_digest(source.digest), record)
+        oci.copy(source, signed_target, tags=["stable"])
+        signed.append(time.perf_counter() - started)
+        # removed again (a demotion's part), so the next round signs afresh
+        started = time.perf_counter()
+        signatory.unsign(signed_target.with_digest(source.digest))
+        removed.append(time.perf_counter() - started)
     print(f"\npromotion of a present digest, {rounds} rounds (ms):")
-    print(f"{'':>18}  {'best':>7}  {'median':>7}  {'worst':>7}")
-    for label, values in (("without attestation", plain), ("with attestation", attested)):
+    print(f"{'':>30}  {'best':>7}  {'median':>7}  {'worst':>7}")
+    for label, values in (
+        ("without attestation", plain),
+        ("with attestation", attested),
+        ("with attestation and signature", signed),
+        ("signature removal alone", removed),
+    ):
         print(
-            f"{label:>18}  {min(values) * 1000:>7.1f}  "
+            f"{label:>30}  {min(values) * 1000:>7.1f}  "
             f"{statistics.median(values) * 1000:>7.1f}  {max(values) * 1000:>7.1f}"
         )
     extra = statistics.median(attested) - statistics.median(plain)
     print(f"the attestation adds {extra * 1000:.1f} ms (median)")
+    extra = statistics.median(signed) - statistics.median(attested)
+    print(f"the promotion signature adds {extra * 1000:.1f} ms more (median)")
 
 
 if __name__ == "__main__":

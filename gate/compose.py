@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         CopyOptions,
         CopyReport,
         DownstreamRunner,
+        ImageSigner,
         Ledger,
         ManifestReader,
         OnStarted,
@@ -42,16 +43,18 @@ if TYPE_CHECKING:
         Secrets,
         SecretUris,
         SignatureStore,
+        SignatureWriter,
         Signer,
         ValidationRequest,
         Validator,
     )
     from gate.usecases.attestation import Attestor
     from gate.usecases.keeper import Gatekeeper, Notify
+    from gate.usecases.signature import Signatory
 
 if TYPE_CHECKING:
     # named in string form by the bases of the Deferred subclasses (bases run at import time)
-    from gate.ports import Attester, PollingRegistry, Registry  # noqa: F401
+    from gate.ports import Attester, PollingRegistry, PromotionSigner, Registry  # noqa: F401
 
 
 class Once[T]:
@@ -222,6 +225,34 @@ def build_request_queue(
     return LazyRequestQueue(Once(make))
 
 
+class LazySignatureWriter(Deferred["SignatureWriter"]):
+    """A :class:`~gate.ports.SignatureWriter` built on first use."""
+
+    def signatures(self, image: ImageRef) -> list[CosignSignature]:
+        """See :meth:`gate.ports.SignatureWriter.signatures`."""
+        return self.port().signatures(image)
+
+    def add_signature(self, image: ImageRef, payload: bytes, signature: str) -> str:
+        """See :meth:`gate.ports.SignatureWriter.add_signature`."""
+        return self.port().add_signature(image, payload, signature)
+
+    def remove_signatures(self, image: ImageRef, layers: Sequence[str]) -> str:
+        """See :meth:`gate.ports.SignatureWriter.remove_signatures`."""
+        return self.port().remove_signatures(image, layers)
+
+
+class LazyPromotionSigner(Deferred["PromotionSigner"]):
+    """A :class:`~gate.ports.PromotionSigner` built on first use."""
+
+    def sign(self, image: ImageRef, record: GateRecord) -> str:
+        """See :meth:`gate.ports.PromotionSigner.sign`."""
+        return self.port().sign(image, record)
+
+    def unsign(self, image: ImageRef) -> str:
+        """See :meth:`gate.ports.PromotionSigner.unsign`."""
+        return self.port().unsign(image)
+
+
 def build_ledger(config: GateConfig, *, credential: Any = None, existing: bool = False) -> Ledger:
     """The ledger alone (``gate history`` and ``gate show`` need nothing else); with
     ``existing``, a local ledger that is not there yet is refused instead of created (a reading
@@ -259,6 +290,7 @@ def build_gatekeeper(
     secrets: Secrets | None = None,
     secret_uris: SecretUris | None = None,
     signer: Signer | None = None,
+    image_signer: ImageSigner | None = None,
 ) -> Gatekeeper:
     """The gatekeeper the configuration asks for (local, or Azure when it has ``azure:``).
 
@@ -266,7 +298,8 @@ def build_gatekeeper(
     ``DefaultAzureCredential`` (managed identity in Azure, ``az login`` on a laptop).
     ``secrets`` replaces the secret store the configuration implies (Key Vault or local), and
     ``secret_uris`` names its secrets for quick runs (see :func:`azure_gatekeeper`); ``signer``
-    the attestation signer (Azure: the Key Vault key of ``attestation:``).
+    the attestation signer (Azure: the Key Vault key of ``attestation:``), ``image_signer`` the
+    promotion signature's (Azure: ``attestation.signature_key_vault_key``).
     """
     if config.azure is None:
         return local_gatekeeper(config, notify=notify)
@@ -278,6 +311,7 @@ def build_gatekeeper(
         secrets=secrets,
         secret_uris=secret_uris,
         signer=signer,
+        image_signer=image_signer,
     )
 
 
@@ -335,6 +369,27 @@ def _attestor(config: GateConfig, registry: Callable[[], OciRegistry]) -> Attest
     )
 
 
+def _signatory(config: GateConfig, registry: Callable[[], OciRegistry]) -> Signatory | None:
+    """The promotion signature ``attestation.signature_key`` asks for (None without one); the
+    key is read now, the store built on first use."""
+    settings = config.attestation
+    if settings is None or settings.signature_key is None:
+        return None
+    from gate.adapters.signers import KeyFileSigner
+    from gate.usecases.signature import Signatory
+
+    def make_store() -> SignatureWriter:
+        from gate.adapters.registry.signatures import OciSignatureStore
+
+        return OciSignatureStore(registry())
+
+    return Signatory(
+        signer=KeyFileSigner(settings.signature_key, setting="attestation.signature_key"),
+        store=LazySignatureWriter(Once(make_store)),
+        verifier_id=settings.verifier_id,
+    )
+
+
 def _signatures(
     config: GateConfig, manifests: ManifestReader, credential: Any = None
 ) -> SignatureStore | None:
@@ -372,6 +427,13 @@ def attestation_reader(config: GateConfig) -> tuple[OciRegistry, OciAttestationS
     registry = _oci(config, LocalSecrets(config.secrets_dir))
     use_api = config.attestation.referrers_api if config.attestation else True
     return registry, OciAttestationStore(registry, use_referrers_api=use_api)
+
+
+def signature_reader(registry: OciRegistry) -> SignatureStore:
+    """The cosign ``.sig`` reader ``gate verify`` checks the gate's signature with."""
+    from gate.adapters.registry.referrers import CosignSignatureReader
+
+    return CosignSignatureReader(registry)
 
 
 def local_gatekeeper(config: GateConfig, *, notify: Notify | None = None) -> Gatekeeper:
@@ -415,6 +477,7 @@ def local_gatekeeper(config: GateConfig, *, notify: Notify | None = None) -> Gat
         manifests=LazyManifests(oci),
         polling=LazyPolling(oci),
         attestor=_attestor(config, oci),
+        signatory=_signatory(config, oci),
         signatures=_signatures(config, LazyManifests(oci)),
         validator=LazyValidator(validator),
         ledger=_sqlite(config),
@@ -433,6 +496,7 @@ def azure_gatekeeper(
     secrets: Secrets | None = None,
     secret_uris: SecretUris | None = None,
     signer: Signer | None = None,
+    image_signer: ImageSigner | None = None,
 ) -> Gatekeeper:
     """ACR import, ACR task runs, Key Vault and (optionally) Table Storage.
 
@@ -538,6 +602,11 @@ def azure_gatekeeper(
     attestor = None
     if config.attestation is not None and config.attestation.key_vault_key is not None:
         attestor = LazyAttester(Once(lambda: _azure_attestor(config, acr(), credential, signer)))
+    signatory = None
+    if config.attestation is not None and config.attestation.signature_key_vault_key is not None:
+        signatory = LazyPromotionSigner(
+            Once(lambda: _azure_signatory(config, acr(), credential, image_signer))
+        )
     downstream = None
     if any(r.downstream for r in config.rules):
         downstream = LazyDownstream(Once(make_downstream))
@@ -554,6 +623,7 @@ def azure_gatekeeper(
         notify=notify or quiet,
         downstream=downstream,
         attestor=attestor,
+        signatory=signatory,
         signatures=_signatures(config, LazyManifests(acr), credential),
     )
 
@@ -599,5 +669,34 @@ def _azure_attestor(
     return Attestor(
         signer=signer or KeyVaultSigner(settings.key_vault_key, credential),
         store=SessionAttestationStore(session, use_referrers_api=settings.referrers_api),
+        verifier_id=settings.verifier_id,
+    )
+
+
+def _azure_signatory(
+    config: GateConfig, registry: Any, credential: Any, signer: ImageSigner | None
+) -> Signatory:
+    """The signature's Key Vault key signs; the ``.sig`` manifest is pushed (and removed) with
+    the identity's ACR token, as the attestation is."""
+    settings = config.attestation
+    assert settings is not None and settings.signature_key_vault_key is not None
+    from gate.adapters.registry.acr_push import ACR_TOKEN_USER, AcrPushRegistry
+    from gate.adapters.registry.oci import HostSettings, OciRegistry
+    from gate.adapters.registry.signatures import SessionSignatureStore
+    from gate.adapters.signers import KeyVaultSigner
+    from gate.usecases.signature import Signatory
+
+    # the configuration requires promote: push with attestation: (the manifest is pushed)
+    assert isinstance(registry, AcrPushRegistry)
+    login = registry.target_login_server
+
+    def session() -> OciRegistry:
+        token = registry._refresh_token(login)
+        return OciRegistry({login: HostSettings(username=ACR_TOKEN_USER, password=token)})
+
+    return Signatory(
+        signer=signer
+        or KeyVaultSigner(settings.signature_key_vault_key, credential, what="the signature key"),
+        store=SessionSignatureStore(session),
         verifier_id=settings.verifier_id,
     )

@@ -385,4 +385,50 @@ class RequestQueue(Protocol):
         """Put ``body`` on the queue, invisible for ``delay_seconds`` (whole seconds, at least
         0, at most the queue's 7-day bound); raises a retryable
         :class:`~gate.errors.InfrastructureError` when the queue cannot be reached."""
+
+
+class ImageSigner(Protocol):
+    """Signs bytes with the gate's signature key (not the attestation key), as cosign signs a
+    simple-signing payload: ECDSA P-256 over SHA-256 of the bytes, DER-encoded."""
+
+    @property
+    def verifying_key(self) -> Any:
+        """The public half (a ``cryptography`` ECDSA P-256 public key)."""
+        ...
+
+    def sign_payload(self, payload: bytes) -> bytes:
+        """The DER ECDSA signature of ``payload``."""
+        ...
+
+
+class SignatureWriter(Protocol):
+    """Writes and removes cosign signatures beside an image in the target repository."""
+
+    def signatures(self, image: ImageRef) -> list[CosignSignature]:
+        """Every signature layer of ``image`` (pinned), with its layer digest; [] when none."""
+        ...
+
+    def add_signature(self, image: ImageRef, payload: bytes, signature: str) -> str:
+        """Append one signature layer (``payload`` and its base64 ``signature``); returns the
+        signature manifest's digest."""
+        ...
+
+    def remove_signatures(self, image: ImageRef, layers: Sequence[str]) -> str:
+        """Remove the layers ``layers`` (digests) from ``image``'s signature manifest, deleting
+        it when none is left; returns what was done, in words. Raises a
+        :class:`~gate.errors.GateError` when the registry refuses."""
+        ...
+
+
+class PromotionSigner(Protocol):
+    """The gate's signature of a digest it currently approves
+    (:class:`gate.usecases.signature.Signatory`)."""
+
+    def sign(self, image: ImageRef, record: GateRecord) -> str:
+        """Sign ``image`` (target repository @ digest) unless the gate's key already has; returns
+        what was done, in words."""
+        ...
+
+    def unsign(self, image: ImageRef) -> str:
+        """Remove every signature of ``image`` by the gate's key; returns what was done."""
         ...

@@ -175,6 +175,10 @@ var appSettings = {
   GATE_RUNNER_IDENTITY_RESOURCE_ID: runnerIdentity.outputs.id
   GATE_RUNNER_IDENTITY_CLIENT_ID: runnerIdentity.outputs.clientId
   GATE_KEY_VAULT_URL: keyVault.outputs.uri
+  // the two keys gate.yaml's attestation: names (key_vault_key, signature_key_vault_key);
+  // never one key for both (docs/guide/evidence.md)
+  GATE_ATTESTATION_KEY_URI: keyVault.outputs.attestationKeyUri
+  GATE_SIGNATURE_KEY_URI: keyVault.outputs.signatureKeyUri
   GATE_TABLE_ENDPOINT: storage.outputs.tableEndpoint
   GATE_UPSTREAM_LOGIN_SERVER: hasUpstream ? upstreamAccess!.outputs.loginServer : ''
   GATE_UPSTREAM_REGISTRY_ID: hasUpstream ? upstreamAccess!.outputs.id : ''
@@ -396,6 +400,7 @@ module gateAccess 'rbac/gate-access.bicep' = {
     applicationInsightsName: monitoring.outputs.name
     keyVaultName: keyVault.outputs.name
     attestationKeyName: keyVault.outputs.attestationKeyName
+    signatureKeyName: keyVault.outputs.signatureKeyName
     deadLetterContainerName: deadLetterContainer
     appPrincipalId: identity.outputs.principalId
     runnerIdentityName: runnerIdentity.outputs.name
@@ -521,6 +526,8 @@ output AZURE_GATE_AUTH_ENABLED bool = !empty(authClientId)
 output AZURE_GATE_AUTH_RESOURCE string = empty(authClientId) ? '' : (empty(authApplicationIdUri) ? 'api://${authClientId}' : authApplicationIdUri)
 output AZURE_GATE_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output AZURE_KEY_VAULT_URL string = keyVault.outputs.uri
+output GATE_ATTESTATION_KEY_URI string = appSettings.GATE_ATTESTATION_KEY_URI
+output GATE_SIGNATURE_KEY_URI string = appSettings.GATE_SIGNATURE_KEY_URI
 output AZURE_TABLE_ENDPOINT string = storage.outputs.tableEndpoint
 output AZURE_LEDGER_TABLE string = ledgerTable
 output AZURE_LOG_CONTAINER string = logContainer

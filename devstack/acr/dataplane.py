@@ -151,6 +151,11 @@ def router(emulator: AcrEmulator, registry: EmulatedRegistry) -> Router:
         action = "metadata_write" if writes else "metadata_read"
         if req.path.startswith("/v2/"):
             action = "push" if writes else "pull"
+            if req.method == "DELETE" and "/manifests/" in req.path:
+                # the token scope grammar's third action: a manifest delete asks for "delete",
+                # not "push" (docker-registry's token scopes; ACR's AcrDelete role is separate
+                # from AcrPush)
+                action = "delete"
         match = re.match(
             r"/(?:acr/v1|v2)/" + _REPO + r"/(?:_tags|_manifests|manifests|tags|blobs|referrers)",
             req.path,
@@ -594,6 +599,35 @@ def router(emulator: AcrEmulator, registry: EmulatedRegistry) -> Router:
             state = registry.tag(repo, ref)
             state.updated = _now()
         downstream.tag_written(emulator, registry, repo, ref, digest, previous, via="push")
+        return response
+
+    @routes.route(
+        "DELETE",
+        r"/v2/" + _REPO + r"/manifests/(?P<digest>sha256:[a-f0-9]{64})",
+        name="v2DeleteManifest",
+        api_versions=None,
+    )
+    def delete_manifest(req: Request, m: re.Match[str]) -> Response:
+        # "Delete Manifest" of ACR's data plane (azure-rest-api-specs, containerregistry.json:
+        # DELETE /v2/{name}/manifests/{reference}, 202 Accepted, 404 when unknown): by digest,
+        # and every tag on it goes with it, as in the backing registry. A tag that is locked
+        # (deleteEnabled false) refuses, as ACR refuses to delete a locked image.
+        repo, digest = m["repo"], m["digest"]
+        with registry.lock:
+            for tag in backing.tags(repo) or []:
+                locked = not registry.tag(repo, tag).delete_enabled
+                if locked and backing.digest(repo, tag) == digest:
+                    return acr_error(
+                        409,
+                        "TAG_LOCKED",
+                        f"The operation is disallowed on this registry, repository or image: "
+                        f"{repo}:{tag} is locked (deleteEnabled: false).",
+                    )
+            response = forward(req, f"/v2/{repo}/manifests/{digest}")
+            if response.status == 202:
+                for key, listed in referrers.items():
+                    if key[0] == repo:
+                        listed[:] = [d for d in listed if d["digest"] != digest]
         return response
 
     @routes.route(

@@ -49,7 +49,7 @@ def _envelope(signer: SslibSigner, payload_type: str, payload: bytes) -> dict[st
 class KeyFileSigner:
     """Signs with an unencrypted PKCS#8 PEM ECDSA P-256 private key (``gate keygen`` writes one)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, setting: str = "attestation.key") -> None:
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
         from securesystemslib.signer import (  # type: ignore[attr-defined]
@@ -61,8 +61,8 @@ class KeyFileSigner:
             key = load_pem_private_key(path.read_bytes(), password=None)
         except OSError as exc:
             raise ConfigError(
-                f"cannot read the attestation key {path}: {exc.strerror}; create one with "
-                "'gate keygen' or fix attestation.key in the configuration"
+                f"cannot read the signing key {path}: {exc.strerror}; create one with "
+                f"'gate keygen' or fix {setting} in the configuration"
             ) from None
         except (ValueError, TypeError):
             raise ConfigError(
@@ -71,6 +71,7 @@ class KeyFileSigner:
         if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
             raise ConfigError(f"{path} is not an ECDSA P-256 key; create one with 'gate keygen'")
         public = SSlibKey.from_crypto(key.public_key(), scheme=_SCHEME)
+        self._key = key
         self._signer = CryptoSigner(key, public)
         self._hint = public_key_hint(key.public_key())
 
@@ -82,6 +83,20 @@ class KeyFileSigner:
     def sign_dsse(self, payload_type: str, payload: bytes) -> dict[str, object]:
         """The DSSE envelope of ``payload``, signed with the key file."""
         return _envelope(self._signer, payload_type, payload)
+
+    @property
+    def verifying_key(self) -> Any:
+        """The public half (``cryptography``), to find this key's signatures again."""
+        return self._key.public_key()
+
+    def sign_payload(self, payload: bytes) -> bytes:
+        """ECDSA P-256 over SHA-256 of ``payload``, DER: how cosign signs a simple-signing
+        payload (cosign ``specs/SIGNATURE_SPEC.md``, "Signature Schemes")."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        signature: bytes = self._key.sign(payload, ec.ECDSA(hashes.SHA256()))
+        return signature
 
 
 def generate_key_pair(private_path: Path, *, force: bool = False) -> Path:
@@ -243,15 +258,21 @@ class KeyVaultSigner:
     key's ``sign`` and ``get`` data actions: 'Key Vault Crypto User' on that key.
     """
 
-    def __init__(self, key_id: str, credential: object, **client_options: object) -> None:
+    def __init__(
+        self,
+        key_id: str,
+        credential: object,
+        *,
+        what: str = "the attestation key",
+        **client_options: object,
+    ) -> None:
         from azure.keyvault.keys.crypto import CryptographyClient
         from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
-        key = _key_vault_key(
-            key_id, credential, "the attestation key", "Key Vault Crypto User", **client_options
-        )
+        key = _key_vault_key(key_id, credential, what, "Key Vault Crypto User", **client_options)
         public = _public_of(key)
         self.public_key = SSlibKey.from_crypto(public, scheme=_SCHEME)
+        self._public = public
         self._key_id = str(key.id)  # with its version: every signature names the exact key
         self._hint = public_key_hint(public)
         # One client for every signature, made from the key just read: a CryptographyClient
@@ -278,18 +299,32 @@ class KeyVaultSigner:
 
     def sign_dsse(self, payload_type: str, payload: bytes) -> dict[str, object]:
         """The DSSE envelope of ``payload``, its PAE signed by Key Vault (ES256)."""
+        from securesystemslib.dsse import Envelope
+        from securesystemslib.signer import Signature  # type: ignore[attr-defined]
+
+        envelope = Envelope(payload=payload, payload_type=payload_type, signatures={})
+        der = self.sign_payload(envelope.pae())
+        keyid = self.public_key.keyid
+        envelope.signatures[keyid] = Signature(keyid, der.hex())
+        return _without_keyid(envelope)
+
+    @property
+    def verifying_key(self) -> Any:
+        """The public half (``cryptography``), to find this key's signatures again."""
+        return self._public
+
+    def sign_payload(self, payload: bytes) -> bytes:
+        """ECDSA P-256 over SHA-256 of ``payload``, DER: the digest is computed here and sent to
+        the key's ``sign`` operation (ES256), whose raw ``r || s`` is re-encoded as DER."""
         import hashlib
 
         from azure.core.exceptions import AzureError
         from azure.keyvault.keys.crypto import SignatureAlgorithm
         from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-        from securesystemslib.dsse import Envelope
-        from securesystemslib.signer import Signature  # type: ignore[attr-defined]
 
         from gate.errors import InfrastructureError
 
-        envelope = Envelope(payload=payload, payload_type=payload_type, signatures={})
-        digest = hashlib.sha256(envelope.pae()).digest()
+        digest = hashlib.sha256(payload).digest()
         try:
             raw = self._crypto.sign(SignatureAlgorithm.es256, digest).signature
         except AzureError as exc:
@@ -299,7 +334,6 @@ class KeyVaultSigner:
             ) from None
         if len(raw) != 64:
             raise InfrastructureError(f"Key Vault answered a {len(raw)}-byte ES256 signature")
-        der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
-        keyid = self.public_key.keyid
-        envelope.signatures[keyid] = Signature(keyid, der.hex())
-        return _without_keyid(envelope)
+        return encode_dss_signature(
+            int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+        )

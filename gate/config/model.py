@@ -308,6 +308,7 @@ def _check_attestation(entry: AttestationSection, azure: AzureSection | None) ->
                 "attestation",
             )
         https_url(entry.key_vault_key, "key_vault_key", "attestation")
+        _check_signature_key(entry, azure)
         return
     assert entry.key is not None
     if azure is not None:
@@ -323,6 +324,83 @@ def _check_attestation(entry: AttestationSection, azure: AzureSection | None) ->
             "attestation",
             "key",
         )
+    _check_signature_key(entry, azure)
+
+
+# why the promotion signature needs a key of its own, said wherever one key is refused for both
+_ONE_KEY = (
+    "cosign 3's 'verify --key' accepts any Sigstore bundle signed by the key whose subject is "
+    "the digest, whatever its predicate type, so with one key every attestation, a FAILED "
+    "demotion too, would count as an approval"
+)
+
+
+def _check_signature_key(entry: AttestationSection, azure: AzureSection | None) -> None:
+    """The promotion signature's key: optional, of the attestation key's kind, never that key."""
+    if entry.signature_key_text is not None and entry.signature_key_vault_key is not None:
+        raise Refusal(
+            "name at most one signature key: signature_key (a PEM file, local gate) or "
+            "signature_key_vault_key (a Key Vault key URI, with azure:)",
+            "attestation",
+        )
+    if entry.signature_key_vault_key is not None:
+        if entry.key_vault_key is None:
+            raise Refusal(
+                "a Key Vault key signs for the Azure gate (azure:, with key_vault_key); locally "
+                "use signature_key: with a file from 'gate keygen'",
+                "attestation",
+                "signature_key_vault_key",
+            )
+        https_url(entry.signature_key_vault_key, "signature_key_vault_key", "attestation")
+        if _vault_key_name(entry.signature_key_vault_key) == _vault_key_name(entry.key_vault_key):
+            raise Refusal(
+                f"is the attestation key ({entry.key_vault_key}): the signature needs a key of "
+                f"its own, because {_ONE_KEY}; create a second EC P-256 key "
+                "(infra/ creates gate-signature)",
+                "attestation",
+                "signature_key_vault_key",
+            )
+        return
+    if entry.signature_key is None:
+        return
+    if azure is not None or entry.key is None:
+        raise Refusal(
+            "with azure:, sign with a Key Vault key (signature_key_vault_key: its URI) instead "
+            "of a key file",
+            "attestation",
+            "signature_key",
+        )
+    if not entry.signature_key.is_file():
+        raise Refusal(
+            f"{entry.signature_key} does not exist; create a key pair with "
+            f"'gate keygen {entry.signature_key_text}'",
+            "attestation",
+            "signature_key",
+        )
+    same = entry.signature_key.resolve() == entry.key.resolve()
+    if not same:
+        try:
+            same = entry.signature_key.read_bytes() == entry.key.read_bytes()
+        except OSError:
+            same = False  # unreadable: the signer says so when it loads the key
+    if same:
+        raise Refusal(
+            f"is the attestation key ({entry.key_text}): the signature needs a key of its own, "
+            f"because {_ONE_KEY}; create one with 'gate keygen {entry.signature_key_text}.new' "
+            "and name it here",
+            "attestation",
+            "signature_key",
+        )
+
+
+def _vault_key_name(uri: str) -> tuple[str, str]:
+    """(vault host, key name) of a Key Vault key URI, any version: one key, however written."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    segments = [x for x in parts.path.split("/") if x]
+    name = segments[1] if len(segments) > 1 else ""
+    return parts.netloc.lower(), name.lower()
 
 
 @cache

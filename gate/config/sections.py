@@ -173,18 +173,42 @@ class AttestationSection(Section, frozen=True, kw_only=True, dict=True):
     referrers_api: Annotated[
         bool, doc("Use the registry's OCI referrers API when it has one (else the tag schema).")
     ] = True
+    signature_key_text: Annotated[
+        Text | None,
+        doc(
+            "PEM private key file (ECDSA P-256, not the attestation key) that signs each "
+            "promoted digest as cosign does, removed again on demotion or rollback (local)."
+        ),
+    ] = msgspec.field(default=None, name="signature_key")
+    signature_key_vault_key: Annotated[
+        Text | None,
+        doc("Key Vault EC P-256 key URI (not the attestation key) for that signature (azure:)."),
+    ] = None
 
     def __post_init__(self) -> None:
         # the checks need the azure section, so the whole file's (ConfigFile); the key
         # is resolved now, while the file's folder is known, and kept as written for messages
         _ = self.key
-        if self.key_vault_key is not None and self.key_vault_key.startswith("https://"):
-            force_setattr(self, "key_vault_key", self.key_vault_key.rstrip("/"))
+        _ = self.signature_key
+        for name in ("key_vault_key", "signature_key_vault_key"):
+            value = getattr(self, name)
+            if value is not None and value.startswith("https://"):
+                force_setattr(self, name, value.rstrip("/"))
 
     @cached_property
     def key(self) -> Path | None:
         """The signing key file (absolute), for the local gate; None: a Key Vault key signs."""
         return None if self.key_text is None else resolve(self.key_text)
+
+    @cached_property
+    def signature_key(self) -> Path | None:
+        """The promotion signature's key file (absolute); None: none, or a Key Vault key."""
+        return None if self.signature_key_text is None else resolve(self.signature_key_text)
+
+    @property
+    def signs(self) -> bool:
+        """Whether the gate signs promoted digests (a signature key is configured)."""
+        return self.signature_key_text is not None or self.signature_key_vault_key is not None
 
 
 AttestationSettings = AttestationSection

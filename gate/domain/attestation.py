@@ -280,6 +280,8 @@ class Verdict:
     time_verified: str | None = None
     predicate: dict[str, Any] | None = None
     rejected: tuple[str, ...] = ()
+    # the gate's promotion signature: True signed, False not, None not checked (no key)
+    signed: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``gate verify --json`` object."""
@@ -292,7 +294,34 @@ class Verdict:
             "time_verified": self.time_verified,
             "predicate": self.predicate,
             "rejected": list(self.rejected),
+            "signed": self.signed,
         }
+
+    def with_signature(self, signed: bool) -> Verdict:
+        """This verdict with the gate's promotion signature taken into account: verified only
+        when the newest attestation says PASSED *and* the digest carries the gate's signature;
+        a disagreement between the two is explained."""
+        from dataclasses import replace
+
+        result = (self.predicate or {}).get("verificationResult")
+        if signed and self.verified:
+            return replace(self, signed=True, reason=self.reason + "; signed by the gate")
+        if signed and result is not None and result != PASSED:
+            reason = (
+                f"signed by the gate, but {self.reason}: the signature should have been "
+                "removed when the digest was demoted or rolled back (see the record of that "
+                "move); do not admit it"
+            )
+        elif signed:
+            reason = f"signed by the gate, but {self.reason}"
+        elif self.verified:
+            reason = (
+                f"{self.reason}, but the digest carries no gate signature: demoted or rolled "
+                "back, or not promoted by this gate (or promoted before it had a signature key)"
+            )
+        else:
+            reason = f"{self.reason}; and the digest carries no gate signature"
+        return replace(self, verified=False, signed=signed, reason=reason)
 
 
 def load_public_key(pem: bytes, where: str) -> Any:

@@ -7,6 +7,9 @@ in the image's repository; each layer a "simple signing" payload
 signed manifest digest, with its ECDSA P-256 / SHA-256 signature (DER, base64) in the layer's
 ``dev.cosignproject.cosign/signature`` annotation. Keyless signatures (Fulcio certificates,
 Rekor entries) are not checked: only the rule's keys count.
+
+The gate's own promotion signature is written in the same layout (:func:`simple_signing_payload`)
+and found again by :func:`verifies` with the gate's signature key.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +32,12 @@ DOES_NOT_VERIFY = "signature does not verify"
 
 @dataclass(frozen=True)
 class CosignSignature:
-    """One cosign signature as stored: the signed payload and its base64 signature."""
+    """One cosign signature as stored: the signed payload, its base64 signature, and the digest
+    of the layer that holds it ('' when not known)."""
 
     payload: bytes
     signature: str
+    layer: str = ""
 
 
 def signature_tag(digest: str) -> str:
@@ -78,31 +83,53 @@ def _signed_digest(payload: bytes) -> str | None:
         return None
 
 
-def refusal(image: ImageRef, found: Sequence[CosignSignature], keys: Sequence[Any]) -> str:
-    """Why ``image`` (pinned) is refused, or '' when one signature by one of ``keys`` holds."""
+def simple_signing_payload(image: ImageRef, optional: Mapping[str, str]) -> bytes:
+    """The payload the gate signs for ``image`` (repository @ digest), as ``cosign sign`` writes
+    it: containers-signature(5)'s JSON with cosign's ``critical.type`` (cosign's
+    ``specs/SIGNATURE_SPEC.md``, "Simple Signing"); ``optional`` holds the gate's claims
+    (verifiers that match annotations, e.g. Kyverno's ``annotations:``, read them there)."""
+    assert image.digest is not None
+    body = {
+        "critical": {
+            "identity": {"docker-reference": image.name},
+            "image": {"docker-manifest-digest": image.digest},
+            "type": COSIGN_TYPE,
+        },
+        "optional": dict(optional) or None,
+    }
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+def verifies(item: CosignSignature, digest: str, key: Any) -> bool:
+    """Whether ``item`` is a signature by ``key`` over a simple-signing payload naming ``digest``
+    (ECDSA, SHA-256 over the payload bytes, as cosign's verifier checks it)."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    if _signed_digest(item.payload) != digest:
+        return False
+    try:
+        signature = base64.b64decode(item.signature, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    try:
+        key.verify(signature, item.payload, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def refusal(image: ImageRef, found: Sequence[CosignSignature], keys: Sequence[Any]) -> str:
+    """Why ``image`` (pinned) is refused, or '' when one signature by one of ``keys`` holds."""
     assert image.digest is not None
     if not found:
         return (
             f"{UNSIGNED}: {image.name}@{image.digest} carries no cosign signature "
             f"({image.name}:{signature_tag(image.digest)} does not exist); the rule requires one"
         )
-    for item in found:
-        if _signed_digest(item.payload) != image.digest:
-            continue
-        try:
-            signature = base64.b64decode(item.signature, validate=True)
-        except (binascii.Error, ValueError):
-            continue
-        for key in keys:
-            try:
-                key.verify(signature, item.payload, ec.ECDSA(hashes.SHA256()))
-                return ""
-            except InvalidSignature:
-                continue
+    if any(verifies(item, image.digest, key) for item in found for key in keys):
+        return ""
     return (
         f"{DOES_NOT_VERIFY}: none of the {len(found)} cosign signature(s) of "
         f"{image.name}@{image.digest} is by a key of the rule over this digest"

@@ -513,7 +513,10 @@ def who_rolls_back(actor: str | None) -> str:
 @click.argument("private_key", metavar="KEY_FILE")
 @click.option("--force", is_flag=True, help="Overwrite an existing pair.")
 def keygen_cmd(private_key: str, force: bool) -> None:
-    """Write a new ECDSA P-256 attestation key pair: KEY_FILE (private, 0600) and its .pub."""
+    """Write a new ECDSA P-256 key pair: KEY_FILE (private, 0600) and its .pub.
+
+    One pair for attestation.key, another for attestation.signature_key (never the same).
+    """
     from pathlib import Path
 
     from gate.compose import write_key_pair
@@ -538,6 +541,18 @@ def keygen_cmd(private_key: str, force: bool) -> None:
     metavar="URI",
     help="Or the gate's Key Vault key (its public half is read with your Azure sign-in).",
 )
+@click.option(
+    "--signature-key",
+    "signature_key",
+    metavar="PUB.pem",
+    help="The gate's signature public key (default: attestation.signature_key's .pub file).",
+)
+@click.option(
+    "--signature-key-vault-key",
+    "signature_vault_key",
+    metavar="URI",
+    help="Or the gate's Key Vault signature key.",
+)
 @click.option("--max-age", metavar="AGE", help="Refuse attestations older than this (30d, 12h).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def verify_cmd(
@@ -545,14 +560,17 @@ def verify_cmd(
     config: str | None,
     key: str | None,
     vault_key: str | None,
+    signature_key: str | None,
+    signature_vault_key: str | None,
     max_age: str | None,
     as_json: bool,
 ) -> None:
-    """Check that IMAGE carries the gate's valid, newest attestation saying PASSED.
+    """Check that IMAGE carries the gate's valid, newest attestation saying PASSED and, with a
+    signature key (configured or given), the gate's signature too.
 
     Exit 0 verified, 1 not verified (the reason is printed), 2 usage, 3 infrastructure.
     """
-    from gate.compose import attestation_reader
+    from gate.compose import attestation_reader, signature_reader
     from gate.domain.attestation import parse_age
     from gate.entrypoints.render import Text, out, plain
     from gate.usecases.attestation import verify_image
@@ -560,9 +578,18 @@ def verify_cmd(
     try:
         cfg = _config(config)
         public = _verification_key(cfg, key, vault_key)
+        signer_key = _signature_key(cfg, signature_key, signature_vault_key)
         age = parse_age(max_age) if max_age else None
         registry, store = attestation_reader(cfg)
-        verdict = verify_image(registry, store, image, [public], max_age=age)
+        verdict = verify_image(
+            registry,
+            store,
+            image,
+            [public],
+            max_age=age,
+            signatures=signature_reader(registry) if signer_key is not None else None,
+            signature_key=signer_key,
+        )
     except GateError as exc:
         if as_json:
             print(
@@ -580,6 +607,10 @@ def verify_cmd(
         out.print(Text(plain(f"  {verdict.reason}")), soft_wrap=True)
         if verdict.attestation:
             out.print(Text(plain(f"  attestation {verdict.attestation}")), soft_wrap=True)
+        if verdict.signed is None:
+            out.print(
+                Text(plain("  gate signature not checked (no signature key)")), soft_wrap=True
+            )
     sys.exit(0 if verdict.verified else 1)
 
 
@@ -611,6 +642,35 @@ def _verification_key(cfg: GateConfig, key: str | None, vault_key: str | None) -
     except OSError as exc:
         raise UsageError(f"cannot read the public key {key_path}: {exc.strerror}") from None
     return load_public_key(pem, str(key_path))
+
+
+def _signature_key(cfg: GateConfig, key: str | None, vault_key: str | None) -> object | None:
+    """The key of the gate's promotion signature: --signature-key, --signature-key-vault-key,
+    else attestation.signature_key's ``.pub`` file; None when there is none (not checked)."""
+    from pathlib import Path
+
+    from gate.domain.signatures import check_signer_key, load_keys
+
+    if key is not None and vault_key is not None:
+        raise UsageError("pass --signature-key or --signature-key-vault-key, not both")
+    if vault_key is not None:
+        from gate.compose import vault_public_key
+
+        credential, options = _key_vault_access()
+        vault: object = check_signer_key(
+            vault_public_key(vault_key, credential, **options), vault_key
+        )
+        return vault
+    if key is None:
+        settings = cfg.attestation
+        if settings is None or settings.signature_key is None:
+            return None
+        key = str(settings.signature_key.with_suffix(".pub"))
+    try:
+        loaded: object = load_keys([Path(key)])[0]
+    except ConfigError as exc:
+        raise UsageError(exc.message.replace("require_signature.keys", "--signature-key")) from None
+    return loaded
 
 
 def _key_vault_access() -> tuple[object, dict[str, object]]:

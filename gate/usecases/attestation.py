@@ -26,11 +26,12 @@ from gate.domain.attestation import (
     verify,
 )
 from gate.domain.ref import ImageRef
+from gate.domain.signatures import verifies
 
 if TYPE_CHECKING:
     from gate.config.model import Rule
     from gate.domain.records import GateRecord
-    from gate.ports import AttestationStore, Registry, Signer
+    from gate.ports import AttestationStore, Registry, SignatureStore, Signer
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,19 @@ def verify_image(
     *,
     max_age: timedelta | None = None,
     now: datetime | None = None,
+    signatures: SignatureStore | None = None,
+    signature_key: Any = None,
 ) -> Verdict:
-    """Resolve ``image`` to its digest (once), find its attestations and judge them."""
+    """Resolve ``image`` to its digest (once), find its attestations and judge them; with
+    ``signatures`` and ``signature_key``, also whether the digest carries the gate's promotion
+    signature (both must agree: :meth:`Verdict.with_signature`)."""
     ref = image if isinstance(image, ImageRef) else ImageRef.parse(image)
     digest = ref.digest or registry.resolve(ref)
     if ref.digest:
         registry.resolve(ref.pinned())
     pinned = ImageRef(ref.registry, ref.repository, ref.tag, digest)
-    return verify(pinned, store.find(pinned), keys, max_age=max_age, now=now)
+    verdict = verify(pinned, store.find(pinned), keys, max_age=max_age, now=now)
+    if signatures is None or signature_key is None:
+        return verdict
+    found = signatures.cosign_signatures(pinned)
+    return verdict.with_signature(any(verifies(s, digest, signature_key) for s in found))

@@ -29,6 +29,7 @@ from gate.ports import (
     Ledger,
     ManifestReader,
     PollingRegistry,
+    PromotionSigner,
     Registry,
     Secrets,
     SignatureStore,
@@ -109,6 +110,8 @@ class Gatekeeper:
     downstream: DownstreamRunner | None = None
     attestor: Attester | None = None
     signatures: SignatureStore | None = None
+    # the gate's own signature of what it currently approves (attestation.signature_key)
+    signatory: PromotionSigner | None = None
     poll_memory: PollMemory = field(default_factory=PollMemory, compare=False)
     # the clock cooldowns are measured by (first sightings, eligible times); a seam for tests
     clock: Callable[[], datetime] = field(default=utcnow)

@@ -42,6 +42,7 @@ def promote(
         attestation=attestation,
         reason=f"passed validation run {record.run_id}"
         + (f"; attestation {attestation}" if attestation else "")
+        + ("; signed by the gate's signature key" if attestation and keeper.signatory else "")
         + cooldown_note(rule, record),
         timings={**record.timings, "promote": round(time.monotonic() - began, 3)},
     )
@@ -103,7 +104,8 @@ def _copy_attested(
     record: GateRecord,
     progress: ProgressCallback | None,
 ) -> str:
-    """Copy with both tags; with an attestor, attest between the run-ID and the stable tag.
+    """Copy with both tags; with an attestor, attest (and sign, with a signatory) between the
+    run-ID and the stable tag.
 
     The stable tag never moves to a digest whose attestation could not be written: a failure
     to attest raises (a failed promotion, retried like any other), leaving only the run-ID tag.
@@ -122,5 +124,9 @@ def _copy_attested(
     assert source.digest is not None
     keeper.registry.copy(source.pinned(), rule.target, immutable_tags=(unique,), progress=progress)
     attestation = keeper.attestor.promotion(rule, rule.target.with_digest(source.digest), record)
+    if keeper.signatory is not None:
+        # the gate's signature (its own key), before the stable tag moves: a failure to sign is
+        # a failed promotion, as a failure to attest is
+        keeper.signatory.sign(rule.target.with_digest(source.digest), record)
     keeper.registry.copy(source.pinned(), rule.target, tags=(stable,))
     return attestation

@@ -6,6 +6,7 @@ from __future__ import annotations
 from gate.config.model import Rule
 from gate.domain.records import GateRecord, HistoryQuery, State, new_record_id
 from gate.domain.ref import ImageRef, parse_digest
+from gate.domain.signatures import signature_tag
 from gate.errors import Conflict, GateError, NotFound, UsageError
 from gate.logsafe import get_logger
 from gate.usecases.keeper import Gatekeeper, as_ref
@@ -128,8 +129,9 @@ def move_stable_tag(
     ``record`` advanced to ``state`` (a rollback or a demotion), for the caller to store.
 
     ``why`` goes into the attestation ("rolled back: …", "demoted by re-validation: …"), and
-    ``reason`` into the record, followed by what became of the attestation. A rollback or
-    demotion is an emergency measure: a failure to attest does not stop it, but it is logged and
+    ``reason`` into the record, followed by what became of the attestation and, with a
+    signatory, of the gate's signatures (``current``'s removed, ``record.digest`` signed). A
+    rollback or demotion is an emergency measure: a failure to attest does not stop it, but it is logged and
     said in the record. Only the stable tag moves; the run-ID tags of both digests stay where
     they are.
     """
@@ -146,8 +148,45 @@ def move_stable_tag(
                 "record %s: the demotion of %s was not attested: %s", record.id, image, exc.message
             )
             said = f"; the demotion of {current} could NOT be attested: {exc.message}"
+    said += _move_signature(keeper, repo, record, current)
     keeper.registry.copy(repo.with_digest(record.digest).pinned(), repo, tags=(stable,))
     return record.advance(state, attestation=attested, reason=reason + said)
+
+
+def _move_signature(keeper: Gatekeeper, repo: ImageRef, record: GateRecord, current: str) -> str:
+    """Remove the gate's signature of ``current`` and sign ``record.digest`` (the digest the
+    stable tag moves to), so that "signed by the gate" stays "currently approved"; what became of
+    each, for the record. Like the demotion attestation, neither failure stops the move: each is
+    logged and said in the record."""
+    if keeper.signatory is None:
+        return ""
+    assert record.digest is not None
+    said = ""
+    try:
+        said += f"; signature of {current}: {keeper.signatory.unsign(repo.with_digest(current))}"
+    except GateError as exc:
+        _log.warning(
+            "record %s: the gate's signature of %s@%s was NOT removed: %s",
+            record.id,
+            repo.name,
+            current,
+            exc.message,
+        )
+        said += (
+            f"; the gate's signature of {current} could NOT be removed (it still verifies as "
+            f"approved; remove the gate's layer from {repo.name}:{signature_tag(current)} by "
+            f"hand): {exc.message}"
+        )
+    try:
+        said += (
+            f"; {record.digest}: {keeper.signatory.sign(repo.with_digest(record.digest), record)}"
+        )
+    except GateError as exc:
+        _log.warning(
+            "record %s: %s@%s was NOT signed: %s", record.id, repo.name, record.digest, exc.message
+        )
+        said += f"; {record.digest} could NOT be signed: {exc.message}"
+    return said
 
 
 def _stable_tag(ref: ImageRef, rules: list[Rule], promotions: list[GateRecord]) -> str:

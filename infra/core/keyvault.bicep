@@ -11,6 +11,9 @@ param tags object = {}
 @description('Name of the EC P-256 key that signs promotion attestations (docs/guide/evidence.md).')
 param attestationKeyName string = 'gate-attestation'
 
+@description('Name of the EC P-256 key that signs promoted digests (the promotion signature; never the attestation key, docs/guide/evidence.md).')
+param signatureKeyName string = 'gate-signature'
+
 @description('Resource id of the Log Analytics workspace the vault\'s audit log goes to.')
 param workspaceId string
 
@@ -57,6 +60,23 @@ resource attestationKey 'Microsoft.KeyVault/vaults/keys@2026-02-01' = {
   }
 }
 
+// The key of the promotion signature (cosign's .sig layout; removed again on demotion), a key of
+// its own: cosign 3's verify --key accepts any bundle the key signed whose subject is the digest,
+// so with the attestation key a FAILED demotion attestation would count as an approval. Created
+// like the attestation key (Keys - Create If Not Exist).
+resource signatureKey 'Microsoft.KeyVault/vaults/keys@2026-02-01' = {
+  parent: vault
+  name: signatureKeyName
+  properties: {
+    kty: 'EC'
+    curveName: 'P-256'
+    keyOps: [
+      'sign'
+      'verify'
+    ]
+  }
+}
+
 // Diagnostic settings are an extension resource (`scope:` the resource they watch), type and
 // properties as in Bicep's types for Microsoft.Insights/diagnosticSettings@2021-05-01-preview
 // (Azure/bicep-types-az, generated/monitor/microsoft.insights/2021-05-01-preview/types.md).
@@ -85,5 +105,7 @@ resource auditLog 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
 output id string = vault.id
 output attestationKeyName string = attestationKey.name
 output attestationKeyUri string = attestationKey.properties.keyUri
+output signatureKeyName string = signatureKey.name
+output signatureKeyUri string = signatureKey.properties.keyUri
 output name string = vault.name
 output uri string = vault.properties.vaultUri

@@ -10,6 +10,9 @@ param keyVaultName string
 @description('Name of the vault\'s attestation signing key (core/keyvault.bicep).')
 param attestationKeyName string
 
+@description('Name of the vault\'s promotion signature key (core/keyvault.bicep).')
+param signatureKeyName string
+
 @description('Blob container Event Grid dead-letters undeliverable push events into.')
 param deadLetterContainerName string
 
@@ -60,6 +63,10 @@ resource vault 'Microsoft.KeyVault/vaults@2026-02-01' existing = {
 
   resource attestationKey 'keys' existing = {
     name: attestationKeyName
+  }
+
+  resource signatureKey 'keys' existing = {
+    name: signatureKeyName
   }
 
   // the secrets validation runs read; a secret must exist before a role can be assigned on it
@@ -132,6 +139,19 @@ resource appSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 resource appSignsAttestations 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(vault::attestationKey.id, appPrincipalId, roles.keyVaultCryptoUser)
   scope: vault::attestationKey
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultCryptoUser)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The app, on the signature key only: it signs each promoted digest (cosign's simple-signing
+// payload) with the key's sign operation; the same role as on the attestation key, scoped to this
+// other key.
+resource appSignsPromotions 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault::signatureKey.id, appPrincipalId, roles.keyVaultCryptoUser)
+  scope: vault::signatureKey
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultCryptoUser)
     principalId: appPrincipalId

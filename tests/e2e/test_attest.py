@@ -447,4 +447,14 @@ def test_consumer_examples_ask_for_what_the_gate_writes() -> None:
     workflow = yaml.safe_load((examples / "ci-verify.yml").read_text())
     steps = " ".join(str(s.get("run", "")) for s in workflow["jobs"]["build"]["steps"])
     assert "gate verify" in steps and "--key" in steps and "--max-age" in steps
-    assert len(list(yaml.safe_load_all((examples / "ratify-verifier.yaml").read_text()))) == 2
+    # the second rule admits only digests carrying the gate's promotion signature
+    [signature_rule] = policy["spec"]["rules"][1]["verifyImages"]
+    assert "attestations" not in signature_rule and signature_rule.get("type", "Cosign") == "Cosign"
+    [entry] = signature_rule["attestors"][0]["entries"]
+    assert "SIGNATURE-PUBLIC-KEY" in entry["keys"]["publicKeys"]
+    assert entry["keys"]["rekor"]["ignoreTlog"] is True
+    provider, verifier = yaml.safe_load_all((examples / "ratify-verifier.yaml").read_text())
+    assert [k["name"] for k in provider["spec"]["parameters"]["keys"]] == ["gate-signature"]
+    [policy_entry] = verifier["spec"]["parameters"]["trustPolicies"]
+    assert policy_entry["keys"] == [{"provider": provider["metadata"]["name"]}]
+    assert verifier["spec"]["artifactTypes"] == "application/vnd.dev.cosign.artifact.sig.v1+json"

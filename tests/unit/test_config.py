@@ -538,3 +538,71 @@ def test_a_duration_with_a_trailing_newline_is_the_files_error_at_its_field(tmp_
 
     with pytest.raises(ConfigError, match=r"rule 'node'\.cooldown: '6h\n' is not a duration"):
         load_config(make(tmp_path, body), env={"UP": "127.0.0.1:5001"})
+
+
+def test_the_promotion_signature_has_a_key_of_its_own(tmp_path: Path) -> None:
+    (tmp_path / "gate.key").write_text("attestation key")
+    (tmp_path / "sign.key").write_text("signature key")
+    (tmp_path / "copy.key").write_text("attestation key")
+    env = {"UP": "127.0.0.1:5001"}
+
+    def attestation(line: str) -> Path:
+        return make(tmp_path, GOOD.rstrip(" ") + f"    attestation: {line}\n")
+
+    config = load_config(attestation("{key: gate.key, signature_key: sign.key}"), env=env)
+    assert config.attestation is not None
+    assert config.attestation.signature_key == tmp_path / "sign.key"
+    assert config.attestation.signs
+    plain = load_config(attestation("{key: gate.key}"), env=env).attestation
+    assert plain is not None and not plain.signs
+
+    # the same file, or a copy of it: cosign 3 would take any attestation as an approval
+    for same in ("gate.key", "./gate.key", "copy.key"):
+        with pytest.raises(ConfigError, match=r"signature_key: is the attestation key.*FAILED"):
+            load_config(attestation(f"{{key: gate.key, signature_key: {same}}}"), env=env)
+    with pytest.raises(ConfigError, match=r"signature_key: .*gate keygen missing.key"):
+        load_config(attestation("{key: gate.key, signature_key: missing.key}"), env=env)
+
+
+def test_a_key_vault_signature_key_is_another_key_of_the_azure_gate(tmp_path: Path) -> None:
+    push = PLAIN_AZURE.replace(
+        "registry: {name: contosobase, resource_group: rg}",
+        "registry: {name: contosobase, resource_group: rg, promote: push}",
+    ).rstrip(" ")
+    other = "https://contoso-kv.vault.azure.net/keys/gate-signature"
+
+    def attestation(extra: str) -> Path:
+        return make(tmp_path, push + f"    attestation: {{key_vault_key: '{KV_KEY}', {extra}}}\n")
+
+    config = load_config(attestation(f"signature_key_vault_key: '{other}/'"))
+    assert config.attestation is not None
+    assert config.attestation.signature_key_vault_key == other
+    # the attestation key under another version or spelling is still that key
+    for same in (KV_KEY, KV_KEY.upper().replace("HTTPS", "https") + "/0123abcd"):
+        with pytest.raises(ConfigError, match=r"signature_key_vault_key: is the attestation key"):
+            load_config(attestation(f"signature_key_vault_key: '{same}'"))
+    (tmp_path / "sign.key").write_text("x")
+    with pytest.raises(ConfigError, match=r"signature_key: with azure:, sign with a Key Vault"):
+        load_config(attestation("signature_key: sign.key"))
+    with pytest.raises(ConfigError, match="name at most one signature key"):
+        load_config(attestation(f"signature_key: sign.key, signature_key_vault_key: '{other}'"))
+
+
+def test_config_check_refuses_one_key_for_attestation_and_signature_saying_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from gate.entrypoints import cli
+
+    (tmp_path / "gate.key").write_text("one key")
+    monkeypatch.setenv("UP", "127.0.0.1:5001")
+    path = make(
+        tmp_path, GOOD.rstrip(" ") + "    attestation: {key: gate.key, signature_key: gate.key}\n"
+    )
+
+    done = CliRunner().invoke(cli.main, ["config", "check", str(path)])
+
+    assert done.exit_code == 2, done.output
+    assert "attestation.signature_key: is the attestation key" in done.stderr
+    assert "a FAILED demotion too, would count as an approval" in done.stderr

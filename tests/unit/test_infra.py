@@ -650,25 +650,41 @@ def test_gate_may_attach_the_runner_identity_and_no_other() -> None:
     assert render(params["appPrincipalId"]) == "identity.outputs.principalId"
 
 
-def test_the_app_signs_with_the_attestation_key_and_has_crypto_rights_on_nothing_else() -> None:
+def test_the_app_signs_with_its_two_keys_and_has_crypto_rights_on_nothing_else() -> None:
     vault = bicep("core/keyvault.bicep")
-    [key] = [r for _, r in resources(vault) if r["type"] == "Microsoft.KeyVault/vaults/keys"]
-    properties = body(key)["properties"]
-    assert properties["kty"] == "EC" and properties["curveName"] == "P-256"
-    assert sorted(properties["keyOps"]) == ["sign", "verify"]
+    keys = {
+        name: body(r)
+        for name, r in resources(vault)
+        if r["type"] == "Microsoft.KeyVault/vaults/keys"
+    }
+    # the attestation key and the promotion signature's, two keys (never one for both)
+    assert sorted(keys) == ["attestationKey", "signatureKey"]
+    assert render(keys["attestationKey"]["name"]) != render(keys["signatureKey"]["name"])
+    assert vault["parameters"]["attestationKeyName"]["default"] == "gate-attestation"
+    assert vault["parameters"]["signatureKeyName"]["default"] == "gate-signature"
+    for key in keys.values():
+        properties = key["properties"]
+        assert properties["kty"] == "EC" and properties["curveName"] == "P-256"
+        assert sorted(properties["keyOps"]) == ["sign", "verify"]
     uses = [
         (where, n, a)
         for where, n, a in role_assignments()
         if "keyVaultCryptoUser" in render(a["properties"]["roleDefinitionId"])
     ]
     assert [(where, n) for where, n, _ in uses] == [
-        ("rbac/gate-access.bicep", "appSignsAttestations")
+        ("rbac/gate-access.bicep", "appSignsAttestations"),
+        ("rbac/gate-access.bicep", "appSignsPromotions"),
     ]
-    (_, _, assignment) = uses[0]
-    assert render(assignment["properties"]["principalId"]) == "appPrincipalId"
-    assert render(assignment["scope"]) == "vault::attestationKey"
+    scopes = [render(a["scope"]) for _, _, a in uses]
+    assert scopes == ["vault::attestationKey", "vault::signatureKey"]
+    for _, _, assignment in uses:
+        assert render(assignment["properties"]["principalId"]) == "appPrincipalId"
     params = body(bicep("main.bicep")["modules"]["gateAccess"])["params"]
     assert render(params["attestationKeyName"]) == "keyVault.outputs.attestationKeyName"
+    assert render(params["signatureKeyName"]) == "keyVault.outputs.signatureKeyName"
+    settings = variable(bicep("main.bicep"), "appSettings")
+    assert render(settings["GATE_SIGNATURE_KEY_URI"]) == "keyVault.outputs.signatureKeyUri"
+    assert render(settings["GATE_ATTESTATION_KEY_URI"]) == "keyVault.outputs.attestationKeyUri"
 
 
 def test_app_settings_name_the_runner_identity_and_every_resource_setting_is_an_output() -> None:

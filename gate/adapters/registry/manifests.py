@@ -144,6 +144,31 @@ class Manifests:
             )
         return data, media_type
 
+    def delete_manifest(self, repository: ImageRef, digest: str) -> bool:
+        """Delete manifest ``digest`` of ``repository`` (and so every tag on it); False when it
+        is not there (404).
+
+        ``DELETE /v2/<name>/manifests/<digest>`` answers ``202 Accepted`` (OCI distribution spec
+        v1.1, "Deleting Manifests"; ACR: "Delete Manifest" of the container registry data plane,
+        azure-rest-api-specs ``containerregistry.json``, ``202``); a registry with deletion
+        disabled answers ``400`` or ``405`` (same section), raised as :class:`RegistryError`. The
+        token scope's action is ``delete`` (the distribution token scope grammar, as
+        ``docker-registry`` and ACR ask for it).
+        """
+        ep = self._http.endpoint(repository.registry)
+        repo = repository.repository
+        url = manifest_url(ep, repo, parse_digest(digest))
+
+        def attempt() -> bool:
+            response = self._http.request(ep, "DELETE", url, scopes=(f"repository:{repo}:delete",))
+            with closing(response):
+                if response.status_code == 404:
+                    return False
+                self._http.expect(response, (202, 200), ep, f"deleting {repo}@{digest}")
+                return True
+
+        return self._http.retry(f"deleting {repository.name}@{digest}", attempt)
+
     def referrers(self, subject: ImageRef) -> bytes | None:
         """The referrers index of ``subject`` (repository @ digest), None when the registry
         has no referrers API (404)."""

@@ -195,6 +195,10 @@ class OciRegistry:
         """A small blob of ``repository``, checked against ``digest`` (at most ``limit`` bytes)."""
         return self._blobs.fetch_blob(repository, digest, limit=limit)
 
+    def delete_manifest(self, repository: ImageRef, digest: str) -> bool:
+        """Delete manifest ``digest`` of ``repository`` (its tags with it); False when absent."""
+        return self._manifests.delete_manifest(repository, digest)
+
     def referrers(self, subject: ImageRef) -> bytes | None:
         """The referrers index of ``subject`` (repository @ digest) from the referrers API.
 

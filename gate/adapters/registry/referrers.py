@@ -322,8 +322,11 @@ class CosignSignatureReader:
             signature = (layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION)
             if not signature:
                 continue
-            payload = self._registry.fetch_blob(repo, str(layer.get("digest", "")))
-            signatures.append(CosignSignature(payload=payload, signature=str(signature)))
+            digest = str(layer.get("digest", ""))
+            payload = self._registry.fetch_blob(repo, digest)
+            signatures.append(
+                CosignSignature(payload=payload, signature=str(signature), layer=digest)
+            )
         return signatures
 
 
