@@ -605,6 +605,8 @@ output AZURE_SUBSCRIBED_TO_EVENTS bool = hasUpstream && subscribeToEvents
 // false when the upstream's existing system topic is used: teardown must leave it
 output AZURE_UPSTREAM_TOPIC_CREATED bool = hasUpstream && upstreamTopic!.outputs.created
 output AZURE_AUDIT_WORKBOOK_ID string = monitoring.outputs.workbookId
+// Where the app reads gate.yaml (relative to the app folder): the predeploy hook checks that file.
+output GATE_CONFIG string = appSettings.GATE_CONFIG
 // The settings gate.yaml reads, under the same names as in the Function app.
 output GATE_SUBSCRIPTION_ID string = appSettings.GATE_SUBSCRIPTION_ID
 output GATE_PROMOTE_MODE string = appSettings.GATE_PROMOTE_MODE
