@@ -172,9 +172,10 @@ var eventFunctionName = 'on_push'
 // The concurrency budget (docs/deploy.md, "Concurrency budget"). Task runs start in two places:
 // - gate_worker, the queue trigger, runs one validation per message it holds, and per instance
 //   it holds at most batchSize + newBatchThreshold messages ("the maximum number of concurrent
-//   messages being processed per function on one virtual machine (VM) is batchSize plus
-//   newBatchThreshold": learn.microsoft.com/azure/azure-functions/functions-bindings-storage-queue,
-//   "Concurrency"), on at most maximumInstanceCount instances (the app's scale-out cap:
+//   messages being processed per function is batchSize plus newBatchThreshold ... If the function
+//   app scales out to multiple VMs, each VM could run one instance of each queue-triggered
+//   function": learn.microsoft.com/azure/azure-functions/functions-bindings-storage-queue,
+//   host.json settings, batchSize), on at most maximumInstanceCount instances (the app's cap:
 //   learn.microsoft.com/azure/azure-functions/flex-consumption-how-to, "Set maximum instance
 //   count"; 1 to 1000: flex-consumption-plan, "Considerations");
 // - the watch timer re-validates due rules inline, one after another (function_app.py

@@ -41,6 +41,8 @@ resource created 'Microsoft.EventGrid/systemTopics@2025-02-15' = if (!existingTo
   }
 }
 
+// an `existing` reference deploys nothing, so it may share the created topic's name (Bicep skips
+// existing resources in its duplicate-name check: Azure/bicep, EmitLimitationCalculator)
 resource found 'Microsoft.EventGrid/systemTopics@2025-02-15' existing = {
   name: topicName
 }

@@ -1891,3 +1891,34 @@ def test_main_uses_the_existing_topic_exactly_when_one_is_named_outside_the_walk
     assert render(bicep("app/upstream-topic.bicep")["outputs"]["created"]["value"]) == (
         "!existingTopic"
     )
+
+
+def test_deploy_docs_budget_table_is_the_templates_derivation() -> None:
+    page = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    section = page[page.index("## Concurrency budget") : page.index("## Always-ready instance")]
+    rows = re.findall(
+        r"^\| (\d+)(?: \(default\))? \| (\d+) \| (\d+) \| (\d+) \| (\d+) \+ 1 \|$",
+        section,
+        re.MULTILINE,
+    )
+    assert len(rows) >= 4
+    for budget, batch, threshold, instances, worker in (tuple(map(int, r)) for r in rows):
+        d = derived_for(budget)
+        assert (batch, threshold, instances) == (
+            d["queueBatchSize"],
+            d["queueNewBatchThreshold"],
+            d["maximumInstanceCount"],
+        ), budget
+        assert worker == instances * (batch + threshold), budget
+    assert "| 25 (default) |" in section
+
+
+def test_azd_variables_default_to_the_templates_defaults() -> None:
+    main = bicep("main.bicep")["parameters"]
+    given = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    assert given["maxConcurrentTaskRuns"]["value"] == (
+        f"${{MAX_CONCURRENT_TASK_RUNS={main['maxConcurrentTaskRuns']['default']}}}"
+    )
+    assert given["onPushAlwaysReady"]["value"] == "${ON_PUSH_ALWAYS_READY=false}"
+    assert main["onPushAlwaysReady"]["default"] is False
+    assert given["upstreamSystemTopicName"]["value"] == "${UPSTREAM_SYSTEM_TOPIC_NAME=}"
