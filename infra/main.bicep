@@ -82,11 +82,11 @@ param upstreamSystemTopicName string = ''
 // ACR documents no per-SKU limit on concurrent task runs that we found (container-registry-skus
 // and its limits table list storage, operations, bandwidth, webhooks, replications, endpoints),
 // so the budget is the operator's, not a platform limit: 25 keeps the queue trigger's 4 + 2
-// messages per instance (host.json) on four instances, plus the one re-validation the watch timer
-// runs inline. The instance cap and the queue batch below are derived from it.
-@minValue(3)
+// messages per instance (host.json) on four instances (24 runs). The instance cap and the queue
+// batch below are derived from it.
+@minValue(2)
 @maxValue(1000)
-@description('Validation task runs the gate may have running at once on its runner registry (3-1000). The Function app\'s maximumInstanceCount and the queue trigger\'s batchSize/newBatchThreshold are derived from it (docs/deploy.md, "Concurrency budget").')
+@description('Validation task runs the gate may have running at once on its runner registry (2-1000). The Function app\'s maximumInstanceCount and the queue trigger\'s batchSize/newBatchThreshold are derived from it (docs/deploy.md, "Concurrency budget").')
 param maxConcurrentTaskRuns int = 25
 
 @description('Keep one instance always ready for the Event Grid trigger on_push (Flex Consumption alwaysReady, billed while idle). Off: a cold start may outlast Event Grid\'s 30 s delivery timeout, and that delivery is retried (docs/deploy.md, "Always-ready instance").')
@@ -169,8 +169,8 @@ var authTenant = empty(authTenantId) ? tenant().tenantId : authTenantId
 var authAudience = empty(authApplicationIdUri) ? 'api://${authClientId}' : authApplicationIdUri
 var eventFunctionName = 'on_push'
 
-// The concurrency budget (docs/deploy.md, "Concurrency budget"). Task runs start in two places:
-// - gate_worker, the queue trigger, runs one validation per message it holds, and per instance
+// The concurrency budget (docs/deploy.md, "Concurrency budget"). Task runs start in one place:
+// gate_worker, the queue trigger, runs one validation per message it holds, and per instance
 //   it holds at most batchSize + newBatchThreshold messages ("the maximum number of concurrent
 //   messages being processed per function is batchSize plus newBatchThreshold ... If the function
 //   app scales out to multiple VMs, each VM could run one instance of each queue-triggered
@@ -178,20 +178,16 @@ var eventFunctionName = 'on_push'
 //   host.json settings, batchSize), on at most maximumInstanceCount instances (the app's cap:
 //   learn.microsoft.com/azure/azure-functions/flex-consumption-how-to, "Set maximum instance
 //   count"; 1 to 1000: flex-consumption-plan, "Considerations");
-// - the watch timer re-validates due rules inline, one after another (function_app.py
-//   _revalidate), on one instance however far the app scales out
-//   (learn.microsoft.com/azure/azure-functions/functions-bindings-timer, "Scale-out": "only a
-//   single instance of a timer-triggered function is run across all instances. It will not
-//   trigger again if there is an outstanding invocation still running").
-// So instances × (batchSize + newBatchThreshold) + 1 <= maxConcurrentTaskRuns. The batch keeps
+// the watch timer only queues re-validations (one message per due rule: function_app.py watch),
+// which gate_worker runs like any other message; it starts no task run of its own.
+// So instances × (batchSize + newBatchThreshold) <= maxConcurrentTaskRuns. The batch keeps
 // host.json's 4 + 2 while the budget allows it; the app settings below override host.json's
 // values with these (AzureFunctionsJobHost__extensions__queues__…: learn.microsoft.com/azure/
 // azure-functions/functions-host-json, "Override host.json values").
-var revalidationRuns = 1
-var workerRuns = maxConcurrentTaskRuns - revalidationRuns
+var workerRuns = maxConcurrentTaskRuns
 // newBatchThreshold stays between 1 and batchSize: the host refuses one above batchSize and some
 // versions refuse 0 (QueuesOptions.NewBatchThreshold in Azure/azure-webjobs-sdk), hence a budget
-// of at least 3 (one re-validation, one batch of 1 and a threshold of 1)
+// of at least 2 (one batch of 1 and a threshold of 1)
 var queueBatchSize = min(4, workerRuns - 1)
 var queueNewBatchThreshold = min(2, workerRuns - queueBatchSize)
 var runsPerInstance = queueBatchSize + queueNewBatchThreshold

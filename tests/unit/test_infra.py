@@ -1737,7 +1737,6 @@ def evaluate(expression: Any, names: dict[str, Any]) -> Any:
 
 
 BUDGET_VARIABLES = (
-    "revalidationRuns",
     "workerRuns",
     "queueBatchSize",
     "queueNewBatchThreshold",
@@ -1762,15 +1761,15 @@ def decorator(parameter: dict[str, Any], kind: str) -> Any:
 def test_derived_instances_times_messages_per_instance_stay_within_the_budget() -> None:
     parameter = bicep("main.bicep")["parameters"]["maxConcurrentTaskRuns"]
     low, high = decorator(parameter, "min_value"), decorator(parameter, "max_value")
-    assert (low, high) == (3, 1000)
+    assert (low, high) == (2, 1000)
     for budget in range(low, high + 1):
         d = derived_for(budget)
         # the queue trigger holds batchSize + newBatchThreshold messages per instance, one
-        # validation each, plus the timer's one inline re-validation
+        # validation each (re-validations are queue messages too)
         worst = d["maximumInstanceCount"] * (d["queueBatchSize"] + d["queueNewBatchThreshold"])
-        assert worst + d["revalidationRuns"] <= budget, budget
+        assert worst <= budget, budget
         # and not needlessly below it: one more instance would break the budget
-        assert worst + d["runsPerInstance"] + d["revalidationRuns"] > budget, budget
+        assert worst + d["runsPerInstance"] > budget, budget
         # values the platform and the host accept
         assert 1 <= d["maximumInstanceCount"] <= 1000, budget
         assert 1 <= d["queueBatchSize"] <= 32, budget
@@ -1812,18 +1811,17 @@ def test_the_derived_numbers_reach_the_plan_and_the_queue_trigger() -> None:
     )
 
 
-def test_only_the_queue_worker_and_the_revalidating_timer_start_task_runs() -> None:
-    # the budget counts gate_worker's messages and one re-validation; a new trigger that
-    # validates would have to be counted too
+def test_only_the_queue_worker_starts_task_runs() -> None:
+    # the budget counts gate_worker's messages; a new trigger that validates would have to be
+    # counted too. The watch timer queues due re-validations as messages and runs none itself.
     triggers = {b["function"]: b["type"] for b in bindings() if b["type"].endswith("Trigger")}
     assert triggers["gate_worker"] == "queueTrigger"
     assert [f for f, t in triggers.items() if t == "timerTrigger"] == ["watch", "prune"]
     source = (ROOT / "function_app.py").read_text(encoding="utf-8")
-    # _revalidate runs validations one after another; it is defined once and called once, by
-    # the watch timer (a timer runs on one instance at a time)
-    assert source.count("_revalidate()") == 2
     watch = source[source.index("def watch(") : source.index("def prune(")]
-    assert "_revalidate()" in watch
+    assert "revalidations_due" in watch
+    for runs_validations in ("revalidate(", "revalidate_one(", "revalidate_due(", "handle("):
+        assert runs_validations not in watch, runs_validations
 
 
 # -- Event Grid: the always-ready trigger and the repository filter ------------------------
@@ -1913,7 +1911,7 @@ def test_deploy_docs_budget_table_is_the_templates_derivation() -> None:
     page = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
     section = page[page.index("## Concurrency budget") : page.index("## Always-ready instance")]
     rows = re.findall(
-        r"^\| (\d+)(?: \(default\))? \| (\d+) \| (\d+) \| (\d+) \| (\d+) \+ 1 \|$",
+        r"^\| (\d+)(?: \(default\))? \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|$",
         section,
         re.MULTILINE,
     )
