@@ -30,6 +30,7 @@ def _config(
     notify_url: str | None,
     htpasswd: Path | None,
     notify_headers: dict[str, list[str]] | None = None,
+    delete_enabled: bool = True,
 ) -> str:
     # JSON is valid YAML: no dependency on a YAML writer, and no quoting surprises.
     import json
@@ -39,7 +40,7 @@ def _config(
         "log": {"level": "info", "accesslog": {"disabled": True}},
         "storage": {
             "filesystem": {"rootdirectory": str(root / "data")},
-            "delete": {"enabled": True},
+            "delete": {"enabled": delete_enabled},
             # No blob-descriptor cache: tests delete and re-push, a cache would hide that.
             "maintenance": {"uploadpurging": {"enabled": False}},
         },
@@ -95,7 +96,8 @@ class RegistryProcess(ChildProcess):
     Use as a context manager (or call :meth:`start` / :meth:`stop`). ``notify_url`` adds a
     notifications endpoint, ``notify_headers`` static headers its notifications carry (e.g.
     ``{"Authorization": ["Bearer <token>"]}``); ``username``/``password`` turn on htpasswd basic
-    auth.
+    auth. ``delete_enabled=False`` turns deletion off (``storage.delete.enabled``): manifest and
+    blob ``DELETE`` requests are then refused with 405 UNSUPPORTED.
     """
 
     def __init__(
@@ -107,8 +109,10 @@ class RegistryProcess(ChildProcess):
         notify_headers: dict[str, list[str]] | None = None,
         username: str | None = None,
         password: str | None = None,
+        delete_enabled: bool = True,
     ) -> None:
         self.root = Path(root)
+        self.delete_enabled = delete_enabled
         self._fixed_port = port
         self.port = port or 0
         self.notify_url = notify_url
@@ -141,7 +145,14 @@ class RegistryProcess(ChildProcess):
             self.port = self._fixed_port or free_port()
             config_path = self.root / "config.yml"
             config_path.write_text(
-                _config(self.root, self.port, self.notify_url, htpasswd, self.notify_headers)
+                _config(
+                    self.root,
+                    self.port,
+                    self.notify_url,
+                    htpasswd,
+                    self.notify_headers,
+                    delete_enabled=self.delete_enabled,
+                )
             )
             with self._log_path.open("wb") as log:
                 self._proc = subprocess.Popen(
