@@ -14,6 +14,8 @@ that fails only costs time: the promotion copies what is missing, as it always d
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from collections.abc import Callable
 
@@ -32,6 +34,8 @@ CANCEL_WAIT_SECONDS = 60.0
 """How long a stopped staging may take to end (it stops at its next MiB or request); one that
 takes longer is left to end on its own, and its blobs to the registry's garbage collection."""
 _NEIGHBOURS = 50
+STAGING_NICE = 10
+"""The staging thread's nice value (higher is gentler): the validation comes first."""
 
 
 class StagingStopped(GateError):
@@ -86,6 +90,7 @@ class Staging:
             self._lease_check()
 
     def _work(self) -> None:
+        _yield_cpu()
         try:
             self.report = self._stager.stage(
                 self.source, self.target, progress=self._progress, on_uploaded=self._added
@@ -133,6 +138,19 @@ class Staging:
                 left=len(uploaded), note=f"another gate of {self.target.name} is in progress"
             )
         return self._stager.unstage(self.target, uploaded)
+
+
+def _yield_cpu() -> None:
+    """Lower this thread's CPU priority: the staging is background work beside a validation
+    that is on the critical path (on a machine of few cores, both hash the same bytes).
+
+    Linux keeps a nice value per thread (setpriority(2), NOTES: "under the current Linux/NPTL
+    implementation of POSIX threads, the nice value is a per-thread attribute"), so
+    ``setpriority(PRIO_PROCESS, <thread id>, ...)`` lowers this thread alone. Where that is
+    not so or not allowed, the staging simply runs at the process's priority.
+    """
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), STAGING_NICE)
 
 
 def start_staging(

@@ -289,8 +289,9 @@ class LocalValidator:
         engine = self.engine_path()
         if engine is None or self.keep_images:
             return
-        for image in reversed(handed.names):
-            self._engine_call(engine, "rmi", image)
+        if handed.names:
+            # the stable name first, then the candidate's: one call removes both
+            self._engine_call(engine, "rmi", *reversed(handed.names))
 
 
 @dataclass

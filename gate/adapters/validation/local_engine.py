@@ -255,10 +255,10 @@ class EngineRun:
                     self.handed = (image, image_id)
                     removing.remove(image)
                     self.log_line(f"kept in the engine's store for the downstream run: {image}")
-        # newest first: built images before the bases they were built from
-        for image in reversed(removing):
-            self.engine_quietly("rmi", image)
         if removing:
+            # one call, newest first (built images before the bases they were built from):
+            # podman and docker remove every name they can and report the others
+            self.engine_quietly("rmi", *reversed(removing))
             self.log_line(f"removed from the engine's store: {', '.join(removing)}")
 
     def pull(self, image: str) -> tuple[Outcome, str] | None:
