@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gate.domain.records import GateRecord, Outcome, State, new_record_id
+from gate.domain.records import GateRecord, LeaseLost, Outcome, State, new_record_id
 from gate.ports import ValidationRequest
 from gate.usecases.gating import gate_image
 from gate.usecases.keeper import Gatekeeper
@@ -112,3 +112,23 @@ def test_a_staging_that_fails_costs_nothing_but_time_the_promotion_copies_as_usu
     assert outcome.record.state is State.PROMOTED
     assert keeper.registry.tag_of(f"{ART}/node:15-alpine") == digest
     assert "the promotion copies what is missing" in caplog.text
+
+
+def test_a_lost_lease_stops_the_staging_as_it_stops_a_copy(tmp_path: Path) -> None:
+    from gate.domain.ref import ImageRef
+    from gate.usecases.staging import Staging
+
+    _keeper, stager = staged_keeper(tmp_path, hold=threading.Event())
+    checks: list[int] = []
+
+    def lease_check() -> None:
+        checks.append(1)
+        raise LeaseLost("record r1 was taken over by another worker; this worker stops")
+
+    source = ImageRef.parse(f"{UP}/node@sha256:" + "4" * 64)
+    staging = Staging(stager, source, ImageRef.parse(f"{ART}/node"), lease_check).start()
+    staging.keep()  # returns: the staging ended on its own, at its first progress report
+
+    assert isinstance(staging.error, LeaseLost)
+    assert checks == [1]
+    assert stager.copied_when_done == []  # it never got to the end
