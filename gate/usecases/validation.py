@@ -62,8 +62,9 @@ def validation_request(
         # that died before recording it is found again by this name
         key=record.id,
         attempt=max(record.attempts, 1),
-        # downstream task files run on this machine build on the promoted candidate
-        hand_over=sum(task.local for task in rule.downstream),
+        # downstream task files run on this machine build on the promoted candidate; with a
+        # cooldown the promotion (and so its downstream runs) comes later, in another pass
+        hand_over=0 if rule.cooldown_seconds else sum(task.local for task in rule.downstream),
     )
 
 
