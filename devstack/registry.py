@@ -96,8 +96,8 @@ class RegistryProcess(ChildProcess):
     Use as a context manager (or call :meth:`start` / :meth:`stop`). ``notify_url`` adds a
     notifications endpoint, ``notify_headers`` static headers its notifications carry (e.g.
     ``{"Authorization": ["Bearer <token>"]}``); ``username``/``password`` turn on htpasswd basic
-    auth; ``delete_enabled=False`` makes manifest deletes answer 405, as distribution does when
-    ``storage.delete`` is off.
+    auth. ``delete_enabled=False`` turns deletion off (``storage.delete.enabled``): manifest and
+    blob ``DELETE`` requests are then refused with 405 UNSUPPORTED.
     """
 
     def __init__(
@@ -151,7 +151,7 @@ class RegistryProcess(ChildProcess):
                     self.notify_url,
                     htpasswd,
                     self.notify_headers,
-                    self.delete_enabled,
+                    delete_enabled=self.delete_enabled,
                 )
             )
             with self._log_path.open("wb") as log:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         ManifestReader,
         OnStarted,
         PolledDigest,
+        ProgressCallback,
         RequestQueue,
         Resume,
         Secrets,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
         SignatureStore,
         SignatureWriter,
         Signer,
+        Unstaged,
         ValidationRequest,
         Validator,
     )
@@ -54,7 +56,13 @@ if TYPE_CHECKING:
 
 if TYPE_CHECKING:
     # named in string form by the bases of the Deferred subclasses (bases run at import time)
-    from gate.ports import Attester, PollingRegistry, PromotionSigner, Registry  # noqa: F401
+    from gate.ports import (  # noqa: F401
+        Attester,
+        BlobStager,
+        PollingRegistry,
+        PromotionSigner,
+        Registry,
+    )
 
 
 class Once[T]:
@@ -139,6 +147,25 @@ class LazyManifests(Deferred["ManifestReader"]):
     def fetch_blob(self, repository: ImageRef, digest: str, *, limit: int = 4 << 20) -> bytes:
         """See :meth:`gate.ports.ManifestReader.fetch_blob`."""
         return self.port().fetch_blob(repository, digest, limit=limit)
+
+
+class LazyStager(Deferred["BlobStager"]):
+    """A :class:`~gate.ports.BlobStager` built on first use."""
+
+    def stage(
+        self,
+        source: ImageRef,
+        target: ImageRef,
+        *,
+        progress: ProgressCallback | None = None,
+        on_uploaded: Callable[[str], None] | None = None,
+    ) -> CopyReport:
+        """See :meth:`gate.ports.BlobStager.stage`."""
+        return self.port().stage(source, target, progress=progress, on_uploaded=on_uploaded)
+
+    def unstage(self, target: ImageRef, digests: Sequence[str]) -> Unstaged:
+        """See :meth:`gate.ports.BlobStager.unstage`."""
+        return self.port().unstage(target, digests)
 
 
 class LazyValidator(Deferred["Validator"]):
@@ -484,6 +511,9 @@ def local_gatekeeper(config: GateConfig, *, notify: Notify | None = None) -> Gat
         secrets=secrets,
         notify=notify or quiet,
         downstream=downstream,
+        # a client of its own: the staging thread copies while the validation runs, and one
+        # OciRegistry runs one copy at a time
+        stager=LazyStager(Once(lambda: _oci(config, secrets))),
     )
 
 

@@ -100,6 +100,51 @@ class Registry(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Unstaged:
+    """What removing staged blobs did: how many were deleted, how many were left (for the
+    registry's garbage collection), and why any were left ('' when none were)."""
+
+    deleted: int = 0
+    left: int = 0
+    note: str = ""
+
+
+class BlobStager(Protocol):
+    """Copies an image's blobs into a target repository ahead of its promotion (an optional
+    capability of a registry adapter that copies blobs itself; ACR import copies server-side).
+
+    Staging writes no manifest and no tag: an image whose validation fails is never visible in
+    the target, and its staged blobs are unreferenced, which is what a registry's garbage
+    collection removes. The promotion that follows a pass finds the blobs there and copies
+    only the manifests and tags.
+    """
+
+    def stage(
+        self,
+        source: ImageRef,
+        target: ImageRef,
+        *,
+        progress: ProgressCallback | None = None,
+        on_uploaded: Callable[[str], None] | None = None,
+    ) -> CopyReport:
+        """Copy every blob :meth:`Registry.copy` of ``source`` (pinned) would copy into
+        ``target``'s repository, checked by digest as the copy does; no manifest, no tag.
+
+        ``on_uploaded(digest)`` hears of each blob this call wrote that was not there before
+        (copied or mounted), as soon as it is written, so that a staging stopped half-way still
+        knows what it added. ``progress`` is called as a copy's is: raising from it stops the
+        staging (the upload in flight is cancelled).
+        """
+        ...
+
+    def unstage(self, target: ImageRef, digests: Sequence[str]) -> Unstaged:
+        """Delete the blobs ``digests`` from ``target``'s repository where the registry allows
+        it, within a bounded time; never raises for a registry that refuses or cannot be
+        reached (what is left is for its garbage collection, and the result says so)."""
+        ...
+
+
 class RateLimited(RegistryUnavailable):
     """A registry asked the gate to stop for a while (``429``); ``retry_after`` in seconds."""
 
@@ -166,6 +211,9 @@ class ValidationRequest:
     attempt finds the run of an earlier one by name. An empty ``key`` leaves nothing to find.
     ``platform`` (``os/arch[/variant]``) is the platform the run executes on: every step, as
     on an agent of that platform; empty: the validator's default platform.
+    ``hand_over`` counts the downstream runs on this machine that build on the candidate once
+    it is promoted: a validator with a local image store keeps a passed candidate there for
+    them (the last one removes it), so that it is not downloaded twice; others ignore it.
     """
 
     image: ImageRef
@@ -178,6 +226,7 @@ class ValidationRequest:
     key: str = ""
     attempt: int = 1
     platform: str = ""
+    hand_over: int = 0
 
 
 @dataclass(frozen=True)

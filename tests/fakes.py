@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -15,7 +17,14 @@ from gate.errors import (
     QueueError,
     RegistryUnavailable,
 )
-from gate.ports import CopyReport, PolledDigest, ProgressCallback, Resume, ValidationRequest
+from gate.ports import (
+    CopyReport,
+    PolledDigest,
+    ProgressCallback,
+    Resume,
+    Unstaged,
+    ValidationRequest,
+)
 
 
 def digest_of(text: str) -> str:
@@ -163,3 +172,44 @@ class FakeRequestQueue:
         if self.down:
             raise QueueError("fake queue is down; check that it runs")
         self.sent.append((body, delay_seconds))
+
+
+@dataclass
+class FakeStager:
+    """Stages by saying which blobs it uploaded; notes what the registry had copied by then.
+
+    ``blobs`` are reported as uploaded; ``hold`` (when set) keeps the staging running until it
+    is set or stopped; ``fail`` raises instead of staging.
+    """
+
+    registry: FakeRegistry
+    blobs: tuple[str, ...] = ("sha256:" + "1" * 64, "sha256:" + "2" * 64)
+    hold: threading.Event | None = None
+    fail: bool = False
+    copied_when_done: list[list[tuple[str, str]]] = field(default_factory=list)
+    unstaged: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+
+    def stage(
+        self,
+        source: ImageRef,
+        target: ImageRef,
+        *,
+        progress: ProgressCallback | None = None,
+        on_uploaded: Callable[[str], None] | None = None,
+    ) -> CopyReport:
+        assert source.digest, "staging goes by digest"
+        if self.fail:
+            raise RegistryUnavailable("fake target is down for staging; check that it runs")
+        for blob in self.blobs:
+            if on_uploaded is not None:
+                on_uploaded(blob)
+        while self.hold is not None and not self.hold.wait(0.01):
+            if progress is not None:
+                progress(self.blobs[-1], 0, 1)  # raises once the staging is stopped
+        time.sleep(0.05)  # still copying when the validation ends
+        self.copied_when_done.append(list(self.registry.copies))
+        return CopyReport(digest=source.digest, blobs_copied=len(self.blobs))
+
+    def unstage(self, target: ImageRef, digests: Sequence[str]) -> Unstaged:
+        self.unstaged.append((target.name, tuple(digests)))
+        return Unstaged(deleted=len(digests))

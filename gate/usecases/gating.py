@@ -7,6 +7,7 @@ records the request and :func:`gate_record` carries it out later (the HTTP API a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from copy import replace
 from datetime import UTC, datetime
 
@@ -32,6 +33,7 @@ from gate.usecases.keeper import Gatekeeper, GateOutcome, as_ref
 from gate.usecases.leases import Heartbeat, lease_seconds
 from gate.usecases.passes import has_pass, pass_fresh, passed_at
 from gate.usecases.promotion import promote
+from gate.usecases.staging import Staging, discard_staging, start_staging
 from gate.usecases.validation import preflight, validate_platforms, validation_request
 
 # the logger name is what log queries select by; it stays the one from before the split
@@ -254,7 +256,7 @@ def _continue(
         preflight(keeper, rule, record)
     with Heartbeat(keeper, record) as beat:
         try:
-            done = _run(keeper, rule, source, record, beat.watch(progress))
+            done = _run(keeper, rule, source, record, beat.watch(progress), beat.check)
         except LeaseLost as exc:
             keeper.notify("lease-lost", record, exc.message)
             return GateOutcome(keeper.ledger.get(record.id), duplicate=True)
@@ -307,9 +309,10 @@ def _run(
     source: ImageRef,
     record: GateRecord,
     progress: ProgressCallback | None,
+    lease_check: Callable[[], None] | None = None,
 ) -> GateRecord:
     """Decide a claimed record, then start the rule's downstream tasks if it was promoted."""
-    record = _decide(keeper, rule, source, record, progress)
+    record = _decide(keeper, rule, source, record, progress, lease_check)
     if record.state is State.PROMOTED and rule.downstream:
         record = start_downstream(keeper, rule, record)
     return record
@@ -321,11 +324,14 @@ def _decide(
     source: ImageRef,
     record: GateRecord,
     progress: ProgressCallback | None,
+    lease_check: Callable[[], None] | None = None,
 ) -> GateRecord:
     """Validate and promote a claimed record; every exit path leaves a final record.
 
     An adopted record carries on from its state: a validation already passed is not run again,
-    and a validation run already started is followed rather than started anew.
+    and a validation run already started is followed rather than started anew. While the
+    validation runs, the candidate's blobs are staged into the target
+    (:mod:`gate.usecases.staging`): kept for the promotion after a pass, removed otherwise.
     """
     ledger = keeper.ledger
     if has_pass(record):
@@ -337,6 +343,8 @@ def _decide(
             record = record.advance(State.PROMOTING, reason="")
             ledger.save(record)
         return promote(keeper, rule, source, record, progress)
+    staging: Staging | None = None
+    passed = lost = False
     try:
         refused = _unsigned(keeper, rule, source)
         if refused:
@@ -350,6 +358,8 @@ def _decide(
         record = record.advance(State.VALIDATING)
         ledger.save(record)
         keeper.notify("validating", record, str(source.pinned()))
+        # the blobs travel while the validation runs; nothing is tagged before the verdict
+        staging = start_staging(keeper, rule, source, lease_check)
 
         def started(run_id: str) -> None:
             nonlocal record
@@ -389,6 +399,7 @@ def _decide(
             ledger.save(record)
             keeper.notify("failed", record, record.reason)
             return record
+        passed = True
 
         when = datetime.now(UTC).strftime("%Y%m%d")
         upstream_tag = source.tag or ""
@@ -403,6 +414,7 @@ def _decide(
         ledger.save(record)
     except BaseException as exc:
         if isinstance(exc, LeaseLost):
+            lost = True
             raise  # the record is another worker's now: write nothing
         reason = exc.message if isinstance(exc, GateError) else f"{type(exc).__name__}: {exc}"
         if isinstance(exc, KeyboardInterrupt):
@@ -413,6 +425,14 @@ def _decide(
         if isinstance(exc, GateError):
             return record
         raise
+    finally:
+        if staging is not None:
+            if passed:
+                staging.keep()  # joined before the promotion copies: one upload per blob
+            elif lost:
+                staging.discard(lambda: False)  # the new holder may be using these blobs
+            else:
+                discard_staging(keeper, staging, record, f"{record.state.value}")
     return promote(keeper, rule, source, record, progress)
 
 

@@ -25,6 +25,7 @@ from gate.domain.ref import ImageRef
 from gate.logsafe import get_logger
 from gate.ports import (
     Attester,
+    BlobStager,
     DownstreamRunner,
     Ledger,
     ManifestReader,
@@ -98,7 +99,8 @@ class Gatekeeper:
     ``manifests`` and ``polling`` are the registry's optional capabilities, given explicitly by
     whoever builds the gatekeeper (usually the registry adapter itself, when it has them):
     without ``manifests`` a rule with ``platforms:`` cannot be validated; without ``polling`` a
-    poll pass asks ``registry`` one request at a time.
+    poll pass asks ``registry`` one request at a time; without ``stager`` nothing reaches the
+    target before the verdict (see :mod:`gate.usecases.staging`).
     """
 
     config: GateConfig
@@ -117,6 +119,9 @@ class Gatekeeper:
     clock: Callable[[], datetime] = field(default=utcnow)
     manifests: ManifestReader | None = None
     polling: PollingRegistry | None = None
+    # copies the candidate's blobs into the target while it is validated (registries the gate
+    # copies into itself; None: promotion copies everything, as with ACR import)
+    stager: BlobStager | None = None
 
 
 @dataclass(frozen=True)

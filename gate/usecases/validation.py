@@ -62,6 +62,9 @@ def validation_request(
         # that died before recording it is found again by this name
         key=record.id,
         attempt=max(record.attempts, 1),
+        # downstream task files run on this machine build on the promoted candidate; with a
+        # cooldown the promotion (and so its downstream runs) comes later, in another pass
+        hand_over=0 if rule.cooldown_seconds else sum(task.local for task in rule.downstream),
     )
 
 
@@ -144,6 +147,7 @@ def validate_platforms(
             image=child,
             values={**base.values, "IMAGE": str(child), "SOURCE_DIGEST": manifest.digest},
             platform=name,
+            hand_over=0,  # a downstream run builds on the promoted index, not on a child
             # one run name per platform: a resumed record finds each platform's run again
             key=f"{record.id}-{name.replace('/', '-')}" if base.key else "",
         )

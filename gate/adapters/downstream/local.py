@@ -17,6 +17,11 @@ The run gets these values besides the entry's own ``values``:
 ``{{.Run.Registry}}`` is the registry promoted into; what a build step tags stays in the
 engine's store and is removed when the run ends, and a push step pushes only to the run's
 scratch store, as in a validation.
+
+The validation's candidate is the promoted digest: the validator keeps it in the engine's store
+after a pass (``ValidationRequest.hand_over``) and the run names it with the stable reference
+before it starts, so the ``FROM`` of the promoted base resolves in the store, checked against
+the promoted digest, and nothing is downloaded twice.
 """
 
 from __future__ import annotations
@@ -69,7 +74,13 @@ class LocalTaskDownstream:
             timeout_seconds=task.timeout_seconds,
             run_registry=image.registry,
         )
-        result = self.validator.validate(request, lambda _run_id: None)
+        # the candidate the validation pulled is this digest: named as the stable reference,
+        # the run builds on it without downloading it again
+        self.validator.adopt(image.digest, stable)
+        try:
+            result = self.validator.validate(request, lambda _run_id: None)
+        finally:
+            self.validator.release(image.digest)
         output = last_step_output(result.log)[:_OUTPUT_CHARS]
         if result.outcome is Outcome.PASSED:
             return DownstreamRun(

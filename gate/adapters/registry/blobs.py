@@ -10,7 +10,8 @@ origin and the auth flow answers no challenge from there.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from typing import Literal
 from urllib.parse import quote
@@ -18,13 +19,16 @@ from urllib.parse import quote
 import httpx
 
 from gate.adapters.registry.endpoint import Endpoint, Transient
-from gate.adapters.registry.http import RegistryHttp, append_query
+from gate.adapters.registry.http import RegistryHttp, append_query, error_detail
 from gate.adapters.registry.manifests import DIGEST, check_digest
 from gate.domain.ref import ImageRef
-from gate.errors import RegistryError, RegistryMisbehaved
-from gate.ports import ProgressCallback
+from gate.errors import GateError, RegistryError, RegistryMisbehaved
+from gate.ports import ProgressCallback, Unstaged
 
 _PROGRESS_STEP = 1024 * 1024
+UNSTAGE_BUDGET_SECONDS = 30.0
+"""How long removing staged blobs may take in all; what is left after that is for the
+registry's garbage collection."""
 
 Outcome = Literal["skipped", "mounted", "copied"]
 
@@ -109,6 +113,55 @@ class Blobs:
 
         http.retry(f"uploading a blob to {repository.name}", attempt)
         return digest
+
+    def delete_blobs(
+        self,
+        repository: ImageRef,
+        digests: Sequence[str],
+        *,
+        budget: float = UNSTAGE_BUDGET_SECONDS,
+    ) -> Unstaged:
+        """Delete blobs of ``repository``, one ``DELETE`` each, within ``budget`` seconds.
+
+        OCI distribution spec, "Deleting Blobs" (end-10, ``DELETE /v2/<name>/blobs/<digest>``):
+        ``202 Accepted`` on success, ``404`` when the blob is not there, and ``400`` or ``405``
+        when the registry has blob deletion disabled; a body with code ``UNSUPPORTED`` says the
+        same. A registry that refuses, or answers anything else, or cannot be reached, is not
+        asked again: the rest is left for its garbage collection and the result says why. The
+        token scope asks for ``delete``, the action distribution's authorisation names for
+        ``DELETE`` requests (registry/handlers/app.go, ``appendAccessRecords``). Nothing raises.
+        """
+        http = self._http
+        deleted = 0
+        try:
+            ep = http.endpoint(repository.registry)
+        except GateError as exc:
+            return Unstaged(left=len(digests), note=exc.message)
+        repo = repository.repository
+        scopes = (f"repository:{repo}:delete",)
+        ends = time.monotonic() + budget
+        for n, digest in enumerate(digests):
+            left = len(digests) - n
+            if not DIGEST.match(digest):
+                return Unstaged(deleted, left, f"{digest[:80]!r} is not a digest")
+            if time.monotonic() > ends:
+                return Unstaged(deleted, left, f"the {budget:g} s allowed for deleting passed")
+            url = f"{ep.base}/v2/{repo}/blobs/{digest}"
+            try:
+                with closing(http.request(ep, "DELETE", url, scopes=scopes)) as response:
+                    status, detail = response.status_code, error_detail(response)
+            except (Transient, GateError) as exc:
+                reason = exc.message if isinstance(exc, GateError) else exc.reason
+                return Unstaged(deleted, left, f"registry {ep.name}: {reason}")
+            if status in (202, 404):
+                deleted += status == 202
+                continue
+            if status in (400, 405) or "UNSUPPORTED" in detail:
+                why = f"registry {ep.name} does not delete blobs (HTTP {status})"
+            else:
+                why = f"registry {ep.name} answered HTTP {status} to a blob DELETE"
+            return Unstaged(deleted, left, why + (f": {detail}" if detail else ""))
+        return Unstaged(deleted, 0, "")
 
     def fetch_blob(self, repository: ImageRef, digest: str, *, limit: int = 4 << 20) -> bytes:
         """A small blob of ``repository``, checked against ``digest`` (at most ``limit`` bytes)."""

@@ -12,7 +12,7 @@ digest and size is checked against the OCI grammar before it is used (in a URL, 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Unpack
@@ -64,6 +64,9 @@ class _Stats:
     bytes_copied: int = 0
     read: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     named: set[str] = field(default_factory=set)
+    # staging: blobs only, no manifest written; each blob written is reported as it lands
+    stage_only: bool = False
+    on_uploaded: Callable[[str], None] | None = None
 
 
 def _malformed(where: str, what: str) -> RegistryMisbehaved:
@@ -177,6 +180,39 @@ class Copier:
             tags=tuple(written),
         )
 
+    def stage(
+        self,
+        source: ImageRef,
+        target: ImageRef,
+        *,
+        progress: ProgressCallback | None = None,
+        on_uploaded: Callable[[str], None] | None = None,
+    ) -> CopyReport:
+        """:meth:`gate.ports.BlobStager.stage`: the blobs of :meth:`copy`, in the same order,
+        skipped, mounted or streamed and checked the same way; no manifest and no tag."""
+        if source.digest is None:
+            raise InvalidReference(
+                f"cannot stage {source}: the source must be pinned by digest; "
+                "resolve the tag first and stage registry/repository@sha256:..."
+            )
+        stats = _Stats(stage_only=True, on_uploaded=on_uploaded)
+        self._copy_manifest(
+            self._http.endpoint(source.registry),
+            source.repository,
+            self._http.endpoint(target.registry),
+            target.repository,
+            source.digest,
+            stats,
+            progress,
+        )
+        return CopyReport(
+            digest=source.digest,
+            blobs_copied=stats.blobs_copied,
+            blobs_skipped=stats.blobs_skipped,
+            blobs_mounted=stats.blobs_mounted,
+            bytes_copied=stats.bytes_copied,
+        )
+
     def _copy_manifest(
         self,
         src: Endpoint,
@@ -255,7 +291,7 @@ class Copier:
                 return data, media_type
             for blob_digest, size, _ in blobs:
                 self._copy_blob(src, src_repo, dst, dst_repo, blob_digest, size, stats, progress)
-        if already is None:
+        if already is None and not stats.stage_only:
             http.retry(
                 f"writing {dst.name}/{dst_repo}@{digest}",
                 lambda: manifests.put(dst, dst_repo, digest, data, media_type),
@@ -281,8 +317,11 @@ class Copier:
         )
         if outcome == "skipped":
             stats.blobs_skipped += 1
-        elif outcome == "mounted":
+            return
+        if outcome == "mounted":
             stats.blobs_mounted += 1
         else:
             stats.blobs_copied += 1
             stats.bytes_copied += size
+        if stats.on_uploaded is not None:
+            stats.on_uploaded(digest)

@@ -21,7 +21,7 @@ source and target share a registry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Unpack
 
@@ -45,7 +45,7 @@ from gate.adapters.registry.manifests import (
 )
 from gate.adapters.registry.tags import Tags
 from gate.domain.ref import ImageRef
-from gate.ports import CopyOptions, CopyReport, PolledDigest
+from gate.ports import CopyOptions, CopyReport, PolledDigest, ProgressCallback, Unstaged
 
 __all__ = [
     "DOCKER_LIST",
@@ -167,6 +167,22 @@ class OciRegistry:
         """:meth:`gate.ports.Registry.copy` over the distribution API: blobs stream from source
         to target, are skipped when the target has them and mounted within one registry."""
         return self._copier.copy(source, target, **options)
+
+    def stage(
+        self,
+        source: ImageRef,
+        target: ImageRef,
+        *,
+        progress: ProgressCallback | None = None,
+        on_uploaded: Callable[[str], None] | None = None,
+    ) -> CopyReport:
+        """:meth:`gate.ports.BlobStager.stage`: the blobs :meth:`copy` would move, no manifest."""
+        return self._copier.stage(source, target, progress=progress, on_uploaded=on_uploaded)
+
+    def unstage(self, target: ImageRef, digests: Sequence[str]) -> Unstaged:
+        """:meth:`gate.ports.BlobStager.unstage` with blob ``DELETE`` requests
+        (:meth:`~gate.adapters.registry.blobs.Blobs.delete_blobs`)."""
+        return self._blobs.delete_blobs(target, digests)
 
     # -- artifacts (attestations): small blobs and manifests by value -----------------------
 

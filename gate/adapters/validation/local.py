@@ -56,9 +56,12 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -69,6 +72,7 @@ from gate.adapters.validation.local_engine import (
     StepRun,
     container_name,
     host_path,
+    inspect_image,
 )
 from gate.adapters.validation.masking import ANSI, Masker
 from gate.adapters.validation.taskfile import (
@@ -81,12 +85,14 @@ from gate.adapters.validation.taskfile import (
     load_task,
 )
 from gate.domain.records import Outcome, ValidationResult
+from gate.domain.ref import ImageRef
 from gate.domain.runid import DEFAULT_PREFIX, new_run_id
 from gate.errors import ConfigError
 from gate.ports import OnStarted, Resume, ValidationRequest
 
 MAX_LOG_BYTES = 1 << 20
 """The log keeps this many bytes, the last ones."""
+_QUICK_CALL_SECONDS = 60.0
 
 _STEP_START = re.compile(r"^----- step: .+ \(image .*\) -----$")
 _STEP_END = re.compile(r"^----- step: .+: .+ after [\d.]+ s -----$")
@@ -143,6 +149,9 @@ class LocalValidator:
         self.max_log_bytes = max_log_bytes
         self._work_dir = work_dir
         self._prefix = run_id_prefix
+        # passed candidates kept for the downstream runs to come, by digest
+        self._handed: dict[str, _Handed] = {}
+        self._handed_lock = threading.Lock()
 
     def engine_path(self) -> str | None:
         """The engine executable that would run now, or None if there is none."""
@@ -207,6 +216,10 @@ class LocalValidator:
             keep_images=self.keep_images,
         )
         outcome, reason = run.execute(folder)
+        if run.handed is not None and pinned.digest is not None:
+            with self._handed_lock:
+                name, image_id = run.handed
+                self._handed[pinned.digest] = _Handed(image_id, request.hand_over, [name])
         elapsed = time.monotonic() - began
         verdict = "was successful" if outcome is Outcome.PASSED else f"{outcome.value}"
         run.log_line(f"Run ID: {run_id} {verdict} after {elapsed:.1f} s: {reason}")
@@ -217,6 +230,77 @@ class LocalValidator:
                 f"{self.max_log_bytes} bytes]\n" + log
             )
         return ValidationResult(outcome=outcome, run_id=run_id, reason=mask(reason), log=log)
+
+    def _engine_call(self, engine: str, *args: str) -> bool:
+        """One quick engine command (tag, rmi); whether it succeeded."""
+        try:
+            done = subprocess.run(
+                [engine, *args],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=_QUICK_CALL_SECONDS,
+                env={**os.environ, **self._extra_env},
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return done.returncode == 0
+
+    def adopt(self, digest: str, name: ImageRef) -> bool:
+        """Name a handed-over candidate of ``digest`` ``name`` (the promoted stable reference)
+        in the engine's store, so that a downstream run's ``FROM name`` needs no pull.
+
+        Only when the store records that image at ``digest`` (its ``.Digest``: the manifest
+        digest it was pulled at, the digest just promoted). The run then checks the name as it
+        checks every base (``RepoDigests`` must list ``name``'s repository at the promoted
+        digest) before it skips the pull. A name the store held before at another digest is
+        moved, as a pull of the promoted tag would move it, and stays after the runs; a name
+        made here leaves with the candidate. False when nothing was handed over for
+        ``digest``: the run pulls as it always did. Give it back with :meth:`release`.
+        """
+        engine = self.engine_path()
+        with self._handed_lock:
+            handed = self._handed.get(digest)
+        if handed is None or engine is None:
+            return False
+        env = {**os.environ, **self._extra_env}
+        if inspect_image(engine, env, handed.image_id, "{{.Digest}}") != digest:
+            return False
+        existed = inspect_image(engine, env, str(name), "{{.Id}}") is not None
+        if not self._engine_call(engine, "tag", handed.image_id, str(name)):
+            return False
+        if not existed:
+            with self._handed_lock:
+                if str(name) not in handed.names:
+                    handed.names.append(str(name))
+        return True
+
+    def release(self, digest: str) -> None:
+        """A downstream run of ``digest`` is done with the handed-over candidate: after the
+        last one, the names it was kept by leave the engine's store (unless ``keep_images``)."""
+        with self._handed_lock:
+            handed = self._handed.get(digest)
+            if handed is None:
+                return
+            handed.runs -= 1
+            if handed.runs > 0:
+                return
+            del self._handed[digest]
+        engine = self.engine_path()
+        if engine is None or self.keep_images:
+            return
+        if handed.names:
+            # the stable name first, then the candidate's: one call removes both
+            self._engine_call(engine, "rmi", *reversed(handed.names))
+
+
+@dataclass
+class _Handed:
+    """A passed candidate kept in the engine's store for the downstream runs still to come."""
+
+    image_id: str
+    runs: int
+    names: list[str] = field(default_factory=list)
 
 
 class _Run(EngineRun):
@@ -248,7 +332,9 @@ class _Run(EngineRun):
                 failure = self.pull(image)
                 if failure is not None:
                     return failure
-            return self.steps(workspace, scratch)
+            outcome, reason = self.steps(workspace, scratch)
+            self.passed = outcome is Outcome.PASSED
+            return outcome, reason
         finally:
             self.remove_images()
             shutil.rmtree(scratch, ignore_errors=True)

@@ -9,6 +9,7 @@ failed, or the engine that failed: see :mod:`gate.adapters.validation.local`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import posixpath
 import re
@@ -32,6 +33,7 @@ from gate.adapters.validation.taskfile import (
 )
 from gate.domain.records import Outcome
 from gate.domain.ref import ImageRef
+from gate.errors import GateError
 from gate.ports import ValidationRequest
 
 ENGINE_ERROR_EXIT = 125
@@ -139,6 +141,10 @@ class EngineRun:
         self.run_id = run_id
         self.deadline = deadline
         self.mask = mask
+        # set once the steps passed: a candidate handed over (request.hand_over) then stays
+        self.passed = False
+        # (the name the candidate was pulled by, its image id) when it stays for a downstream run
+        self.handed: tuple[str, str] | None = None
 
     def log_line(self, text: str) -> None:
         self.log.write((text + "\n").encode("utf-8", "replace"))
@@ -180,21 +186,89 @@ class EngineRun:
             return True  # unknown: treat it as the user's, never remove it
         return done.returncode == 0
 
+    def inspect(self, image: str, template: str) -> str | None:
+        """``<engine> image inspect --format TEMPLATE IMAGE``, None when it is not there."""
+        assert self.engine is not None
+        return inspect_image(self.engine, self.env, image, template)
+
+    def is_candidate(self, image: str) -> bool:
+        """Whether ``image`` names the request's own image (repository and digest)."""
+        ref, candidate = ImageRef.parse(image), self.request.image
+        return candidate.digest is not None and (ref.registry, ref.repository, ref.digest) == (
+            candidate.registry,
+            candidate.repository,
+            candidate.digest,
+        )
+
+    def present(self, image: str) -> str:
+        """The digest at which the engine's store holds ``image`` already ('' if it does not).
+
+        Only a name that cannot be stale counts: one pinned by digest, or a tag of the
+        request's own repository whose image the store records at the request's digest (its
+        ``RepoDigests`` name that repository at that digest). Any other name is pulled, so a
+        tag left in the store from an earlier digest never stands in for the one asked for.
+        """
+        ref, request = ImageRef.parse(image), self.request.image
+        wanted = ref.digest
+        if wanted is None and (ref.registry, ref.repository) == (
+            request.registry,
+            request.repository,
+        ):
+            wanted = request.digest
+        if wanted is None:
+            return ""
+        listed = self.inspect(image, "{{json .RepoDigests}}")
+        try:
+            names = json.loads(listed or "[]")
+        except ValueError:
+            return ""
+        for name in names if isinstance(names, list) else []:
+            try:
+                held = ImageRef.parse(str(name))
+            except GateError:
+                continue
+            if (held.registry, held.repository, held.digest) == (
+                ref.registry,
+                ref.repository,
+                wanted,
+            ):
+                return wanted
+        return ""
+
     def remove_images(self) -> None:
-        """Remove what the run pulled or built (unless keep_images); never what was there."""
+        """Remove what the run pulled or built (unless keep_images); never what was there.
+
+        A passed candidate the request hands over stays for the downstream runs (its name and
+        image id in :attr:`handed`): :class:`~gate.adapters.validation.local.LocalValidator`
+        removes it after the last of them.
+        """
         if not self.created or self.engine is None:
             return
         if self.keep_images:
             self.log_line(f"kept in the engine's store (keep_images): {', '.join(self.created)}")
             return
-        # newest first: built images before the bases they were built from
-        for image in reversed(self.created):
-            self.engine_quietly("rmi", image)
-        self.log_line(f"removed from the engine's store: {', '.join(self.created)}")
+        removing = list(self.created)
+        if self.passed and self.request.hand_over > 0:
+            for image in [i for i in removing if self.is_candidate(i)]:
+                image_id = self.inspect(image, "{{.Id}}")
+                if image_id and self.handed is None:
+                    self.handed = (image, image_id)
+                    removing.remove(image)
+                    self.log_line(f"kept in the engine's store for the downstream run: {image}")
+        if removing:
+            # one call, newest first (built images before the bases they were built from):
+            # podman and docker remove every name they can and report the others
+            self.engine_quietly("rmi", *reversed(removing))
+            self.log_line(f"removed from the engine's store: {', '.join(removing)}")
 
     def pull(self, image: str) -> tuple[Outcome, str] | None:
         assert self.engine is not None
         self.log_line(f"----- pull: {image} -----")
+        held = self.present(image)
+        if held:
+            # what the store holds at this digest is what a pull would fetch: no download
+            self.log_line(f"in the engine's store at {held} already: not pulled")
+            return None
         if not self.exists(image):
             self.created.append(image)
         args = [self.engine, "pull", "-q", *self.platform_args]
@@ -203,6 +277,7 @@ class EngineRun:
         remaining = self.remaining()
         if remaining <= 0:
             return self.total_timeout(f"pulling {image}")
+        began = time.monotonic()
         try:
             done = subprocess.run(
                 [*args, image],
@@ -231,6 +306,7 @@ class EngineRun:
                 f"could not pull {role} {image} (exit code {done.returncode}): {detail}; check "
                 "that the registry is reachable and the image exists, then retry",
             )
+        self.log_line(f"pulled {image} in {time.monotonic() - began:.1f} s")
         return None
 
     def build(self, step: BuildStep, workspace: Path, scratch: Path) -> StepRun:
@@ -440,6 +516,25 @@ class EngineRun:
                 env=self.env,
                 check=False,
             )
+
+
+def inspect_image(engine: str, env: dict[str, str], image: str, template: str) -> str | None:
+    """``<engine> image inspect --format TEMPLATE IMAGE`` (podman-image-inspect(1), docker
+    image inspect: Go templates over the image's fields), None when it is not there."""
+    try:
+        done = subprocess.run(
+            [engine, "image", "inspect", "--format", template, image],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=_ENGINE_CALL_SECONDS,
+            env=env,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.decode("utf-8", "replace").strip()
 
 
 def _pump(stream: IO[bytes], sinks: tuple[Capped, ...]) -> None:
