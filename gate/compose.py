@@ -315,15 +315,15 @@ def _signatures(
     if not any(rule.signature_keys for rule in config.rules):
         return None
 
-    def read_key_vault_key(uri: str) -> Any:
-        from gate.adapters.signers import key_vault_public_key
+    def read_key_vault_key(uri: str) -> list[Any]:
+        from gate.adapters.signers import key_vault_public_keys
 
         nonlocal credential
         if credential is None:
             from azure.identity import DefaultAzureCredential
 
             credential = DefaultAzureCredential()
-        return key_vault_public_key(uri, credential)
+        return key_vault_public_keys(uri, credential)
 
     def make() -> SignatureStore:
         from gate.adapters.registry.referrers import CosignSignatureReader
@@ -485,6 +485,8 @@ def azure_gatekeeper(
             custom_registries=custom_registries,
             # what {{.Run.Registry}} is in a run: whether its task file uses the runner registry
             login_server=azure.runner.login_server,
+            # the location of its task runs (TaskRun.location): the runner registry's region
+            location=azure.runner.location,
             # the user-assigned identity every validation task run carries (config requires
             # it when a run logs in anywhere)
             identity_resource_id=identity.resource_id if identity else None,

@@ -5,7 +5,10 @@ task runner (:mod:`devstack.acr.runner`) are its own, so a gate bug cannot pass 
 ARM (ACR import, quick runs, task runs with user-assigned identities), the ACR data plane and
 Key Vault, served over HTTPS on loopback with a test CA, backed by real ``docker-registry``
 processes; see :mod:`devstack.acr.core`. Persistent tasks, their base-image triggers and
-the data-plane pushes that fire them: :mod:`devstack.acr.downstream`.
+the data-plane pushes that fire them: :mod:`devstack.acr.downstream`. Load: ARM throttling
+(``AcrEmulator.throttle_every`` / ``throttle_fraction``, 429 with ``Retry-After``) and a
+per-registry limit of runs executing at once (``AcrEmulator.set_concurrent_runs``; the others
+stay ``Queued``), both settable from Python while the emulator runs.
 """
 
 from devstack.acr.core import (

@@ -37,6 +37,7 @@ import hashlib
 import hmac
 import http.server
 import json
+import random
 import re
 import secrets
 import ssl
@@ -896,6 +897,23 @@ class AcrEmulator(Service):
     """ARM (ACR import, quick runs), ACR data planes and Key Vault, over HTTPS on loopback.
 
     Use as a context manager, or :meth:`start` / :meth:`stop`. See the package docstring.
+
+    ARM throttling, settable from Python at any time (ARM answers a throttled request ``429
+    Too Many Requests`` with a ``Retry-After`` in seconds: learn.microsoft.com/azure/
+    azure-resource-manager/management/request-limits-and-throttling):
+
+    * ``throttle_every = N``: every ``N``-th ARM request (counted over all ARM routes, after
+      authentication) answers ``429`` ``TooManyRequests``, deterministically;
+    * ``throttle_fraction = 0.1``: each ARM request answers ``429`` with that probability,
+      drawn from ``random.Random(throttle_seed)`` (the draws repeat for a given order of
+      requests); both may be set, either one throttles;
+    * ``throttle_retry_after``: the ``Retry-After`` seconds of those answers (default 1; 0 sends
+      ``Retry-After: 0``, which azure-core retries after its own backoff).
+
+    Throttled requests are not handled (nothing changes) and are recorded in ``calls`` under
+    their route's name with status 429, so ``throttled_calls()`` counts them. The blob store
+    (Storage, not ARM) and Key Vault are never throttled by these settings. ``None`` / ``0.0``
+    turn it off; :meth:`Faults.add` still injects one-off 429s on a named route.
     """
 
     def __init__(
@@ -936,6 +954,16 @@ class AcrEmulator(Service):
         # Runs played without podman (devstack.acr.synthetic.SyntheticRuns), for load
         # scenarios; None: every run executes its task file.
         self.synthetic_runs: SyntheticRuns | None = None
+        # registry name -> how many of its runs execute at once (the others stay Queued)
+        self.concurrent_runs: dict[str, int] = {}
+        # ARM throttling (see the class docstring): off unless a test or benchmark sets it
+        self.throttle_every: int | None = None
+        self.throttle_fraction = 0.0
+        self.throttle_retry_after = 1
+        self.throttle_seed = 0
+        self._throttle_lock = threading.Lock()
+        self._throttle_count = 0
+        self._throttle_random: random.Random | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -1175,7 +1203,44 @@ class AcrEmulator(Service):
                     )
                 },
             )
-        return check_api_version(req, route)
+        refused = check_api_version(req, route)
+        if refused is not None:
+            return refused
+        return self._throttle()
+
+    def _throttle(self) -> Response | None:
+        """ARM's 429 for this request when the throttling settings say so, else None."""
+        every, fraction = self.throttle_every, self.throttle_fraction
+        if not every and not fraction:
+            return None
+        with self._throttle_lock:
+            self._throttle_count += 1
+            hit = bool(every) and self._throttle_count % int(every or 1) == 0
+            if fraction:
+                if self._throttle_random is None:
+                    self._throttle_random = random.Random(self.throttle_seed)
+                hit = self._throttle_random.random() < fraction or hit
+        if not hit:
+            return None
+        code, message = _FAULT_CODES[429]  # ARM's exact throttling message is not published
+        return arm_error(429, code, message, **{"Retry-After": str(self.throttle_retry_after)})
+
+    def set_concurrent_runs(self, registry: str, limit: int | None) -> None:
+        """Let ``registry`` execute at most ``limit`` runs at once (None: no limit).
+
+        Runs beyond it stay ``Queued`` (no ``startTime``) until one of the running ends, as
+        runs wait for an agent in ACR (:mod:`devstack.acr.tasks`).
+        """
+        if limit is None:
+            self.concurrent_runs.pop(registry, None)
+        elif limit < 1:
+            raise ValueError(f"a registry runs at least one run at once, not {limit}")
+        else:
+            self.concurrent_runs[registry] = limit
+
+    def throttled_calls(self) -> list[Call]:
+        """The ARM requests answered 429 (by the throttling settings or a fault)."""
+        return [c for c in self.arm.calls if c.status == 429]
 
     # -- helpers for route modules ---------------------------------------------------------
 

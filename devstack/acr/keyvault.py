@@ -19,7 +19,12 @@ with), ``GET /keys/{name}[/{version}]`` → ``KeyBundle`` (``key``: a JSON Web K
 ``kty``, ``crv``, ``x``, ``y``, ``key_ops``), ``POST /keys/{name}/{version}/sign`` (``alg``
 ``ES256``, ``value``: base64url of a SHA-256 digest) → ``{"kid", "value"}`` where the value is the
 raw ``r || s`` (32 + 32 bytes), as JWS has it and as securesystemslib's ``AzureSigner`` decodes
-it. The private key never leaves the emulated vault, as in Key Vault.
+it. The private key never leaves the emulated vault, as in Key Vault. ``GET
+/keys/{name}/versions`` → ``KeyListResult`` (a ``KeyItem`` per version: ``kid``,
+``attributes``; one page) and ``PATCH /keys/{name}/{version}`` (``attributes.enabled`` only,
+what ``KeyClient.update_key_properties(name, version, enabled=False)`` sends) let a key have
+several versions, some disabled; a disabled version still answers ``get`` (with ``enabled``
+false) and refuses ``sign`` with 403 — what Key Vault answers for either is not confirmed.
 """
 
 from __future__ import annotations
@@ -131,6 +136,7 @@ def router(emulator: AcrEmulator) -> Router:
     # -- keys ----------------------------------------------------------------------------
 
     keys: dict[str, list[tuple[str, Any]]] = {}
+    disabled: set[tuple[str, str]] = set()  # (name, version) of versions updated to disabled
 
     def b64url(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).decode().rstrip("=")
@@ -151,7 +157,7 @@ def router(emulator: AcrEmulator) -> Router:
                 "key_ops": ["sign", "verify"],
             },
             "attributes": {
-                "enabled": True,
+                "enabled": (name, version) not in disabled,
                 "created": now,
                 "updated": now,
                 "recoveryLevel": "Recoverable+Purgeable",
@@ -206,6 +212,43 @@ def router(emulator: AcrEmulator) -> Router:
         return Response(200, key_bundle(m["name"], found[0], found[1]))
 
     @routes.route(
+        "GET",
+        r"/keys/(?P<name>[0-9A-Za-z-]{1,127})/versions",
+        name="getKeyVersions",
+        api_versions=VAULT_API_VERSIONS,
+    )
+    def key_versions(req: Request, m: re.Match[str]) -> Response:
+        # KeyListResult: one KeyItem (kid, attributes, tags) per version; one page, no nextLink
+        versions = keys.get(m["name"]) or []
+        if not versions:
+            return key_not_found(m["name"], None)
+        items = []
+        for version, private in versions:
+            bundle = key_bundle(m["name"], version, private)
+            items.append(
+                {"kid": bundle["key"]["kid"], "attributes": bundle["attributes"], "tags": {}}
+            )
+        return Response(200, {"value": items, "nextLink": None})
+
+    @routes.route(
+        "PATCH",
+        r"/keys/(?P<name>[0-9A-Za-z-]{1,127})/(?P<version>[0-9a-f]{32})",
+        name="updateKey",
+        api_versions=VAULT_API_VERSIONS,
+    )
+    def update_key(req: Request, m: re.Match[str]) -> Response:
+        # only attributes.enabled is implemented (what KeyClient.update_key_properties sends)
+        found = find_key(m["name"], m["version"])
+        if found is None:
+            return key_not_found(m["name"], m["version"])
+        enabled = ((req.json() if req.body else {}).get("attributes") or {}).get("enabled")
+        if enabled is False:
+            disabled.add((m["name"], found[0]))
+        elif enabled is True:
+            disabled.discard((m["name"], found[0]))
+        return Response(200, key_bundle(m["name"], found[0], found[1]))
+
+    @routes.route(
         "POST",
         r"/keys/(?P<name>[0-9A-Za-z-]{1,127})/(?P<version>[0-9a-f]{32})/sign",
         name="signWithKey",
@@ -218,6 +261,8 @@ def router(emulator: AcrEmulator) -> Router:
         found = find_key(m["name"], m["version"])
         if found is None:
             return key_not_found(m["name"], m["version"])
+        if (m["name"], found[0]) in disabled:  # the code and wording are not confirmed
+            return arm_error(403, "Forbidden", "Operation sign is not allowed on a disabled key.")
         body = req.json() if req.body else {}
         if body.get("alg") != "ES256":
             return arm_error(

@@ -4,7 +4,11 @@ Routes (api-version ``2025-03-01-preview``, what ``azure-mgmt-containerregistryt
 sends), under ``…/registries/{name}/taskRuns/{taskRunName}``:
 
 * ``PUT`` (TaskRuns_Create) with a ``TaskRun``: ``{identity?, properties: {runRequest,
-  forceUpdateTag?}, location?}``. The name must match the specification's ``taskRunName``
+  forceUpdateTag?}, location?}``. ``location`` ("The location of the resource") is optional in
+  the specification (2019-06-01-preview and 2025-03-01-preview; the Bicep type of
+  ``registries/taskRuns`` marks it neither Required nor ReadOnly, where the registry's own is
+  Required), so a PUT without one is taken; given, it is kept and echoed in every answer.
+  Whether ARM refuses a location other than the registry's is not documented: not checked. The name must match the specification's ``taskRunName``
   (5-50 characters of ``[a-zA-Z0-9-]``); ``runRequest`` is checked as ``scheduleRun`` checks an
   ``EncodedTaskRunRequest`` (the only run request type implemented here). A new task run
   queues its run at once, with the task run's user-assigned identities attached, and answers

@@ -41,7 +41,12 @@ and need no login, so resolved credentials are only checked, never used to pull.
 print of secret values is *not* masked in the stored log (ACR's documentation does not say it
 masks step output), so clients must mask it themselves.
 
-Status: Queued → Running → Succeeded / Failed / Canceled / Error / Timeout. Faults (flags of
+Status: Queued → Running → Succeeded / Failed / Canceled / Error / Timeout (the
+specification's ``RunStatus``; ``startTime`` is set when a run leaves ``Queued``). A run stays
+``Queued`` while its registry already runs ``AcrEmulator.concurrent_runs[registry]`` runs (set
+with :meth:`AcrEmulator.set_concurrent_runs`; none by default: every run starts at once), and
+starts, oldest waiting first as far as the threads' wake-up order goes, when one of them ends;
+a queued run can be cancelled and then never starts. Faults (flags of
 :class:`Faults`, taken once per scheduled run): ``run_outcome="Failed"`` (the first step fails
 with exit status 1), ``"Error"`` (an internal error, ``runErrorMessage``), ``"Timeout"``;
 ``run_delay=seconds`` keeps the run Running that long before its steps (a slow run; a cancel
@@ -224,6 +229,7 @@ class RunBook:
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
+        self.agents = threading.Condition(self.lock)  # notified when a run ends
         self.runs: dict[tuple[str, str], EmulatedRun] = {}  # (registry, run id) -> run
         self.counters: dict[str, int] = {}
         self.uploads: set[tuple[str, str]] = set()  # (registry, relative path)
@@ -614,11 +620,8 @@ def _execute(emulator: AcrEmulator, book: RunBook, run: EmulatedRun) -> None:
             write(f"\nRun ID: {run.run_id} failed after {seconds}s. Error: {closing}\n")
 
     try:
-        with book.lock:
-            if run.status in TERMINAL:
-                return
-            run.status = "Running"
-            run.start_time = run.last_updated = _now()
+        if not _wait_for_an_agent(emulator, book, run):
+            return  # cancelled while queued
         emulator.blobs.put(run.log_container, run.log_name, b"")
         workspace = emulator.workdir / "quick-runs" / run.registry.name / run.run_id
         source = workspace / "source"
@@ -653,6 +656,27 @@ def _execute(emulator: AcrEmulator, book: RunBook, run: EmulatedRun) -> None:
         finish("Error", f"emulator error: {exc!r}", f"emulator error: {exc!r}")
     finally:
         run.done.set()
+        with book.agents:
+            book.agents.notify_all()  # a queued run of this registry may start now
+
+
+def _wait_for_an_agent(emulator: AcrEmulator, book: RunBook, run: EmulatedRun) -> bool:
+    """Keep ``run`` Queued until its registry runs fewer than its limit of runs; then start it.
+
+    The limit is ``AcrEmulator.concurrent_runs[registry]`` (none: every run starts at once).
+    False when the run was cancelled while it waited (it never started).
+    """
+    name = run.registry.name
+    with book.agents:
+        while run.status not in TERMINAL:
+            limit = emulator.concurrent_runs.get(name)
+            running = sum(1 for other in book.of(name) if other.status == "Running")
+            if limit is None or running < limit:
+                run.status = "Running"
+                run.start_time = run.last_updated = _now()
+                return True
+            book.agents.wait(0.2)  # woken when a run ends; the timeout covers a changed limit
+    return False
 
 
 def _download_source(emulator: AcrEmulator, book: RunBook, run: EmulatedRun, source: Path) -> None:

@@ -114,17 +114,9 @@ def generate_key_pair(private_path: Path, *, force: bool = False) -> Path:
     return public_path
 
 
-def _key_vault_key(
-    key_id: str, credential: object, what: str, role: str, **client_options: object
-) -> tuple[Any, str]:
-    """The public half of a Key Vault EC P-256 key and the key's URI with its version.
-
-    One ``get`` of the key (``GET {vault}/keys/{name}[/{version}]``, which answers its JSON Web
-    Key: azure-keyvault-keys ``KeyClient.get_key``); the private half never leaves the vault.
-    """
-    from azure.core.exceptions import AzureError
+def _vault_client(key_id: str, credential: object, **client_options: object) -> tuple[Any, Any]:
+    """(``KeyClient`` of the key's vault, the parsed ``KeyVaultKeyIdentifier``) of a key URI."""
     from azure.keyvault.keys import KeyClient, KeyVaultKeyIdentifier
-    from cryptography.hazmat.primitives.asymmetric import ec
 
     try:
         parsed = KeyVaultKeyIdentifier(key_id)
@@ -132,9 +124,18 @@ def _key_vault_key(
         raise ConfigError(
             f"'{key_id}' is not a Key Vault key URI (https://VAULT.vault.azure.net/keys/NAME)"
         ) from None
-    client = KeyClient(parsed.vault_url, credential, **client_options)  # type: ignore[arg-type]
+    return KeyClient(parsed.vault_url, credential, **client_options), parsed  # type: ignore[arg-type]
+
+
+def _read_key(
+    client: Any, name: str, version: str | None, key_id: str, what: str, role: str
+) -> Any:
+    """One ``get`` of a key (``GET {vault}/keys/{name}[/{version}]``, which answers its JSON Web
+    Key: azure-keyvault-keys ``KeyClient.get_key``): the ``KeyVaultKey``, checked EC P-256."""
+    from azure.core.exceptions import AzureError
+
     try:
-        key = client.get_key(parsed.name, parsed.version)
+        key = client.get_key(name, version)
     except AzureError as exc:
         raise ConfigError(
             f"cannot read {what} {key_id}: {type(exc).__name__}; check that the key exists and "
@@ -143,19 +144,92 @@ def _key_vault_key(
     jwk: Any = key.key
     if jwk.kty not in ("EC", "EC-HSM") or jwk.crv != "P-256" or not jwk.x or not jwk.y:
         raise ConfigError(f"{key_id} is not an EC P-256 key; create one with --curve P-256")
+    return key
+
+
+def _public_of(key: Any) -> Any:
+    """The ``cryptography`` public key of a ``KeyVaultKey``'s EC P-256 JSON Web Key."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    jwk: Any = key.key
     numbers = ec.EllipticCurvePublicNumbers(
         int.from_bytes(jwk.x, "big"), int.from_bytes(jwk.y, "big"), ec.SECP256R1()
     )
-    return numbers.public_key(), str(key.id)
+    return numbers.public_key()
+
+
+def _key_vault_key(
+    key_id: str, credential: object, what: str, role: str, **client_options: object
+) -> Any:
+    """The ``KeyVaultKey`` that ``key_id`` names (its latest version when it names none).
+
+    The private half never leaves the vault; the answer holds the public JSON Web Key.
+    """
+    client, parsed = _vault_client(key_id, credential, **client_options)
+    with client:
+        return _read_key(client, parsed.name, parsed.version, key_id, what, role)
+
+
+def key_vault_public_keys(key_id: str, credential: object, **client_options: object) -> list[Any]:
+    """The public keys a signature by the Key Vault key ``key_id`` may be checked with.
+
+    A URI with a version names exactly that version: one key (one ``get``), refused when that
+    version is disabled. A versionless URI
+    names the key, and a key has versions: a new one is added when the key is rotated or
+    re-created, the earlier ones stay listed, and ``get`` without a version answers only the
+    latest (learn.microsoft.com/azure/key-vault/keys/javascript-developer-guide-get-key: "get
+    the latest version of a key or a specific version", and every version through
+    ``listPropertiesOfKeyVersions``). A signature made before a rotation is still the key's, so
+    every **enabled** version counts, and a disabled one does not: ``enabled`` says "whether the
+    key is enabled and useable for cryptographic operations" (azure-keyvault-keys
+    ``KeyProperties.enabled``; .NET ``KeyProperties.Enabled`` on learn.microsoft.com), and an
+    owner disables a version to withdraw it. One ``list_properties_of_key_versions`` (``GET
+    {vault}/keys/{name}/versions``) and one ``get`` per enabled version; none enabled is a
+    ConfigError. The caller's identity needs the key's ``read`` data action
+    (Microsoft.KeyVault/vaults/keys/read, e.g. 'Key Vault Crypto User').
+    """
+    from azure.core.exceptions import AzureError
+
+    what, role = "the verification key", "Key Vault Crypto User"
+    client, parsed = _vault_client(key_id, credential, **client_options)
+    with client:
+        if parsed.version:
+            key = _read_key(client, parsed.name, parsed.version, key_id, what, role)
+            if key.properties.enabled is False:
+                raise ConfigError(
+                    f"{key_id} is a disabled version of its key; enable it, or name the key "
+                    "without a version to accept any of its enabled versions"
+                )
+            return [_public_of(key)]
+        try:
+            versions = [
+                p.version
+                for p in client.list_properties_of_key_versions(parsed.name)
+                if p.enabled and p.version
+            ]
+        except AzureError as exc:
+            raise ConfigError(
+                f"cannot list the versions of {what} {key_id}: {type(exc).__name__}; check that "
+                f"the key exists and the identity has '{role}' on it"
+            ) from None
+        if not versions:
+            raise ConfigError(f"{key_id} has no enabled version; enable one, or name another key")
+        return [
+            _public_of(_read_key(client, parsed.name, version, key_id, what, role))
+            for version in sorted(versions)
+        ]
 
 
 def key_vault_public_key(key_id: str, credential: object, **client_options: object) -> Any:
-    """The public key of a Key Vault EC P-256 key, to verify what it signed (``gate verify
-    --key-vault-key``). The caller's identity needs the key's ``read`` data action
-    (Microsoft.KeyVault/vaults/keys/read, e.g. 'Key Vault Crypto User')."""
-    return _key_vault_key(
-        key_id, credential, "the verification key", "Key Vault Crypto User", **client_options
-    )[0]
+    """The public key of a Key Vault EC P-256 key (its latest version when the URI names none),
+    to verify what it signed (``gate verify --key-vault-key``). The caller's identity needs the
+    key's ``read`` data action (Microsoft.KeyVault/vaults/keys/read, e.g. 'Key Vault Crypto
+    User')."""
+    return _public_of(
+        _key_vault_key(
+            key_id, credential, "the verification key", "Key Vault Crypto User", **client_options
+        )
+    )
 
 
 class KeyVaultSigner:
@@ -170,16 +244,23 @@ class KeyVaultSigner:
     """
 
     def __init__(self, key_id: str, credential: object, **client_options: object) -> None:
+        from azure.keyvault.keys.crypto import CryptographyClient
         from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
-        public, versioned = _key_vault_key(
+        key = _key_vault_key(
             key_id, credential, "the attestation key", "Key Vault Crypto User", **client_options
         )
+        public = _public_of(key)
         self.public_key = SSlibKey.from_crypto(public, scheme=_SCHEME)
-        self._key_id = versioned  # with its version: every signature names the exact key
+        self._key_id = str(key.id)  # with its version: every signature names the exact key
         self._hint = public_key_hint(public)
-        self._credential = credential
-        self._options = client_options
+        # One client for every signature, made from the key just read: a CryptographyClient
+        # made from a key URI GETs the key on its first operation, one made from a KeyVaultKey
+        # keeps that key's material and GETs nothing (azure-keyvault-keys 4.11
+        # crypto/_client.py, CryptographyClient.__init__ and _initialize); with only the public
+        # half, sign goes to the vault (the EC provider supports no private-key operation
+        # without a private key: crypto/_providers/ec.py).
+        self._crypto = CryptographyClient(key, credential, **client_options)  # type: ignore[arg-type]
 
     @property
     def key_uri(self) -> str:
@@ -200,7 +281,7 @@ class KeyVaultSigner:
         import hashlib
 
         from azure.core.exceptions import AzureError
-        from azure.keyvault.keys.crypto import CryptographyClient, SignatureAlgorithm
+        from azure.keyvault.keys.crypto import SignatureAlgorithm
         from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
         from securesystemslib.dsse import Envelope
         from securesystemslib.signer import Signature  # type: ignore[attr-defined]
@@ -209,9 +290,8 @@ class KeyVaultSigner:
 
         envelope = Envelope(payload=payload, payload_type=payload_type, signatures={})
         digest = hashlib.sha256(envelope.pae()).digest()
-        client = CryptographyClient(self._key_id, self._credential, **self._options)  # type: ignore[arg-type]
         try:
-            raw = client.sign(SignatureAlgorithm.es256, digest).signature
+            raw = self._crypto.sign(SignatureAlgorithm.es256, digest).signature
         except AzureError as exc:
             raise InfrastructureError(
                 f"Key Vault did not sign with {self._key_id}: {type(exc).__name__}; check the "

@@ -36,6 +36,10 @@ class AcrEntry(Section, frozen=True, kw_only=True):
     login_server_given: Annotated[str | None, doc("Login server (default NAME.azurecr.io).")] = (
         msgspec.field(default=None, name="login_server")
     )
+    location: Annotated[
+        Annotated[str, msgspec.Meta(pattern="^[a-z0-9]+$")] | None,
+        doc("Azure region of the registry (e.g. westeurope): its task runs' location."),
+    ] = None
 
     @property
     def login_server(self) -> str:

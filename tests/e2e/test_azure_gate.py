@@ -107,6 +107,7 @@ azure:
     name: {base.name}
     resource_group: {base.resource_group}
     login_server: "{base.login_server}"
+    location: {emulator.location}
     identity: {{resource_id: "{runner.resource_id}", client_id: "{runner.client_id}"}}
 {ledger}rules:
   - name: node
@@ -130,6 +131,7 @@ def quick(keeper: Gatekeeper, emulator: AcrEmulator, base: EmulatedRegistry) -> 
     validator = AcrTaskRunValidator(
         custom_registries=built.custom_registries,
         login_server=built.login_server,
+        location=built.location,
         identity_resource_id=built.identity_resource_id,
         identity_client_id=built.identity_client_id,
         credential=emulator.credential(),
@@ -191,6 +193,18 @@ def test_walkthrough_on_azure_promotes_green_and_stops_red(cloud: Cloud) -> None
         State.PROMOTED,
     ]
     assert cloud.runs() == 3
+
+
+def test_the_runner_registrys_configured_location_is_its_task_runs_location(
+    cloud: Cloud,
+) -> None:
+    keeper = build_gatekeeper(
+        load_config(cloud.config_path), credential=cloud.emulator.credential()
+    )
+    assert isinstance(keeper.validator, LazyValidator)
+    built = keeper.validator.port()
+    assert isinstance(built, AcrTaskRunValidator)
+    assert built.location == cloud.emulator.location == "westeurope"  # azure.runner.location
 
 
 def test_duplicate_costs_no_arm_call(cloud: Cloud) -> None:

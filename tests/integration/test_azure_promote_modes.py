@@ -417,6 +417,29 @@ def test_downstream_adapter_names_the_task_by_arm_id(acr_emulator: AcrEmulator) 
     runner.close()
 
 
+def test_a_throttled_schedule_run_is_retried_after_its_retry_after_and_queues_one_run(
+    acr_emulator: AcrEmulator,
+) -> None:
+    base = acr_emulator.add_registry("targetacr", "base-rg")
+    acr_emulator.add_task(base.name, "hello-world", "version: v1.1.0\nsteps: []\n")
+    acr_emulator.faults.add(route="scheduleRun", status=429, retry_after=1, times=2)
+    runner = AcrTaskDownstream(
+        credential=acr_emulator.credential(),
+        subscription_id=acr_emulator.subscription_id,
+        arm_endpoint=acr_emulator.arm_endpoint,
+    )
+
+    run = runner.start(
+        DownstreamTask("hello-world", base.name, "base-rg"), ImageRef(base.login_server, "node")
+    )
+
+    (record,) = task_runs(acr_emulator, "hello-world")  # a POST, yet only one run queued
+    assert run.run_id == record.run_id
+    assert [c.status for c in acr_emulator.arm_calls("scheduleRun")] == [429, 429, 200]
+    wait_for_runs(acr_emulator, base.name)
+    runner.close()
+
+
 def test_push_with_an_identity_acr_does_not_know_is_an_authentication_error(
     acr_emulator: AcrEmulator, image_builder: ImageBuilder
 ) -> None:

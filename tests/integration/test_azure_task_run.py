@@ -18,6 +18,7 @@ import shutil
 import ssl
 import tarfile
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -116,6 +117,9 @@ def runner(env: Env) -> Iterator[EmulatedRegistry]:
     registry = env.emulator.add_registry(f"runner{next(_names)}")
     yield registry
     env.emulator.faults.clear()
+    env.emulator.throttle_every, env.emulator.throttle_fraction = None, 0.0
+    env.emulator.throttle_retry_after = 1
+    env.emulator.set_concurrent_runs(registry.name, None)
     wait_for_runs(env.emulator, registry.name)
 
 
@@ -428,12 +432,13 @@ def test_run_that_outlives_our_deadline_is_cancelled_and_fails(
         result = validator.validate(request_for(env.green, timeout_seconds=3), lambda _: None)
     assert result.outcome is Outcome.FAILED
     assert result.reason.startswith(
-        "run ca1 did not finish within the validation timeout of 3 s (+2 s for queueing); "
-        "it was cancelled"
+        "run ca1 did not finish within the validation timeout of 3 s (+2 s margin) after it "
+        "started; it was cancelled"
     ), result.reason
     assert calls(env, runner, "cancelRun") == [200]
     assert runs_of(env.emulator, runner.name)[0].status == "Canceled"
-    assert sum(fake.slept) == pytest.approx(5.0)
+    # the 5 s count from the first poll that saw it Running (the task run answers it Queued)
+    assert 5.0 <= sum(fake.slept) < 6.0
     # Backoff: the interval doubles up to poll_max, so five seconds take a handful of polls.
     assert len(calls(env, runner, "getRun")) == len(fake.slept) < 15
 
@@ -1187,3 +1192,184 @@ def test_a_delete_answered_as_done_is_checked_and_repeated_while_the_task_run_st
     # the creation's final GET, the check that found it still there, the check after the retry
     assert calls(env, runner, "getTaskRun") == [200, 200, 404]
     assert task_runs_of(env.emulator, runner.name) == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# load: ARM throttling
+# ---------------------------------------------------------------------------------------------
+
+# every ARM route one validation uses (cancelRun: see the queueing tests)
+VALIDATION_ROUTES = (
+    "listBuildSourceUploadUrl",
+    "createTaskRun",
+    "taskRunOperationStatus",
+    "getTaskRun",
+    "getRun",
+    "listLogSasUrl",
+    "deleteTaskRun",
+)
+
+
+class RecordingSleep:
+    """Really sleeps (runs take real time), and keeps what it was asked to sleep."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        time.sleep(seconds)
+
+
+@pytest.mark.podman
+@pytest.mark.parametrize(
+    ("image", "verdict"), [("green", Outcome.PASSED), ("red", Outcome.REJECTED)]
+)
+def test_a_throttled_answer_on_every_arm_route_of_a_validation_leaves_its_verdict_alone(
+    env: Env, runner: EmulatedRegistry, image: str, verdict: Outcome
+) -> None:
+    for route in VALIDATION_ROUTES:
+        env.emulator.faults.add(route=route, status=429, retry_after=1)
+    env.emulator.faults.add(run_delay=5.0, times=1)  # still running once created: polled
+    sleep = RecordingSleep()  # polls sleep at most poll_max (0.5 s): waits of 1 s are retries
+    with make_validator(env, runner, sleep=sleep) as validator:
+        result = validator.validate(request_for(getattr(env, image)), lambda _: None)
+        retries = validator.arm_retries
+    assert result.outcome is verdict, result.log
+    for route in VALIDATION_ROUTES:
+        statuses = calls(env, runner, route)
+        assert statuses[0] == 429 and 429 not in statuses[1:], (route, statuses)
+    throttled = [c for c in env.emulator.throttled_calls() if runner.name in c.path]
+    assert retries == len(throttled) == len(VALIDATION_ROUTES)
+    assert sleep.slept.count(1.0) == len(VALIDATION_ROUTES)  # each Retry-After waited out
+    assert [r.run_id for r in runs_of(env.emulator, runner.name)] == ["ca1"]  # one run only
+    assert task_runs_of(env.emulator, runner.name) == {}
+
+
+@pytest.mark.podman
+def test_ten_percent_of_arm_requests_throttled_change_no_verdict_and_every_one_is_retried(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    env.emulator.throttle_fraction, env.emulator.throttle_seed = 0.1, 7
+    env.emulator.throttle_retry_after = 0  # Retry-After: 0, the test's 10 ms backoff
+    before = len(env.emulator.throttled_calls())
+    with make_validator(env, runner) as validator:
+        results = [validator.validate(request_for(env.green), lambda _: None) for _ in range(2)]
+        results.append(validator.validate(request_for(env.red), lambda _: None))
+        retries = validator.arm_retries
+    throttled = env.emulator.throttled_calls()[before:]
+    assert [r.outcome for r in results] == [Outcome.PASSED, Outcome.PASSED, Outcome.REJECTED]
+    assert throttled, "the seed throttles at least one request"
+    assert retries == len(throttled)  # each answered 429 was retried, none given up
+    assert len(runs_of(env.emulator, runner.name)) == 3
+
+
+def test_a_retry_after_beyond_the_bound_is_not_waited_and_fails_the_validation_at_once(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    env.emulator.throttle_every, env.emulator.throttle_retry_after = 1, 3600
+    fake = FakeTime()
+    started: list[str] = []
+    with (
+        make_validator(env, runner, sleep=fake.sleep, clock=fake.clock) as validator,
+        pytest.raises(ValidatorError) as caught,
+    ):
+        validator.validate(request_for(env.green), started.append)
+    assert caught.value.message.startswith(
+        f"ACR task run on registry {runner.name} failed: 429 TooManyRequests"
+    )
+    assert fake.slept == []  # an hour's Retry-After is not slept, and not retried early
+    assert calls(env, runner, "listBuildSourceUploadUrl") == [429]
+    assert started == [] and runs_of(env.emulator, runner.name) == []
+
+
+def test_arm_throttling_retries_are_bounded_in_number_and_in_each_wait(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    env.emulator.throttle_every, env.emulator.throttle_retry_after = 1, 5
+    fake = FakeTime()
+    with (
+        make_validator(
+            env, runner, sleep=fake.sleep, clock=fake.clock, client_kwargs={"retry_status": 2}
+        ) as validator,
+        pytest.raises(ValidatorError, match="429 TooManyRequests"),
+    ):
+        validator.validate(request_for(env.green), lambda _: None)
+    # two retries, each after the 5 s asked, then the third 429 is the answer
+    assert fake.slept == [5.0, 5.0]
+    assert calls(env, runner, "listBuildSourceUploadUrl") == [429, 429, 429]
+
+
+# ---------------------------------------------------------------------------------------------
+# load: runs waiting in ACR's queue
+# ---------------------------------------------------------------------------------------------
+
+
+def occupy_the_agent(env: Env, registry: EmulatedRegistry, seconds: float) -> str:
+    """Let ``registry`` run one run at once, and start one that keeps it ``seconds``."""
+    env.emulator.set_concurrent_runs(registry.name, 1)
+    env.emulator.faults.add(run_delay=seconds, times=1)
+    path = f"{registry.resource_id}/scheduleRun?api-version={API}"
+    answer = arm(env)("POST", path, json=good_body())
+    assert answer.status_code == 200, answer.text
+    run_id = str(answer.json()["properties"]["runId"])
+    for _ in range(100):  # until its thread took the agent
+        if runs_of(env.emulator, registry.name)[0].status == "Running":
+            return run_id
+        time.sleep(0.02)
+    raise AssertionError("the occupying run never started")
+
+
+@pytest.mark.podman
+def test_a_run_queued_longer_than_its_timeout_is_not_failed_and_its_timeout_counts_from_its_start(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    occupy_the_agent(env, runner, 8.0)
+    with make_validator(env, runner, deadline_margin=2.0) as validator:
+        result = validator.validate(request_for(env.green, timeout_seconds=4), lambda _: None)
+    assert result.outcome is Outcome.PASSED, result.reason
+    blocker, run = runs_of(env.emulator, runner.name)
+    assert run.run_id == result.run_id and run.start_time is not None
+    assert blocker.finish_time is not None and run.start_time >= blocker.finish_time
+    # it waited longer in the queue than its whole allowance (4 s + 2 s), and still passed
+    assert (run.start_time - run.create_time).total_seconds() > 6.0
+
+
+def test_a_run_that_never_leaves_the_queue_is_cancelled_after_the_queue_bound_and_fails(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    blocker = occupy_the_agent(env, runner, 600.0)
+    env.emulator.faults.add(route="cancelRun", status=429, retry_after=1)  # survives throttling
+    fake = FakeTime()
+    try:
+        with make_validator(
+            env, runner, max_queue_wait=30.0, sleep=fake.sleep, clock=fake.clock
+        ) as validator:
+            result = validator.validate(request_for(env.green, timeout_seconds=1), lambda _: None)
+    finally:
+        arm(env)("POST", f"{runner.resource_id}/runs/{blocker}/cancel?api-version={API}")
+    assert result.outcome is Outcome.FAILED  # says nothing about the image: never REJECTED
+    assert result.reason.startswith(
+        f"run {result.run_id} waited in ACR's queue on registry {runner.name} for more than "
+        "30 s without starting; it was cancelled."
+    ), result.reason
+    # the validation timeout (1 s) never applied: the run had not started
+    assert sum(s for s in fake.slept if s != 1.0) == pytest.approx(30.0)
+    assert calls(env, runner, "cancelRun")[:3] == [429, 200, 200]  # ours, then the blocker's
+    run = next(r for r in runs_of(env.emulator, runner.name) if r.run_id == result.run_id)
+    assert run.status == "Canceled" and run.start_time is None
+
+
+@pytest.mark.podman
+def test_the_task_run_carries_the_runner_registrys_location_and_arm_echoes_it(
+    env: Env, runner: EmulatedRegistry
+) -> None:
+    # kept after its deletion, so that the resource ARM stored can be looked at
+    env.emulator.faults.add(task_run_survives_delete=True, times=DELETE_ATTEMPTS)
+    with make_validator(env, runner, location=env.emulator.location) as validator:
+        result = validator.validate(request_for(env.green, key="loc1"), lambda _: None)
+    assert result.outcome is Outcome.PASSED, result.log
+    (kept,) = task_runs_of(env.emulator, runner.name).values()
+    assert kept.location == env.emulator.location == "westeurope"
+    shown = arm(env)("GET", f"{kept.resource_id()}?api-version={API}")
+    assert shown.json()["location"] == "westeurope"

@@ -25,7 +25,7 @@ from devstack.images import ImageBuilder, tag_digests
 from devstack.registry import RegistryProcess
 from gate.adapters.registry.oci import HostSettings, OciRegistry
 from gate.adapters.registry.referrers import CosignSignatureReader
-from gate.adapters.signers import key_vault_public_key
+from gate.adapters.signers import key_vault_public_keys
 from gate.compose import local_gatekeeper
 from gate.config.loading import load_config
 from gate.domain.records import State
@@ -242,9 +242,9 @@ def test_a_rule_may_name_a_key_vault_key_as_the_signer(
     validator = FakeValidator()
     reads: list[str] = []
 
-    def read_key(uri: str) -> object:
+    def read_key(uri: str) -> list[object]:
         reads.append(uri)
-        return key_vault_public_key(uri, azure_credential, verify_challenge_resource=False)
+        return key_vault_public_keys(uri, azure_credential, verify_challenge_resource=False)
 
     # the gate's own reader, reading the vault with the emulator's credential
     reader = CosignSignatureReader(

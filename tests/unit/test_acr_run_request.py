@@ -45,8 +45,10 @@ def test_the_task_run_body_has_the_encoded_task_values_identity_and_credentials(
             "client-id",
         ),
         identity_resource_id="/subscriptions/s/identity",
+        location="westeurope",
     ).as_dict()
 
+    assert body["location"] == "westeurope"  # the runner registry's region
     assert body["identity"] == {
         "type": "UserAssigned",
         "userAssignedIdentities": {"/subscriptions/s/identity": {}},
@@ -85,7 +87,7 @@ def test_a_task_run_without_identity_or_registries_carries_neither() -> None:
         identity_resource_id=None,
     ).as_dict()
 
-    assert "identity" not in body
+    assert "identity" not in body and "location" not in body  # no region known: none sent
     request = body["properties"]["runRequest"]
     assert "credentials" not in request
     assert request["platform"] == {"os": "Linux", "architecture": "arm64", "variant": "v8"}

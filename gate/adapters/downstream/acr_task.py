@@ -12,7 +12,9 @@ never polls it.
 
 The request overrides nothing: the task runs with its own definition, values and identity
 (a ``TaskRunRequest`` has no identity of its own). ARM retries (429, 5xx) are azure-core's
-``RetryPolicy``, bounded here like the import adapter's.
+``RetryPolicy`` (a ``scheduleRun`` POST is retried on an answer with ``Retry-After``, or on
+500/503/504), 3 of them here, none after a ``Retry-After`` longer than
+:data:`~gate.adapters.arm_retry.ARM_RETRY_AFTER_MAX` (:mod:`gate.adapters.arm_retry`).
 
 Errors::
 
@@ -39,6 +41,7 @@ from azure.core.exceptions import (
 from azure.mgmt.containerregistrytasks import ContainerRegistryTasksMgmtClient
 from azure.mgmt.containerregistrytasks.models import TaskRunRequest
 
+from gate.adapters.arm_retry import arm_retry_policy
 from gate.config.model import DownstreamTask
 from gate.domain.records import DownstreamRun
 from gate.domain.ref import ImageRef
@@ -70,11 +73,13 @@ class AcrTaskDownstream:
         client_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         self.subscription_id = subscription_id
+        kwargs = {**_DEFAULT_CLIENT_KWARGS, **(client_kwargs or {})}
         self._client = ContainerRegistryTasksMgmtClient(
             credential,
             subscription_id,
             base_url=arm_endpoint,
-            **{**_DEFAULT_CLIENT_KWARGS, **(client_kwargs or {})},
+            retry_policy=arm_retry_policy(kwargs),  # takes the retry_* keys out of kwargs
+            **kwargs,
         )
 
     def close(self) -> None:

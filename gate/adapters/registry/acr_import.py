@@ -17,8 +17,13 @@ Implements :class:`gate.ports.Registry` for a gate whose target is an Azure Cont
   and the target) and delegate every other registry to ``oci`` (the OCI adapter).
 
 ARM calls: the adapter makes none of its own beyond the two imports (no registry GET); each
-import costs the SDK's POST, its polls of ``Azure-AsyncOperation`` (the first immediately, then
-every ``Retry-After``) and one final GET of ``Location``. Throttling and 5xx are retried by
+import costs the SDK's POST and its polls of the operation until it ends: the specification's
+``Registries_ImportImage`` 202 carries ``Location`` only, and that is the header the SDK's
+generated ``_import_image_initial`` reads (azure-mgmt-containerregistry 15.0.0), so
+``ARMPolling`` follows ``Location`` (its ``LocationPolling``: every ``Retry-After`` until the
+URL stops answering 202). Its ``AzureAsyncOperationPolling`` comes first in its algorithms
+(azure-mgmt-core ``ARMPolling``), so a 202 that also carries ``Azure-AsyncOperation``, as the
+emulator's does, is polled there instead, then ends with one GET of ``Location``. Throttling and 5xx are retried by
 azure-core's ``RetryPolicy`` (which honours ``Retry-After``), bounded here to 3 retries of a
 429/5xx answer (``retry_status=3``, ``retry_total=4``) unless ``client_kwargs`` says otherwise.
 

@@ -269,33 +269,37 @@ class CosignSignatureReader:
     """:class:`gate.ports.SignatureStore`: cosign's tag-based signature layout (``.sig``).
 
     ``registry`` reads manifests and blobs (the OCI adapter, or the ACR adapter, which reads an
-    ACR through its data plane); ``key_vault`` reads the public half of a Key Vault key URI
-    (None: only PEM files are accepted).
+    ACR through its data plane); ``key_vault`` reads the public keys a Key Vault key URI stands
+    for (:func:`gate.adapters.signers.key_vault_public_keys`: that version, or every enabled
+    version of a versionless URI; None: only PEM files are accepted).
     """
 
     def __init__(
-        self, registry: ManifestReader, key_vault: Callable[[str], Any] | None = None
+        self, registry: ManifestReader, key_vault: Callable[[str], Sequence[Any]] | None = None
     ) -> None:
         self._registry = registry
         self._key_vault = key_vault
-        self._keys: dict[str, Any] = {}
+        self._keys: dict[str, list[Any]] = {}
 
     def public_keys(self, sources: Sequence[str]) -> list[Any]:
-        """The rule's keys, each read once per process: PEM files, or Key Vault key URIs."""
+        """The rule's keys, each source read once per reader: PEM files, or Key Vault key URIs
+        (a versionless one gives a key per enabled version; a signature by any of them holds)."""
         from gate.domain.signatures import load_keys
 
         keys = []
         for source in sources:
             if source not in self._keys:
                 if not source.startswith("https://"):
-                    self._keys[source] = load_keys([Path(source)])[0]
+                    self._keys[source] = [load_keys([Path(source)])[0]]
                 elif self._key_vault is None:
                     raise ConfigError(
                         f"{source}: this gate reads no Key Vault keys; name a PEM file instead"
                     )
                 else:
-                    self._keys[source] = check_signer_key(self._key_vault(source), source)
-            keys.append(self._keys[source])
+                    self._keys[source] = [
+                        check_signer_key(key, source) for key in self._key_vault(source)
+                    ]
+            keys.extend(self._keys[source])
         return keys
 
     def cosign_signatures(self, image: ImageRef) -> list[CosignSignature]:

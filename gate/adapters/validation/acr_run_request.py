@@ -187,12 +187,17 @@ def task_run(
     source_location: str,
     credentials: Credentials | None,
     identity_resource_id: str | None,
+    location: str | None = None,
 ) -> TaskRun:
     """The ``taskRuns`` resource of one validation: the task file and its values, encoded.
 
     ``task`` is the task file's bytes; values named in ``secret_values`` are flagged
     ``isSecret``; ``identity_resource_id`` (the runner's user-assigned identity) is attached
-    when given; ``source_location`` is the uploaded archive's ``relativePath``.
+    when given; ``source_location`` is the uploaded archive's ``relativePath``; ``location`` is
+    the resource's ``location`` ("The location of the resource", a top-level string of
+    ``TaskRun``, not required: REST specification 2019-06-01-preview and 2025-03-01-preview,
+    Bicep type ``Microsoft.ContainerRegistry/registries/taskRuns``), the runner registry's
+    region, sent when known.
     """
     identity = None
     if identity_resource_id:
@@ -202,6 +207,7 @@ def task_run(
         )
     return TaskRun(
         identity=identity,
+        location=location,
         properties=TaskRunProperties(
             run_request=EncodedTaskRunRequest(
                 encoded_task_content=base64.b64encode(task).decode("ascii"),

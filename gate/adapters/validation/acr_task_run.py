@@ -24,9 +24,17 @@ resource, with the ``azure-mgmt-containerregistrytasks`` client (api-version
    registry (:mod:`~gate.adapters.validation.acr_run_scope`). The created task run's
    ``runResult.runId`` is the run;
 4. ``on_started(run_id)``, then ``runs.get`` with exponential backoff (``poll_initial``
-   doubling up to ``poll_max``) until the run ends. Past our own deadline (the request's
-   timeout plus ``deadline_margin``, which covers time queued for an agent) the run is
-   cancelled and the validation FAILS; ACR's own run timeout normally ends it first;
+   doubling up to ``poll_max``) until the run ends. A run waits for an agent in ACR's queue
+   (status ``Queued``, no ``startTime`` yet: ``RunStatus`` and ``RunProperties`` of the REST
+   specification), and that wait is not the run's: the validation timeout counts from when the
+   run is first seen past ``Queued``. Past our own deadline (then, the request's timeout plus
+   ``deadline_margin``, which covers the poll interval and ACR's own ending) the run is
+   cancelled and the validation FAILS; ACR's own run timeout normally ends it first. The queue
+   wait is bounded separately: a run still ``Queued`` ``max_queue_wait`` seconds
+   (:data:`MAX_QUEUE_WAIT`) after following began is cancelled and the validation FAILS
+   (not REJECTED: it says nothing about the image), its reason saying it never started. Both clocks are
+   the gate's own (a resumed run starts them afresh); the run's ``createTime``/``startTime``
+   are ACR's clock and are not compared with ours;
 5. ``runs.get_log_sas_url`` and a GET of that blob: the log, secrets masked, is returned;
    ``log_location`` is ``acr://{registry}/runs/{run_id}``, never the SAS URL;
 6. ``task_runs.delete`` of the task run resource, then ``task_runs.get``, which must answer
@@ -62,7 +70,9 @@ ARM calls per validation: upload URL 1, PUT 1, one ``Azure-AsyncOperation`` poll
 ``Retry-After`` until the creation ends, the SDK's final GET of the task run 1, one ``runs.get``
 per poll, log URL 1, DELETE 1 and its verifying GET 1 (the blob PUT and GET go to Storage, not
 ARM). A run of ``T`` seconds takes about ``log2(T)`` polls while the interval grows, then one per
-``poll_max``.
+``poll_max``; a run waiting in ACR's queue is polled the same way. Each throttled (429) or failing
+(5xx) answer adds one retry of that request, at most ``ARM_RETRY_STATUS`` per request, none
+after a ``Retry-After`` beyond ``ARM_RETRY_AFTER_MAX`` (:mod:`gate.adapters.arm_retry`).
 
 Outcomes: ``Succeeded`` is PASSED. ``Failed`` with a failing step in the log is REJECTED, the
 reason naming the step and its last output lines, parsed from ACR's log lines
@@ -115,13 +125,14 @@ from azure.core.exceptions import (
     HttpResponseError,
     ResourceNotFoundError,
 )
-from azure.core.pipeline.policies import HeadersPolicy, RetryPolicy, UserAgentPolicy
+from azure.core.pipeline.policies import HeadersPolicy, UserAgentPolicy
 from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest, HttpResponse
 from azure.mgmt.containerregistrytasks import ContainerRegistryTasksMgmtClient
 from azure.mgmt.containerregistrytasks.models import PlatformProperties, Run, TaskRun
 from msgspec.structs import replace
 
+from gate.adapters.arm_retry import arm_retry_policy
 from gate.adapters.validation.acr_run_log import (
     ENGINE_ERROR_EXIT,
     StepFailure,
@@ -153,6 +164,19 @@ log = get_logger(__name__)
 TERMINAL_STATUSES = frozenset({"Succeeded", "Failed", "Canceled", "Error", "Timeout"})
 """Run statuses after which nothing more happens (``Queued``, ``Started``, ``Running`` go on)."""
 
+QUEUED = "Queued"
+"""The run status of a run waiting for an agent (``RunStatus`` of the REST specification)."""
+
+MAX_QUEUE_WAIT = 900.0
+"""How long (seconds) a run may wait in ACR's queue, not started, before it is cancelled.
+
+Half the Functions invocation limit (``functionTimeout`` 30 min in host.json), leaving the
+other half to the run itself at the default validation timeout (600 s) and its margin; a run
+that waited this long means the runner registry is saturated, and cancelling it (a FAILED
+validation, which says nothing against the image) frees its place instead of adding to the
+queue.
+"""
+
 MAX_EARLIER_ATTEMPTS = 5
 """A resumed validation looks up the task runs of at most this many earlier attempts."""
 
@@ -161,7 +185,6 @@ DELETE_ATTEMPTS = 3
 
 _BLOB_API_VERSION = "2021-08-06"
 _TRANSPORT_KEYS = ("connection_verify", "connection_cert", "connection_timeout", "read_timeout")
-_RETRY_KEYS = ("retry_total", "retry_backoff_factor", "retry_backoff_max", "retry_mode")
 
 
 def _arm_detail(exc: AzureError) -> str:
@@ -226,11 +249,14 @@ class AcrTaskRunValidator:
     rule (:func:`~gate.adapters.validation.acr_run_scope.run_registries`). ``login_server``
     is the runner registry's (what ``{{.Run.Registry}}`` is in a run): a run logs in there only
     when its task file uses it (``loginMode``, see :mod:`~gate.adapters.validation.
-    acr_run_scope`). Custom registries need the identity; without any, the identity is optional
+    acr_run_scope`). ``location`` (the runner registry's region, ``runner.location`` in the
+    configuration) is each task run's ``location``. Custom registries need the identity; without any, the identity is optional
     (a task run without one pulls anonymously).
-    ``client_kwargs`` go to the SDK client (``connection_verify``, ``retry_total``, ``credential_scopes``…);
-    the transport and retry settings among them apply to the blob upload and download too.
-    ``sleep`` and ``clock`` are injectable for tests.
+    ``client_kwargs`` go to the SDK client (``connection_verify``, ``credential_scopes``…), but
+    its ``retry_*`` keys (``retry_status``, ``retry_after_max``…) configure the
+    :class:`~gate.adapters.arm_retry.BoundedRetryPolicy` of every ARM request; the transport and
+    retry settings apply to the blob upload and download too. ``sleep`` (polling, and the retry
+    waits) and ``clock`` are injectable for tests.
     """
 
     def __init__(
@@ -243,6 +269,7 @@ class AcrTaskRunValidator:
         arm_endpoint: str = "https://management.azure.com",
         custom_registries: Mapping[str, tuple[str, str] | None] | None = None,
         login_server: str | None = None,
+        location: str | None = None,
         identity_resource_id: str | None = None,
         identity_client_id: str | None = None,
         os: str = "Linux",
@@ -250,6 +277,7 @@ class AcrTaskRunValidator:
         poll_initial: float = 2.0,
         poll_max: float = 30.0,
         deadline_margin: float = 300.0,
+        max_queue_wait: float = MAX_QUEUE_WAIT,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         client_kwargs: Mapping[str, Any] | None = None,
@@ -278,31 +306,43 @@ class AcrTaskRunValidator:
             )
         self.identity_resource_id = identity_resource_id or None
         self.identity_client_id = identity_client_id or None
+        self.location = location or None
         self.os = os
         self.architecture = architecture
         self.poll_initial = poll_initial
         self.poll_max = poll_max
         self.deadline_margin = deadline_margin
+        self.max_queue_wait = max_queue_wait
         self._sleep = sleep
         self._clock = clock
         kwargs = dict(client_kwargs or {})
+        blob_retry = {k: v for k, v in kwargs.items() if k.startswith("retry_")}
+        # Every ARM call (upload URL, the PUT and its operation polls, run GETs, cancel, log
+        # URL, DELETE) goes through this policy: throttling (429 + Retry-After) and 5xx are
+        # retried a bounded number of times, no wait longer than retry_after_max
+        # (gate.adapters.arm_retry, which cites what azure-core does by itself).
+        self._retry = arm_retry_policy(kwargs, sleep=sleep)
         self._client = ContainerRegistryTasksMgmtClient(
-            credential, subscription_id, base_url=arm_endpoint, **kwargs
+            credential, subscription_id, base_url=arm_endpoint, retry_policy=self._retry, **kwargs
         )
         transport = {k: kwargs[k] for k in _TRANSPORT_KEYS if k in kwargs}
-        retry = {k: kwargs[k] for k in _RETRY_KEYS if k in kwargs}
         # Blobs go through azure-core as well: the same TLS trust (REQUESTS_CA_BUNDLE or
-        # connection_verify) and retries as the ARM client, and no logging policy that could
-        # print a SAS URL.
+        # connection_verify) and bounded retries as the ARM client, and no logging policy that
+        # could print a SAS URL.
         self._blobs: PipelineClient[HttpRequest, HttpResponse] = PipelineClient(
             "https://storage.invalid",
             policies=[
                 HeadersPolicy(),
                 UserAgentPolicy(sdk_moniker="gate-task-run"),
-                RetryPolicy(**retry),
+                arm_retry_policy(blob_retry, sleep=sleep),
             ],
             transport=RequestsTransport(**transport),
         )
+
+    @property
+    def arm_retries(self) -> int:
+        """How many ARM requests were retried (throttled or failing) since this was made."""
+        return self._retry.retries
 
     def close(self) -> None:
         """Close the HTTP sessions."""
@@ -429,6 +469,7 @@ class AcrTaskRunValidator:
                     registries, self.identity_client_id, login_mode=login_mode
                 ),
                 identity_resource_id=self.identity_resource_id,
+                location=self.location,
             ),
             # without a Retry-After from ARM, poll the creation at our own pace
             polling_interval=self.poll_initial,
@@ -558,15 +599,28 @@ class AcrTaskRunValidator:
         *,
         log_link: str | None = None,
     ) -> ValidationResult:
-        """Poll ``run`` (as last seen) until it ends or our deadline passes; judge it."""
-        deadline = self._clock() + request.timeout_seconds + self.deadline_margin
+        """Poll ``run`` (as last seen) until it ends or our deadline passes; judge it.
+
+        The validation timeout counts from when the run was first seen past ``Queued``: a run
+        waiting for an agent has not used any of it. The wait in the queue is bounded on its
+        own, by ``max_queue_wait`` from when following began.
+        """
         delay = self.poll_initial
         status = _status(run)
+        began = self._clock()
+        queued_until = began + self.max_queue_wait
+        deadline = None if status == QUEUED else began + self._allowance(request)
         while status not in TERMINAL_STATUSES:
             now = self._clock()
-            if now >= deadline:
-                return self._overdue(run_id, request, mask, log_link)
-            self._sleep(min(delay, deadline - now))
+            if deadline is None:
+                if now >= queued_until:
+                    return self._queued_too_long(run_id, mask, log_link)
+                limit = queued_until
+            else:
+                if now >= deadline:
+                    return self._overdue(run_id, request, mask, log_link)
+                limit = deadline
+            self._sleep(min(delay, limit - now))
             delay = min(delay * 2, self.poll_max)
             try:
                 run = self._client.runs.get(self.resource_group, self.registry, run_id)
@@ -588,6 +642,11 @@ class AcrTaskRunValidator:
                 log.warning("polling run %s failed (%s); retrying", run_id, _arm_detail(exc))
                 continue
             status = _status(run)
+            if deadline is None and status != QUEUED:
+                deadline = self._clock() + self._allowance(request)
+                log.info(
+                    "run %s started after %.0f s in ACR's queue", run_id, self._clock() - began
+                )
         text, fetched = self._fetch_log(run_id, log_link)
         text = mask(text)
         outcome, reason = judge(
@@ -601,19 +660,47 @@ class AcrTaskRunValidator:
             log_location=self.log_location(run_id),
         )
 
-    def _overdue(
-        self, run_id: str, request: ValidationRequest, mask: Masker, log_link: str | None
-    ) -> ValidationResult:
-        canceled = "it was cancelled"
+    def _allowance(self, request: ValidationRequest) -> float:
+        """Seconds a started run may take before it is cancelled: the timeout and the margin."""
+        return request.timeout_seconds + self.deadline_margin
+
+    def _cancel(self, run_id: str) -> str:
+        """Cancel ``run_id``; what became of it, for the reason."""
         try:
             self._client.runs.cancel(self.resource_group, self.registry, run_id)
         except AzureError as exc:
-            canceled = f"cancelling it failed ({_arm_detail(exc)})"
+            return f"cancelling it failed ({_arm_detail(exc)})"
+        return "it was cancelled"
+
+    def _queued_too_long(self, run_id: str, mask: Masker, log_link: str | None) -> ValidationResult:
+        canceled = self._cancel(run_id)
+        text, _ = self._fetch_log(run_id, log_link)
+        reason = (
+            f"run {run_id} waited in ACR's queue on registry {self.registry} for more than "
+            f"{self.max_queue_wait:g} s without starting; {canceled}. The registry runs as many "
+            "runs at once as ACR lets it: gate the image again later ('gate run --force'); if "
+            "this recurs, spread the rules' validations over time or over another runner "
+            "registry"
+        )
+        log.warning("%s", reason)
+        return ValidationResult(
+            outcome=Outcome.FAILED,
+            run_id=run_id,
+            reason=mask(reason),
+            log=mask(text),
+            log_location=self.log_location(run_id),
+        )
+
+    def _overdue(
+        self, run_id: str, request: ValidationRequest, mask: Masker, log_link: str | None
+    ) -> ValidationResult:
+        canceled = self._cancel(run_id)
         text, _ = self._fetch_log(run_id, log_link)
         reason = (
             f"run {run_id} did not finish within the validation timeout of "
-            f"{request.timeout_seconds:g} s (+{self.deadline_margin:g} s for queueing); "
-            f"{canceled}; raise the rule's validation timeout_seconds, or make the steps faster"
+            f"{request.timeout_seconds:g} s (+{self.deadline_margin:g} s margin) after it "
+            f"started; {canceled}; raise the rule's validation timeout_seconds, or make the "
+            "steps faster"
         )
         log.warning("%s", reason)
         return ValidationResult(
@@ -670,6 +757,7 @@ __all__ = [
     "DELETE_ATTEMPTS",
     "ENGINE_ERROR_EXIT",
     "MAX_EARLIER_ATTEMPTS",
+    "MAX_QUEUE_WAIT",
     "MAX_RUN_TIMEOUT",
     "MIN_RUN_TIMEOUT",
     "TAR_MTIME",
