@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from gate.config.model import GateConfig
     from gate.entrypoints.http_api import ApiResponse
     from gate.entrypoints.principal import Principal
+    from gate.ports import RequestQueue
     from gate.usecases.keeper import Gatekeeper
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -56,7 +57,25 @@ def keeper() -> Gatekeeper:
     """The gate's adapters, built once per process (this is where Azure SDKs get imported)."""
     from gate.compose import build_gatekeeper
 
+    _check_queue_budget()
     return build_gatekeeper(config())
+
+
+def _check_queue_budget() -> None:
+    """Say at start-up when host.json retries a failing request for less time than the
+    configuration's longest validation takes (gate/usecases/queueing.py): a request would then
+    reach the poison queue while its digest may still be validated."""
+    import json
+
+    from gate.errors import GateError
+    from gate.usecases.queueing import budget_problem
+
+    try:
+        problem = budget_problem(json.loads((HERE / "host.json").read_text()), config())
+    except (OSError, ValueError, GateError) as exc:
+        problem = f"host.json could not be checked: {exc}"
+    if problem:
+        log.error("queue retry budget: %s", problem)
 
 
 def _event_dict(event: func.EventGridEvent | func.CloudEvent) -> dict[str, Any]:
@@ -225,8 +244,9 @@ def watch(timer: func.TimerRequest, requests: func.Out[typing.List[str]]) -> Non
     # typing generic; list[str] is neither, and it refuses to index the whole app
     # ("binding requests has invalid non-type annotation"). tests/e2e/test_functions_worker.py.
     """Poll upstreams without events (HEAD only) and queue digests not decided yet, and the
-    digests whose cooldown ended (the worker promotes or supersedes them; nothing sleeps)."""
-    from gate.entrypoints.worker import poll
+    digests whose cooldown ended (the worker promotes or supersedes them; nothing sleeps); and
+    queue one re-validation per rule whose revalidate: schedule is due (the worker runs it)."""
+    from gate.entrypoints.worker import poll, revalidations_due
 
     found, errors = poll(keeper())
     for problem in errors:
@@ -235,10 +255,19 @@ def watch(timer: func.TimerRequest, requests: func.Out[typing.List[str]]) -> Non
 
     # one structured line per watched registry: the alert on a registry unreached for an hour
     log_poll((rule.source.registry for rule in config().rules), errors)
-    if found:
-        requests.set([request.to_json() for request in found])
-    log.info("poll: %d new digest(s) queued, %d error(s)", len(found), len(errors))
-    _revalidate()
+    # decided here, run by the worker: a pass of re-validations inline would outlast the
+    # function's timeout, and a timed-out function writes none of its queued requests
+    due, problems = revalidations_due(keeper())
+    for problem in problems:
+        log.warning("revalidate: %s", problem)
+    if found or due:
+        requests.set([request.to_json() for request in (*found, *due)])
+    log.info(
+        "poll: %d new digest(s) queued, %d error(s); %d re-validation(s) queued",
+        len(found),
+        len(errors),
+        len(due),
+    )
 
 
 # NCRONTAB's six fields (second minute hour day month day-of-week): daily at 03:17 UTC
@@ -255,21 +284,6 @@ def prune(timer: func.TimerRequest) -> None:
     report = prune_records(keeper())
     for problem in report.errors:
         log.warning("retention: %s", problem)
-
-
-def _revalidate() -> None:
-    """Rules whose revalidate: schedule is due: re-validate now, demote or alert, publish."""
-    from gate.entrypoints.worker import revalidate
-
-    endpoint = settings().outcome_topic_endpoint
-    publish = publisher(endpoint).publish if endpoint else None
-    # runs inline: a due re-validation takes as long as a validation run, within the
-    # function's timeout; the ledger says when each rule was last re-validated
-    records, errors = revalidate(keeper(), publish)
-    for problem in errors:
-        log.warning("revalidate: %s", problem)
-    if records or errors:
-        log.info("revalidate: %d record(s), %d error(s)", len(records), len(errors))
 
 
 def _audit(outcome: Any, began: float) -> None:
@@ -297,9 +311,14 @@ def publisher(endpoint: str) -> Any:
 @app.function_name("gate_worker")
 @app.queue_trigger(arg_name="msg", queue_name=QUEUE, connection=STORAGE_CONNECTION)
 def gate_worker(msg: func.QueueMessage) -> None:
-    """Gate one queued request, idempotently; raising hands the message back to the queue."""
+    """Gate one queued request, idempotently; raising hands the message back to the queue.
+
+    A request whose (rule, digest) another worker holds is put back with a delay and this
+    delivery completes (gate/entrypoints/worker.py, handle): it never fails into the poison
+    queue. A re-validation request re-validates its rule once.
+    """
     from gate.entrypoints.messages import GateRequest, MalformedRequest
-    from gate.entrypoints.worker import handle, poisoned
+    from gate.entrypoints.worker import Postponed, Revalidation, handle, poisoned
     from gate.errors import GateError
 
     began = time.monotonic()
@@ -308,8 +327,15 @@ def gate_worker(msg: func.QueueMessage) -> None:
     except MalformedRequest as exc:
         log.error("dropped malformed gate request %s: %s", msg.id, exc.message)
         return
+    endpoint = settings().outcome_topic_endpoint
     try:
-        outcome = handle(keeper(), request, wait_seconds=settings().worker_wait_seconds)
+        outcome = handle(
+            keeper(),
+            request,
+            queue=request_queue(),
+            wait_seconds=settings().worker_wait_seconds,
+            publish=publisher(endpoint).publish if endpoint else None,
+        )
     except GateError as exc:
         if exc.retryable:
             log.warning("gate request %s will be retried: %s", msg.id, exc.message)
@@ -330,7 +356,35 @@ def gate_worker(msg: func.QueueMessage) -> None:
         # the refusal is a decision: the poisoned-request alert reads its GATE_DECISION line
         audit.log_decision(record)
         return
+    if isinstance(outcome, Postponed):
+        # no decision yet: the holder's outcome will be the record (and its audit line)
+        if outcome.requeued is not None:
+            log.info(
+                "gate request %s put back for %.0f s (%d time(s)): record %s is %s by another "
+                "worker",
+                msg.id,
+                outcome.delay_seconds,
+                outcome.requeued.postponed,
+                outcome.holder.id,
+                outcome.holder.state,
+            )
+        return
+    if isinstance(outcome, Revalidation):
+        for problem in outcome.errors:
+            log.warning("revalidate: %s", problem)
+        if outcome.skipped:
+            log.info("revalidate %s: %s", outcome.rule, outcome.skipped)
+        return
     _audit(outcome, began)
+
+
+@cache
+def request_queue() -> RequestQueue:
+    """The worker's own way onto ``gate-requests`` (to put a request back with a delay), on the
+    storage the bindings use (``AzureWebJobsStorage``), built on first use."""
+    from gate.compose import build_request_queue
+
+    return build_request_queue()
 
 
 @app.function_name("gate_poison")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Unpack, cast
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
     from gate.adapters.registry.acr_import import AcrImportRegistry
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         ManifestReader,
         OnStarted,
         PolledDigest,
+        RequestQueue,
         Resume,
         Secrets,
         SecretUris,
@@ -189,6 +190,36 @@ class LazyAttester(Deferred["Attester"]):
     def demotion(self, image: ImageRef, record: GateRecord, reason: str) -> str:
         """See :meth:`gate.ports.Attester.demotion`."""
         return self.port().demotion(image, record, reason)
+
+
+class LazyRequestQueue(Deferred["RequestQueue"]):
+    """A :class:`~gate.ports.RequestQueue` built on first use (most requests never need it)."""
+
+    def send_later(self, body: str, *, delay_seconds: float) -> None:
+        """See :meth:`gate.ports.RequestQueue.send_later`."""
+        self.port().send_later(body, delay_seconds=delay_seconds)
+
+
+def build_request_queue(
+    env: Mapping[str, str] | None = None, *, credential: Any = None
+) -> RequestQueue:
+    """The worker's request queue (``gate-requests``) on the storage its bindings use, built
+    (and azure-storage-queue imported) when a request is first put back.
+
+    ``env`` holds the app settings (default: this process's environment, read then): a
+    connection string in ``AzureWebJobsStorage`` (Azurite in tests) or its identity-based
+    ``__`` settings (gate/adapters/queues.py).
+    """
+
+    def make() -> RequestQueue:
+        import os
+
+        from gate.adapters.queues import StorageRequestQueue
+
+        settings = os.environ if env is None else env
+        return StorageRequestQueue.from_settings(settings, credential=credential)
+
+    return LazyRequestQueue(Once(make))
 
 
 def build_ledger(config: GateConfig, *, credential: Any = None, existing: bool = False) -> Ledger:

@@ -23,7 +23,8 @@ exits with; ``retryable`` tells a caller (CLI, queue worker) whether trying agai
         │   ├── AuthenticationError  credentials missing or refused (exit 2: fix the config)
         │   └── ManifestUnknown      the tag or digest is not there (exit 2: fix the request)
         ├── ValidatorError           the validation could not run (not: it ran and said no)
-        └── LedgerError              the record store failed
+        ├── LedgerError              the record store failed
+        └── QueueError               the request queue could not be written
 """
 
 from __future__ import annotations
@@ -124,3 +125,7 @@ class ValidatorError(InfrastructureError):
 
 class LedgerError(InfrastructureError):
     """The record store failed."""
+
+
+class QueueError(InfrastructureError):
+    """The request queue refused a message or could not be reached."""

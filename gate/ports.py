@@ -376,3 +376,13 @@ class SignatureStore(Protocol):
         Key Vault key URIs; :class:`~gate.errors.ConfigError` for one that cannot be read or is
         not such a key."""
         ...
+
+
+class RequestQueue(Protocol):
+    """The queue the worker reads (``gate-requests``), for a request to be delivered later."""
+
+    def send_later(self, body: str, *, delay_seconds: float) -> None:
+        """Put ``body`` on the queue, invisible for ``delay_seconds`` (whole seconds, at least
+        0, at most the queue's 7-day bound); raises a retryable
+        :class:`~gate.errors.InfrastructureError` when the queue cannot be reached."""
+        ...

@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 
 from gate.domain.records import Outcome, ValidationResult
 from gate.domain.ref import ImageRef
-from gate.errors import AuthenticationError, Conflict, ManifestUnknown, RegistryUnavailable
+from gate.errors import (
+    AuthenticationError,
+    Conflict,
+    ManifestUnknown,
+    QueueError,
+    RegistryUnavailable,
+)
 from gate.ports import CopyReport, PolledDigest, ProgressCallback, Resume, ValidationRequest
 
 
@@ -144,3 +150,16 @@ class FakeSecrets:
 
     def get(self, name: str) -> str:
         return self.values[name]
+
+
+@dataclass
+class FakeRequestQueue:
+    """The worker's request queue, keeping what was put back as ``(body, delay_seconds)``."""
+
+    sent: list[tuple[str, float]] = field(default_factory=list)
+    down: bool = False
+
+    def send_later(self, body: str, *, delay_seconds: float) -> None:
+        if self.down:
+            raise QueueError("fake queue is down; check that it runs")
+        self.sent.append((body, delay_seconds))

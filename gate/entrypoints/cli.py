@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from gate.errors import GateError, UsageError
+from gate.errors import ConfigError, GateError, UsageError
 
 # Commands import what they use when they run (the composition root, the service, rich):
 # ``gate --help`` loads click alone, and ``gate history --json`` never loads rich, httpx or
@@ -629,12 +629,20 @@ def config_group() -> None:
 @config_group.command("check")
 @click.argument("file", required=False, metavar="[FILE]")
 @config_option
-def config_check_cmd(file: str | None, config: str | None) -> None:
+@click.option(
+    "--host-json",
+    type=click.Path(dir_okay=False),
+    help="The Functions app's host.json: also check that its queue retries outlast the "
+    "longest validation of the file's rules.",
+)
+def config_check_cmd(file: str | None, config: str | None, host_json: str | None) -> None:
     """Load FILE (default: --config, $GATE_CONFIG, ./gate.yaml) and run every check; run nothing."""
     from gate.entrypoints.render import Text, out, plain
 
     try:
         cfg = _config(file or config)
+        if host_json is not None:
+            _check_host_json(Path(host_json), cfg)
     except GateError as exc:
         _fail(exc)
     where = "Azure" if cfg.azure is not None else "local"
@@ -643,6 +651,28 @@ def config_check_cmd(file: str | None, config: str | None) -> None:
     for rule in cfg.rules:
         line = f"  {rule.name}: {rule.source.name} [{', '.join(rule.tags)}] -> {rule.target.name}"
         out.print(Text(plain(line)), soft_wrap=True)
+    if host_json is not None:
+        from gate.usecases.queueing import budget_needed
+
+        said = (
+            f"  {host_json}: queue retries cover the longest validation ({budget_needed(cfg):g} s)"
+        )
+        out.print(Text(plain(said)), soft_wrap=True)
+
+
+def _check_host_json(path: Path, cfg: GateConfig) -> None:
+    """Refuse a host.json whose queue retry budget is shorter than ``cfg`` needs."""
+    from gate.usecases.queueing import budget_problem
+
+    try:
+        host = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not JSON ({exc}); fix it") from None
+    problem = budget_problem(host if isinstance(host, dict) else {}, cfg)
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
 
 
 @config_group.command("schema")

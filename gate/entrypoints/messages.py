@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import msgspec
 
@@ -14,24 +15,34 @@ class MalformedRequest(UsageError):
 
 
 class GateRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Gate ``image`` (a reference, digest-pinned when the trigger knew the digest), or carry out
-    the admitted record ``record_id``. ``event_id`` ties the request to its Event Grid event."""
+    """Gate ``image`` (a reference, digest-pinned when the trigger knew the digest), carry out
+    the admitted record ``record_id``, or re-validate the rule named ``revalidate`` (the timer
+    queues one per rule due). ``event_id`` ties the request to its Event Grid event.
+
+    ``postponed`` counts how often a worker put the request back because another worker held
+    its (rule, digest): it bounds the postponements. Every field has a default, so a message
+    written before a field existed still parses.
+    """
 
     image: str | None = None
     record_id: str | None = None
+    revalidate: str | None = None
     trigger: str = "event"
     force: bool = False
     event_id: str | None = None
+    postponed: Annotated[int, msgspec.Meta(ge=0)] = 0
 
     def __post_init__(self) -> None:
         # raised inside decoding, msgspec reports it as a ValidationError (with its path)
-        if bool(self.image) == bool(self.record_id):
-            raise ValueError("a gate request needs exactly one of 'image' or 'record_id'")
+        if sum(bool(v) for v in (self.image, self.record_id, self.revalidate)) != 1:
+            raise ValueError(
+                "a gate request needs exactly one of 'image', 'record_id' or 'revalidate'"
+            )
 
     def to_json(self) -> str:
         """The queue message body (unset and false fields left out)."""
         fields = msgspec.structs.asdict(self)
-        return json.dumps({k: v for k, v in fields.items() if v not in (None, False)})
+        return json.dumps({k: v for k, v in fields.items() if v not in (None, False, 0)})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> GateRequest:

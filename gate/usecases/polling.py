@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from gate.config.model import Rule
+from gate.domain.records import GateRecord, utcnow
 from gate.domain.ref import ImageRef
 from gate.errors import GateError
 from gate.logsafe import get_logger
 from gate.ports import PolledDigest, RateLimited
 from gate.usecases.keeper import Gatekeeper, GateOutcome
+from gate.usecases.queueing import in_progress
 
 # the logger name is what log queries select by; it stays the one from before the split
 _log = get_logger("gate.service")
@@ -147,6 +149,10 @@ def _per_host(
 def poll_upstreams(keeper: Gatekeeper) -> list[WatchItem]:
     """HEAD every watched upstream tag; items without ``skipped``/``error`` are new digests.
 
+    A digest decided already, or whose (rule, digest) a worker holds under a live lease (or a
+    queue owes a worker), is ``skipped``: its record's outcome will be the answer, and a second
+    request for it would only wait.
+
     Glob selectors list the repository's tags first (following the tag list's pagination).
     Requests run concurrently, at most ``poll.concurrency_per_registry`` in flight per
     registry; a ``429`` (its ``Retry-After``) or a spent Docker Hub pull quota stops that
@@ -254,6 +260,7 @@ def poll_upstreams(keeper: Gatekeeper) -> list[WatchItem]:
     heads = ordered(exact + found)
     polled = [answers[id(job)] for job in heads]
     not_reached: list[tuple[str, str]] = []
+    claims = _Claims(keeper)
     for job, item in zip(heads, polled, strict=True):
         if item.error or item.digest is None:
             if item.error.startswith("not polled") or job.ref.registry in run.stopped:
@@ -262,15 +269,39 @@ def poll_upstreams(keeper: Gatekeeper) -> list[WatchItem]:
             continue
         try:
             decided = keeper.ledger.decided(job.rule.name, item.digest)
+            holder = None if decided else claims.held(job.rule.name, item.digest)
         except GateError as exc:
             items.append(replace(item, error=exc.message))
             continue
-        items.append(replace(item, skipped=f"already {decided.state}" if decided else ""))
+        if decided:
+            items.append(replace(item, skipped=f"already {decided.state}"))
+        elif holder is not None:
+            # a worker holds it (or a queue owes it one): its outcome will be the record
+            items.append(replace(item, skipped=f"held by record {holder.id} ({holder.state})"))
+        else:
+            items.append(item)
     with memory.lock:
         memory.pending = not_reached
         memory.paused.update(run.paused)
     _log_pass(items, heads, run, time.monotonic() - started)
     return items
+
+
+class _Claims:
+    """The records in progress of each rule a pass asks about, read once per rule per pass."""
+
+    def __init__(self, keeper: Gatekeeper) -> None:
+        self._keeper = keeper
+        self._by_rule: dict[str, list[GateRecord]] = {}
+
+    def held(self, rule: str, digest: str) -> GateRecord | None:
+        """The record of (rule, digest) in progress under a live lease, if any."""
+        if rule not in self._by_rule:
+            self._by_rule[rule] = in_progress(self._keeper, rule)
+        now = utcnow()
+        lease = self._keeper.config.lease.seconds
+        live = [r for r in self._by_rule[rule] if r.digest == digest and r.lease_live(now, lease)]
+        return max(live, key=lambda r: r.created_at, default=None)
 
 
 def _clock(when: float) -> str:

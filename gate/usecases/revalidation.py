@@ -3,6 +3,7 @@ rule's schedule; one that fails now is demoted (or alerted on), as its rule says
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,7 +11,7 @@ from datetime import datetime
 from gate.config.model import Rule
 from gate.domain.records import GateRecord, HistoryQuery, Outcome, State, new_record_id, utcnow
 from gate.domain.ref import ImageRef
-from gate.errors import GateError, NotFound, UsageError
+from gate.errors import GateError, LedgerError, NotFound, UsageError
 from gate.logsafe import get_logger
 from gate.usecases.keeper import Gatekeeper
 from gate.usecases.rollback import move_back_record, move_stable_tag
@@ -49,15 +50,21 @@ def revalidation_due(keeper: Gatekeeper, rule: Rule, now: datetime | None = None
     """
     if rule.revalidate is None:
         return False
+    last = last_revalidation(keeper, rule)
+    if last is None:
+        return True
+    age = ((now or utcnow()) - last).total_seconds()
+    return age >= rule.revalidate.every_seconds
+
+
+def last_revalidation(keeper: Gatekeeper, rule: Rule) -> datetime | None:
+    """When ``rule`` was last re-validated: its newest ``revalidated`` or ``failing`` record."""
     last = [
         r.created_at
         for state in (State.REVALIDATED, State.FAILING)
         for r in keeper.ledger.history(HistoryQuery(rule=rule.name, state=state, limit=1))
     ]
-    if not last:
-        return True
-    age = ((now or utcnow()) - max(last)).total_seconds()
-    return age >= rule.revalidate.every_seconds
+    return max(last, default=None)
 
 
 def revalidate_due(keeper: Gatekeeper, *, now: datetime | None = None) -> list[Revalidated]:
@@ -72,6 +79,129 @@ def revalidate_due(keeper: Gatekeeper, *, now: datetime | None = None) -> list[R
         if due:
             results.extend(revalidate_rule(keeper, rule, trigger="schedule"))
     return results
+
+
+PASS_MARGIN_SECONDS = 300.0
+"""What a pass may take past its validations: tag reads, the demotion's tag move, the records."""
+
+
+def pass_seconds(keeper: Gatekeeper, rule: Rule) -> float:
+    """The longest one re-validation pass of ``rule`` takes: the stable digest and up to
+    ``candidates`` earlier ones, each validated on every platform in turn, plus a margin."""
+    assert rule.revalidate is not None
+    checks = 1 + rule.revalidate.candidates
+    runs = max(1, len(rule.platforms))
+    return checks * runs * rule.validation.timeout_seconds + PASS_MARGIN_SECONDS
+
+
+def pass_id(rule: str, last: datetime | None, now: datetime, stale_seconds: float) -> str:
+    """The record id of the pass that re-validates ``rule`` after ``last``, started ``now``.
+
+    Every worker that starts the same due pass computes the same id, so the ledger, which
+    refuses a second record with an id it holds (:meth:`gate.ports.Ledger.add`), lets exactly
+    one of them record it: the pass is claimed. ``now`` counts in windows of ``stale_seconds``,
+    so a pass whose worker died blocks the next attempt for at most one window. The id has the
+    ledger's shape (gate/domain/records.py, ``new_record_id``): the window's start in
+    milliseconds (11 hex digits), then 21 hex digits of a hash of rule, ``last`` and window.
+    """
+    window = int(now.timestamp() // stale_seconds)
+    began = int(window * stale_seconds * 1000)
+    seen = last.isoformat() if last else "never"
+    tail = hashlib.sha256(f"{rule}|{seen}|{window}".encode()).hexdigest()[:21]
+    return f"{began:011x}{tail}"
+
+
+def revalidate_queued(
+    keeper: Gatekeeper, rule_name: str, *, trigger: str = "schedule"
+) -> tuple[list[Revalidated], GateRecord | None, str]:
+    """One queued re-validation of ``rule_name``, done once however often it was queued.
+
+    Returns the results, the pass's record and, when nothing was done, why: the rule is gone
+    or no longer re-validates, it is not due (a pass for the same due time finished already),
+    or another worker has the pass (its record is in the ledger, in progress). The pass's
+    record (action ``revalidate``, no digest) is written first, under :func:`pass_id`, and
+    closed when the pass ends: ``revalidated`` (it counts as the rule's last re-validation) or
+    ``failed`` when something could not be checked (the next due tick tries again).
+    """
+    rule = next((r for r in keeper.config.rules if r.name == rule_name), None)
+    if rule is None or rule.revalidate is None:
+        return [], None, f"rule '{rule_name}' no longer re-validates in {keeper.config.path}"
+    now = utcnow()
+    last = last_revalidation(keeper, rule)
+    if not revalidation_due(keeper, rule, now):
+        when = last.isoformat(timespec="seconds") if last else "?"
+        return [], None, f"rule {rule.name} is not due: it was re-validated at {when}"
+    stale = pass_seconds(keeper, rule)
+    running = _running_pass(keeper, rule, now, stale)
+    if running is not None:
+        return [], running, f"record {running.id} is re-validating rule {rule.name} already"
+    marker = GateRecord(
+        id=pass_id(rule.name, last, now, stale),
+        action="revalidate",
+        rule=rule.name,
+        source=rule.target.name,
+        target=rule.target.name,
+        trigger=trigger,
+        state=State.VALIDATING,
+        actor=REVALIDATION_ACTOR,
+        reason="re-validation pass running",
+    )
+    try:
+        keeper.ledger.add(marker)
+    except LedgerError as refused:
+        try:
+            taken = keeper.ledger.get(marker.id)
+        except NotFound:
+            # not a duplicate: the ledger failed, and the queue delivers the request again
+            raise refused from None
+        return [], taken, f"record {taken.id} has this re-validation pass of rule {rule.name}"
+    results = revalidate_rule(keeper, rule, trigger=trigger)
+    problems = [why for r in results if (why := _unchecked(r))]
+    checked = sum(1 for r in results for x in r.records if x.action == "revalidate")
+    if problems:
+        done = marker.advance(
+            State.FAILED, reason=f"re-validation pass could not finish: {'; '.join(problems)}"
+        )
+    else:
+        done = marker.advance(
+            State.REVALIDATED,
+            reason=f"re-validation pass done: {len(results)} stable tag(s), {checked} check(s)",
+        )
+    keeper.ledger.save(done)
+    return results, done, ""
+
+
+def _unchecked(result: Revalidated) -> str:
+    """Why ``result`` checked nothing ('' when it did): an error, or a check that could not run."""
+    if result.error:
+        return result.error
+    if result.checked is not None and result.checked.state is State.FAILED:
+        return result.checked.reason
+    return ""
+
+
+def _running_pass(
+    keeper: Gatekeeper, rule: Rule, now: datetime, stale_seconds: float
+) -> GateRecord | None:
+    """A pass of ``rule`` in progress and younger than ``stale_seconds``; an older one (its
+    worker died) is closed as failed, so that it stays in no one's way."""
+    running = None
+    for record in keeper.ledger.history(
+        HistoryQuery(rule=rule.name, state=State.VALIDATING, limit=50)
+    ):
+        if record.action != "revalidate":
+            continue
+        if (now - record.created_at).total_seconds() < stale_seconds:
+            running = running or record
+            continue
+        keeper.ledger.save(
+            record.advance(
+                State.FAILED,
+                reason=f"re-validation pass silent for over {stale_seconds:g} s (its worker "
+                "stopped); the next due pass re-validates the rule",
+            )
+        )
+    return running
 
 
 def revalidate(

@@ -468,7 +468,9 @@ def post_without_working(world: World, image: str) -> tuple[Invocation, str]:
     return posted, posted.http_response().headers["Location"].rsplit("/", 1)[1]
 
 
-def test_a_request_another_worker_holds_is_retried_then_moved_to_poison(world: World) -> None:
+def test_a_request_another_worker_holds_is_put_back_with_a_delay_not_poisoned(
+    world: World,
+) -> None:
     world.push("node", "15-alpine", "Green")
     posted, record_id = post_without_working(world, f"{world.upstream.host}/node:15-alpine")
     # another worker has claimed the record and is still on it
@@ -481,10 +483,15 @@ def test_a_request_another_worker_holds_is_retried_then_moved_to_poison(world: W
     delivered = world.queues.deliver(world.host, "gate_worker")
     poisoned = world.queues.deliver(world.host, "gate_poison")
 
-    assert len(delivered) == world.queues.max_dequeue_count == 5
-    assert all(not d.ok and "being gated by another worker" in d.error for d in delivered)
-    assert [p.ok for p in poisoned] == [True], [p.error for p in poisoned]
-    # the live worker's own outcome will be the record: the poison handler leaves it alone
+    # one delivery, which succeeds: the worker put the request back itself, invisible for a
+    # while, so the host deletes the delivered message and spends none of its retries
+    [once] = delivered
+    assert once.ok, once.error
+    assert once.logged("put back for") and once.logged(f"record {record_id} is received")
+    assert poisoned == []
+    queue = world.queues.client("gate-requests")
+    assert queue.get_queue_properties().approximate_message_count == 1
+    assert world.queues.peek("gate-requests") == []  # invisible until its delay has passed
     assert world.ledger.get(record_id) == claim.record
     assert world.target_tags("node") == {}
 
@@ -510,3 +517,64 @@ def test_malformed_queue_messages_are_dropped_not_retried(world: World) -> None:
     assert dropped.ok, dropped.error
     assert dropped.logged("dropped malformed gate request m-1")
     assert world.ledger.history() == []
+
+
+def test_the_timer_queues_a_due_revalidation_and_the_worker_runs_it_once(
+    tmp_path: Path,
+    registries: tuple[RegistryProcess, RegistryProcess],
+    image_builder: ImageBuilder,
+    podman_env: dict[str, str],
+    storage: AzuriteProcess,
+) -> None:
+    upstream, target = registries
+    config = tmp_path / "gate.yaml"
+    config.write_text(
+        "\n".join(
+            [
+                f"data_dir: {tmp_path / 'data'}",
+                "registries:",
+                f'  - {{host: "{upstream.host}", insecure: true}}',
+                f'  - {{host: "{target.host}", insecure: true}}',
+                "rules:",
+                "  - name: node",
+                f"    source: {upstream.host}/node",
+                '    tags: ["15-alpine"]',
+                f"    target: {target.host}/node",
+                f'    validation: {{folder: "{SEED}", timeout: 120}}',
+                "    revalidate: {every: 24h, on_failure: alert}",
+            ]
+        )
+        + "\n"
+    )
+    digest = image_builder.image(
+        f"{upstream.host}/node:15-alpine", env={"BACKGROUND_COLOR": "Green"}
+    )
+    with booted_app(config, storage) as (host, queues, ledger):
+        first = host.invoke("watch", timer())
+        queued = queues.put(first, "requests")
+        # the promotion first, then the re-validation (one batch, in queue order); a second
+        # tick before the worker ran queues the rule again
+        again = queues.put(host.invoke("watch", timer()), "requests")
+        delivered = queues.deliver(host, "gate_worker")
+        last = host.invoke("watch", timer())
+        left = queues.peek("gate-requests") + queues.peek("gate-requests-poison")
+
+    assert first.ok, first.error
+    revalidation = {"revalidate": "node", "trigger": "revalidate"}
+    assert [json.loads(text) for text in queued] == [
+        {"image": f"{upstream.host}/node:15-alpine@{digest}", "trigger": "poll"},
+        revalidation,
+    ]
+    assert [json.loads(text) for text in again] == [
+        {"image": f"{upstream.host}/node:15-alpine@{digest}", "trigger": "poll"},
+        revalidation,
+    ]
+    assert [d.ok for d in delivered] == [True] * 4, [d.error for d in delivered]
+    records = [(r.action, r.state.value) for r in reversed(ledger.history())]
+    assert records == [
+        ("gate", "promoted"),
+        ("revalidate", "revalidated"),  # the pass, claimed once
+        ("revalidate", "revalidated"),  # its check of the stable digest
+    ]
+    assert last.ok and last.output_values("requests") == []
+    assert left == []

@@ -205,12 +205,14 @@ def test_alert_is_scheduled_from_the_ledger_by_gate_watch(
     assert tag_digests(target.host, "node")["15-alpine"] == green["digest"]
 
 
-def test_the_functions_timer_demotes_when_the_schedule_is_due(
+def test_the_functions_timer_queues_a_due_rule_and_the_worker_demotes_once(
     tmp_path: Path,
     registries: tuple[RegistryProcess, RegistryProcess],
     image_builder: ImageBuilder,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import azure.functions as func
+
     upstream, target = registries
     config = write_config(tmp_path, upstream.host, target.host, "demote")
     green = promote(image_builder, upstream, config, "Green")
@@ -221,21 +223,30 @@ def test_the_functions_timer_demotes_when_the_schedule_is_due(
     for cached in (function_app.settings, function_app.config, function_app.keeper):
         cached.cache_clear()
     try:
-        queued = Collect()
-        function_app.watch(TimerRequest(past_due=False), queued)
-        function_app.watch(TimerRequest(past_due=False), Collect())
+        first, second, third = Collect(), Collect(), Collect()
+        function_app.watch(TimerRequest(past_due=False), first)
+        # a second tick before the worker ran: the rule is still due and queued again
+        function_app.watch(TimerRequest(past_due=False), second)
+        untouched = revalidation_records(tmp_path)
+        for n, body in enumerate([*first.value, *second.value]):
+            function_app.gate_worker(func.QueueMessage(id=f"m-{n}", body=body.encode()))
+        function_app.watch(TimerRequest(past_due=False), third)
     finally:
         for cached in (function_app.settings, function_app.config, function_app.keeper):
             cached.cache_clear()
 
-    assert queued.value is None  # both upstream digests were decided: nothing to gate
+    # both upstream digests were decided: the ticks queue the re-validation only, and run none
+    assert first.value == second.value == ['{"revalidate": "node", "trigger": "revalidate"}']
+    assert untouched == []
     assert tag_digests(target.host, "node")["15-alpine"] == green["digest"]
-    # the second tick was not due: one pass only
+    # two requests, one pass (the pass's record first, then its checks and the demotion)
     assert revalidation_records(tmp_path) == [
+        ("revalidate", "revalidated"),
         ("revalidate", "failing"),
         ("revalidate", "revalidated"),
         ("demote", "demoted"),
     ]
+    assert third.value is None  # not due any more
 
 
 def test_a_demotion_is_attested_so_the_demoted_digest_no_longer_verifies(

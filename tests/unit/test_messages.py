@@ -26,8 +26,10 @@ def test_a_request_body_leaves_out_unset_and_false_fields_and_reads_back_equal()
         (b'{"image": "a", "colour": "red"}', "unknown field `colour`"),
         (b'{"image": 5}', "Expected `str | null`, got `int` - at `$.image`"),
         (b'{"record_id": "r", "force": "yes"}', "Expected `bool`, got `str` - at `$.force`"),
-        (b'{"image": "a", "record_id": "r"}', "exactly one of 'image' or 'record_id'"),
-        (b"{}", "exactly one of 'image' or 'record_id'"),
+        (b'{"image": "a", "record_id": "r"}', "exactly one of 'image', 'record_id' or"),
+        (b'{"image": "a", "revalidate": "node"}', "exactly one of 'image', 'record_id' or"),
+        (b"{}", "exactly one of 'image', 'record_id' or 'revalidate'"),
+        (b'{"image": "a", "postponed": -1}', "Expected `int` >= 0 - at `$.postponed`"),
     ],
 )
 def test_a_malformed_request_says_what_is_wrong(body: bytes, said: str) -> None:

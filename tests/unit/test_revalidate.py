@@ -13,7 +13,8 @@ from devstack.configs import empty_task_gate_yaml
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.config.loading import load_config
 from gate.domain.records import GateRecord, Outcome, State, utcnow
-from gate.entrypoints.worker import revalidate as timer_revalidate
+from gate.entrypoints.messages import GateRequest
+from gate.entrypoints.worker import Revalidation, handle, revalidations_due
 from gate.errors import ConfigError, NotFound, UsageError
 from gate.ports import ValidationRequest
 from gate.usecases.gating import gate_image
@@ -203,7 +204,7 @@ def test_alert_moves_nothing_and_says_the_stable_digest_fails(
     assert any("fails its validation now; on_failure is alert" in m for m in lines)
 
 
-def test_timer_pass_publishes_demotion_as_image_demoted_event(tmp_path: Path) -> None:
+def test_queued_revalidation_publishes_demotion_as_image_demoted_event(tmp_path: Path) -> None:
     from gate.usecases.audit import EVENT_TYPES
 
     keeper = keeper_for(tmp_path)
@@ -212,11 +213,13 @@ def test_timer_pass_publishes_demotion_as_image_demoted_event(tmp_path: Path) ->
     green = promote(keeper, "green")
     verdicts.failing = {green.digest or ""}
     published: list[GateRecord] = []
+    [request], problems = revalidations_due(keeper)
 
-    records, errors = timer_revalidate(keeper, published.append)
+    done = handle(keeper, GateRequest.from_json(request.to_json()), publish=published.append)
 
-    assert errors == [] and registry.tag_of(STABLE) == orange.digest
-    assert [r.state for r in records] == [State.FAILING, State.REVALIDATED, State.DEMOTED]
+    assert isinstance(done, Revalidation) and problems == []
+    assert done.errors == () and registry.tag_of(STABLE) == orange.digest
+    assert [r.state for r in done.records] == [State.FAILING, State.REVALIDATED, State.DEMOTED]
     assert [EVENT_TYPES[r.state] for r in published] == [
         "GatedImport.RevalidationFailed",
         "GatedImport.ImageDemoted",
@@ -294,3 +297,155 @@ def test_a_rollback_after_a_demotion_steps_back_from_the_demoted_digest(tmp_path
     back = rollback(keeper, f"{ART}/node", reason="orange breaks app X", actor="alice")
 
     assert back.digest == red.digest and registry.tag_of(STABLE) == red.digest
+
+
+# -- re-validation as queued work ----------------------------------------------------------------
+
+
+def test_the_timer_queues_one_request_per_due_rule_and_validates_nothing(tmp_path: Path) -> None:
+    keeper = keeper_for(tmp_path)
+    _, validator, _ = parts(keeper)
+    promote(keeper, "green")
+    runs = len(validator.requests)
+
+    requests, errors = revalidations_due(keeper)
+
+    assert requests == [GateRequest(revalidate="node", trigger="revalidate")] and errors == []
+    assert len(validator.requests) == runs
+    assert [r.action for r in keeper.ledger.history()] == ["gate"]  # nothing re-validated
+
+
+def test_the_worker_revalidates_a_due_rule_once_however_often_it_is_queued(
+    tmp_path: Path,
+) -> None:
+    keeper = keeper_for(tmp_path)
+    _, validator, _ = parts(keeper)
+    green = promote(keeper, "green")
+    runs = len(validator.requests)
+    # two timer runs queued the rule while it was due
+    request = GateRequest(revalidate="node", trigger="revalidate")
+
+    first = handle(keeper, request)
+    second = handle(keeper, request)
+
+    assert isinstance(first, Revalidation) and isinstance(second, Revalidation)
+    assert [r.state for r in first.records] == [State.REVALIDATED]
+    assert first.records[0].of_record == green.id and first.skipped == ""
+    assert len(validator.requests) == runs + 1
+    assert second.records == () and "is not due: it was re-validated at" in second.skipped
+    assert first.pass_record is not None and first.pass_record.state is State.REVALIDATED
+    assert keeper.ledger.get(first.pass_record.id).action == "revalidate"
+
+
+def test_a_pass_another_worker_is_running_is_not_run_again(tmp_path: Path) -> None:
+    from gate.usecases.revalidation import REVALIDATION_ACTOR
+
+    keeper = keeper_for(tmp_path)
+    _, validator, _ = parts(keeper)
+    promote(keeper, "green")
+    runs = len(validator.requests)
+    running = GateRecord(
+        id="0123456789abcdef0123456789abcdef",
+        action="revalidate",
+        rule="node",
+        source=f"{ART}/node",
+        target=f"{ART}/node",
+        state=State.VALIDATING,
+        actor=REVALIDATION_ACTOR,
+    )
+    keeper.ledger.add(running)
+
+    done = handle(keeper, GateRequest(revalidate="node", trigger="revalidate"))
+
+    assert isinstance(done, Revalidation) and done.records == ()
+    assert done.skipped == f"record {running.id} is re-validating rule node already"
+    assert len(validator.requests) == runs
+
+
+def test_two_workers_that_start_the_same_pass_claim_it_once(tmp_path: Path) -> None:
+    from gate.usecases.revalidation import last_revalidation, pass_id, pass_seconds
+
+    keeper = keeper_for(tmp_path)
+    _, validator, _ = parts(keeper)
+    promote(keeper, "green")
+    rule = keeper.config.rules[0]
+    runs = len(validator.requests)
+    now = utcnow()
+    claimed_id = pass_id(
+        rule.name, last_revalidation(keeper, rule), now, pass_seconds(keeper, rule)
+    )
+    # the other worker's pass record, closed already (as it stands when it could not finish)
+    keeper.ledger.add(
+        GateRecord(
+            id=claimed_id,
+            action="revalidate",
+            rule="node",
+            source=f"{ART}/node",
+            target=f"{ART}/node",
+            state=State.FAILED,
+        )
+    )
+
+    done = handle(keeper, GateRequest(revalidate="node", trigger="revalidate"))
+
+    assert isinstance(done, Revalidation) and done.records == ()
+    assert done.skipped == f"record {claimed_id} has this re-validation pass of rule node"
+    assert len(validator.requests) == runs
+    # the same rule, last re-validation and window give the same id: one pass per due time
+    assert pass_id("node", None, now, 3600) == pass_id("node", None, now, 3600)
+    assert pass_id("node", None, now, 3600) != pass_id("python", None, now, 3600)
+    assert len(claimed_id) == 32 and int(claimed_id, 16) >= 0
+
+
+def test_a_pass_whose_worker_went_silent_is_closed_and_the_rule_revalidated(
+    tmp_path: Path,
+) -> None:
+    from gate.usecases.revalidation import REVALIDATION_ACTOR, pass_seconds
+
+    keeper = keeper_for(tmp_path)
+    promote(keeper, "green")
+    stale = pass_seconds(keeper, keeper.config.rules[0])
+    silent = GateRecord(
+        id="0123456789abcdef0123456789abcdee",
+        action="revalidate",
+        rule="node",
+        source=f"{ART}/node",
+        target=f"{ART}/node",
+        state=State.VALIDATING,
+        actor=REVALIDATION_ACTOR,
+        created_at=utcnow() - timedelta(seconds=stale + 1),
+    )
+    keeper.ledger.add(silent)
+
+    done = handle(keeper, GateRequest(revalidate="node", trigger="revalidate"))
+
+    assert isinstance(done, Revalidation) and done.skipped == ""
+    assert [r.state for r in done.records] == [State.REVALIDATED]
+    closed = keeper.ledger.get(silent.id)
+    assert closed.state is State.FAILED and "silent for over" in closed.reason
+
+
+def test_a_pass_that_could_not_check_leaves_the_rule_due(tmp_path: Path) -> None:
+    keeper = keeper_for(tmp_path)
+    _, _, verdicts = parts(keeper)
+    green = promote(keeper, "green")
+    verdicts.broken = {green.digest or ""}
+
+    done = handle(keeper, GateRequest(revalidate="node", trigger="revalidate"))
+
+    assert isinstance(done, Revalidation) and done.pass_record is not None
+    assert done.pass_record.state is State.FAILED
+    assert "could not finish: re-validation could not run" in done.pass_record.reason
+    assert revalidation_due(keeper, keeper.config.rules[0])
+
+
+def test_a_queued_revalidation_of_a_rule_gone_from_the_config_does_nothing(
+    tmp_path: Path,
+) -> None:
+    keeper = keeper_for(tmp_path)
+
+    done = handle(keeper, GateRequest(revalidate="gone", trigger="revalidate"))
+
+    assert isinstance(done, Revalidation) and done.records == ()
+    assert done.skipped.startswith("rule 'gone' no longer re-validates")
+    assert keeper.ledger.history() == []
