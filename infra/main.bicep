@@ -58,7 +58,13 @@ param promotedRepositories array = [
   'node'
 ]
 
-@description('Repositories of the upstream registry whose pushes are delivered (Event Grid filter).')
+// Event Grid takes at most 25 values across all advanced filters of one subscription
+// ("25 advanced filters and 25 filter values across all the filters per Event Grid subscription":
+// learn.microsoft.com/azure/event-grid/event-filtering, "Limitations"), and the push subscription
+// has one StringIn filter with these values.
+@minLength(1)
+@maxLength(25)
+@description('Repositories of the upstream registry whose pushes are delivered (Event Grid StringIn filter on data.target.repository): 1 to 25, Event Grid\'s limit of filter values per subscription. For more, split them over a second deployment or let the watch timer poll the rest.')
 param watchedRepositories array = [
   'node'
 ]
@@ -69,8 +75,22 @@ param runnerSecretNames array = []
 @description('Create the Event Grid subscription to on_push. It needs the function deployed first: the postdeploy hook of azure.yaml turns it on.')
 param subscribeToEvents bool = false
 
-@description('Name of the upstream registry\'s existing Event Grid system topic, if it has one; empty: create one.')
+@description('Name of the upstream registry\'s existing Event Grid system topic, if it has one (a registry has at most one): it is referenced as it is, never changed or deleted, and must have a system-assigned identity. Empty: the registry has none and the deployment creates evgt-<registry>.')
 param upstreamSystemTopicName string = ''
+
+// The concurrency budget: how many validation task runs may run at once on the runner registry.
+// ACR documents no per-SKU limit on concurrent task runs that we found (container-registry-skus
+// and its limits table list storage, operations, bandwidth, webhooks, replications, endpoints),
+// so the budget is the operator's, not a platform limit: 25 keeps the queue trigger's 4 + 2
+// messages per instance (host.json) on four instances, plus the one re-validation the watch timer
+// runs inline. The instance cap and the queue batch below are derived from it.
+@minValue(3)
+@maxValue(1000)
+@description('Validation task runs the gate may have running at once on its runner registry (3-1000). The Function app\'s maximumInstanceCount and the queue trigger\'s batchSize/newBatchThreshold are derived from it (docs/deploy.md, "Concurrency budget").')
+param maxConcurrentTaskRuns int = 25
+
+@description('Keep one instance always ready for the Event Grid trigger on_push (Flex Consumption alwaysReady, billed while idle). Off: a cold start may outlast Event Grid\'s 30 s delivery timeout, and that delivery is retried (docs/deploy.md, "Always-ready instance").')
+param onPushAlwaysReady bool = false
 
 @description('NCRONTAB schedule of the upstream poll (GATE_WATCH_SCHEDULE).')
 param watchSchedule string = '0 */15 * * * *'
@@ -148,6 +168,45 @@ var deadLetterContainer = 'eventgrid-deadletter'
 var authTenant = empty(authTenantId) ? tenant().tenantId : authTenantId
 var authAudience = empty(authApplicationIdUri) ? 'api://${authClientId}' : authApplicationIdUri
 var eventFunctionName = 'on_push'
+
+// The concurrency budget (docs/deploy.md, "Concurrency budget"). Task runs start in two places:
+// - gate_worker, the queue trigger, runs one validation per message it holds, and per instance
+//   it holds at most batchSize + newBatchThreshold messages ("the maximum number of concurrent
+//   messages being processed per function is batchSize plus newBatchThreshold ... If the function
+//   app scales out to multiple VMs, each VM could run one instance of each queue-triggered
+//   function": learn.microsoft.com/azure/azure-functions/functions-bindings-storage-queue,
+//   host.json settings, batchSize), on at most maximumInstanceCount instances (the app's cap:
+//   learn.microsoft.com/azure/azure-functions/flex-consumption-how-to, "Set maximum instance
+//   count"; 1 to 1000: flex-consumption-plan, "Considerations");
+// - the watch timer re-validates due rules inline, one after another (function_app.py
+//   _revalidate), on one instance however far the app scales out
+//   (learn.microsoft.com/azure/azure-functions/functions-bindings-timer: "only a single instance
+//   of a timer-triggered function is run across all instances").
+// So instances × (batchSize + newBatchThreshold) + 1 <= maxConcurrentTaskRuns. The batch keeps
+// host.json's 4 + 2 while the budget allows it; the app settings below override host.json's
+// values with these (AzureFunctionsJobHost__extensions__queues__…: learn.microsoft.com/azure/
+// azure-functions/functions-host-json, "Override host.json values").
+var revalidationRuns = 1
+var workerRuns = maxConcurrentTaskRuns - revalidationRuns
+// newBatchThreshold stays between 1 and batchSize: the host refuses one above batchSize and some
+// versions refuse 0 (QueuesOptions.NewBatchThreshold in Azure/azure-webjobs-sdk), hence a budget
+// of at least 3 (one re-validation, one batch of 1 and a threshold of 1)
+var queueBatchSize = min(4, workerRuns - 1)
+var queueNewBatchThreshold = min(2, workerRuns - queueBatchSize)
+var runsPerInstance = queueBatchSize + queueNewBatchThreshold
+var maximumInstanceCount = workerRuns / runsPerInstance
+
+// Flex Consumption scales HTTP, Durable and blob functions in groups and every other function on
+// its own; an always-ready count for one of those is named function:<name>
+// (learn.microsoft.com/azure/azure-functions/flex-consumption-plan, "Per-function scaling";
+// flex-consumption-how-to, "Set always ready instance counts"). on_push is an Event Grid trigger,
+// not one of the groups. It starts no task run, so it is outside the budget.
+var alwaysReady = onPushAlwaysReady ? [
+  {
+    name: 'function:${eventFunctionName}'
+    instanceCount: 1
+  }
+] : []
 
 // The gate's own app settings: those gate/config/app_settings.py reads, then the deployed resources that
 // gate.yaml names as ${GATE_…} (infra/walkthrough/gate.yaml uses every one). The platform ones
@@ -227,6 +286,8 @@ var givenDownstream = {
   name: downstreamParts[8]
 }
 var downstream = deployWalkthrough ? walkthroughDownstream : givenDownstream
+// the walkthrough's public registry is new, so it has no topic yet
+var existingUpstreamTopic = !deployWalkthrough && !empty(upstreamSystemTopicName)
 
 resource rg 'Microsoft.Resources/resourceGroups@2025-04-01' = {
   name: gateResourceGroupName
@@ -342,6 +403,10 @@ module functionApp 'app/function.bicep' = {
     applicationInsightsName: monitoring.outputs.name
     appSettings: appSettings
     pythonVersion: pythonVersion
+    maximumInstanceCount: maximumInstanceCount
+    queueBatchSize: queueBatchSize
+    queueNewBatchThreshold: queueNewBatchThreshold
+    alwaysReady: alwaysReady
     authClientId: authClientId
     authTenantId: authTenantId
     authApplicationIdUri: authApplicationIdUri
@@ -369,7 +434,8 @@ module upstreamTopic 'app/upstream-topic.bicep' = if (hasUpstream) {
   scope: resourceGroup(upstream.subscriptionId, upstream.resourceGroup)
   params: {
     registryName: upstream.name
-    topicName: empty(upstreamSystemTopicName) ? 'evgt-${upstream.name}' : upstreamSystemTopicName
+    topicName: existingUpstreamTopic ? upstreamSystemTopicName : 'evgt-${upstream.name}'
+    existingTopic: existingUpstreamTopic
     tags: tags
   }
   dependsOn: [
@@ -405,8 +471,8 @@ module gateAccess 'rbac/gate-access.bicep' = {
   }
 }
 
-// upstream: the gate resolves and imports from it, validation runs pull the candidate with the
-// runner identity
+// upstream: the gate resolves tags and imports from it (the import documentation's role for the
+// source registry), validation runs pull the candidate with the runner identity (pull only)
 module upstreamAccess 'rbac/registry-access.bicep' = if (hasUpstream) {
   name: 'upstream-access'
   scope: resourceGroup(upstream.subscriptionId, upstream.resourceGroup)
@@ -416,11 +482,11 @@ module upstreamAccess 'rbac/registry-access.bicep' = if (hasUpstream) {
     grants: [
       {
         principalId: identity.outputs.principalId
-        role: 'reader'
+        role: 'importer'
       }
       {
         principalId: runnerIdentity.outputs.principalId
-        role: 'reader'
+        role: 'puller'
       }
     ]
   }
@@ -429,7 +495,7 @@ module upstreamAccess 'rbac/registry-access.bicep' = if (hasUpstream) {
   ]
 }
 
-var helloWorldGrants = deployWalkthrough ? [ { principalId: walkthrough!.outputs.helloWorldPrincipalId, role: 'reader' } ] : []
+var helloWorldGrants = deployWalkthrough ? [ { principalId: walkthrough!.outputs.helloWorldPrincipalId, role: 'puller' } ] : []
 
 // base-artifacts: the gate imports into it and locks run-ID tags (in push mode it pushes into
 // the promoted repositories only); in the walkthrough the hello-world task also pulls its base
@@ -445,6 +511,10 @@ module baseAccess 'rbac/registry-access.bicep' = {
         {
           principalId: identity.outputs.principalId
           role: 'importer'
+        }
+        {
+          principalId: identity.outputs.principalId
+          role: 'tagLock'
         }
       ],
       helloWorldGrants
@@ -533,7 +603,11 @@ output AZURE_UPSTREAM_REGISTRY_ID string = hasUpstream ? upstreamAccess!.outputs
 output AZURE_UPSTREAM_LOGIN_SERVER string = hasUpstream ? upstreamAccess!.outputs.loginServer : ''
 output AZURE_TEAM_REGISTRY_NAME string = deployWalkthrough ? walkthrough!.outputs.teamRegistryName : ''
 output AZURE_SUBSCRIBED_TO_EVENTS bool = hasUpstream && subscribeToEvents
+// false when the upstream's existing system topic is used: teardown must leave it
+output AZURE_UPSTREAM_TOPIC_CREATED bool = hasUpstream && upstreamTopic!.outputs.created
 output AZURE_AUDIT_WORKBOOK_ID string = monitoring.outputs.workbookId
+// Where the app reads gate.yaml (relative to the app folder): the predeploy hook checks that file.
+output GATE_CONFIG string = appSettings.GATE_CONFIG
 // The settings gate.yaml reads, under the same names as in the Function app.
 output GATE_SUBSCRIPTION_ID string = appSettings.GATE_SUBSCRIPTION_ID
 output GATE_PROMOTE_MODE string = appSettings.GATE_PROMOTE_MODE

@@ -34,8 +34,24 @@ param appSettings object
 ])
 param pythonVersion string = '3.13'
 
-@description('Upper bound of instances the plan may scale out to (a cap, not a reservation).')
-param maximumInstanceCount int = 100
+// main.bicep derives the next three from its maxConcurrentTaskRuns budget (docs/deploy.md,
+// "Concurrency budget"); the defaults are that derivation at the default budget, 25.
+@description('Upper bound of instances the app may scale out to (a cap, not a reservation; Flex Consumption takes 1-1000).')
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 4
+
+@description('Queue messages gate_worker fetches at once per instance (host.json extensions.queues.batchSize, overridden by app setting).')
+@minValue(1)
+@maxValue(32)
+param queueBatchSize int = 4
+
+@description('Messages left in progress at which an instance fetches the next batch (host.json extensions.queues.newBatchThreshold, overridden by app setting; at most queueBatchSize).')
+@minValue(1)
+param queueNewBatchThreshold int = 2
+
+@description('Flex Consumption always-ready instances: [{name, instanceCount}], name a group (http, durable, blob) or function:<name>. Empty: none, every instance is on demand.')
+param alwaysReady array = []
 
 @allowed([
   2048
@@ -72,6 +88,10 @@ var platformSettings = {
   APPLICATIONINSIGHTS_CONNECTION_STRING: insights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
   AZURE_CLIENT_ID: identityClientId
+  // override host.json's queue batch (functions-host-json, "Override host.json values": the
+  // setting is AzureFunctionsJobHost__ and the path with __ between its parts)
+  AzureFunctionsJobHost__extensions__queues__batchSize: string(queueBatchSize)
+  AzureFunctionsJobHost__extensions__queues__newBatchThreshold: string(queueNewBatchThreshold)
 }
 
 resource plan 'Microsoft.Web/serverfarms@2025-03-01' = {
@@ -119,6 +139,7 @@ resource site 'Microsoft.Web/sites@2025-03-01' = {
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
+        alwaysReady: alwaysReady
       }
       runtime: {
         name: 'python'

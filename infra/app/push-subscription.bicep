@@ -14,7 +14,11 @@ param functionAppId string
 @description('Name of the Event Grid triggered function in function_app.py.')
 param functionName string
 
-@description('Repositories of the upstream registry whose pushes reach the gate (data.target.repository).')
+// one StringIn filter: Event Grid takes at most 25 filter values per subscription
+// (learn.microsoft.com/azure/event-grid/event-filtering, "Limitations")
+@minLength(1)
+@maxLength(25)
+@description('Repositories of the upstream registry whose pushes reach the gate (data.target.repository): 1 to 25, Event Grid\'s limit of advanced filter values per subscription.')
 param repositories array
 
 @description('Resource id of the storage account holding the dead-letter container.')

@@ -1,18 +1,43 @@
 // Grants on one container registry, deployed into that registry's resource group.
 //
-// ACR has no built-in role that is exactly "import and lock tags", "run validations" or "run one
-// downstream task": Contributor can do all and much more (delete the registry, change its network
-// rules), and Container Registry Tasks Contributor also creates and edits tasks. So the gate gets
-// custom roles with exactly the operations it calls, defined in this resource group and assignable
-// only here, one set per registry (a role's name must be unique in the tenant). Operation names:
-// learn.microsoft.com/azure/role-based-access-control/permissions/containers
-// (Microsoft.ContainerRegistry).
+// Built-in roles where one is enough, custom roles only where none is narrow enough:
+// - importer (built-in Container Registry Data Importer and Data Reader): ACR's import
+//   documentation names this role for both ends of an import from an ACR, "assigned on the source
+//   registry" to view and pull, and "assigned on the target registry" to read and trigger imports
+//   (learn.microsoft.com/azure/container-registry/container-registry-import-images, "Import from
+//   an Azure container registry in the same AD tenant"). Its operations (built-in roles reference,
+//   learn.microsoft.com/azure/role-based-access-control/built-in-roles/containers): actions
+//   registries/importImage/action, registries/read, registries/pull/read; data actions
+//   repositories/content/read, repositories/metadata/read, catalog/read. It cannot push. On the
+//   upstream it also carries importImage/action, which the gate never uses there.
+// - puller (built-in AcrPull and Container Registry Repository Reader): who only pulls (the
+//   runner identity's validation runs; the walkthrough's hello-world task). AcrPull is the
+//   action registries/pull/read that "RBAC Registry Permissions" mode checks; Repository Reader
+//   the data actions repositories/content/read and metadata/read that "RBAC Registry + ABAC
+//   Repository Permissions" mode checks, where AcrPull is ignored
+//   (learn.microsoft.com/azure/container-registry/container-registry-rbac-abac-repository-permissions).
+//   Not the importer role: a validation run's identity is usable by the candidate under test, which
+//   must not be able to import into the upstream.
+// - tagLock (custom): the gate locks each run-ID tag (writeEnabled/deleteEnabled false), which
+//   takes metadata write; every built-in role with it also writes content (AcrPush, Container
+//   Registry Repository Writer) or much more (Contributor).
+// - runner (custom): create, follow, cancel and delete task runs; Container Registry Tasks
+//   Contributor also creates and edits tasks and lists their secrets (listDetails).
+// - downstream (custom): queue runs of existing tasks; the same built-in is again too broad.
+// Custom roles are defined in this resource group and assignable only here, one set per registry (a
+// role's name must be unique in the tenant). Operation names:
+// learn.microsoft.com/azure/role-based-access-control/permissions/containers. Each custom role
+// has both the actions and the data actions of its operations, so it works whichever mode the
+// registry is in. Wildcards are not used: ACR does not honour them in custom roles.
 //
-// Registries authorize data-plane calls in one of two modes: "RBAC Registry Permissions" checks
-// actions (…/pull/read, …/metadata/write), "RBAC Registry + ABAC Repository Permissions" checks
-// data actions (…/repositories/content/read, …) and ignores AcrPull/AcrPush. Each role below has
-// both forms, so it works whichever mode the registry is in. Wildcards are not used: ACR does not
-// honour them in custom roles.
+// A custom role created in the same deployment as its assignments can still be unknown where the
+// assignment is evaluated: "When you assign roles ... it can take up to 10 minutes for changes to
+// take effect" (Azure Resource Manager caches them: learn.microsoft.com/azure/
+// role-based-access-control/troubleshooting, "Role assignment changes are not being detected").
+// So each assignment waits for its definitions (dependsOn) and names its principal type (which
+// avoids PrincipalNotFound for a just-created identity, same page, "Assigning a role to a new
+// principal sometimes fails"); if a first deployment still fails on a just-created role, running it
+// again is safe (every name is deterministic) and is the remedy docs/deploy.md gives.
 //
 // pushGrants (promote mode "push" only) use the built-in Container Registry Repository Writer
 // with a condition on the repository name, so the gate may push to the gated repositories and no
@@ -22,7 +47,7 @@
 @description('Name of the registry (in this resource group) the grants are on.')
 param registryName string
 
-@description('Who gets which custom role: [{principalId, role}], role one of reader, importer, runner, downstream.')
+@description('Who gets which role: [{principalId, role}], role one of importer, puller (built-in) or tagLock, runner, downstream (custom).')
 param grants array = []
 
 @description('Who may push to which repositories (promote mode push): [{principalId, repositories: [names]}].')
@@ -36,37 +61,16 @@ resource registry 'Microsoft.ContainerRegistry/registries@2025-11-01' existing =
 }
 
 var permissions = {
-  // reader: the upstream registry (the gate resolves tags and imports by resource id;
-  // validation runs pull the candidate with the runner identity) and, in the walkthrough,
-  // base-artifacts for the hello-world task. AcrPull alone is not enough: importing from an ACR
-  // by resource id asks for read access to the source registry resource, and AcrPull is ignored
-  // in ABAC mode.
-  reader: {
-    actions: [
-      'Microsoft.ContainerRegistry/registries/read'
-      'Microsoft.ContainerRegistry/registries/pull/read'
-      'Microsoft.ContainerRegistry/registries/metadata/read'
-    ]
-    dataActions: [
-      'Microsoft.ContainerRegistry/registries/repositories/content/read'
-      'Microsoft.ContainerRegistry/registries/repositories/metadata/read'
-    ]
-  }
-  // importer: base-artifacts. importImage copies the validated digest in (run-ID tag, then stable
-  // tag; a rollback imports from this registry itself); the reads find existing tags; metadata
-  // write locks the run-ID tag (writeEnabled/deleteEnabled false). No push: in import mode
-  // content arrives only through import, so a stolen token of the gate cannot push an
+  // tagLock: base-artifacts. After importing a validated digest the gate locks its run-ID tag
+  // (writeEnabled/deleteEnabled false), and reads the tag's attributes back. No content write: in
+  // import mode content arrives only through import, so a stolen token of the gate cannot push an
   // unvalidated image; push mode adds pushGrants below, limited to the promoted repositories.
-  importer: {
+  tagLock: {
     actions: [
-      'Microsoft.ContainerRegistry/registries/read'
-      'Microsoft.ContainerRegistry/registries/importImage/action'
-      'Microsoft.ContainerRegistry/registries/pull/read'
       'Microsoft.ContainerRegistry/registries/metadata/read'
       'Microsoft.ContainerRegistry/registries/metadata/write'
     ]
     dataActions: [
-      'Microsoft.ContainerRegistry/registries/repositories/content/read'
       'Microsoft.ContainerRegistry/registries/repositories/metadata/read'
       'Microsoft.ContainerRegistry/registries/repositories/metadata/write'
     ]
@@ -106,24 +110,45 @@ var permissions = {
 }
 
 var descriptions = {
-  reader: 'Gated import: read and pull from this registry (tags, manifests, blobs).'
-  importer: 'Gated import: import validated digests into this registry and lock run-ID tags.'
+  tagLock: 'Gated import: lock the run-ID tags of validated digests in this registry.'
   runner: 'Gated import: run validations (task runs) on this registry and read their logs.'
   downstream: 'Gated import: queue runs of this registry\'s tasks after a promotion.'
 }
 
-// the role kinds these grants use, each once
-var kinds = union(map(grants, grant => grant.role), [])
-
-var roleGuids = {
-  reader: guid(registry.id, 'gated-import', 'reader')
-  importer: guid(registry.id, 'gated-import', 'importer')
-  runner: guid(registry.id, 'gated-import', 'runner')
-  downstream: guid(registry.id, 'gated-import', 'downstream')
+// Built-in role ids as in the built-in roles reference
+// (learn.microsoft.com/azure/role-based-access-control/built-in-roles/containers)
+var builtInRoles = {
+  dataImporter: '577a9874-89fd-4f24-9dbd-b5034d0ad23a' // Container Registry Data Importer and Data Reader
+  acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d' // AcrPull
+  repositoryReader: 'b93aa761-3e63-49ed-ac28-beffa264f7ac' // Container Registry Repository Reader
+  repositoryWriter: '2a1e307c-b015-4ebd-883e-5b7698a07328' // Container Registry Repository Writer
 }
 
-var builtInRoles = {
-  repositoryWriter: '2a1e307c-b015-4ebd-883e-5b7698a07328' // Container Registry Repository Writer
+// the built-in roles each built-in grant kind assigns
+var builtInKinds = {
+  importer: [
+    builtInRoles.dataImporter
+  ]
+  puller: [
+    builtInRoles.acrPull
+    builtInRoles.repositoryReader
+  ]
+}
+
+// one (principal, built-in role) per assignment; the rest of the grants are custom roles
+var builtInGrants = flatten(map(filter(grants, grant => contains(builtInKinds, grant.role)), grant => map(builtInKinds[grant.role], role => {
+  principalId: grant.principalId
+  role: role
+})))
+var customGrants = filter(grants, grant => !contains(builtInKinds, grant.role))
+
+// the custom role kinds these grants use, each once
+var kinds = union(map(customGrants, grant => grant.role), [])
+
+var roleGuids = {
+  tagLock: guid(registry.id, 'gated-import', 'tagLock')
+  runner: guid(registry.id, 'gated-import', 'runner')
+  downstream: guid(registry.id, 'gated-import', 'downstream')
 }
 
 // The data actions of Container Registry Repository Writer; the condition lets each of them only
@@ -161,7 +186,7 @@ resource definitions 'Microsoft.Authorization/roleDefinitions@2022-04-01' = [
 ]
 
 resource assignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
-  for grant in grants: {
+  for grant in customGrants: {
     name: guid(registry.id, grant.principalId, roleGuids[grant.role])
     scope: registry
     properties: {
@@ -172,6 +197,18 @@ resource assignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
     dependsOn: [
       definitions
     ]
+  }
+]
+
+resource builtInAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for grant in builtInGrants: {
+    name: guid(registry.id, grant.principalId, grant.role)
+    scope: registry
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', grant.role)
+      principalId: grant.principalId
+      principalType: 'ServicePrincipal'
+    }
   }
 ]
 

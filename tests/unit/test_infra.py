@@ -58,6 +58,21 @@ BUILTIN_ROLES = {
     "12338af0-0e69-4776-bea7-57ae8d297424": "Key Vault Crypto User",
     "f1a07417-d97a-45cb-824c-7a7467783830": "Managed Identity Operator",
     "2a1e307c-b015-4ebd-883e-5b7698a07328": "Container Registry Repository Writer",
+    # learn.microsoft.com/azure/role-based-access-control/built-in-roles/containers
+    "577a9874-89fd-4f24-9dbd-b5034d0ad23a": "Container Registry Data Importer and Data Reader",
+    "7f951dda-4ed3-4680-a7ca-43fe172d538d": "AcrPull",
+    "b93aa761-3e63-49ed-ac28-beffa264f7ac": "Container Registry Repository Reader",
+}
+
+# App settings that override host.json for the deployed app (functions-host-json, "Override
+# host.json values"), with the host.json path each overrides.
+HOST_JSON_OVERRIDES = {
+    "AzureFunctionsJobHost__extensions__queues__batchSize": ("extensions", "queues", "batchSize"),
+    "AzureFunctionsJobHost__extensions__queues__newBatchThreshold": (
+        "extensions",
+        "queues",
+        "newBatchThreshold",
+    ),
 }
 
 # Settings local.settings.sample.json has for Core Tools that do not exist in Azure, and why.
@@ -108,8 +123,15 @@ def render(expression: Any) -> str:
                 f"{render(operands['condition'])} ? {render(operands['true_value'])} : "
                 f"{render(operands['false_value'])}"
             )
+        if operator["type"] == "not":
+            return f"!{render(operator['operands']['bool_value'])}"
         left, right = (render(v) for v in operator["operands"].values())
-        separator = {"property_accessor": ".", "nested_resource_accessor": "::"}
+        separator = {
+            "property_accessor": ".",
+            "nested_resource_accessor": "::",
+            "and": " && ",
+            "or": " || ",
+        }
         if operator["type"] in separator:
             return f"{left}{separator[operator['type']]}{right}"
         if operator["type"] == "index_accessor":
@@ -299,8 +321,26 @@ def test_app_settings_in_templates_are_exactly_those_the_app_reads() -> None:
         for connection in connections
         for part in ("accountName", "credential", "clientId")
     }
-    expected = (sample - set(LOCAL_ONLY_SETTINGS)) | identity_based | APPLICATION_INSIGHTS_SETTINGS
+    expected = (
+        (sample - set(LOCAL_ONLY_SETTINGS))
+        | identity_based
+        | APPLICATION_INSIGHTS_SETTINGS
+        | set(HOST_JSON_OVERRIDES)
+    )
     assert template_app_settings() == expected
+
+
+def test_host_json_overrides_name_settings_host_json_has() -> None:
+    host = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))
+    platform = variable(bicep("app/function.bicep"), "platformSettings")
+    for setting, path in HOST_JSON_OVERRIDES.items():
+        # AzureFunctionsJobHost__ then the host.json path, one __ between its parts
+        assert setting == "AzureFunctionsJobHost__" + "__".join(path)
+        node: Any = host
+        for part in path:
+            assert part in node, f"host.json has no {'.'.join(path)}"
+            node = node[part]
+        assert setting in platform
 
 
 def test_storage_connection_is_identity_based() -> None:
@@ -434,7 +474,8 @@ ACR = "Microsoft.ContainerRegistry/registries/"
 
 def test_custom_registry_roles_name_each_operation_and_none_writes_content() -> None:
     permissions = variable(bicep("rbac/registry-access.bicep"), "permissions")
-    assert set(permissions) == {"reader", "importer", "runner", "downstream"}
+    # the custom roles that remain: no built-in role is narrow enough for these
+    assert set(permissions) == {"tagLock", "runner", "downstream"}
     for kind, granted in permissions.items():
         operations = granted["actions"] + granted["dataActions"]
         assert operations, kind
@@ -447,8 +488,12 @@ def test_custom_registry_roles_name_each_operation_and_none_writes_content() -> 
             )
             # listDetails answers with the secrets of a task or task run: nobody needs them
             assert not operation.endswith("/listDetails/action"), f"{kind}: {operation}"
-    assert f"{ACR}importImage/action" in permissions["importer"]["actions"]
     assert f"{ACR}taskruns/write" in permissions["runner"]["actions"]
+    assert permissions["tagLock"]["actions"] == [f"{ACR}metadata/read", f"{ACR}metadata/write"]
+    assert permissions["tagLock"]["dataActions"] == [
+        f"{ACR}repositories/metadata/read",
+        f"{ACR}repositories/metadata/write",
+    ]
 
 
 def test_runner_role_creates_follows_and_deletes_task_runs() -> None:
@@ -472,6 +517,113 @@ def test_downstream_role_queues_runs_of_existing_tasks_only() -> None:
     downstream = variable(bicep("rbac/registry-access.bicep"), "permissions")["downstream"]
     assert set(downstream["actions"]) == {f"{ACR}scheduleRun/action", f"{ACR}tasks/read"}
     assert downstream["dataActions"] == []
+
+
+def built_in_kinds() -> dict[str, list[str]]:
+    """The built-in grant kinds of registry-access.bicep: kind -> role ids it assigns."""
+    access = bicep("rbac/registry-access.bicep")
+    roles = variable(access, "builtInRoles")
+    return {
+        kind: [roles[render(ref).split(".", 1)[1]] for ref in refs]
+        for kind, refs in variable(access, "builtInKinds").items()
+    }
+
+
+def test_built_in_grant_kinds_assign_the_documented_roles() -> None:
+    names = {kind: [BUILTIN_ROLES[r] for r in ids] for kind, ids in built_in_kinds().items()}
+    assert names == {
+        # named for both ends of an ACR-to-ACR import (container-registry-import-images)
+        "importer": ["Container Registry Data Importer and Data Reader"],
+        # pull only: AcrPull for "RBAC Registry Permissions" mode, Repository Reader for ABAC mode
+        "puller": ["AcrPull", "Container Registry Repository Reader"],
+    }
+    # built-in and custom kinds do not overlap, so each grant is exactly one of them
+    permissions = variable(bicep("rbac/registry-access.bicep"), "permissions")
+    assert not set(built_in_kinds()) & set(permissions)
+
+
+def test_built_in_grants_assign_each_role_of_their_kind_to_the_grants_principal() -> None:
+    access = bicep("rbac/registry-access.bicep")
+    flattened = variable(access, "builtInGrants")["function"]
+    assert flattened["type"] == "flatten"
+    mapped = flattened["parameters"]["array_to_flattern"]["function"]["parameters"]
+    chosen = mapped["arg_1"]["function"]
+    assert chosen["type"] == "filter"
+    assert render(chosen["parameters"]["expression"]["detail"]["expression"]) == (
+        "contains(builtInKinds, grant.role)"
+    )
+    per_role = mapped["arg_2"]["detail"]["expression"]["function"]["parameters"]
+    assert render(per_role["arg_1"]) == "builtInKinds[grant.role]"
+    assert per_role["arg_2"]["detail"]["expression"] == {
+        "principalId": {
+            "operator": {
+                "type": "property_accessor",
+                "operands": {"operand_1": "grant", "operand_2": "principalId"},
+            }
+        },
+        "role": "role",
+    }
+    custom = variable(access, "customGrants")["function"]
+    assert custom["type"] == "filter"
+    assert (
+        render(
+            custom["parameters"]["expression"]["detail"]["expression"]["operator"]["operands"][
+                "bool_value"
+            ]
+        )
+        == "contains(builtInKinds, grant.role)"
+    )
+    loops = {
+        name: r["config"]["loop_type"]["detail"]["array_name"]
+        for name, r in resources(access)
+        if r["type"] == "Microsoft.Authorization/roleAssignments"
+    }
+    assert loops == {
+        "assignments": "customGrants",
+        "builtInAssignments": "builtInGrants",
+        "pushAssignments": "pushGrants",
+    }
+    assert render(
+        body(access["resources"]["builtInAssignments"])["properties"]["roleDefinitionId"]
+    ) == ("subscription_resource_id(Microsoft.Authorization/roleDefinitions, grant.role)")
+
+
+def test_gate_imports_with_the_documented_role_on_the_source_and_the_target() -> None:
+    gate = "identity.outputs.principalId"
+    grants = {(module, role) for module, who, role in registry_grants() if who == gate}
+    assert {("upstreamAccess", "importer"), ("baseAccess", "importer")} <= grants
+    # locking the run-ID tag is the one base-artifacts right no built-in role has without push
+    assert ("baseAccess", "tagLock") in grants
+    assert grants == {
+        ("upstreamAccess", "importer"),
+        ("baseAccess", "importer"),
+        ("baseAccess", "tagLock"),
+        ("runnerAccess", "runner"),
+        ("downstreamAccess", "downstream"),
+    }
+
+
+def test_an_identity_a_candidate_can_use_only_pulls() -> None:
+    # validation runs (and the walkthrough's hello-world task) run code we did not write: their
+    # identities get the pull-only kind, never the importer one
+    for module, who, role in registry_grants():
+        if who != "identity.outputs.principalId":
+            assert role == "puller", (module, who, role)
+    assert "577a9874-89fd-4f24-9dbd-b5034d0ad23a" not in built_in_kinds()["puller"]
+
+
+def test_every_role_assignment_names_its_principal_type_and_custom_ones_wait_for_their_role() -> (
+    None
+):
+    for where, name, assignment in role_assignments():
+        # set on every assignment: a just-created identity is otherwise "not found" while it
+        # replicates (role-based-access-control/troubleshooting, PrincipalNotFound)
+        assert assignment["properties"]["principalType"] == "ServicePrincipal", f"{where}: {name}"
+    custom = body(bicep("rbac/registry-access.bicep")["resources"]["assignments"])
+    assert custom["dependsOn"] == ["definitions"]
+    assert render(custom["properties"]["roleDefinitionId"]) == (
+        "subscription_resource_id(Microsoft.Authorization/roleDefinitions, roleGuids[grant.role])"
+    )
 
 
 def test_deploy_docs_explain_every_role_the_templates_grant() -> None:
@@ -537,7 +689,7 @@ def test_runner_identity_reads_upstream_and_the_vault_and_nothing_else() -> None
         if r["type"] == "Microsoft.Authorization/roleAssignments"
     ]
     runner_grants = [(m, role) for m, who, role in registry_grants() if who == principal]
-    assert runner_grants == [("upstreamAccess", "reader")]
+    assert runner_grants == [("upstreamAccess", "puller")]
     assert render(body(main["modules"]["gateAccess"])["params"]["runnerPrincipalId"]) == principal
 
     granted = [
@@ -1536,3 +1688,237 @@ def test_no_parameter_is_secure_with_a_default() -> None:
         for name, parameter in template.get("parameters", {}).items():
             secure = any(d["type"] == "secure" for d in parameter["decorators"])
             assert not (secure and "default" in parameter), f"{path.name}: {name}"
+
+
+# -- the concurrency budget ----------------------------------------------------------------
+
+
+def evaluate(expression: Any, names: dict[str, Any]) -> Any:
+    """The value of a parsed integer Bicep expression, names looked up in ``names``.
+
+    Enough for the budget's arithmetic (+, -, *, integer /, min, max); anything else raises, so
+    a template that derives its numbers some other way fails here instead of being misread.
+    """
+    if isinstance(expression, bool):
+        return expression
+    if isinstance(expression, int):
+        return expression
+    if isinstance(expression, str):
+        return names[expression]
+    if "operator" in expression:
+        operator = expression["operator"]
+        left, right = (evaluate(v, names) for v in operator["operands"].values())
+        arithmetic: dict[str, Callable[[int, int], int]] = {
+            "add": lambda a, b: a + b,
+            "substract": lambda a, b: a - b,  # pycep's spelling
+            "multiply": lambda a, b: a * b,
+            "divide": lambda a, b: a // b,  # Bicep's / on integers truncates
+        }
+        return arithmetic[operator["type"]](left, right)
+    function = expression["function"]
+    arguments = [evaluate(v, names) for v in function["parameters"].values() if v is not None]
+    return {"min": min, "max": max}[function["type"]](*arguments)
+
+
+BUDGET_VARIABLES = (
+    "revalidationRuns",
+    "workerRuns",
+    "queueBatchSize",
+    "queueNewBatchThreshold",
+    "runsPerInstance",
+    "maximumInstanceCount",
+)
+
+
+def derived_for(budget: int) -> dict[str, int]:
+    """main.bicep's derived scale settings for a maxConcurrentTaskRuns of ``budget``."""
+    main = bicep("main.bicep")
+    names: dict[str, Any] = {"maxConcurrentTaskRuns": budget}
+    for name in BUDGET_VARIABLES:
+        names[name] = evaluate(variable(main, name), names)
+    return names
+
+
+def decorator(parameter: dict[str, Any], kind: str) -> Any:
+    return next(d["argument"] for d in parameter["decorators"] if d["type"] == kind)
+
+
+def test_derived_instances_times_messages_per_instance_stay_within_the_budget() -> None:
+    parameter = bicep("main.bicep")["parameters"]["maxConcurrentTaskRuns"]
+    low, high = decorator(parameter, "min_value"), decorator(parameter, "max_value")
+    assert (low, high) == (3, 1000)
+    for budget in range(low, high + 1):
+        d = derived_for(budget)
+        # the queue trigger holds batchSize + newBatchThreshold messages per instance, one
+        # validation each, plus the timer's one inline re-validation
+        worst = d["maximumInstanceCount"] * (d["queueBatchSize"] + d["queueNewBatchThreshold"])
+        assert worst + d["revalidationRuns"] <= budget, budget
+        # and not needlessly below it: one more instance would break the budget
+        assert worst + d["runsPerInstance"] + d["revalidationRuns"] > budget, budget
+        # values the platform and the host accept
+        assert 1 <= d["maximumInstanceCount"] <= 1000, budget
+        assert 1 <= d["queueBatchSize"] <= 32, budget
+        assert 1 <= d["queueNewBatchThreshold"] <= d["queueBatchSize"], budget
+
+
+def test_the_default_budget_derives_host_json_and_the_function_templates_defaults() -> None:
+    main = bicep("main.bicep")
+    default = main["parameters"]["maxConcurrentTaskRuns"]["default"]
+    d = derived_for(default)
+    host = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))["extensions"]["queues"]
+    # what runs locally (host.json) is what the default deployment sets
+    assert (host["batchSize"], host["newBatchThreshold"]) == (
+        d["queueBatchSize"],
+        d["queueNewBatchThreshold"],
+    )
+    function = bicep("app/function.bicep")["parameters"]
+    assert function["maximumInstanceCount"]["default"] == d["maximumInstanceCount"]
+    assert function["queueBatchSize"]["default"] == d["queueBatchSize"]
+    assert function["queueNewBatchThreshold"]["default"] == d["queueNewBatchThreshold"]
+    assert (default, d["maximumInstanceCount"]) == (25, 4)
+
+
+def test_the_derived_numbers_reach_the_plan_and_the_queue_trigger() -> None:
+    params = body(bicep("main.bicep")["modules"]["functionApp"])["params"]
+    for name in ("maximumInstanceCount", "queueBatchSize", "queueNewBatchThreshold"):
+        assert params[name] == name
+    function = bicep("app/function.bicep")
+    scale = body(function["resources"]["site"])["properties"]["functionAppConfig"][
+        "scaleAndConcurrency"
+    ]
+    assert scale["maximumInstanceCount"] == "maximumInstanceCount"
+    platform = variable(function, "platformSettings")
+    assert render(platform["AzureFunctionsJobHost__extensions__queues__batchSize"]) == (
+        "string(queueBatchSize)"
+    )
+    assert render(platform["AzureFunctionsJobHost__extensions__queues__newBatchThreshold"]) == (
+        "string(queueNewBatchThreshold)"
+    )
+
+
+def test_only_the_queue_worker_and_the_revalidating_timer_start_task_runs() -> None:
+    # the budget counts gate_worker's messages and one re-validation; a new trigger that
+    # validates would have to be counted too
+    triggers = {b["function"]: b["type"] for b in bindings() if b["type"].endswith("Trigger")}
+    assert triggers["gate_worker"] == "queueTrigger"
+    assert [f for f, t in triggers.items() if t == "timerTrigger"] == ["watch", "prune"]
+    source = (ROOT / "function_app.py").read_text(encoding="utf-8")
+    # _revalidate runs validations one after another; it is defined once and called once, by
+    # the watch timer (a timer runs on one instance at a time)
+    assert source.count("_revalidate()") == 2
+    watch = source[source.index("def watch(") : source.index("def prune(")]
+    assert "_revalidate()" in watch
+
+
+# -- Event Grid: the always-ready trigger and the repository filter ------------------------
+
+
+def test_on_push_can_have_one_always_ready_instance_and_has_none_by_default() -> None:
+    main = bicep("main.bicep")
+    parameter = main["parameters"]["onPushAlwaysReady"]
+    assert parameter["type"] == "bool" and parameter["default"] is False
+    ready = variable(main, "alwaysReady")["operator"]["operands"]
+    assert ready["condition"] == "onPushAlwaysReady"
+    assert ready["false_value"] == []
+    ((entry),) = ready["true_value"]
+    # a function outside the http/durable/blob groups is named function:<name>
+    assert entry == {"name": "function:${eventFunctionName}", "instanceCount": 1}
+    assert variable(main, "eventFunctionName") == "on_push"
+    assert body(main["modules"]["functionApp"])["params"]["alwaysReady"] == "alwaysReady"
+    function = bicep("app/function.bicep")
+    assert function["parameters"]["alwaysReady"]["default"] == []
+    scale = body(function["resources"]["site"])["properties"]["functionAppConfig"][
+        "scaleAndConcurrency"
+    ]
+    assert scale["alwaysReady"] == "alwaysReady"
+
+
+def test_the_repository_filter_takes_at_most_event_grids_25_values() -> None:
+    main = bicep("main.bicep")["parameters"]["watchedRepositories"]
+    subscription = bicep("app/push-subscription.bicep")["parameters"]["repositories"]
+    for parameter in (main, subscription):
+        assert decorator(parameter, "max_length") == 25
+        assert decorator(parameter, "min_length") == 1
+        assert "25" in decorator(parameter, "description")
+    # the only advanced filter, so its values are all the subscription's filter values
+    filters = body(bicep("app/push-subscription.bicep")["resources"]["pushes"])["properties"][
+        "filter"
+    ]["advancedFilters"]
+    assert [f["values"] for f in filters] == ["repositories"]
+
+
+# -- the upstream system topic: created, or an existing one left as it is ------------------
+
+
+def test_an_existing_upstream_topic_is_referenced_and_never_deployed() -> None:
+    topic = bicep("app/upstream-topic.bicep")
+    created = topic["resources"]["created"]
+    assert created["type"] == "Microsoft.EventGrid/systemTopics" and not created["existing"]
+    assert render(created["config"]["condition"]) == "!existingTopic"
+    found = topic["resources"]["found"]
+    assert found["existing"] and body(found)["name"] == "topicName"
+    # the only resources: nothing else of the registry's topic is written either way
+    assert {n for n, r in resources(topic) if not r["existing"]} == {"created"}
+    principal = topic["outputs"]["principalId"]["value"]["operator"]["operands"]
+    assert principal["condition"] == "existingTopic"
+    assert render(principal["true_value"]) == "found.identity.principalId"
+    assert "created" in render(principal["false_value"])
+    assert topic["parameters"]["existingTopic"]["default"] is False
+
+
+def test_main_uses_the_existing_topic_exactly_when_one_is_named_outside_the_walkthrough() -> None:
+    main = bicep("main.bicep")
+    assert render(variable(main, "existingUpstreamTopic")) == (
+        "!deployWalkthrough && !empty(upstreamSystemTopicName)"
+    )
+    params = body(main["modules"]["upstreamTopic"])["params"]
+    assert params["existingTopic"] == "existingUpstreamTopic"
+    assert render(params["topicName"]) == (
+        "existingUpstreamTopic ? upstreamSystemTopicName : evgt-${upstream.name}"
+    )
+    # the subscription, its dead-letter grant and the alerts follow the topic's outputs in both cases
+    assert render(body(main["modules"]["pushSubscription"])["params"]["topicName"]) == (
+        "upstreamTopic.outputs.name"
+    )
+    access = body(main["modules"]["gateAccess"])["params"]
+    assert render(access["topicPrincipalId"]) == (
+        "hasUpstream ? upstreamTopic.outputs.principalId : "
+    )
+    # teardown reads this to know whether the topic is the gate's to delete
+    assert render(main["outputs"]["AZURE_UPSTREAM_TOPIC_CREATED"]["value"]) == (
+        "hasUpstream && upstreamTopic.outputs.created"
+    )
+    assert render(bicep("app/upstream-topic.bicep")["outputs"]["created"]["value"]) == (
+        "!existingTopic"
+    )
+
+
+def test_deploy_docs_budget_table_is_the_templates_derivation() -> None:
+    page = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    section = page[page.index("## Concurrency budget") : page.index("## Always-ready instance")]
+    rows = re.findall(
+        r"^\| (\d+)(?: \(default\))? \| (\d+) \| (\d+) \| (\d+) \| (\d+) \+ 1 \|$",
+        section,
+        re.MULTILINE,
+    )
+    assert len(rows) >= 4
+    for budget, batch, threshold, instances, worker in (tuple(map(int, r)) for r in rows):
+        d = derived_for(budget)
+        assert (batch, threshold, instances) == (
+            d["queueBatchSize"],
+            d["queueNewBatchThreshold"],
+            d["maximumInstanceCount"],
+        ), budget
+        assert worker == instances * (batch + threshold), budget
+    assert "| 25 (default) |" in section
+
+
+def test_azd_variables_default_to_the_templates_defaults() -> None:
+    main = bicep("main.bicep")["parameters"]
+    given = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    assert given["maxConcurrentTaskRuns"]["value"] == (
+        f"${{MAX_CONCURRENT_TASK_RUNS={main['maxConcurrentTaskRuns']['default']}}}"
+    )
+    assert given["onPushAlwaysReady"]["value"] == "${ON_PUSH_ALWAYS_READY=false}"
+    assert main["onPushAlwaysReady"]["default"] is False
+    assert given["upstreamSystemTopicName"]["value"] == "${UPSTREAM_SYSTEM_TOPIC_NAME=}"

@@ -104,15 +104,19 @@ _DEFAULT_CLIENT_KWARGS: dict[str, Any] = {"retry_total": 4, "retry_status": 3}
 # Used only when the operation does not send Retry-After (ARM does): the SDK's default is 30 s.
 _DEFAULT_POLLING_INTERVAL = 5.0
 
+# the role ACR's import documentation names for both ends of an import from an ACR
+# (learn.microsoft.com/azure/container-registry/container-registry-import-images)
 _IMPORT_ROLE = (
-    "'Contributor' on the target registry, or a custom role with "
-    "'Microsoft.ContainerRegistry/registries/importImage/action' (and, for an ACR source, "
-    "'AcrPull' on that registry)"
+    "'Container Registry Data Importer and Data Reader' on the target registry and, for an ACR "
+    "source, on that registry too (or a role with "
+    "'Microsoft.ContainerRegistry/registries/importImage/action' on the target, such as "
+    "'Contributor')"
 )
 _READ_ROLE = "'AcrPull' (or 'Container Registry Repository Reader') on the registry"
 _LOCK_ROLE = (
     "a role with 'Microsoft.ContainerRegistry/registries/repositories/metadata/write' on the "
-    "registry, e.g. 'AcrPush' or 'Container Registry Repository Writer'"
+    "registry, e.g. the deployment's 'Gated import tagLock', 'AcrPush' or 'Container Registry "
+    "Repository Writer'"
 )
 
 
