@@ -23,7 +23,6 @@ settings side by side.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -40,15 +39,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from devstack.acr import AcrEmulator, EmulatedRegistry, arm_error
-from devstack.acr.core import Request, Response, Route
+from devstack.acr import AcrEmulator, EmulatedRegistry
 from devstack.acr.synthetic import SyntheticRuns
 from devstack.acr.tasks import runs_of
 from devstack.azurite import AzuriteProcess
 from devstack.configs import GateYaml, Rule, Validation
 from devstack.functions_queues import QueueHost, QueueSettings, wait_idle
+from devstack.proxy import push_tiny_images
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed" / "validation"
@@ -117,17 +114,21 @@ class Scenario:
     watch_seconds: float = 15 * 60.0  # infra's GATE_WATCH_SCHEDULE: every 15 minutes
     lease_seconds: float = 60.0
     heartbeat_seconds: float = 10.0
-    poll_initial: float = 2.0
-    poll_max: float = 30.0
-    deadline_margin: float = 300.0
     validation_timeout: float = 3 * 480.0
     timeout: float = 900.0  # wall seconds the scenario may take before it is cut off
+    concurrent_runs: int | None = None  # runs the runner registry executes at once (None: any)
     seed: int = 25
 
     @property
+    def tags_per_rule(self) -> int:
+        """Images pushed per rule's repository (one tag each)."""
+        distinct = self.events - round(self.events * self.duplicate_share)
+        return max(1, round(distinct / self.rules))
+
+    @property
     def digests(self) -> int:
-        """Distinct (rule, digest) pairs: the events that are not duplicates."""
-        return self.events - round(self.events * self.duplicate_share)
+        """Distinct (rule, digest) pairs; the other events are duplicates."""
+        return min(self.events, self.rules * self.tags_per_rule)
 
 
 @dataclass
@@ -174,71 +175,6 @@ class Figures:
 # -- upstream content ------------------------------------------------------------------------
 
 
-def _blob(client: httpx.Client, base: str, repository: str, data: bytes) -> dict[str, Any]:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    if client.head(f"{base}/v2/{repository}/blobs/{digest}").status_code != 200:
-        # a monolithic upload: POST opens the session, one PUT with the digest closes it
-        opened = client.post(f"{base}/v2/{repository}/blobs/uploads/")
-        opened.raise_for_status()
-        location = opened.headers["location"]
-        url = location if location.startswith("http") else f"{base}{location}"
-        answer = client.put(
-            f"{url}{'&' if '?' in url else '?'}digest={digest}",
-            content=data,
-            headers={"Content-Type": "application/octet-stream"},
-        )
-        answer.raise_for_status()
-    return {
-        "mediaType": "application/vnd.oci.image.layer.v1.tar",
-        "digest": digest,
-        "size": len(data),
-    }
-
-
-def push_tiny_images(host: str, tags: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """Push one tiny image per (repository, tag) to the registry at ``host`` (plain HTTP); every
-    image shares one layer and has its own config. Returns their manifest digests."""
-    base = f"http://{host}"
-    layer = b"shared layer of the load scenario\n"
-    digests: dict[tuple[str, str], str] = {}
-    with httpx.Client(timeout=30) as client:
-
-        def push(item: tuple[str, str]) -> tuple[tuple[str, str], str]:
-            repository, tag = item
-            shared = _blob(client, base, repository, layer)
-            config_bytes = json.dumps(
-                {
-                    "architecture": "amd64",
-                    "os": "linux",
-                    "config": {"Labels": {"tag": tag}},
-                    "rootfs": {"type": "layers", "diff_ids": [shared["digest"]]},
-                    "history": [{"comment": f"{repository}:{tag}"}],
-                }
-            ).encode()
-            config = _blob(client, base, repository, config_bytes)
-            config["mediaType"] = "application/vnd.oci.image.config.v1+json"
-            manifest = json.dumps(
-                {
-                    "schemaVersion": 2,
-                    "mediaType": OCI_MANIFEST,
-                    "config": config,
-                    "layers": [shared],
-                }
-            ).encode()
-            answer = client.put(
-                f"{base}/v2/{repository}/manifests/{tag}",
-                content=manifest,
-                headers={"Content-Type": OCI_MANIFEST},
-            )
-            answer.raise_for_status()
-            return item, "sha256:" + hashlib.sha256(manifest).hexdigest()
-
-        with ThreadPoolExecutor(8) as pool:
-            for item, digest in pool.map(push, tags):
-                digests[item] = digest
-    return digests
-
-
 def push_event(
     upstream: EmulatedRegistry, repository: str, tag: str, digest: str, event_id: str
 ) -> dict[str, Any]:
@@ -281,44 +217,6 @@ def burst(
         # the same event again, within the next few deliveries
         events.insert(min(len(events), index + 1 + rng.randrange(12)), originals[index])
     return events
-
-
-# -- throttling --------------------------------------------------------------------------------
-
-
-def throttle_arm(
-    emulator: AcrEmulator, share: float, retry_after: int, seed: int
-) -> Callable[[], int]:
-    """Answer ``share`` of the ARM requests that pass the emulator's own checks with 429 and
-    ``Retry-After``; returns a function counting the 429s given."""
-    checks = emulator.arm.gate
-    rng = random.Random(seed)
-    lock = threading.Lock()
-    given = [0]
-
-    def gate(req: Request, route: Route) -> Response | None:
-        refused = checks(req, route) if checks is not None else None
-        if refused is not None:
-            return refused
-        with lock:
-            hit = rng.random() < share
-            given[0] += hit
-        if hit:
-            return arm_error(
-                429,
-                "TooManyRequests",
-                "The request is being throttled. Retry after the given interval.",
-                **{"Retry-After": str(retry_after)},
-            )
-        return None
-
-    emulator.arm.gate = gate
-
-    def count() -> int:
-        with lock:
-            return given[0]
-
-    return count
 
 
 # -- the alerts ----------------------------------------------------------------------------------
@@ -502,6 +400,7 @@ def run_scenario(work: Path, scenario: Scenario, setting: HostSetting) -> Figure
     from gate.compose import LazyValidator, build_gatekeeper
     from gate.config.app_settings import POISON_QUEUE, QUEUE, STORAGE_CONNECTION
     from gate.domain.records import HistoryQuery
+    from gate.usecases import queueing
     from gate.usecases.keeper import Gatekeeper
 
     f = scenario.factor
@@ -520,11 +419,14 @@ def run_scenario(work: Path, scenario: Scenario, setting: HostSetting) -> Figure
         up = emulator.add_registry("publicregistry", "public-rg", private=True)
         base = emulator.add_registry("baseartifacts", "base-rg")
         runner = emulator.add_identity("gate-runner", pull_from=(up,))
-        tags = [
-            (_repository(n % scenario.rules), f"v{n // scenario.rules}")
-            for n in range(scenario.digests)
-        ]
-        digests = push_tiny_images(up.backing.host, tags)
+        pushed = push_tiny_images(
+            up.backing.host,
+            [_repository(n) for n in range(scenario.rules)],
+            [f"v{n}" for n in range(scenario.tags_per_rule)],
+        )
+        digests = {
+            (name.split(":")[0], name.split(":")[1]): digest for name, digest in pushed.items()
+        }
         events = burst(scenario, up, digests)
         figures.pairs = {(repo, digest) for (repo, _), digest in digests.items()}
         config = _gate_yaml(work, scenario, emulator, up, base, azurite, runner)
@@ -537,13 +439,14 @@ def run_scenario(work: Path, scenario: Scenario, setting: HostSetting) -> Figure
                 "SSL_CERT_FILE": str(emulator.ca_path),
             }
         )
-        for cached in (function_app.settings, function_app.config, function_app.keeper):
+        app_caches = (function_app.settings, function_app.config, function_app.request_queue)
+        for cached in (*app_caches, function_app.keeper):
             cached.cache_clear()
 
         def scaled_keeper() -> Gatekeeper:
             # the app's keeper with the emulator's credential, and the validator polling at
             # the scaled interval (see the module docstring)
-            from copy import replace
+            import copy
 
             from gate.adapters.validation.acr_task_run import AcrTaskRunValidator
 
@@ -551,27 +454,24 @@ def run_scenario(work: Path, scenario: Scenario, setting: HostSetting) -> Figure
             assert isinstance(built.validator, LazyValidator)
             made = built.validator.port()
             assert isinstance(made, AcrTaskRunValidator)
-            validator = AcrTaskRunValidator(
-                credential=emulator.credential(),
-                subscription_id=emulator.subscription_id,
-                resource_group=base.resource_group,
-                registry=base.name,
-                arm_endpoint=emulator.arm_endpoint,
-                custom_registries=made.custom_registries,
-                login_server=made.login_server,
-                identity_resource_id=made.identity_resource_id,
-                identity_client_id=made.identity_client_id,
-                poll_initial=scenario.poll_initial * f,
-                poll_max=scenario.poll_max * f,
-                deadline_margin=scenario.deadline_margin * f,
-            )
-            return replace(built, validator=validator)
+            validator = copy.copy(made)
+            validator.poll_initial = made.poll_initial * f
+            validator.poll_max = made.poll_max * f
+            validator.deadline_margin = made.deadline_margin * f
+            validator.max_queue_wait = made.max_queue_wait * f
+            return copy.replace(built, validator=validator)
 
         keeper_once = _once(scaled_keeper)
         function_app.keeper = keeper_once
-        count_throttled = throttle_arm(
-            emulator, scenario.throttle_share, scenario.retry_after, scenario.seed
-        )
+        # ARM throttling: the emulator's knob (a share of ARM requests answered 429 with
+        # Retry-After, as ARM throttles: learn.microsoft.com/azure/azure-resource-manager/
+        # management/request-limits-and-throttling)
+        emulator.throttle_fraction = scenario.throttle_share
+        emulator.throttle_retry_after = scenario.retry_after
+        emulator.throttle_seed = scenario.seed
+        emulator.set_concurrent_runs(base.name, scenario.concurrent_runs)
+        margin = queueing.PROMOTION_MARGIN_SECONDS
+        queueing.PROMOTION_MARGIN_SECONDS = margin * f
         try:
             keeper = keeper_once()
             with _captured((conditions.dropped, conditions.decision)) as capture:
@@ -687,10 +587,11 @@ def run_scenario(work: Path, scenario: Scenario, setting: HostSetting) -> Figure
                     figures.imports[_pair(str(body["source"]["sourceImage"]))] += 1
             calls = [c for c in emulator.calls[calls_before:] if not c.name.startswith("blob")]
             figures.arm_calls = len(calls)
-            figures.throttled = count_throttled()
+            figures.throttled = len(emulator.throttled_calls())
         finally:
+            queueing.PROMOTION_MARGIN_SECONDS = margin
             function_app.keeper = saved_keeper
-            for cached in (function_app.settings, function_app.config, function_app.keeper):
+            for cached in (*app_caches, function_app.keeper):
                 cached.cache_clear()
             os.environ.clear()
             os.environ.update(saved_env)
