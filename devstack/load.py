@@ -299,7 +299,7 @@ def _shape(message: str) -> str:
     text = re.sub(r"sha256:[0-9a-f]{64}", "sha256:…", message)
     text = re.sub(r"\b[0-9a-f]{8}-[0-9a-f-]{27}\b|\b[0-9a-f]{32}\b", "…", text)
     text = re.sub(r"\d+", "N", text)
-    return text[:160]
+    return text[:400]
 
 
 @contextmanager
