@@ -15,8 +15,9 @@ Two things differ from the deployed app, both because the emulator is not Azure:
 built with the emulator's credential (the app's ``DefaultAzureCredential`` has no managed
 identity here), and its task-run validator polls at the scaled interval (its 2 s doubling to
 30 s is not a setting). Every duration (host.json's, the rule's validation timeout, the lease,
-the ARM poll interval, ``worker_wait_seconds``, the run length, the timer's schedule) is
-multiplied by one ``factor`` so that a run takes minutes; :class:`Figures` keeps what was
+the ARM poll interval, ``worker_wait_seconds``, the run length, the timer's schedule, and the
+worker's promotion margin, a module constant of :mod:`gate.usecases.queueing` set for the run
+and restored after it) is multiplied by one ``factor`` so that a run takes minutes; :class:`Figures` keeps what was
 measured. :func:`run_scenario` is the whole thing; ``bench/load.py`` prints it for two host
 settings side by side.
 """
