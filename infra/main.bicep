@@ -180,8 +180,9 @@ var eventFunctionName = 'on_push'
 //   count"; 1 to 1000: flex-consumption-plan, "Considerations");
 // - the watch timer re-validates due rules inline, one after another (function_app.py
 //   _revalidate), on one instance however far the app scales out
-//   (learn.microsoft.com/azure/azure-functions/functions-bindings-timer: "only a single instance
-//   of a timer-triggered function is run across all instances").
+//   (learn.microsoft.com/azure/azure-functions/functions-bindings-timer, "Scale-out": "only a
+//   single instance of a timer-triggered function is run across all instances. It will not
+//   trigger again if there is an outstanding invocation still running").
 // So instances × (batchSize + newBatchThreshold) + 1 <= maxConcurrentTaskRuns. The batch keeps
 // host.json's 4 + 2 while the budget allows it; the app settings below override host.json's
 // values with these (AzureFunctionsJobHost__extensions__queues__…: learn.microsoft.com/azure/

@@ -30,14 +30,16 @@
 // has both the actions and the data actions of its operations, so it works whichever mode the
 // registry is in. Wildcards are not used: ACR does not honour them in custom roles.
 //
-// A custom role created in the same deployment as its assignments can still be unknown where the
-// assignment is evaluated: "When you assign roles ... it can take up to 10 minutes for changes to
-// take effect" (Azure Resource Manager caches them: learn.microsoft.com/azure/
-// role-based-access-control/troubleshooting, "Role assignment changes are not being detected").
-// So each assignment waits for its definitions (dependsOn) and names its principal type (which
-// avoids PrincipalNotFound for a just-created identity, same page, "Assigning a role to a new
-// principal sometimes fails"); if a first deployment still fails on a just-created role, running it
-// again is safe (every name is deterministic) and is the remedy docs/deploy.md gives.
+// Role data propagates: "When you assign roles or remove role assignments, it can take up to 10
+// minutes for changes to take effect" (Azure Resource Manager caches them: learn.microsoft.com/
+// azure/role-based-access-control/troubleshooting, "Role assignment changes are not being
+// detected"). The page says it of assignments; that a custom role created in the same deployment
+// can be unknown for a while where its assignment is evaluated is our reading of reported
+// failures, not a documented statement. So each assignment waits for its definitions (dependsOn)
+// and names its principal type (which avoids PrincipalNotFound for a just-created identity, same
+// page, "Assigning a role to a new principal sometimes fails"); if a first deployment still fails
+// on a just-created role, running it again is safe (every name is deterministic) and is the
+// remedy docs/deploy.md gives. Built-in roles need no definition, one reason to prefer them.
 //
 // pushGrants (promote mode "push" only) use the built-in Container Registry Repository Writer
 // with a condition on the repository name, so the gate may push to the gated repositories and no
