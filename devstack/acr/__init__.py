@@ -8,7 +8,9 @@ processes; see :mod:`devstack.acr.core`. Persistent tasks, their base-image trig
 the data-plane pushes that fire them: :mod:`devstack.acr.downstream`. Load: ARM throttling
 (``AcrEmulator.throttle_every`` / ``throttle_fraction``, 429 with ``Retry-After``) and a
 per-registry limit of runs executing at once (``AcrEmulator.set_concurrent_runs``; the others
-stay ``Queued``), both settable from Python while the emulator runs.
+stay ``Queued``), both settable from Python while the emulator runs; and synthetic runs
+(``AcrEmulator.synthetic_runs``, :mod:`devstack.acr.synthetic`): Running for a set time, then
+Succeeded, without podman.
 """
 
 from devstack.acr.core import (

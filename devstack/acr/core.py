@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import trustme
@@ -57,6 +57,9 @@ from azure.core.credentials import AccessToken
 
 from devstack.process import Service
 from devstack.registry import RegistryProcess
+
+if TYPE_CHECKING:  # synthetic imports tasks, which imports this module
+    from devstack.acr.synthetic import SyntheticRuns
 
 ARM_AUDIENCE = "https://management.azure.com"
 ACR_AUDIENCE = "https://containerregistry.azure.net"
@@ -948,6 +951,9 @@ class AcrEmulator(Service):
         # documented either way (Azure/acr issue #459 asks for it): off, so nothing relies on
         # it; a test may turn it on to model the other possibility.
         self.import_fires_base_image_triggers = False
+        # Runs played without podman (devstack.acr.synthetic.SyntheticRuns), for load
+        # scenarios; None: every run executes its task file.
+        self.synthetic_runs: SyntheticRuns | None = None
         # registry name -> how many of its runs execute at once (the others stay Queued)
         self.concurrent_runs: dict[str, int] = {}
         # ARM throttling (see the class docstring): off unless a test or benchmark sets it

@@ -633,6 +633,11 @@ def _execute(emulator: AcrEmulator, book: RunBook, run: EmulatedRun) -> None:
         runner("Setting up Docker configuration...")
         runner("Successfully set up Docker configuration")
         _login(emulator, book, run, runner, write)
+        if emulator.synthetic_runs is not None:
+            from devstack.acr import synthetic
+
+            synthetic.execute(emulator.synthetic_runs, run, runner, write, finish)
+            return
         if run.delay and run.cancel.wait(run.delay):
             return
         if run.cancel.is_set():

@@ -10,19 +10,11 @@ messages"; functions-bindings-storage-queue, "host.json settings").
 
 from __future__ import annotations
 
-import contextlib
-import json
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from azure.core.exceptions import ResourceExistsError
-from azure.storage.queue import (
-    QueueClient,
-    TextBase64DecodePolicy,
-    TextBase64EncodePolicy,
-)
+from azure.storage.queue import QueueClient
 
+from devstack.functions_queues import QueueSettings, queue_client
 from tests.functions_host.host import FunctionsHost, Invocation
 from tests.functions_host.payloads import queue_message
 
@@ -31,26 +23,14 @@ class StorageQueues:
     """Queues of one storage account, handled with the app's host.json queue settings."""
 
     def __init__(self, connection_string: str, app_dir: Path) -> None:
-        host_json = json.loads((app_dir / "host.json").read_text())
-        settings: Mapping[str, Any] = host_json.get("extensions", {}).get("queues", {})
+        settings = QueueSettings.of_app(app_dir)
         self.connection_string = connection_string
-        self.base64 = str(settings.get("messageEncoding", "base64")).lower() == "base64"
-        self.max_dequeue_count = int(settings.get("maxDequeueCount", 5))
+        self.base64 = settings.base64
+        self.max_dequeue_count = settings.max_dequeue_count
 
     def client(self, name: str) -> QueueClient:
         """The queue ``name``, created if missing (as the host creates its queues)."""
-        options: dict[str, Any] = (
-            {
-                "message_encode_policy": TextBase64EncodePolicy(),
-                "message_decode_policy": TextBase64DecodePolicy(),
-            }
-            if self.base64
-            else {}
-        )
-        client = QueueClient.from_connection_string(self.connection_string, name, **options)
-        with contextlib.suppress(ResourceExistsError):
-            client.create_queue()
-        return client
+        return queue_client(self.connection_string, name, base64=self.base64)
 
     def clear(self, *names: str) -> None:
         """Empty queues (tests share one account)."""
