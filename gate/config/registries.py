@@ -5,6 +5,7 @@
 import re
 from typing import Annotated
 
+import msgspec
 from msgspec.structs import force_setattr
 
 from gate.config.common import Refusal, Section, Text, doc
@@ -44,6 +45,14 @@ class RegistryEntry(Section, frozen=True, kw_only=True):
             "credentials, beyond its own host and the known ones (auth.docker.io for Docker Hub)."
         ),
     ] = ()
+    concurrency: Annotated[
+        Annotated[int, msgspec.Meta(ge=1, le=64)] | None,
+        doc(
+            "Requests in flight at once to this host during a poll pass, instead of "
+            "poll.concurrency_per_registry (raise it where the registry allows more, lower it "
+            "for one that asks for gentler clients)."
+        ),
+    ] = None
 
     def __post_init__(self) -> None:
         try:

@@ -81,20 +81,23 @@ class _Pass:
 
 
 def _run_per_registry[R](
-    jobs: list[_PollJob], limit: int, work: Callable[[_PollJob], R]
+    jobs: list[_PollJob], limit: Callable[[str], int], work: Callable[[_PollJob], R]
 ) -> list[R]:
-    """``work`` on every job, at most ``limit`` at a time per registry; results in job order.
+    """``work`` on every job, at most ``limit(registry)`` at a time per registry; results in
+    job order.
 
     ``limit`` 0: one job at a time in this thread, whatever the registry.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    if limit == 0:
-        return [work(job) for job in jobs]
-
     registries = sorted({job.ref.registry for job in jobs})
+    if not registries or any(limit(r) == 0 for r in registries):
+        return [work(job) for job in jobs]
     pools = {
-        r: ThreadPoolExecutor(max_workers=limit, thread_name_prefix="poll") for r in registries
+        r: ThreadPoolExecutor(
+            max_workers=min(limit(r), _jobs_of(jobs, r)), thread_name_prefix="poll"
+        )
+        for r in registries
     }
     try:
         futures: list[Future[R]] = [pools[j.ref.registry].submit(work, j) for j in jobs]
@@ -102,6 +105,11 @@ def _run_per_registry[R](
     finally:
         for pool in pools.values():
             pool.shutdown(wait=True)
+
+
+def _jobs_of(jobs: list[_PollJob], registry: str) -> int:
+    # no more threads than the registry has jobs: a pass of 3 tags starts 3, not 16
+    return sum(1 for j in jobs if j.ref.registry == registry)
 
 
 @dataclass(frozen=True)
@@ -154,8 +162,8 @@ def poll_upstreams(keeper: Gatekeeper) -> list[WatchItem]:
     request for it would only wait.
 
     Glob selectors list the repository's tags first (following the tag list's pagination).
-    Requests run concurrently, at most ``poll.concurrency_per_registry`` in flight per
-    registry; a ``429`` (its ``Retry-After``) or a spent Docker Hub pull quota stops that
+    Requests run concurrently, at most the registry entry's ``concurrency`` (else
+    ``poll.concurrency_per_registry``) in flight per registry; a ``429`` (its ``Retry-After``) or a spent Docker Hub pull quota stops that
     registry for the window (the rest of the pass without one); a pass stops starting requests
     after ``poll.budget`` seconds, and a tag listing asks for no page past it. What a pass did not reach comes back as an item with an
     ``error`` saying why, and is polled first by the next pass. One tag's error does not stop
@@ -176,7 +184,15 @@ def poll_upstreams(keeper: Gatekeeper) -> list[WatchItem]:
     polling = keeper.polling
     # Adapters without the polling capability (their thread safety unknown) are asked one
     # request at a time.
-    limit = settings.concurrency_per_registry if polling is not None else 0
+    registries = keeper.config.registries
+
+    def limit(host: str) -> int:
+        if polling is None:
+            return 0
+        entry = registries.get(host)
+        if entry is not None and entry.concurrency is not None:
+            return entry.concurrency
+        return settings.concurrency_per_registry
 
     def skipped_item(job: _PollJob, source: str, why: str) -> WatchItem:
         if why == "budget":
@@ -247,7 +263,7 @@ def poll_upstreams(keeper: Gatekeeper) -> list[WatchItem]:
         answers = _run_per_registry(heads, limit, head_job)
         return _Polled(listed, {id(j): a for j, a in zip(heads, answers, strict=True)})
 
-    parts = [pipeline(listings, exact)] if limit == 0 else _per_host(listings, exact, pipeline)
+    parts = [pipeline(listings, exact)] if polling is None else _per_host(listings, exact, pipeline)
     listed = {key: got for part in parts for key, got in part.listed.items()}
     answers = {key: answer for part in parts for key, answer in part.answers.items()}
     found: list[_PollJob] = []

@@ -45,12 +45,21 @@ def proxies(registry: RegistryProcess) -> Iterator[tuple[LatencyProxy, LatencyPr
 
 
 def keeper_for(
-    tmp_path: Path, hosts: list[str], poll: str = "", page_size: int = 1000
+    tmp_path: Path,
+    hosts: list[str],
+    poll: str = "",
+    page_size: int = 1000,
+    entries: dict[str, str] | None = None,
 ) -> Gatekeeper:
-    """A keeper whose rules watch ``v*`` of lib/one and lib/two on each of ``hosts``."""
+    """A keeper whose rules watch ``v*`` of lib/one and lib/two on each of ``hosts``;
+    ``entries`` adds settings to a host's registry entry (``"concurrency: 2"``)."""
     (tmp_path / "validation").mkdir(exist_ok=True)
     (tmp_path / "validation" / "acr-task.yaml").write_text("version: v1.1.0\nsteps: []\n")
-    registries = "".join(f"  - {{host: '{h}', insecure: true}}\n" for h in hosts)
+    extra = entries or {}
+    registries = "".join(
+        f"  - {{host: '{h}', insecure: true{', ' + extra[h] if h in extra else ''}}}\n"
+        for h in hosts
+    )
     rules = "".join(
         textwrap.dedent(
             f"""\
@@ -130,6 +139,26 @@ def test_concurrency_is_bounded_per_registry(
     assert [p.max_in_flight for p in proxies] == [3, 3]
     # 14 requests per registry at 0.1 s, three at a time, both registries at once
     assert elapsed < 14 * 0.1
+
+
+def test_a_registry_entrys_concurrency_overrides_the_poll_default_for_that_host(
+    tmp_path: Path, seeded: dict[str, str], proxies: tuple[LatencyProxy, LatencyProxy]
+) -> None:
+    gentle, eager = proxies
+    for proxy in proxies:
+        proxy.latency = 0.1
+    keeper = keeper_for(
+        tmp_path,
+        [gentle.host, eager.host],
+        "{concurrency_per_registry: 3}",
+        entries={gentle.host: "concurrency: 1", eager.host: "concurrency: 5"},
+    )
+
+    items = poll_upstreams(keeper)
+
+    assert len([i for i in items if i.digest]) == 24
+    assert [gentle.max_in_flight, eager.max_in_flight] == [1, 5]
+    assert gentle.connections == 1
 
 
 def test_retry_after_stops_polling_that_registry_for_the_window_and_the_others_go_on(
@@ -218,14 +247,18 @@ def test_the_time_budget_carries_unreached_tags_to_the_front_of_the_next_pass(
     assert heads(proxy)[0] not in reached
 
 
-def test_poll_settings_default_conservatively_and_refuse_nonsense(tmp_path: Path) -> None:
+def test_poll_settings_default_to_16_in_flight_and_refuse_nonsense(tmp_path: Path) -> None:
     keeper = keeper_for(tmp_path, ["127.0.0.1:5999"])
-    assert keeper.config.poll.concurrency_per_registry == 8
+    assert keeper.config.poll.concurrency_per_registry == 16
     assert keeper.config.poll.budget_seconds == 240.0
+    assert keeper.config.registry("127.0.0.1:5999").concurrency is None
 
     for bad in ("{concurrency_per_registry: 0}", "{budget: 0}", "{burst: 3}"):
         with pytest.raises(ConfigError, match="poll"):
             keeper_for(tmp_path, ["127.0.0.1:5999"], bad)
+    for bad in ("concurrency: 0", "concurrency: 65", "concurrency: many"):
+        with pytest.raises(ConfigError, match="concurrency"):
+            keeper_for(tmp_path, ["127.0.0.1:5999"], entries={"127.0.0.1:5999": bad})
 
 
 def test_the_carry_over_survives_a_new_process_through_its_snapshot(
