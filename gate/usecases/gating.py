@@ -121,6 +121,26 @@ def _unresolved(keeper: Gatekeeper, failed: GateRecord, error: GateError) -> Non
     error.recorded = failed.id
 
 
+def _decided_by_digest(keeper: Gatekeeper, ref: ImageRef) -> GateOutcome | None:
+    """The decision already recorded for a request by digest, asked of the ledger alone.
+
+    The digest is what would be gated and its (rule, digest) is settled: the answer is that
+    record whatever the registry says now, so the registry is not asked (nor its client
+    loaded). A request by tag must ask the registry what the tag points at first.
+    """
+    if ref.digest is None:
+        return None
+    rule = keeper.config.match(ref)
+    rule.gated_tag(ref)  # a digest alone that names no tag of the rule is refused as before
+    existing = keeper.ledger.decided(rule.name, ref.digest)
+    if existing is None:
+        return None
+    keeper.notify(
+        "duplicate", existing, f"{ref.digest} already {existing.state} by record {existing.id}"
+    )
+    return GateOutcome(existing, duplicate=True)
+
+
 def gate_image(
     keeper: Gatekeeper,
     image: str | ImageRef,
@@ -133,9 +153,13 @@ def gate_image(
     """Gate one upstream image: resolve once, dedupe, validate, promote, record.
 
     A request for a (rule, digest) already decided returns that decision (``duplicate``) without
-    validating or copying anything, unless ``force``. When another process is gating the same
+    validating or copying anything, unless ``force``; by digest, without asking the registry. When another process is gating the same
     (rule, digest), waits for its decision (or returns at once with ``wait=False``).
     """
+    if not force:
+        known = _decided_by_digest(keeper, as_ref(image))
+        if known is not None:
+            return known
     rule, source, record = _prepare(keeper, image, trigger=trigger, force=force)
     announced = False
     holder = new_holder()

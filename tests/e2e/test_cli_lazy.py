@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from devstack.configs import promotion_of, unreachable_target_gate_yaml
-from devstack.proxy import push_tiny_images
+from devstack.proxy import LatencyProxy, push_tiny_images
 from devstack.registry import RegistryProcess
 from gate.adapters.ledger.sqlite import SqliteLedger
 from gate.domain.records import GateRecord
@@ -132,3 +132,51 @@ def test_a_duplicate_run_answers_without_a_container_engine(tmp_path: Path) -> N
     # resolving the tag needs the registry client (httpx, which loads rich for its own CLI);
     # validating would need the engine: not loaded
     assert "gate.adapters.validation.local" not in report["loaded"]
+
+
+def test_a_duplicate_run_by_digest_answers_from_the_ledger_with_the_registry_down(
+    tmp_path: Path,
+) -> None:
+    # nothing listens on port 9: any request to the upstream would fail the run
+    digest = "sha256:" + "c" * 64
+    config = write_config(tmp_path, "127.0.0.1:9")
+    record = promoted(tmp_path, "127.0.0.1:9", digest)
+    modules = (*HEAVY, "httpcore", "gate.adapters.registry.http", "yaml")
+
+    gate(
+        "history", "-c", str(config), cwd=tmp_path
+    )  # caches the file's parse, as a user's first command
+    done, report = gate(
+        "run", f"127.0.0.1:9/lib/node@{digest}", "--json", "-c", str(config),
+        cwd=tmp_path, modules=modules,
+    )  # fmt: skip
+
+    answer = json.loads(done.stdout)
+    assert report["code"] == 0, done.stderr
+    assert answer["duplicate"] is True and answer["record_id"] == record.id
+    assert answer["verdict"] == "promoted"
+    # the decision is the ledger's: no HTTP client, no registry adapter, no engine was loaded
+    assert [
+        m for m in report["loaded"] if m not in ("gate.usecases.keeper", "gate.usecases.gating")
+    ] == []
+
+
+def test_a_duplicate_run_by_tag_sends_exactly_one_head(tmp_path: Path) -> None:
+    with (
+        RegistryProcess(tmp_path / "upstream") as upstream,
+        LatencyProxy(upstream.host, latency=0.0) as proxy,
+    ):
+        digest = push_tiny_images(upstream.host, ["lib/node"], ["15-alpine"])["lib/node:15-alpine"]
+        config = write_config(tmp_path, proxy.host)
+        record = promoted(tmp_path, proxy.host, digest)
+        proxy.reset()
+
+        done, report = gate(
+            "run", f"{proxy.host}/lib/node:15-alpine", "--json", "-c", str(config), cwd=tmp_path
+        )
+        requests = list(proxy.log)
+
+    answer = json.loads(done.stdout)
+    assert report["code"] == 0, done.stderr
+    assert answer["duplicate"] is True and answer["record_id"] == record.id
+    assert requests == [("HEAD", "/v2/lib/node/manifests/15-alpine")]
