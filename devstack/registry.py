@@ -31,6 +31,7 @@ def _config(
     htpasswd: Path | None,
     notify_headers: dict[str, list[str]] | None = None,
     delete_enabled: bool = True,
+    tls: tuple[Path, Path] | None = None,
 ) -> str:
     # JSON is valid YAML: no dependency on a YAML writer, and no quoting surprises.
     import json
@@ -50,6 +51,12 @@ def _config(
             "headers": {"X-Content-Type-Options": ["nosniff"]},
         },
     }
+    if tls is not None:
+        # distribution's configuration reference: http.tls.certificate and http.tls.key; Go's
+        # net/http then offers HTTP/2 by ALPN on that listener
+        http = config["http"]
+        assert isinstance(http, dict)
+        http["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
     if htpasswd is not None:
         config["auth"] = {"htpasswd": {"realm": "devstack", "path": str(htpasswd)}}
     if notify_url is not None:
@@ -97,7 +104,8 @@ class RegistryProcess(ChildProcess):
     notifications endpoint, ``notify_headers`` static headers its notifications carry (e.g.
     ``{"Authorization": ["Bearer <token>"]}``); ``username``/``password`` turn on htpasswd basic
     auth. ``delete_enabled=False`` turns deletion off (``storage.delete.enabled``): manifest and
-    blob ``DELETE`` requests are then refused with 405 UNSUPPORTED.
+    blob ``DELETE`` requests are then refused with 405 UNSUPPORTED. ``tls`` (certificate and key
+    PEM files) serves HTTPS instead of HTTP.
     """
 
     def __init__(
@@ -110,9 +118,11 @@ class RegistryProcess(ChildProcess):
         username: str | None = None,
         password: str | None = None,
         delete_enabled: bool = True,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.root = Path(root)
         self.delete_enabled = delete_enabled
+        self.tls = tls
         self._fixed_port = port
         self.port = port or 0
         self.notify_url = notify_url
@@ -129,8 +139,8 @@ class RegistryProcess(ChildProcess):
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://{self.host}"
+        """``http://127.0.0.1:PORT`` (``https://`` with ``tls``)."""
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     def start(self) -> RegistryProcess:
         """Start the registry and wait until ``GET /v2/`` answers; retry on a port collision."""
@@ -152,6 +162,7 @@ class RegistryProcess(ChildProcess):
                     htpasswd,
                     self.notify_headers,
                     delete_enabled=self.delete_enabled,
+                    tls=self.tls,
                 )
             )
             with self._log_path.open("wb") as log:
@@ -181,7 +192,8 @@ class RegistryProcess(ChildProcess):
                 return False
             try:
                 # 401 counts as up: with auth on, /v2/ asks for credentials.
-                response = httpx.get(f"{self.url}/v2/", timeout=1.0)
+                # readiness only: the test CA's trust is the client's business, not this probe's
+                response = httpx.get(f"{self.url}/v2/", timeout=1.0, verify=not self.tls)
                 if response.status_code in (200, 401):
                     return True
             except httpx.TransportError:

@@ -875,6 +875,60 @@ def test_a_known_realm_gets_its_token_before_the_first_request() -> None:
     assert fake.token_requests[1].headers["User-Agent"] == "gated-import-gate"
 
 
+def test_poll_heads_carry_the_cached_token_and_ask_the_realm_once_per_scope() -> None:
+    fake = BearerRegistry()
+    with OciRegistry(transport=httpx.MockTransport(fake)) as oci:
+        for tag in ("1", "2", "3", "4"):
+            assert oci.poll_digest(ref(f"registry.example/team/app:{tag}")).digest == DIGEST
+    assert len(fake.token_requests) == 1
+    # the first HEAD is challenged and sent again with the token; the others carry it at once
+    assert len(fake.registry_requests) == 5
+    assert [r.headers.get("Authorization") for r in fake.registry_requests[1:]] == [
+        f"Bearer {TOKEN}"
+    ] * 4
+    assert all(r.method == "HEAD" for r in fake.registry_requests)
+
+
+def test_a_poll_whose_token_the_registry_stops_taking_gets_a_new_one() -> None:
+    accepted = {"token": TOKEN}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            return httpx.Response(200, json={"token": accepted["token"], "expires_in": 300})
+        if request.headers.get("Authorization") != f"Bearer {accepted['token']}":
+            challenge = 'Bearer realm="https://auth.example/token",service="registry.example"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        return manifest_ok(request)
+
+    with OciRegistry(transport=httpx.MockTransport(handler)) as oci:
+        assert oci.poll_digest(ref("registry.example/team/app:1")).digest == DIGEST
+        accepted["token"] = "rotated-token"  # the registry revoked the first token
+        assert oci.poll_digest(ref("registry.example/team/app:1")).digest == DIGEST
+
+
+def test_poll_heads_send_basic_credentials_only_to_their_own_host() -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.host, request.headers.get("Authorization")))
+        if request.url.host == "private.example" and not request.headers.get("Authorization"):
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+        return manifest_ok(request)
+
+    hosts = {"private.example": HostSettings(username="robot", password="hunter2-pass")}
+    with OciRegistry(hosts, transport=httpx.MockTransport(handler)) as oci:
+        oci.poll_digest(ref("private.example/team/app:1"))
+        oci.poll_digest(ref("private.example/team/app:2"))
+        oci.poll_digest(ref("public.example/team/app:1"))
+    basic = "Basic " + base64.b64encode(b"robot:hunter2-pass").decode()
+    assert seen == [
+        ("private.example", None),
+        ("private.example", basic),
+        ("private.example", basic),  # known to want basic: no second challenge
+        ("public.example", None),
+    ]
+
+
 class Streamed(httpx.SyncByteStream):
     """A body that arrives as a stream, as from the network (``content=`` would be read)."""
 

@@ -117,6 +117,34 @@ class TokenCache:
         """Record that ``host`` wants basic auth."""
         self._basic_hosts.add(host)
 
+    def known(self, ep: Endpoint, scopes: tuple[str, ...]) -> str | None:
+        """The ``Authorization`` a request to ``ep`` for ``scopes`` carries without asking
+        anyone first: basic credentials for a host that asked for them, a live token, ``""``
+        for a host that never challenged; None when a token must be fetched first."""
+        if self.uses_basic(ep.host):
+            return basic_authorization(ep)
+        token = self.token(ep.host, scopes)
+        if token is not None:
+            return f"Bearer {token}"
+        return None if self.realm(ep.host) is not None else ""
+
+    def learn(self, ep: Endpoint, challenge: str) -> None:
+        """Remember what a 401's ``WWW-Authenticate`` says ``ep`` wants, as the auth flow
+        does before answering it, so that the flow's next request asks for it up front."""
+        scheme, params = parse_challenge(challenge)
+        if scheme == "bearer" and params.get("realm"):
+            self.remember_realm(
+                ep.host, {"realm": params["realm"], "service": params.get("service", "")}
+            )
+        elif scheme == "basic" and ep.has_credentials:
+            self.remember_basic(ep.host)
+
+
+def basic_authorization(ep: Endpoint) -> str:
+    """``Basic`` with the credentials configured for ``ep`` (for its own host only)."""
+    pair = f"{ep.settings.username}:{ep.settings.password}".encode()
+    return "Basic " + base64.b64encode(pair).decode()
+
 
 class RegistryAuth(httpx.Auth):
     """The auth flow of one request to ``ep`` that needs ``scopes`` (synchronous clients).
@@ -170,8 +198,7 @@ class RegistryAuth(httpx.Auth):
         return (url.scheme, url.host, url.port) == (origin.scheme, origin.host, origin.port)
 
     def _basic(self) -> str:
-        pair = f"{self._ep.settings.username}:{self._ep.settings.password}".encode()
-        return "Basic " + base64.b64encode(pair).decode()
+        return basic_authorization(self._ep)
 
     def _known_authorization(self) -> Generator[httpx.Request, httpx.Response, str | None]:
         host = self._ep.host

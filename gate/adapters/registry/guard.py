@@ -19,6 +19,7 @@ the DNS operator's choice, not the registry's.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections.abc import Iterator
@@ -62,9 +63,13 @@ _METADATA_ADDRESSES = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def address_class(host: str) -> str | None:
     """``loopback``, ``link-local`` or ``metadata`` for a host the gate does not visit by
-    default (bracketed IPv6 and a port are accepted), None for any other host."""
+    default (bracketed IPv6 and a port are accepted), None for any other host.
+
+    A pure function of the name as written, so worked out once per host (the cache is
+    bounded: a peer naming ever new hosts in redirects only evicts, never grows it)."""
     name = host.strip().lower()
     if name.startswith("["):
         name = name[1:].split("]", 1)[0]
@@ -90,6 +95,7 @@ def address_class(host: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def allow_for(registry_host: str) -> frozenset[str]:
     """The address classes requests made for ``registry_host`` may go to: its own class (a
     registry on loopback may redirect to loopback), never ``metadata`` unless it is one."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -197,30 +198,148 @@ def append_query(url: str, key: str, value: str) -> str:
     return f"{url}{separator}{key}={quote(value, safe=':')}"
 
 
-class _TlsOnFirstUse(httpx.BaseTransport):
-    """Plain-HTTP requests through a transport with no TLS set-up; the TLS transport, whose
-    set-up loads the CA bundle (about 20 ms of a command's start-up), is made on the first
-    ``https://`` request. Both are httpx's own :class:`httpx.HTTPTransport` with its defaults
-    (certificates verified, ``SSL_CERT_FILE``/``SSL_CERT_DIR`` honoured)."""
+LANE = "gate.lane"
+"""Request extension: ``"poll"`` for the small answers of a poll (HEADs), which may share an
+HTTP/2 connection; anything else (blobs, uploads) goes over HTTP/1.1."""
 
-    def __init__(self) -> None:
-        # a plain-HTTP request never reaches TLS; verify=False only skips loading the bundle
-        self._plain = httpx.HTTPTransport(verify=False)
-        self._tls: httpx.HTTPTransport | None = None
+POOL_SIZE = 64
+"""Connections kept per registry origin: the most poll requests in flight to one host
+(``concurrency`` is at most 64), so that a pass reuses every connection it opens."""
+
+
+def _http2_available() -> bool:
+    """Whether the ``h2`` package is installed (httpx's HTTP/2 needs it)."""
+    from importlib.util import find_spec
+
+    return find_spec("h2") is not None
+
+
+class _Stack(httpx.BaseTransport):
+    """Connections of one origin handed out one request at a time, the last returned first.
+
+    Each is an httpx transport of one connection: httpcore's pool scans every connection it
+    holds, under one lock, at each request and each answer (and asks the kernel whether an
+    idle one was closed), so that one pool of 16 connections costs a poll more CPU in
+    bookkeeping than in HTTP. Taken from the stack, a connection is its request's alone until
+    the answer is closed; at most :data:`POOL_SIZE` idle ones are kept.
+    """
+
+    def __init__(self, make: Callable[[], httpx.HTTPTransport]) -> None:
+        self._make = make
+        self._idle: list[httpx.HTTPTransport] = []
         self._lock = threading.Lock()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.scheme == "http":
-            return self._plain.handle_request(request)
         with self._lock:
-            if self._tls is None:
-                self._tls = httpx.HTTPTransport()
-        return self._tls.handle_request(request)
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._make()
+        try:
+            response = conn.handle_request(request)
+        except BaseException:
+            self._give_back(conn)
+            raise
+        assert isinstance(response.stream, httpx.SyncByteStream)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_GivenBack(response.stream, lambda: self._give_back(conn)),
+            extensions=response.extensions,
+        )
+
+    def _give_back(self, conn: httpx.HTTPTransport) -> None:
+        with self._lock:
+            if len(self._idle) < POOL_SIZE:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     def close(self) -> None:
-        self._plain.close()
-        if self._tls is not None:
-            self._tls.close()
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class _GivenBack(httpx.SyncByteStream):
+    """An answer's bytes; closing it gives its connection back (once)."""
+
+    def __init__(self, inner: httpx.SyncByteStream, give_back: Callable[[], None]) -> None:
+        self._inner = inner
+        self._give_back: Callable[[], None] | None = give_back
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._inner
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            give_back, self._give_back = self._give_back, None
+            if give_back is not None:
+                give_back()
+
+
+class _PerOrigin(httpx.BaseTransport):
+    """One connection pool per registry origin (scheme, host, port), made on its first request.
+
+    A host keeps up to :data:`POOL_SIZE` connections alive however many others are polled.
+    A plain-HTTP pool loads no CA bundle (``verify=False`` only skips loading it: no TLS
+    happens there); TLS pools verify certificates as httpx does by default
+    (``SSL_CERT_FILE``/``SSL_CERT_DIR`` honoured), all with one SSL context, made on the
+    first ``https://`` request (loading the CA bundle costs about 20 ms).
+
+    Poll requests (:data:`LANE`) to an ``https://`` origin go to a pool that offers HTTP/2
+    when the ``h2`` package is installed: its requests then share one multiplexed
+    connection. httpx negotiates HTTP/2 by TLS ALPN only, so a registry on plain HTTP is
+    spoken to in HTTP/1.1, and so is one that does not offer ``h2`` in its handshake. Poll
+    requests in HTTP/1.1 take a connection each from a :class:`_Stack`. Everything else
+    (blobs, uploads, tag lists) goes through an HTTP/1.1 pool per origin: large bodies through
+    h2's pure-Python flow control would only be slower.
+    """
+
+    def __init__(self) -> None:
+        self._pools: dict[tuple[bytes, bytes, int | None, bool], httpx.BaseTransport] = {}
+        self._lock = threading.Lock()
+        self._ssl: ssl.SSLContext | None = None
+
+    def pool(self, url: httpx.URL, *, poll: bool) -> httpx.BaseTransport:
+        """The pool of ``url``'s origin (``poll``: the one for small poll answers)."""
+        key = (url.raw_scheme, url.raw_host, url.port, poll)
+        found = self._pools.get(key)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._pools.get(key)
+            if found is None:
+                found = self._pools[key] = self._new(url.scheme == "https", poll=poll)
+        return found
+
+    def _new(self, tls: bool, *, poll: bool) -> httpx.BaseTransport:
+        verify: ssl.SSLContext | bool = False
+        if tls:
+            if self._ssl is None:
+                self._ssl = httpx.create_ssl_context()
+            verify = self._ssl
+        if poll and tls and _http2_available():
+            return httpx.HTTPTransport(verify=verify, http2=True, limits=_limits(POOL_SIZE))
+        if poll:
+            return _Stack(lambda: httpx.HTTPTransport(verify=verify, limits=_limits(1)))
+        return httpx.HTTPTransport(verify=verify, limits=_limits(POOL_SIZE))
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        poll = request.extensions.get(LANE) == "poll"
+        return self.pool(request.url, poll=poll).handle_request(request)
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()
+
+
+def _limits(connections: int) -> httpx.Limits:
+    return httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
 
 
 class RegistryHttp:
@@ -245,8 +364,11 @@ class RegistryHttp:
         self._hosts = dict(hosts or {})
         self.deadline = timeout if deadline is None else deadline
         self.policy = policy or RetryPolicy()
+        # the guard is the one way to the network, for the client and for the poll HEADs alike
+        self._transport = GuardedTransport(transport or _PerOrigin(), deadline=self.deadline)
+        self._timeouts = httpx.Timeout(timeout).as_dict()
         self._client = httpx.Client(
-            transport=GuardedTransport(transport or _TlsOnFirstUse(), deadline=self.deadline),
+            transport=self._transport,
             timeout=httpx.Timeout(timeout),
             headers={"User-Agent": _USER_AGENT},
             # only blob GETs follow redirects (ACR: one 307 to its storage, learn.microsoft.com
@@ -256,6 +378,7 @@ class RegistryHttp:
             max_redirects=MAX_REDIRECTS,
         )
         self._tokens = TokenCache()
+        self._endpoints: dict[str, Endpoint] = {}
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -263,6 +386,14 @@ class RegistryHttp:
 
     def endpoint(self, registry: str) -> Endpoint:
         """Where the API of ``registry`` (as references name it) lives, and how to reach it."""
+        found = self._endpoints.get(registry)
+        if found is None:
+            # the same answer for every request of a pass: worked out once per registry (the
+            # dict is written by one assignment: two threads at worst both work it out)
+            found = self._endpoints[registry] = self._endpoint(registry)
+        return found
+
+    def _endpoint(self, registry: str) -> Endpoint:
         settings = self._hosts.get(registry)
         host = registry
         if registry in _DOCKER_HUB:
@@ -338,6 +469,7 @@ class RegistryHttp:
         follow_redirects: bool = False,
         limit: int = ANSWER_LIMIT,
         blob_size: int | None = None,
+        poll: bool = False,
     ) -> httpx.Response:
         """Send one request, authenticated for ``scopes``. Transient failures raise
         :class:`Transient`; any other status but a final 401 is returned for the caller.
@@ -345,7 +477,8 @@ class RegistryHttp:
         Unless ``stream``, the answer is read here, at most ``limit`` bytes of it
         (:class:`~gate.errors.RegistryMisbehaved` past that). The answer must be complete
         within :attr:`deadline`; a blob of ``blob_size`` bytes gets one second more per MiB
-        (it must arrive at 1 MiB/s at least) and may be that long (the caller checks it)."""
+        (it must arrive at 1 MiB/s at least) and may be that long (the caller checks it).
+        ``poll``: a small answer read at once, sent on the poll connections (:data:`LANE`)."""
         allowed_time, ceiling = self.deadline, ANSWER_CEILING
         if blob_size is not None:
             allowed_time += blob_size / _BLOB_RATE
@@ -356,6 +489,8 @@ class RegistryHttp:
             ALLOWED_TIME: allowed_time,
             LIMIT: ceiling,
         }
+        if poll and not stream:
+            extensions[LANE] = "poll"
         request = self._client.build_request(
             method, url, headers=headers, content=content, extensions=extensions
         )
@@ -413,6 +548,79 @@ class RegistryHttp:
                 history=response.history,
             )
         return response
+
+    def head(
+        self, ep: Endpoint, url: str, *, scopes: tuple[str, ...], accept: str
+    ) -> httpx.Response:
+        """One HEAD for a poll, its answer's headers read (no body): :meth:`request`'s
+        answers and errors, on a shorter way when the gate knows how to authenticate it.
+
+        The short way sends the request straight through the transport guard (address
+        policy, answer bounds and deadline, as every request) with the authorization the
+        token cache holds for ``ep`` (a live token for ``scopes``, basic credentials for a
+        host that asked for them, or nothing for a host that never challenged), skipping the
+        client's cookie jar, redirect and auth-flow machinery, which a HEAD answered with
+        headers only does not need. Where the cache would have to fetch a token first, and
+        when the registry challenges the short way's request (401), the HEAD goes the whole
+        way (:meth:`request`), which answers the challenge.
+        """
+        if not url.startswith(ep.base + "/"):
+            raise AssertionError("a poll HEAD goes to its registry's own origin")
+        authorization = self._tokens.known(ep, scopes)
+        if authorization is None:  # a token to fetch first: the auth flow does that
+            return self.request(
+                ep, "HEAD", url, scopes=scopes, headers={"Accept": accept}, poll=True
+            )
+        headers = {"Accept": accept, "User-Agent": _USER_AGENT}
+        if authorization:
+            # to the endpoint's own origin only: the URL was checked above
+            headers["Authorization"] = authorization
+        request = httpx.Request(
+            "HEAD",
+            url,
+            headers=headers,
+            extensions={
+                ALLOW: allow_for(ep.host),
+                STARTED: time.monotonic(),
+                ALLOWED_TIME: self.deadline,
+                LIMIT: ANSWER_CEILING,
+                LANE: "poll",
+                "timeout": self._timeouts,
+            },
+        )
+        try:
+            response = self._transport.handle_request(request)
+            response.request = request
+            with closing(response):
+                data = self.read_at_most(ep, response, _ERROR_LIMIT)
+        except _NETWORK_ERRORS as exc:
+            raise Transient(ep.host, f"{type(exc).__name__} ({exc})") from exc
+        except httpx.HTTPError as exc:
+            raise RegistryMisbehaved(
+                f"HEAD {urlsplit(url).path[:200]} at registry {ep.name} failed: "
+                f"{type(exc).__name__} ({str(exc)[:300]}). The registry (or a proxy in between) "
+                "answered in a way the gate does not follow: report it."
+            ) from None
+        status = response.status_code
+        if status == 401:
+            # a token the registry no longer takes, or a host that started asking: the whole
+            # way answers the challenge (and a refusal there is final)
+            self._tokens.forget(ep.host, scopes)
+            self._tokens.learn(ep, response.headers.get("WWW-Authenticate", ""))
+            return self.request(
+                ep, "HEAD", url, scopes=scopes, headers={"Accept": accept}, poll=True
+            )
+        if status in RETRY_STATUSES:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise Transient(ep.host, f"HTTP {status}", retry_after, status)
+        # a HEAD answer has no body; an error answer is read (bounded) for error_detail
+        return httpx.Response(
+            status,
+            headers=response.headers,
+            content=data,
+            request=request,
+            extensions=response.extensions,
+        )
 
     def read_at_most(self, ep: Endpoint, response: httpx.Response, limit: int) -> bytes:
         """The body of a streamed ``response``, but no more than ``limit`` + 1 bytes of it:

@@ -231,9 +231,7 @@ class Manifests:
         """:meth:`head`, and the spent-quota note of the answer (:func:`quota_spent`)."""
         url = manifest_url(ep, repo, reference)
         scopes = (f"repository:{repo}:pull",)
-        with closing(
-            self._http.request(ep, "HEAD", url, scopes=scopes, headers={"Accept": ACCEPT})
-        ) as head:
+        with closing(self._http.head(ep, url, scopes=scopes, accept=ACCEPT)) as head:
             if head.status_code == 404:
                 return None, ""
             self._http.expect(head, (200,), ep, f"looking up {repo}:{reference}")

@@ -74,7 +74,9 @@ class Tags:
             visited.add(page_url)
 
             def page(page_url: str = page_url) -> tuple[list[object], str | None]:
-                response = http.request(ep, "GET", page_url, scopes=scopes, limit=PAGE_LIMIT)
+                response = http.request(
+                    ep, "GET", page_url, scopes=scopes, limit=PAGE_LIMIT, poll=True
+                )
                 with closing(response):
                     if response.status_code == 404:
                         raise ManifestUnknown(
