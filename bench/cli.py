@@ -4,8 +4,9 @@ Fills a SQLite ledger with 100 000 realistic records (``bench.ledger.realistic_r
 of a few KB on many) plus one promotion of a real image in a real ``docker-registry``, then
 times, as a user runs them (a new process each, stdout a pipe, bytecode cached as after any
 install), ``gate --help`` beside ``gate history``, a filtered ``gate history --json``,
-``gate show ID`` and a duplicate ``gate run`` (which resolves the tag upstream, finds the
-decision and exits). Each figure is the median of ``--repeat`` rounds, each of which runs every
+``gate show ID``, a duplicate ``gate run`` by tag (which resolves the tag upstream with one
+HEAD, finds the decision and exits) and one by digest (which finds the decision in the ledger
+and asks no registry, loading no HTTP client). Each figure is the median of ``--repeat`` rounds, each of which runs every
 command once, with its difference from ``gate --help``; beside them the interpreter alone and
 the interpreter importing httpx, which a command that asks a registry cannot go below. Goal: ``gate --help`` under 150 ms, each other command within 50 ms of it.
 Then prints the HTTP requests each Table ledger query costs on Azurite (``bench.ledger``; the
@@ -98,6 +99,9 @@ def main() -> None:
             "gate show ID": [*GATE, "show", some, *with_config],
             "gate run (duplicate)": [
                 *GATE, "run", f"{upstream.host}/lib/node:15-alpine", "--json", *with_config
+            ],
+            "gate run @digest (duplicate)": [
+                *GATE, "run", f"{upstream.host}/lib/node@{digest}", "--json", *with_config
             ],
         }  # fmt: skip
         # what any command that asks a registry pays before it sends a byte: importing httpx

@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 import trustme
 
 from devstack.proxy import LatencyProxy, push_tiny_images
 from devstack.registry import RegistryProcess
-from gate.adapters.registry.http import RegistryHttp
+from gate.adapters.registry.http import MAX_ORIGINS, RegistryHttp, _PerOrigin
 from gate.adapters.registry.manifests import ACCEPT
 from gate.adapters.registry.oci import HostSettings, OciRegistry
 from gate.domain.ref import ImageRef
@@ -86,3 +87,19 @@ def test_concurrent_poll_heads_reuse_as_many_connections_as_were_in_flight(
     assert proxy.requests["HEAD"] == 48
     # four in flight: four connections for both rounds, none opened per request
     assert proxy.max_in_flight <= 4 and proxy.connections <= 4
+
+
+def test_origins_past_the_bound_share_a_pool_instead_of_growing_the_set() -> None:
+    origins = _PerOrigin()
+    try:
+        pools = [
+            origins.pool(httpx.URL(f"http://cdn{n}.example/blob"), poll=False)
+            for n in range(MAX_ORIGINS + 10)
+        ]
+        again = origins.pool(httpx.URL("http://cdn0.example/other"), poll=False)
+    finally:
+        origins.close()
+
+    assert len({id(p) for p in pools[:MAX_ORIGINS]}) == MAX_ORIGINS
+    assert len({id(p) for p in pools[MAX_ORIGINS:]}) == 1  # the rest share one
+    assert again is pools[0]  # an origin keeps its own pool

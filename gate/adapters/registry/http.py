@@ -207,6 +207,10 @@ POOL_SIZE = 64
 (``concurrency`` is at most 64), so that a pass reuses every connection it opens."""
 
 
+MAX_ORIGINS = 64
+"""The most origins with a pool of their own; any further ones share one pool per scheme."""
+
+
 def _http2_available() -> bool:
     """Whether the ``h2`` package is installed (httpx's HTTP/2 needs it)."""
     from importlib.util import find_spec
@@ -310,6 +314,10 @@ class _PerOrigin(httpx.BaseTransport):
         if found is not None:
             return found
         with self._lock:
+            if key not in self._pools and len(self._pools) >= MAX_ORIGINS:
+                # origins past the bound (redirect targets a peer keeps naming anew) share one
+                # pool per scheme: a peer cannot make the gate keep pools without end
+                key = (url.raw_scheme, b"", None, poll)
             found = self._pools.get(key)
             if found is None:
                 found = self._pools[key] = self._new(url.scheme == "https", poll=poll)

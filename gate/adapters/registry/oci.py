@@ -75,9 +75,10 @@ class OciRegistry:
     ``chunk_size`` re-chunks streamed blobs; the default passes on the chunks the connection
     delivers (64 KiB), which is bounded and avoids copying every byte once more.
     The poll methods (:meth:`poll_digest`, :meth:`poll_tags`) may run on several threads at
-    once: they share the connection pool (httpcore's pool serialises its bookkeeping under a
-    lock, ``ConnectionPool._optional_thread_lock``) and the token cache (a dict; a race costs
-    at most one token fetched twice). Copies are not thread-safe: one copy at a time.
+    once: they share the connection pools (one per registry origin: httpcore's pools serialise
+    their bookkeeping under a lock, ``ConnectionPool._optional_thread_lock``; poll HEADs over
+    HTTP/1.1 take a connection each from a stack under its own lock) and the token cache (a
+    dict; a race costs at most one token fetched twice). Copies are not thread-safe: one copy at a time.
     """
 
     def __init__(
