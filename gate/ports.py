@@ -54,6 +54,10 @@ class CopyOptions(TypedDict, total=False):
     immutable_tags: Sequence[str]
     tags: Sequence[str]
     progress: ProgressCallback | None
+    # an earlier attempt of this promotion may have copied it already (a retry, a takeover):
+    # an adapter whose copy is a request that cannot tell "done" from "refused" (ACR's NoForce
+    # import) looks at the run-ID tags first and copies only what is missing
+    resumed: bool
 
 
 def copy_options(

@@ -40,6 +40,7 @@ class FakeRegistry:
     content: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     writes: list[tuple[str, str, str]] = field(default_factory=list)
     copies: list[tuple[str, str]] = field(default_factory=list)
+    resumed_copies: list[str] = field(default_factory=list)
     resolves: int = 0
     down: bool = False
     push_refused: bool = False
@@ -97,8 +98,11 @@ class FakeRegistry:
         immutable_tags: Sequence[str] = (),
         tags: Sequence[str] = (),
         progress: ProgressCallback | None = None,
+        resumed: bool = False,
     ) -> CopyReport:
         self._check()
+        if resumed:
+            self.resumed_copies.append(target.name)
         if self.push_refused:
             raise AuthenticationError(f"{target.registry} refused the credentials; check them")
         assert source.digest, "copies go by digest"

@@ -366,7 +366,7 @@ def _decide(
         if record.state in (State.VALIDATED, State.WAITING):
             record = record.advance(State.PROMOTING, reason="")
             ledger.save(record)
-        return promote(keeper, rule, source, record, progress)
+        return promote(keeper, rule, source, record, progress, resumed=True)
     staging: Staging | None = None
     passed = lost = False
     try:

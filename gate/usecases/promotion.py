@@ -22,8 +22,14 @@ def promote(
     source: ImageRef,
     record: GateRecord,
     progress: ProgressCallback | None,
+    *,
+    resumed: bool = False,
 ) -> GateRecord:
     """Copy the validated digest: the run-ID tag first (never overwritten), then the stable tag.
+
+    ``resumed``: the record had its pass before this call (a failed promotion retried, a
+    cooldown ended, a takeover), so an earlier attempt may have copied it already
+    (:class:`~gate.ports.CopyOptions`).
 
     A copy that fails leaves the record ``validated`` (see :func:`_promotion_failed`): the pass
     is kept for the next attempt, which promotes without validating again.
@@ -33,7 +39,7 @@ def promote(
     began = time.monotonic()
     # by digest, never by tag: upstream may have moved since we resolved it
     try:
-        attestation = _copy_attested(keeper, rule, source, record, progress)
+        attestation = _copy_attested(keeper, rule, source, record, progress, resumed=resumed)
     except BaseException as exc:
         return _promotion_failed(keeper, rule, source, record, exc)
     record = record.advance(
@@ -103,6 +109,8 @@ def _copy_attested(
     source: ImageRef,
     record: GateRecord,
     progress: ProgressCallback | None,
+    *,
+    resumed: bool,
 ) -> str:
     """Copy with both tags; with an attestor, attest (and sign, with a signatory) between the
     run-ID and the stable tag.
@@ -119,10 +127,13 @@ def _copy_attested(
             immutable_tags=(unique,),
             tags=(stable,),
             progress=progress,
+            resumed=resumed,
         )
         return ""
     assert source.digest is not None
-    keeper.registry.copy(source.pinned(), rule.target, immutable_tags=(unique,), progress=progress)
+    keeper.registry.copy(
+        source.pinned(), rule.target, immutable_tags=(unique,), progress=progress, resumed=resumed
+    )
     attestation = keeper.attestor.promotion(rule, rule.target.with_digest(source.digest), record)
     if keeper.signatory is not None:
         # the gate's signature (its own key), before the stable tag moves: a failure to sign is

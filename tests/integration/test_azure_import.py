@@ -217,6 +217,51 @@ def test_resumed_promotion_with_run_id_tag_already_at_the_digest_succeeds(
     assert setup.digest_at(setup.target, "base/app", "run-1") == digest
 
 
+def test_resumed_copy_finding_its_run_id_tag_at_the_digest_imports_it_no_more_and_locks_it(
+    setup: Setup, image_builder: ImageBuilder
+) -> None:
+    # an earlier attempt whose import ACR finished after the gate stopped waiting: the run-ID
+    # tag is there, unlocked (the lock never ran)
+    digest = push(image_builder, setup.source, "library/node:20")
+    source = setup.src("library/node", digest)
+    setup.registry.copy(source, setup.dst(), tags=["run-1"])
+
+    report = setup.registry.copy(
+        source, setup.dst(), immutable_tags=["run-1"], tags=["20"], resumed=True
+    )
+
+    assert report.tags == ("run-1", "20")
+    # only the stable tag's import: no NoForce import for a run-ID tag already at the digest
+    assert [b["mode"] for b in imports(setup.emulator)] == ["Force", "Force"]
+    client = ContainerRegistryClient(
+        f"https://{setup.target.login_server}", setup.emulator.credential()
+    )
+    with client:
+        run_tag = client.get_tag_properties("base/app", "run-1")
+    assert (run_tag.can_write, run_tag.can_delete) == (False, False)
+    assert setup.digest_at(setup.target, "base/app", "20") == digest
+
+
+def test_resumed_copy_whose_run_id_tag_is_at_another_digest_is_a_conflict_before_any_import(
+    setup: Setup, image_builder: ImageBuilder
+) -> None:
+    first = push(image_builder, setup.source, "library/node:20", env={"V": "1"})
+    second = push(image_builder, setup.source, "library/node:20", env={"V": "2"})
+    setup.registry.copy(setup.src("library/node", first), setup.dst(), immutable_tags=["run-1"])
+
+    with pytest.raises(Conflict, match="run-1"):
+        setup.registry.copy(
+            setup.src("library/node", second),
+            setup.dst(),
+            immutable_tags=["run-1"],
+            tags=["20"],
+            resumed=True,
+        )
+
+    assert [b["mode"] for b in imports(setup.emulator)] == ["NoForce"]
+    assert setup.digest_at(setup.target, "base/app", "run-1") == first
+
+
 def test_stable_tag_moves_to_the_new_digest_and_old_run_id_tag_stays(
     setup: Setup, image_builder: ImageBuilder
 ) -> None:

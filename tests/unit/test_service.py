@@ -593,6 +593,8 @@ def test_worker_hands_back_a_failed_promotion_at_once_and_the_redelivery_promote
     assert done.verdict == "promoted" and done.record.id == admitted.id
     assert len(validator.requests) == 1
     assert registry.tag_of(f"{ART}/node:15-alpine") == digest
+    # the retry told the registry that an earlier attempt may have copied it already
+    assert registry.resumed_copies and set(registry.resumed_copies) == {f"{ART}/node"}
 
 
 def test_poison_leaves_a_validated_record_for_the_next_attempt(keeper: Gatekeeper) -> None:

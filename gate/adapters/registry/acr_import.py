@@ -309,8 +309,16 @@ class AcrImportRegistry:
         import_source, scrub = self._import_source(source)
 
         if immutable_tags:
-            self._import_immutable(import_source, digest, repo, immutable_tags, scrub)
-            for tag in immutable_tags:
+            pending = list(immutable_tags)
+            if options.get("resumed", False):
+                # a resumed promotion: an earlier import may have ended after the gate stopped
+                # waiting for it (an error polling the operation). The run-ID tag is this
+                # record's alone, so at the digest it is done; one data-plane GET per tag
+                # instead of an import that NoForce refuses.
+                pending = self._missing_immutable(repo, digest, pending)
+            if pending:
+                self._import_immutable(import_source, digest, repo, pending, scrub)
+            for tag in immutable_tags:  # locked again when resumed: the lock may not have run
                 self._lock_tag(repo, tag)
         try:
             if tags:
@@ -391,6 +399,19 @@ class AcrImportRegistry:
                     digest,
                 )
                 pending = [t for t in pending if t not in existing]
+
+    def _missing_immutable(self, repo: str, digest: str, tags: Sequence[str]) -> list[str]:
+        """The run-ID tags of ``tags`` not yet at ``digest``; one at another digest is
+        :class:`~gate.errors.Conflict` before anything is written."""
+        existing = self._existing_tags(repo, tags)
+        for tag, current in existing.items():
+            if current != digest:
+                raise Conflict(
+                    f"tag '{tag}' of {self.target_login_server}/{repo} already points at "
+                    f"{current}, not {digest}; run-ID tags are never moved: use a new "
+                    "run ID (or delete the tag on purpose if it is wrong)"
+                )
+        return [t for t in tags if t not in existing]
 
     def _existing_tags(self, repo: str, tags: Sequence[str]) -> dict[str, str]:
         """The tags of ``tags`` that exist in the target, with their digests."""
