@@ -60,6 +60,35 @@ def tag_schema_tag(digest: str) -> str:
     return digest.replace(":", "-", 1)[:128]
 
 
+def put_layers_image(
+    registry: OciRegistry, repo: ImageRef, tag: str, layers: list[dict[str, Any]]
+) -> str:
+    """Write a cosign-style image under ``tag``: an image config naming ``layers`` (as cosign's
+    signature and attestation images carry one), then the manifest; returns its digest."""
+    config = json.dumps(
+        {
+            "architecture": "",
+            "os": "",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [x["digest"] for x in layers]},
+        },
+        separators=(",", ":"),
+    ).encode()
+    config_digest = registry.push_blob(repo, config)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": len(config),
+        },
+        "layers": layers,
+    }
+    data = json.dumps(manifest, separators=(",", ":")).encode()
+    return registry.put_manifest(repo, tag, data, OCI_MANIFEST)
+
+
 class OciAttestationStore:
     """Attestations as referrers of the promoted manifest, in the target repository."""
 
@@ -163,29 +192,7 @@ class OciAttestationStore:
                 },
             }
         )
-        # an image config naming the layers, as cosign's attestation images carry one
-        config = json.dumps(
-            {
-                "architecture": "",
-                "os": "",
-                "config": {},
-                "rootfs": {"type": "layers", "diff_ids": [x["digest"] for x in layers]},
-            },
-            separators=(",", ":"),
-        ).encode()
-        config_digest = self._registry.push_blob(repo, config)
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": config_digest,
-                "size": len(config),
-            },
-            "layers": layers,
-        }
-        data = json.dumps(manifest, separators=(",", ":")).encode()
-        self._registry.put_manifest(repo, tag, data, OCI_MANIFEST)
+        put_layers_image(self._registry, repo, tag, layers)
 
     def find(self, subject: ImageRef) -> list[StoredAttestation]:
         """Every bundle referrer of ``subject``: from the referrers API, else the tag schema."""

@@ -34,17 +34,17 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gate.adapters.registry.oci import OCI_MANIFEST, OciRegistry
+from gate.adapters.registry.oci import OciRegistry
 from gate.adapters.registry.referrers import (
     SIGNATURE_ANNOTATION,
     SIMPLE_SIGNING,
     CosignSignatureReader,
+    put_layers_image,
 )
 from gate.domain.ref import ImageRef
 from gate.domain.signatures import CosignSignature, signature_tag
 from gate.errors import RegistryError, RegistryUnavailable
 
-_CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 
 
 class OciSignatureStore:
@@ -110,29 +110,7 @@ class OciSignatureStore:
         return [] if found is None else _manifest_layers(found[0], repo, tag)
 
     def _write(self, repo: ImageRef, tag: str, layers: list[dict[str, Any]]) -> str:
-        # an image config naming the layers, as cosign's signature images carry one
-        config = json.dumps(
-            {
-                "architecture": "",
-                "os": "",
-                "config": {},
-                "rootfs": {"type": "layers", "diff_ids": [x["digest"] for x in layers]},
-            },
-            separators=(",", ":"),
-        ).encode()
-        config_digest = self._registry.push_blob(repo, config)
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": _CONFIG_MEDIA_TYPE,
-                "digest": config_digest,
-                "size": len(config),
-            },
-            "layers": layers,
-        }
-        data = json.dumps(manifest, separators=(",", ":")).encode()
-        return self._registry.put_manifest(repo, tag, data, OCI_MANIFEST)
+        return put_layers_image(self._registry, repo, tag, layers)
 
 
 class SessionSignatureStore:

@@ -673,35 +673,42 @@ class AcrTaskRunValidator:
         return "it was cancelled"
 
     def _queued_too_long(self, run_id: str, mask: Masker, log_link: str | None) -> ValidationResult:
-        canceled = self._cancel(run_id)
-        text, _ = self._fetch_log(run_id, log_link)
-        reason = (
-            f"run {run_id} waited in ACR's queue on registry {self.registry} for more than "
-            f"{self.max_queue_wait:g} s without starting; {canceled}. The registry runs as many "
-            "runs at once as ACR lets it: gate the image again later ('gate run --force'); if "
-            "this recurs, spread the rules' validations over time or over another runner "
-            "registry"
-        )
-        log.warning("%s", reason)
-        return ValidationResult(
-            outcome=Outcome.FAILED,
-            run_id=run_id,
-            reason=mask(reason),
-            log=mask(text),
-            log_location=self.log_location(run_id),
+        return self._cancelled(
+            run_id,
+            mask,
+            log_link,
+            lambda canceled: (
+                f"run {run_id} waited in ACR's queue on registry {self.registry} for more than "
+                f"{self.max_queue_wait:g} s without starting; {canceled}. The registry runs as "
+                "many runs at once as ACR lets it: gate the image again later ('gate run "
+                "--force'); if this recurs, spread the rules' validations over time or over "
+                "another runner registry"
+            ),
         )
 
     def _overdue(
         self, run_id: str, request: ValidationRequest, mask: Masker, log_link: str | None
     ) -> ValidationResult:
+        return self._cancelled(
+            run_id,
+            mask,
+            log_link,
+            lambda canceled: (
+                f"run {run_id} did not finish within the validation timeout of "
+                f"{request.timeout_seconds:g} s (+{self.deadline_margin:g} s margin) after it "
+                f"started; {canceled}; raise the rule's validation timeout_seconds, or make the "
+                "steps faster"
+            ),
+        )
+
+    def _cancelled(
+        self, run_id: str, mask: Masker, log_link: str | None, why: Callable[[str], str]
+    ) -> ValidationResult:
+        """Cancel a run the gate stops waiting for: FAILED, with ``why(what the cancel did)``
+        and the log so far."""
         canceled = self._cancel(run_id)
         text, _ = self._fetch_log(run_id, log_link)
-        reason = (
-            f"run {run_id} did not finish within the validation timeout of "
-            f"{request.timeout_seconds:g} s (+{self.deadline_margin:g} s margin) after it "
-            f"started; {canceled}; raise the rule's validation timeout_seconds, or make the "
-            "steps faster"
-        )
+        reason = why(canceled)
         log.warning("%s", reason)
         return ValidationResult(
             outcome=Outcome.FAILED,
