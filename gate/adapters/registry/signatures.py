@@ -46,7 +46,6 @@ from gate.domain.signatures import CosignSignature, signature_tag
 from gate.errors import RegistryError, RegistryUnavailable
 
 
-
 class OciSignatureStore:
     """cosign ``.sig`` signature manifests in the target repository, read and written."""
 
